@@ -1,0 +1,5 @@
+import sys
+
+from ditlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""The `ditlab` command: train, sample, config show, report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ditlab.configlib import ConfigError
+
+
+def resolve_config_path(name: str | None) -> str | None:
+    """A YAML path, or a preset name looked up in ./configs (`cifar10` -> configs/cifar10.yaml)."""
+    if name is None or Path(name).exists():
+        return name
+    for candidate in (Path("configs") / name, Path("configs") / f"{name}.yaml"):
+        if candidate.exists():
+            return str(candidate)
+    raise FileNotFoundError(f"config {name!r} not found (looked for the file and for configs/{name}.yaml)")
+
+
+def cmd_train(args) -> int:
+    from ditlab.config import load_config
+    from ditlab.train.trainer import Trainer
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+    code = trainer.run()
+    if code == 0:
+        print(f"ditlab: finished {cfg.train.steps} steps; run directory {trainer.run_dir}")
+    return code
+
+
+def cmd_sample(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ditlab.imageio import save_image_grid, save_npz_images
+    from ditlab.runs import load_run
+    from ditlab.sampling import generate
+    from ditlab.train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device)
+    s = run.cfg.sample
+    sampler = args.sampler or s.sampler
+    steps = args.steps or s.steps
+    cfg_scale = s.cfg_scale if args.cfg is None else args.cfg
+    amp = torch.bfloat16 if device.type == "cuda" and not args.fp32 else None
+    done = []
+    try:
+        images, labels = generate(
+            run.task, run.model, args.num, args.seed, batch_size=args.batch_size,
+            progress=lambda b: tqdm(b, unit="batch", desc="sampling"),
+            on_batch=lambda imgs, idx: done.append(len(idx)),
+            sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=args.eta, device=device, autocast_dtype=amp)
+    except KeyboardInterrupt:
+        print(f"\nditlab: interrupted after {sum(done)} of {args.num} samples; nothing was written", file=sys.stderr)
+        return 130
+    nhwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+    out = save_npz_images(args.out, nhwc, labels.numpy() if labels is not None else None)
+    print(f"ditlab: wrote {len(nhwc)} samples ({sampler}, {steps} steps, cfg {cfg_scale}, seed {args.seed}, "
+          f"{run.checkpoint.name}) to {out}")
+    if args.grid:
+        grid = save_image_grid(images[: args.grid_num], args.grid)
+        print(f"ditlab: wrote grid {grid}")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from ditlab.config import load_config
+    from ditlab.configlib import format_config
+
+    print(format_config(load_config(resolve_config_path(args.config), args.overrides)), end="")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ditlab.report import write_report
+
+    path = write_report(args.run_dir, grid=args.grid)
+    print(f"ditlab: wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ditlab", description="Diffusion transformers with per-token noise levels.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML preset and key=value overrides")
+    t.add_argument("config", help="YAML preset (path, or a name in ./configs)")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=2e-4")
+    t.add_argument("--resume", action="store_true", help="continue the run in train.run_dir from its latest checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to metrics.jsonl)")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw samples from a run's EMA weights")
+    s.add_argument("run_dir")
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default=None,
+                   help="default: the run's sample.sampler")
+    s.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
+    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 = DDPM posterior)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="samples.npz", help="output .npz (uint8 images N x H x W x 3, labels)")
+    s.add_argument("--grid", default=None, help="also write a PNG grid of the first --grid-num samples")
+    s.add_argument("--grid-num", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the latest)")
+    s.add_argument("--weights", choices=["ema", "model"], default="ema")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
+    s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="print the resolved configuration")
+    show.add_argument("config", nargs="?", default=None)
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(func=cmd_config_show)
+
+    r = sub.add_parser("report", help="write report.md and a loss plot for a run")
+    r.add_argument("run_dir")
+    r.add_argument("--grid", default=None, help="a sample grid PNG to include")
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # `config show key=value` without a file: argparse puts the first override in `config`.
+    if getattr(args, "config_command", None) == "show" and args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides, args.config = [args.config] + args.overrides, None
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"ditlab: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The typed configuration of a ditlab run: every default lives here, in one place.
+
+A run is configured by a YAML preset (``configs/*.yaml``) plus ``section.key=value`` overrides on
+the command line. Both go through :mod:`ditlab.configlib`, which rejects unknown keys and wrong
+types with the dotted key and a did-you-mean suggestion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ditlab.configlib import load_config as _load_config
+
+
+@dataclass
+class ModelConfig:
+    # Size from the table in ditlab.models.dit (S, B, L, XL) and patch size (2, 4, 8): "DiT-S/2".
+    arch: str = "DiT-S/2"
+    # Overrides of the size table; None keeps the table's value (used for tiny CPU models).
+    hidden_size: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: float = 4.0
+    # Positions: 2-D sin-cos added to tokens, or 2-D rotary embedding inside attention.
+    pos_embed: Literal["sincos", "rope"] = "sincos"
+    # Attention dropout (active only in train()).
+    attn_dropout: float = 0.0
+    # Normalise queries and keys (RMSNorm per head) for stability at large learning rates.
+    qk_norm: bool = False
+    # Class-conditional when > 0 (a learned null label is added for classifier-free guidance).
+    num_classes: int = 0
+    # Probability of replacing the label with the null label during training (CFG dropout).
+    label_dropout: float = 0.1
+
+
+@dataclass
+class DiffusionConfig:
+    # ddpm: discrete T-step Gaussian diffusion; flow: rectified flow x_t = (1 - t) x0 + t eps.
+    process: Literal["ddpm", "flow"] = "ddpm"
+    # What the network predicts. ddpm: eps, x0 or v. flow: velocity (v is accepted as an alias).
+    prediction: Literal["eps", "x0", "v", "velocity"] = "eps"
+    schedule: Literal["linear", "cosine"] = "linear"  # DDPM betas
+    num_timesteps: int = 1000  # DDPM T
+    # Flow matching: how training t is drawn (uniform on (0, 1) or logit-normal(mean, std)).
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    # Image folder, .zip (ImageFolder layout), .npz, or "torchvision:CIFAR10". Empty: the sample
+    # of 5,000 CIFAR-10 training images embedded in the package (offline demo).
+    path: str = ""
+    # Images are resized (shorter side) and centre-cropped to this size; None keeps the size of the
+    # data set, which must then be uniform.
+    image_size: Optional[int] = None
+    # Where torchvision data sets are stored / downloaded.
+    root: str = "~/.cache/ditlab/datasets"
+    hflip: bool = True
+    # Corrupt images: "error" names the first bad file; "skip" leaves them out and counts them.
+    on_bad_image: Literal["error", "skip"] = "error"
+    # Use class labels from the data set (folders, npz "labels", torchvision targets).
+    use_labels: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # 0 disables clipping
+    fused: bool = True  # fused AdamW where the device supports it
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.9999
+    # Decay ramps as min(decay, (1 + step) / (10 + step)) so early averages are not dominated by
+    # the random initialisation.
+    warmup: bool = True
+    every: int = 1
+
+
+@dataclass
+class TrainConfig:
+    # Length of the run in optimizer steps.
+    steps: int = 100_000
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"  # auto -> cuda if available, else cpu
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU uses fp32
+    compile: bool = False
+    log_every: int = 100
+    sample_every: int = 5000  # sample-grid PNG; 0 disables
+    ckpt_every: int = 5000
+    keep_checkpoints: int = 3
+    run_dir: str = "runs/default"
+
+
+@dataclass
+class SampleConfig:
+    # Defaults of `ditlab sample` and of the grids written during training.
+    sampler: Literal["ddpm", "ddim", "euler", "heun"] = "ddim"
+    steps: int = 50
+    cfg_scale: float = 1.0
+    eta: float = 0.0
+    grid_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Read a preset (or the defaults when ``path`` is None) and apply dotted overrides."""
+    return _load_config(Config, path, list(overrides))

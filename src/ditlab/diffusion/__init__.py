@@ -1,0 +1,1 @@
+"""Noise paths, objectives, samplers, guidance."""

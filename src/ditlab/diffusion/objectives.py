@@ -1,0 +1,118 @@
+"""The training objective: noise the streams, ask the network, compare with the target.
+
+This is the only module that knows both the network's output parameterisation (eps, x0, v,
+velocity) and the noise path. It turns network outputs into (x0_hat, eps_hat) for the samplers,
+and returns an unreduced per-sample loss for the trainer.
+
+Noise levels come per stream as (B,) per sample or (B, N_s) per token (one level per patch).
+Only tokens with t > 0 carry a loss by default: clean condition / context tokens are inputs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ditlab.diffusion.schedules import NoiseSchedule, build_schedule
+
+PREDICTIONS = {"ddpm": ("eps", "x0", "v"), "flow": ("velocity",)}
+
+
+def expand_time(t: torch.Tensor, x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Noise level (B,) or (B, N) per patch -> broadcastable to x (B, C, H, W)."""
+    if t.dim() == 1:
+        return t.view(-1, 1, 1, 1)
+    B, _, H, W = x.shape
+    g_h, g_w = H // patch_size, W // patch_size
+    if t.shape != (B, g_h * g_w):
+        raise ValueError(f"per-token noise level has shape {tuple(t.shape)}, expected ({B}, {g_h * g_w})")
+    t = t.view(B, 1, g_h, g_w)
+    return t.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+
+
+def expand_token_mask(mask: torch.Tensor, x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    return expand_time(mask.float(), x, patch_size)
+
+
+class Objective:
+    """Prediction parameterisation + noise path."""
+
+    def __init__(self, schedule: NoiseSchedule, prediction: str):
+        self.schedule = schedule
+        self.prediction = prediction
+
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, t_px: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = self.schedule.alpha_sigma(t_px)
+        return alpha * x0 + sigma * eps
+
+    def target(self, x0, eps, t_px):
+        if self.prediction == "eps":
+            return eps
+        if self.prediction == "x0":
+            return x0
+        alpha, sigma = self.schedule.alpha_sigma(t_px)
+        if self.prediction == "v":  # Salimans & Ho: v = alpha eps - sigma x0 (for alpha^2 + sigma^2 = 1)
+            return alpha * eps - sigma * x0
+        if self.prediction == "velocity":  # rectified flow: d x_t / dt = eps - x0
+            return eps - x0
+        raise ValueError(f"unknown prediction {self.prediction!r}")
+
+    def to_x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t_px: torch.Tensor):
+        """Network output -> (x0_hat, eps_hat), computed in fp32."""
+        out, x_t = out.float(), x_t.float()
+        alpha, sigma = self.schedule.alpha_sigma(t_px)
+        if self.prediction == "eps":
+            eps = out
+            x0 = (x_t - sigma * eps) / alpha.clamp(min=1e-4)
+        elif self.prediction == "x0":
+            x0 = out
+            eps = (x_t - alpha * x0) / sigma.clamp(min=1e-4)
+        elif self.prediction == "v":
+            x0 = alpha * x_t - sigma * out
+            eps = sigma * x_t + alpha * out
+        elif self.prediction == "velocity":  # x_t = (1 - t) x0 + t eps, v = eps - x0
+            x0 = x_t - sigma * out
+            eps = x_t + alpha * out
+        else:
+            raise ValueError(f"unknown prediction {self.prediction!r}")
+        return x0, eps
+
+    def loss(
+        self,
+        net: Callable[[dict, dict], dict],
+        x0: dict[str, torch.Tensor],
+        t: dict[str, torch.Tensor],
+        noise: dict[str, torch.Tensor],
+        patch_sizes: dict[str, int],
+        loss_mask: Optional[dict[str, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """Per-sample mean squared error over the loss-carrying elements, shape (B,).
+
+        ``net(x_t, t)`` maps noised streams and their noise levels to outputs for the predicted
+        streams. ``loss_mask`` (name -> (B, N_s) bool) restricts the loss further; by default every
+        noised token (t > 0) of every predicted stream counts and clean tokens don't.
+        """
+        t_px = {k: expand_time(t[k], x0[k], patch_sizes[k]) for k in x0}
+        x_t = {k: self.noised(x0[k], noise[k], t_px[k]) for k in x0}
+        out = net(x_t, t)
+        total, count = 0.0, 0.0
+        for k, pred in out.items():
+            weight = (t_px[k] > 0).float()
+            if loss_mask is not None and k in loss_mask:
+                weight = weight * expand_token_mask(loss_mask[k], x0[k], patch_sizes[k])
+            weight = weight.expand_as(x0[k])
+            err = (pred.float() - self.target(x0[k], noise[k], t_px[k]).float()) ** 2
+            total = total + (err * weight).flatten(1).sum(1)
+            count = count + weight.flatten(1).sum(1)
+        return total / torch.clamp(count, min=1.0)
+
+
+def build_objective(diffusion_cfg) -> Objective:
+    prediction = diffusion_cfg.prediction
+    if diffusion_cfg.process == "flow" and prediction == "v":
+        prediction = "velocity"  # the flow-matching velocity is the natural "v" of a linear path
+    allowed = PREDICTIONS[diffusion_cfg.process]
+    if prediction not in allowed:
+        raise ValueError(f"diffusion.prediction={diffusion_cfg.prediction!r} does not fit diffusion.process="
+                         f"{diffusion_cfg.process!r}; choose one of {allowed}")
+    return Objective(build_schedule(diffusion_cfg), prediction)

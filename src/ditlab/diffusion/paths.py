@@ -1,0 +1,40 @@
+"""Time paths: for each sampler step, one noise level per stream.
+
+A single-stream sampler run is the special case of one column. Multi-stream paths (diagonal,
+L-shaped, planned) are built from the same object, so every sampler accepts every path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TimePath:
+    times: torch.Tensor  # (K + 1, S) float64, row i = noise levels before step i
+    streams: list[str]
+
+    def __post_init__(self):
+        self.times = torch.as_tensor(self.times, dtype=torch.float64).cpu()
+        if self.times.dim() != 2 or self.times.shape[1] != len(self.streams):
+            raise ValueError(f"path times must have shape (K + 1, {len(self.streams)}), got {tuple(self.times.shape)}")
+        if self.times.shape[0] < 2:
+            raise ValueError("a path needs at least one step (two rows of times)")
+        if (self.times[1:] > self.times[:-1]).any():
+            raise ValueError("noise levels along a path must not increase")
+
+    @property
+    def num_steps(self) -> int:
+        return self.times.shape[0] - 1
+
+
+def single_stream_path(name: str, grid: torch.Tensor) -> TimePath:
+    """A one-stream path from a decreasing 1-D grid of noise levels."""
+    return TimePath(torch.as_tensor(grid, dtype=torch.float64)[:, None], [name])
+
+
+def with_fixed_streams(path: TimePath, fixed: dict[str, float]) -> TimePath:
+    """Add streams held at a constant noise level (e.g. a clean condition at 0) to a path."""
+    cols = [path.times] + [torch.full((path.times.shape[0], 1), float(v), dtype=torch.float64) for v in fixed.values()]
+    return TimePath(torch.cat(cols, dim=1), path.streams + list(fixed))

@@ -1,0 +1,1 @@
+"""DiT backbone: attention, embeddings, blocks."""

@@ -1,0 +1,120 @@
+"""THE attention module: self- and cross-attention through PyTorch SDPA with boolean masks.
+
+Mask convention everywhere in ditlab: a boolean tensor, True = keep (attend to this key).
+Accepted shapes: (B, M) key padding, or (B, N, M) per query (e.g. causal prefixes).
+
+Two public repos' failure modes this module is built to avoid:
+- ``masked_fill(-inf)`` softmax returns NaN when every key of a query is masked (a dropped
+  condition, an empty context set). Here such a query attends to all keys internally (so every
+  SDPA backend stays finite, gradients included) and its output is then set to exactly zero.
+- Attention dropout silently ignored by a fused path or left on at eval time: dropout is passed to
+  SDPA only while ``self.training``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_mask(mask: torch.Tensor, batch: int, num_queries: int, num_keys: int, name: str = "mask") -> None:
+    """Reject masks that would silently change meaning: non-boolean or mis-shaped."""
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a boolean tensor (True = keep), got dtype {mask.dtype}; "
+            "additive float masks (-inf / finfo.min) are not accepted because they turn fully "
+            "masked rows into NaN on some backends"
+        )
+    if mask.dim() == 2:
+        expected = (batch, num_keys)
+    elif mask.dim() == 3:
+        expected = (batch, num_queries, num_keys)
+    else:
+        raise ValueError(f"{name} must have shape (B, M) or (B, N, M), got {tuple(mask.shape)}")
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {expected}")
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of the head dimension. x: (B, H, N, hd); cos, sin: (N, hd/2)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, N, hd/2) each
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; cross-attention when ``context`` is given to forward.
+
+    ``kv_dim`` is the width of the context tokens (defaults to ``dim``, i.e. self-attention).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kv_dim: Optional[int] = None,
+        dropout: float = 0.0,
+        qk_norm: bool = False,
+        bias: bool = True,
+    ):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dropout = dropout
+        self.is_cross = kv_dim is not None
+        kv_dim = dim if kv_dim is None else kv_dim
+        if self.is_cross:
+            self.q = nn.Linear(dim, dim, bias=bias)
+            self.kv = nn.Linear(kv_dim, 2 * dim, bias=bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, H, N, hd)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, N, D)
+        context: Optional[torch.Tensor] = None,  # (B, M, Dc) for cross-attention
+        mask: Optional[torch.Tensor] = None,  # bool (B, M) or (B, N, M), True = keep
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # (cos, sin), each (N, hd/2)
+    ) -> torch.Tensor:
+        B, N, D = x.shape
+        if self.is_cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context tensor of shape (B, M, Dc)")
+            q = self._heads(self.q(x))
+            k, v = self.kv(context).chunk(2, dim=-1)
+            k, v = self._heads(k), self._heads(v)
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None and not self.is_cross:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+
+        attn_mask = None
+        query_alive = None  # (B, N) queries with at least one visible key
+        if mask is not None:
+            M = k.shape[2]
+            check_mask(mask, B, N, M, name="cross-attention mask" if self.is_cross else "attention mask")
+            if mask.dim() == 2:
+                mask = mask[:, None, :]  # (B, 1, M): broadcast over queries
+            query_alive = mask.any(dim=-1)  # (B, 1) or (B, N)
+            # A query with no visible key attends everywhere (finite on every backend) and is zeroed below.
+            mask = mask | ~query_alive[..., None]
+            attn_mask = mask[:, None]  # (B, 1, N or 1, M): broadcast over heads
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, N, hd)
+        out = self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
+        if query_alive is not None:
+            # Exactly zero (not the projection bias): the residual stream passes through untouched.
+            out = out * query_alive[..., None].to(out.dtype)
+        return out

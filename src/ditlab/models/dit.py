@@ -1,0 +1,312 @@
+"""Diffusion transformer over token streams, with adaLN-Zero modulation per token.
+
+A sample is a set of image *streams* (a target, a low-resolution condition, a second scale...).
+Each stream has its own patch embedding, its own positional grid and its own noise level, which
+may be given per sample (B,) or per token (B, N_s). The streams' tokens are concatenated into one
+sequence; every block modulates every token with the conditioning vector of *its* noise level, so
+a clean condition token (t = 0) and a noised target token in the same sample are told apart.
+
+When every stream's t is per sample, the modulation is computed once per (sample, stream) and
+gathered to tokens (a single stream needs no gather at all: it broadcasts), so the per-token
+generality costs nothing in the common case.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ditlab.models.attention import Attention
+from ditlab.models.embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, rope_2d, sincos_2d
+
+# name -> (hidden size, depth, heads), as in the DiT paper's table.
+DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1152, 28, 16),
+}
+PATCH_SIZES = (2, 4, 8)
+DIT_ARCHS = [f"DiT-{s}/{p}" for s in DIT_SIZES for p in PATCH_SIZES]
+
+
+def parse_arch(arch: str) -> tuple[int, int, int, int]:
+    """'DiT-B/2' -> (hidden, depth, heads, patch)."""
+    try:
+        size, patch = arch.removeprefix("DiT-").split("/")
+        hidden, depth, heads = DIT_SIZES[size]
+        patch = int(patch)
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown model.arch {arch!r}; choose one of {', '.join(DIT_ARCHS)}") from None
+    if patch not in PATCH_SIZES:
+        raise ValueError(f"unknown patch size in model.arch {arch!r}; choose one of {PATCH_SIZES}")
+    return hidden, depth, heads, patch
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One image stream of the token sequence."""
+
+    name: str
+    channels: int
+    size: int  # square images, size x size pixels
+    patch_size: int
+    predict: bool = True  # the model outputs a prediction for this stream (False for conditions)
+    pos_scale: float = 1.0  # coordinate stretch, to place a coarse grid on a fine stream's frame
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """Self-attention, optional cross-attention to a context set, MLP; each adaLN-Zero modulated."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_dropout: float, qk_norm: bool,
+                 context_dim: Optional[int] = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads, dropout=attn_dropout, qk_norm=qk_norm)
+        self.has_cross = context_dim is not None
+        if self.has_cross:
+            self.norm_cross = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.cross_attn = Attention(dim, heads, kv_dim=context_dim, dropout=attn_dropout, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.num_mod = 9 if self.has_cross else 6
+        self.adaLN = nn.Linear(dim, self.num_mod * dim)
+
+    def forward(self, x, c, index, mask, rope, context, context_mask):
+        # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None
+        mod = self.adaLN(c)  # (B, G, num_mod * D)
+        if index is not None:
+            mod = mod[:, index]  # (B, N, num_mod * D)
+        mods = mod.chunk(self.num_mod, dim=-1)
+        x = x + mods[2] * self.attn(modulate(self.norm1(x), mods[0], mods[1]), mask=mask, rope=rope)
+        if self.has_cross:
+            h = modulate(self.norm_cross(x), mods[6], mods[7])
+            x = x + mods[8] * self.cross_attn(h, context=context, mask=context_mask)
+        x = x + mods[5] * self.mlp(modulate(self.norm2(x), mods[3], mods[4]))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm + linear to patch pixels for one stream."""
+
+    def __init__(self, dim: int, patch_size: int, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.adaLN = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, patch_size * patch_size * channels)
+
+    def forward(self, x, c, index):
+        mod = self.adaLN(c)
+        if index is not None:
+            mod = mod[:, index]
+        shift, scale = mod.chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def unpatchify(tokens: torch.Tensor, spec: StreamSpec) -> torch.Tensor:
+    """(B, N, p*p*C) -> (B, C, H, W)."""
+    B, g, p, C = tokens.shape[0], spec.grid, spec.patch_size, spec.channels
+    x = tokens.reshape(B, g, g, p, p, C)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, g * p, g * p)
+
+
+class DiT(nn.Module):
+    def __init__(
+        self,
+        streams: list[StreamSpec],
+        hidden_size: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 0,
+        context_dim: Optional[int] = None,
+        pos_embed: str = "sincos",
+        attn_dropout: float = 0.0,
+        qk_norm: bool = False,
+    ):
+        super().__init__()
+        if not streams:
+            raise ValueError("a DiT needs at least one stream")
+        names = [s.name for s in streams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream names must be unique, got {names}")
+        if pos_embed not in ("sincos", "rope"):
+            raise ValueError(f"model.pos_embed must be 'sincos' or 'rope', got {pos_embed!r}")
+        self.streams = list(streams)
+        self.hidden_size, self.depth, self.num_heads = hidden_size, depth, num_heads
+        self.context_dim = context_dim
+        self.pos_embed_kind = pos_embed
+
+        self.patch_embed = nn.ModuleDict({s.name: PatchEmbed(s.channels, hidden_size, s.patch_size) for s in streams})
+        self.t_embed = TimestepEmbedder(hidden_size)
+        self.label_embed = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio, attn_dropout, qk_norm, context_dim) for _ in range(depth)
+        )
+        self.final = nn.ModuleDict({s.name: FinalLayer(hidden_size, s.patch_size, s.channels)
+                                    for s in streams if s.predict})
+
+        # Fixed position tables (not parameters, not saved: they are a function of the specs).
+        for s in streams:
+            if pos_embed == "sincos":
+                self.register_buffer(f"pos_{s.name}", sincos_2d(s.grid, s.grid, hidden_size, s.pos_scale),
+                                     persistent=False)
+        if pos_embed == "rope":
+            tables = [rope_2d(s.grid, s.grid, hidden_size // num_heads, scale=s.pos_scale) for s in streams]
+            self.register_buffer("rope_cos", torch.cat([c for c, _ in tables]), persistent=False)
+            self.register_buffer("rope_sin", torch.cat([s for _, s in tables]), persistent=False)
+        # Token -> stream index, used to gather per-(sample, stream) modulation to tokens.
+        stream_of_token = torch.cat([torch.full((s.num_tokens,), i) for i, s in enumerate(streams)])
+        self.register_buffer("stream_of_token", stream_of_token, persistent=False)
+        self.initialize_weights()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.streams)
+
+    def initialize_weights(self) -> None:
+        def _xavier(m):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+        self.apply(_xavier)
+        for pe in self.patch_embed.values():  # initialise like a linear layer, as DiT does
+            nn.init.xavier_uniform_(pe.proj.weight.view(pe.proj.weight.shape[0], -1))
+            nn.init.zeros_(pe.proj.bias)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        if self.label_embed is not None:
+            nn.init.normal_(self.label_embed.table.weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity, every output as zero.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN.weight)
+            nn.init.zeros_(block.adaLN.bias)
+        for final in self.final.values():
+            for lin in (final.adaLN, final.linear):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    def _conditioning(self, t: dict[str, torch.Tensor], labels, label_drop, batch: int):
+        """Per-group conditioning (B, G, D) and the token -> group index (None = broadcast / identity)."""
+        per_sample = all(t[s.name].dim() == 1 for s in self.streams)
+        if per_sample:
+            times = torch.stack([t[s.name] for s in self.streams], dim=1)  # (B, S)
+            index = None if len(self.streams) == 1 else self.stream_of_token
+        else:  # at least one stream has per-token noise levels: one group per token
+            parts = []
+            for s in self.streams:
+                ts = t[s.name]
+                parts.append(ts[:, None].expand(batch, s.num_tokens) if ts.dim() == 1 else ts)
+            times = torch.cat(parts, dim=1)  # (B, N)
+            index = None
+        c = self.t_embed(times)  # (B, G, D)
+        if self.label_embed is not None:
+            if labels is None:
+                raise ValueError("this model is class-conditional: pass labels (use the null label "
+                                 f"{self.label_embed.null_label} for unconditional)")
+            c = c + self.label_embed(labels, label_drop)[:, None]
+        return torch.nn.functional.silu(c), index
+
+    def _check_inputs(self, x, t):
+        for s in self.streams:
+            if s.name not in x or s.name not in t:
+                raise ValueError(f"missing stream {s.name!r}: the model expects streams {[s.name for s in self.streams]}")
+            xs, ts = x[s.name], t[s.name]
+            if xs.dim() != 4 or tuple(xs.shape[1:]) != (s.channels, s.size, s.size):
+                raise ValueError(f"stream {s.name!r} has shape {tuple(xs.shape)}, expected "
+                                 f"(B, {s.channels}, {s.size}, {s.size})")
+            if not (ts.shape == (xs.shape[0],) or ts.shape == (xs.shape[0], s.num_tokens)):
+                raise ValueError(f"noise level of stream {s.name!r} has shape {tuple(ts.shape)}, expected "
+                                 f"({xs.shape[0]},) per sample or ({xs.shape[0]}, {s.num_tokens}) per token")
+
+    def forward(
+        self,
+        x: dict[str, torch.Tensor],  # name -> (B, C, H, W)
+        t: dict[str, torch.Tensor],  # name -> (B,) or (B, N_s) noise level in [0, 1], 0 = clean
+        labels: Optional[torch.Tensor] = None,  # (B,) int64
+        label_drop: Optional[torch.Tensor] = None,  # (B,) bool: use the null label
+        token_mask: Optional[dict[str, torch.Tensor]] = None,  # name -> (B, N_s) bool, True = real token
+        context: Optional[torch.Tensor] = None,  # (B, M, Dc)
+        context_mask: Optional[torch.Tensor] = None,  # (B, M) bool, True = real element
+    ) -> dict[str, torch.Tensor]:
+        self._check_inputs(x, t)
+        B = next(iter(x.values())).shape[0]
+        tokens = []
+        for s in self.streams:
+            h = self.patch_embed[s.name](x[s.name])  # (B, N_s, D)
+            if self.pos_embed_kind == "sincos":
+                h = h + getattr(self, f"pos_{s.name}").to(h.dtype)
+            tokens.append(h)
+        h = torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]  # (B, N, D)
+        c, index = self._conditioning(t, labels, label_drop, B)
+        mask = None
+        if token_mask is not None:
+            mask = torch.cat([token_mask[s.name] if s.name in token_mask else
+                              torch.ones(B, s.num_tokens, dtype=torch.bool, device=h.device)
+                              for s in self.streams], dim=1)  # (B, N) key padding
+        rope = (self.rope_cos, self.rope_sin) if self.pos_embed_kind == "rope" else None
+        if self.context_dim is None and context is not None:
+            raise ValueError("context given, but the model was built without cross-attention (context_dim=None)")
+        if self.context_dim is not None and context is None:
+            raise ValueError(f"this model cross-attends to a context set: pass context (B, M, {self.context_dim})")
+        for block in self.blocks:
+            h = block(h, c, index, mask, rope, context, context_mask)
+
+        out, start = {}, 0
+        for i, s in enumerate(self.streams):
+            end = start + s.num_tokens
+            if s.predict:
+                # Per-token index into the groups for this slice of the sequence.
+                if index is not None:
+                    sl_index = index[start:end]
+                elif c.shape[1] == 1:
+                    sl_index = None
+                else:  # one group per token
+                    sl_index = torch.arange(start, end, device=h.device)
+                out[s.name] = unpatchify(self.final[s.name](h[:, start:end], c, sl_index), s)
+            start = end
+        return out
+
+
+def build_dit(model_cfg, streams: list[StreamSpec], context_dim: Optional[int] = None) -> DiT:
+    """DiT from a ModelConfig (ditlab.config); the size comes from model.arch unless overridden."""
+    hidden, depth, heads, _ = parse_arch(model_cfg.arch)
+    return DiT(
+        streams=streams,
+        hidden_size=model_cfg.hidden_size or hidden,
+        depth=model_cfg.depth or depth,
+        num_heads=model_cfg.num_heads or heads,
+        mlp_ratio=model_cfg.mlp_ratio,
+        num_classes=model_cfg.num_classes,
+        context_dim=context_dim,
+        pos_embed=model_cfg.pos_embed,
+        attn_dropout=model_cfg.attn_dropout,
+        qk_norm=model_cfg.qk_norm,
+    )

@@ -1,0 +1,58 @@
+"""A short human-readable report of a run: loss curve PNG + report.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: has the run logged anything yet?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_report(run_dir, grid: str | None = None) -> Path:
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    plot = plot_loss(rows, run_dir / "loss.png")
+    first, last = rows[0], rows[-1]
+    lines = [
+        f"# ditlab run report: {run_dir.name}",
+        "",
+        f"- steps: {last['step']}, epochs seen: {last.get('epoch', '?')}",
+        f"- loss: {first['loss']:.4f} (first logged, step {first['step']}) -> {last['loss']:.4f} (last, step {last['step']})",
+    ]
+    if summary:
+        lines += [
+            f"- device: {summary.get('device')}, parameters: {summary.get('parameters', 0) / 1e6:.2f} M",
+            f"- wall time: {summary.get('wall_seconds', 0):.0f} s, throughput: {summary.get('images_per_s', 0):.1f} images/s",
+        ]
+    lines += ["", f"![training loss]({plot.name})", ""]
+    if grid:
+        grid_path = Path(grid)
+        rel = grid_path.name if grid_path.parent.resolve() == run_dir.resolve() else str(grid_path)
+        lines += [f"![samples]({rel})", ""]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out

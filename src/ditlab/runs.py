@@ -1,0 +1,48 @@
+"""Open a finished (or running) training run for sampling and evaluation."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from ditlab.config import Config
+from ditlab.configlib import config_from_dict
+from ditlab.diffusion.objectives import build_objective
+from ditlab.tasks.image import ImageTask, build_image_model
+from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    model: torch.nn.Module
+    task: ImageTask
+    checkpoint: Path
+    info: dict
+
+
+def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] = None,
+             device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild the model of a run from its config.yaml + model.json and load EMA (or raw) weights."""
+    run_dir = Path(run_dir).expanduser()
+    for name in ("config.yaml", "model.json"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a ditlab run directory")
+    cfg = config_from_dict(Config, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
+                           source=str(run_dir / "config.yaml"))
+    info = json.loads((run_dir / "model.json").read_text())
+    ckpt = Path(checkpoint) if checkpoint else find_latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint yet")
+    model = build_image_model(cfg.model, info["image_size"], info["channels"])
+    weights = load_weights(ckpt, which=which)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"weights in {ckpt} do not fit the model of {run_dir / 'config.yaml'}: "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.to(device).eval()
+    return LoadedRun(cfg, model, ImageTask(model, build_objective(cfg.diffusion)), ckpt, info)

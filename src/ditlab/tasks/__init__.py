@@ -1,0 +1,1 @@
+"""Tasks turn batches into token streams and back."""

@@ -1,0 +1,76 @@
+"""Image generation task: a batch of images (+ labels) <-> one target stream named "image".
+
+The task is the only place that knows pixels are uint8 in [0, 255] and the network sees [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ditlab.diffusion.objectives import Objective
+from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
+from ditlab.train.ema import unwrap_model
+
+STREAM = "image"
+
+
+def image_stream(image_size: int, channels: int, arch: str) -> StreamSpec:
+    _, _, _, patch = parse_arch(arch)
+    if image_size % patch:
+        raise ValueError(f"image size {image_size} is not divisible by the patch size {patch} of {arch}")
+    return StreamSpec(STREAM, channels, image_size, patch)
+
+
+def build_image_model(model_cfg, image_size: int, channels: int = 3) -> DiT:
+    return build_dit(model_cfg, [image_stream(image_size, channels, model_cfg.arch)])
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [-1, 1]."""
+    return images_uint8.float().div_(127.5).sub_(1.0)
+
+
+class ImageTask:
+    def __init__(self, model: torch.nn.Module, objective: Objective):
+        self.model = model
+        self.objective = objective
+        base = unwrap_model(model)
+        self.spec = base.streams[0]
+        self.num_classes = base.label_embed.num_classes if base.label_embed is not None else 0
+
+    @property
+    def patch_sizes(self) -> dict[str, int]:
+        return {STREAM: self.spec.patch_size}
+
+    def training_loss(
+        self,
+        images: torch.Tensor,  # (B, C, H, W) float in [-1, 1]
+        labels: Optional[torch.Tensor],
+        label_drop: Optional[torch.Tensor],
+        t: torch.Tensor,  # (B,) or (B, N) noise levels
+        noise: torch.Tensor,
+        loss_mask: Optional[torch.Tensor] = None,  # (B, N) bool
+    ) -> torch.Tensor:
+        """Per-sample loss (B,)."""
+        labels = labels if self.num_classes else None
+
+        def net(x_t, t_):
+            return self.model(x_t, t_, labels=labels, label_drop=label_drop if self.num_classes else None)
+
+        mask = {STREAM: loss_mask} if loss_mask is not None else None
+        return self.objective.loss(net, {STREAM: images}, {STREAM: t}, {STREAM: noise}, self.patch_sizes, mask)
+
+    def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
+        """Conditional denoiser (x, t, drop) -> {name: (x0_hat, eps_hat)} for the samplers."""
+        model = model if model is not None else self.model
+
+        def denoise(x, t, drop):
+            kwargs = {}
+            if self.num_classes:
+                lab = labels if labels.shape[0] == drop.shape[0] else torch.cat([labels] * (drop.shape[0] // labels.shape[0]))
+                kwargs = dict(labels=lab, label_drop=drop)
+            out = model(x, t, **kwargs)
+            return {k: self.objective.to_x0_eps(out[k], x[k], t[k].view(-1, 1, 1, 1)) for k in out}
+
+        return denoise

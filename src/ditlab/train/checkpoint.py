@@ -1,0 +1,316 @@
+"""Atomic, resumable checkpoints.
+
+    RUN/checkpoints/step_00001000/{model.safetensors, ema.safetensors (optional), state.pt}
+    RUN/checkpoints/latest          folder name of the newest complete checkpoint
+
+Weights live in safetensors so sampling never unpickles anything nor reads the (large) optimizer
+state; the rest is plain data in ``state.pt``, read back with ``torch.load(weights_only=True)``.
+A checkpoint is built in a hidden temp folder, renamed into place, and only then named by
+``latest``, so a crash or a full disk at any moment leaves the previous checkpoint loadable.
+Only one process (rank 0) should call :func:`save_checkpoint`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ditlab.train.ema import strip_wrapper_prefix, unwrap_model
+
+CHECKPOINT_FORMAT_VERSION = 1
+MODEL_FILE, EMA_FILE, STATE_FILE, LATEST_FILE = "model.safetensors", "ema.safetensors", "state.pt", "latest"
+REQUIRED_STATE_KEYS = ("format_version", "step")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, found or read; the message names the path."""
+
+
+def plain_state_dict(obj) -> dict[str, torch.Tensor]:
+    """Module / mapping / object with ``state_dict()`` -> {plain name: own contiguous CPU copy}.
+
+    Copying each tensor un-shares tied weights (safetensors refuses shared storage) and makes views
+    contiguous; both names of a tied pair are kept so strict loading still works.
+    """
+    sd = unwrap_model(obj).state_dict() if isinstance(obj, nn.Module) else \
+        obj if isinstance(obj, Mapping) else obj.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, t in sd.items():
+        name = strip_wrapper_prefix(key)
+        if not isinstance(t, torch.Tensor) or name in out:
+            raise CheckpointError(f"state_dict entry {key!r} is not a tensor or duplicates {name!r}")
+        t = t.detach().to("cpu", copy=True)
+        out[name] = t if t.is_contiguous() else t.contiguous()
+    return out
+
+
+def capture_rng_state() -> dict:
+    """Python, numpy, torch-CPU and every CUDA device's RNG state, as weights_only-loadable data."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    cuda = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())] \
+        if torch.cuda.is_available() else []
+    return {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(), "cuda": cuda,
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def restore_rng_state(d: dict) -> None:
+    """Inverse of :func:`capture_rng_state`; CUDA states are restored for the devices both have."""
+    version, internal, gauss = d["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = d["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(d["torch"].cpu())
+    if d.get("cuda") and torch.cuda.is_available():
+        if len(d["cuda"]) != torch.cuda.device_count():
+            warnings.warn(f"checkpoint has RNG state for {len(d['cuda'])} CUDA devices, "
+                          f"{torch.cuda.device_count()} are visible; restoring the overlap")
+        for i, s in enumerate(d["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.cpu(), i)
+
+
+# ---------------------------------------------------------------------------------------- save
+def _fsync(path: Path) -> None:
+    if os.name == "nt" and path.is_dir():
+        return  # Windows cannot open a directory for fsync
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """``step_*`` folders, newest step first."""
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=None,
+                    state: dict | None = None, keep: int = 3) -> Path:
+    """Write ``RUN/checkpoints/step_{step:08d}`` atomically, point ``latest`` at it, keep ``keep``.
+
+    ``ema``: a module, a state dict, or anything with ``state_dict()`` (e.g. :class:`EMA`).
+    ``state``: the caller's plain data (data position, config dict, extras); it is checked to load
+    with ``weights_only=True`` before anything is written. RNG is captured here unless ``state``
+    already has ``"rng"`` (e.g. gathered from all ranks). ``keep <= 0`` keeps every checkpoint.
+    """
+    step, payload = int(step), dict(state or {})
+    if {"format_version", "optimizer", "has_ema"} & payload.keys() or payload.get("step", step) != step:
+        raise ValueError("state may not set format_version/optimizer/has_ema, nor a different step")
+    payload.setdefault("rng", capture_rng_state())
+    payload.update(format_version=CHECKPOINT_FORMAT_VERSION, step=step, has_ema=ema is not None)
+    try:  # fail now, not at resume time, if a Path/numpy/dataclass slipped into state
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"state cannot be stored: it must hold only tensors, numbers, strings and "
+                              f"lists/dicts of them ({type(e).__name__}: {e})") from e
+    payload["optimizer"] = optimizer.state_dict() if optimizer is not None else None
+
+    root, name, pid = Path(run_dir) / "checkpoints", f"step_{step:08d}", os.getpid()
+    final, tmp, old = root / name, root / f".tmp-{name}-{pid}", root / f".old-{name}-{pid}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in [*root.glob(".tmp-step_*"), *root.glob(".latest.tmp-*")]:  # left by a killed save
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        tmp.mkdir()
+        meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(step)}
+        for file, obj in ((MODEL_FILE, model), (EMA_FILE, ema)):
+            if obj is not None:
+                save_file(plain_state_dict(obj), str(tmp / file), metadata=meta)
+                _fsync(tmp / file)
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp)
+        if final.exists():  # same step saved twice: keep the old copy until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync(root)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        if not isinstance(e, Exception):
+            raise
+        raise CheckpointError(f"failed to save checkpoint step {step} to {final}: {type(e).__name__}: "
+                              f"{e}. Older checkpoints in {root} were kept.") from e
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        with open(root / f".latest.tmp-{pid}", "w", encoding="utf-8") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(root / f".latest.tmp-{pid}", root / LATEST_FILE)
+        _fsync(root)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {final} was written but {root / LATEST_FILE} could not be "
+                              f"updated ({type(e).__name__}: {e}); it still names an older one") from e
+    for p in ([p for p in _step_dirs(root) if p != final][keep - 1:] if keep > 0 else []):
+        shutil.rmtree(p, ignore_errors=True)  # a leftover old checkpoint only costs disk
+    return final
+
+
+# ---------------------------------------------------------------------------------------- load
+def _read_state(path: Path, map_location="cpu", mmap: bool = False) -> dict:
+    try:
+        st = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} (missing, truncated or corrupt?): {type(e).__name__}: {e}") from e
+    if not isinstance(st, dict):
+        raise CheckpointError(f"{path} holds a {type(st).__name__}, not a checkpoint state dict")
+    for key in REQUIRED_STATE_KEYS:
+        if key not in st:
+            raise CheckpointError(f"{path} is missing required key {key!r}")
+    if st["format_version"] > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {st['format_version']}, newer than this "
+                              f"ditlab reads ({CHECKPOINT_FORMAT_VERSION})")
+    return st
+
+
+def _read_weights(path: Path, device="cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {type(e).__name__}: {e}") from e
+
+
+def _validate(folder: Path) -> str | None:
+    """Cheap completeness check (headers parse, state loads memory-mapped): None or the reason."""
+    try:
+        st = _read_state(folder / STATE_FILE, mmap=True)
+        for file in [MODEL_FILE] + ([EMA_FILE] if st.get("has_ema") else []):
+            if not (folder / file).is_file():
+                return f"{folder / file} is missing"
+            try:  # safetensors checks the file is as long as its header says
+                with safe_open(str(folder / file), framework="pt"):
+                    pass
+            except Exception as e:
+                return f"{folder / file} is unreadable: {e}"
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
+def find_latest_checkpoint(run_dir) -> Path | None:
+    """The folder ``latest`` names; if unusable, the newest valid ``step_*``, with a warning.
+
+    None when the run has no checkpoints yet; :class:`CheckpointError` when it has some but none
+    is valid, so a run never silently restarts from scratch over a broken history.
+    """
+    root = Path(run_dir)
+    root = root if root.name == "checkpoints" and not (root / "checkpoints").is_dir() else root / "checkpoints"
+    if not root.is_dir():
+        return None
+    bad: dict[Path, str] = {}
+    if (root / LATEST_FILE).is_file():
+        named = (root / LATEST_FILE).read_text(encoding="utf-8").strip()
+        reason = _validate(root / named) if _STEP_DIR.match(named) else f"not a step_* name: {named!r}"
+        if reason is None:
+            return root / named
+        bad[root / named] = reason
+    for folder in _step_dirs(root):
+        if folder in bad:
+            continue
+        if (reason := _validate(folder)) is None:
+            skipped = "; ".join(f"{p}: {r}" for p, r in bad.items()) or f"{root / LATEST_FILE} is missing"
+            warnings.warn(f"unusable checkpoint(s) skipped ({skipped}); using {folder}")
+            return folder
+        bad[folder] = reason
+    if bad:
+        raise CheckpointError(f"no valid checkpoint in {root}:\n" + "\n".join(f"  {p}: {r}" for p, r in bad.items()))
+    return None
+
+
+def _resolve(path_or_run_dir) -> Path:
+    p = Path(path_or_run_dir)
+    if (p / STATE_FILE).is_file() or _STEP_DIR.match(p.name):
+        return p
+    if (found := find_latest_checkpoint(p)) is None:
+        raise CheckpointError(f"no checkpoint found under {p}")
+    return found
+
+
+def _load_into(module: nn.Module, weights: dict, strict: bool, path: Path) -> None:
+    module = unwrap_model(module)
+    own = module.state_dict()
+    problems = {
+        "shape mismatch": [f"{k} checkpoint {tuple(w.shape)} vs model {tuple(own[k].shape)}"
+                           for k, w in weights.items() if k in own and w.shape != own[k].shape],
+        "missing from checkpoint": sorted(own.keys() - weights.keys()),
+        "unexpected in checkpoint": sorted(weights.keys() - own.keys())}
+    if any(problems.values()):
+        msg = f"{path} does not match {type(module).__name__}:" + "".join(
+            f"\n  {label} ({len(v)}): " + ", ".join(v[:20]) + (" ..." if len(v) > 20 else "")
+            for label, v in problems.items() if v)
+        if strict:
+            raise CheckpointError(msg)
+        warnings.warn(msg + "\n  (strict=False: loading the keys that fit)")
+    module.load_state_dict({k: w for k, w in weights.items() if k in own and w.shape == own[k].shape},
+                           strict=False)
+
+
+def load_checkpoint(path_or_run_dir, model: nn.Module | None = None, optimizer=None, ema=None,
+                    map_location="cpu", strict: bool = True) -> dict:
+    """Load a checkpoint folder (or a run dir's latest) into the given objects; return its state.
+
+    The dict holds ``step``, ``rng``, ``format_version``, ``has_ema``, the caller's own keys and
+    ``checkpoint_dir``. The optimizer state goes to ``optimizer`` and is not returned (it is twice
+    the model's size). RNG is *not* restored here: call :func:`restore_rng_state` if wanted.
+    """
+    folder = _resolve(path_or_run_dir)
+    st = _read_state(folder / STATE_FILE, map_location)
+    if model is not None:
+        _load_into(model, _read_weights(folder / MODEL_FILE), strict, folder / MODEL_FILE)
+    if ema is not None:
+        if not (folder / EMA_FILE).is_file():
+            raise CheckpointError(f"{folder} has no {EMA_FILE} (saved without EMA); pass ema=None")
+        weights = _read_weights(folder / EMA_FILE)
+        target = ema if isinstance(ema, nn.Module) else getattr(ema, "module", None)
+        if isinstance(target, nn.Module):
+            _load_into(target, weights, strict, folder / EMA_FILE)
+        elif isinstance(ema, dict):
+            ema.update(weights)
+        else:
+            ema.load_state_dict(weights)
+    opt_state = st.pop("optimizer", None)
+    if optimizer is not None:
+        if opt_state is None:
+            raise CheckpointError(f"{folder / STATE_FILE} has no optimizer state (saved with optimizer=None)")
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"optimizer state in {folder / STATE_FILE} does not fit: {e}") from e
+    st["checkpoint_dir"] = str(folder)
+    return st
+
+
+def load_weights(path, which: str = "ema", device="cpu") -> dict[str, torch.Tensor]:
+    """Weights only, for sampling: ``path`` is a run dir, a checkpoint folder or a .safetensors file."""
+    if which not in ("ema", "model"):
+        raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return _read_weights(p, device)
+    file = _resolve(p) / (EMA_FILE if which == "ema" else MODEL_FILE)
+    if not file.is_file() and which == "ema":
+        raise CheckpointError(f"{file} does not exist (checkpoint saved without EMA); use which='model'")
+    return _read_weights(file, device)

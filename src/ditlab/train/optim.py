@@ -1,0 +1,34 @@
+"""Optimizer and learning-rate schedule, built from OptimConfig."""
+from __future__ import annotations
+
+import torch
+
+
+def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device) -> torch.optim.Optimizer:
+    # Fused AdamW runs the whole update in a few kernels on the GPU; the CPU has no fused version
+    # before torch 2.4 and it gives no gain there, so the CPU uses the foreach path.
+    fused = optim_cfg.fused and device.type == "cuda"
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=optim_cfg.lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
+        fused=fused,
+        foreach=None if fused else True,
+    )
+
+
+def lr_at(step: int, optim_cfg) -> float:
+    """Linear warm-up to optim.lr over optim.warmup_steps, then constant."""
+    if optim_cfg.warmup_steps > 0 and step < optim_cfg.warmup_steps:
+        return optim_cfg.lr * (step + 1) / optim_cfg.warmup_steps
+    return optim_cfg.lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

@@ -1,0 +1,257 @@
+"""The training loop: data on the device, one objective, EMA, atomic checkpoints, exact resume.
+
+Everything a step draws at random (timesteps, noise, flips, label dropout, attention dropout)
+comes from torch's global RNG, whose state is saved in every checkpoint; the data order comes from
+(seed, epoch) and a position. So a resumed run repeats the uninterrupted one exactly (bitwise on
+the CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ditlab.config import Config
+from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dict
+from ditlab.data import load_image_data
+from ditlab.diffusion.objectives import build_objective
+from ditlab.imageio import save_image_grid
+from ditlab.sampling import generate
+from ditlab.tasks.image import ImageTask, build_image_model, to_model_range
+from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
+                                     restore_rng_state, save_checkpoint)
+from ditlab.train.data_order import EpochSampler
+from ditlab.train.ema import EMA
+from ditlab.train.log import RunLogger
+from ditlab.train.optim import build_optimizer, lr_at, set_lr
+from ditlab.train.stop import StopRequest
+
+# Config keys that change parameter shapes or the meaning of the weights: a resumed run may not change them.
+SHAPE_KEYS = ("model.arch", "model.hidden_size", "model.depth", "model.num_heads", "model.mlp_ratio",
+              "model.pos_embed", "model.num_classes", "model.qk_norm", "data.image_size",
+              "diffusion.process", "diffusion.prediction")
+EXIT_NONFINITE = 2
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def autocast_dtype(cfg: Config, device: torch.device):
+    if device.type != "cuda" or cfg.train.precision == "fp32":
+        return None
+    return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.run_dir).expanduser()
+        self.progress = progress
+        # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
+        self.data = load_image_data(cfg.data.path, cfg.data.image_size, cfg.data.on_bad_image, cfg.data.root,
+                                    progress=progress)
+        self._check_labels()
+        self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.train.seed)
+
+        _, channels, height, width = self.data.images.shape
+        if height != width:
+            raise ValueError(f"images are {height}x{width}; set data.image_size to train on square crops")
+        self.model = build_image_model(cfg.model, height, channels).to(self.device)
+        self.objective = build_objective(cfg.diffusion)
+        self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.amp_dtype = autocast_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.order = EpochSampler(len(self.data.images), cfg.train.batch_size, cfg.train.seed)
+        self.step = 0
+
+        self.images = self.data.images.to(self.device)  # uint8 on the device: no loader in the hot loop
+        self.labels = self.data.labels.to(self.device)
+        self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.task = ImageTask(self.train_model, self.objective)
+        self.ema_task = ImageTask(self.ema.module, self.objective)
+        self._prepare_run_dir(resume)
+        self.logger = RunLogger(self.run_dir)
+        if self.step:
+            self.logger.truncate_after(self.step)
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _check_labels(self) -> None:
+        n = self.cfg.model.num_classes
+        if n and not self.cfg.data.use_labels:
+            raise ValueError("model.num_classes > 0 needs data.use_labels=true")
+        if n and self.data.num_classes == 0:
+            raise ValueError(f"model.num_classes={n} but the data set {self.data.source} has no labels "
+                             "(no class folders); set model.num_classes=0")
+        if n and self.data.num_classes > n:
+            raise ValueError(f"the data set has {self.data.num_classes} classes but model.num_classes={n}")
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        latest = find_latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
+        if latest is not None and not resume:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints (latest {latest.name}); pass --resume "
+                                  "to continue it or choose another train.run_dir")
+        saved_cfg = self.run_dir / "config.yaml"
+        if latest is not None:
+            self._check_config_change(saved_cfg)
+            state = load_checkpoint(latest, model=self.model, optimizer=self.optimizer, ema=self.ema,
+                                    map_location=self.device)
+            self.step = int(state["step"])
+            self.order.load_state_dict(state["data"])
+            restore_rng_state(state["rng"])
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+            print(f"ditlab: resumed {self.run_dir} from {latest.name} (step {self.step})", flush=True)
+        elif resume:
+            print(f"ditlab: --resume given but {self.run_dir} has no checkpoint; starting from step 0", flush=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, str(saved_cfg))
+        # What `ditlab sample` needs to rebuild the network without reading the data set again.
+        spec = self.model.streams[0]
+        info = {"image_size": spec.size, "channels": spec.channels, "num_classes": self.cfg.model.num_classes,
+                "class_names": self.data.class_names, "data_source": self.data.source}
+        (self.run_dir / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def _check_config_change(self, saved_path: Path) -> None:
+        if not saved_path.exists():
+            return
+        import yaml
+
+        saved = config_from_dict(Config, yaml.safe_load(saved_path.read_text()) or {}, source=str(saved_path))
+        changes = diff_configs(saved, self.cfg)
+        fatal = {k: v for k, v in changes.items() if k in SHAPE_KEYS}
+        if fatal:
+            listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in fatal.items())
+            raise ValueError(f"cannot resume {self.run_dir}: these settings change the model ({listing}); "
+                             "start a new train.run_dir or use the saved values")
+        for k, (a, b) in changes.items():
+            print(f"ditlab: warning: resuming with {k} changed from {a!r} to {b!r}", flush=True)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _batch(self):
+        idx = self.order.next_indices().to(self.device)
+        x = to_model_range(self.images[idx])  # (B, C, H, W) in [-1, 1]
+        if self.cfg.data.hflip:
+            flip = torch.rand(x.shape[0], device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, self.labels[idx]
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (loss, grad norm). Raises NonFiniteLossError before stepping."""
+        cfg = self.cfg
+        x, labels = self._batch()
+        B = x.shape[0]
+        t = self.objective.schedule.sample_time((B,), self.device)
+        noise = torch.randn_like(x)
+        label_drop = torch.rand(B, device=self.device) < cfg.model.label_dropout if cfg.model.num_classes else None
+        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        with ctx:
+            loss = self.task.training_loss(x, labels, label_drop, t, noise).mean()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        loss_value, gnorm_value = torch.stack([loss.detach().float(), gnorm.float()]).tolist()
+        if not math.isfinite(loss_value) or (self.scaler is None and not math.isfinite(gnorm_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
+                                     f"at step {self.step + 1} (loss={loss_value}, grad norm={gnorm_value}); "
+                                     "stopped before the optimizer step, the last checkpoint is untouched")
+        set_lr(self.optimizer, lr_at(self.step, cfg.optim))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step itself on inf gradients (fp16 overflow)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.step % cfg.ema.every == 0:
+            self.ema.update(self.model, self.step)
+        return loss_value, gnorm_value
+
+    # ---- outputs ------------------------------------------------------------------------------
+    def save(self) -> Path:
+        state = {"data": self.order.state_dict(), "rng": capture_rng_state(), "config": to_dict(self.cfg)}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.ema, state=state,
+                               keep=self.cfg.train.keep_checkpoints)
+
+    def sample_grid(self) -> Path:
+        s = self.cfg.sample
+        # Sampling draws from its own per-sample generators, so it does not disturb the training RNG.
+        images, _ = generate(self.ema_task, self.ema.module, s.grid_size, s.seed, batch_size=max(s.grid_size, 1),
+                             sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, eta=s.eta,
+                             device=self.device, autocast_dtype=self.amp_dtype)
+        path = save_image_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
+        self.logger.log_image(self.step, "samples", str(path))
+        return path
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train to train.steps; returns the process exit code (0, 128 + signal, or 2 on NaN)."""
+        cfg = self.cfg.train
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+        t_start, start_step = time.perf_counter(), self.step
+        last_loss = float("nan")
+        with StopRequest() as stop:
+            while self.step < cfg.steps:
+                try:
+                    loss, gnorm = self.train_step()
+                except NonFiniteLossError as err:
+                    bar.close()
+                    print(f"ditlab: error: {err}", flush=True)
+                    self.logger.close()
+                    return EXIT_NONFINITE
+                last_loss = loss
+                window_loss, window_n = window_loss + loss, window_n + 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - t_window
+                    metrics = {"loss": window_loss / window_n, "grad_norm": gnorm,
+                               "lr": lr_at(self.step - 1, self.cfg.optim),
+                               "images_per_s": window_n * cfg.batch_size / max(elapsed, 1e-9),
+                               "epoch": self.order.epoch}
+                    self.logger.log(self.step, metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}")
+                    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.sample_grid()
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or stop.requested:
+                    self.save()
+                if stop.requested:
+                    bar.close()
+                    print(f"ditlab: stopped at step {self.step}; resume with --resume", flush=True)
+                    self.logger.close()
+                    return stop.exit_code
+        bar.close()
+        wall = time.perf_counter() - t_start
+        summary = {"steps": self.step, "final_loss": last_loss, "wall_seconds": wall,
+                   "images_per_s": (self.step - start_step) * cfg.batch_size / max(wall, 1e-9),
+                   "device": str(self.device), "parameters": sum(p.numel() for p in self.model.parameters())}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.logger.close()
+        return 0

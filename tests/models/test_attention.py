@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from ditlab.models.attention import Attention
+
+
+def _attn(cross=False, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return Attention(32, 4, kv_dim=24 if cross else None, dropout=dropout).eval()
+
+
+def test_key_padding_equals_unpadded_slice():
+    """Attention over a padded context with a mask equals attention over the real elements only."""
+    attn = _attn(cross=True)
+    x = torch.randn(2, 5, 32)
+    ctx = torch.randn(2, 16, 24)
+    lengths = [10, 7]
+    mask = torch.arange(16)[None] < torch.tensor(lengths)[:, None]
+    padded = attn(x, context=ctx.masked_fill(~mask[..., None], 123.0), mask=mask)  # garbage in the padding
+    for b, n in enumerate(lengths):
+        ref = attn(x[b : b + 1], context=ctx[b : b + 1, :n])
+        torch.testing.assert_close(padded[b : b + 1], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_inverted_mask_is_detected():
+    """The padding test has teeth: inverting the mask changes the output."""
+    attn = _attn(cross=True)
+    x, ctx = torch.randn(1, 5, 32), torch.randn(1, 16, 24)
+    mask = torch.arange(16)[None] < 10
+    ref = attn(x, context=ctx[:, :10])
+    torch.testing.assert_close(attn(x, context=ctx, mask=mask), ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(attn(x, context=ctx, mask=~mask), ref, atol=1e-3)
+
+
+def test_fully_masked_rows_are_zero_and_finite_with_finite_grads():
+    attn = _attn(cross=True).train()
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    ctx = torch.randn(3, 8, 24, requires_grad=True)
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    mask[1] = False  # sample 1: the whole context is padding (e.g. a dropped condition)
+    out = attn(x, context=ctx, mask=mask)
+    assert torch.isfinite(out).all()
+    assert torch.count_nonzero(out[1]) == 0
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(ctx.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
+
+
+def test_per_query_mask_fully_masked_query():
+    attn = _attn()
+    x = torch.randn(1, 4, 32)
+    mask = torch.tril(torch.ones(4, 4, dtype=torch.bool))[None].clone()
+    mask[0, 2] = False  # query 2 sees nothing
+    out = attn(x, mask=mask)
+    assert torch.isfinite(out).all() and torch.count_nonzero(out[0, 2]) == 0
+    # causal rows equal attention over their prefix
+    torch.testing.assert_close(out[0, 1], attn(x[:, :2])[0, 1], atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_only_in_training():
+    attn = _attn(dropout=0.5)
+    x = torch.randn(2, 6, 32)
+    attn.eval()
+    torch.testing.assert_close(attn(x), attn(x))
+    attn.train()
+    torch.manual_seed(0)
+    a = attn(x)
+    torch.manual_seed(1)
+    b = attn(x)
+    assert not torch.allclose(a, b)
+
+
+def test_float_mask_rejected():
+    attn = _attn()
+    x = torch.randn(1, 4, 32)
+    bad = torch.zeros(1, 4).masked_fill(torch.tensor([[False, False, True, True]]), torch.finfo(torch.float32).min)
+    with pytest.raises(TypeError, match="boolean"):
+        attn(x, mask=bad)
+
+
+def test_mask_shape_mismatch_names_shapes():
+    attn = _attn()
+    with pytest.raises(ValueError, match=r"\(1, 5\).*expected \(1, 4\)"):
+        attn(torch.randn(1, 4, 32), mask=torch.ones(1, 5, dtype=torch.bool))

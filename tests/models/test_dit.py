@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from ditlab.config import ModelConfig
+from ditlab.models.dit import DIT_ARCHS, DiT, StreamSpec, build_dit, parse_arch
+
+
+def tiny(streams, **kw):
+    torch.manual_seed(0)
+    model = DiT(streams, hidden_size=32, depth=2, num_heads=4, **kw)
+    # adaLN-Zero starts as the identity; perturb so tests see a non-trivial network
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+IMG = StreamSpec("image", 3, 8, 2)
+COND = StreamSpec("cond", 3, 4, 2, predict=False, pos_scale=2.0)
+
+
+def test_size_table():
+    assert len(DIT_ARCHS) == 12
+    assert parse_arch("DiT-B/2") == (768, 12, 12, 2)
+    with pytest.raises(ValueError, match="DiT-S/2"):
+        parse_arch("DiT-M/2")
+
+
+def test_output_shapes_and_predicted_streams_only():
+    model = tiny([COND, IMG], num_classes=5)
+    x = {"image": torch.randn(2, 3, 8, 8), "cond": torch.randn(2, 3, 4, 4)}
+    t = {"image": torch.rand(2), "cond": torch.zeros(2)}
+    out = model(x, t, labels=torch.tensor([0, 4]))
+    assert set(out) == {"image"} and out["image"].shape == (2, 3, 8, 8)
+
+
+def test_per_token_t_equal_to_per_sample_when_constant():
+    model = tiny([COND, IMG])
+    x = {"image": torch.randn(2, 3, 8, 8), "cond": torch.randn(2, 3, 4, 4)}
+    t = {"image": torch.tensor([0.3, 0.7]), "cond": torch.tensor([0.0, 0.2])}
+    per_token = {"image": t["image"][:, None].expand(2, 16).clone(), "cond": t["cond"][:, None].expand(2, 4).clone()}
+    torch.testing.assert_close(model(x, t)["image"], model(x, per_token)["image"], atol=1e-5, rtol=1e-5)
+
+
+def test_per_token_t_reaches_each_token():
+    """Changing the noise level of one condition token changes the output: modulation is per token."""
+    model = tiny([COND, IMG])
+    x = {"image": torch.randn(1, 3, 8, 8), "cond": torch.randn(1, 3, 4, 4)}
+    t1 = {"image": torch.full((1, 16), 0.5), "cond": torch.zeros(1, 4)}
+    t2 = {"image": t1["image"], "cond": torch.tensor([[0.0, 0.0, 0.9, 0.0]])}
+    assert not torch.allclose(model(x, t1)["image"], model(x, t2)["image"], atol=1e-4)
+
+
+def test_context_padding_invariance():
+    model = tiny([IMG], context_dim=6)
+    x = {"image": torch.randn(2, 3, 8, 8)}
+    t = {"image": torch.rand(2)}
+    ctx = torch.randn(2, 10, 6)
+    mask = torch.arange(10)[None] < torch.tensor([[10], [4]])
+    padded = model(x, t, context=ctx, context_mask=mask)["image"]
+    ref = model({"image": x["image"][1:]}, {"image": t["image"][1:]}, context=ctx[1:, :4])["image"]
+    torch.testing.assert_close(padded[1:], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fully_masked_context_finite_gradients():
+    model = tiny([IMG], context_dim=6).train()
+    x = {"image": torch.randn(2, 3, 8, 8)}
+    out = model(x, {"image": torch.rand(2)}, context=torch.randn(2, 5, 6),
+                context_mask=torch.zeros(2, 5, dtype=torch.bool))["image"]
+    out.square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_token_padding_of_condition_stream():
+    """Masked condition tokens do not influence the target's output."""
+    model = tiny([COND, IMG])
+    x = {"image": torch.randn(1, 3, 8, 8), "cond": torch.randn(1, 3, 4, 4)}
+    t = {"image": torch.rand(1), "cond": torch.zeros(1)}
+    mask = {"cond": torch.tensor([[True, True, False, False]])}
+    a = model(x, t, token_mask=mask)["image"]
+    x2 = {"image": x["image"], "cond": x["cond"].clone()}
+    x2["cond"][..., 2:, :] = 50.0  # the masked patches (bottom row of the 2x2 grid)
+    torch.testing.assert_close(a, model(x2, t, token_mask=mask)["image"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pos", ["sincos", "rope"])
+def test_build_from_config_and_backward(pos):
+    cfg = ModelConfig(arch="DiT-S/4", hidden_size=32, depth=2, num_heads=2, num_classes=3, pos_embed=pos,
+                      attn_dropout=0.1)
+    model = build_dit(cfg, [StreamSpec("image", 3, 16, 4)]).train()
+    out = model({"image": torch.randn(2, 3, 16, 16)}, {"image": torch.rand(2)}, labels=torch.tensor([0, 2]),
+                label_drop=torch.tensor([True, False]))["image"]
+    out.mean().backward()
+    # adaLN-Zero: the output layer starts at zero
+    assert torch.count_nonzero(out) == 0
+
+
+def test_bad_shapes_are_named():
+    model = tiny([IMG])
+    with pytest.raises(ValueError, match="stream 'image' has shape"):
+        model({"image": torch.randn(1, 3, 4, 4)}, {"image": torch.rand(1)})
+    with pytest.raises(ValueError, match="noise level of stream 'image'"):
+        model({"image": torch.randn(1, 3, 8, 8)}, {"image": torch.rand(1, 3)})

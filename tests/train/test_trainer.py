@@ -1,0 +1,107 @@
+"""End-to-end CPU training: resume equality, the loss falls, non-finite losses stop, signals save."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from ditlab.config import load_config
+from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
+from ditlab.train.trainer import EXIT_NONFINITE, NonFiniteLossError, Trainer
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """64 structured 16x16 images in 4 classes (a colour per class plus noise): learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 4
+    colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220], [220, 220, 40]])
+    images = colours[labels][:, None, None, :] + rng.normal(0, 20, (64, 16, 16, 3))
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, images=np.clip(images, 0, 255).astype(np.uint8), labels=labels)
+    return str(path)
+
+
+def tiny_cfg(data, run_dir, *extra):
+    return load_config(None, [
+        "model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=2", "model.num_heads=2",
+        "model.num_classes=4", "model.attn_dropout=0.1", f"data.path={data}", "train.batch_size=8",
+        "train.device=cpu", "train.log_every=1", "train.sample_every=0", "train.ckpt_every=5",
+        f"train.run_dir={run_dir}", "optim.lr=1e-3", "ema.decay=0.9", *extra])
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+@pytest.mark.parametrize("process", ["ddpm", "flow"])
+def test_resume_repeats_the_uninterrupted_run_exactly(tiny_data, tmp_path, process):
+    pred = "eps" if process == "ddpm" else "velocity"
+    extra = [f"diffusion.process={process}", f"diffusion.prediction={pred}"]
+    straight = tmp_path / "straight"
+    assert Trainer(tiny_cfg(tiny_data, straight, "train.steps=10", *extra), progress=False).run() == 0
+
+    split = tmp_path / "split"
+    assert Trainer(tiny_cfg(tiny_data, split, "train.steps=5", *extra), progress=False).run() == 0
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    assert Trainer(tiny_cfg(tiny_data, split, "train.steps=10", *extra), resume=True, progress=False).run() == 0
+
+    assert losses(straight) == losses(split)  # bitwise equal floats
+    for which in ("model", "ema"):
+        a, b = load_weights(straight, which), load_weights(split, which)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume(tiny_data, tmp_path):
+    Trainer(tiny_cfg(tiny_data, tmp_path / "r", "train.steps=5"), progress=False).run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(tiny_cfg(tiny_data, tmp_path / "r", "train.steps=10"), progress=False)
+
+
+def test_resume_with_changed_shape_is_an_error(tiny_data, tmp_path):
+    Trainer(tiny_cfg(tiny_data, tmp_path / "r", "train.steps=5"), progress=False).run()
+    with pytest.raises(ValueError, match="model.hidden_size"):
+        Trainer(tiny_cfg(tiny_data, tmp_path / "r", "train.steps=10", "model.hidden_size=64"), resume=True,
+                progress=False)
+
+
+def test_loss_falls(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    Trainer(tiny_cfg(tiny_data, run, "train.steps=80", "model.attn_dropout=0.0", "optim.lr=2e-3",
+                     "diffusion.process=flow", "diffusion.prediction=velocity"), progress=False).run()
+    values = losses(run)
+    assert np.mean(values[-10:]) < 0.8 * np.mean(values[:10]), (values[:10], values[-10:])
+
+
+def test_nonfinite_loss_stops_before_the_optimizer_step(tiny_data, tmp_path):
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "r", "train.steps=10"), progress=False)
+    trainer.train_step()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    trainer.task.training_loss = lambda *a, **k: torch.full((8,), float("nan"), requires_grad=True)
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        trainer.train_step()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in trainer.ema.module.state_dict().items())
+    assert trainer.run() == EXIT_NONFINITE
+
+
+def test_sigterm_saves_at_step_boundary_and_resumes(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    trainer = Trainer(tiny_cfg(tiny_data, run, "train.steps=50", "train.ckpt_every=1000"), progress=False)
+    original = trainer.train_step
+
+    def step_then_signal():
+        out = original()
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    trainer.train_step = step_then_signal
+    assert trainer.run() == 128 + signal.SIGTERM
+    assert find_latest_checkpoint(run).name == "step_00000003"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp files left
+    resumed = Trainer(tiny_cfg(tiny_data, run, "train.steps=5", "train.ckpt_every=1000"), resume=True, progress=False)
+    assert resumed.step == 3 and resumed.run() == 0
