@@ -62,8 +62,9 @@ def make_folder(root: Path) -> Path:
     return root
 
 
-def make_zip(path: Path, prefix: str = "", extra: dict | None = None) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
+def make_zip(path: Path, prefix: str = "", extra: dict | None = None,
+             compression: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
         for cls, files in LAYOUT.items():
             zf.writestr(f"{prefix}{cls}/", b"")
             for rel, red in files.items():
@@ -95,9 +96,24 @@ def test_folder_roundtrip(tmp_path):
     assert str(root) in data.source
 
 
-def test_zip_roundtrip(tmp_path):
-    data = load_image_data(str(make_zip(tmp_path / "ds.zip")), progress=False)
-    check_layout(data)
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_zip_roundtrip(tmp_path, compression):
+    path = make_zip(tmp_path / "ds.zip", extra={"README.txt": b"loose file"}, compression=compression)
+    check_layout(load_image_data(str(path), progress=False))
+
+
+def test_zip_corrupt_stored_member_detected(tmp_path):
+    path = make_zip(tmp_path / "ds.zip")
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("moth/x.bmp")
+        member = zf.read(info)
+    at = bytes(raw).index(member) + len(member) - 5
+    raw[at] ^= 0xFF  # flip pixel bytes: the image still decodes, only the CRC can tell
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="CRC") as info:
+        load_image_data(str(path), progress=False)
+    assert f"{path}:moth/x.bmp" in str(info.value)
 
 
 def test_zip_with_wrapping_folder(tmp_path):
