@@ -22,7 +22,7 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	rm -rf runs/demo
 	$(BIN)/ditlab train configs/demo.yaml
-	$(BIN)/ditlab sample runs/demo --num 100 --device cpu --out runs/demo/samples.npz --grid runs/demo/samples.png
+	$(BIN)/ditlab sample runs/demo --num 100 --device cpu --out runs/demo/samples.npz --grid runs/demo/samples.png --grid-num 100
 	$(BIN)/ditlab report runs/demo --grid runs/demo/samples.png
 	@echo "demo done: see runs/demo/report.md and runs/demo/samples.png"
 

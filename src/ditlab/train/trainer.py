@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -213,7 +214,9 @@ class Trainer:
     def run(self) -> int:
         """Train to train.steps; returns the process exit code (0, 128 + signal, or 2 on NaN)."""
         cfg = self.cfg.train
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        # Redraw often on a terminal, rarely into a log file (a non-TTY gets one line per redraw).
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
         window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
         t_start, start_step = time.perf_counter(), self.step
         last_loss = float("nan")
