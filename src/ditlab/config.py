@@ -93,6 +93,12 @@ class TrainConfig:
     device: str = "auto"  # auto -> cuda if available, else cpu
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU uses fp32
     compile: bool = False
+    # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # Non-finite guard. "step": one host sync per step, stop before that step's optimizer update.
+    # "log": no per-step sync (GPU, fused AdamW): a device-side flag makes every update from the
+    # first non-finite step on a no-op, and the run stops at the next log step naming that step.
+    nan_check: Literal["step", "log"] = "step"
     log_every: int = 100
     sample_every: int = 5000  # sample-grid PNG; 0 disables
     ckpt_every: int = 5000

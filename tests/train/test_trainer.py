@@ -105,3 +105,34 @@ def test_sigterm_saves_at_step_boundary_and_resumes(tiny_data, tmp_path):
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp files left
     resumed = Trainer(tiny_cfg(tiny_data, run, "train.steps=5", "train.ckpt_every=1000"), resume=True, progress=False)
     assert resumed.step == 3 and resumed.run() == 0
+
+
+def _fused_cpu(trainer):
+    """The sync-free guard relies on fused AdamW's found_inf; PyTorch also has a fused CPU AdamW."""
+    trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=trainer.cfg.optim.lr, fused=True)
+    trainer.sync_free = True
+    return trainer
+
+
+def test_sync_free_guard_freezes_weights_from_the_first_bad_step(tiny_data, tmp_path):
+    ref = _fused_cpu(Trainer(tiny_cfg(tiny_data, tmp_path / "ref", "train.steps=2", "model.attn_dropout=0.0"),
+                             progress=False))
+    assert ref.run() == 0
+    bad = _fused_cpu(Trainer(tiny_cfg(tiny_data, tmp_path / "bad", "train.steps=10", "train.log_every=5",
+                                      "train.ckpt_every=100", "model.attn_dropout=0.0", "train.nan_check=log"),
+                             progress=False))
+    original = bad._loss_fn
+
+    def nan_from_step_3(idx):
+        loss = original(idx)
+        return loss * float("nan") if bad.step >= 2 else loss
+
+    bad._loss_fn = nan_from_step_3
+    assert bad.run() == EXIT_NONFINITE
+    assert bad.step == 5  # detected at the log step, without a sync per step
+    assert int(bad._first_bad) == 3
+    for a, b in zip(ref.model.parameters(), bad.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(ref.ema.module.parameters(), bad.ema.module.parameters()):
+        assert torch.equal(a, b)
+    assert not (tmp_path / "bad" / "checkpoints").exists() or find_latest_checkpoint(tmp_path / "bad") is None

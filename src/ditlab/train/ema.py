@@ -55,8 +55,12 @@ class EMA:
         return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """ema <- d * ema + (1 - d) * model for parameters (one fused foreach op); buffers <- model."""
+    def update(self, model: nn.Module, step: int, hold: torch.Tensor | None = None) -> None:
+        """ema <- d * ema + (1 - d) * model for parameters (one fused foreach op); buffers <- model.
+
+        ``hold``: optional 0-d device tensor, 1 = leave the average unchanged. The trainer's
+        sync-free non-finite guard uses it so that no host round trip is needed per step.
+        """
         src = unwrap_model(model)
         params, buffers = list(src.parameters()), list(src.buffers())
         if len(params) != len(self._params) or len(buffers) != len(self._buffers):
@@ -65,6 +69,14 @@ class EMA:
         params = [p if p.dtype == e.dtype and p.device == e.device else p.to(e)
                   for p, e in zip(params, self._params)]
         weight = 1.0 - self.decay_at(step)
+        if hold is not None:
+            # ema += w * (1 - hold) * (model - ema), with w as a device tensor: no .item() sync.
+            diffs = torch._foreach_sub(params, self._params)
+            torch._foreach_mul_(diffs, (1.0 - hold.float()) * weight)
+            torch._foreach_add_(self._params, diffs)
+            for e, b in zip(self._buffers, buffers):
+                e.copy_(b)
+            return
         try:
             torch._foreach_lerp_(self._params, params, weight)
         except (AttributeError, RuntimeError, TypeError):  # older torch / unsupported dtype

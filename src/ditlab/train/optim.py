@@ -10,7 +10,8 @@ def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device) -> 
     fused = optim_cfg.fused and device.type == "cuda"
     return torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
-        lr=optim_cfg.lr,
+        # A device tensor lr lets warm-up change it without a host sync or a recompilation.
+        lr=torch.tensor(optim_cfg.lr, device=device) if fused else optim_cfg.lr,
         betas=tuple(optim_cfg.betas),
         eps=optim_cfg.eps,
         weight_decay=optim_cfg.weight_decay,

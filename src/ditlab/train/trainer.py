@@ -84,11 +84,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.order = EpochSampler(len(self.data.images), cfg.train.batch_size, cfg.train.seed)
         self.step = 0
+        self.last_loss = float("nan")
 
         self.images = self.data.images.to(self.device)  # uint8 on the device: no loader in the hot loop
         self.labels = self.data.labels.to(self.device)
-        self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
-        self.task = ImageTask(self.train_model, self.objective)
+        self.task = ImageTask(self.model, self.objective)
+        self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode) if cfg.train.compile else self._loss
+        # The sync-free guard needs the fused optimizer's found_inf support (CUDA, no GradScaler).
+        self.sync_free = (cfg.train.nan_check == "log" and self.device.type == "cuda" and cfg.optim.fused
+                          and self.scaler is None)
+        self._halt = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.ema_task = ImageTask(self.ema.module, self.objective)
         self._prepare_run_dir(resume)
         self.logger = RunLogger(self.run_dir)
@@ -148,39 +154,54 @@ class Trainer:
             print(f"ditlab: warning: resuming with {k} changed from {a!r} to {b!r}", flush=True)
 
     # ---- one step -----------------------------------------------------------------------------
-    def _batch(self):
-        idx = self.order.next_indices().to(self.device)
-        x = to_model_range(self.images[idx])  # (B, C, H, W) in [-1, 1]
-        if self.cfg.data.hflip:
-            flip = torch.rand(x.shape[0], device=self.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, self.labels[idx]
-
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step; returns (loss, grad norm). Raises NonFiniteLossError before stepping."""
+    def _loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """Batch gather + augmentation + noising + network + loss: the region torch.compile sees."""
         cfg = self.cfg
-        x, labels = self._batch()
+        x = to_model_range(self.images[idx])  # (B, C, H, W) in [-1, 1]
+        labels = self.labels[idx]
         B = x.shape[0]
-        t = self.objective.schedule.sample_time((B,), self.device)
+        if cfg.data.hflip:
+            flip = torch.rand(B, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        t = self.objective.schedule.sample_time((B,), x.device)
         noise = torch.randn_like(x)
-        label_drop = torch.rand(B, device=self.device) < cfg.model.label_dropout if cfg.model.num_classes else None
-        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        label_drop = torch.rand(B, device=x.device) < cfg.model.label_dropout if cfg.model.num_classes else None
+        ctx = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         with ctx:
-            loss = self.task.training_loss(x, labels, label_drop, t, noise).mean()
+            return self.task.training_loss(x, labels, label_drop, t, noise).mean()
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns (loss, grad norm) as device tensors.
+
+        With nan_check="step" a non-finite loss or gradient raises NonFiniteLossError before the
+        optimizer step. With the sync-free guard the step becomes a no-op on the device and
+        :meth:`check_finite` raises at the next log step.
+        """
+        idx = self.order.next_indices().to(self.device, non_blocking=True)
+        loss = self._loss_fn(idx)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        loss_value, gnorm_value = torch.stack([loss.detach().float(), gnorm.float()]).tolist()
-        if not math.isfinite(loss_value) or (self.scaler is None and not math.isfinite(gnorm_value)):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
-                                     f"at step {self.step + 1} (loss={loss_value}, grad norm={gnorm_value}); "
-                                     "stopped before the optimizer step, the last checkpoint is untouched")
-        set_lr(self.optimizer, lr_at(self.step, cfg.optim))
+        set_lr(self.optimizer, lr_at(self.step, self.cfg.optim))
+        hold = None
+        if self.sync_free:
+            bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+            self._first_bad = torch.where(bad & (self._first_bad < 0), self.step + 1, self._first_bad)
+            self._halt |= bad
+            hold = self._halt
+            self.optimizer.found_inf = hold.float()  # fused AdamW skips its update when this is 1
+        else:
+            loss_value, gnorm_value = torch.stack([loss.detach().float(), gnorm.float()]).tolist()
+            if not math.isfinite(loss_value) or (self.scaler is None and not math.isfinite(gnorm_value)):
+                self.optimizer.zero_grad(set_to_none=True)
+                what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                raise NonFiniteLossError(f"non-finite {what} at step {self.step + 1} (loss={loss_value}, grad "
+                                         f"norm={gnorm_value}); stopped before the optimizer step, the last "
+                                         "checkpoint is untouched")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips the step itself on inf gradients (fp16 overflow)
             self.scaler.update()
@@ -188,9 +209,16 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if self.step % cfg.ema.every == 0:
-            self.ema.update(self.model, self.step)
-        return loss_value, gnorm_value
+        if self.step % self.cfg.ema.every == 0:
+            self.ema.update(self.model, self.step, hold=hold)
+        return loss.detach(), gnorm.detach()
+
+    def check_finite(self) -> None:
+        """Raise for a non-finite step caught by the sync-free guard (one host sync)."""
+        if self.sync_free and bool(self._halt):
+            step = int(self._first_bad)
+            raise NonFiniteLossError(f"non-finite loss or gradient at step {step}; no optimizer or EMA update was "
+                                     f"applied from step {step} on, the last checkpoint is untouched")
 
     # ---- outputs ------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -217,33 +245,29 @@ class Trainer:
         # Redraw often on a terminal, rarely into a log file (a non-TTY gets one line per redraw).
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+        self._window = [0.0, 0, time.perf_counter()]  # loss sum (device), steps, start time
         t_start, start_step = time.perf_counter(), self.step
-        last_loss = float("nan")
         with StopRequest() as stop:
             while self.step < cfg.steps:
                 try:
                     loss, gnorm = self.train_step()
+                    self._window[0], self._window[1] = self._window[0] + loss.float(), self._window[1] + 1
+                    log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                    sample_now = bool(cfg.sample_every) and self.step % cfg.sample_every == 0
+                    save_now = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or stop.requested
+                    if log_now or sample_now or save_now:
+                        self.check_finite()  # never log, sample or save past a non-finite step
                 except NonFiniteLossError as err:
                     bar.close()
                     print(f"ditlab: error: {err}", flush=True)
                     self.logger.close()
                     return EXIT_NONFINITE
-                last_loss = loss
-                window_loss, window_n = window_loss + loss, window_n + 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    elapsed = time.perf_counter() - t_window
-                    metrics = {"loss": window_loss / window_n, "grad_norm": gnorm,
-                               "lr": lr_at(self.step - 1, self.cfg.optim),
-                               "images_per_s": window_n * cfg.batch_size / max(elapsed, 1e-9),
-                               "epoch": self.order.epoch}
-                    self.logger.log(self.step, metrics)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}")
-                    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                if log_now:
+                    self._log(gnorm, bar)
+                if sample_now:
                     self.sample_grid()
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or stop.requested:
+                if save_now:
                     self.save()
                 if stop.requested:
                     bar.close()
@@ -252,9 +276,19 @@ class Trainer:
                     return stop.exit_code
         bar.close()
         wall = time.perf_counter() - t_start
-        summary = {"steps": self.step, "final_loss": last_loss, "wall_seconds": wall,
+        summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": wall,
                    "images_per_s": (self.step - start_step) * cfg.batch_size / max(wall, 1e-9),
                    "device": str(self.device), "parameters": sum(p.numel() for p in self.model.parameters())}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.close()
         return 0
+
+    def _log(self, gnorm: torch.Tensor, bar) -> None:
+        loss_sum, n, t0 = self._window
+        self.last_loss = float(loss_sum) / n  # the one host sync of a logging interval
+        metrics = {"loss": self.last_loss, "grad_norm": float(gnorm), "lr": lr_at(self.step - 1, self.cfg.optim),
+                   "images_per_s": n * self.cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9),
+                   "epoch": self.order.epoch}
+        self.logger.log(self.step, metrics)
+        bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{metrics['images_per_s']:.0f}")
+        self._window = [0.0, 0, time.perf_counter()]

@@ -1,0 +1,80 @@
+"""Where the time of a training step goes: GPU kernel time by category, and host time per step.
+
+    python scripts/profile_train.py --arch DiT-S/2 train.compile=true train.nan_check=log
+
+Prints a JSON summary (GPU busy ms per step by kernel category, wall ms per step, top kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ditlab.config import load_config
+from ditlab.train.trainer import Trainer
+
+CATEGORIES = [
+    ("attention", r"flash|fmha|attention|sdpa|cudnn.*(mha|attn)"),
+    ("gemm", r"gemm|cutlass|sm90_xmma|matmul|cublas|nvjet"),
+    ("optimizer", r"adam"),
+    ("triton", r"triton"),
+    ("reduce/norm", r"norm|reduce"),
+    ("elementwise", r"elementwise|vectorized|unrolled|copy|fill"),
+]
+
+
+def categorize(name: str) -> str:
+    low = name.lower()
+    for cat, pattern in CATEGORIES:
+        if re.search(pattern, low):
+            return cat
+    return "other"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="DiT-S/2")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    data = Path(tempfile.mkdtemp()) / "random.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, images=rng.integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8), labels=rng.integers(0, 10, 4096))
+    cfg = load_config(None, [f"model.arch={args.arch}", "model.num_classes=10", f"data.path={data}",
+                             f"train.batch_size={args.batch}", f"train.run_dir={tempfile.mkdtemp()}",
+                             *args.overrides])
+    trainer = Trainer(cfg, progress=False)
+    for _ in range(args.warmup):
+        trainer.train_step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / args.steps
+    by_cat, by_kernel = defaultdict(float), defaultdict(float)
+    for evt in prof.key_averages():
+        if evt.device_type == torch.autograd.DeviceType.CUDA and evt.self_device_time_total > 0:
+            ms = evt.self_device_time_total / 1000 / args.steps
+            by_cat[categorize(evt.key)] += ms
+            by_kernel[evt.key[:90]] += ms
+    top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:25]
+    print(json.dumps({"arch": args.arch, "overrides": args.overrides, "wall_ms_per_step": round(wall * 1e3, 2),
+                      "gpu_ms_per_step": round(sum(by_cat.values()), 2),
+                      "by_category_ms": {k: round(v, 2) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+                      "top_kernels_ms": [(k, round(v, 3)) for k, v in top]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
