@@ -58,3 +58,19 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "configs/demo.yaml", f"data.path={tmp_path}/nope", f"train.run_dir={tmp_path}/r",
                  "--no-progress"])
     assert code == 1 and "nope" in capsys.readouterr().err
+
+
+def test_bench_train_and_sample_json(trained_run, capsys, tmp_path):
+    import json
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.zeros((16, 16, 16, 3), dtype=np.uint8), labels=np.arange(16) % 2)
+    assert main(["bench", "train", "configs/demo.yaml", f"data.path={data}", "train.batch_size=8",
+                 "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "model.num_classes=2",
+                 "--warmup", "1", "--steps", "2", "--repeats", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["images_per_s"] > 0 and out["train_gflops_per_image"] > 0 and len(out["repeats_images_per_s"]) == 2
+    assert main(["bench", "sample", str(trained_run), "--num", "4", "--batch-size", "4", "--steps", "2",
+                 "--sampler", "euler", "--repeats", "1", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["nfe"] == 2 and out["images_per_s"] > 0

@@ -82,6 +82,30 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench_train(args) -> int:
+    import json
+    import tempfile
+
+    from ditlab.bench import bench_train
+    from ditlab.config import load_config
+
+    # A scratch run directory unless the overrides name one: a benchmark leaves no run behind.
+    overrides = [f"train.run_dir={tempfile.mkdtemp(prefix='ditlab-bench-')}"] + list(args.overrides)
+    cfg = load_config(resolve_config_path(args.config), overrides)
+    print(json.dumps(bench_train(cfg, args.warmup, args.steps, args.repeats)))
+    return 0
+
+
+def cmd_bench_sample(args) -> int:
+    import json
+
+    from ditlab.bench import bench_sample
+
+    print(json.dumps(bench_sample(args.run_dir, args.num, args.batch_size, args.sampler, args.steps, args.cfg,
+                                  args.repeats, args.device)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ditlab", description="Diffusion transformers with per-token noise levels.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config", nargs="?", default=None)
     show.add_argument("overrides", nargs="*")
     show.set_defaults(func=cmd_config_show)
+
+    b = sub.add_parser("bench", help="throughput benchmarks (JSON on stdout)")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bt = bsub.add_parser("train", help="images/s, MFU and peak memory of the full training step")
+    bt.add_argument("config")
+    bt.add_argument("overrides", nargs="*")
+    bt.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation)")
+    bt.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
+    bt.add_argument("--repeats", type=int, default=5)
+    bt.set_defaults(func=cmd_bench_train)
+    bs = bsub.add_parser("sample", help="images/s of sampling from a run")
+    bs.add_argument("run_dir")
+    bs.add_argument("--num", type=int, default=1024)
+    bs.add_argument("--batch-size", type=int, default=256)
+    bs.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default="heun")
+    bs.add_argument("--steps", type=int, default=50)
+    bs.add_argument("--cfg", type=float, default=1.0)
+    bs.add_argument("--repeats", type=int, default=3)
+    bs.add_argument("--device", default="auto")
+    bs.set_defaults(func=cmd_bench_sample)
 
     r = sub.add_parser("report", help="write report.md and a loss plot for a run")
     r.add_argument("run_dir")

@@ -71,6 +71,10 @@ class OptimConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     warmup_steps: int = 0
+    # After warm-up: constant, or decay to lr * min_lr_ratio by the end of the run (the end is
+    # train.steps, or train.time_limit when that comes first: progress is the larger fraction).
+    decay: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # 0 disables clipping
     fused: bool = True  # fused AdamW where the device supports it
 
@@ -88,6 +92,12 @@ class EMAConfig:
 class TrainConfig:
     # Length of the run in optimizer steps.
     steps: int = 100_000
+    # Optional wall-clock budget in seconds for the training loop (0 = none): the run stops, saves
+    # and writes its summary at the first step boundary past it. The clock starts after
+    # `untimed_steps` steps, which absorb torch.compile's compilation; everything after counts
+    # (logging, sample grids, checkpoints).
+    time_limit: float = 0.0
+    untimed_steps: int = 0
     batch_size: int = 256
     seed: int = 0
     device: str = "auto"  # auto -> cuda if available, else cpu

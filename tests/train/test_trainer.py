@@ -136,3 +136,14 @@ def test_sync_free_guard_freezes_weights_from_the_first_bad_step(tiny_data, tmp_
     for a, b in zip(ref.ema.module.parameters(), bad.ema.module.parameters()):
         assert torch.equal(a, b)
     assert not (tmp_path / "bad" / "checkpoints").exists() or find_latest_checkpoint(tmp_path / "bad") is None
+
+
+def test_time_limit_stops_and_saves(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    trainer = Trainer(tiny_cfg(tiny_data, run, "train.steps=100000", "train.time_limit=1.5", "train.untimed_steps=2",
+                               "train.log_every=1000", "train.ckpt_every=100000"), progress=False)
+    assert trainer.run() == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert 1.5 <= summary["timed_seconds"] < 10 and 0 < summary["steps"] < 100000
+    assert summary["timed_steps"] == summary["steps"] - 2
+    assert find_latest_checkpoint(run).name == f"step_{summary['steps']:08d}"

@@ -32,6 +32,10 @@ class NoiseSchedule:
         """Default sampling grid: steps + 1 decreasing times from the start time to 0."""
         raise NotImplementedError
 
+    def to(self, device) -> "NoiseSchedule":
+        """Move any lookup tables to ``device`` ahead of time (outside compiled / graphed code)."""
+        return self
+
     def rf_coords(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale c = alpha + sigma, rectified-flow time s = sigma / c)."""
         alpha, sigma = self.alpha_sigma(t)
@@ -73,6 +77,10 @@ class DDPMSchedule(NoiseSchedule):
         if device not in self._cache:
             self._cache[device] = self.log_alpha_bar.to(device=device, dtype=torch.float32)
         return self._cache[device]
+
+    def to(self, device) -> "DDPMSchedule":
+        self._table(device)
+        return self
 
     def alpha_sigma(self, t):
         table = self._table(t.device)

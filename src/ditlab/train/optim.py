@@ -1,6 +1,8 @@
 """Optimizer and learning-rate schedule, built from OptimConfig."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -20,11 +22,16 @@ def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device) -> 
     )
 
 
-def lr_at(step: int, optim_cfg) -> float:
-    """Linear warm-up to optim.lr over optim.warmup_steps, then constant."""
+def lr_at(step: int, optim_cfg, progress: float = 0.0) -> float:
+    """Linear warm-up to optim.lr over optim.warmup_steps, then constant or decaying with ``progress``
+    (the fraction of the run done, in [0, 1])."""
     if optim_cfg.warmup_steps > 0 and step < optim_cfg.warmup_steps:
         return optim_cfg.lr * (step + 1) / optim_cfg.warmup_steps
-    return optim_cfg.lr
+    if optim_cfg.decay == "constant":
+        return optim_cfg.lr
+    p = min(max(progress, 0.0), 1.0)
+    shape = 0.5 * (1 + math.cos(math.pi * p)) if optim_cfg.decay == "cosine" else 1 - p
+    return optim_cfg.lr * (optim_cfg.min_lr_ratio + (1 - optim_cfg.min_lr_ratio) * shape)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -43,6 +43,43 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class TrainingClock:
+    """Wall clock of the timed part of a run: starts after `untimed` steps, includes everything after.
+
+    The host runs at most a step or two ahead of the GPU; when the host clock passes the limit the
+    device is synchronised and the clock read again, so the reported time covers the finished work.
+    """
+
+    def __init__(self, limit: float, untimed: int, device: torch.device):
+        self.limit, self.untimed, self.device = limit, untimed, device
+        self.start: float | None = None
+        self.start_step = 0
+        self.timed_steps = 0
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def tick(self, steps_done: int) -> bool:
+        """Call after each step; True once the time limit is exhausted."""
+        if self.start is None:
+            if steps_done < self.untimed:
+                return False
+            self._sync()
+            self.start, self.start_step = time.perf_counter(), steps_done
+        self.timed_steps = steps_done - self.start_step
+        if self.limit > 0 and time.perf_counter() - self.start >= self.limit:
+            self._sync()
+            return time.perf_counter() - self.start >= self.limit
+        return False
+
+    def elapsed(self) -> float:
+        if self.start is None:
+            return 0.0
+        self._sync()
+        return time.perf_counter() - self.start
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,6 +115,7 @@ class Trainer:
             raise ValueError(f"images are {height}x{width}; set data.image_size to train on square crops")
         self.model = build_image_model(cfg.model, height, channels).to(self.device)
         self.objective = build_objective(cfg.diffusion)
+        self.objective.schedule.to(self.device)
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.amp_dtype = autocast_dtype(cfg, self.device)
@@ -186,7 +224,7 @@ class Trainer:
             loss.backward()
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        set_lr(self.optimizer, lr_at(self.step, self.cfg.optim))
+        set_lr(self.optimizer, self.current_lr())
         hold = None
         if self.sync_free:
             bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
@@ -212,6 +250,17 @@ class Trainer:
         if self.step % self.cfg.ema.every == 0:
             self.ema.update(self.model, self.step, hold=hold)
         return loss.detach(), gnorm.detach()
+
+    def run_fraction(self) -> float:
+        """Fraction of the run done: by steps, or by the time budget when that is nearer its end."""
+        p = self.step / max(self.cfg.train.steps, 1)
+        clock = getattr(self, "clock", None)
+        if clock is not None and clock.limit > 0 and clock.start is not None:
+            p = max(p, (time.perf_counter() - clock.start) / clock.limit)
+        return p
+
+    def current_lr(self) -> float:
+        return lr_at(self.step, self.cfg.optim, self.run_fraction())
 
     def check_finite(self) -> None:
         """Raise for a non-finite step caught by the sync-free guard (one host sync)."""
@@ -247,14 +296,17 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
         self._window = [0.0, 0, time.perf_counter()]  # loss sum (device), steps, start time
         t_start, start_step = time.perf_counter(), self.step
+        self.clock = TrainingClock(cfg.time_limit, cfg.untimed_steps, self.device)
         with StopRequest() as stop:
             while self.step < cfg.steps:
                 try:
                     loss, gnorm = self.train_step()
                     self._window[0], self._window[1] = self._window[0] + loss.float(), self._window[1] + 1
-                    log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                    out_of_time = self.clock.tick(self.step - start_step)
+                    last = self.step == cfg.steps or out_of_time
+                    log_now = self.step % cfg.log_every == 0 or last
                     sample_now = bool(cfg.sample_every) and self.step % cfg.sample_every == 0
-                    save_now = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or stop.requested
+                    save_now = self.step % cfg.ckpt_every == 0 or last or stop.requested
                     if log_now or sample_now or save_now:
                         self.check_finite()  # never log, sample or save past a non-finite step
                 except NonFiniteLossError as err:
@@ -274,9 +326,13 @@ class Trainer:
                     print(f"ditlab: stopped at step {self.step}; resume with --resume", flush=True)
                     self.logger.close()
                     return stop.exit_code
+                if out_of_time:
+                    print(f"ditlab: time limit of {cfg.time_limit:.0f} s reached at step {self.step}", flush=True)
+                    break
         bar.close()
         wall = time.perf_counter() - t_start
         summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": wall,
+                   "timed_seconds": self.clock.elapsed(), "timed_steps": self.clock.timed_steps,
                    "images_per_s": (self.step - start_step) * cfg.batch_size / max(wall, 1e-9),
                    "device": str(self.device), "parameters": sum(p.numel() for p in self.model.parameters())}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -286,7 +342,7 @@ class Trainer:
     def _log(self, gnorm: torch.Tensor, bar) -> None:
         loss_sum, n, t0 = self._window
         self.last_loss = float(loss_sum) / n  # the one host sync of a logging interval
-        metrics = {"loss": self.last_loss, "grad_norm": float(gnorm), "lr": lr_at(self.step - 1, self.cfg.optim),
+        metrics = {"loss": self.last_loss, "grad_norm": float(gnorm), "lr": self.current_lr(),
                    "images_per_s": n * self.cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9),
                    "epoch": self.order.epoch}
         self.logger.log(self.step, metrics)

