@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from pathlib import Path
 
-import numpy as np
-
-from ditlab.bench import bench_train
+from ditlab.bench import bench_train, write_random_npz
 from ditlab.config import load_config
 
 
@@ -29,10 +26,7 @@ def main():
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    data = Path(tempfile.mkdtemp()) / "random.npz"
-    rng = np.random.default_rng(0)
-    np.savez(data, images=rng.integers(0, 256, (4096, args.image_size, args.image_size, 3), dtype=np.uint8),
-             labels=rng.integers(0, 10, 4096))
+    data = write_random_npz(image_size=args.image_size)
     for arch in args.arch:
         for c in {"yes": [True], "no": [False], "both": [False, True]}[args.compile]:
             cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",

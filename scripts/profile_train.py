@@ -12,12 +12,11 @@ import re
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ditlab.bench import write_random_npz
 from ditlab.config import load_config
 from ditlab.train.trainer import Trainer
 
@@ -47,9 +46,7 @@ def main():
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    data = Path(tempfile.mkdtemp()) / "random.npz"
-    rng = np.random.default_rng(0)
-    np.savez(data, images=rng.integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8), labels=rng.integers(0, 10, 4096))
+    data = write_random_npz()
     cfg = load_config(None, [f"model.arch={args.arch}", "model.num_classes=10", f"data.path={data}",
                              f"train.batch_size={args.batch}", f"train.run_dir={tempfile.mkdtemp()}",
                              *args.overrides])

@@ -16,6 +16,20 @@ from ditlab.flops import dit_forward_flops, train_flops_per_image
 PEAK_TFLOPS = 798.0
 
 
+def write_random_npz(num: int = 4096, image_size: int = 32, num_classes: int = 10) -> str:
+    """A synthetic labelled data set of random uint8 images in a temporary .npz (for speed only)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(tempfile.mkdtemp(prefix="ditlab-synthetic-")) / "random.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (num, image_size, image_size, 3), dtype=np.uint8),
+             labels=rng.integers(0, num_classes, num))
+    return str(path)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
