@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ditlab.configlib import ConfigError
+from ditlab.eval.cli import add_fid_parser
 
 
 def resolve_config_path(name: str | None) -> str | None:
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--grid", default=None, help="a sample grid PNG to include")
     r.set_defaults(func=cmd_report)
+
+    add_fid_parser(sub)
     return p
 
 

@@ -2,11 +2,10 @@
 import importlib.util
 
 import pytest
-import torch
 
 from ditlab.eval import inception
 
-from .helpers import StandIn
+from .helpers import StandIn, save_scripted
 
 _real_find_spec = importlib.util.find_spec
 
@@ -36,5 +35,4 @@ def isolated(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def standin_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("net") / "standin.pt"
-    torch.jit.script(StandIn().eval()).save(str(path))
-    return path
+    return save_scripted(StandIn(), path)

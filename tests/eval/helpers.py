@@ -1,5 +1,6 @@
 """Helpers for the FID tests: the stand-in network and tiny image sets written to disk."""
 import io
+import warnings
 import zipfile
 
 import numpy as np
@@ -47,4 +48,12 @@ def write_folder(path, images_nhwc):
     path.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images_nhwc):
         Image.fromarray(img, "RGB").save(path / f"{i:04d}.png")
+    return path
+
+
+def save_scripted(module, path):
+    """torch.jit.script(module).save(path), quiet about TorchScript's deprecation in newer PyTorch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module.eval()).save(str(path))
     return path

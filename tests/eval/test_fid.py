@@ -21,7 +21,7 @@ from ditlab.eval import (
     save_stats,
 )
 
-from .helpers import StandIn, random_images, write_folder, write_zip
+from .helpers import StandIn, random_images, save_scripted, write_folder, write_zip
 
 
 def random_spd(d, seed, rank=None, scale=1.0):
@@ -188,9 +188,13 @@ def test_nhwc_numpy_and_nchw_torch_give_identical_features(standin_path):
     f_np = extract_features(imgs, net, "cpu", batch_size=3, progress=False)
     f_t = extract_features(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), net, "cpu", batch_size=3,
                            progress=False)
-    batches = [imgs[:2], torch.from_numpy(imgs[2:]).permute(0, 3, 1, 2)]
+    assert np.array_equal(f_np, f_t)
+    # an iterable of mixed batches (same batch boundaries: BLAS results may depend on the batch size)
+    batches = [imgs[:3], torch.from_numpy(imgs[3:]).permute(0, 3, 1, 2)]
     f_it = extract_features(iter(batches), net, "cpu", batch_size=3, progress=False)
-    assert np.array_equal(f_np, f_t) and np.array_equal(f_np, f_it)
+    assert np.array_equal(f_np, f_it)
+    f_odd = extract_features(iter([imgs[:2], imgs[2:]]), net, "cpu", batch_size=3, progress=False)
+    np.testing.assert_allclose(f_odd, f_np, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_inputs_are_clear_errors(standin_path):
@@ -283,7 +287,7 @@ def test_changed_dataset_changes_the_key(tmp_path, standin_path):
     assert not again.hit and net.calls == 2
 
     other_net = tmp_path / "other.pt"
-    torch.jit.script(torch.nn.Identity()).save(str(other_net))
+    save_scripted(torch.nn.Identity(), other_net)
     assert reference_cache_key(str(data), other_net) != reference_cache_key(str(data), standin_path)
 
 
