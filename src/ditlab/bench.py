@@ -85,7 +85,7 @@ def bench_train(cfg, warmup: int = 15, steps: int = 20, repeats: int = 5, peak_t
 
 def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str = "heun", steps: int = 50,
                  cfg_scale: float = 1.0, repeats: int = 3, device: str = "auto",
-                 peak_tflops: float = PEAK_TFLOPS) -> dict:
+                 peak_tflops: float = PEAK_TFLOPS, compile: bool = False) -> dict:
     """Images/s of sampling from a run (noise, every network evaluation, uint8 conversion)."""
     from ditlab.diffusion.paths import single_stream_path
     from ditlab.diffusion.samplers import count_nfe
@@ -97,14 +97,15 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     run = load_run(run_dir, device=dev)
     amp = torch.bfloat16 if dev.type == "cuda" else None
     kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=dev, autocast_dtype=amp)
-    generate(run.task, run.model, min(batch_size, num), seed=0, batch_size=batch_size, **kwargs)  # warm-up
-    times = _timed(lambda: generate(run.task, run.model, num, seed=0, batch_size=batch_size, **kwargs), repeats, dev)
+    model = torch.compile(run.model) if compile else run.model
+    generate(run.task, model, min(batch_size, num), seed=0, batch_size=batch_size, **kwargs)  # warm-up
+    times = _timed(lambda: generate(run.task, model, num, seed=0, batch_size=batch_size, **kwargs), repeats, dev)
     ips = statistics.median(num / t for t in times)
     nfe = count_nfe(single_stream_path("image", run.task.objective.schedule.time_grid(steps)), sampler)
     flops = dit_forward_flops(run.model) * nfe * (2 if cfg_scale not in (0.0, 1.0) else 1)
     return {
         "what": "sample", "run": str(run_dir), "arch": run.cfg.model.arch, "sampler": sampler, "steps": steps,
-        "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "images_per_s": round(ips, 1),
+        "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "compile": compile, "images_per_s": round(ips, 1),
         "mfu": round(ips * flops / (peak_tflops * 1e12), 4),
         "seconds_per_10k": round(10_000 / ips, 1), **_device_info(dev),
     }

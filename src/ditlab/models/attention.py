@@ -44,6 +44,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+class HeadRMSNorm(nn.RMSNorm):
+    """RMSNorm over the head dimension that runs in the activations' dtype.
+
+    Under bf16 autocast q and k arrive in bf16 while the weight is fp32; torch's rms_norm then
+    leaves its fused kernel for a slow composite path (and warns), so the weight is cast instead.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 class Attention(nn.Module):
     """Multi-head attention; cross-attention when ``context`` is given to forward.
 
@@ -72,8 +86,8 @@ class Attention(nn.Module):
             self.kv = nn.Linear(kv_dim, 2 * dim, bias=bias)
         else:
             self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = HeadRMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = HeadRMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
