@@ -7,7 +7,7 @@ run=$(mktemp -d)/run
 data=$(python3 -c "from ditlab.bench import write_random_npz; print(write_random_npz())")
 python3 -m ditlab train configs/cifar10_speedrun.yaml data.path="$data" model.arch="$arch" train.run_dir="$run" \
   train.steps=3 train.time_limit=0 train.compile=false train.log_every=1 --no-progress >/dev/null 2>&1
-for c in "" "--compile"; do
+for c in "--compile=off" "--compile=on"; do
   python3 -m ditlab bench sample "$run" --num 2000 --batch-size 1000 --sampler heun --steps 50 --cfg "$cfg" \
     --repeats 2 $c 2>/dev/null
 done
