@@ -7,7 +7,7 @@
 
 Sources: image folders and zips in ImageFolder layout, ``.npz`` arrays and ``torchvision:NAME``.
 Mode conversion and the resize policy are documented in :mod:`ditlab.data.images`, the folder
-layout in :mod:`ditlab.data.sources`.
+layout in :mod:`ditlab.data.folder`.
 """
 from ditlab.data.dataset import ImageData, load_image_data
 from ditlab.data.embedded import embedded_sample_path

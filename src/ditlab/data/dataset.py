@@ -4,7 +4,7 @@ Training keeps the whole data set in memory as one uint8 tensor (the trainer ind
 GPU), so loading decodes everything up front, on the CPU, and every problem with the data
 (missing path, unreadable files, sizes, modes) is reported here, before any GPU work starts.
 See :mod:`ditlab.data.images` for mode conversion and the resize policy and
-:mod:`ditlab.data.sources` for the folder / zip layout.
+:mod:`ditlab.data.folder` for the folder / zip layout.
 """
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ import numpy as np
 import torch
 
 from ditlab.data.embedded import EMBEDDED_SAMPLE_DESCRIPTION, embedded_sample_path
+from ditlab.data.folder import read_folder
 from ditlab.data.images import MIN_SIDE, DataError
-from ditlab.data.sources import RawData, read_folder, read_npz, read_torchvision, read_zip
+from ditlab.data.npzsource import read_npz
+from ditlab.data.rawdata import RawData
+from ditlab.data.tvsource import read_torchvision
+from ditlab.data.zipsource import read_zip
 
 __all__ = ["ImageData", "load_image_data"]
 
