@@ -91,7 +91,7 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     from ditlab.diffusion.samplers import count_nfe
     from ditlab.runs import load_run
     from ditlab.sampling import generate
-    from ditlab.train.trainer import resolve_device
+    from ditlab.devices import resolve_device
 
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)

@@ -38,7 +38,7 @@ def cmd_sample(args) -> int:
     from ditlab.imageio import save_image_grid, save_npz_images
     from ditlab.runs import load_run
     from ditlab.sampling import generate
-    from ditlab.train.trainer import resolve_device
+    from ditlab.devices import resolve_device
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device)

@@ -89,11 +89,21 @@ def save_npz_images(path, images_nhwc_uint8, labels=None) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
+    return atomic_savez(path, **{f"arr_{i}": a for i, a in enumerate(arrays)})
+
+
+def atomic_savez(path, /, **arrays) -> Path:
+    """``np.savez(path, **arrays)`` written atomically: temp file in the same folder, fsync, rename.
+
+    ``path`` is used as given (its folder is created): unlike ``np.savez`` on a file name, no
+    ``.npz`` is appended -- callers that want numpy's suffix rule apply it first. Returns ``path``.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_for(path)
     try:
         with open(tmp, "wb") as f:  # a file object stops np.savez from renaming the temp file
-            np.savez(f, *arrays)
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditlab.eval import fid as fidmod
+from ditlab.eval import reference as fidmod
 from ditlab.eval import (
     FeatureStats,
     dataset_fingerprint,

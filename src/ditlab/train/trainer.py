@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ditlab.config import Config
 from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dict
 from ditlab.data import load_image_data
+from ditlab.devices import resolve_device
 from ditlab.diffusion.objectives import build_objective
 from ditlab.imageio import save_image_grid
 from ditlab.sampling import generate
@@ -78,15 +79,6 @@ class TrainingClock:
             return 0.0
         self._sync()
         return time.perf_counter() - self.start
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
-    return device
 
 
 def autocast_dtype(cfg: Config, device: torch.device):
