@@ -68,7 +68,9 @@ class ImageTask:
         def denoise(x, t, drop):
             kwargs = {}
             if self.num_classes:
-                lab = labels if labels.shape[0] == drop.shape[0] else torch.cat([labels] * (drop.shape[0] // labels.shape[0]))
+                # Guidance stacks the conditional and unconditional passes into one batch of k * B
+                # (diffusion.guidance.guided): repeat the labels to match; `drop` picks the null ones.
+                lab = labels if labels.shape[0] == drop.shape[0] else labels.repeat(drop.shape[0] // labels.shape[0])
                 kwargs = dict(labels=lab, label_drop=drop)
             out = model(x, t, **kwargs)
             return {k: self.objective.to_x0_eps(out[k], x[k], t[k].view(-1, 1, 1, 1)) for k in out}
