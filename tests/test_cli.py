@@ -74,3 +74,23 @@ def test_bench_train_and_sample_json(trained_run, capsys, tmp_path):
                  "--sampler", "euler", "--repeats", "1", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["nfe"] == 2 and out["images_per_s"] > 0
+
+
+def test_ctrl_c_while_sampling_writes_nothing(trained_run, tmp_path, capsys, monkeypatch):
+    import ditlab.sampling as sampling
+
+    real = sampling.generate_batch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "generate_batch", interrupted)
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(trained_run), "--num", "6", "--batch-size", "2", "--steps", "1", "--sampler", "euler",
+                 "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 130
+    assert "after 2 of 6 samples" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no partial npz, no grid, no temp files
