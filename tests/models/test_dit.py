@@ -102,3 +102,32 @@ def test_bad_shapes_are_named():
         model({"image": torch.randn(1, 3, 4, 4)}, {"image": torch.rand(1)})
     with pytest.raises(ValueError, match="noise level of stream 'image'"):
         model({"image": torch.randn(1, 3, 8, 8)}, {"image": torch.rand(1, 3)})
+
+
+def test_dropped_condition_stream_uses_the_learned_null():
+    model = tiny([COND, IMG]).train()
+    x = {"image": torch.randn(2, 3, 8, 8), "cond": torch.randn(2, 3, 4, 4)}
+    t = {"image": torch.rand(2), "cond": torch.zeros(2)}
+    drop = {"cond": torch.tensor([True, False])}
+    a = model(x, t, stream_drop=drop)["image"]
+    x2 = {"image": x["image"], "cond": torch.randn(2, 3, 4, 4)}
+    b = model(x2, t, stream_drop=drop)["image"]
+    torch.testing.assert_close(a[0], b[0])  # the dropped sample ignores its condition
+    assert not torch.allclose(a[1], b[1])  # the kept one does not
+    a.square().mean().backward()
+    assert model.null_tokens["cond"].grad is not None and model.null_tokens["cond"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot be dropped"):
+        model(x, t, stream_drop={"image": torch.tensor([True, True])})
+
+
+def test_dropped_context_uses_the_learned_null_and_stays_finite():
+    model = tiny([IMG], context_dim=6)
+    x, t = {"image": torch.randn(2, 3, 8, 8)}, {"image": torch.rand(2)}
+    mask = torch.tensor([[True] * 5, [False] * 5])  # sample 1 has an empty context
+    drop = torch.tensor([True, True])
+    a = model(x, t, context=torch.randn(2, 5, 6), context_mask=mask, context_drop=drop)["image"]
+    b = model(x, t, context=torch.randn(2, 5, 6), context_mask=mask, context_drop=drop)["image"]
+    torch.testing.assert_close(a, b)  # dropped: the content no longer matters
+    assert torch.isfinite(a).all()
+    empty = model(x, t, context=torch.randn(2, 5, 6), context_mask=torch.zeros(2, 5, dtype=torch.bool))["image"]
+    assert not torch.allclose(a, empty)  # the null element is learned, not "no context"

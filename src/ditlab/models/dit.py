@@ -170,6 +170,12 @@ class DiT(nn.Module):
         )
         self.final = nn.ModuleDict({s.name: FinalLayer(hidden_size, s.patch_size, s.channels)
                                     for s in streams if s.predict})
+        # Learned nulls for classifier-free guidance: a dropped condition stream becomes these token
+        # embeddings, a dropped context set one learned element. Chosen with torch.where, so every
+        # parameter takes part in every step (DDP needs no find_unused_parameters).
+        self.null_tokens = nn.ParameterDict({s.name: nn.Parameter(torch.zeros(s.num_tokens, hidden_size))
+                                             for s in streams if not s.predict})
+        self.null_context = nn.Parameter(torch.zeros(1, context_dim)) if context_dim is not None else None
 
         # Fixed position tables (not parameters, not saved: they are a function of the specs).
         for s in streams:
@@ -204,6 +210,10 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         if self.label_embed is not None:
             nn.init.normal_(self.label_embed.table.weight, std=0.02)
+        for null in self.null_tokens.values():
+            nn.init.normal_(null, std=0.02)
+        if self.null_context is not None:
+            nn.init.normal_(self.null_context, std=0.02)
         # adaLN-Zero: every block starts as the identity, every output as zero.
         for block in self.blocks:
             nn.init.zeros_(block.adaLN.weight)
@@ -234,6 +244,15 @@ class DiT(nn.Module):
             c = c + self.label_embed(labels, label_drop)[:, None]
         return torch.nn.functional.silu(c), index
 
+    def _drop_context(self, context, mask, drop):
+        """Dropped samples see one learned null element (slot 0) instead of their context set."""
+        B, M, _ = context.shape
+        null = self.null_context.to(context.dtype).expand(B, M, -1)
+        context = torch.where(drop[:, None, None], null, context)
+        only_first = (torch.arange(M, device=context.device) == 0).expand(B, M)
+        mask = torch.ones(B, M, dtype=torch.bool, device=context.device) if mask is None else mask
+        return context, torch.where(drop[:, None], only_first, mask)
+
     def _check_inputs(self, x, t):
         for s in self.streams:
             if s.name not in x or s.name not in t:
@@ -255,12 +274,18 @@ class DiT(nn.Module):
         token_mask: Optional[dict[str, torch.Tensor]] = None,  # name -> (B, N_s) bool, True = real token
         context: Optional[torch.Tensor] = None,  # (B, M, Dc)
         context_mask: Optional[torch.Tensor] = None,  # (B, M) bool, True = real element
+        stream_drop: Optional[dict[str, torch.Tensor]] = None,  # condition name -> (B,) bool: use the null
+        context_drop: Optional[torch.Tensor] = None,  # (B,) bool: replace the context set by the null
     ) -> dict[str, torch.Tensor]:
         self._check_inputs(x, t)
         B = next(iter(x.values())).shape[0]
         tokens = []
         for s in self.streams:
             h = self.patch_embed[s.name](x[s.name])  # (B, N_s, D)
+            if stream_drop is not None and s.name in stream_drop:
+                if s.name not in self.null_tokens:
+                    raise ValueError(f"stream {s.name!r} is predicted, not a condition: it cannot be dropped")
+                h = torch.where(stream_drop[s.name][:, None, None], self.null_tokens[s.name].to(h.dtype), h)
             if self.pos_embed_kind == "sincos":
                 h = h + getattr(self, f"pos_{s.name}").to(h.dtype)
             tokens.append(h)
@@ -276,6 +301,8 @@ class DiT(nn.Module):
             raise ValueError("context given, but the model was built without cross-attention (context_dim=None)")
         if self.context_dim is not None and context is None:
             raise ValueError(f"this model cross-attends to a context set: pass context (B, M, {self.context_dim})")
+        if context_drop is not None:
+            context, context_mask = self._drop_context(context, context_mask, context_drop)
         for block in self.blocks:
             h = block(h, c, index, mask, rope, context, context_mask)
 
