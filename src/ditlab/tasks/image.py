@@ -32,9 +32,10 @@ def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 class ImageTask:
-    def __init__(self, model: torch.nn.Module, objective: Objective):
+    def __init__(self, model: torch.nn.Module, objective: Objective, label_dropout: float = 0.0):
         self.model = model
         self.objective = objective
+        self.label_dropout = label_dropout
         base = unwrap_model(model)
         self.spec = base.streams[0]
         self.num_classes = base.label_embed.num_classes if base.label_embed is not None else 0
@@ -60,6 +61,15 @@ class ImageTask:
 
         mask = {STREAM: loss_mask} if loss_mask is not None else None
         return self.objective.loss(net, {STREAM: images}, {STREAM: t}, {STREAM: noise}, self.patch_sizes, mask)
+
+    def loss_on_batch(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-sample loss (B,) with noise levels, noise and label dropout drawn from torch's global
+        RNG (in this order, which resumed runs rely on)."""
+        B = images.shape[0]
+        t = self.objective.schedule.sample_time((B,), images.device)
+        noise = torch.randn_like(images)
+        label_drop = torch.rand(B, device=images.device) < self.label_dropout if self.num_classes else None
+        return self.training_loss(images, labels, label_drop, t, noise)
 
     def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
         """Conditional denoiser (x, t, drop) -> {name: (x0_hat, eps_hat)} for the samplers."""

@@ -118,7 +118,7 @@ class Trainer:
 
         self.images = self.data.images.to(self.device)  # uint8 on the device: no loader in the hot loop
         self.labels = self.data.labels.to(self.device)
-        self.task = ImageTask(self.model, self.objective)
+        self.task = ImageTask(self.model, self.objective, cfg.model.label_dropout)
         self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode) if cfg.train.compile else self._loss
         # The sync-free guard needs the fused optimizer's found_inf support (CUDA, no GradScaler).
         self.sync_free = (cfg.train.nan_check == "log" and self.device.type == "cuda" and cfg.optim.fused
@@ -185,7 +185,7 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------
     def _loss(self, idx: torch.Tensor) -> torch.Tensor:
-        """Batch gather + augmentation + noising + network + loss: the region torch.compile sees."""
+        """Batch gather + augmentation + the task's noising, network and loss: what torch.compile sees."""
         cfg = self.cfg
         x = to_model_range(self.images[idx])  # (B, C, H, W) in [-1, 1]
         labels = self.labels[idx]
@@ -193,12 +193,9 @@ class Trainer:
         if cfg.data.hflip:
             flip = torch.rand(B, device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        t = self.objective.schedule.sample_time((B,), x.device)
-        noise = torch.randn_like(x)
-        label_drop = torch.rand(B, device=x.device) < cfg.model.label_dropout if cfg.model.num_classes else None
         ctx = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         with ctx:
-            return self.task.training_loss(x, labels, label_drop, t, noise).mean()
+            return self.task.loss_on_batch(x, labels).mean()
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns (loss, grad norm) as device tensors.
