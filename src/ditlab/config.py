@@ -48,6 +48,21 @@ class DiffusionConfig:
 
 
 @dataclass
+class TaskConfig:
+    # image: generate images (optionally class-conditional). superres: generate an image given its
+    # `factor`x average-pooled copy as a condition stream of its own (own patch and position embedding,
+    # its tokens before the target's, user note 000).
+    kind: Literal["image", "superres"] = "image"
+    factor: int = 2
+    # Probability of replacing the low-resolution condition by the learned null (for CFG).
+    cond_dropout: float = 0.0
+    # Condition noise augmentation: the condition is noised to a level s ~ U(0, cond_noise_max) in
+    # training, fed as its own per-token noise level; sampling uses cond_noise_sample.
+    cond_noise_max: float = 0.0
+    cond_noise_sample: float = 0.0
+
+
+@dataclass
 class DataConfig:
     # Image folder, .zip (ImageFolder layout), .npz, or "torchvision:CIFAR10". Empty: the sample
     # of 5,000 CIFAR-10 training images embedded in the package (offline demo).
@@ -129,6 +144,7 @@ class SampleConfig:
 
 @dataclass
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)

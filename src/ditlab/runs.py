@@ -12,7 +12,7 @@ import yaml
 from ditlab.config import Config
 from ditlab.configlib import config_from_dict
 from ditlab.diffusion.objectives import build_objective
-from ditlab.tasks.image import ImageTask, build_image_model
+from ditlab.tasks.factory import build_model, build_task
 from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
 
 
@@ -20,7 +20,7 @@ from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
 class LoadedRun:
     cfg: Config
     model: torch.nn.Module
-    task: ImageTask
+    task: object  # ImageTask or SuperResTask
     checkpoint: Path
     info: dict
 
@@ -38,11 +38,11 @@ def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] 
     ckpt = Path(checkpoint) if checkpoint else find_latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint yet")
-    model = build_image_model(cfg.model, info["image_size"], info["channels"])
+    model = build_model(cfg, info["image_size"], info["channels"])
     weights = load_weights(ckpt, which=which)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"weights in {ckpt} do not fit the model of {run_dir / 'config.yaml'}: "
                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device).eval()
-    return LoadedRun(cfg, model, ImageTask(model, build_objective(cfg.diffusion)), ckpt, info)
+    return LoadedRun(cfg, model, build_task(cfg, model, build_objective(cfg.diffusion), training=False), ckpt, info)

@@ -40,6 +40,8 @@ def generate_batch(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Samples for the given sample indices -> (uint8 (B, 3, H, W) on CPU, labels or None)."""
     device = torch.device(device)
+    if not isinstance(task, ImageTask):
+        raise NotImplementedError(f"sampling is implemented for the image task only, not {type(task).__name__}")
     if cfg_scale != 1.0 and not task.num_classes:
         raise ValueError("classifier-free guidance (cfg scale != 1) needs a class-conditional model")
     spec = task.spec

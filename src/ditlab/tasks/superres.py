@@ -1,0 +1,88 @@
+"""Super-resolution: the target image given its low-resolution copy as a condition stream.
+
+The condition is a stream of its own (user note 000): its own patch embedding, a position grid
+stretched onto the target's frame, its tokens before the target's, and its own noise level per
+sample. That one mechanism carries three of the notes' techniques:
+- clean condition: noise level 0;
+- condition noise augmentation: level s ~ U(0, s_max) in training, a chosen s at sampling;
+- condition dropout for CFG: the stream's tokens are replaced by the model's learned null tokens.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ditlab.diffusion.objectives import Objective
+from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
+from ditlab.train.ema import unwrap_model
+
+TARGET, COND = "image", "lowres"
+
+
+def superres_streams(image_size: int, channels: int, arch: str, factor: int) -> list[StreamSpec]:
+    _, _, _, patch = parse_arch(arch)
+    low = image_size // factor
+    if image_size % factor or low % patch:
+        raise ValueError(f"image size {image_size} with task.factor={factor} gives a {low}-pixel condition, "
+                         f"which the patch size {patch} of {arch} does not divide")
+    # Condition first, as in the note (64 condition tokens before 256 target tokens).
+    return [StreamSpec(COND, channels, low, patch, predict=False, pos_scale=float(factor)),
+            StreamSpec(TARGET, channels, image_size, patch)]
+
+
+def build_superres_model(model_cfg, image_size: int, channels: int, factor: int) -> DiT:
+    return build_dit(model_cfg, superres_streams(image_size, channels, model_cfg.arch, factor))
+
+
+def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """The low-resolution view: factor x factor average pooling (in model range)."""
+    return F.avg_pool2d(images, factor)
+
+
+class SuperResTask:
+    def __init__(self, model: torch.nn.Module, objective: Objective, task_cfg, label_dropout: float = 0.0):
+        self.model, self.objective, self.cfg = model, objective, task_cfg
+        self.label_dropout = label_dropout
+        base = unwrap_model(model)
+        self.specs = {s.name: s for s in base.streams}
+        self.num_classes = base.label_embed.num_classes if base.label_embed is not None else 0
+
+    @property
+    def patch_sizes(self) -> dict[str, int]:
+        return {name: s.patch_size for name, s in self.specs.items()}
+
+    def loss_on_batch(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-sample loss (B,) on the target; the condition is an input at its own noise level."""
+        B, device = images.shape[0], images.device
+        t = self.objective.schedule.sample_time((B,), device)
+        noise = torch.randn_like(images)
+        low = downsample(images, self.cfg.factor)
+        s = torch.rand(B, device=device) * self.cfg.cond_noise_max  # exactly 0 when augmentation is off
+        low_noise = torch.randn_like(low)
+        cond_drop = torch.rand(B, device=device) < self.cfg.cond_dropout
+        label_drop = torch.rand(B, device=device) < self.label_dropout if self.num_classes else None
+
+        def net(x_t, t_):
+            return self.model(x_t, t_, labels=labels if self.num_classes else None, label_drop=label_drop,
+                              stream_drop={COND: cond_drop})
+
+        # The objective noises every stream it is given at that stream's level (the condition at s,
+        # which is the augmentation) and scores only the predicted stream's noised tokens.
+        return self.objective.loss(net, {TARGET: images, COND: low}, {TARGET: t, COND: s},
+                                   {TARGET: noise, COND: low_noise}, self.patch_sizes)
+
+    def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
+        """Conditional denoiser (x, t, drop) for the samplers: `drop` nulls the low-resolution stream
+        (and the label, for a class-conditional model) — guidance on the condition."""
+        model = model if model is not None else self.model
+
+        def denoise(x, t, drop):
+            kwargs = {"stream_drop": {COND: drop}}
+            if self.num_classes:
+                kwargs.update(labels=labels.repeat(drop.shape[0] // labels.shape[0]), label_drop=drop)
+            out = model(x, t, **kwargs)
+            return {k: self.objective.to_x0_eps(out[k], x[k], t[k].view(-1, 1, 1, 1)) for k in out}
+
+        return denoise
