@@ -13,10 +13,9 @@ import torch
 
 from ditlab.diffusion.guidance import guided
 from ditlab.diffusion.noise import PerSampleRNG
-from ditlab.diffusion.paths import single_stream_path
 from ditlab.diffusion.samplers import sample
 from ditlab.imageio import to_uint8
-from ditlab.tasks.image import STREAM, ImageTask
+from ditlab.tasks.image import STREAM
 
 
 def labels_for(indices: torch.Tensor, num_classes: int) -> Optional[torch.Tensor]:
@@ -26,7 +25,7 @@ def labels_for(indices: torch.Tensor, num_classes: int) -> Optional[torch.Tensor
 
 @torch.no_grad()
 def generate_batch(
-    task: ImageTask,
+    task,
     model: torch.nn.Module,
     indices: torch.Tensor,
     seed: int,
@@ -37,20 +36,21 @@ def generate_batch(
     device: torch.device | str = "cpu",
     autocast_dtype: Optional[torch.dtype] = None,
     labels: Optional[torch.Tensor] = None,
+    conditions: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Samples for the given sample indices -> (uint8 (B, 3, H, W) on CPU, labels or None)."""
+    """Samples for the given sample indices -> (uint8 (B, 3, H, W) on CPU, labels or None).
+
+    ``conditions``: uint8 images for conditional tasks (super-resolution: the high-resolution
+    originals whose downsampled copies are the condition), one per index.
+    """
     device = torch.device(device)
-    if not isinstance(task, ImageTask):
-        raise NotImplementedError(f"sampling is implemented for the image task only, not {type(task).__name__}")
-    if cfg_scale != 1.0 and not task.num_classes:
+    if cfg_scale != 1.0 and not task.can_guide:
         raise ValueError("classifier-free guidance (cfg scale != 1) needs a class-conditional model")
-    spec = task.spec
     rng = PerSampleRNG(seed, indices.tolist(), device)
-    x = {STREAM: rng.randn(spec.channels, spec.size, spec.size)}
+    x, path = task.start(rng, steps, conditions.to(device) if conditions is not None else None)
     if labels is None:
         labels = labels_for(indices, task.num_classes)
     labels_dev = labels.to(device) if labels is not None else None
-    path = single_stream_path(STREAM, task.objective.schedule.time_grid(steps))
     denoiser = guided(task.denoiser(labels_dev, model), cfg_scale)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
@@ -59,7 +59,7 @@ def generate_batch(
 
 
 def generate(
-    task: ImageTask,
+    task,
     model: torch.nn.Module,
     num: int,
     seed: int,
@@ -71,9 +71,13 @@ def generate(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Samples start .. start + num - 1 in batches; ``on_batch(images, indices)`` sees each batch."""
     images, labels = [], []
+    conditions = kwargs.pop("conditions", None)
+    if conditions is not None and len(conditions) != num:
+        raise ValueError(f"{len(conditions)} condition images given for {num} samples")
     batches = list(torch.arange(start, start + num).split(batch_size))
     for indices in progress(batches) if progress else batches:
-        imgs, labs = generate_batch(task, model, indices, seed, **kwargs)
+        cond = conditions[indices - start] if conditions is not None else None
+        imgs, labs = generate_batch(task, model, indices, seed, conditions=cond, **kwargs)
         images.append(imgs)
         if labs is not None:
             labels.append(labs)

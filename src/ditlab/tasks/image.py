@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ditlab.diffusion.objectives import Objective
+from ditlab.diffusion.paths import TimePath, single_stream_path
 from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
 from ditlab.train.ema import unwrap_model
 
@@ -61,6 +62,18 @@ class ImageTask:
 
         mask = {STREAM: loss_mask} if loss_mask is not None else None
         return self.objective.loss(net, {STREAM: images}, {STREAM: t}, {STREAM: noise}, self.patch_sizes, mask)
+
+    @property
+    def can_guide(self) -> bool:
+        return self.num_classes > 0
+
+    def start(self, rng, steps: int, conditions: Optional[torch.Tensor] = None) -> tuple[dict, TimePath]:
+        """Starting streams (noise from the per-sample RNG) and the time path of a sampler run."""
+        if conditions is not None:
+            raise ValueError("the image task takes no condition images")
+        spec = self.spec
+        x = {STREAM: rng.randn(spec.channels, spec.size, spec.size)}
+        return x, single_stream_path(STREAM, self.objective.schedule.time_grid(steps))
 
     def loss_on_batch(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Per-sample loss (B,) with noise levels, noise and label dropout drawn from torch's global

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ditlab.diffusion.objectives import Objective
+from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
 from ditlab.train.ema import unwrap_model
 
@@ -53,6 +54,23 @@ class SuperResTask:
     def patch_sizes(self) -> dict[str, int]:
         return {name: s.patch_size for name, s in self.specs.items()}
 
+    can_guide = True  # guidance on the condition (and on the label, when there is one)
+
+    def start(self, rng, steps: int, conditions: Optional[torch.Tensor] = None) -> tuple[dict, TimePath]:
+        """Target noise plus the condition: ``conditions`` are the high-resolution uint8 images
+        (B, C, H, W) whose downsampled copies condition the run (so results compare to them). The
+        condition is held at noise level task.cond_noise_sample for the whole run."""
+        if conditions is None:
+            raise ValueError("super-resolution sampling needs condition images (the high-resolution originals)")
+        spec = self.specs[TARGET]
+        x_target = rng.randn(spec.channels, spec.size, spec.size)
+        low = downsample(conditions.float().div(127.5).sub(1.0), self.cfg.factor)
+        s = float(self.cfg.cond_noise_sample)
+        alpha, sigma = self.objective.schedule.alpha_sigma(torch.full((1,), s, device=low.device))
+        x_cond = alpha * low + sigma * rng.randn(*low.shape[1:])
+        path = with_fixed_streams(single_stream_path(TARGET, self.objective.schedule.time_grid(steps)), {COND: s})
+        return {TARGET: x_target, COND: x_cond}, path
+
     def loss_on_batch(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Per-sample loss (B,) on the target; the condition is an input at its own noise level."""
         B, device = images.shape[0], images.device
@@ -86,3 +104,11 @@ class SuperResTask:
             return {k: self.objective.to_x0_eps(out[k], x[k], t[k].view(-1, 1, 1, 1)) for k in out}
 
         return denoise
+
+
+def superres_triplets(originals: torch.Tensor, samples: torch.Tensor, factor: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) originals and samples -> (3B, C, H, W): low-res input (nearest-upsampled),
+    sample, original, for each condition in turn (a grid a person can read left to right)."""
+    low = F.avg_pool2d(originals.float(), factor).round()
+    low = F.interpolate(low, scale_factor=factor, mode="nearest").to(torch.uint8)
+    return torch.stack([low, samples.to(originals.device), originals], dim=1).flatten(0, 1)

@@ -26,6 +26,7 @@ from ditlab.imageio import save_image_grid
 from ditlab.sampling import generate
 from ditlab.tasks.factory import build_model, build_task
 from ditlab.tasks.image import to_model_range
+from ditlab.tasks.superres import superres_triplets
 from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
                                      restore_rng_state, save_checkpoint)
 from ditlab.train.data_order import EpochSampler
@@ -267,19 +268,23 @@ class Trainer:
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.ema, state=state,
                                keep=self.cfg.train.keep_checkpoints)
 
-    def sample_grid(self) -> Path | None:
-        if self.cfg.task.kind != "image":
-            if not getattr(self, "_grid_note", False):
-                print(f"ditlab: note: sample grids during training are not implemented for task.kind="
-                      f"{self.cfg.task.kind!r} yet; train.sample_every is ignored", flush=True)
-                self._grid_note = True
-            return None
+    def sample_grid(self) -> Path:
+        """A PNG grid from the EMA weights. Super-resolution: (low-res input, sample, original) triplets
+        for the first training images."""
         s = self.cfg.sample
+        conditions = None
+        num = s.grid_size
+        if self.cfg.task.kind == "superres":
+            num = min(s.grid_size, 32)
+            conditions = self.data.images[:num]
         # Sampling draws from its own per-sample generators, so it does not disturb the training RNG.
-        images, _ = generate(self.ema_task, self.ema.module, s.grid_size, s.seed, batch_size=max(s.grid_size, 1),
+        images, _ = generate(self.ema_task, self.ema.module, num, s.seed, batch_size=max(num, 1),
                              sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, eta=s.eta,
-                             device=self.device, autocast_dtype=self.amp_dtype)
-        path = save_image_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
+                             device=self.device, autocast_dtype=self.amp_dtype, conditions=conditions)
+        nrow = None
+        if conditions is not None:
+            images, nrow = superres_triplets(conditions, images, self.cfg.task.factor), 12
+        path = save_image_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png", nrow=nrow)
         self.logger.log_image(self.step, "samples", str(path))
         return path
 
