@@ -122,6 +122,38 @@ def cmd_bench_sample(args) -> int:
     return 0
 
 
+def cmd_diagnose_collapse(args) -> int:
+    import json
+
+    import torch
+
+    from ditlab.data import load_image_data
+    from ditlab.devices import resolve_device
+    from ditlab.eval.diagnose import collapse_sweep
+    from ditlab.runs import load_run
+
+    device = resolve_device(args.device)
+    run = load_run(args.run_dir, device=device)
+    if run.cfg.task.kind != "superres":
+        raise ValueError(f"diagnose collapse needs a conditional image run (task.kind=superres), "
+                         f"{args.run_dir} is task.kind={run.cfg.task.kind!r}")
+    originals = load_image_data(args.cond, run.info["image_size"]).images[: args.conditions]
+    features = None
+    if args.inception:
+        from ditlab.eval import extract_features, load_inception
+
+        net = load_inception(args.inception, device)
+        features = lambda imgs: torch.from_numpy(extract_features(imgs, net, device, progress=False))  # noqa: E731
+    out = Path(args.out or Path(args.run_dir) / "diagnose")
+    out.mkdir(parents=True, exist_ok=True)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    report = collapse_sweep(run, originals, args.seeds, args.cfg, args.cond_noise, out, sampler=args.sampler,
+                            steps=args.steps, device=device, autocast_dtype=amp, features=features,
+                            threshold=args.threshold)
+    print(json.dumps(report["verdict"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ditlab", description="Diffusion transformers with per-token noise levels.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -189,6 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--grid", default=None, help="a sample grid PNG to include")
     r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("diagnose", help="diagnostics of trained runs")
+    dsub = d.add_subparsers(dest="diagnose_command", required=True)
+    dc = dsub.add_parser("collapse", help="across-seed vs across-condition spread (posterior collapse)")
+    dc.add_argument("run_dir")
+    dc.add_argument("--cond", required=True, help="high-resolution images whose downsampled copies are the conditions")
+    dc.add_argument("--conditions", type=int, default=8, help="M conditions (grid rows)")
+    dc.add_argument("--seeds", type=int, default=8, help="K seeds per condition (grid columns)")
+    dc.add_argument("--cfg", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    dc.add_argument("--cond-noise", type=float, nargs="+", default=[0.0])
+    dc.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default="heun")
+    dc.add_argument("--steps", type=int, default=25)
+    dc.add_argument("--threshold", type=float, default=0.1,
+                    help="collapsed when the across-seed spread is below this fraction of the residual energy")
+    dc.add_argument("--inception", default=None, help="also measure in Inception feature space")
+    dc.add_argument("--device", default="auto")
+    dc.add_argument("--out", default=None, help="output folder (default RUN/diagnose)")
+    dc.set_defaults(func=cmd_diagnose_collapse)
 
     add_fid_parser(sub)
     return p

@@ -38,3 +38,13 @@ def test_shape_errors():
         spread_stats(torch.zeros(4, 1, 3))
     with pytest.raises(ValueError, match="conditions, seeds"):
         spread_stats(torch.zeros(4, 3))
+
+
+def test_residual_energy_is_the_detail_below_the_low_resolution():
+    from ditlab.eval.diagnose import residual_energy
+
+    blocky = torch.randint(0, 256, (3, 3, 4, 4), dtype=torch.uint8).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    assert residual_energy(blocky, 2) == 0.0  # nothing below the 2x grid
+    x = torch.zeros(1, 1, 2, 2, dtype=torch.uint8)
+    x[0, 0, 0, 0] = 255  # one bright pixel in a 2x2 block: mean 0.25, residual 0.75^2 + 3 * 0.25^2
+    assert residual_energy(x, 2) == pytest.approx(0.75**2 + 3 * 0.25**2)

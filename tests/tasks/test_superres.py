@@ -111,3 +111,27 @@ def test_cli_samples_a_superres_run(tmp_path, capsys):
     assert np.load(out)["arr_0"].shape == (4, 16, 16, 3)
     assert main(["sample", str(run), "--num", "4", "--out", str(out)]) == 1
     assert "--cond" in capsys.readouterr().err
+
+
+def test_diagnose_collapse_cli(tmp_path, capsys):
+    import json
+
+    from ditlab.cli import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
+    run = tmp_path / "r"
+    assert main(["train", "configs/demo.yaml", "task.kind=superres", "task.cond_dropout=0.2", "model.num_classes=0",
+                 f"data.path={data}", f"train.run_dir={run}", "train.steps=2", "train.batch_size=8",
+                 "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", "collapse", str(run), "--cond", str(data), "--conditions", "3", "--seeds", "4",
+                 "--cfg", "1.0", "2.0", "--cond-noise", "0.0", "0.3", "--steps", "2", "--sampler", "euler",
+                 "--device", "cpu", "--out", str(tmp_path / "diag")]) == 0
+    verdict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(verdict) == {"collapsed", "at", "seed_to_residual"}
+    report = json.loads((tmp_path / "diag" / "collapse.json").read_text())
+    assert len(report["settings"]) == 4 and report["residual_energy"] > 0
+    assert (tmp_path / "diag" / "collapse.png").exists()
+    assert (tmp_path / "diag" / "collapse_cfg2.0_noise0.3.png").exists()
