@@ -129,6 +129,11 @@ class TrainConfig:
     ckpt_every: int = 5000
     keep_checkpoints: int = 3
     run_dir: str = "runs/default"
+    # Two-stage training: start from the weights of another run (a run directory or checkpoint
+    # folder; its EMA weights unless init_weights=model). Parameters the new model has and the old
+    # one lacks (e.g. a new condition pathway) start at zero; both lists are printed.
+    init_from: str = ""
+    init_weights: Literal["ema", "model"] = "ema"
 
 
 @dataclass

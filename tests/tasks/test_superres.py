@@ -135,3 +135,41 @@ def test_diagnose_collapse_cli(tmp_path, capsys):
     assert len(report["settings"]) == 4 and report["residual_energy"] > 0
     assert (tmp_path / "diag" / "collapse.png").exists()
     assert (tmp_path / "diag" / "collapse_cfg2.0_noise0.3.png").exists()
+
+
+def test_two_stage_init_from_an_unconditional_run(tmp_path, capsys):
+    from ditlab.train.checkpoint import load_weights
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
+    common = ["model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=1", "model.num_heads=2",
+              f"data.path={data}", "train.batch_size=8", "train.steps=2", "train.device=cpu", "train.sample_every=0",
+              "diffusion.process=flow", "diffusion.prediction=velocity"]
+    stage1 = tmp_path / "uncond"
+    assert Trainer(load_config(None, common + [f"train.run_dir={stage1}"]), progress=False).run() == 0
+    cfg = load_config(None, common + ["task.kind=superres", "task.cond_dropout=0.1", f"train.init_from={stage1}",
+                                      "optim.lr=2e-5", f"train.run_dir={tmp_path / 'sr'}"])
+    trainer = Trainer(cfg, progress=False)
+    assert "patch_embed.lowres.proj.weight" in trainer.init_report["missing"]
+    assert "null_tokens.lowres" in trainer.init_report["missing"]
+    assert trainer.init_report["unexpected"] == []
+    assert "zero-initialised" in capsys.readouterr().out
+    old = load_weights(stage1, "ema")
+    new = trainer.model.state_dict()
+    assert torch.equal(new["blocks.0.attn.qkv.weight"], old["blocks.0.attn.qkv.weight"])
+    assert torch.count_nonzero(new["patch_embed.lowres.proj.weight"]) == 0
+    assert trainer.run() == 0
+
+
+def test_init_from_with_other_shapes_is_an_error(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
+    common = ["model.arch=DiT-S/4", "model.depth=1", "model.num_heads=2", f"data.path={data}", "train.batch_size=8",
+              "train.steps=1", "train.device=cpu", "train.sample_every=0"]
+    assert Trainer(load_config(None, common + ["model.hidden_size=32", f"train.run_dir={tmp_path / 'a'}"]),
+                   progress=False).run() == 0
+    with pytest.raises(ValueError, match="shapes differ"):
+        Trainer(load_config(None, common + ["model.hidden_size=64", f"train.init_from={tmp_path / 'a'}",
+                                            f"train.run_dir={tmp_path / 'b'}"]), progress=False)

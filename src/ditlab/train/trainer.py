@@ -27,7 +27,7 @@ from ditlab.sampling import generate
 from ditlab.tasks.factory import build_model, build_task
 from ditlab.tasks.image import to_model_range
 from ditlab.tasks.superres import superres_triplets
-from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
+from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint, load_weights,
                                      restore_rng_state, save_checkpoint)
 from ditlab.train.data_order import EpochSampler
 from ditlab.train.ema import EMA
@@ -44,6 +44,25 @@ EXIT_NONFINITE = 2
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
+    """Load matching weights from another run; zero the parameters it lacks; report both key lists."""
+    weights = load_weights(source, which=which)
+    own = model.state_dict()
+    mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items()
+                  if k in own and v.shape != own[k].shape}
+    if mismatched:
+        listing = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in mismatched.items())
+        raise ValueError(f"train.init_from={source}: shapes differ for {listing}")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in missing:
+                p.zero_()  # a new pathway starts silent: the loaded model's behaviour is the starting point
+    print(f"ditlab: initialised from {source} ({which} weights): {len(weights) - len(unexpected)} tensors loaded; "
+          f"new, zero-initialised: {sorted(missing) or 'none'}; not used: {sorted(unexpected) or 'none'}", flush=True)
+    return {"missing": sorted(missing), "unexpected": sorted(unexpected)}
 
 
 class TrainingClock:
@@ -108,6 +127,9 @@ class Trainer:
         if height != width:
             raise ValueError(f"images are {height}x{width}; set data.image_size to train on square crops")
         self.model = build_model(cfg, height, channels).to(self.device)
+        resuming = resume and self.run_dir.exists() and find_latest_checkpoint(self.run_dir) is not None
+        if cfg.train.init_from and not resuming:  # a resumed run continues from its own checkpoint
+            self.init_report = init_from(self.model, cfg.train.init_from, cfg.train.init_weights)
         self.objective = build_objective(cfg.diffusion)
         self.objective.schedule.to(self.device)
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup)
