@@ -60,6 +60,13 @@ class TaskConfig:
     # training, fed as its own per-token noise level; sampling uses cond_noise_sample.
     cond_noise_max: float = 0.0
     cond_noise_sample: float = 0.0
+    # Dummy-condition pretraining (note 000): cond_mode=dummy trains an *unconditional* model with the
+    # conditional sequence layout. With probability dummy_prob a sample carries dummy condition tokens
+    # (Gaussian noise or zeros); otherwise its condition tokens are masked out of attention. Stage 2
+    # then loads it with train.init_from into cond_mode=real (no new parameters).
+    cond_mode: Literal["real", "dummy"] = "real"
+    dummy_prob: float = 0.15
+    dummy_kind: Literal["noise", "zeros"] = "noise"
 
 
 @dataclass

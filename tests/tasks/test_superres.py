@@ -173,3 +173,47 @@ def test_init_from_with_other_shapes_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="shapes differ"):
         Trainer(load_config(None, common + ["model.hidden_size=64", f"train.init_from={tmp_path / 'a'}",
                                             f"train.run_dir={tmp_path / 'b'}"]), progress=False)
+
+
+def test_dummy_condition_pretraining_masks_or_fills_the_condition():
+    cfg = TaskConfig(kind="superres", factor=2, cond_mode="dummy", dummy_prob=0.5, dummy_kind="noise")
+    task, model = make(cfg)
+    seen = {}
+    real_forward = model.forward
+
+    def spy(x, t, **kw):
+        seen.update(x=x, kw=kw)
+        return real_forward(x, t, **kw)
+
+    model.forward = spy
+    torch.manual_seed(0)
+    loss = task.loss_on_batch(torch.rand(64, 3, 8, 8) * 2 - 1, None)
+    assert torch.isfinite(loss).all()
+    mask = seen["kw"]["token_mask"][COND]  # (B, 4): whole condition visible or whole condition masked
+    assert mask.shape == (64, 4) and (mask.all(1) | ~mask.any(1)).all()
+    assert 10 < mask[:, 0].sum() < 54  # about dummy_prob of the batch carries dummy tokens
+    low = seen["x"][COND]
+    assert torch.count_nonzero(low[~mask[:, 0]]) == 0  # masked samples: zeros (never seen anyway)
+    assert low[mask[:, 0]].std() > 0.5  # dummy samples: noise, not the image's low-res copy
+
+    # a dummy-pretrained model samples unconditionally: no condition images needed
+    from ditlab.sampling import generate
+
+    model.forward = real_forward
+    images, _ = generate(task, model.eval(), 3, seed=0, sampler="euler", steps=2)
+    assert images.shape == (3, 3, 8, 8)
+
+
+def test_dummy_pretraining_then_conditional_finetuning_loads_every_weight(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
+    common = ["task.kind=superres", "model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=1", "model.num_heads=2",
+              f"data.path={data}", "train.batch_size=8", "train.steps=2", "train.device=cpu", "train.sample_every=0"]
+    stage1 = tmp_path / "pre"
+    assert Trainer(load_config(None, common + ["task.cond_mode=dummy", f"train.run_dir={stage1}"]),
+                   progress=False).run() == 0
+    stage2 = Trainer(load_config(None, common + [f"train.init_from={stage1}", "optim.lr=1e-5",
+                                                 f"train.run_dir={tmp_path / 'ft'}"]), progress=False)
+    assert stage2.init_report == {"missing": [], "unexpected": []}  # same layout: nothing new, nothing lost
+    assert stage2.run() == 0

@@ -60,9 +60,15 @@ class SuperResTask:
         """Target noise plus the condition: ``conditions`` are the high-resolution uint8 images
         (B, C, H, W) whose downsampled copies condition the run (so results compare to them). The
         condition is held at noise level task.cond_noise_sample for the whole run."""
+        spec = self.specs[TARGET]
+        if self.cfg.cond_mode == "dummy":  # unconditional generation with a dummy-pretrained model
+            x_target = rng.randn(spec.channels, spec.size, spec.size)
+            c = self.specs[COND]
+            x_cond = torch.zeros(len(x_target), c.channels, c.size, c.size, device=x_target.device)
+            path = with_fixed_streams(single_stream_path(TARGET, self.objective.schedule.time_grid(steps)), {COND: 0.0})
+            return {TARGET: x_target, COND: x_cond}, path
         if conditions is None:
             raise ValueError("super-resolution sampling needs condition images (the high-resolution originals)")
-        spec = self.specs[TARGET]
         x_target = rng.randn(spec.channels, spec.size, spec.size)
         low = downsample(conditions.float().div(127.5).sub(1.0), self.cfg.factor)
         s = float(self.cfg.cond_noise_sample)
@@ -81,15 +87,29 @@ class SuperResTask:
         low_noise = torch.randn_like(low)
         cond_drop = torch.rand(B, device=device) < self.cfg.cond_dropout
         label_drop = torch.rand(B, device=device) < self.label_dropout if self.num_classes else None
+        token_mask = None
+        if self.cfg.cond_mode == "dummy":  # unconditional pretraining in the conditional layout
+            low, token_mask = self._dummy_condition(low)
 
         def net(x_t, t_):
             return self.model(x_t, t_, labels=labels if self.num_classes else None, label_drop=label_drop,
-                              stream_drop={COND: cond_drop})
+                              stream_drop={COND: cond_drop}, token_mask=token_mask)
 
         # The objective noises every stream it is given at that stream's level (the condition at s,
         # which is the augmentation) and scores only the predicted stream's noised tokens.
         return self.objective.loss(net, {TARGET: images, COND: low}, {TARGET: t, COND: s},
                                    {TARGET: noise, COND: low_noise}, self.patch_sizes)
+
+    def _dummy_condition(self, low: torch.Tensor):
+        """Dummy tokens (noise or zeros) for a dummy_prob share of the batch; the rest masked out."""
+        B, device = low.shape[0], low.device
+        use_dummy = torch.rand(B, device=device) < self.cfg.dummy_prob
+        dummy = torch.randn_like(low) if self.cfg.dummy_kind == "noise" else torch.zeros_like(low)
+        low = torch.where(use_dummy[:, None, None, None], dummy, torch.zeros_like(low))
+        return low, {COND: use_dummy[:, None].expand(B, self.specs[COND].num_tokens)}
+
+    def _no_condition_mask(self, batch: int, device) -> dict:
+        return {COND: torch.zeros(batch, self.specs[COND].num_tokens, dtype=torch.bool, device=device)}
 
     def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
         """Conditional denoiser (x, t, drop) for the samplers: `drop` nulls the low-resolution stream
@@ -98,6 +118,8 @@ class SuperResTask:
 
         def denoise(x, t, drop):
             kwargs = {"stream_drop": {COND: drop}}
+            if self.cfg.cond_mode == "dummy":  # an unconditional model: the condition stream is masked out
+                kwargs["token_mask"] = self._no_condition_mask(drop.shape[0], drop.device)
             if self.num_classes:
                 kwargs.update(labels=labels.repeat(drop.shape[0] // labels.shape[0]), label_drop=drop)
             out = model(x, t, **kwargs)
