@@ -72,3 +72,18 @@ def test_prediction_must_fit_process():
     with pytest.raises(ValueError, match="does not fit"):
         build_objective(DiffusionConfig(process="flow", prediction="eps"))
     assert build_objective(DiffusionConfig(process="flow", prediction="v")).prediction == "velocity"
+
+
+def test_token_stream_loss_per_token_levels():
+    obj = Objective(FlowSchedule(), "velocity")
+    x0, eps = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    t = torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.5], [0.3] * 5])  # sample 0: two clean context tokens
+
+    def perfect(x_t, t_):
+        out = eps - x0
+        out[:, :2] += 10.0  # wrong on the first two tokens only
+        return {"pts": out}
+
+    loss = obj.loss(perfect, {"pts": x0}, {"pts": t}, {"pts": eps}, {"pts": 1})
+    assert loss[0].item() == 0.0 and loss[1].item() > 10  # clean tokens carry no loss
+    assert expand_time(torch.rand(2), x0, 1).shape == (2, 1, 1)

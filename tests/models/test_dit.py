@@ -131,3 +131,26 @@ def test_dropped_context_uses_the_learned_null_and_stays_finite():
     assert torch.isfinite(a).all()
     empty = model(x, t, context=torch.randn(2, 5, 6), context_mask=torch.zeros(2, 5, dtype=torch.bool))["image"]
     assert not torch.allclose(a, empty)  # the null element is learned, not "no context"
+
+
+def test_token_set_stream_is_permutation_equivariant():
+    points = StreamSpec("points", 3, 10, kind="tokens", positions="none")
+    model = tiny([points], context_dim=4)
+    x = {"points": torch.randn(2, 10, 3)}
+    t = {"points": torch.rand(2)}
+    ctx = torch.randn(2, 7, 4)
+    out = model(x, t, context=ctx)["points"]
+    assert out.shape == (2, 10, 3)
+    perm = torch.randperm(10)
+    out_perm = model({"points": x["points"][:, perm]}, t, context=ctx)["points"]
+    torch.testing.assert_close(out_perm, out[:, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_indexed_token_stream_is_not_a_set():
+    seq = StreamSpec("seq", 2, 6, kind="tokens", positions="index")
+    model = tiny([seq])
+    x, t = {"seq": torch.randn(1, 6, 2)}, {"seq": torch.rand(1)}
+    perm = torch.tensor([1, 0, 2, 3, 4, 5])
+    assert not torch.allclose(model({"seq": x["seq"][:, perm]}, t)["seq"], model(x, t)["seq"][:, perm], atol=1e-4)
+    with pytest.raises(ValueError, match="positions must be"):
+        StreamSpec("bad", 2, 6, kind="tokens", positions="grid")

@@ -19,9 +19,14 @@ PREDICTIONS = {"ddpm": ("eps", "x0", "v"), "flow": ("velocity",)}
 
 
 def expand_time(t: torch.Tensor, x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Noise level (B,) or (B, N) per patch -> broadcastable to x (B, C, H, W)."""
+    """Noise level (B,) or (B, N) per token -> broadcastable to the stream: an image (B, C, H, W)
+    (one level per patch) or a token set (B, N, C)."""
     if t.dim() == 1:
-        return t.view(-1, 1, 1, 1)
+        return t.view(-1, *([1] * (x.dim() - 1)))
+    if x.dim() == 3:
+        if t.shape != x.shape[:2]:
+            raise ValueError(f"per-token noise level has shape {tuple(t.shape)}, expected {tuple(x.shape[:2])}")
+        return t[..., None]
     B, _, H, W = x.shape
     g_h, g_w = H // patch_size, W // patch_size
     if t.shape != (B, g_h * g_w):

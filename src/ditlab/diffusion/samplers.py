@@ -26,8 +26,9 @@ Denoiser = Callable[[dict, dict], dict]
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 
 
-def _bcast(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> broadcastable against a stream: (B, 1, 1, 1) for images, (B, 1, 1) for token sets."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _times(path: TimePath, i: int, batch: int, device) -> dict[str, torch.Tensor]:
@@ -36,8 +37,8 @@ def _times(path: TimePath, i: int, batch: int, device) -> dict[str, torch.Tensor
 
 def _ddim_update(x, x0, eps, t, s, schedule, eta, rng):
     """One DDIM step t -> s for one stream; eta = 1 is the DDPM posterior sample."""
-    a_t, s_t = (_bcast(v) for v in schedule.alpha_sigma(t))
-    a_s, s_s = (_bcast(v) for v in schedule.alpha_sigma(s))
+    a_t, s_t = (_bcast(v, x) for v in schedule.alpha_sigma(t))
+    a_s, s_s = (_bcast(v, x) for v in schedule.alpha_sigma(s))
     if eta > 0:
         # Posterior q(x_s | x_t, x0) variance for a Gaussian path: sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
         a_ts = a_t / a_s.clamp(min=1e-12)
@@ -53,8 +54,8 @@ def _ddim_update(x, x0, eps, t, s, schedule, eta, rng):
 
 def _ddpm_update(x, x0, eps, t, s, schedule, rng):
     """Ancestral step: sample the posterior q(x_s | x_t, x0 = x0_hat)."""
-    a_t, s_t = (_bcast(v) for v in schedule.alpha_sigma(t))
-    a_s, s_s = (_bcast(v) for v in schedule.alpha_sigma(s))
+    a_t, s_t = (_bcast(v, x) for v in schedule.alpha_sigma(t))
+    a_s, s_s = (_bcast(v, x) for v in schedule.alpha_sigma(s))
     a_ts = a_t / a_s.clamp(min=1e-12)
     var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp(min=0)
     st2 = (s_t**2).clamp(min=1e-12)
@@ -108,8 +109,8 @@ def _ode_step(denoiser, x, pred, t_cur, t_next, moving, schedules, heun: bool):
     """Euler (and Heun's correction) in rectified-flow coordinates for the moving streams."""
     coords = {}
     for n in moving:
-        c, s = (_bcast(v) for v in schedules[n].rf_coords(t_cur[n]))
-        c2, s2 = (_bcast(v) for v in schedules[n].rf_coords(t_next[n]))
+        c, s = (_bcast(v, x[n]) for v in schedules[n].rf_coords(t_cur[n]))
+        c2, s2 = (_bcast(v, x[n]) for v in schedules[n].rf_coords(t_next[n]))
         x0, eps = pred[n]
         coords[n] = (c, s, c2, s2, eps - x0)
     euler = dict(x)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ditlab.models.attention import Attention
-from ditlab.models.embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, rope_2d, sincos_2d
+from ditlab.models.embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, rope_2d, sincos_2d, sinusoidal
 
 # name -> (hidden size, depth, heads), as in the DiT paper's table.
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -47,14 +47,28 @@ def parse_arch(arch: str) -> tuple[int, int, int, int]:
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """One image stream of the token sequence."""
+    """One stream of the token sequence: an image cut into patches, or a set / sequence of tokens.
+
+    kind="image": ``size`` x ``size`` pixels with ``channels`` channels, patches of ``patch_size``,
+    2-D positions. kind="tokens": ``size`` tokens of ``channels`` features each (a point cloud, the
+    x / y values of a regression prompt), embedded by a linear layer; ``positions`` "none" keeps the
+    stream a set (permutation-equivariant), "index" adds a 1-D sin-cos position of the token index.
+    """
 
     name: str
     channels: int
-    size: int  # square images, size x size pixels
-    patch_size: int
+    size: int
+    patch_size: int = 1
     predict: bool = True  # the model outputs a prediction for this stream (False for conditions)
     pos_scale: float = 1.0  # coordinate stretch, to place a coarse grid on a fine stream's frame
+    kind: str = "image"
+    positions: str = "grid"  # image: "grid"; tokens: "none" or "index"
+
+    def __post_init__(self):
+        if self.kind not in ("image", "tokens"):
+            raise ValueError(f"stream {self.name!r}: kind must be 'image' or 'tokens', got {self.kind!r}")
+        if self.kind == "tokens" and self.positions not in ("none", "index"):
+            raise ValueError(f"token stream {self.name!r}: positions must be 'none' or 'index'")
 
     @property
     def grid(self) -> int:
@@ -62,7 +76,39 @@ class StreamSpec:
 
     @property
     def num_tokens(self) -> int:
-        return self.grid**2
+        return self.grid**2 if self.kind == "image" else self.size
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-sample tensor shape of the stream."""
+        return (self.channels, self.size, self.size) if self.kind == "image" else (self.size, self.channels)
+
+
+class TokenEmbed(nn.Module):
+    """(B, N, C) token features -> (B, N, D)."""
+
+    def __init__(self, channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(channels, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def stream_positions(s: StreamSpec, dim: int) -> torch.Tensor:
+    """Additive sin-cos positions (N_s, dim) of a stream (zeros for a set)."""
+    if s.kind == "image":
+        return sincos_2d(s.grid, s.grid, dim, s.pos_scale)
+    if s.positions == "index":
+        return sinusoidal(torch.arange(s.size).float() * s.pos_scale, dim)
+    return torch.zeros(s.size, dim)
+
+
+def stream_rope(s: StreamSpec, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables of a stream; token streams are not rotated (angle 0)."""
+    if s.kind == "image":
+        return rope_2d(s.grid, s.grid, head_dim, scale=s.pos_scale)
+    return torch.ones(s.size, head_dim // 2), torch.zeros(s.size, head_dim // 2)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -129,7 +175,9 @@ class FinalLayer(nn.Module):
 
 
 def unpatchify(tokens: torch.Tensor, spec: StreamSpec) -> torch.Tensor:
-    """(B, N, p*p*C) -> (B, C, H, W)."""
+    """(B, N, p*p*C) -> (B, C, H, W); token streams stay (B, N, C)."""
+    if spec.kind == "tokens":
+        return tokens
     B, g, p, C = tokens.shape[0], spec.grid, spec.patch_size, spec.channels
     x = tokens.reshape(B, g, g, p, p, C)
     return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, g * p, g * p)
@@ -162,7 +210,9 @@ class DiT(nn.Module):
         self.context_dim = context_dim
         self.pos_embed_kind = pos_embed
 
-        self.patch_embed = nn.ModuleDict({s.name: PatchEmbed(s.channels, hidden_size, s.patch_size) for s in streams})
+        self.patch_embed = nn.ModuleDict({
+            s.name: PatchEmbed(s.channels, hidden_size, s.patch_size) if s.kind == "image"
+            else TokenEmbed(s.channels, hidden_size) for s in streams})
         self.t_embed = TimestepEmbedder(hidden_size)
         self.label_embed = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
@@ -180,10 +230,9 @@ class DiT(nn.Module):
         # Fixed position tables (not parameters, not saved: they are a function of the specs).
         for s in streams:
             if pos_embed == "sincos":
-                self.register_buffer(f"pos_{s.name}", sincos_2d(s.grid, s.grid, hidden_size, s.pos_scale),
-                                     persistent=False)
+                self.register_buffer(f"pos_{s.name}", stream_positions(s, hidden_size), persistent=False)
         if pos_embed == "rope":
-            tables = [rope_2d(s.grid, s.grid, hidden_size // num_heads, scale=s.pos_scale) for s in streams]
+            tables = [stream_rope(s, hidden_size // num_heads) for s in streams]
             self.register_buffer("rope_cos", torch.cat([c for c, _ in tables]), persistent=False)
             self.register_buffer("rope_sin", torch.cat([s for _, s in tables]), persistent=False)
         # Token -> stream index, used to gather per-(sample, stream) modulation to tokens.
@@ -203,9 +252,10 @@ class DiT(nn.Module):
                     nn.init.zeros_(m.bias)
 
         self.apply(_xavier)
-        for pe in self.patch_embed.values():  # initialise like a linear layer, as DiT does
-            nn.init.xavier_uniform_(pe.proj.weight.view(pe.proj.weight.shape[0], -1))
-            nn.init.zeros_(pe.proj.bias)
+        for pe in self.patch_embed.values():  # initialise the patch convolution like a linear layer, as DiT does
+            if isinstance(pe, PatchEmbed):
+                nn.init.xavier_uniform_(pe.proj.weight.view(pe.proj.weight.shape[0], -1))
+                nn.init.zeros_(pe.proj.bias)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         if self.label_embed is not None:
@@ -258,9 +308,9 @@ class DiT(nn.Module):
             if s.name not in x or s.name not in t:
                 raise ValueError(f"missing stream {s.name!r}: the model expects streams {[s.name for s in self.streams]}")
             xs, ts = x[s.name], t[s.name]
-            if xs.dim() != 4 or tuple(xs.shape[1:]) != (s.channels, s.size, s.size):
+            if tuple(xs.shape[1:]) != s.shape:
                 raise ValueError(f"stream {s.name!r} has shape {tuple(xs.shape)}, expected "
-                                 f"(B, {s.channels}, {s.size}, {s.size})")
+                                 f"(B, {', '.join(map(str, s.shape))})")
             if not (ts.shape == (xs.shape[0],) or ts.shape == (xs.shape[0], s.num_tokens)):
                 raise ValueError(f"noise level of stream {s.name!r} has shape {tuple(ts.shape)}, expected "
                                  f"({xs.shape[0]},) per sample or ({xs.shape[0]}, {s.num_tokens}) per token")
