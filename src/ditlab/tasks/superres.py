@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
+from ditlab.tasks.image import to_model_range
 from ditlab.train.ema import unwrap_model
 
 TARGET, COND = "image", "lowres"
@@ -70,7 +71,7 @@ class SuperResTask:
         if conditions is None:
             raise ValueError("super-resolution sampling needs condition images (the high-resolution originals)")
         x_target = rng.randn(spec.channels, spec.size, spec.size)
-        low = downsample(conditions.float().div(127.5).sub(1.0), self.cfg.factor)
+        low = downsample(to_model_range(conditions), self.cfg.factor)
         s = float(self.cfg.cond_noise_sample)
         alpha, sigma = self.objective.schedule.alpha_sigma(torch.full((1,), s, device=low.device))
         x_cond = alpha * low + sigma * rng.randn(*low.shape[1:])
