@@ -1,4 +1,4 @@
-"""The `ditlab` command: train, sample, config show, report."""
+"""The `ditlab` command: train, sample, config show, report, bench, diagnose, fid."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     code = trainer.run()
     if code == 0:
-        print(f"ditlab: finished {cfg.train.steps} steps; run directory {trainer.run_dir}")
+        print(f"ditlab: finished at step {trainer.step}; run directory {trainer.run_dir}")
     return code
 
 
