@@ -27,9 +27,11 @@ from ditlab.sampling import generate
 from ditlab.tasks.factory import build_model, build_task
 from ditlab.tasks.image import to_model_range
 from ditlab.tasks.superres import superres_triplets
-from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint, load_weights,
+from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
                                      restore_rng_state, save_checkpoint)
+from ditlab.train.clock import TrainingClock
 from ditlab.train.data_order import EpochSampler
+from ditlab.train.init_from import init_from
 from ditlab.train.ema import EMA
 from ditlab.train.log import RunLogger
 from ditlab.train.optim import build_optimizer, lr_at, set_lr
@@ -44,62 +46,6 @@ EXIT_NONFINITE = 2
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
-    """Load matching weights from another run; zero the parameters it lacks; report both key lists."""
-    weights = load_weights(source, which=which)
-    own = model.state_dict()
-    mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items()
-                  if k in own and v.shape != own[k].shape}
-    if mismatched:
-        listing = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in mismatched.items())
-        raise ValueError(f"train.init_from={source}: shapes differ for {listing}")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in missing:
-                p.zero_()  # a new pathway starts silent: the loaded model's behaviour is the starting point
-    print(f"ditlab: initialised from {source} ({which} weights): {len(weights) - len(unexpected)} tensors loaded; "
-          f"new, zero-initialised: {sorted(missing) or 'none'}; not used: {sorted(unexpected) or 'none'}", flush=True)
-    return {"missing": sorted(missing), "unexpected": sorted(unexpected)}
-
-
-class TrainingClock:
-    """Wall clock of the timed part of a run: starts after `untimed` steps, includes everything after.
-
-    The host runs at most a step or two ahead of the GPU; when the host clock passes the limit the
-    device is synchronised and the clock read again, so the reported time covers the finished work.
-    """
-
-    def __init__(self, limit: float, untimed: int, device: torch.device):
-        self.limit, self.untimed, self.device = limit, untimed, device
-        self.start: float | None = None
-        self.start_step = 0
-        self.timed_steps = 0
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def tick(self, steps_done: int) -> bool:
-        """Call after each step; True once the time limit is exhausted."""
-        if self.start is None:
-            if steps_done < self.untimed:
-                return False
-            self._sync()
-            self.start, self.start_step = time.perf_counter(), steps_done
-        self.timed_steps = steps_done - self.start_step
-        if self.limit > 0 and time.perf_counter() - self.start >= self.limit:
-            self._sync()
-            return time.perf_counter() - self.start >= self.limit
-        return False
-
-    def elapsed(self) -> float:
-        if self.start is None:
-            return 0.0
-        self._sync()
-        return time.perf_counter() - self.start
 
 
 def autocast_dtype(cfg: Config, device: torch.device):

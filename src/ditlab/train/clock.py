@@ -1,0 +1,43 @@
+"""The wall clock of time-limited runs."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class TrainingClock:
+    """Wall clock of the timed part of a run: starts after `untimed` steps, includes everything after.
+
+    The host runs at most a step or two ahead of the GPU; when the host clock passes the limit the
+    device is synchronised and the clock read again, so the reported time covers the finished work.
+    """
+
+    def __init__(self, limit: float, untimed: int, device: torch.device):
+        self.limit, self.untimed, self.device = limit, untimed, device
+        self.start: float | None = None
+        self.start_step = 0
+        self.timed_steps = 0
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def tick(self, steps_done: int) -> bool:
+        """Call after each step; True once the time limit is exhausted."""
+        if self.start is None:
+            if steps_done < self.untimed:
+                return False
+            self._sync()
+            self.start, self.start_step = time.perf_counter(), steps_done
+        self.timed_steps = steps_done - self.start_step
+        if self.limit > 0 and time.perf_counter() - self.start >= self.limit:
+            self._sync()
+            return time.perf_counter() - self.start >= self.limit
+        return False
+
+    def elapsed(self) -> float:
+        if self.start is None:
+            return 0.0
+        self._sync()
+        return time.perf_counter() - self.start
