@@ -82,6 +82,10 @@ class Objective:
             raise ValueError(f"unknown prediction {self.prediction!r}")
         return x0, eps
 
+    def denoised(self, out: dict, x_t: dict, t: dict, patch_sizes: dict[str, int]) -> dict:
+        """Network outputs of the predicted streams -> {name: (x0_hat, eps_hat)}, for the samplers."""
+        return {k: self.to_x0_eps(out[k], x_t[k], expand_time(t[k], x_t[k], patch_sizes[k])) for k in out}
+
     def loss(
         self,
         net: Callable[[dict, dict], dict],

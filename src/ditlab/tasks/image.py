@@ -32,14 +32,25 @@ def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div_(127.5).sub_(1.0)
 
 
+def model_num_classes(model: torch.nn.Module) -> int:
+    """Classes of a class-conditional DiT (0 when it has no label embedding)."""
+    embed = unwrap_model(model).label_embed
+    return embed.num_classes if embed is not None else 0
+
+
+def repeat_labels(labels: torch.Tensor, batch: int) -> torch.Tensor:
+    """Guidance stacks the conditional and unconditional passes into one batch of k * B
+    (diffusion.guidance.guided): repeat the labels to match; the drop flags pick the null ones."""
+    return labels.repeat(batch // labels.shape[0])
+
+
 class ImageTask:
     def __init__(self, model: torch.nn.Module, objective: Objective, label_dropout: float = 0.0):
         self.model = model
         self.objective = objective
         self.label_dropout = label_dropout
-        base = unwrap_model(model)
-        self.spec = base.streams[0]
-        self.num_classes = base.label_embed.num_classes if base.label_embed is not None else 0
+        self.spec = unwrap_model(model).streams[0]
+        self.num_classes = model_num_classes(model)
 
     @property
     def patch_sizes(self) -> dict[str, int]:
@@ -91,11 +102,7 @@ class ImageTask:
         def denoise(x, t, drop):
             kwargs = {}
             if self.num_classes:
-                # Guidance stacks the conditional and unconditional passes into one batch of k * B
-                # (diffusion.guidance.guided): repeat the labels to match; `drop` picks the null ones.
-                lab = labels if labels.shape[0] == drop.shape[0] else labels.repeat(drop.shape[0] // labels.shape[0])
-                kwargs = dict(labels=lab, label_drop=drop)
-            out = model(x, t, **kwargs)
-            return {k: self.objective.to_x0_eps(out[k], x[k], t[k].view(-1, 1, 1, 1)) for k in out}
+                kwargs = dict(labels=repeat_labels(labels, drop.shape[0]), label_drop=drop)
+            return self.objective.denoised(model(x, t, **kwargs), x, t, self.patch_sizes)
 
         return denoise

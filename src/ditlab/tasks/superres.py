@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
-from ditlab.tasks.image import to_model_range
+from ditlab.tasks.image import model_num_classes, repeat_labels, to_model_range
 from ditlab.train.ema import unwrap_model
 
 TARGET, COND = "image", "lowres"
@@ -47,9 +47,8 @@ class SuperResTask:
     def __init__(self, model: torch.nn.Module, objective: Objective, task_cfg, label_dropout: float = 0.0):
         self.model, self.objective, self.cfg = model, objective, task_cfg
         self.label_dropout = label_dropout
-        base = unwrap_model(model)
-        self.specs = {s.name: s for s in base.streams}
-        self.num_classes = base.label_embed.num_classes if base.label_embed is not None else 0
+        self.specs = {s.name: s for s in unwrap_model(model).streams}
+        self.num_classes = model_num_classes(model)
 
     @property
     def patch_sizes(self) -> dict[str, int]:
@@ -62,19 +61,17 @@ class SuperResTask:
         (B, C, H, W) whose downsampled copies condition the run (so results compare to them). The
         condition is held at noise level task.cond_noise_sample for the whole run."""
         spec = self.specs[TARGET]
-        if self.cfg.cond_mode == "dummy":  # unconditional generation with a dummy-pretrained model
-            x_target = rng.randn(spec.channels, spec.size, spec.size)
-            c = self.specs[COND]
-            x_cond = torch.zeros(len(x_target), c.channels, c.size, c.size, device=x_target.device)
-            path = with_fixed_streams(single_stream_path(TARGET, self.objective.schedule.time_grid(steps)), {COND: 0.0})
-            return {TARGET: x_target, COND: x_cond}, path
-        if conditions is None:
+        if self.cfg.cond_mode != "dummy" and conditions is None:
             raise ValueError("super-resolution sampling needs condition images (the high-resolution originals)")
         x_target = rng.randn(spec.channels, spec.size, spec.size)
-        low = downsample(to_model_range(conditions), self.cfg.factor)
-        s = float(self.cfg.cond_noise_sample)
-        alpha, sigma = self.objective.schedule.alpha_sigma(torch.full((1,), s, device=low.device))
-        x_cond = alpha * low + sigma * rng.randn(*low.shape[1:])
+        if self.cfg.cond_mode == "dummy":  # unconditional generation: the condition stream is masked out
+            s = 0.0
+            x_cond = torch.zeros(len(x_target), *self.specs[COND].shape, device=x_target.device)
+        else:
+            low = downsample(to_model_range(conditions), self.cfg.factor)
+            s = float(self.cfg.cond_noise_sample)
+            alpha, sigma = self.objective.schedule.alpha_sigma(torch.full((1,), s, device=low.device))
+            x_cond = alpha * low + sigma * rng.randn(*low.shape[1:])
         path = with_fixed_streams(single_stream_path(TARGET, self.objective.schedule.time_grid(steps)), {COND: s})
         return {TARGET: x_target, COND: x_cond}, path
 
@@ -122,9 +119,8 @@ class SuperResTask:
             if self.cfg.cond_mode == "dummy":  # an unconditional model: the condition stream is masked out
                 kwargs["token_mask"] = self._no_condition_mask(drop.shape[0], drop.device)
             if self.num_classes:
-                kwargs.update(labels=labels.repeat(drop.shape[0] // labels.shape[0]), label_drop=drop)
-            out = model(x, t, **kwargs)
-            return {k: self.objective.to_x0_eps(out[k], x[k], t[k].view(-1, 1, 1, 1)) for k in out}
+                kwargs.update(labels=repeat_labels(labels, drop.shape[0]), label_drop=drop)
+            return self.objective.denoised(model(x, t, **kwargs), x, t, self.patch_sizes)
 
         return denoise
 
