@@ -73,8 +73,9 @@ class Trainer:
         if height != width:
             raise ValueError(f"images are {height}x{width}; set data.image_size to train on square crops")
         self.model = build_model(cfg, height, channels).to(self.device)
-        resuming = resume and self.run_dir.exists() and find_latest_checkpoint(self.run_dir) is not None
-        if cfg.train.init_from and not resuming:  # a resumed run continues from its own checkpoint
+        # Looked up once: validating a checkpoint reads its files.
+        latest = find_latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
+        if cfg.train.init_from and not (resume and latest is not None):  # resumed runs load their own checkpoint
             self.init_report = init_from(self.model, cfg.train.init_from, cfg.train.init_weights)
         self.objective = build_objective(cfg.diffusion)
         self.objective.schedule.to(self.device)
@@ -96,7 +97,7 @@ class Trainer:
         self._halt = torch.zeros((), dtype=torch.bool, device=self.device)
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.ema_task = build_task(cfg, self.ema.module, self.objective, training=False)
-        self._prepare_run_dir(resume)
+        self._prepare_run_dir(resume, latest)
         self.logger = RunLogger(self.run_dir)
         if self.step:
             self.logger.truncate_after(self.step)
@@ -112,8 +113,7 @@ class Trainer:
         if n and self.data.num_classes > n:
             raise ValueError(f"the data set has {self.data.num_classes} classes but model.num_classes={n}")
 
-    def _prepare_run_dir(self, resume: bool) -> None:
-        latest = find_latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
+    def _prepare_run_dir(self, resume: bool, latest: Path | None) -> None:
         if latest is not None and not resume:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints (latest {latest.name}); pass --resume "
                                   "to continue it or choose another train.run_dir")
