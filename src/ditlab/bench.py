@@ -90,12 +90,12 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     from ditlab.diffusion.paths import single_stream_path
     from ditlab.diffusion.samplers import count_nfe
     from ditlab.runs import load_run
-    from ditlab.sampling import generate
+    from ditlab.sampling import generate, sampling_autocast
     from ditlab.devices import resolve_device
 
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
-    amp = torch.bfloat16 if dev.type == "cuda" else None
+    amp = sampling_autocast(dev)
     kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=dev, autocast_dtype=amp)
     model = torch.compile(run.model) if compile else run.model
     generate(run.task, model, min(batch_size, num), seed=0, batch_size=batch_size, **kwargs)  # warm-up

@@ -37,7 +37,7 @@ def cmd_sample(args) -> int:
 
     from ditlab.imageio import save_image_grid, save_npz_images
     from ditlab.runs import load_run
-    from ditlab.sampling import generate
+    from ditlab.sampling import generate, sampling_autocast
     from ditlab.devices import resolve_device
 
     device = resolve_device(args.device)
@@ -46,7 +46,7 @@ def cmd_sample(args) -> int:
     sampler = args.sampler or s.sampler
     steps = args.steps or s.steps
     cfg_scale = s.cfg_scale if args.cfg is None else args.cfg
-    amp = torch.bfloat16 if device.type == "cuda" and not args.fp32 else None
+    amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
     compile_ = {"on": True, "off": False}.get(args.compile, device.type == "cuda" and args.num >= 1000)
     model = torch.compile(run.model) if compile_ else run.model
@@ -131,6 +131,7 @@ def cmd_diagnose_collapse(args) -> int:
     from ditlab.devices import resolve_device
     from ditlab.eval.diagnose import collapse_sweep
     from ditlab.runs import load_run
+    from ditlab.sampling import sampling_autocast
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device)
@@ -146,7 +147,7 @@ def cmd_diagnose_collapse(args) -> int:
         features = lambda imgs: torch.from_numpy(extract_features(imgs, net, device, progress=False))  # noqa: E731
     out = Path(args.out or Path(args.run_dir) / "diagnose")
     out.mkdir(parents=True, exist_ok=True)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = sampling_autocast(device)
     report = collapse_sweep(run, originals, args.seeds, args.cfg, args.cond_noise, out, sampler=args.sampler,
                             steps=args.steps, device=device, autocast_dtype=amp, features=features,
                             threshold=args.threshold)

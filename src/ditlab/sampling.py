@@ -18,6 +18,11 @@ from ditlab.imageio import to_uint8
 from ditlab.tasks.image import STREAM
 
 
+def sampling_autocast(device: torch.device, fp32: bool = False) -> Optional[torch.dtype]:
+    """bf16 autocast for sampling on a GPU (the samplers' own arithmetic stays fp32); none on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" and not fp32 else None
+
+
 def labels_for(indices: torch.Tensor, num_classes: int) -> Optional[torch.Tensor]:
     """Balanced, batch-independent class labels: sample i gets class i mod num_classes."""
     return indices % num_classes if num_classes else None
