@@ -149,6 +149,9 @@ class SampleConfig:
     sampler: Literal["ddpm", "ddim", "euler", "heun"] = "ddim"
     steps: int = 50
     cfg_scale: float = 1.0
+    # Guide only where the noise-to-signal ratio sigma/alpha lies in (lo, hi], e.g. [0.28, 5.42]
+    # (Kynkaanniemi et al. 2024); None guides at every step.
+    cfg_interval: Optional[tuple[float, float]] = None
     eta: float = 0.0
     grid_size: int = 64
     seed: int = 0

@@ -42,8 +42,11 @@ def generate_batch(
     autocast_dtype: Optional[torch.dtype] = None,
     labels: Optional[torch.Tensor] = None,
     conditions: Optional[torch.Tensor] = None,
+    cfg_interval: Optional[tuple[float, float]] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Samples for the given sample indices -> (uint8 (B, 3, H, W) on CPU, labels or None).
+
+    ``cfg_interval`` = (lo, hi): guide only where sigma/alpha is in (lo, hi] (see diffusion.guidance).
 
     ``conditions``: uint8 images for conditional tasks (super-resolution: the high-resolution
     originals whose downsampled copies are the condition), one per index.
@@ -56,7 +59,8 @@ def generate_batch(
     if labels is None:
         labels = labels_for(indices, task.num_classes)
     labels_dev = labels.to(device) if labels is not None else None
-    denoiser = guided(task.denoiser(labels_dev, model), cfg_scale)
+    schedules = {name: task.objective.schedule for name in path.streams}
+    denoiser = guided(task.denoiser(labels_dev, model), cfg_scale, cfg_interval, schedules)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
         out = sample(denoiser, x, path, task.objective.schedule, rng, method=sampler, eta=eta)

@@ -247,7 +247,7 @@ class Trainer:
             conditions = self.data.images[:num]
         # Sampling draws from its own per-sample generators, so it does not disturb the training RNG.
         images, _ = generate(self.ema_task, self.ema.module, num, s.seed, batch_size=max(num, 1),
-                             sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, eta=s.eta,
+                             sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, cfg_interval=s.cfg_interval, eta=s.eta,
                              device=self.device, autocast_dtype=self.amp_dtype, conditions=conditions)
         nrow = None
         if conditions is not None:
