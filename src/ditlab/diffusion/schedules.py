@@ -74,6 +74,11 @@ class DDPMSchedule(NoiseSchedule):
 
     def _table(self, device) -> torch.Tensor:
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            # "cuda" and "cuda:0" must be one key: the trainer fills the cache for "cuda" ahead of
+            # time, tensors report "cuda:0", and a table created inside a CUDA-graphed step is
+            # overwritten by the next replay (reduce-overhead mode failed on exactly that).
+            device = torch.device("cuda", torch.cuda.current_device())
         if device not in self._cache:
             self._cache[device] = self.log_alpha_bar.to(device=device, dtype=torch.float32)
         return self._cache[device]
