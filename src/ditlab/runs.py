@@ -20,7 +20,7 @@ from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
 class LoadedRun:
     cfg: Config
     model: torch.nn.Module
-    task: object  # ImageTask or SuperResTask
+    task: object  # the task.kind's task (ImageTask, SuperResTask, ...)
     checkpoint: Path
     info: dict
 
@@ -38,7 +38,7 @@ def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] 
     ckpt = Path(checkpoint) if checkpoint else find_latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint yet")
-    model = build_model(cfg, info["image_size"], info["channels"])
+    model = build_model(cfg, info)
     weights = load_weights(ckpt, which=which)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:

@@ -44,6 +44,17 @@ def repeat_labels(labels: torch.Tensor, batch: int) -> torch.Tensor:
     return labels.repeat(batch // labels.shape[0])
 
 
+def preview_samples(task, model, s, device, autocast_dtype, num: int, conditions=None) -> torch.Tensor:
+    """``num`` samples with the run's sample settings, drawn from per-sample generators so that a
+    preview during training leaves the training RNG untouched."""
+    from ditlab.sampling import generate  # sampling imports this module
+
+    images, _ = generate(task, model, num, s.seed, batch_size=max(num, 1), sampler=s.sampler, steps=s.steps,
+                         cfg_scale=s.cfg_scale, cfg_interval=s.cfg_interval, eta=s.eta, device=device,
+                         autocast_dtype=autocast_dtype, conditions=conditions)
+    return images
+
+
 class ImageTask:
     def __init__(self, model: torch.nn.Module, objective: Objective, label_dropout: float = 0.0):
         self.model = model
@@ -94,6 +105,10 @@ class ImageTask:
         noise = torch.randn_like(images)
         label_drop = torch.rand(B, device=images.device) < self.label_dropout if self.num_classes else None
         return self.training_loss(images, labels, label_drop, t, noise)
+
+    def preview(self, model, data, sample_cfg, device, autocast_dtype):
+        """The run's sample grid: sample_cfg.grid_size images from ``model``."""
+        return preview_samples(self, model, sample_cfg, device, autocast_dtype, sample_cfg.grid_size), None
 
     def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
         """Conditional denoiser (x, t, drop) -> {name: (x0_hat, eps_hat)} for the samplers."""

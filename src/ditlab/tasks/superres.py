@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
-from ditlab.tasks.image import model_num_classes, repeat_labels, to_model_range
+from ditlab.tasks.image import model_num_classes, preview_samples, repeat_labels, to_model_range
 from ditlab.train.ema import unwrap_model
 
 TARGET, COND = "image", "lowres"
@@ -108,6 +108,13 @@ class SuperResTask:
 
     def _no_condition_mask(self, batch: int, device) -> dict:
         return {COND: torch.zeros(batch, self.specs[COND].num_tokens, dtype=torch.bool, device=device)}
+
+    def preview(self, model, data, sample_cfg, device, autocast_dtype):
+        """(low-res input, sample, original) triplets for the first training images, 4 per row."""
+        num = min(sample_cfg.grid_size, 32)
+        originals = data.data.images[:num]
+        samples = preview_samples(self, model, sample_cfg, device, autocast_dtype, num, conditions=originals)
+        return superres_triplets(originals, samples, self.cfg.factor), 12
 
     def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
         """Conditional denoiser (x, t, drop) for the samplers: `drop` nulls the low-resolution stream

@@ -19,14 +19,10 @@ from tqdm import tqdm
 
 from ditlab.config import Config
 from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dict
-from ditlab.data import load_image_data
 from ditlab.devices import resolve_device
 from ditlab.diffusion.objectives import build_objective
 from ditlab.imageio import save_image_grid
-from ditlab.sampling import generate
-from ditlab.tasks.factory import build_model, build_task
-from ditlab.tasks.image import to_model_range
-from ditlab.tasks.superres import superres_triplets
+from ditlab.tasks.factory import build_model, build_task, build_train_data
 from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
                                      restore_rng_state, save_checkpoint)
 from ditlab.train.clock import TrainingClock
@@ -60,19 +56,14 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir).expanduser()
         self.progress = progress
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
-        self.data = load_image_data(cfg.data.path, cfg.data.image_size, cfg.data.on_bad_image, cfg.data.root,
-                                    progress=progress)
-        self._check_labels()
+        self.data = build_train_data(cfg, progress)
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.train.seed)
 
-        _, channels, height, width = self.data.images.shape
-        if height != width:
-            raise ValueError(f"images are {height}x{width}; set data.image_size to train on square crops")
-        self.model = build_model(cfg, height, channels).to(self.device)
+        self.model = build_model(cfg, self.data.info).to(self.device)
         # Looked up once: validating a checkpoint reads its files.
         latest = find_latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
         if cfg.train.init_from and not (resume and latest is not None):  # resumed runs load their own checkpoint
@@ -83,12 +74,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.order = EpochSampler(len(self.data.images), cfg.train.batch_size, cfg.train.seed)
+        self.order = EpochSampler(self.data.num_examples, cfg.train.batch_size, cfg.train.seed)
         self.step = 0
         self.last_loss = float("nan")
 
-        self.images = self.data.images.to(self.device)  # uint8 on the device: no loader in the hot loop
-        self.labels = self.data.labels.to(self.device)
+        self.data.to(self.device)  # e.g. uint8 images on the device: no loader in the hot loop
         self.task = build_task(cfg, self.model, self.objective)
         self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode) if cfg.train.compile else self._loss
         # The sync-free guard needs the fused optimizer's found_inf support (CUDA, no GradScaler).
@@ -103,16 +93,6 @@ class Trainer:
             self.logger.truncate_after(self.step)
 
     # ---- set-up -------------------------------------------------------------------------------
-    def _check_labels(self) -> None:
-        n = self.cfg.model.num_classes
-        if n and not self.cfg.data.use_labels:
-            raise ValueError("model.num_classes > 0 needs data.use_labels=true")
-        if n and self.data.num_classes == 0:
-            raise ValueError(f"model.num_classes={n} but the data set {self.data.source} has no labels "
-                             "(no class folders); set model.num_classes=0")
-        if n and self.data.num_classes > n:
-            raise ValueError(f"the data set has {self.data.num_classes} classes but model.num_classes={n}")
-
     def _prepare_run_dir(self, resume: bool, latest: Path | None) -> None:
         if latest is not None and not resume:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints (latest {latest.name}); pass --resume "
@@ -133,9 +113,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, str(saved_cfg))
         # What `ditlab sample` needs to rebuild the network without reading the data set again.
-        spec = next(s for s in self.model.streams if s.predict)  # the generated stream
-        info = {"task": self.cfg.task.kind, "image_size": spec.size, "channels": spec.channels, "num_classes": self.cfg.model.num_classes,
-                "class_names": self.data.class_names, "data_source": self.data.source}
+        info = {"task": self.cfg.task.kind, "num_classes": self.cfg.model.num_classes, **self.data.info}
         (self.run_dir / "model.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def _check_config_change(self, saved_path: Path) -> None:
@@ -155,17 +133,11 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------
     def _loss(self, idx: torch.Tensor) -> torch.Tensor:
-        """Batch gather + augmentation + the task's noising, network and loss: what torch.compile sees."""
-        cfg = self.cfg
-        x = to_model_range(self.images[idx])  # (B, C, H, W) in [-1, 1]
-        labels = self.labels[idx]
-        B = x.shape[0]
-        if cfg.data.hflip:
-            flip = torch.rand(B, device=x.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        ctx = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        """The batch (gather, augmentation) + the task's noising, network and loss: what torch.compile sees."""
+        batch = self.data.batch(idx)
+        ctx = torch.autocast(idx.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         with ctx:
-            return self.task.loss_on_batch(x, labels).mean()
+            return self.task.loss_on_batch(**batch).mean()
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns (loss, grad norm) as device tensors.
@@ -236,22 +208,13 @@ class Trainer:
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.ema, state=state,
                                keep=self.cfg.train.keep_checkpoints)
 
-    def sample_grid(self) -> Path:
-        """A PNG grid from the EMA weights. Super-resolution: (low-res input, sample, original) triplets
-        for the first training images."""
-        s = self.cfg.sample
-        conditions = None
-        num = s.grid_size
-        if self.cfg.task.kind == "superres":
-            num = min(s.grid_size, 32)
-            conditions = self.data.images[:num]
-        # Sampling draws from its own per-sample generators, so it does not disturb the training RNG.
-        images, _ = generate(self.ema_task, self.ema.module, num, s.seed, batch_size=max(num, 1),
-                             sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, cfg_interval=s.cfg_interval, eta=s.eta,
-                             device=self.device, autocast_dtype=self.amp_dtype, conditions=conditions)
-        nrow = None
-        if conditions is not None:
-            images, nrow = superres_triplets(conditions, images, self.cfg.task.factor), 12
+    def sample_grid(self) -> Path | None:
+        """The task's preview (e.g. a PNG grid of samples) from the EMA weights; None when the task
+        draws nothing. Sampling uses its own per-sample generators: the training RNG is untouched."""
+        preview = self.ema_task.preview(self.ema.module, self.data, self.cfg.sample, self.device, self.amp_dtype)
+        if preview is None:
+            return None
+        images, nrow = preview
         path = save_image_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png", nrow=nrow)
         self.logger.log_image(self.step, "samples", str(path))
         return path
