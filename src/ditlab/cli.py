@@ -124,6 +124,28 @@ def cmd_bench_sample(args) -> int:
     return 0
 
 
+def cmd_psnr(args) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from ditlab.data import load_image_data
+    from ditlab.eval.psnr import sr_psnr_report
+
+    with np.load(args.samples) as z:
+        key = "images" if "images" in z.files else "arr_0"
+        samples = torch.from_numpy(z[key]).permute(0, 3, 1, 2)
+    ref = load_image_data(args.ref, samples.shape[-1], progress=False)
+    if len(ref.images) < len(samples):
+        raise ValueError(f"--ref {args.ref} holds {len(ref.images)} images, fewer than the {len(samples)} samples "
+                         f"in {args.samples}")
+    report = sr_psnr_report(samples, ref.images[: len(samples)], args.factor)
+    report.update(samples=args.samples, ref=args.ref)
+    print(json.dumps(report))
+    return 0
+
+
 def cmd_diagnose_collapse(args) -> int:
     import json
 
@@ -227,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--grid", default=None, help="a sample grid PNG to include")
     r.set_defaults(func=cmd_report)
+
+    ps = sub.add_parser("psnr", help="PSNR of super-resolution samples against their originals (JSON)")
+    ps.add_argument("samples", help="samples .npz from `ditlab sample RUN --cond DATASET` (sample i <-> image i)")
+    ps.add_argument("--ref", required=True, help="the --cond data set the samples were conditioned on")
+    ps.add_argument("--factor", type=int, default=2, help="downsampling factor of the run (bilinear baseline)")
+    ps.set_defaults(func=cmd_psnr)
 
     d = sub.add_parser("diagnose", help="diagnostics of trained runs")
     dsub = d.add_subparsers(dest="diagnose_command", required=True)
