@@ -11,7 +11,7 @@ ditlab() { python3 -m ditlab "$@"; }
 case "$stage" in
   train)
     run=$1 data=$2; shift 2
-    ditlab train configs/cifar10_speedrun.yaml data.path="$data" train.run_dir="$run" --no-progress "$@"
+    ditlab train configs/cifar10_speedrun.yaml data.path="$data" train.run_dir="$run" "$@" --no-progress
     cat "$run/summary.json" ;;
   ref)
     ditlab fid ref "$1" --out "$2" --inception "$3" ;;

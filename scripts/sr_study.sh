@@ -11,7 +11,7 @@ ditlab() { python3 -m ditlab "$@"; }
 case "$stage" in
   train)
     run=$1 config=$2 data=$3; shift 3
-    ditlab train "$config" data.path="$data" train.run_dir="$run" --no-progress "$@" >&2
+    ditlab train "$config" data.path="$data" train.run_dir="$run" "$@" --no-progress >&2
     cat "$run/summary.json" ;;
   eval)
     run=$1 test=$2 ref=$3 inception=$4 num=${5:-10000}
