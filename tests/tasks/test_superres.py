@@ -217,3 +217,15 @@ def test_dummy_pretraining_then_conditional_finetuning_loads_every_weight(tmp_pa
                                                  f"train.run_dir={tmp_path / 'ft'}"]), progress=False)
     assert stage2.init_report == {"missing": [], "unexpected": []}  # same layout: nothing new, nothing lost
     assert stage2.run() == 0
+
+
+def test_sr64_preset_has_the_notes_token_layout():
+    """configs/cifar10_sr64.yaml: a 32x32 condition as 64 tokens before a 64x64 target's 256 (note 000)."""
+    from pathlib import Path
+
+    from ditlab.config import load_config
+    from ditlab.tasks.factory import build_model
+
+    cfg = load_config(str(Path(__file__).parents[2] / "configs" / "cifar10_sr64.yaml"))
+    model = build_model(cfg, {"image_size": cfg.data.image_size, "channels": 3})
+    assert [(s.name, s.num_tokens, s.predict) for s in model.streams] == [("lowres", 64, False), ("image", 256, True)]
