@@ -6,7 +6,12 @@ import sys
 from pathlib import Path
 
 from ditlab.configlib import ConfigError
+from ditlab.context_cli import add_context_parser
 from ditlab.eval.cli import add_fid_parser
+from ditlab.eval.icl_cli import add_icl_parser
+from ditlab.eval.scene_cli import add_scene_parser
+from ditlab.experiments.ablate_cli import add_ablate_parser
+from ditlab.lift_cli import add_lift_parser
 
 
 def resolve_config_path(name: str | None) -> str | None:
@@ -42,6 +47,8 @@ def cmd_sample(args) -> int:
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device)
+    if run.cfg.task.kind == "scene":
+        raise ValueError(f"{args.run_dir} is a scene run (point sets, not images): use `ditlab scene eval RUN`")
     s = run.cfg.sample
     sampler = args.sampler or s.sampler
     steps = args.steps or s.steps
@@ -51,8 +58,11 @@ def cmd_sample(args) -> int:
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
     compile_ = {"on": True, "off": False}.get(args.compile, device.type == "cuda" and args.num >= 1000)
     model = torch.compile(run.model) if compile_ else run.model
+    from ditlab.lift_cli import choose_sample_path
+
+    path_name = choose_sample_path(run, args.run_dir, args.path)  # "" unless task.kind=lift
     conditions = None
-    if run.cfg.task.kind == "superres":
+    if run.cfg.task.kind == "superres" or path_name == "lo-oracle":
         if not args.cond:
             raise ValueError("this run is a super-resolution model: pass --cond DATASET (high-resolution images "
                              "whose downsampled copies are the inputs)")
@@ -62,6 +72,13 @@ def cmd_sample(args) -> int:
         if len(cond_data.images) < args.num:
             raise ValueError(f"--cond {args.cond} holds {len(cond_data.images)} images, fewer than --num {args.num}")
         conditions = cond_data.images[: args.num]
+    per_sample = {}
+    if args.context:
+        from ditlab.context_cli import sample_inputs
+
+        per_sample = sample_inputs(run, args.context, args.num)
+    elif run.info.get("context_dim") is not None:
+        raise ValueError("this run cross-attends to a context set: pass --context FILE (row i conditions sample i)")
     done = []
     try:
         images, labels = generate(
@@ -69,13 +86,14 @@ def cmd_sample(args) -> int:
             progress=lambda b: tqdm(b, unit="batch", desc="sampling"),
             on_batch=lambda imgs, idx: done.append(len(idx)),
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=args.eta, device=device, autocast_dtype=amp,
-            conditions=conditions, cfg_interval=cfg_interval)
+            conditions=conditions, cfg_interval=cfg_interval, **per_sample)
     except KeyboardInterrupt:
         print(f"\nditlab: interrupted after {sum(done)} of {args.num} samples; nothing was written", file=sys.stderr)
         return 130
     nhwc = images.permute(0, 2, 3, 1).contiguous().numpy()
     out = save_npz_images(args.out, nhwc, labels.numpy() if labels is not None else None)
-    print(f"ditlab: wrote {len(nhwc)} samples ({sampler}, {steps} steps, cfg {cfg_scale}"
+    print(f"ditlab: wrote {len(nhwc)} samples ({sampler}, {steps} steps{f', path {path_name}' if path_name else ''}, "
+          f"cfg {cfg_scale}"
           f"{f' in {cfg_interval}' if cfg_interval else ''}, seed {args.seed}, "
           f"{run.checkpoint.name}) to {out}")
     if args.grid:
@@ -208,9 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the latest)")
     s.add_argument("--weights", choices=["ema", "model"], default="ema")
+    s.add_argument("--path", default=None,
+                   help="task.kind=lift runs: the path through the (t_hi, t_lo) grid: diagonal, lo-first, hi-first, "
+                        "shift:D, lo-fixed, lo-random, dp-hi, dp-total (dp-*: after `ditlab lift errors RUN`; "
+                        "default: the run's lift.sample_path)")
     s.add_argument("--cond", default=None,
                    help="super-resolution runs: high-resolution images (any data set) whose downsampled copies "
                         "condition samples 0..N-1")
+    s.add_argument("--context", default=None,
+                   help="runs trained with data.context_path: a context file whose rows 0..N-1 condition samples "
+                        "0..N-1 (and give their labels, if it has 'labels'); --cfg drops context and label together")
     s.add_argument("--device", default="auto")
     s.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
@@ -275,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=cmd_diagnose_collapse)
 
     add_fid_parser(sub)
+    add_icl_parser(sub)
+    add_context_parser(sub)
+    add_scene_parser(sub)
+    add_lift_parser(sub)
+    add_ablate_parser(sub)
     return p
 
 

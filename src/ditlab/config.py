@@ -25,6 +25,9 @@ class ModelConfig:
     pos_embed: Literal["sincos", "rope"] = "sincos"
     # Attention dropout (active only in train()).
     attn_dropout: float = 0.0
+    # Dropout on the cross-attention weights to a context set, separate from attn_dropout (self-attention)
+    # because a context set may need its own regularisation (user note 001); active only in train().
+    cross_attn_dropout: float = 0.0
     # Normalise queries and keys (RMSNorm per head) for stability at large learning rates.
     qk_norm: bool = False
     # Class-conditional when > 0 (a learned null label is added for classifier-free guidance).
@@ -52,9 +55,18 @@ class TaskConfig:
     # image: generate images (optionally class-conditional). superres: generate an image given its
     # `factor`x average-pooled copy as a condition stream of its own (own patch and position embedding,
     # its tokens before the target's, user note 000).
-    kind: Literal["image", "superres"] = "image"
+    # scene: generate points on one object's surface, cross-attending to the scene's point cloud (the
+    # `scene:` section; user note 001).
+    # icl: in-context linear regression, each query y generated given the earlier (x, y) pairs of its
+    # prompt (the `icl:` section; user note 003).
+    # lift: generate an image and its `factor`x average-pooled copy jointly, each scale with its own noise
+    # level per sample (the `lift:` section; user note 004, docs/lift.md).
+    kind: Literal["image", "superres", "scene", "icl", "lift"] = "image"
     factor: int = 2
-    # Probability of replacing the low-resolution condition by the learned null (for CFG).
+    # Probability of replacing the condition (superres: the low-resolution stream; scene: the context set)
+    # by the learned null (for CFG). image with data.context_path: the context set *and* the label are
+    # dropped together, as the unconditional pass of CFG drops them (model.label_dropout still drops the
+    # label alone); 0.1 is typical.
     cond_dropout: float = 0.0
     # Condition noise augmentation: the condition is noised to a level s ~ U(0, cond_noise_max) in
     # training, fed as its own per-token noise level; sampling uses cond_noise_sample.
@@ -84,6 +96,99 @@ class DataConfig:
     on_bad_image: Literal["error", "skip"] = "error"
     # Use class labels from the data set (folders, npz "labels", torchvision targets).
     use_labels: bool = True
+    # task.kind=image: a context file (.npz of per-image token embeddings with a mask, e.g. from a text
+    # encoder; format in ditlab.data.context_sets and docs/context_sets.md) the model cross-attends to.
+    # Its width D becomes the model's context_dim (RUN/model.json). Empty: no context set.
+    context_path: str = ""
+
+
+@dataclass
+class SceneConfig:
+    # The scene task (task.kind=scene): random scenes of posed primitives (ditlab.tasks.scenes) as point
+    # clouds of varying size, padded to the longest and masked; the model generates num_target_points
+    # points on the surface of one marked object. Scenes are generated once from `seed` and kept on the
+    # device; `ditlab scene eval` draws eval_scenes held-out scenes from `eval_seed`.
+    num_scenes: int = 4096
+    seed: int = 0
+    eval_scenes: int = 256
+    eval_seed: int = 1_000_003
+    objects: tuple[int, int] = (2, 5)  # objects per scene (inclusive; crowded scenes may hold fewer)
+    points_per_object: tuple[int, int] = (64, 256)  # so a scene has a varying number of points
+    object_size: tuple[float, float] = (0.1, 0.3)  # primitive size parameters, scenes lie in [-1, 1]^3
+    num_target_points: int = 64  # K, the generated set
+    # Surface samples stored per training scene; each step draws a fresh K of them, so the model sees
+    # the surface, not one fixed set of K points.
+    target_pool: int = 512
+    # Coordinates the model sees. world: the scene's own. target: centred on the mean of the marked
+    # (target) scene points and divided by their RMS radius, so every target is unit-sized next to
+    # unit noise; its shape, size beyond the RMS, orientation and neighbours still reach the model
+    # only through cross-attention. Generated points are mapped back to the world frame.
+    frame: Literal["world", "target"] = "world"
+    # Then times this factor (a data scale, like sigma_data in EDM). Generated points are divided by it.
+    coord_scale: float = 1.0
+    # Octaves of sin/cos features of point coordinates (scene points and generated points) before
+    # their MLP embeddings: a linear embedding of 3 coordinates cannot resolve small objects.
+    fourier_bands: int = 6
+    # Coverage metric: a surface sample counts as covered with a generated point within this radius.
+    coverage_radius: float = 0.05
+
+
+@dataclass
+class ICLConfig:
+    # In-context linear regression (task.kind=icl; Garg et al. 2022; docs/icl.md): a prompt is n_points
+    # pairs (x, y) with x ~ N(0, I_d), w ~ N(0, tau^2 I_d) per prompt, y = w.x + eps, eps ~ N(0, sigma^2)
+    # (sigma = 0: the noiseless setting). The network sees y / (tau sqrt(d)), so that a squared error in
+    # its units is the squared error divided by tau^2 d, comparable across d.
+    d: int = 5
+    n_points: int = 11
+    tau: float = 1.0
+    sigma: float = 0.0
+    # diffusion: generate every query y given its prefix. mse: the deterministic baseline (same tokens,
+    # same masks, same network size) that predicts y directly, trained with the squared error.
+    objective: Literal["diffusion", "mse"] = "diffusion"
+    # Curriculum by training step (Garg et al.): the active dimension starts at d_start and the number of
+    # points at points_start (0 = the full value from step 0); every curriculum_every steps they grow by
+    # d_inc and points_inc, up to d and n_points. Inactive coordinates of x are zero.
+    d_start: int = 0
+    points_start: int = 0
+    d_inc: int = 1
+    points_inc: int = 2
+    curriculum_every: int = 2000
+    # Defaults of `ditlab icl eval` (its flags override them).
+    eval_prompts: int = 1000
+    eval_samples: int = 100  # samples per prompt, from which the predictive mean and intervals come
+    eval_sampler: Literal["ddpm", "ddim"] = "ddim"
+    eval_steps: int = 50
+    eval_seed: int = 20261122
+
+
+@dataclass
+class LiftConfig:
+    # Joint multi-scale diffusion (task.kind=lift; docs/lift.md): streams "image" (full resolution) and
+    # "lowres" (its task.factor x average-pooled copy), both generated; loss = loss_hi + beta * loss_lo,
+    # each the mean squared error over its own noised elements. beta = 0: the loss on the high resolution
+    # only (the low-resolution stream is still an input).
+    beta: float = 1.0
+    # How (t_hi, t_lo) is drawn per sample in training. independent: two draws. diagonal: t_lo = t_hi.
+    # clean_lo: t_lo = 0 (the super-resolution case; the clean stream carries no loss). mixture: per
+    # sample one of lo_ahead (t_lo <= t_hi: the smaller of two draws), independent, lo_noise (t_lo = 1)
+    # and hi_noise (t_hi = 1), with the mix_* probabilities (normalised).
+    train_mode: Literal["independent", "diagonal", "clean_lo", "mixture"] = "independent"
+    mix_lo_ahead: float = 0.4
+    mix_independent: float = 0.3
+    mix_lo_noise: float = 0.15
+    mix_hi_noise: float = 0.15
+    # Shift the low-resolution stream's logSNR by log(factor^2), so that equal t means equal SNR to the
+    # pooled high resolution (ditlab.diffusion.scale_shift).
+    schedule_shift: bool = False
+    # The path through the (t_hi, t_lo) grid for sampling and the training preview (ditlab.diffusion.
+    # lift_paths: diagonal, lo-first, hi-first, shift:D, lo-fixed, lo-random, dp-hi, dp-total);
+    # `ditlab sample --path` overrides it. The dp-* paths read RUN/lift_errors.npz (`ditlab lift errors`).
+    sample_path: str = "diagonal"
+    # The dynamic-programming planner: the SNR of t = 0 is capped at dp_snr_max (the last step's SNR gain
+    # is otherwise infinite), and the error grid has dp_grid + 1 levels per scale.
+    dp_snr_max: float = 1.0e4
+    dp_grid: int = 16
 
 
 @dataclass
@@ -163,6 +268,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    icl: ICLConfig = field(default_factory=ICLConfig)
+    lift: LiftConfig = field(default_factory=LiftConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -43,27 +43,36 @@ def generate_batch(
     labels: Optional[torch.Tensor] = None,
     conditions: Optional[torch.Tensor] = None,
     cfg_interval: Optional[tuple[float, float]] = None,
+    context: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Samples for the given sample indices -> (uint8 (B, 3, H, W) on CPU, labels or None).
 
     ``cfg_interval`` = (lo, hi): guide only where sigma/alpha is in (lo, hi] (see diffusion.guidance).
 
     ``conditions``: uint8 images for conditional tasks (super-resolution: the high-resolution
-    originals whose downsampled copies are the condition), one per index.
+    originals whose downsampled copies are the condition), one per index. ``context``: for a model
+    with a context set, (embeddings (B, M, D), bool mask (B, M)), one row per index.
     """
     device = torch.device(device)
     if cfg_scale != 1.0 and not task.can_guide:
-        raise ValueError("classifier-free guidance (cfg scale != 1) needs a class-conditional model")
+        raise ValueError("classifier-free guidance (cfg scale != 1) needs a conditional model "
+                         "(class-conditional, a condition stream or a context set)")
     rng = PerSampleRNG(seed, indices.tolist(), device)
     x, path = task.start(rng, steps, conditions.to(device) if conditions is not None else None)
     if labels is None:
         labels = labels_for(indices, task.num_classes)
     labels_dev = labels.to(device) if labels is not None else None
-    schedules = {name: task.objective.schedule for name in path.streams}
-    denoiser = guided(task.denoiser(labels_dev, model), cfg_scale, cfg_interval, schedules)
+    # Per stream: a stream may follow its own schedule (LIFT's shifted low resolution).
+    schedules = {name: task.objective.schedule_of(name) for name in path.streams}
+    if context is not None:
+        embeddings, mask = context
+        cond_denoiser = task.denoiser(labels_dev, model, context=(embeddings.to(device).float(), mask.to(device)))
+    else:
+        cond_denoiser = task.denoiser(labels_dev, model)
+    denoiser = guided(cond_denoiser, cfg_scale, cfg_interval, schedules)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
-        out = sample(denoiser, x, path, task.objective.schedule, rng, method=sampler, eta=eta)
+        out = sample(denoiser, x, path, schedules, rng, method=sampler, eta=eta)
     return to_uint8(out[STREAM]).cpu(), labels
 
 
@@ -78,15 +87,32 @@ def generate(
     on_batch: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
     **kwargs,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Samples start .. start + num - 1 in batches; ``on_batch(images, indices)`` sees each batch."""
+    """Samples start .. start + num - 1 in batches; ``on_batch(images, indices)`` sees each batch.
+
+    Per-sample inputs, one row per sample, are split with the batches: ``conditions``, ``labels``
+    and ``context`` = (embeddings, mask) (see :func:`generate_batch`).
+    """
     images, labels = [], []
     conditions = kwargs.pop("conditions", None)
     if conditions is not None and len(conditions) != num:
         raise ValueError(f"{len(conditions)} condition images given for {num} samples")
+    given_labels = kwargs.pop("labels", None)
+    if given_labels is not None and len(given_labels) != num:
+        raise ValueError(f"{len(given_labels)} labels given for {num} samples")
+    context = kwargs.pop("context", None)
+    if context is not None and not len(context[0]) == len(context[1]) == num:
+        raise ValueError(f"context rows ({len(context[0])} embeddings, {len(context[1])} masks) given "
+                         f"for {num} samples")
     batches = list(torch.arange(start, start + num).split(batch_size))
     for indices in progress(batches) if progress else batches:
-        cond = conditions[indices - start] if conditions is not None else None
-        imgs, labs = generate_batch(task, model, indices, seed, conditions=cond, **kwargs)
+        rows = indices - start
+        cond = conditions[rows] if conditions is not None else None
+        per_sample = {}
+        if given_labels is not None:
+            per_sample["labels"] = given_labels[rows]
+        if context is not None:
+            per_sample["context"] = (context[0][rows], context[1][rows])
+        imgs, labs = generate_batch(task, model, indices, seed, conditions=cond, **per_sample, **kwargs)
         images.append(imgs)
         if labs is not None:
             labels.append(labs)

@@ -38,6 +38,10 @@ class ImageData:
     class_names: list[str]  # [] when unlabeled
     source: str  # human-readable description (path / torchvision name)
     skipped: list[str] = field(default_factory=list)  # files left out under on_bad_image="skip"
+    # One name per image, unique: the path relative to the data set root for folders and zips
+    # ("cat/0001.png"), the row index ("0", "1", ...) for .npz and torchvision sources. Files keyed
+    # by image (context sets, ditlab.data.context_sets) align to the images through these names.
+    names: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -67,7 +71,8 @@ def _to_image_data(raw: RawData, source: Optional[str] = None) -> ImageData:
     else:
         labels = torch.zeros(n, dtype=torch.int64)
         class_names = []
-    return ImageData(images, labels, class_names, source or raw.source, list(raw.skipped))
+    names = list(raw.names) if raw.names is not None else [str(i) for i in range(n)]
+    return ImageData(images, labels, class_names, source or raw.source, list(raw.skipped), names)
 
 
 def _warn_skipped(raw: RawData) -> None:

@@ -36,6 +36,7 @@ class FileEntry:
     name: str  # as shown to the user: a path, or "archive.zip:member"
     key: Any  # what the listing's reader needs (a path, or a ZipInfo)
     label: int  # class index; 0 when unlabeled
+    rel: str = ""  # path relative to the data set root, posix: the image's name in ImageData.names
 
 
 @dataclass
@@ -164,8 +165,9 @@ class _Collector:
         if listing.class_names:
             labels = np.fromiter((e.label for e in self.entries), dtype=np.int64, count=n)
             labels = labels[self.kept]
+        names = [e.rel for e, kept in zip(self.entries, self.kept) if kept]
         return RawData(
-            out, labels, list(listing.class_names), listing.source, self.skipped, self.reasons
+            out, labels, list(listing.class_names), listing.source, self.skipped, self.reasons, names
         )
 
 

@@ -58,7 +58,7 @@ def arrange_files(
         )
     if root_files:
         root_files.sort(key=lambda item: item[0])
-        return [FileEntry(display(rel), key, 0) for rel, key in root_files], []
+        return [FileEntry(display(rel), key, 0, rel) for rel, key in root_files], []
     empty = sorted(top_dirs - set(groups))
     if empty:
         raise DataError(
@@ -71,7 +71,7 @@ def arrange_files(
     entries: list[FileEntry] = []
     for label, cls in enumerate(class_names):
         for rel, key in sorted(groups[cls], key=lambda item: item[0]):
-            entries.append(FileEntry(display(rel), key, label))
+            entries.append(FileEntry(display(rel), key, label, rel))
     return entries, class_names
 
 

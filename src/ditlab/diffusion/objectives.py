@@ -6,6 +6,10 @@ and returns an unreduced per-sample loss for the trainer.
 
 Noise levels come per stream as (B,) per sample or (B, N_s) per token (one level per patch).
 Only tokens with t > 0 carry a loss by default: clean condition / context tokens are inputs.
+
+A stream may follow its own noise schedule (``stream_schedules``, e.g. a low-resolution stream whose
+logSNR is shifted so that equal t means equal SNR across scales; ditlab.diffusion.scale_shift); the
+others follow ``schedule``.
 """
 from __future__ import annotations
 
@@ -42,30 +46,38 @@ def expand_token_mask(mask: torch.Tensor, x: torch.Tensor, patch_size: int) -> t
 class Objective:
     """Prediction parameterisation + noise path."""
 
-    def __init__(self, schedule: NoiseSchedule, prediction: str):
+    def __init__(self, schedule: NoiseSchedule, prediction: str,
+                 stream_schedules: Optional[dict[str, NoiseSchedule]] = None):
         self.schedule = schedule
         self.prediction = prediction
+        self.stream_schedules = dict(stream_schedules or {})
 
-    def noised(self, x0: torch.Tensor, eps: torch.Tensor, t_px: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = self.schedule.alpha_sigma(t_px)
+    def schedule_of(self, name: str) -> NoiseSchedule:
+        """The noise schedule of stream ``name`` (its own, else the shared one)."""
+        return self.stream_schedules.get(name, self.schedule)
+
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, t_px: torch.Tensor,
+               schedule: Optional[NoiseSchedule] = None) -> torch.Tensor:
+        alpha, sigma = (schedule or self.schedule).alpha_sigma(t_px)
         return alpha * x0 + sigma * eps
 
-    def target(self, x0, eps, t_px):
+    def target(self, x0, eps, t_px, schedule: Optional[NoiseSchedule] = None):
         if self.prediction == "eps":
             return eps
         if self.prediction == "x0":
             return x0
-        alpha, sigma = self.schedule.alpha_sigma(t_px)
+        alpha, sigma = (schedule or self.schedule).alpha_sigma(t_px)
         if self.prediction == "v":  # Salimans & Ho: v = alpha eps - sigma x0 (for alpha^2 + sigma^2 = 1)
             return alpha * eps - sigma * x0
         if self.prediction == "velocity":  # rectified flow: d x_t / dt = eps - x0
             return eps - x0
         raise ValueError(f"unknown prediction {self.prediction!r}")
 
-    def to_x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t_px: torch.Tensor):
+    def to_x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t_px: torch.Tensor,
+                  schedule: Optional[NoiseSchedule] = None):
         """Network output -> (x0_hat, eps_hat), computed in fp32."""
         out, x_t = out.float(), x_t.float()
-        alpha, sigma = self.schedule.alpha_sigma(t_px)
+        alpha, sigma = (schedule or self.schedule).alpha_sigma(t_px)
         if self.prediction == "eps":
             eps = out
             x0 = (x_t - sigma * eps) / alpha.clamp(min=1e-4)
@@ -84,7 +96,8 @@ class Objective:
 
     def denoised(self, out: dict, x_t: dict, t: dict, patch_sizes: dict[str, int]) -> dict:
         """Network outputs of the predicted streams -> {name: (x0_hat, eps_hat)}, for the samplers."""
-        return {k: self.to_x0_eps(out[k], x_t[k], expand_time(t[k], x_t[k], patch_sizes[k])) for k in out}
+        return {k: self.to_x0_eps(out[k], x_t[k], expand_time(t[k], x_t[k], patch_sizes[k]), self.schedule_of(k))
+                for k in out}
 
     def loss(
         self,
@@ -99,21 +112,35 @@ class Objective:
 
         ``net(x_t, t)`` maps noised streams and their noise levels to outputs for the predicted
         streams. ``loss_mask`` (name -> (B, N_s) bool) restricts the loss further; by default every
-        noised token (t > 0) of every predicted stream counts and clean tokens don't.
+        noised token (t > 0) of every predicted stream counts and clean tokens don't. The mean pools
+        the elements of all predicted streams (a bigger stream weighs more); :meth:`stream_losses`
+        gives one mean per stream instead.
         """
+        sums = self._squared_errors(net, x0, t, noise, patch_sizes, loss_mask)
+        total = sum(s for s, _ in sums.values())
+        count = sum(c for _, c in sums.values())
+        return total / torch.clamp(count, min=1.0)
+
+    def stream_losses(self, net, x0, t, noise, patch_sizes, loss_mask=None) -> dict[str, torch.Tensor]:
+        """Like :meth:`loss`, but one per-sample mean (B,) per predicted stream (0 where a sample has
+        no loss-carrying element in that stream), for losses that weigh streams, e.g. hi + beta * lo."""
+        sums = self._squared_errors(net, x0, t, noise, patch_sizes, loss_mask)
+        return {k: total / torch.clamp(count, min=1.0) for k, (total, count) in sums.items()}
+
+    def _squared_errors(self, net, x0, t, noise, patch_sizes, loss_mask):
+        """{stream: (summed weighted squared error (B,), number of loss-carrying elements (B,))}."""
         t_px = {k: expand_time(t[k], x0[k], patch_sizes[k]) for k in x0}
-        x_t = {k: self.noised(x0[k], noise[k], t_px[k]) for k in x0}
+        x_t = {k: self.noised(x0[k], noise[k], t_px[k], self.schedule_of(k)) for k in x0}
         out = net(x_t, t)
-        total, count = 0.0, 0.0
+        sums = {}
         for k, pred in out.items():
             weight = (t_px[k] > 0).float()
             if loss_mask is not None and k in loss_mask:
                 weight = weight * expand_token_mask(loss_mask[k], x0[k], patch_sizes[k])
             weight = weight.expand_as(x0[k])
-            err = (pred.float() - self.target(x0[k], noise[k], t_px[k]).float()) ** 2
-            total = total + (err * weight).flatten(1).sum(1)
-            count = count + weight.flatten(1).sum(1)
-        return total / torch.clamp(count, min=1.0)
+            err = (pred.float() - self.target(x0[k], noise[k], t_px[k], self.schedule_of(k)).float()) ** 2
+            sums[k] = ((err * weight).flatten(1).sum(1), weight.flatten(1).sum(1))
+        return sums
 
 
 def build_objective(diffusion_cfg) -> Objective:

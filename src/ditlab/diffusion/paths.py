@@ -2,10 +2,15 @@
 
 A single-stream sampler run is the special case of one column. Multi-stream paths (diagonal,
 L-shaped, planned) are built from the same object, so every sampler accepts every path.
+
+``hold`` marks streams whose values the sampler does not integrate although their level (what the
+network is told) follows the path: "fixed" keeps the starting draw for the whole run, "fresh"
+replaces it by new standard-normal noise from the per-sample RNG before every step. They probe
+whether a model uses a stream at all (ditlab.diffusion.lift_paths: lo-fixed, lo-random).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,6 +19,7 @@ import torch
 class TimePath:
     times: torch.Tensor  # (K + 1, S) float64, row i = noise levels before step i
     streams: list[str]
+    hold: dict[str, str] = field(default_factory=dict)  # stream -> "fixed" | "fresh" (module docstring)
 
     def __post_init__(self):
         self.times = torch.as_tensor(self.times, dtype=torch.float64).cpu()
@@ -23,6 +29,10 @@ class TimePath:
             raise ValueError("a path needs at least one step (two rows of times)")
         if (self.times[1:] > self.times[:-1]).any():
             raise ValueError("noise levels along a path must not increase")
+        for name, how in self.hold.items():
+            if name not in self.streams or how not in ("fixed", "fresh"):
+                raise ValueError(f"path hold {name!r}: {how!r} must name one of the streams {self.streams} "
+                                 "and be 'fixed' or 'fresh'")
 
     @property
     def num_steps(self) -> int:

@@ -5,7 +5,8 @@ One signature for all (k-diffusion style): ``sample(denoiser, x, path, schedule,
 - ``denoiser(x, t) -> {name: (x0_hat, eps_hat)}`` sees streams and per-stream noise levels (B,).
 - ``path`` is a :class:`ditlab.diffusion.paths.TimePath`: for each step, one noise level per stream.
   A stream whose level does not change over a step is left as it is (a clean condition, or the
-  low-resolution stream while an L-path finishes the other one).
+  low-resolution stream while an L-path finishes the other one). Streams in ``path.hold`` are never
+  integrated: "fixed" ones keep their start, "fresh" ones are redrawn as noise before each step.
 - Noise comes from a :class:`PerSampleRNG`, so results do not depend on batch composition.
 
 Euler and Heun integrate the probability-flow ODE in rectified-flow coordinates
@@ -89,7 +90,9 @@ def sample(
     steps = range(path.num_steps)
     for i in progress(steps) if progress else steps:
         t_cur, t_next = _times(path, i, batch, device), _times(path, i + 1, batch, device)
-        moving = [n for j, n in enumerate(path.streams) if path.times[i, j] != path.times[i + 1, j]]
+        moving = [n for j, n in enumerate(path.streams)
+                  if path.times[i, j] != path.times[i + 1, j] and n not in path.hold]
+        x = _redraw_fresh(x, path, rng)
         pred = denoiser(x, t_cur)
         if method in ("ddim", "ddpm"):
             new = dict(x)
@@ -103,6 +106,14 @@ def sample(
         else:
             x = _ode_step(denoiser, x, pred, t_cur, t_next, moving, schedules, heun=(method == "heun"))
     return x
+
+
+def _redraw_fresh(x: dict, path: TimePath, rng: PerSampleRNG) -> dict:
+    """New standard-normal noise for the streams the path holds "fresh"."""
+    fresh = [n for n, how in path.hold.items() if how == "fresh"]
+    if not fresh:
+        return x
+    return {**x, **{n: rng.randn(*x[n].shape[1:]).to(x[n].dtype) for n in fresh}}
 
 
 def _ode_step(denoiser, x, pred, t_cur, t_next, moving, schedules, heun: bool):
@@ -135,5 +146,6 @@ def count_nfe(path: TimePath, method: str) -> int:
     n = path.num_steps
     if method == "heun":
         n += sum(1 for i in range(path.num_steps) if any(
-            path.times[i, j] != path.times[i + 1, j] and path.times[i + 1, j] > 0 for j in range(len(path.streams))))
+            path.times[i, j] != path.times[i + 1, j] and path.times[i + 1, j] > 0 and name not in path.hold
+            for j, name in enumerate(path.streams)))
     return n

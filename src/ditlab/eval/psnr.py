@@ -29,7 +29,8 @@ def upsampled_baseline(originals: torch.Tensor, factor: int) -> torch.Tensor:
 def sr_psnr_report(samples: torch.Tensor, originals: torch.Tensor, factor: int) -> dict:
     p = psnr_per_image(samples, originals)
     b = psnr_per_image(upsampled_baseline(originals, factor), originals)
-    finite = torch.isfinite(p)
-    return {"n": len(p), "psnr_db": p[finite].mean().item(), "psnr_std_db": p[finite].std().item(),
-            "identical_images": int((~finite).sum()), "bilinear_psnr_db": b[torch.isfinite(b)].mean().item(),
+    finite = p[torch.isfinite(p)]
+    return {"n": len(p), "psnr_db": finite.mean().item() if len(finite) else float("inf"),
+            "psnr_std_db": finite.std().item() if len(finite) > 1 else 0.0,
+            "identical_images": len(p) - len(finite), "bilinear_psnr_db": b[torch.isfinite(b)].mean().item(),
             "factor": factor}

@@ -130,14 +130,14 @@ class DiTBlock(nn.Module):
     """Self-attention, optional cross-attention to a context set, MLP; each adaLN-Zero modulated."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_dropout: float, qk_norm: bool,
-                 context_dim: Optional[int] = None):
+                 context_dim: Optional[int] = None, cross_attn_dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads, dropout=attn_dropout, qk_norm=qk_norm)
         self.has_cross = context_dim is not None
         if self.has_cross:
             self.norm_cross = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-            self.cross_attn = Attention(dim, heads, kv_dim=context_dim, dropout=attn_dropout, qk_norm=qk_norm)
+            self.cross_attn = Attention(dim, heads, kv_dim=context_dim, dropout=cross_attn_dropout, qk_norm=qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.num_mod = 9 if self.has_cross else 6
@@ -183,6 +183,19 @@ def unpatchify(tokens: torch.Tensor, spec: StreamSpec) -> torch.Tensor:
     return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, g * p, g * p)
 
 
+def combine_masks(key_padding: Optional[torch.Tensor], attn_mask: torch.Tensor, batch: int,
+                  num_tokens: int) -> torch.Tensor:
+    """A full self-attention mask (B, N, N), True = may attend: ``attn_mask`` (N, N) or (B, N, N)
+    restricted to the real keys of ``key_padding`` (B, N), e.g. prefixes of an in-context prompt."""
+    if attn_mask.dtype != torch.bool:
+        raise TypeError(f"attn_mask must be boolean (True = may attend), got dtype {attn_mask.dtype}")
+    if tuple(attn_mask.shape) not in ((num_tokens, num_tokens), (batch, num_tokens, num_tokens)):
+        raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}, expected ({num_tokens}, {num_tokens}) "
+                         f"or ({batch}, {num_tokens}, {num_tokens})")
+    mask = attn_mask.expand(batch, num_tokens, num_tokens)
+    return mask if key_padding is None else mask & key_padding[:, None, :]
+
+
 class DiT(nn.Module):
     def __init__(
         self,
@@ -196,6 +209,7 @@ class DiT(nn.Module):
         pos_embed: str = "sincos",
         attn_dropout: float = 0.0,
         qk_norm: bool = False,
+        cross_attn_dropout: float = 0.0,
     ):
         super().__init__()
         if not streams:
@@ -216,7 +230,8 @@ class DiT(nn.Module):
         self.t_embed = TimestepEmbedder(hidden_size)
         self.label_embed = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, attn_dropout, qk_norm, context_dim) for _ in range(depth)
+            DiTBlock(hidden_size, num_heads, mlp_ratio, attn_dropout, qk_norm, context_dim, cross_attn_dropout)
+            for _ in range(depth)
         )
         self.final = nn.ModuleDict({s.name: FinalLayer(hidden_size, s.patch_size, s.channels)
                                     for s in streams if s.predict})
@@ -326,6 +341,7 @@ class DiT(nn.Module):
         context_mask: Optional[torch.Tensor] = None,  # (B, M) bool, True = real element
         stream_drop: Optional[dict[str, torch.Tensor]] = None,  # condition name -> (B,) bool: use the null
         context_drop: Optional[torch.Tensor] = None,  # (B,) bool: replace the context set by the null
+        attn_mask: Optional[torch.Tensor] = None,  # (N, N) or (B, N, N) bool, True = query may attend to key
     ) -> dict[str, torch.Tensor]:
         self._check_inputs(x, t)
         B = next(iter(x.values())).shape[0]
@@ -346,6 +362,8 @@ class DiT(nn.Module):
             mask = torch.cat([token_mask[s.name] if s.name in token_mask else
                               torch.ones(B, s.num_tokens, dtype=torch.bool, device=h.device)
                               for s in self.streams], dim=1)  # (B, N) key padding
+        if attn_mask is not None:
+            mask = combine_masks(mask, attn_mask, B, self.num_tokens)  # (B, N, N)
         rope = (self.rope_cos, self.rope_sin) if self.pos_embed_kind == "rope" else None
         if self.context_dim is None and context is not None:
             raise ValueError("context given, but the model was built without cross-attention (context_dim=None)")
@@ -386,4 +404,5 @@ def build_dit(model_cfg, streams: list[StreamSpec], context_dim: Optional[int] =
         pos_embed=model_cfg.pos_embed,
         attn_dropout=model_cfg.attn_dropout,
         qk_norm=model_cfg.qk_norm,
+        cross_attn_dropout=model_cfg.cross_attn_dropout,
     )

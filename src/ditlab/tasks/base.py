@@ -10,6 +10,8 @@ A task kind (image, superres, and every later one: scenes, in-context regression
 - ``task.preview(model, data, sample_cfg, device, autocast_dtype)`` returns what the trainer writes
   as the run's sample grid: ``(uint8 images (N, 3, H, W), images per row or None)``, or None for a
   task with nothing to draw.
+- ``TrainData.set_step(step)``, optional, tells data whose batches depend on the training step (a
+  curriculum) the step the run starts from, 0 or that of the checkpoint it resumes.
 - ``TrainData.info`` is JSON written to ``RUN/model.json``; ``build_model(cfg, info)`` must rebuild
   the network from it (``ditlab sample`` and evaluation do so without reading the data again).
 """

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from ditlab.diffusion.objectives import Objective
 from ditlab.tasks.base import TaskKind, TrainData
+from ditlab.tasks.icl import build_icl_model, build_icl_task
+from ditlab.tasks.icl_data import load_icl_train_data
 from ditlab.tasks.image import ImageTask, build_image_model
 from ditlab.tasks.image_data import load_image_train_data
+from ditlab.tasks.scene_data import load_scene_train_data
+from ditlab.tasks.scene_task import SceneTask, build_scene_model
 from ditlab.tasks.superres import SuperResTask, build_superres_model
+from ditlab.tasks.lift import LiftTask, build_lift_model
 
 
 def _label_dropout(cfg, training: bool) -> float:
@@ -17,15 +22,35 @@ def _label_dropout(cfg, training: bool) -> float:
 
 KINDS: dict[str, TaskKind] = {
     "image": TaskKind(
-        train_data=load_image_train_data,
-        model=lambda cfg, info: build_image_model(cfg.model, info["image_size"], info["channels"]),
-        task=lambda cfg, model, objective, training: ImageTask(model, objective, _label_dropout(cfg, training)),
+        # data.context_path adds a context set the model cross-attends to (ditlab.data.context_sets).
+        train_data=lambda cfg, progress: load_image_train_data(cfg, progress, allow_context=True),
+        model=lambda cfg, info: build_image_model(cfg.model, info["image_size"], info["channels"],
+                                                  info.get("context_dim")),
+        task=lambda cfg, model, objective, training: ImageTask(model, objective, _label_dropout(cfg, training),
+                                                               cfg.task.cond_dropout if training else 0.0),
     ),
     "superres": TaskKind(
         train_data=load_image_train_data,
         model=lambda cfg, info: build_superres_model(cfg.model, info["image_size"], info["channels"], cfg.task.factor),
         task=lambda cfg, model, objective, training: SuperResTask(model, objective, cfg.task,
                                                                   _label_dropout(cfg, training)),
+    ),
+    "scene": TaskKind(
+        train_data=load_scene_train_data,
+        model=build_scene_model,
+        task=lambda cfg, model, objective, training: SceneTask(
+            model, objective, cfg.task.cond_dropout if training else 0.0, cfg.scene.coord_scale, cfg.scene.frame),
+    ),
+    "icl": TaskKind(
+        train_data=load_icl_train_data,
+        model=lambda cfg, info: build_icl_model(cfg.model, info["d"], info["n_points"]),
+        task=build_icl_task,
+    ),
+    "lift": TaskKind(  # joint multi-scale generation (docs/lift.md)
+        train_data=load_image_train_data,
+        model=lambda cfg, info: build_lift_model(cfg.model, info["image_size"], info["channels"], cfg.task.factor),
+        task=lambda cfg, model, objective, training: LiftTask(model, objective, cfg.lift, cfg.task.factor,
+                                                              _label_dropout(cfg, training)),
     ),
 }
 

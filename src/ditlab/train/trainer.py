@@ -36,7 +36,8 @@ from ditlab.train.stop import StopRequest
 # Config keys that change parameter shapes or the meaning of the weights: a resumed run may not change them.
 SHAPE_KEYS = ("task.kind", "task.factor", "model.arch", "model.hidden_size", "model.depth", "model.num_heads", "model.mlp_ratio",
               "model.pos_embed", "model.num_classes", "model.qk_norm", "data.image_size",
-              "diffusion.process", "diffusion.prediction")
+              "diffusion.process", "diffusion.prediction", "icl.d", "icl.n_points", "icl.objective",
+              "scene.num_target_points", "scene.fourier_bands")
 EXIT_NONFINITE = 2
 
 
@@ -88,6 +89,8 @@ class Trainer:
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.ema_task = build_task(cfg, self.ema.module, self.objective, training=False)
         self._prepare_run_dir(resume, latest)
+        if hasattr(self.data, "set_step"):  # data whose batches depend on the step (a curriculum)
+            self.data.set_step(self.step)
         self.logger = RunLogger(self.run_dir)
         if self.step:
             self.logger.truncate_after(self.step)

@@ -1,0 +1,1 @@
+"""Experiments over many runs: the ablation runner behind ``ditlab ablate`` (docs/lift.md)."""

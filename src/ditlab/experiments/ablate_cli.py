@@ -1,0 +1,45 @@
+"""``ditlab ablate ABLATION.yaml``: train, sample and score every variant of an ablation file.
+
+::
+
+    ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz --inception PATH \
+        [--set data.path=DATA ...] [--errors-data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...]
+
+Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
+command again: finished work is skipped).
+"""
+from __future__ import annotations
+
+
+def cmd_ablate(args) -> int:
+    from ditlab.experiments.ablation import AblationRunner, FidScorer
+    from ditlab.experiments.ablation_spec import load_ablation
+
+    spec = load_ablation(args.ablation)
+    scorer = FidScorer(args.ref, args.inception, args.device)
+    runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.errors_data or "",
+                            device=args.device, budget_s=args.budget_s, only=args.only)
+    code = runner.run()
+    if code:
+        print(f"ditlab ablate: --budget-s {args.budget_s:g} s used up with work left; run the same command again",
+              flush=True)
+    return code
+
+
+def add_ablate_parser(subparsers):
+    a = subparsers.add_parser("ablate", help="train, sample and FID-score every variant of an ablation file "
+                                             "(resumable; results.md, results.csv, results.png)")
+    a.add_argument("ablation", help="the ablation YAML (e.g. configs/ablations/lift.yaml)")
+    a.add_argument("--out", required=True, help="output folder (runs, scores, grids, results)")
+    a.add_argument("--ref", required=True, help="reference statistics .npz (ditlab fid ref) or a data set")
+    a.add_argument("--inception", required=True, help="the FID network (TorchScript file)")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every variant, e.g. data.path=DATA (repeatable)")
+    a.add_argument("--errors-data", default=None,
+                   help="held-out images for the dp-* paths' error grid and the lo-oracle path")
+    a.add_argument("--budget-s", type=float, default=0.0,
+                   help="start no new unit of work after this many seconds (0: no limit); exit code 3 = more to do")
+    a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
+    a.add_argument("--device", default="auto")
+    a.set_defaults(func=cmd_ablate)
+    return a

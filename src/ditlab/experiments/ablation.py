@@ -1,0 +1,244 @@
+"""Run an ablation: train every variant with the same seed and budget, sample every (variant, path)
+pair with the same sample seeds, score each against the same reference statistics.
+
+Layout of the output folder (every file is written once its unit of work is complete, so a second
+invocation skips what is done and continues; `--budget-s` stops starting new units in time):
+
+    OUT/runs/VARIANT-sSEED/          the training run (finished when it holds summary.json)
+    OUT/runs/VARIANT-sSEED/lift_errors.npz, lift_errors.png    per-node errors (dp-* paths)
+    OUT/scores/VARIANT-sSEED__PATH.json                      one scored (variant, seed, path)
+    OUT/grids/VARIANT-sSEED__PATH.png                        its first 64 samples
+    OUT/results.md, results.csv, results.png                 rewritten after every invocation
+
+A run directory without summary.json was interrupted: it is deleted and trained again from the
+start, because a time-limited run resumed would get more than its budget.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ditlab.config import load_config
+from ditlab.diffusion.lift_paths import DP_PATHS
+from ditlab.experiments.ablation_spec import AblationSpec, Variant
+from ditlab.experiments.results import write_results
+
+EXIT_MORE_TO_DO = 3  # the budget ran out with units left: run the same command again
+
+
+@dataclass
+class Unit:
+    """One trained run of a variant (variant x seed) and its sampling paths."""
+    variant: Variant
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.name}-s{self.seed}"
+
+
+def path_slug(path: str) -> str:
+    return path.replace(":", "_")
+
+
+def variant_config(spec: AblationSpec, variant: Variant, seed: int, run_dir: Path, extra: list[str]):
+    """The variant's full config: preset, shared overrides, command-line ones, the variant's, then
+    the budget, seed and run folder (which no variant may change)."""
+    fixed = [f"train.seed={seed}", f"train.run_dir={run_dir}", f"train.steps={spec.budget.steps}",
+             f"train.time_limit={spec.budget.time_limit}"]
+    return load_config(spec.config, spec.overrides + list(extra) + variant.overrides + fixed)
+
+
+def check_variants(spec: AblationSpec, extra: list[str]) -> None:
+    """Fail before any training on a bad override or a path the variant's task cannot walk."""
+    for v in spec.variants:
+        cfg = variant_config(spec, v, spec.seeds[0], Path("unused"), extra)
+        paths = v.paths or (["diagonal"] if cfg.task.kind == "lift" else ["default"])
+        v.paths = paths
+        for p in paths:
+            if cfg.task.kind != "lift" and p != "default":
+                raise ValueError(f"variant {v.name}: task.kind={cfg.task.kind} samples on its own grid; "
+                                 f"its paths must be [default], not {p!r}")
+            if cfg.task.kind == "lift" and p == "default":
+                raise ValueError(f"variant {v.name}: name a LIFT path (e.g. diagonal) instead of 'default'")
+
+
+class AblationRunner:
+    def __init__(self, spec: AblationSpec, out, scorer, overrides: list[str] = (), errors_data: str = "",
+                 device: str = "auto", budget_s: float = 0.0, only: list[str] = (),
+                 log: Callable[[str], None] = print):
+        from ditlab.devices import resolve_device
+
+        self.spec, self.out, self.scorer = spec, Path(out), scorer
+        self.overrides, self.errors_data = list(overrides), errors_data
+        self.device = resolve_device(device)
+        self.budget_s, self.log = budget_s, log
+        self.start = time.monotonic()
+        check_variants(spec, self.overrides)
+        names = {v.name for v in spec.variants}
+        for name in only:
+            if name not in names:
+                raise ValueError(f"--only {name}: no such variant; the file has {sorted(names)}")
+        self.units = [Unit(v, s) for s in spec.seeds for v in spec.variants if not only or v.name in only]
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def out_of_time(self) -> bool:
+        return self.budget_s > 0 and time.monotonic() - self.start > self.budget_s
+
+    def run(self) -> int:
+        """Do every unit not done yet; returns 0 when all are done, EXIT_MORE_TO_DO otherwise."""
+        complete = True
+        for unit in self.units:
+            if not self._do_unit(unit):
+                complete = False
+                break
+        paths = write_results(self.out, self.spec, self.scorer.describe())
+        self.log(f"ditlab ablate: wrote {', '.join(str(p) for p in paths)}")
+        return 0 if complete else EXIT_MORE_TO_DO
+
+    def _do_unit(self, unit: Unit) -> bool:
+        run_dir = self.out / "runs" / unit.name
+        todo = [p for p in unit.variant.paths if not self.score_file(unit, p).exists()]
+        if not todo:
+            return True
+        if not (run_dir / "summary.json").exists():
+            if self.out_of_time():
+                return False
+            self.train(unit, run_dir)
+        run = None
+        for path in todo:
+            if self.out_of_time():
+                return False
+            run = run or self._load(run_dir)
+            if path in DP_PATHS or path == "lo-oracle":
+                self._need_errors_data(unit, path)
+            if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
+                self.measure_errors(unit, run, run_dir)
+            self.score(unit, run, run_dir, path)
+        return True
+
+    # ---- the three kinds of work ---------------------------------------------------------------
+    def train(self, unit: Unit, run_dir: Path) -> None:
+        from ditlab.train.trainer import Trainer
+
+        if run_dir.exists():
+            self.log(f"ditlab ablate: {run_dir} was interrupted; training it again from the start")
+            shutil.rmtree(run_dir)
+        cfg = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides)
+        self.log(f"ditlab ablate: training {unit.name} ({' '.join(unit.variant.overrides) or 'base config'})")
+        if cfg.train.compile:
+            # Every variant's step is a new Trainer._loss to compile; without a reset the compiled
+            # versions of earlier variants fill dynamo's per-function cache and later ones run eagerly.
+            torch._dynamo.reset()
+        trainer = Trainer(cfg, progress=False)
+        code = trainer.run()
+        del trainer
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if code != 0:
+            raise RuntimeError(f"training {unit.name} stopped with exit code {code} (see {run_dir}/metrics.jsonl)")
+
+    def measure_errors(self, unit: Unit, run, run_dir: Path) -> None:
+        from ditlab.lift_cli import lift_node_errors
+
+        e = self.spec.errors
+        self.log(f"ditlab ablate: per-node errors of {unit.name} ({e.grid + 1}^2 nodes x {e.num} images)")
+        lift_node_errors(run, run_dir, self.errors_data, e.grid, e.num, e.batch_size, e.seed, self.device,
+                         self.spec.sample.steps)
+
+    def score(self, unit: Unit, run, run_dir: Path, path: str) -> None:
+        from ditlab.diffusion.noise import PerSampleRNG
+        from ditlab.diffusion.samplers import count_nfe
+        from ditlab.flops import dit_forward_flops
+        from ditlab.imageio import save_image_grid
+        from ditlab.lift_cli import choose_sample_path
+        from ditlab.sampling import generate, sampling_autocast
+
+        s = self.spec.sample
+        choose_sample_path(run, run_dir, None if path == "default" else path)
+        conditions = self._oracle_images(s.num) if path == "lo-oracle" else None
+        probe_x, walked = run.task.start(PerSampleRNG(0, [0]), s.steps,
+                                         conditions[:1] if conditions is not None else None)
+        del probe_x
+        self.log(f"ditlab ablate: sampling {unit.name} on path {path} ({s.num} samples)")
+        t0 = time.monotonic()
+        images, _ = generate(run.task, run.model, s.num, s.seed, batch_size=s.batch_size, sampler=s.sampler,
+                             steps=s.steps, cfg_scale=s.cfg_scale, device=self.device,
+                             autocast_dtype=sampling_autocast(self.device), conditions=conditions)
+        sample_s = time.monotonic() - t0
+        save_image_grid(images[:64], self.out / "grids" / f"{unit.name}__{path_slug(path)}.png")
+        fid = self.scorer.fid(images)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        model = run.model
+        record = {
+            "variant": unit.variant.name, "seed": unit.seed, "path": path, "fid": fid,
+            "nfe": count_nfe(walked, s.sampler), "sampler": s.sampler, "steps": s.steps, "num_samples": s.num,
+            "sample_seed": s.seed, "sample_seconds": round(sample_s, 2),
+            "train_steps": summary["steps"], "train_seconds": round(summary.get("timed_seconds", 0.0), 1),
+            "train_images": summary["steps"] * run.cfg.train.batch_size,
+            "params": sum(p.numel() for p in model.parameters()),
+            "gflops_per_image": dit_forward_flops(model, groups=len(model.streams)) / 1e9,
+            "task": run.cfg.task.kind, "overrides": unit.variant.overrides, "note": unit.variant.note,
+        }
+        out = self.score_file(unit, path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(out)  # atomic: a half-written score never counts as done
+        self.log(f"ditlab ablate: {unit.name} {path}: FID {fid:.2f} at {record['nfe']} NFE")
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def score_file(self, unit: Unit, path: str) -> Path:
+        return self.out / "scores" / f"{unit.name}__{path_slug(path)}.json"
+
+    def _load(self, run_dir: Path):
+        from ditlab.runs import load_run
+
+        return load_run(run_dir, device=self.device)
+
+    def _need_errors_data(self, unit: Unit, path: str) -> None:
+        if not self.errors_data:
+            raise ValueError(f"variant {unit.variant.name} samples on path {path}, which needs held-out images: "
+                             "pass --errors-data DATASET (e.g. a test split)")
+
+    def _oracle_images(self, num: int) -> torch.Tensor:
+        from ditlab.data import load_image_data
+
+        data = load_image_data(self.errors_data, progress=False)
+        if len(data.images) < num:
+            raise ValueError(f"--errors-data {self.errors_data} holds {len(data.images)} images; lo-oracle needs "
+                             f"{num} (sample.num)")
+        return data.images[:num]
+
+
+class FidScorer:
+    """FID of uint8 images against one reference: statistics (.npz) or a data set (cached)."""
+
+    def __init__(self, ref: str, inception: str, device="auto", batch_size: int = 250):
+        from ditlab.devices import resolve_device
+        from ditlab.eval import compute_reference, is_stats_file, load_inception, load_stats
+
+        self.ref, self.inception = ref, inception
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.net = load_inception(inception, self.device)
+        if is_stats_file(ref):
+            self.ref_stats = load_stats(ref)
+        else:
+            self.ref_stats = compute_reference(ref, inception, self.device, batch_size=batch_size, progress=False,
+                                               net=self.net).stats
+
+    def fid(self, images: torch.Tensor) -> float:
+        from ditlab.eval import FeatureStats, extract_features, frechet_distance
+
+        feats = extract_features(images, self.net, self.device, batch_size=self.batch_size, progress=False)
+        return float(frechet_distance(FeatureStats.from_features(feats), self.ref_stats))
+
+    def describe(self) -> dict:
+        return {"ref": self.ref, "n_ref": int(self.ref_stats.n), "inception": Path(self.inception).name}

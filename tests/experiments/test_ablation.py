@@ -1,0 +1,143 @@
+"""`ditlab ablate`: a tiny two-variant ablation end to end on the CPU (stand-in FID network), resuming
+without retraining, stopping on its time budget, and the shipped LIFT plan's configs."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ditlab.cli import main
+from ditlab.configlib import ConfigError
+from ditlab.experiments.ablation import AblationRunner, check_variants
+from ditlab.experiments.ablation_spec import load_ablation
+
+from tests.eval.helpers import save_scripted
+
+
+class SmallStandIn(torch.nn.Module):
+    """An FID-network stand-in with 16 features: the Frechet distance of 2,048 would dominate the test."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.randn(3 * 4 * 4, 16, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.weight
+
+TINY = """\
+model: {arch: DiT-S/2, hidden_size: 32, depth: 1, num_heads: 2, num_classes: 0}
+diffusion: {process: flow, prediction: velocity}
+lift: {dp_grid: 2}
+train: {batch_size: 4, device: cpu, log_every: 1, sample_every: 0, ckpt_every: 1000}
+sample: {cfg_scale: 1.0}
+"""
+
+SPEC = """\
+config: tiny.yaml
+seeds: [0]
+budget: {steps: 2}
+sample: {num: 6, seed: 3, sampler: euler, steps: 3, batch_size: 4}
+errors: {grid: 2, num: 4, batch_size: 4}
+variants:
+  single: {overrides: [task.kind=image], paths: [default], note: baseline}
+  joint: {overrides: [task.kind=lift], paths: [diagonal, dp-hi]}
+"""
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "ablation.yaml").write_text(SPEC)
+    net = save_scripted(SmallStandIn(), tmp_path / "standin.pt")
+    args = ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "out"), "--ref", str(data),
+            "--inception", str(net), "--set", f"data.path={data}", "--errors-data", str(data), "--device", "cpu"]
+    return tmp_path, args
+
+
+def test_runs_scores_and_resumes_without_retraining(study, monkeypatch):
+    tmp_path, args = study
+    out = tmp_path / "out"
+    (out / "runs" / "single-s0").mkdir(parents=True)  # an interrupted run: no summary.json
+    (out / "runs" / "single-s0" / "junk").write_text("x")
+    assert main(args + ["--budget-s", "1e-9"]) == 3  # out of time before any work
+    assert "Not scored yet" in (out / "results.md").read_text()
+
+    assert main(args) == 0
+    assert not (out / "runs" / "single-s0" / "junk").exists()  # the interrupted run was trained again
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["variant"], r["path"]) for r in rows] == [("single", "default"), ("joint", "diagonal"),
+                                                           ("joint", "dp-hi")]
+    assert all(float(r["fid"]) > 0 and r["train_steps"] == "2" for r in rows)
+    assert rows[0]["nfe"] == rows[1]["nfe"] == "3"
+    table = (out / "results.md").read_text()
+    assert "| joint | dp-hi |" in table and "Not scored yet" not in table and (out / "results.png").exists()
+    assert (out / "runs" / "joint-s0" / "lift_errors.png").exists()
+    assert (out / "grids" / "joint-s0__dp-hi.png").exists()
+
+    # Again: nothing is trained or sampled, the same scores come back.
+    import ditlab.train.trainer as trainer_module
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished variant was trained again")
+
+    monkeypatch.setattr(trainer_module.Trainer, "run", no_training)
+    scores = {p.name: p.read_text() for p in (out / "scores").glob("*.json")}
+    assert main(args) == 0
+    assert {p.name: p.read_text() for p in (out / "scores").glob("*.json")} == scores
+
+    # Same seeds, same samples: a rescored pair gives the same FID.
+    (out / "scores" / "joint-s0__diagonal.json").unlink()
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(args + ["--only", "joint"]) == 0
+    again = json.loads((out / "scores" / "joint-s0__diagonal.json").read_text())
+    first = json.loads(scores["joint-s0__diagonal.json"])
+    assert again["fid"] == pytest.approx(first["fid"], rel=1e-6)
+
+
+def test_bad_files_are_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("config: x.yaml\nvariants: {v: {overides: []}}\n")
+    with pytest.raises(ConfigError, match="variants.v.overides"):
+        load_ablation(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("config: x.yaml\nsample: {nm: 3}\nvariants: {v: {}}\n")
+    with pytest.raises(ConfigError, match="sample.nm"):
+        load_ablation(tmp_path / "b.yaml")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "c.yaml").write_text("config: tiny.yaml\nvariants: {v: {overrides: [task.kind=image], "
+                                     "paths: [diagonal]}}\n")
+    with pytest.raises(ValueError, match="paths must be \\[default\\]"):
+        check_variants(load_ablation(tmp_path / "c.yaml"), [])
+    assert AblationRunner  # imported for the CLI
+
+
+def test_shipped_lift_plan_is_valid_and_flops_match():
+    from ditlab.config import load_config
+    from ditlab.flops import dit_forward_flops
+    from ditlab.tasks.factory import build_model
+
+    spec = load_ablation("configs/ablations/lift.yaml")
+    check_variants(spec, ["data.path=unused"])
+    names = [v.name for v in spec.variants]
+    for needed in ("baseline", "baseline_flops", "lift", "lift_hi_only", "lift_diag_train", "lift_clean_lo",
+                   "lift_mixture"):
+        assert needed in names
+    lift = next(v for v in spec.variants if v.name == "lift")
+    assert {"diagonal", "dp-hi", "dp-total", "lo-random", "lo-fixed"} <= set(lift.paths)
+
+    def flops(overrides):
+        cfg = load_config(spec.config, overrides)
+        model = build_model(cfg, {"image_size": 32, "channels": 3})
+        return dit_forward_flops(model, groups=len(model.streams)), sum(p.numel() for p in model.parameters())
+
+    by_name = {v.name: v.overrides for v in spec.variants}
+    f_lift, p_lift = flops(by_name["lift"])
+    f_base, p_base = flops(by_name["baseline"])
+    f_flops, _ = flops(by_name["baseline_flops"])
+    assert abs(p_base / p_lift - 1) < 0.02  # equal parameters
+    assert abs(f_flops / f_lift - 1) < 0.03  # equal FLOPs
