@@ -94,3 +94,19 @@ def test_ctrl_c_while_sampling_writes_nothing(trained_run, tmp_path, capsys, mon
                  "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 130
     assert "after 2 of 6 samples" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no partial npz, no grid, no temp files
+
+
+def test_train_overrides_may_follow_flags(monkeypatch):
+    """`ditlab train CONFIG --no-progress key=value` keeps the override (argparse alone rejects it)."""
+    from ditlab import cli
+
+    seen = {}
+    parser = cli.build_parser()
+    for action in parser._subparsers._group_actions:  # record the overrides instead of training
+        for sub in action.choices.values():
+            sub.set_defaults(func=lambda a: seen.setdefault("overrides", a.overrides) and 0)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    cli.main(["train", "configs/demo.yaml", "optim.lr=1e-3", "--no-progress", "train.steps=5"])
+    assert seen["overrides"] == ["optim.lr=1e-3", "train.steps=5"]
+    with pytest.raises(SystemExit):  # a flag argparse does not know is still an error
+        cli.main(["train", "configs/demo.yaml", "--no-progress", "--bogus"])

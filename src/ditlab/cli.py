@@ -309,7 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first flag, so `train CONFIG --resume a=b` leaves
+    # `a=b` over: accept key=value overrides on either side of the flags; anything else is an error.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # `config show key=value` without a file: argparse puts the first override in `config`.
     if getattr(args, "config_command", None) == "show" and args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config] + args.overrides, None
