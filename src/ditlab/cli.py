@@ -176,10 +176,7 @@ def cmd_diagnose_collapse(args) -> int:
     from ditlab.sampling import sampling_autocast
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, device=device)
-    if run.cfg.task.kind != "superres":
-        raise ValueError(f"diagnose collapse needs a conditional image run (task.kind=superres), "
-                         f"{args.run_dir} is task.kind={run.cfg.task.kind!r}")
+    run = load_run(args.run_dir, device=device, kind="superres", command="`ditlab diagnose collapse`")
     originals = load_image_data(args.cond, run.info["image_size"]).images[: args.conditions]
     features = None
     if args.inception:

@@ -26,14 +26,20 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] = None,
-             device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild the model of a run from its config.yaml + model.json and load EMA (or raw) weights."""
+             device: torch.device | str = "cpu", kind: Optional[str] = None, command: str = "") -> LoadedRun:
+    """Rebuild the model of a run from its config.yaml + model.json and load EMA (or raw) weights.
+
+    ``kind``: the task.kind a command needs (``command`` names it in the error), checked before any
+    weights are read."""
     run_dir = Path(run_dir).expanduser()
     for name in ("config.yaml", "model.json"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a ditlab run directory")
     cfg = config_from_dict(Config, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
                            source=str(run_dir / "config.yaml"))
+    if kind is not None and cfg.task.kind != kind:
+        raise ValueError(f"{command or 'this command'} needs a task.kind={kind} run; {run_dir} is "
+                         f"task.kind={cfg.task.kind!r}")
     info = json.loads((run_dir / "model.json").read_text())
     ckpt = Path(checkpoint) if checkpoint else find_latest_checkpoint(run_dir)
     if ckpt is None:

@@ -17,9 +17,7 @@ def cmd_icl_eval(args) -> int:
     from ditlab.runs import load_run
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, device=device)
-    if run.cfg.task.kind != "icl":
-        raise ValueError(f"{args.run_dir} is task.kind={run.cfg.task.kind!r}, not an in-context regression run")
+    run = load_run(args.run_dir, device=device, kind="icl", command="`ditlab icl eval`")
     baseline = load_run(args.baseline, device=device) if args.baseline else None
     if baseline is not None and baseline.cfg.icl.objective != "mse":
         raise ValueError(f"--baseline {args.baseline} must be a deterministic run (icl.objective=mse)")

@@ -18,10 +18,7 @@ def cmd_scene_eval(args) -> int:
     from ditlab.tasks.scenes import surface_distance
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, device=device)
-    if run.cfg.task.kind != "scene":
-        raise ValueError(f"`ditlab scene eval` needs a scene run (task.kind=scene), {args.run_dir} is "
-                         f"task.kind={run.cfg.task.kind!r}")
+    run = load_run(args.run_dir, device=device, kind="scene", command="`ditlab scene eval`")
     s = run.cfg.sample
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     cfg_scale = s.cfg_scale if args.cfg is None else args.cfg

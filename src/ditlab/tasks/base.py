@@ -40,3 +40,6 @@ class TaskKind:
     train_data: Callable[[Any, bool], TrainData]  # (cfg, progress) -> data
     model: Callable[[Any, dict], torch.nn.Module]  # (cfg, info) -> network
     task: Callable[[Any, torch.nn.Module, Any, bool], Any]  # (cfg, model, objective, training) -> task
+    # Config keys of this kind that change parameter shapes or the meaning of the weights: a resumed
+    # run may not change them (on top of the trainer's shared list).
+    shape_keys: tuple[str, ...] = ()

@@ -40,11 +40,13 @@ KINDS: dict[str, TaskKind] = {
         model=build_scene_model,
         task=lambda cfg, model, objective, training: SceneTask(
             model, objective, cfg.task.cond_dropout if training else 0.0, cfg.scene.coord_scale, cfg.scene.frame),
+        shape_keys=("scene.num_target_points", "scene.fourier_bands"),
     ),
     "icl": TaskKind(
         train_data=load_icl_train_data,
         model=lambda cfg, info: build_icl_model(cfg.model, info["d"], info["n_points"]),
         task=build_icl_task,
+        shape_keys=("icl.d", "icl.n_points", "icl.objective"),
     ),
     "lift": TaskKind(  # joint multi-scale generation (docs/lift.md)
         train_data=load_image_train_data,

@@ -22,7 +22,7 @@ from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dic
 from ditlab.devices import resolve_device
 from ditlab.diffusion.objectives import build_objective
 from ditlab.imageio import save_image_grid
-from ditlab.tasks.factory import build_model, build_task, build_train_data
+from ditlab.tasks.factory import build_model, build_task, build_train_data, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
                                      restore_rng_state, save_checkpoint)
 from ditlab.train.clock import TrainingClock
@@ -36,8 +36,7 @@ from ditlab.train.stop import StopRequest
 # Config keys that change parameter shapes or the meaning of the weights: a resumed run may not change them.
 SHAPE_KEYS = ("task.kind", "task.factor", "model.arch", "model.hidden_size", "model.depth", "model.num_heads", "model.mlp_ratio",
               "model.pos_embed", "model.num_classes", "model.qk_norm", "data.image_size",
-              "diffusion.process", "diffusion.prediction", "icl.d", "icl.n_points", "icl.objective",
-              "scene.num_target_points", "scene.fourier_bands")
+              "diffusion.process", "diffusion.prediction")
 EXIT_NONFINITE = 2
 
 
@@ -126,7 +125,8 @@ class Trainer:
 
         saved = config_from_dict(Config, yaml.safe_load(saved_path.read_text()) or {}, source=str(saved_path))
         changes = diff_configs(saved, self.cfg)
-        fatal = {k: v for k, v in changes.items() if k in SHAPE_KEYS}
+        shape_keys = SHAPE_KEYS + task_kind(self.cfg).shape_keys
+        fatal = {k: v for k, v in changes.items() if k in shape_keys}
         if fatal:
             listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in fatal.items())
             raise ValueError(f"cannot resume {self.run_dir}: these settings change the model ({listing}); "
