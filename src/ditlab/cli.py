@@ -66,12 +66,13 @@ def cmd_sample(args) -> int:
         if not args.cond:
             raise ValueError("this run is a super-resolution model: pass --cond DATASET (high-resolution images "
                              "whose downsampled copies are the inputs)")
-        from ditlab.data import load_image_data
+        from ditlab.data import evaluation_subset, load_image_data
 
         cond_data = load_image_data(args.cond, run.info["image_size"])
         if len(cond_data.images) < args.num:
             raise ValueError(f"--cond {args.cond} holds {len(cond_data.images)} images, fewer than --num {args.num}")
-        conditions = cond_data.images[: args.num]
+        # A subset spread over all classes (the same one `ditlab psnr` pairs the samples with).
+        conditions = cond_data.images[evaluation_subset(len(cond_data.images), args.num)]
     per_sample = {}
     if args.context:
         from ditlab.context_cli import sample_inputs
@@ -148,7 +149,7 @@ def cmd_psnr(args) -> int:
     import numpy as np
     import torch
 
-    from ditlab.data import load_image_data
+    from ditlab.data import evaluation_subset, load_image_data
     from ditlab.eval.psnr import sr_psnr_report
 
     with np.load(args.samples) as z:
@@ -158,7 +159,9 @@ def cmd_psnr(args) -> int:
     if len(ref.images) < len(samples):
         raise ValueError(f"--ref {args.ref} holds {len(ref.images)} images, fewer than the {len(samples)} samples "
                          f"in {args.samples}")
-    report = sr_psnr_report(samples, ref.images[: len(samples)], args.factor)
+    # The originals that `ditlab sample --cond` took for these samples, in the same order.
+    originals = ref.images[evaluation_subset(len(ref.images), len(samples))]
+    report = sr_psnr_report(samples, originals, args.factor)
     report.update(samples=args.samples, ref=args.ref)
     print(json.dumps(report))
     return 0
@@ -169,7 +172,7 @@ def cmd_diagnose_collapse(args) -> int:
 
     import torch
 
-    from ditlab.data import load_image_data
+    from ditlab.data import evaluation_subset, load_image_data
     from ditlab.devices import resolve_device
     from ditlab.eval.diagnose import collapse_sweep
     from ditlab.runs import load_run
@@ -177,7 +180,11 @@ def cmd_diagnose_collapse(args) -> int:
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device, kind="superres", command="`ditlab diagnose collapse`")
-    originals = load_image_data(args.cond, run.info["image_size"]).images[: args.conditions]
+    cond_images = load_image_data(args.cond, run.info["image_size"]).images
+    if len(cond_images) < args.conditions:
+        raise ValueError(f"--cond {args.cond} holds {len(cond_images)} images, fewer than --conditions "
+                         f"{args.conditions}")
+    originals = cond_images[evaluation_subset(len(cond_images), args.conditions)]
     features = None
     if args.inception:
         from ditlab.eval import extract_features, load_inception
@@ -229,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the run's lift.sample_path)")
     s.add_argument("--cond", default=None,
                    help="super-resolution runs: high-resolution images (any data set) whose downsampled copies "
-                        "condition samples 0..N-1")
+                        "condition the samples; with --num below the set's size, a seeded subset spread over "
+                        "the whole set (all classes), the one `ditlab psnr` pairs the samples with")
     s.add_argument("--context", default=None,
                    help="runs trained with data.context_path: a context file whose rows 0..N-1 condition samples "
                         "0..N-1 (and give their labels, if it has 'labels'); --cfg drops context and label together")
@@ -273,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     ps = sub.add_parser("psnr", help="PSNR of super-resolution samples against their originals (JSON)")
-    ps.add_argument("samples", help="samples .npz from `ditlab sample RUN --cond DATASET` (sample i <-> image i)")
+    ps.add_argument("samples", help="samples .npz from `ditlab sample RUN --cond DATASET` (sample i <-> the i-th image of the "
+                    "seeded subset that command took: ditlab.data.evaluation_subset)")
     ps.add_argument("--ref", required=True, help="the --cond data set the samples were conditioned on")
     ps.add_argument("--factor", type=int, default=2, help="downsampling factor of the run (bilinear baseline)")
     ps.set_defaults(func=cmd_psnr)

@@ -32,7 +32,7 @@ def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: i
                      steps: int, out_png=None):
     """Measure, save (RUN/lift_errors.npz) and draw the error grid of a loaded LIFT run, with its
     diagonal and dp-* paths at ``steps`` steps drawn on the heat maps. Returns (errors, npz path, png path)."""
-    from ditlab.data import load_image_data
+    from ditlab.data import evaluation_subset, load_image_data
     from ditlab.eval.lift_errors import measure_node_errors, plot_node_errors, save_node_errors
     from ditlab.tasks.lift import ERRORS_FILE
 
@@ -41,12 +41,13 @@ def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: i
     images = load_image_data(data, run.info["image_size"], progress=False)
     if len(images.images) < num:
         raise ValueError(f"--data {data} holds {len(images.images)} images, fewer than --num {num}")
+    pick = evaluation_subset(len(images.images), num)  # all classes, not the first class folders
     labels = None
     if run.task.num_classes:
-        labels = images.labels[:num] if images.num_classes else None
+        labels = images.labels[pick] if images.num_classes else None
         if labels is None:
             raise ValueError(f"{run_dir} is class-conditional but --data {data} has no labels")
-    errors = measure_node_errors(run.task, run.model, images.images[:num], labels, grid, batch_size, seed, device)
+    errors = measure_node_errors(run.task, run.model, images.images[pick], labels, grid, batch_size, seed, device)
     npz = save_node_errors(Path(run_dir) / ERRORS_FILE, errors)
     run.task.use_path("diagonal", errors)
     paths = {name: run.task.path(steps, name) for name in ("diagonal",) + DP_PATHS}

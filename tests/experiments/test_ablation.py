@@ -101,6 +101,18 @@ def test_runs_scores_and_resumes_without_retraining(study, monkeypatch):
     assert again["fid"] == pytest.approx(first["fid"], rel=1e-6)
 
 
+def test_second_seed_keeps_the_first_and_averages(study):
+    tmp_path, args = study
+    out = tmp_path / "out"
+    assert main(args + ["--only", "single"]) == 0
+    assert main(args + ["--only", "single", "--seeds", "1"]) == 0
+    assert (out / "runs" / "single-s1" / "summary.json").exists()
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["seed"] for r in rows) == ["0", "1"]
+    table = (out / "results.md").read_text()
+    assert "training seeds [0, 1]" in table and " ± " in table
+
+
 def test_bad_files_are_named(tmp_path):
     (tmp_path / "a.yaml").write_text("config: x.yaml\nvariants: {v: {overides: []}}\n")
     with pytest.raises(ConfigError, match="variants.v.overides"):

@@ -11,6 +11,7 @@ layout in :mod:`ditlab.data.folder`.
 """
 from ditlab.data.dataset import ImageData, load_image_data
 from ditlab.data.embedded import embedded_sample_path
+from ditlab.data.subset import evaluation_subset
 from ditlab.data.images import (
     IMAGE_EXTENSIONS,
     MAX_ASPECT,
@@ -22,6 +23,7 @@ from ditlab.data.images import (
 )
 
 __all__ = [
+    "evaluation_subset",
     "ImageData",
     "load_image_data",
     "DataError",

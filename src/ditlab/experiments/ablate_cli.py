@@ -3,7 +3,7 @@
 ::
 
     ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz --inception PATH \
-        [--set data.path=DATA ...] [--errors-data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...]
+        [--set data.path=DATA ...] [--errors-data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...]
 
 Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
 command again: finished work is skipped).
@@ -12,10 +12,14 @@ from __future__ import annotations
 
 
 def cmd_ablate(args) -> int:
+    import dataclasses
+
     from ditlab.experiments.ablation import AblationRunner, FidScorer
     from ditlab.experiments.ablation_spec import load_ablation
 
     spec = load_ablation(args.ablation)
+    if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
+        spec = dataclasses.replace(spec, seeds=list(args.seeds))
     scorer = FidScorer(args.ref, args.inception, args.device)
     runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.errors_data or "",
                             device=args.device, budget_s=args.budget_s, only=args.only)
@@ -40,6 +44,9 @@ def add_ablate_parser(subparsers):
     a.add_argument("--budget-s", type=float, default=0.0,
                    help="start no new unit of work after this many seconds (0: no limit); exit code 3 = more to do")
     a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
+    a.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds instead of the file's (scores of other seeds already in --out are kept "
+                        "and averaged in the tables)")
     a.add_argument("--device", default="auto")
     a.set_defaults(func=cmd_ablate)
     return a

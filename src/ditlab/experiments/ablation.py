@@ -208,13 +208,13 @@ class AblationRunner:
                              "pass --errors-data DATASET (e.g. a test split)")
 
     def _oracle_images(self, num: int) -> torch.Tensor:
-        from ditlab.data import load_image_data
+        from ditlab.data import evaluation_subset, load_image_data
 
         data = load_image_data(self.errors_data, progress=False)
         if len(data.images) < num:
             raise ValueError(f"--errors-data {self.errors_data} holds {len(data.images)} images; lo-oracle needs "
                              f"{num} (sample.num)")
-        return data.images[:num]
+        return data.images[evaluation_subset(len(data.images), num)]  # all classes, as `ditlab sample --cond`
 
 
 class FidScorer:

@@ -50,7 +50,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
         f"# Ablation {spec.source.name}",
         "",
         f"Budget per run: {'%g s of training' % b.time_limit if b.time_limit else ''}"
-        f"{' or ' if b.time_limit else ''}{b.steps} steps; training seeds {spec.seeds}. Samples: {s.num} per pair, "
+        f"{' or ' if b.time_limit else ''}{b.steps} steps; training seeds {sorted({r['seed'] for r in records}) or spec.seeds}. Samples: {s.num} per pair, "
         f"{s.sampler} {s.steps} steps, CFG {s.cfg_scale}, sample seed {s.seed}. FID-{s.num} against "
         f"{scorer.get('ref', '?')} ({scorer.get('n_ref', '?')} images, {scorer.get('inception', '?')}).",
         "",

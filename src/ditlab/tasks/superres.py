@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ditlab.data.subset import evaluation_subset
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
@@ -111,8 +112,8 @@ class SuperResTask:
 
     def preview(self, model, data, sample_cfg, device, autocast_dtype):
         """(low-res input, sample, original) triplets for the first training images, 4 per row."""
-        num = min(sample_cfg.grid_size, 32)
-        originals = data.data.images[:num]
+        num = min(sample_cfg.grid_size, 32, len(data.data.images))
+        originals = data.data.images[evaluation_subset(len(data.data.images), num)]  # not one class folder
         samples = preview_samples(self, model, sample_cfg, device, autocast_dtype, num, conditions=originals)
         return superres_triplets(originals, samples, self.cfg.factor), 12
 
