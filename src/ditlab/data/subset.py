@@ -15,8 +15,9 @@ SUBSET_SEED = 0
 
 
 def evaluation_subset(total: int, num: int, seed: int = SUBSET_SEED) -> torch.Tensor:
-    """Indices (num,) of a seeded random subset of range(total), in increasing order; all of them
-    (0, 1, ..., total - 1) when num == total, so full-set evaluations keep the data set's order."""
+    """Indices (num,) of a seeded random subset of range(total), in random order (so that the first
+    rows of a sample grid show several classes too); all of them in order (0, 1, ..., total - 1)
+    when num == total, so full-set evaluations keep the data set's order."""
     if num > total:
         raise ValueError(f"asked for {num} images of a set of {total}")
     if num < 0:
@@ -24,4 +25,4 @@ def evaluation_subset(total: int, num: int, seed: int = SUBSET_SEED) -> torch.Te
     if num == total:
         return torch.arange(total)
     g = torch.Generator().manual_seed(seed)
-    return torch.randperm(total, generator=g)[:num].sort().values
+    return torch.randperm(total, generator=g)[:num]
