@@ -1,6 +1,7 @@
 """Training throughput on synthetic data (random uint8 images held on the GPU, as real ones are).
 
     python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile both [section.key=value ...]
+    torchrun --nproc_per_node=2 scripts/bench_train.py --arch DiT-B/2 --batch 512 --compile yes   # DDP
 
 One JSON line per setting (see ditlab.bench.bench_train). The same measurement on a real data set:
 `ditlab bench train CONFIG`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 
 from ditlab.bench import bench_train, write_random_npz
@@ -33,7 +35,9 @@ def main():
                                      f"train.batch_size={args.batch}", f"train.compile={str(c).lower()}",
                                      "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
                                      "diffusion.process=ddpm", "diffusion.prediction=eps", *args.overrides])
-            print(json.dumps(bench_train(cfg, args.warmup, args.steps, args.repeats)), flush=True)
+            result = bench_train(cfg, args.warmup, args.steps, args.repeats)
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
+                print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,10 @@ def _timed(fn, repeats: int, device: torch.device) -> list[float]:
 
 
 def bench_train(cfg, warmup: int = 15, steps: int = 20, repeats: int = 5, peak_tflops: float = PEAK_TFLOPS) -> dict:
-    """Images/s of the full training step (forward, loss, backward, clip, AdamW, EMA)."""
+    """Images/s of the full training step (forward, loss, backward, clip, AdamW, EMA).
+
+    Under torchrun: images/s of the whole world (train.batch_size is the global batch) and MFU per GPU.
+    """
     from ditlab.train.trainer import Trainer
 
     trainer = Trainer(cfg, progress=False)
@@ -72,12 +75,13 @@ def bench_train(cfg, warmup: int = 15, steps: int = 20, repeats: int = 5, peak_t
     rates = [steps * cfg.train.batch_size / t for t in times]
     ips = statistics.median(rates)
     flops = train_flops_per_image(trainer.model)
+    world = trainer.dist.world_size
     return {
-        "what": "train", "arch": cfg.model.arch, "batch": cfg.train.batch_size,
+        "what": "train", "arch": cfg.model.arch, "batch": cfg.train.batch_size, "world_size": world,
         "image_size": trainer.model.streams[0].size, "precision": cfg.train.precision,
         "compile": cfg.train.compile, "compile_mode": cfg.train.compile_mode, "nan_check": cfg.train.nan_check,
         "images_per_s": round(ips, 1), "train_gflops_per_image": round(flops / 1e9, 4),
-        "mfu": round(ips * flops / (peak_tflops * 1e12), 4), "peak_tflops": peak_tflops,
+        "mfu": round(ips * flops / (world * peak_tflops * 1e12), 4), "peak_tflops": peak_tflops,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "repeats_images_per_s": [round(r, 1) for r in rates], **_device_info(device),
     }

@@ -28,24 +28,40 @@ def cmd_train(args) -> int:
     from ditlab.config import load_config
     from ditlab.train.trainer import Trainer
 
+    from ditlab.train.distributed import shutdown
+
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
-    code = trainer.run()
-    if code == 0:
+    try:
+        code = trainer.run()
+    finally:
+        shutdown(trainer.dist)
+    if code == 0 and trainer.dist.is_main:
         print(f"ditlab: finished at step {trainer.step}; run directory {trainer.run_dir}")
     return code
 
 
 def cmd_sample(args) -> int:
+    from ditlab.train.distributed import init_distributed, shutdown
+
+    info = init_distributed(args.device)  # under torchrun each rank samples its share of the indices
+    try:
+        return _sample(args, info)
+    finally:
+        shutdown(info)
+
+
+def _sample(args, info) -> int:
     import torch
     from tqdm import tqdm
 
+    from ditlab.devices import resolve_device
     from ditlab.imageio import save_image_grid, save_npz_images
     from ditlab.runs import load_run
     from ditlab.sampling import generate, sampling_autocast
-    from ditlab.devices import resolve_device
+    from ditlab.train.distributed import gather_objects, local_device, rank_slice
 
-    device = resolve_device(args.device)
+    device = local_device(info, args.device) or resolve_device(args.device)
     run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device)
     if run.cfg.task.kind == "scene":
         raise ValueError(f"{args.run_dir} is a scene run (point sets, not images): use `ditlab scene eval RUN`")
@@ -80,17 +96,31 @@ def cmd_sample(args) -> int:
         per_sample = sample_inputs(run, args.context, args.num)
     elif run.info.get("context_dim") is not None:
         raise ValueError("this run cross-attends to a context set: pass --context FILE (row i conditions sample i)")
+    # Sample i depends only on (seed, i): a rank's share [start, stop) gives the same samples as one process.
+    share = rank_slice(info, args.num)
+    if conditions is not None:
+        conditions = conditions[share]
+    if "labels" in per_sample:
+        per_sample["labels"] = per_sample["labels"][share]
+    if "context" in per_sample:
+        per_sample["context"] = tuple(t[share] for t in per_sample["context"])
     done = []
     try:
         images, labels = generate(
-            run.task, model, args.num, args.seed, batch_size=args.batch_size,
-            progress=lambda b: tqdm(b, unit="batch", desc="sampling"),
+            run.task, model, share.stop - share.start, args.seed, batch_size=args.batch_size, start=share.start,
+            progress=(lambda b: tqdm(b, unit="batch", desc="sampling")) if info.is_main else None,
             on_batch=lambda imgs, idx: done.append(len(idx)),
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=args.eta, device=device, autocast_dtype=amp,
             conditions=conditions, cfg_interval=cfg_interval, **per_sample)
     except KeyboardInterrupt:
         print(f"\nditlab: interrupted after {sum(done)} of {args.num} samples; nothing was written", file=sys.stderr)
         return 130
+    if info.enabled:  # rank order = sample order
+        parts = gather_objects(info, (images, labels))
+        if not info.is_main:
+            return 0
+        images = torch.cat([p[0] for p in parts])
+        labels = torch.cat([p[1] for p in parts]) if parts[0][1] is not None else None
     nhwc = images.permute(0, 2, 3, 1).contiguous().numpy()
     out = save_npz_images(args.out, nhwc, labels.numpy() if labels is not None else None)
     print(f"ditlab: wrote {len(nhwc)} samples ({sampler}, {steps} steps{f', path {path_name}' if path_name else ''}, "
@@ -214,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a run's EMA weights")
     s.add_argument("run_dir")
-    s.add_argument("--num", type=int, default=64)
+    s.add_argument("-n", "--num", type=int, default=64,
+                   help="number of samples (under torchrun write -n: torchrun's own parser reads --num as its "
+                        "--numa-binding)")
     s.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default=None,
                    help="default: the run's sample.sampler")
     s.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")

@@ -176,19 +176,32 @@ def _load_samples(path: str, progress: bool):
 
 
 def _cmd_score(args, samples: str) -> int:
-    from ditlab.devices import resolve_device
-    from ditlab.eval.features import extract_features
-    from ditlab.eval.inception import file_sha256, load_inception
-    from ditlab.eval.reference import compute_reference
-    from ditlab.eval.stats import FeatureStats, frechet_distance, is_stats_file, kid, load_stats_and_features
-
     if not args.ref:
         raise ValueError("ditlab fid SAMPLES needs --ref STATS.npz or --ref DATASET")
     if args.out:
         raise ValueError("--out belongs to `ditlab fid ref DATASET --out STATS.npz`; use --json for the result")
+    from ditlab.train.distributed import gather_objects, init_distributed, local_device, rank_slice, shutdown
+
     _check_batch_size(args)
-    progress = not args.no_progress
-    device = resolve_device(args.device, setting="--device")
+    # Under torchrun every rank extracts the features of its share of the samples; rank 0 scores.
+    info = init_distributed(args.device)
+    try:
+        return _score(args, samples, info, gather_objects, local_device, rank_slice)
+    finally:
+        shutdown(info)
+
+
+def _score(args, samples: str, info, gather_objects, local_device, rank_slice) -> int:
+    import numpy as np
+
+    from ditlab.devices import resolve_device
+    from ditlab.eval.features import extract_features, shard_rows
+    from ditlab.eval.inception import file_sha256, load_inception
+    from ditlab.eval.reference import compute_reference
+    from ditlab.eval.stats import FeatureStats, frechet_distance, is_stats_file, kid, load_stats_and_features
+
+    progress = not args.no_progress and info.is_main
+    device = local_device(info, args.device) or resolve_device(args.device, setting="--device")
 
     # Cheap checks first: a bad samples file or reference fails before the network loads.
     images, n_images = _load_samples(samples, progress)
@@ -199,6 +212,14 @@ def _cmd_score(args, samples: str) -> int:
 
     net_path = _network(args)
     net = load_inception(net_path, device)
+
+    share = rank_slice(info, n_images)
+    if info.enabled:
+        images, n_images = shard_rows(images, share), share.stop - share.start
+    feats = extract_features(images, net, device, batch_size=args.batch_size, progress=progress, total=n_images)
+    feats = np.concatenate(gather_objects(info, feats))  # rank order = sample order
+    if not info.is_main:
+        return 0
 
     if ref_is_stats:
         ref_stats, ref_feats, meta = load_stats_and_features(ref_path, with_features=args.kid)
@@ -218,7 +239,6 @@ def _cmd_score(args, samples: str) -> int:
                "; make a file with features with `ditlab fid ref DATASET --out STATS.npz`, or pass the data set as --ref")
         )
 
-    feats = extract_features(images, net, device, batch_size=args.batch_size, progress=progress, total=n_images)
     stats = FeatureStats.from_features(feats)
     if stats.n < stats.dim:
         print(f"ditlab: note: {stats.n} samples < {stats.dim} feature dimensions: the sample covariance is "

@@ -137,6 +137,25 @@ def _strict_fp32(device: torch.device):
                 pass
 
 
+def shard_rows(images: Any, rows: slice) -> Any:
+    """Only rows ``rows.start:rows.stop`` of ``images`` (a tensor, an array or an iterable of batches,
+    e.g. :class:`NpzImages`), in order: one rank's share of a sample set under torchrun."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return images[rows]
+
+    def gen():
+        seen = 0
+        for batch in images:
+            b = int(batch.shape[0])
+            lo, hi = max(rows.start - seen, 0), min(rows.stop - seen, b)
+            if lo < hi:
+                yield batch[lo:hi]
+            seen += b
+            if seen >= rows.stop:
+                return
+    return gen()
+
+
 def extract_features(
     images: Any,
     net: Any,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, 
                                      restore_rng_state, save_checkpoint)
 from ditlab.train.clock import TrainingClock
 from ditlab.train.data_order import EpochSampler
+from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_distributed, local_device,
+                                      mean_over_ranks, per_rank_seed, rank_slice)
 from ditlab.train.init_from import init_from
 from ditlab.train.ema import EMA
 from ditlab.train.log import RunLogger
@@ -38,6 +41,8 @@ SHAPE_KEYS = ("task.kind", "task.factor", "model.arch", "model.hidden_size", "mo
               "model.pos_embed", "model.num_classes", "model.qk_norm", "data.image_size",
               "diffusion.process", "diffusion.prediction")
 EXIT_NONFINITE = 2
+# Under DDP the ranks agree on stopping (time limit, SIGTERM) every this many steps (one small all-reduce).
+AGREE_EVERY = 10
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,14 +59,18 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
         self.cfg = cfg
         self.run_dir = Path(cfg.train.run_dir).expanduser()
-        self.progress = progress
+        self.dist = init_distributed(cfg.train.device)  # a world of one unless started by torchrun
+        self.progress = progress and self.dist.is_main
+        if cfg.train.batch_size % self.dist.world_size:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide over the "
+                             f"{self.dist.world_size} processes")
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
-        self.data = build_train_data(cfg, progress)
-        self.device = resolve_device(cfg.train.device)
+        self.data = build_train_data(cfg, self.progress)
+        self.device = local_device(self.dist, cfg.train.device) or resolve_device(cfg.train.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
 
         self.model = build_model(cfg, self.data.info).to(self.device)
         # Looked up once: validating a checkpoint reads its files.
@@ -79,8 +88,19 @@ class Trainer:
         self.last_loss = float("nan")
 
         self.data.to(self.device)  # e.g. uint8 images on the device: no loader in the hot loop
-        self.task = build_task(cfg, self.model, self.objective)
-        self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode) if cfg.train.compile else self._loss
+        self.train_model = self.model  # what the loss calls: the model, or DDP around it
+        self._loss_fn = self._loss
+        if self.dist.enabled:
+            torch.manual_seed(per_rank_seed(cfg.train.seed, self.dist.rank))  # each rank draws its own noise
+            # find_unused_parameters stays False: dropped conditions are chosen with torch.where.
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if cfg.train.compile:  # compile DDP itself: dynamo splits the graph at the gradient buckets, so
+                # the all-reduce overlaps the backward (the documented DDP + torch.compile pattern)
+                self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
+        elif cfg.train.compile:
+            self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
+        self.task = build_task(cfg, self.train_model, self.objective)
         # The sync-free guard needs the fused optimizer's found_inf support (CUDA, no GradScaler).
         self.sync_free = (cfg.train.nan_check == "log" and self.device.type == "cuda" and cfg.optim.fused
                           and self.scaler is None)
@@ -90,9 +110,10 @@ class Trainer:
         self._prepare_run_dir(resume, latest)
         if hasattr(self.data, "set_step"):  # data whose batches depend on the step (a curriculum)
             self.data.set_step(self.step)
-        self.logger = RunLogger(self.run_dir)
-        if self.step:
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main)  # rank 0 writes
+        if self.step and self.dist.is_main:
             self.logger.truncate_after(self.step)
+        barrier(self.dist)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self, resume: bool, latest: Path | None) -> None:
@@ -106,17 +127,35 @@ class Trainer:
                                     map_location=self.device)
             self.step = int(state["step"])
             self.order.load_state_dict(state["data"])
-            restore_rng_state(state["rng"])
+            self._restore_rng(state)
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
-            print(f"ditlab: resumed {self.run_dir} from {latest.name} (step {self.step})", flush=True)
+            self._say(f"ditlab: resumed {self.run_dir} from {latest.name} (step {self.step})")
         elif resume:
-            print(f"ditlab: --resume given but {self.run_dir} has no checkpoint; starting from step 0", flush=True)
+            self._say(f"ditlab: --resume given but {self.run_dir} has no checkpoint; starting from step 0")
+        if not self.dist.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, str(saved_cfg))
         # What `ditlab sample` needs to rebuild the network without reading the data set again.
         info = {"task": self.cfg.task.kind, "num_classes": self.cfg.model.num_classes, **self.data.info}
         (self.run_dir / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, flush=True)
+
+    def _restore_rng(self, state: dict) -> None:
+        """Each rank continues its own random stream when the world size is the one saved; on another
+        world size the data order still continues exactly, but the draws are re-seeded per rank."""
+        saved = state.get("rng_ranks") or [state["rng"]]
+        if len(saved) == self.dist.world_size:
+            restore_rng_state(saved[self.dist.rank])
+            return
+        torch.manual_seed(per_rank_seed(self.cfg.train.seed, self.dist.rank, self.step))
+        self._say(f"ditlab: warning: checkpoint written by {len(saved)} process(es), resuming on "
+                  f"{self.dist.world_size}: the data order continues exactly, the random draws (noise, timesteps, "
+                  "dropout) are re-seeded, so the run does not repeat an uninterrupted one bit for bit")
 
     def _check_config_change(self, saved_path: Path) -> None:
         if not saved_path.exists():
@@ -149,7 +188,10 @@ class Trainer:
         optimizer step. With the sync-free guard the step becomes a no-op on the device and
         :meth:`check_finite` raises at the next log step.
         """
-        idx = self.order.next_indices().to(self.device, non_blocking=True)
+        idx = self.order.next_indices()  # the global batch: every rank takes its own slice of it
+        if self.dist.enabled:
+            idx = idx[rank_slice(self.dist, len(idx))]
+        idx = idx.to(self.device, non_blocking=True)
         loss = self._loss_fn(idx)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -162,15 +204,22 @@ class Trainer:
         hold = None
         if self.sync_free:
             bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+            if self.dist.enabled:  # one rank's bad loss holds every rank (no host sync: enqueued on the stream)
+                bad_int = bad.int()
+                torch.distributed.all_reduce(bad_int, op=torch.distributed.ReduceOp.MAX)
+                bad = bad_int.bool()
             self._first_bad = torch.where(bad & (self._first_bad < 0), self.step + 1, self._first_bad)
             self._halt |= bad
             hold = self._halt
             self.optimizer.found_inf = hold.float()  # fused AdamW skips its update when this is 1
         else:
             loss_value, gnorm_value = torch.stack([loss.detach().float(), gnorm.float()]).tolist()
-            if not math.isfinite(loss_value) or (self.scaler is None and not math.isfinite(gnorm_value)):
+            loss_bad, gnorm_bad = any_rank(self.dist, [not math.isfinite(loss_value),
+                                                       self.scaler is None and not math.isfinite(gnorm_value)],
+                                           self.device)  # every rank stops at the same step
+            if loss_bad or gnorm_bad:
                 self.optimizer.zero_grad(set_to_none=True)
-                what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                what = "loss" if loss_bad else "gradient norm"
                 raise NonFiniteLossError(f"non-finite {what} at step {self.step + 1} (loss={loss_value}, grad "
                                          f"norm={gnorm_value}); stopped before the optimizer step, the last "
                                          "checkpoint is untouched")
@@ -204,8 +253,14 @@ class Trainer:
                                      f"applied from step {step} on, the last checkpoint is untouched")
 
     # ---- outputs ------------------------------------------------------------------------------
-    def save(self) -> Path:
-        state = {"data": self.order.state_dict(), "rng": capture_rng_state(), "config": to_dict(self.cfg)}
+    def save(self) -> Path | None:
+        """Checkpoint (rank 0 writes; every rank must call it: the RNG states are gathered)."""
+        rngs = gather_objects(self.dist, capture_rng_state())
+        if not self.dist.is_main:
+            return None
+        state = {"data": self.order.state_dict(), "rng": rngs[0], "config": to_dict(self.cfg)}
+        if self.dist.enabled:
+            state["rng_ranks"] = rngs
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.ema, state=state,
@@ -214,6 +269,8 @@ class Trainer:
     def sample_grid(self) -> Path | None:
         """The task's preview (e.g. a PNG grid of samples) from the EMA weights; None when the task
         draws nothing. Sampling uses its own per-sample generators: the training RNG is untouched."""
+        if not self.dist.is_main:
+            return None
         preview = self.ema_task.preview(self.ema.module, self.data, self.cfg.sample, self.device, self.amp_dtype)
         if preview is None:
             return None
@@ -237,16 +294,20 @@ class Trainer:
                 try:
                     loss, gnorm = self.train_step()
                     self._window[0], self._window[1] = self._window[0] + loss.float(), self._window[1] + 1
-                    out_of_time = self.clock.tick(self.step - start_step)
+                    out_of_time, stop_now = self.clock.tick(self.step - start_step), stop.requested
+                    if self.dist.enabled:  # every rank ends the loop at the same step, or none does
+                        agree = self.step % AGREE_EVERY == 0 or self.step == cfg.steps
+                        out_of_time, stop_now = (any_rank(self.dist, [out_of_time, stop_now], self.device)
+                                                 if agree else (False, False))
                     last = self.step == cfg.steps or out_of_time
                     log_now = self.step % cfg.log_every == 0 or last
                     sample_now = bool(cfg.sample_every) and self.step % cfg.sample_every == 0
-                    save_now = self.step % cfg.ckpt_every == 0 or last or stop.requested
+                    save_now = self.step % cfg.ckpt_every == 0 or last or stop_now
                     if log_now or sample_now or save_now:
                         self.check_finite()  # never log, sample or save past a non-finite step
                 except NonFiniteLossError as err:
                     bar.close()
-                    print(f"ditlab: error: {err}", flush=True)
+                    self._say(f"ditlab: error: {err}")
                     self.logger.close()
                     return EXIT_NONFINITE
                 bar.update(1)
@@ -256,26 +317,31 @@ class Trainer:
                     self.sample_grid()
                 if save_now:
                     self.save()
-                if stop.requested:
+                if stop_now:
                     bar.close()
-                    print(f"ditlab: stopped at step {self.step}; resume with --resume", flush=True)
+                    self._say(f"ditlab: stopped at step {self.step}; resume with --resume")
                     self.logger.close()
-                    return stop.exit_code
+                    # A rank stopped for another rank's signal exits as if it had received SIGTERM.
+                    return stop.exit_code or 128 + signal.SIGTERM
                 if out_of_time:
-                    print(f"ditlab: time limit of {cfg.time_limit:.0f} s reached at step {self.step}", flush=True)
+                    self._say(f"ditlab: time limit of {cfg.time_limit:.0f} s reached at step {self.step}")
                     break
         bar.close()
         wall = time.perf_counter() - t_start
         summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": wall,
                    "timed_seconds": self.clock.elapsed(), "timed_steps": self.clock.timed_steps,
                    "images_per_s": (self.step - start_step) * cfg.batch_size / max(wall, 1e-9),
-                   "device": str(self.device), "parameters": sum(p.numel() for p in self.model.parameters())}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                   "device": str(self.device), "world_size": self.dist.world_size,
+                   "parameters": sum(p.numel() for p in self.model.parameters())}
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.close()
         return 0
 
     def _log(self, gnorm: torch.Tensor, bar) -> None:
         loss_sum, n, t0 = self._window
+        if self.dist.enabled:
+            loss_sum = mean_over_ranks(self.dist, torch.as_tensor(loss_sum, device=self.device))
         self.last_loss = float(loss_sum) / n  # the one host sync of a logging interval
         metrics = {"loss": self.last_loss, "grad_norm": float(gnorm), "lr": self.current_lr(),
                    "images_per_s": n * self.cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9),
