@@ -3,7 +3,8 @@
 Generic: it knows nothing of ditlab's sections, only of the dataclass schema it is handed. A typo in
 a config silently falls back to a default and wastes a training run, so every unknown key and
 every wrong type is an error that names the dotted key, where it came from (file or override) and,
-when it can, the closest valid spelling.
+when it can, a did-you-mean: the same key in another section (``train.lr`` -> ``optim.lr``), else the
+closest valid spelling. Files and overrides go through the same checks and messages.
 
 Decisions worth knowing:
 
@@ -13,6 +14,9 @@ Decisions worth knowing:
   ``Literal`` that lists the text) and YAML made it a number, bool or date, the text as typed is
   kept: ``train.run_dir=123`` is ``"123"`` and ``x=1e-4`` stays ``"1e-4"`` (not ``str(0.0001)``).
   Files get no such leniency. An empty value (``data.path=``) is the empty string; use ``null``.
+* A key repeated in one mapping of a file (two ``train:`` sections, ``lr`` twice) is an error with
+  both line numbers; PyYAML alone would keep the last one silently. Repeated overrides are a
+  sequence: the last one wins.
 * ``base`` is reserved at the top level of a file: ``base: other.yaml`` (relative to the file)
   is applied first, recursively. All schema fields must have defaults.
 """
@@ -50,6 +54,33 @@ class _Dumper(yaml.SafeDumper):
 
 for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _construct_unique_mapping(loader: _Loader, node: yaml.MappingNode):
+    """A mapping whose own keys are unique. PyYAML keeps the last of repeated keys without a word,
+    so a second ``train:`` section would silently drop every key of the first one. Keys merged in
+    with ``<<`` may be overridden, as YAML intends. A generator, like PyYAML's own constructor, so
+    that aliases to an enclosing mapping still resolve."""
+    first_line: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        try:
+            seen = key in first_line
+        except TypeError:  # an unhashable key: SafeLoader's own error names it below
+            continue
+        if seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {first_line[key] + 1}); the second "
+                "would silently replace the first", key_node.start_mark)
+        first_line[key] = key_node.start_mark.line
+    data: dict = {}
+    yield data
+    data.update(loader.construct_mapping(node))
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v,
                                                                  flow_style=True))
 
@@ -111,11 +142,12 @@ def _takes_text(tp: Any, raw: str) -> bool:
     return tp is str or (origin is Literal and raw in args)
 
 
-def _coerce(tp: Any, v: Any, key: str, source: str, current: Any = None) -> Any:
-    """Check ``v`` against ``tp`` and return the value to store; raise ConfigError if it is wrong."""
+def _coerce(tp: Any, v: Any, key: str, source: str, current: Any = None, root: Any = None) -> Any:
+    """Check ``v`` against ``tp`` and return the value to store; raise ConfigError if it is wrong.
+    ``root`` is the top-level schema, searched for a key given in the wrong section."""
     if isinstance(v, _Cli):  # the parsed value first; failing that, the text as typed
         try:
-            return _coerce(tp, v.value, key, source, current)
+            return _coerce(tp, v.value, key, source, current, root)
         except ConfigError:
             if isinstance(v.value, (type(None), str, Mapping, list)) or not _takes_text(tp, v.raw):
                 raise
@@ -129,7 +161,7 @@ def _coerce(tp: Any, v: Any, key: str, source: str, current: Any = None) -> Any:
         if not isinstance(v, Mapping):
             raise bad()
         obj = current if dataclasses.is_dataclass(current) else tp()
-        _apply(obj, v, key + ".", source)
+        _apply(obj, v, key + ".", source, root)
         return obj
     if origin in (Union, types.UnionType):
         if v is None and type(None) in args:
@@ -137,7 +169,7 @@ def _coerce(tp: Any, v: Any, key: str, source: str, current: Any = None) -> Any:
         options = [a for a in args if a is not type(None)]
         for a in options:
             try:
-                return _coerce(a, v, key, source, current)
+                return _coerce(a, v, key, source, current, root)
             except ConfigError as e:
                 if len(options) == 1 and not str(e).startswith(f"{key}: expected"):
                     raise  # a nested error (an element, a section's key) says more
@@ -166,17 +198,40 @@ def _coerce(tp: Any, v: Any, key: str, source: str, current: Any = None) -> Any:
     return v
 
 
-def _apply(obj: Any, data: Mapping, prefix: str, source: str) -> None:
-    """Set the fields of dataclass instance ``obj`` from ``data`` (nested mappings recurse)."""
+def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a nested dataclass schema that holds a value, in schema order."""
+    paths: list[str] = []
+    for name, tp in _hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            paths.extend(_leaf_paths(tp, f"{prefix}{name}."))
+        else:
+            paths.append(prefix + name)
+    return paths
+
+
+def _unknown_key_hint(name: str, hints: dict, prefix: str, root: Any) -> str:
+    """The did-you-mean of an unknown key. A key of the same name in another section comes first
+    (``train.lr`` -> ``optim.lr``: the usual slip, which a spelling match inside ``train`` would
+    answer with an unrelated key), then a close spelling in this section, else the valid keys."""
+    elsewhere = [p for p in _leaf_paths(root) if p.rsplit(".", 1)[-1] == name] if root is not None else []
+    if elsewhere:
+        return " — did you mean " + " or ".join(repr(p) for p in elsewhere) + "?"
+    close = difflib.get_close_matches(name, list(hints), n=1)
+    if close:
+        return f" — did you mean {prefix + close[0]!r}?"
+    return f" — valid keys: {', '.join(prefix + h for h in hints)}"
+
+
+def _apply(obj: Any, data: Mapping, prefix: str, source: str, root: Any = None) -> None:
+    """Set the fields of dataclass instance ``obj`` from ``data`` (nested mappings recurse).
+    ``root``: the top-level schema (default: ``obj``'s own class, for a top-level call)."""
+    root = type(obj) if root is None else root
     hints = _hints(type(obj))
     for k, v in data.items():
         key = prefix + str(k)
         if k not in hints:
-            close = difflib.get_close_matches(str(k), list(hints), n=1)
-            hint = (f" — did you mean {prefix + close[0]!r}?" if close
-                    else f" — valid keys: {', '.join(prefix + h for h in hints)}")
-            raise ConfigError(f"unknown key {key!r}{hint}{_where(source)}")
-        setattr(obj, k, _coerce(hints[k], v, key, source, getattr(obj, k)))
+            raise ConfigError(f"unknown key {key!r}{_unknown_key_hint(str(k), hints, prefix, root)}{_where(source)}")
+        setattr(obj, k, _coerce(hints[k], v, key, source, getattr(obj, k), root))
 
 
 def _read_yaml(path: str) -> dict:

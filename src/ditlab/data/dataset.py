@@ -20,13 +20,20 @@ import torch
 
 from ditlab.data.embedded import EMBEDDED_SAMPLE_DESCRIPTION, embedded_sample_path
 from ditlab.data.folder import read_folder
-from ditlab.data.images import MIN_SIDE, DataError
+from ditlab.data.images import IMAGE_EXTENSIONS, MIN_SIDE, DataError
 from ditlab.data.npzsource import read_npz
 from ditlab.data.rawdata import RawData
 from ditlab.data.tvsource import read_torchvision
 from ditlab.data.zipsource import read_zip
 
 __all__ = ["ImageData", "load_image_data"]
+
+# What data.path accepts, for the errors about a path that is missing or of the wrong kind.
+_ACCEPTED = (
+    "data.path takes an image folder or a .zip in ImageFolder layout (CLASS/file.ext, or files directly "
+    f"in it; accepted extensions, case-insensitive: {' '.join(IMAGE_EXTENSIONS)}), an .npz with 'images', "
+    "or torchvision:NAME"
+)
 
 
 @dataclass
@@ -144,7 +151,7 @@ def load_image_data(
             "tv", "torch", "torchvision", "tvision",
         ):
             hint = "; for a torchvision data set write torchvision:NAME, e.g. torchvision:CIFAR10"
-        raise DataError(f"data.path {spec!r} does not exist (resolved to {p.absolute()}){hint}")
+        raise DataError(f"data.path {spec!r} does not exist (resolved to {p.absolute()}){hint}. {_ACCEPTED}")
     if p.is_dir():
         raw = read_folder(p, **args)
     elif p.suffix.lower() == ".npz":
@@ -152,9 +159,6 @@ def load_image_data(
     elif p.suffix.lower() == ".zip" or zipfile.is_zipfile(p):
         raw = read_zip(p, **args)
     else:
-        raise DataError(
-            f"data.path {spec!r} is a file but not a .zip or .npz; give an image folder, a .zip "
-            f"in ImageFolder layout (CLASS/file.png), an .npz with 'images', or torchvision:NAME"
-        )
+        raise DataError(f"data.path {spec!r} is a file but not a .zip or .npz. {_ACCEPTED}")
     _warn_skipped(raw)
     return _to_image_data(raw)
