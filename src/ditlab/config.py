@@ -228,6 +228,9 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "auto"  # auto -> cuda if available, else cpu
+    # Deterministic kernels (torch.use_deterministic_algorithms): two runs of the same config are
+    # bitwise equal on the GPU too, at some speed; an op without a deterministic kernel is an error.
+    deterministic: bool = False
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU uses fp32
     compile: bool = False
     # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...

@@ -5,9 +5,8 @@ shows the expected and the actual shape, at the attention module and at every Di
     rejected, never reinterpreted.
 26. A mask whose shape does not fit raises ValueError naming both shapes; nothing is broadcast.
 
-The DiT cases marked xfail are bugs of src/ditlab/models/dit.py (outside this change's files): see
-the issue-7 report for the proposed fix (validate token_mask, context_mask and context_drop before
-they are concatenated or broadcast).
+DiT.forward validates token_mask, context_mask and the drop flags before they are concatenated or
+broadcast (a misspelt stream name used to drop the mask silently).
 """
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from ditlab.models.dit import DiT, StreamSpec
 
 COND = StreamSpec("a", 3, 4, kind="tokens", positions="index", predict=False)
 TARGET = StreamSpec("b", 2, 4, kind="tokens", positions="index")
-DIT_MASK_BUG = "dit.py does not validate this mask before torch.cat / torch.where (issue 7 report)"
 
 
 def tiny_dit() -> DiT:
@@ -99,7 +97,6 @@ def test_dit_context_mask_of_the_wrong_length_names_the_shapes():
         model(x, t, context=ctx, context_mask=torch.ones(2, 6, dtype=torch.bool))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=DIT_MASK_BUG)
 @pytest.mark.parametrize("shape", [(3, 4), (4,)], ids=["wrong-batch", "1-d"])
 def test_dit_token_mask_of_the_wrong_batch_or_rank_is_a_value_error(shape):
     model, (x, t, ctx) = tiny_dit(), dit_inputs()
@@ -107,7 +104,6 @@ def test_dit_token_mask_of_the_wrong_batch_or_rank_is_a_value_error(shape):
         model(x, t, context=ctx, token_mask={"b": torch.ones(shape, dtype=torch.bool)})
 
 
-@pytest.mark.xfail(strict=True, reason=DIT_MASK_BUG)
 def test_dit_token_mask_for_an_unknown_stream_is_an_error():
     """A misspelt stream name would otherwise drop the mask silently: padding is attended to."""
     model, (x, t, ctx) = tiny_dit(), dit_inputs()
@@ -115,7 +111,6 @@ def test_dit_token_mask_for_an_unknown_stream_is_an_error():
         model(x, t, context=ctx, token_mask={"c": torch.ones(2, 4, dtype=torch.bool)})
 
 
-@pytest.mark.xfail(strict=True, reason=DIT_MASK_BUG)
 def test_dit_context_mask_is_not_broadcast_by_context_drop():
     """(B, 1) mask + context_drop: torch.where broadcasts it to (B, M) and every padded key is kept."""
     model, (x, t, ctx) = tiny_dit(), dit_inputs()
@@ -124,7 +119,6 @@ def test_dit_context_mask_is_not_broadcast_by_context_drop():
               context_drop=torch.tensor([False, False]))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=DIT_MASK_BUG)
 @pytest.mark.parametrize("kwargs", [
     dict(context_mask=torch.ones(2, 6, dtype=torch.bool), context_drop=torch.tensor([False, True])),
     dict(context_drop=torch.tensor([False, True, True])),

@@ -8,7 +8,6 @@ processes give the 1-process sample set and score.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -39,20 +38,13 @@ TINY = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(nproc: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        "--standalone",  # torchrun picks a free port itself: no race with a port chosen here
         "-m",
         "ditlab",
         *args,

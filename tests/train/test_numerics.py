@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from ditlab.config import load_config
-from ditlab.configlib import ConfigError
 from ditlab.diffusion.objectives import build_objective
 from ditlab.models.dit import DiT, StreamSpec
 from ditlab.tasks.image import ImageTask
@@ -188,12 +187,15 @@ def test_two_cpu_runs_are_bitwise_equal(tiny_data, tmp_path):
     assert not same(first, other_seed)  # the comparison can fail
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="no determinism switch yet: train.deterministic is proposed in the issue-7 report "
-                          "(src/ditlab/config.py and src/ditlab/train/trainer.py)")
-def test_determinism_mode_is_a_config_switch():
+def test_determinism_mode_is_a_config_switch(tiny_data, tmp_path):
     cfg = load_config(None, ["train.deterministic=true"])
     assert cfg.train.deterministic is True
+    try:  # two runs in deterministic mode are bitwise equal too
+        first = run_and_collect(tiny_data, tmp_path / "a", "train.deterministic=true")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert same(first, run_and_collect(tiny_data, tmp_path / "b", "train.deterministic=true"))
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @needs_cuda

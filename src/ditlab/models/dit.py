@@ -330,6 +330,32 @@ class DiT(nn.Module):
                 raise ValueError(f"noise level of stream {s.name!r} has shape {tuple(ts.shape)}, expected "
                                  f"({xs.shape[0]},) per sample or ({xs.shape[0]}, {s.num_tokens}) per token")
 
+    def _check_masks(self, batch: int, token_mask, context, context_mask, context_drop, stream_drop, label_drop):
+        """Masks and drop flags must match the batch exactly: a misspelt stream name or a broadcastable
+        shape would otherwise be accepted silently (and padding attended to)."""
+        def need(t, shape, what):
+            if t is None:
+                return
+            if t.dtype != torch.bool:
+                raise TypeError(f"{what} must be boolean (True = keep / drop), got dtype {t.dtype}")
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {shape}")
+
+        names = {s.name: s for s in self.streams}
+        for name, m in (token_mask or {}).items():
+            if name not in names:
+                raise ValueError(f"token_mask names stream {name!r}; the model's streams are {list(names)}")
+            need(m, (batch, names[name].num_tokens), f"token_mask[{name!r}]")
+        for name, d in (stream_drop or {}).items():
+            if name in names:  # unknown names are reported by forward with the condition-stream rule
+                need(d, (batch,), f"stream_drop[{name!r}]")
+        need(label_drop, (batch,), "label_drop")
+        need(context_drop, (batch,), "context_drop")
+        if context is not None:
+            if context.dim() != 3 or context.shape[0] != batch:
+                raise ValueError(f"context has shape {tuple(context.shape)}, expected ({batch}, M, {self.context_dim})")
+            need(context_mask, (batch, context.shape[1]), "context_mask")
+
     def forward(
         self,
         x: dict[str, torch.Tensor],  # name -> (B, C, H, W)
@@ -345,6 +371,7 @@ class DiT(nn.Module):
     ) -> dict[str, torch.Tensor]:
         self._check_inputs(x, t)
         B = next(iter(x.values())).shape[0]
+        self._check_masks(B, token_mask, context, context_mask, context_drop, stream_drop, label_drop)
         tokens = []
         for s in self.streams:
             h = self.patch_embed[s.name](x[s.name])  # (B, N_s, D)

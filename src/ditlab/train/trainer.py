@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -55,6 +56,15 @@ def autocast_dtype(cfg: Config, device: torch.device):
     return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
 
 
+def enable_determinism() -> None:
+    """Deterministic kernels everywhere (train.deterministic). cuBLAS needs its workspace fixed before
+    its first use; ops without a deterministic kernel raise (see train_step)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
         self.cfg = cfg
@@ -67,6 +77,8 @@ class Trainer:
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
         self.data = build_train_data(cfg, self.progress)
         self.device = local_device(self.dist, cfg.train.device) or resolve_device(cfg.train.device)
+        if cfg.train.deterministic:
+            enable_determinism()
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -192,12 +204,19 @@ class Trainer:
         if self.dist.enabled:
             idx = idx[rank_slice(self.dist, len(idx))]
         idx = idx.to(self.device, non_blocking=True)
-        loss = self._loss_fn(idx)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
+        try:
+            loss = self._loss_fn(idx)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+        except RuntimeError as e:
+            if self.cfg.train.deterministic and "deterministic" in str(e):
+                raise RuntimeError(f"train.deterministic=true, but an op of this model has no deterministic "
+                                   f"kernel on {self.device}: {e}. Turn train.deterministic off, or change the "
+                                   "setting that uses the op") from e
+            raise
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         set_lr(self.optimizer, self.current_lr())
