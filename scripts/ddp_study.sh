@@ -15,6 +15,12 @@ if [ -z "${SKIP_ONE_GPU_BENCH:-}" ]; then
   timeout 200 python3 $b --batch 256 > "$out/bench_1gpu.jsonl" 2> "$out/bench_1gpu.err"; echo "bench 1 GPU: $?"
 fi
 timeout 200 $trun $b --batch 512 > "$out/bench_2gpu.jsonl" 2> "$out/bench_2gpu.err"; echo "bench 2 GPUs: $?"
+if [ -n "${DDP_VARIANTS:-}" ]; then  # what the 1.85x of the first measurement loses: graph cuts or the all-reduce
+  for v in "train.ddp_split_graph=false" "train.ddp_bucket_mb=100"; do
+    timeout 200 $trun $b --batch 512 "$v" >> "$out/bench_2gpu_variants.jsonl" 2>> "$out/bench_2gpu.err"
+    echo "bench 2 GPUs $v: $?"
+  done
+fi
 rm -rf "$run"
 timeout 200 $trun -m ditlab train configs/cifar10_speedrun.yaml data.path="$data" train.run_dir="$run" \
   train.time_limit=60 train.log_every=100 --no-progress > "$out/train.log" 2>&1; echo "train (2 GPUs): $?"

@@ -239,6 +239,11 @@ class TrainConfig:
     # "log": no per-step sync (GPU, fused AdamW): a device-side flag makes every update from the
     # first non-finite step on a no-op, and the run stops at the next log step naming that step.
     nan_check: Literal["step", "log"] = "step"
+    # DDP (under torchrun): gradient bucket size, and whether torch.compile splits the graph at the
+    # buckets so that the all-reduce overlaps the backward (dynamo's DDPOptimizer). Splitting costs
+    # fusion across the cuts; not splitting leaves the all-reduce after the backward (docs/distributed.md).
+    ddp_bucket_mb: float = 25.0
+    ddp_split_graph: bool = True
     log_every: int = 100
     sample_every: int = 5000  # sample-grid PNG; 0 disables
     ckpt_every: int = 5000

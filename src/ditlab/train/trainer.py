@@ -106,9 +106,11 @@ class Trainer:
             torch.manual_seed(per_rank_seed(cfg.train.seed, self.dist.rank))  # each rank draws its own noise
             # find_unused_parameters stays False: dropped conditions are chosen with torch.where.
             self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                bucket_cap_mb=cfg.train.ddp_bucket_mb)
             if cfg.train.compile:  # compile DDP itself: dynamo splits the graph at the gradient buckets, so
                 # the all-reduce overlaps the backward (the documented DDP + torch.compile pattern)
+                torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graph
                 self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
         elif cfg.train.compile:
             self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
