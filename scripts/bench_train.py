@@ -27,7 +27,7 @@ def main():
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()  # overrides may come before and after the flags
     data = write_random_npz(image_size=args.image_size)
     for arch in args.arch:
         for c in {"yes": [True], "no": [False], "both": [False, True]}[args.compile]:
