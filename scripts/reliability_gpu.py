@@ -1,4 +1,4 @@
-"""The GPU part of the reliability suite (issue 7, items 10, 14, 16, 17 and 18), without pytest.
+"""The GPU part of the reliability suite (issue 7, items 9, 10, 14, 16, 17 and 18), without pytest.
 
 Prints one JSON line per check, ``{"name", "item", "passed", "details"}``, and exits 1 when a
 check failed. Checks marked ``"informational": true`` in their details always pass: they record a
@@ -10,6 +10,11 @@ fact (e.g. whether the default GPU mode happens to be bitwise reproducible) for 
 
 Items:
 
+* 9: a checkpoint written by a GPU run (its state.pt holds CUDA tensors: optimizer moments, the
+  fused AdamW's step counts and lr) is resumed in a fresh process that sees no GPU
+  (``CUDA_VISIBLE_DEVICES=""``): the plain ``torch.load`` fails there (the file really claims
+  CUDA), ``ditlab train --resume`` on the CPU loads model, EMA and optimizer state onto the CPU
+  (weights equal to the GPU run's, optimizer not fused) and trains 2 more finite steps.
 * 10: fully masked query rows give a finite output, exactly zero rows and finite gradients on
   every SDPA backend (math, efficient, flash, cuDNN) in fp32 and bf16. A backend that cannot take
   the call (flash has no mask support; fp32 is not a flash dtype) must *raise*: the check then
@@ -308,6 +313,87 @@ def check_default_mode_reproducible(device, work: Path) -> dict:
     return {"informational": True, "bitwise_equal_without_determinism": equal, "passed": True}
 
 
+# ---- item 9 -------------------------------------------------------------------------------------
+# Runs in a process without CUDA: resume the GPU run on the CPU and report what it found, as JSON.
+_RESUME_ON_CPU = r"""
+import json, sys
+import torch
+from ditlab.config import load_config
+from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
+from ditlab.train.trainer import Trainer
+
+run_dir, ref_path = sys.argv[1], sys.argv[2]
+out = {"cuda_visible": torch.cuda.is_available()}
+folder = find_latest_checkpoint(run_dir)
+try:
+    torch.load(folder / "state.pt", weights_only=True)
+    out["plain_load"] = "ok"
+except RuntimeError as e:
+    out["plain_load"] = "error: " + str(e).splitlines()[0][:160]
+ref = torch.load(ref_path, weights_only=True)
+cfg = load_config(str(folder.parents[1] / "config.yaml"), ["train.device=cpu", f"train.steps={ref['step'] + 2}"])
+trainer = Trainer(cfg, resume=True, progress=False)
+model, ema = trainer.model.state_dict(), trainer.ema.module.state_dict()
+out["step"] = trainer.step
+out["model_equal"] = all(torch.equal(v, model[k]) for k, v in ref["model"].items())
+out["ema_equal"] = all(torch.equal(v, ema[k]) for k, v in ref["ema"].items())
+out["sampling_weights_devices"] = sorted({str(t.device) for t in load_weights(run_dir).values()})
+opt = trainer.optimizer.state_dict()["state"]
+out["optimizer_devices"] = sorted({str(t.device) for s in opt.values() for t in s.values() if torch.is_tensor(t)})
+out["optimizer_fused"] = bool(trainer.optimizer.param_groups[0].get("fused"))
+out["exit_code"] = trainer.run()
+out["final_step"] = trainer.step
+out["params_finite"] = all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
+print(json.dumps(out))
+"""
+
+
+def _tensor_devices(obj) -> set:
+    if isinstance(obj, torch.Tensor):
+        return {str(obj.device)}
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return set().union(set(), *(_tensor_devices(v) for v in values))
+
+
+def check_checkpoint_gpu_to_cpu(device, work: Path) -> dict:
+    """Train 4 steps on ``device``, then resume the run on the CPU in a process that sees no GPU."""
+    import subprocess
+
+    import ditlab
+    from ditlab.train.trainer import Trainer
+
+    run_dir = work / "gpu-to-cpu"
+    trainer = Trainer(_tiny_cfg(_tiny_dataset(work), run_dir, device, "train.steps=4", "train.ckpt_every=4"),
+                      progress=False)
+    code = trainer.run()
+    state_file = run_dir / "checkpoints" / "step_00000004" / "state.pt"
+    # Without map_location every tensor comes back on the device it was saved from.
+    saved_devices = sorted(_tensor_devices(torch.load(state_file, weights_only=True)))
+    ref = work / "gpu-to-cpu-weights.pt"
+    torch.save({"step": trainer.step,
+                "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+                "ema": {k: v.detach().cpu() for k, v in trainer.ema.module.state_dict().items()}}, ref)
+    src = str(Path(ditlab.__file__).resolve().parents[1])
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", _RESUME_ON_CPU, str(run_dir), str(ref)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    details = {"gpu_exit_code": code, "saved_state_devices": saved_devices, "cpu_process_rc": proc.returncode}
+    if proc.returncode != 0:
+        return {**details, "stderr_tail": proc.stderr.strip().splitlines()[-5:], "passed": False}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    details.update(out)
+    on_gpu = device.type == "cuda"
+    claims_cuda = any(d.startswith("cuda") for d in saved_devices)
+    passed = (code == 0 and not out["cuda_visible"] and out["step"] == 4 and out["model_equal"]
+              and out["ema_equal"] and out["optimizer_devices"] == ["cpu"] and not out["optimizer_fused"]
+              and out["sampling_weights_devices"] == ["cpu"] and out["exit_code"] == 0 and out["final_step"] == 6
+              and out["params_finite"]
+              # on a GPU the file must really claim CUDA, or the check would prove nothing
+              and (not on_gpu or (claims_cuda and out["plain_load"].startswith("error"))))
+    return {**details, "passed": passed}
+
+
 # ---- item 18 ------------------------------------------------------------------------------------
 def check_compile_lengths(device, backend: str) -> dict:
     """A DiT that cross-attends to a context set of 12 lengths (5..16): at most 2 graphs."""
@@ -340,7 +426,7 @@ def check_compile_lengths(device, backend: str) -> dict:
 # ---- the runner ---------------------------------------------------------------------------------
 def all_checks(device, work: Path, compile_backend: str):
     """(name, issue item, zero-argument check) in the order they run."""
-    checks = []
+    checks = [("checkpoint_gpu_to_cpu", 9, lambda: check_checkpoint_gpu_to_cpu(device, work))]
     for cross in (True, False):
         for b in BACKENDS:
             for d in DTYPES:

@@ -11,6 +11,7 @@ Only one process (rank 0) should call :func:`save_checkpoint`.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
@@ -32,10 +33,27 @@ CHECKPOINT_FORMAT_VERSION = 1
 MODEL_FILE, EMA_FILE, STATE_FILE, LATEST_FILE = "model.safetensors", "ema.safetensors", "state.pt", "latest"
 REQUIRED_STATE_KEYS = ("format_version", "step")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+# The previous copy of a step while the same step is saved again; a kill can leave one behind.
+_OLD_DIR = re.compile(r"^\.old-(step_\d+)-\d+$")
+# Optimizer settings that describe the implementation on the loading machine, not the training state.
+_OPTIMIZER_IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, found or read; the message names the path."""
+
+
+class CheckpointState(dict):
+    """The state dict :func:`load_checkpoint` returns: a missing key raises :class:`CheckpointError`
+    naming the file and the key (not a bare KeyError), e.g. a checkpoint from another program."""
+
+    def __init__(self, data: dict, path: Path):
+        super().__init__(data)
+        self.path = path
+
+    def __missing__(self, key):
+        raise CheckpointError(f"{self.path} has no key {key!r} (keys: {', '.join(map(str, self)) or 'none'}); "
+                              "was it written by another program or an older ditlab?")
 
 
 def plain_state_dict(obj) -> dict[str, torch.Tensor]:
@@ -98,6 +116,44 @@ def _step_dirs(root: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _orphaned_old_copies(root: Path) -> dict[str, Path]:
+    """``.old-step_X-PID`` folders whose ``step_X`` is missing: a saver was killed while re-saving
+    step X, between moving the old copy aside and putting the new one in place."""
+    found = {}
+    for p in root.iterdir():
+        if (m := _OLD_DIR.match(p.name)) and p.is_dir() and not (root / m.group(1)).exists():
+            found[m.group(1)] = p
+    return found
+
+
+def _clear_leftovers(root: Path) -> None:
+    """Remove what a killed save left; put an orphaned old copy back under its step name."""
+    for stale in [*root.glob(".tmp-step_*"), *root.glob(".latest.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    for name, old in _orphaned_old_copies(root).items():
+        os.replace(old, root / name)
+    for old in root.glob(".old-step_*"):  # the new copy made it into place: the old one is garbage
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _disk_full_hint(e: BaseException, root: Path) -> str:
+    """' The disk looks full (N MiB free ...).' when the error is a full disk or quota, else ''.
+
+    torch.save writing to a path reports a short write as a RuntimeError ("unexpected pos",
+    "file write failed"), without the errno; safetensors wraps the OS message in its own error.
+    """
+    text = f"{e} {e.__cause__ or ''}"
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        s in text for s in ("No space left", "Disk quota exceeded", "unexpected pos", "file write failed"))
+    if not full:
+        return ""
+    try:
+        free = f" ({shutil.disk_usage(root).free / 2**20:.0f} MiB free in {root})"
+    except OSError:
+        free = ""
+    return f" The disk looks full{free}: free some space, or lower train.keep_checkpoints."
+
+
 def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=None,
                     state: dict | None = None, keep: int = 3) -> Path:
     """Write ``RUN/checkpoints/step_{step:08d}`` atomically, point ``latest`` at it, keep ``keep``.
@@ -115,7 +171,7 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
     try:  # fail now, not at resume time, if a Path/numpy/dataclass slipped into state
         buf = io.BytesIO()
         torch.save(payload, buf)
-        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+        torch.load(io.BytesIO(buf.getvalue()), weights_only=True, map_location="cpu")
     except Exception as e:
         raise CheckpointError(f"state cannot be stored: it must hold only tensors, numbers, strings and "
                               f"lists/dicts of them ({type(e).__name__}: {e})") from e
@@ -125,8 +181,7 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
     final, tmp, old = root / name, root / f".tmp-{name}-{pid}", root / f".old-{name}-{pid}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in [*root.glob(".tmp-step_*"), *root.glob(".latest.tmp-*")]:  # left by a killed save
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        _clear_leftovers(root)  # of a killed save
         tmp.mkdir()
         meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(step)}
         for file, obj in ((MODEL_FILE, model), (EMA_FILE, ema)):
@@ -150,18 +205,21 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
         if not isinstance(e, Exception):
             raise
         raise CheckpointError(f"failed to save checkpoint step {step} to {final}: {type(e).__name__}: "
-                              f"{e}. Older checkpoints in {root} were kept.") from e
+                              f"{e}.{_disk_full_hint(e, root)} Older checkpoints in {root} were kept.") from e
     shutil.rmtree(old, ignore_errors=True)
+    latest_tmp = root / f".latest.tmp-{pid}"
     try:
-        with open(root / f".latest.tmp-{pid}", "w", encoding="utf-8") as f:
+        with open(latest_tmp, "w", encoding="utf-8") as f:
             f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(root / f".latest.tmp-{pid}", root / LATEST_FILE)
+        os.replace(latest_tmp, root / LATEST_FILE)
         _fsync(root)
     except Exception as e:
+        latest_tmp.unlink(missing_ok=True)
         raise CheckpointError(f"checkpoint {final} was written but {root / LATEST_FILE} could not be "
-                              f"updated ({type(e).__name__}: {e}); it still names an older one") from e
+                              f"updated ({type(e).__name__}: {e}); it still names an older one."
+                              f"{_disk_full_hint(e, root)}") from e
     for p in ([p for p in _step_dirs(root) if p != final][keep - 1:] if keep > 0 else []):
         shutil.rmtree(p, ignore_errors=True)  # a leftover old checkpoint only costs disk
     return final
@@ -181,7 +239,7 @@ def _read_state(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     if st["format_version"] > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {st['format_version']}, newer than this "
                               f"ditlab reads ({CHECKPOINT_FORMAT_VERSION})")
-    return st
+    return CheckpointState(st, path)
 
 
 def _read_weights(path: Path, device="cpu") -> dict[str, torch.Tensor]:
@@ -227,7 +285,11 @@ def find_latest_checkpoint(run_dir) -> Path | None:
         if reason is None:
             return root / named
         bad[root / named] = reason
-    for folder in _step_dirs(root):
+    # An orphaned old copy stands in for its step (it is put back by the next save).
+    candidates = sorted([(int(_STEP_DIR.match(p.name).group(1)), p) for p in _step_dirs(root)] +
+                        [(int(_STEP_DIR.match(n).group(1)), p) for n, p in _orphaned_old_copies(root).items()],
+                        key=lambda c: c[0], reverse=True)
+    for _, folder in candidates:
         if folder in bad:
             continue
         if (reason := _validate(folder)) is None:
@@ -268,6 +330,32 @@ def _load_into(module: nn.Module, weights: dict, strict: bool, path: Path) -> No
                            strict=False)
 
 
+def _load_optimizer(optimizer, opt_state: dict) -> None:
+    """``optimizer.load_state_dict`` that keeps the loading optimizer's implementation.
+
+    torch copies every param-group setting from the file, so a GPU checkpoint (fused AdamW, lr a
+    device tensor) would make a CPU run's optimizer fused, and a CPU checkpoint would silently turn
+    a GPU run's fused AdamW into foreach (which ignores the ``found_inf`` the sync-free non-finite
+    guard relies on). The implementation flags and the lr's type stay as built; the lr value, the
+    hyperparameters and the moments come from the checkpoint.
+    """
+    own = [({k: g[k] for k in _OPTIMIZER_IMPL_KEYS if k in g}, g["lr"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(opt_state)
+    for group, (impl, lr) in zip(optimizer.param_groups, own):
+        group.update(impl)
+        value = float(group["lr"])
+        if isinstance(lr, torch.Tensor):  # keep the device tensor the training loop fills in place
+            lr.fill_(value)
+            group["lr"] = lr
+        else:
+            group["lr"] = value
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):  # fused/capturable keep the count on the device, else on the CPU
+                optimizer.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32)
+
+
 def load_checkpoint(path_or_run_dir, model: nn.Module | None = None, optimizer=None, ema=None,
                     map_location="cpu", strict: bool = True) -> dict:
     """Load a checkpoint folder (or a run dir's latest) into the given objects; return its state.
@@ -296,7 +384,7 @@ def load_checkpoint(path_or_run_dir, model: nn.Module | None = None, optimizer=N
         if opt_state is None:
             raise CheckpointError(f"{folder / STATE_FILE} has no optimizer state (saved with optimizer=None)")
         try:
-            optimizer.load_state_dict(opt_state)
+            _load_optimizer(optimizer, opt_state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"optimizer state in {folder / STATE_FILE} does not fit: {e}") from e
     st["checkpoint_dir"] = str(folder)
