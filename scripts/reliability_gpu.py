@@ -377,7 +377,7 @@ def check_checkpoint_gpu_to_cpu(device, work: Path) -> dict:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", _RESUME_ON_CPU, str(run_dir), str(ref)], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     details = {"gpu_exit_code": code, "saved_state_devices": saved_devices, "cpu_process_rc": proc.returncode}
     if proc.returncode != 0:
         return {**details, "stderr_tail": proc.stderr.strip().splitlines()[-5:], "passed": False}

@@ -115,14 +115,19 @@ def _sample(args, info) -> int:
     except KeyboardInterrupt:
         print(f"\nditlab: interrupted after {sum(done)} of {args.num} samples; nothing was written", file=sys.stderr)
         return 130
-    if info.enabled:  # rank order = sample order
-        parts = gather_objects(info, (images, labels))
-        if not info.is_main:
-            return 0
-        images = torch.cat([p[0] for p in parts])
-        labels = torch.cat([p[1] for p in parts]) if parts[0][1] is not None else None
-    nhwc = images.permute(0, 2, 3, 1).contiguous().numpy()
-    out = save_npz_images(args.out, nhwc, labels.numpy() if labels is not None else None)
+    try:
+        if info.enabled:  # rank order = sample order
+            parts = gather_objects(info, (images, labels))
+            if not info.is_main:
+                return 0
+            images = torch.cat([p[0] for p in parts])
+            labels = torch.cat([p[1] for p in parts]) if parts[0][1] is not None else None
+        nhwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+        out = save_npz_images(args.out, nhwc, labels.numpy() if labels is not None else None)  # atomic
+    except KeyboardInterrupt:
+        print(f"\nditlab: interrupted after all {sum(done)} samples of this process were generated, before "
+              f"{args.out} was written; nothing was written", file=sys.stderr)
+        return 130
     print(f"ditlab: wrote {len(nhwc)} samples ({sampler}, {steps} steps{f', path {path_name}' if path_name else ''}, "
           f"cfg {cfg_scale}"
           f"{f' in {cfg_interval}' if cfg_interval else ''}, seed {args.seed}, "
@@ -361,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"ditlab: error: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        # ditlab.train.checkpoint.CheckpointError (no valid checkpoint, a failed save), matched by name so
+        # that `ditlab --help` does not import torch.
+        if not any(c.__name__ == "CheckpointError" for c in type(err).__mro__):
+            raise
         print(f"ditlab: error: {err}", file=sys.stderr)
         return 1
 

@@ -6,7 +6,9 @@
 Weights live in safetensors so sampling never unpickles anything nor reads the (large) optimizer
 state; the rest is plain data in ``state.pt``, read back with ``torch.load(weights_only=True)``.
 A checkpoint is built in a hidden temp folder, renamed into place, and only then named by
-``latest``, so a crash or a full disk at any moment leaves the previous checkpoint loadable.
+``latest``, so a crash or a full disk at any moment leaves the previous checkpoint loadable. (Saving
+a step that exists moves the old copy aside first; if the saver dies right then, the old copy is
+what :func:`find_latest_checkpoint` returns and the next save puts it back.)
 Only one process (rank 0) should call :func:`save_checkpoint`.
 """
 from __future__ import annotations
@@ -339,21 +341,23 @@ def _load_optimizer(optimizer, opt_state: dict) -> None:
     guard relies on). The implementation flags and the lr's type stay as built; the lr value, the
     hyperparameters and the moments come from the checkpoint.
     """
-    own = [({k: g[k] for k in _OPTIMIZER_IMPL_KEYS if k in g}, g["lr"]) for g in optimizer.param_groups]
+    if not isinstance(optimizer, torch.optim.Optimizer):  # some other object with a state_dict
+        optimizer.load_state_dict(opt_state)
+        return
+    own = [({k: g[k] for k in _OPTIMIZER_IMPL_KEYS if k in g}, g.get("lr")) for g in optimizer.param_groups]
     optimizer.load_state_dict(opt_state)
     for group, (impl, lr) in zip(optimizer.param_groups, own):
         group.update(impl)
-        value = float(group["lr"])
         if isinstance(lr, torch.Tensor):  # keep the device tensor the training loop fills in place
-            lr.fill_(value)
+            lr.fill_(float(group["lr"]))
             group["lr"] = lr
-        else:
-            group["lr"] = value
+        elif isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
         on_device = bool(group.get("fused") or group.get("capturable"))
         for p in group["params"]:
             step = optimizer.state.get(p, {}).get("step")
-            if isinstance(step, torch.Tensor):  # fused/capturable keep the count on the device, else on the CPU
-                optimizer.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32)
+            if isinstance(step, torch.Tensor):  # fused/capturable count on the device (fp32), the others on the CPU
+                optimizer.state[p]["step"] = step.to(p.device, torch.float32) if on_device else step.to("cpu")
 
 
 def load_checkpoint(path_or_run_dir, model: nn.Module | None = None, optimizer=None, ema=None,
