@@ -215,7 +215,7 @@ def test_dummy_pretraining_then_conditional_finetuning_loads_every_weight(tmp_pa
                    progress=False).run() == 0
     stage2 = Trainer(load_config(None, common + [f"train.init_from={stage1}", "optim.lr=1e-5",
                                                  f"train.run_dir={tmp_path / 'ft'}"]), progress=False)
-    assert stage2.init_report == {"missing": [], "unexpected": []}  # same layout: nothing new, nothing lost
+    assert stage2.init_report == {"missing": [], "unexpected": [], "widened": [], "fresh": []}  # same layout
     assert stage2.run() == 0
 
 

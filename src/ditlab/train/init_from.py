@@ -1,25 +1,65 @@
-"""Two-stage training: start a model from another run's weights."""
+"""Two-stage training: start a model from another run's weights.
+
+What the loaded model lacks starts so that the new model behaves as the loaded one at step 0 and
+every new part still learns from step one:
+
+- a new condition stream's patch embedding, its learned null and a new output head: zero (one
+  linear layer each: its gradient does not need the others to be non-zero);
+- a new cross-attention pathway (the loaded model had no context set): its attention keeps the
+  fresh initialisation, and the block's adaLN grows from 6 to 9 chunks with the old 6 copied and the
+  new 3 (shift, scale, gate of the cross-attention) zero. The zero *gate* silences the pathway while
+  the gate itself gets a gradient (from the random pathway's output); zeroing the pathway's weights
+  as well would leave gate and weights with zero gradient for ever.
+"""
 from __future__ import annotations
 
 import torch
 
 from ditlab.train.checkpoint import load_weights
 
+# Missing parameters under these names keep their fresh initialisation (see the module docstring).
+_FRESH_INIT = (".cross_attn.", ".norm_cross.", "null_context")
+
+
+def _widened_adaln(name: str, loaded: torch.Tensor, own: torch.Tensor) -> bool:
+    """A block's adaLN that gained chunks (6 -> 9 with cross-attention): the old rows lead."""
+    return (name.endswith(("adaLN.weight", "adaLN.bias")) and loaded.dim() == own.dim()
+            and loaded.shape[1:] == own.shape[1:] and loaded.shape[0] < own.shape[0])
+
 
 def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
-    """Load matching weights from another run; zero the parameters it lacks; report both key lists."""
+    """Load matching weights from another run; start what it lacks as described above; report it."""
     weights = load_weights(source, which=which)
     own = model.state_dict()
+    widened = {k for k, v in weights.items() if k in own and v.shape != own[k].shape
+               and _widened_adaln(k, v, own[k])}
     mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items()
-                  if k in own and v.shape != own[k].shape}
+                  if k in own and v.shape != own[k].shape and k not in widened}
     if mismatched:
         listing = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in mismatched.items())
         raise ValueError(f"train.init_from={source}: shapes differ for {listing}")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = model.load_state_dict({k: v for k, v in weights.items() if k not in widened},
+                                                strict=False)
+    missing = [k for k in missing if k not in widened]
+    params = dict(model.named_parameters())
+    fresh, zeroed = [], []
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in missing:
-                p.zero_()  # a new pathway starts silent: the loaded model's behaviour is the starting point
-    print(f"ditlab: initialised from {source} ({which} weights): {len(weights) - len(unexpected)} tensors loaded; "
-          f"new, zero-initialised: {sorted(missing) or 'none'}; not used: {sorted(unexpected) or 'none'}", flush=True)
-    return {"missing": sorted(missing), "unexpected": sorted(unexpected)}
+        for name in widened:
+            p, old = params[name], weights[name].to(params[name].dtype)
+            p.zero_()
+            p[: old.shape[0]] = old
+        for name in missing:
+            if name not in params:
+                continue  # a buffer: built from the config
+            if any(tag in f".{name}" for tag in _FRESH_INIT):
+                fresh.append(name)
+            else:
+                params[name].zero_()
+                zeroed.append(name)
+    print(f"ditlab: initialised from {source} ({which} weights): {len(weights) - len(unexpected)} tensors loaded"
+          f"{f'; widened (old rows kept, new rows zero): {sorted(widened)}' if widened else ''}; "
+          f"new, zero-initialised: {sorted(zeroed) or 'none'}"
+          f"{f'; new, freshly initialised behind a zero gate: {sorted(fresh)}' if fresh else ''}; "
+          f"not used: {sorted(unexpected) or 'none'}", flush=True)
+    return {"missing": sorted(missing), "unexpected": sorted(unexpected), "widened": sorted(widened),
+            "fresh": sorted(fresh)}
