@@ -156,6 +156,7 @@ def cmd_report(args) -> int:
 
 def cmd_bench_train(args) -> int:
     import json
+    import os
     import tempfile
 
     from ditlab.bench import bench_train
@@ -164,7 +165,9 @@ def cmd_bench_train(args) -> int:
     # A scratch run directory unless the overrides name one: a benchmark leaves no run behind.
     overrides = [f"train.run_dir={tempfile.mkdtemp(prefix='ditlab-bench-')}"] + list(args.overrides)
     cfg = load_config(resolve_config_path(args.config), overrides)
-    print(json.dumps(bench_train(cfg, args.warmup, args.steps, args.repeats)))
+    result = bench_train(cfg, args.warmup, args.steps, args.repeats)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
+        print(json.dumps(result))
     return 0
 
 

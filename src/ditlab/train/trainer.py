@@ -185,7 +185,7 @@ class Trainer:
             raise ValueError(f"cannot resume {self.run_dir}: these settings change the model ({listing}); "
                              "start a new train.run_dir or use the saved values")
         for k, (a, b) in changes.items():
-            print(f"ditlab: warning: resuming with {k} changed from {a!r} to {b!r}", flush=True)
+            self._say(f"ditlab: warning: resuming with {k} changed from {a!r} to {b!r}")
 
     # ---- one step -----------------------------------------------------------------------------
     def _loss(self, idx: torch.Tensor) -> torch.Tensor:
