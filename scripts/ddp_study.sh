@@ -16,7 +16,7 @@ if [ -z "${SKIP_ONE_GPU_BENCH:-}" ]; then
 fi
 timeout 200 $trun $b --batch 512 > "$out/bench_2gpu.jsonl" 2> "$out/bench_2gpu.err"; echo "bench 2 GPUs: $?"
 if [ -n "${DDP_VARIANTS:-}" ]; then  # what the 1.85x of the first measurement loses: graph cuts or the all-reduce
-  for v in "train.ddp_split_graph=false" "train.ddp_bucket_mb=100"; do
+  for v in "train.ddp_split_graph=false" "train.ddp_bucket_mb=100" "train.ddp_compile=step"; do
     timeout 200 $trun $b --batch 512 "$v" >> "$out/bench_2gpu_variants.jsonl" 2>> "$out/bench_2gpu.err"
     echo "bench 2 GPUs $v: $?"
   done

@@ -244,6 +244,9 @@ class TrainConfig:
     # fusion across the cuts; not splitting leaves the all-reduce after the backward (docs/distributed.md).
     ddp_bucket_mb: float = 25.0
     ddp_split_graph: bool = True
+    # What torch.compile wraps under DDP: "module" the DDP module (batch gather, noising and loss run
+    # eagerly), "step" the whole loss with DDP inside, as on one GPU.
+    ddp_compile: Literal["module", "step"] = "module"
     log_every: int = 100
     sample_every: int = 5000  # sample-grid PNG; 0 disables
     ckpt_every: int = 5000

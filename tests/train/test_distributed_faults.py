@@ -33,14 +33,14 @@ def _cfg(data, run_dir, *extra):
         "train.ckpt_every=1000", f"train.run_dir={run_dir}", "train.steps=30", "ema.decay=0.9", *extra])
 
 
-def _worker(rank, world, port, data, run_dir, fault, results):
+def _worker(rank, world, port, data, run_dir, fault, results, extra=()):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from ditlab.train.distributed import shutdown
     from ditlab.train.trainer import Trainer
 
-    trainer = Trainer(_cfg(data, run_dir), progress=False)
+    trainer = Trainer(_cfg(data, run_dir, *extra), progress=False)
     if rank == 1 and fault:
         inner = trainer.train_step
 
@@ -57,30 +57,31 @@ def _worker(rank, world, port, data, run_dir, fault, results):
     try:
         code = trainer.run()
         ema = torch.cat([p.detach().flatten() for p in trainer.ema.module.parameters()])
+        params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
         names = list(trainer.ema.module.state_dict())
-        results[rank] = (code, trainer.step, ema, names)
+        results[rank] = (code, trainer.step, ema, names, params)
     finally:
         shutdown(trainer.dist)
 
 
-def _run_two(tmp_path, fault):
+def _run_two(tmp_path, fault, extra=(), timeout_s=TIMEOUT_S):
     data = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
     np.savez(data, images=rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8), labels=np.arange(32) % 4)
     results = mp.Manager().dict()
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(data), str(tmp_path / "run"), fault, results),
-                             nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(data), str(tmp_path / "run"), fault, results,
+                                            tuple(extra)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=0.5):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail(f"DDP with a {fault or 'no'} fault on one rank did not finish within {TIMEOUT_S} s (a hang)")
+            pytest.fail(f"DDP with a {fault or 'no'} fault on one rank did not finish within {timeout_s} s (a hang)")
     return results[0], results[1]
 
 
 def test_ema_is_equal_on_all_ranks_and_unprefixed(tmp_path):
-    (c0, s0, ema0, names0), (c1, s1, ema1, _) = _run_two(tmp_path, None)
+    (c0, s0, ema0, names0, _), (c1, s1, ema1, *_) = _run_two(tmp_path, None)
     assert c0 == c1 == 0 and s0 == s1 == 30
     assert torch.equal(ema0, ema1)
     assert not any(n.startswith(("module.", "_orig_mod.")) for n in names0)
@@ -100,3 +101,13 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
 
     latest = find_latest_checkpoint(tmp_path / "run")
     assert latest is not None and latest.name == f"step_{s0:08d}"  # rank 0 saved at the agreed step
+
+
+@pytest.mark.parametrize("mode", ["module", "step"])
+def test_compiled_ddp_keeps_the_ranks_in_step(tmp_path, mode):
+    """torch.compile around DDP (train.ddp_compile=module) or around the whole loss with DDP inside
+    (step): the gradients are still all-reduced, so both ranks hold the same weights."""
+    extra = ["train.compile=true", f"train.ddp_compile={mode}", "train.steps=3"]
+    (c0, s0, _, _, p0), (c1, s1, _, _, p1) = _run_two(tmp_path, None, extra, timeout_s=240)
+    assert c0 == c1 == 0 and s0 == s1 == 3
+    assert torch.equal(p0, p1)

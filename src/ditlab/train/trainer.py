@@ -108,10 +108,13 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 bucket_cap_mb=cfg.train.ddp_bucket_mb)
-            if cfg.train.compile:  # compile DDP itself: dynamo splits the graph at the gradient buckets, so
-                # the all-reduce overlaps the backward (the documented DDP + torch.compile pattern)
+            if cfg.train.compile:  # dynamo splits the graph at the gradient buckets (unless told not to), so
+                # the all-reduce overlaps the backward
                 torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graph
-                self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
+                if cfg.train.ddp_compile == "module":  # the documented DDP + torch.compile pattern
+                    self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
+                else:
+                    self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
         elif cfg.train.compile:
             self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
         self.task = build_task(cfg, self.train_model, self.objective)
