@@ -38,6 +38,9 @@ def main():
             result = bench_train(cfg, args.warmup, args.steps, args.repeats)
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
                 print(json.dumps(result), flush=True)
+    from ditlab.train.distributed import SINGLE, init_distributed, shutdown
+
+    shutdown(init_distributed() if os.environ.get("WORLD_SIZE", "1") != "1" else SINGLE)  # leave the group cleanly
 
 
 if __name__ == "__main__":
