@@ -8,7 +8,7 @@
 set -uo pipefail
 data=$1 inception=$2 out=$3
 mkdir -p "$out"
-run=${RUN_DIR:-/tmp/ditlab-ddp-run}
+run=${RUN_DIR:-$(mktemp -d)/run}
 trun="torchrun --nproc_per_node=2 --standalone"  # a command, not a function: `timeout` runs it
 b="scripts/bench_train.py --arch DiT-B/2 --compile yes --repeats 3 --steps 20 --warmup 15 train.nan_check=log"
 if [ -z "${SKIP_ONE_GPU_BENCH:-}" ]; then
