@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 
 from ditlab.cli import main
 
-from tests.eval.conftest import standin_path  # noqa: F401  (a fixture)
 from tests.eval.helpers import random_images, write_zip
 
 TINY = [

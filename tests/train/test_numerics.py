@@ -16,7 +16,6 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -30,18 +29,6 @@ from ditlab.train.trainer import Trainer
 
 EXTREME_T = (0.0, 1e-6, 1.0 - 1e-6, 1.0)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """64 images 16x16 in 4 colour classes (the same recipe as tests/train/test_trainer.py)."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(64) % 4
-    colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220], [220, 220, 40]])
-    images = colours[labels][:, None, None, :] + rng.normal(0, 20, (64, 16, 16, 3))
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, images=np.clip(images, 0, 255).astype(np.uint8), labels=labels)
-    return str(path)
 
 
 def tiny_cfg(data, run_dir, *extra):

@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.serialization
@@ -71,15 +70,9 @@ TINY = ("model.hidden_size=32", "model.depth=2", "model.num_heads=2", "model.num
 
 # ---- helpers ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    """64 images 16x16 in 4 colour classes (the recipe of tests/train/test_trainer.py)."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(64) % 4
-    colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220], [220, 220, 40]])
-    images = colours[labels][:, None, None, :] + rng.normal(0, 20, (64, 16, 16, 3))
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, images=np.clip(images, 0, 255).astype(np.uint8), labels=labels)
-    return str(path)
+def data(tiny_data) -> str:
+    """The 64 colour-class images of tests/train/conftest.py."""
+    return tiny_data
 
 
 def overrides(data: str, run_dir: Path, steps: int, *extra: str) -> list[str]:

@@ -180,18 +180,18 @@ def _cmd_score(args, samples: str) -> int:
         raise ValueError("ditlab fid SAMPLES needs --ref STATS.npz or --ref DATASET")
     if args.out:
         raise ValueError("--out belongs to `ditlab fid ref DATASET --out STATS.npz`; use --json for the result")
-    from ditlab.train.distributed import gather_objects, init_distributed, local_device, rank_slice, shutdown
+    from ditlab.train.distributed import init_distributed, shutdown
 
     _check_batch_size(args)
     # Under torchrun every rank extracts the features of its share of the samples; rank 0 scores.
     info = init_distributed(args.device)
     try:
-        return _score(args, samples, info, gather_objects, local_device, rank_slice)
+        return _score(args, samples, info)
     finally:
         shutdown(info)
 
 
-def _score(args, samples: str, info, gather_objects, local_device, rank_slice) -> int:
+def _score(args, samples: str, info) -> int:
     import numpy as np
 
     from ditlab.devices import resolve_device
@@ -199,6 +199,7 @@ def _score(args, samples: str, info, gather_objects, local_device, rank_slice) -
     from ditlab.eval.inception import file_sha256, load_inception
     from ditlab.eval.reference import compute_reference
     from ditlab.eval.stats import FeatureStats, frechet_distance, is_stats_file, kid, load_stats_and_features
+    from ditlab.train.distributed import gather_objects, local_device, rank_slice
 
     progress = not args.no_progress and info.is_main
     device = local_device(info, args.device) or resolve_device(args.device, setting="--device")
