@@ -16,11 +16,13 @@ if [ -z "${SKIP_ONE_GPU_BENCH:-}" ]; then
 fi
 timeout 200 $trun $b --batch 512 > "$out/bench_2gpu.jsonl" 2> "$out/bench_2gpu.err"; echo "bench 2 GPUs: $?"
 if [ -n "${DDP_VARIANTS:-}" ]; then  # what the 1.85x of the first measurement loses: graph cuts or the all-reduce
-  for v in "train.ddp_split_graph=false" "train.ddp_bucket_mb=100" "train.ddp_compile=step"; do
-    timeout 200 $trun $b --batch 512 "$v" >> "$out/bench_2gpu_variants.jsonl" 2>> "$out/bench_2gpu.err"
+  variants=${DDP_VARIANT_LIST:-"train.ddp_split_graph=false train.ddp_bucket_mb=100 train.ddp_compile=step train.ddp_grad_as_bucket_view=true train.ddp_comm_hook=bf16"}
+  for v in $variants; do  # each word one setting; join several with a comma, e.g. a=1,b=2
+    timeout 200 $trun $b --batch 512 ${v//,/ } >> "$out/bench_2gpu_variants.jsonl" 2>> "$out/bench_2gpu.err"
     echo "bench 2 GPUs $v: $?"
   done
 fi
+[ -n "${BENCH_ONLY:-}" ] && { cat "$out"/bench_*.jsonl; exit 0; }
 rm -rf "$run"
 timeout 200 $trun -m ditlab train configs/cifar10_speedrun.yaml data.path="$data" train.run_dir="$run" \
   train.time_limit=60 train.log_every=100 --no-progress > "$out/train.log" 2>&1; echo "train (2 GPUs): $?"

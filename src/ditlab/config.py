@@ -247,6 +247,11 @@ class TrainConfig:
     # What torch.compile wraps under DDP: "module" the DDP module (batch gather, noising and loss run
     # eagerly), "step" the whole loss with DDP inside, as on one GPU.
     ddp_compile: Literal["module", "step"] = "module"
+    # Gradient all-reduce in bf16 (PyTorch's bf16_compress_hook: half the bytes on the wire, the
+    # averaged gradient rounded to bf16 before the fp32 optimizer step) or in fp32 ("none").
+    ddp_comm_hook: Literal["none", "bf16"] = "none"
+    # Gradients as views into DDP's buckets (no copy in and out of the buckets each step).
+    ddp_grad_as_bucket_view: bool = False
     log_every: int = 100
     sample_every: int = 5000  # sample-grid PNG; 0 disables
     ckpt_every: int = 5000

@@ -111,3 +111,22 @@ def test_compiled_ddp_keeps_the_ranks_in_step(tmp_path, mode):
     (c0, s0, _, _, p0), (c1, s1, _, _, p1) = _run_two(tmp_path, None, extra, timeout_s=240)
     assert c0 == c1 == 0 and s0 == s1 == 3
     assert torch.equal(p0, p1)
+
+
+
+def test_gradients_as_bucket_views_change_nothing(tmp_path):
+    """train.ddp_grad_as_bucket_view only removes the copies in and out of DDP's buckets."""
+    def weights(name, *extra):
+        (tmp_path / name).mkdir()
+        (c0, s0, _, _, p0), (c1, s1, _, _, p1) = _run_two(tmp_path / name, None, ["train.steps=5", *extra])
+        assert c0 == c1 == 0 and s0 == s1 == 5
+        assert torch.equal(p0, p1), f"ranks disagree with {extra}"
+        return p0
+
+    assert torch.equal(weights("views", "train.ddp_grad_as_bucket_view=true"), weights("plain"))
+
+
+def test_bf16_all_reduce_off_cuda_is_a_clear_error(tmp_path):
+    """PyTorch's bf16 compression hook needs NCCL; on gloo the run must say so up front."""
+    with pytest.raises(Exception, match="ddp_comm_hook=bf16 needs CUDA"):
+        _run_two(tmp_path, None, ["train.ddp_comm_hook=bf16"])

@@ -107,7 +107,13 @@ class Trainer:
             # find_unused_parameters stays False: dropped conditions are chosen with torch.where.
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                bucket_cap_mb=cfg.train.ddp_bucket_mb)
+                bucket_cap_mb=cfg.train.ddp_bucket_mb, gradient_as_bucket_view=cfg.train.ddp_grad_as_bucket_view)
+            if cfg.train.ddp_comm_hook == "bf16":
+                if self.device.type != "cuda":
+                    raise ValueError("train.ddp_comm_hook=bf16 needs CUDA GPUs (NCCL); use 'none' on "
+                                     f"{self.device.type}")
+                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+                self.train_model.register_comm_hook(None, bf16_compress_hook)
             if cfg.train.compile:  # dynamo splits the graph at the gradient buckets (unless told not to), so
                 # the all-reduce overlaps the backward
                 torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graph
