@@ -44,6 +44,8 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--kernels", default=None, help="also write every GPU kernel (ms per step, calls per step) "
+                   "as JSON lines to this file")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     data = write_random_npz()
@@ -60,12 +62,18 @@ def main():
             trainer.train_step()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / args.steps
-    by_cat, by_kernel = defaultdict(float), defaultdict(float)
+    by_cat, by_kernel, every = defaultdict(float), defaultdict(float), []
     for evt in prof.key_averages():
         if evt.device_type == torch.autograd.DeviceType.CUDA and evt.self_device_time_total > 0:
             ms = evt.self_device_time_total / 1000 / args.steps
             by_cat[categorize(evt.key)] += ms
             by_kernel[evt.key[:90]] += ms
+            every.append({"kernel": evt.key, "category": categorize(evt.key), "ms_per_step": round(ms, 4),
+                          "calls_per_step": evt.count / args.steps})
+    if args.kernels:
+        with open(args.kernels, "w") as f:
+            for row in sorted(every, key=lambda r: -r["ms_per_step"]):
+                f.write(json.dumps(row) + "\n")
     top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:25]
     print(json.dumps({"arch": args.arch, "overrides": args.overrides, "wall_ms_per_step": round(wall * 1e3, 2),
                       "gpu_ms_per_step": round(sum(by_cat.values()), 2),
