@@ -26,8 +26,8 @@ Items:
 * 16: 20 training steps with timesteps 0, 1e-6, 1 - 1e-6 and 1 under bf16 autocast (no
   GradScaler) and under fp16 with the GradScaler: every loss and parameter finite.
 * 17: ``torch.use_deterministic_algorithms(True)``: two runs are bitwise equal, or the first
-  non-deterministic op raises an error that says so (ditlab has no ``train.deterministic`` switch
-  yet, so the check sets the torch flag itself; see the report of issue 7).
+  non-deterministic op raises an error that says so (the check sets the torch flag itself, the
+  switch that ``train.deterministic=true`` turns on).
 * 18: ``torch.compile`` of the model over 12 context lengths builds at most 2 graphs (the static
   first shape, then one dynamic graph) and matches eager.
 
