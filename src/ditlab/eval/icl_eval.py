@@ -115,9 +115,17 @@ def verdict(noisy: bool, errors: dict, bayes_error: np.ndarray, coverage: Option
             out["coverage_within_3_points"] = bool(np.all(np.abs(dev) <= COVERAGE_TOL))
             out["worst_coverage_deviation"] = float(dev.flat[np.nanargmax(np.abs(dev))])
     else:
-        dev = model - bayes.noiseless_error_curve(d, len(model))
+        # The target is the model's *expected* error against (1 - k/d)+, the Bayes predictor's expected
+        # error. On a finite prompt set both errors carry the same prompt-to-prompt noise (at k = 0 the
+        # Bayes error of 500 prompts is off (1 - k/d)+ by several hundredths by itself), so the paired
+        # (control-variate) estimate model - Bayes(these prompts) + (1 - k/d)+ is the one tested; the
+        # raw deviation is reported beside it.
+        curve = bayes.noiseless_error_curve(d, len(model))
+        dev = model - bayes_error
+        raw = model - curve
         out = {"error_follows_1_minus_k_over_d": bool(np.all(np.abs(dev) <= NOISELESS_TOL)),
-               "worst_error_deviation": float(dev[np.argmax(np.abs(dev))])}
+               "worst_error_deviation": float(dev[np.argmax(np.abs(dev))]),
+               "worst_raw_deviation_from_1_minus_k_over_d": float(raw[np.argmax(np.abs(raw))])}
     out["pass"] = all(v for k, v in out.items() if isinstance(v, bool))
     return out
 
