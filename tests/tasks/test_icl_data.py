@@ -27,12 +27,14 @@ def test_inactive_coordinates_are_zero():
     torch.testing.assert_close(p.y, torch.einsum("bnd,bd->bn", p.x[..., :2], p.w[:, :2]))
 
 
-def test_curriculum_grows_with_the_step_and_batch_advances_it():
+def test_curriculum_grows_with_the_step_and_advance_moves_it():
     cfg = ICLConfig(d=5, n_points=11, d_start=2, points_start=5, d_inc=1, points_inc=2, curriculum_every=3)
     data = ICLTrainData(cfg)
     seen = []
     for _ in range(12):
         b = data.batch(torch.arange(4))
+        assert int(data.step) == len(seen)  # batch() leaves the clock alone (it runs inside the compiled step)
+        data.advance()
         active_d = int((b["x"][0] != 0).any(0).sum())
         seen.append((active_d, int(b["point_mask"][0].sum())))
     assert seen[:3] == [(2, 5)] * 3 and seen[3:6] == [(3, 7)] * 3 and seen[9:] == [(5, 11)] * 3

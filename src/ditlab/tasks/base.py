@@ -11,7 +11,9 @@ A task kind (image, superres, and every later one: scenes, in-context regression
   as the run's sample grid: ``(uint8 images (N, 3, H, W), images per row or None)``, or None for a
   task with nothing to draw.
 - ``TrainData.set_step(step)``, optional, tells data whose batches depend on the training step (a
-  curriculum) the step the run starts from, 0 or that of the checkpoint it resumes.
+  curriculum) the step the run starts from, 0 or that of the checkpoint it resumes; such data also
+  has ``advance()``, which the trainer calls after every step *outside* the compiled region (a
+  tensor mutated inside it makes Inductor skip CUDA graphs for that graph).
 - ``TrainData.info`` is JSON written to ``RUN/model.json``; ``build_model(cfg, info)`` must rebuild
   the network from it (``ditlab sample`` and evaluation do so without reading the data again).
 """

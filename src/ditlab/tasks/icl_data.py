@@ -91,6 +91,11 @@ class ICLTrainData:
         """Called by the trainer before the first step (a resumed run starts mid-curriculum)."""
         self.step.fill_(step)
 
+    def advance(self) -> None:
+        """One optimizer step taken. Called by the trainer outside the compiled step: mutating the
+        clock inside it made Inductor skip CUDA graphs (train.compile_mode=reduce-overhead)."""
+        self.step.add_(1)
+
     def active(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(active dimension, active number of points) at the current step, as device tensors."""
         c = self.icl
@@ -101,7 +106,6 @@ class ICLTrainData:
         c = self.icl
         active_d, active_points = self.active()
         p = draw_prompts(idx.shape[0], c.n_points, c.d, c.tau, c.sigma, active_d=active_d, device=idx.device)
-        self.step.add_(1)
         point_mask = (torch.arange(c.n_points, device=idx.device) < active_points).expand(idx.shape[0], -1)
         return {"x": p.x, "y": p.y * y_scale(c.tau, active_d), "point_mask": point_mask}
 

@@ -133,6 +133,7 @@ class Trainer:
         self._prepare_run_dir(resume, latest)
         if hasattr(self.data, "set_step"):  # data whose batches depend on the step (a curriculum)
             self.data.set_step(self.step)
+        self._advance_data = getattr(self.data, "advance", None)
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main)  # rank 0 writes
         if self.step and self.dist.is_main:
             self.logger.truncate_after(self.step)
@@ -260,6 +261,8 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self._advance_data is not None:
+            self._advance_data()
         if self.step % self.cfg.ema.every == 0:
             self.ema.update(self.model, self.step, hold=hold)
         return loss.detach(), gnorm.detach()
