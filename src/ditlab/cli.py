@@ -55,13 +55,12 @@ def _sample(args, info) -> int:
     import torch
     from tqdm import tqdm
 
-    from ditlab.devices import resolve_device
     from ditlab.imageio import save_image_grid, save_npz_images
     from ditlab.runs import load_run
     from ditlab.sampling import generate, sampling_autocast
-    from ditlab.train.distributed import gather_objects, local_device, rank_slice
+    from ditlab.train.distributed import gather_objects, rank_device, rank_slice
 
-    device = local_device(info, args.device) or resolve_device(args.device)
+    device = rank_device(info, args.device, setting="--device")
     run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device)
     if run.cfg.task.kind == "scene":
         raise ValueError(f"{args.run_dir} is a scene run (point sets, not images): use `ditlab scene eval RUN`")

@@ -194,15 +194,14 @@ def _cmd_score(args, samples: str) -> int:
 def _score(args, samples: str, info) -> int:
     import numpy as np
 
-    from ditlab.devices import resolve_device
     from ditlab.eval.features import extract_features, shard_rows
     from ditlab.eval.inception import file_sha256, load_inception
     from ditlab.eval.reference import compute_reference
     from ditlab.eval.stats import FeatureStats, frechet_distance, is_stats_file, kid, load_stats_and_features
-    from ditlab.train.distributed import gather_objects, local_device, rank_slice
+    from ditlab.train.distributed import gather_objects, rank_device, rank_slice
 
     progress = not args.no_progress and info.is_main
-    device = local_device(info, args.device) or resolve_device(args.device, setting="--device")
+    device = rank_device(info, args.device, setting="--device")
 
     # Cheap checks first: a bad samples file or reference fails before the network loads.
     images, n_images = _load_samples(samples, progress)

@@ -75,6 +75,14 @@ def local_device(info: DistInfo, device: str) -> torch.device | None:
     return torch.device("cuda", info.local_rank)
 
 
+def rank_device(info: DistInfo, device: str, setting: str = "train.device") -> torch.device:
+    """This process's device: cuda:LOCAL_RANK under torchrun on GPUs, else ``device`` resolved as
+    usual (``setting`` names the config key or flag in errors)."""
+    from ditlab.devices import resolve_device
+
+    return local_device(info, device) or resolve_device(device, setting=setting)
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

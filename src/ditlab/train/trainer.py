@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from ditlab.config import Config
 from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dict
-from ditlab.devices import resolve_device
 from ditlab.diffusion.objectives import build_objective
 from ditlab.imageio import save_image_grid
 from ditlab.tasks.factory import build_model, build_task, build_train_data, task_kind
@@ -29,8 +28,8 @@ from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, 
                                      restore_rng_state, save_checkpoint)
 from ditlab.train.clock import TrainingClock
 from ditlab.train.data_order import EpochSampler
-from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_distributed, local_device,
-                                      mean_over_ranks, per_rank_seed, rank_slice)
+from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_distributed, mean_over_ranks,
+                                      per_rank_seed, rank_device, rank_slice)
 from ditlab.train.init_from import init_from
 from ditlab.train.ema import EMA
 from ditlab.train.log import RunLogger
@@ -76,7 +75,7 @@ class Trainer:
                              f"{self.dist.world_size} processes")
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
         self.data = build_train_data(cfg, self.progress)
-        self.device = local_device(self.dist, cfg.train.device) or resolve_device(cfg.train.device)
+        self.device = rank_device(self.dist, cfg.train.device)
         if cfg.train.deterministic:
             enable_determinism()
         if self.device.type == "cuda":
