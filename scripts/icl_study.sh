@@ -14,11 +14,14 @@ train)
   limit=${3:-450}
   mkdir -p "$runs"
   common="train.time_limit=$limit --no-progress"
+  # d = 20 in a time budget: the compressed curriculum these runs were measured with (BENCHMARKS.md);
+  # configs/icl.yaml itself now asks for Garg et al.'s slower one over 100k steps (scripts/icl_long.sh).
+  short="icl.curriculum_every=500 train.steps=20000"
   small="train.device=cuda train.batch_size=512 train.steps=60000 train.ckpt_every=5000 train.log_every=500"
-  timeout $((limit + 120)) $d train configs/icl.yaml train.run_dir="$runs/icl" $common > "$runs/icl.log" 2>&1 &
-  timeout $((limit + 120)) $d train configs/icl.yaml icl.objective=mse train.run_dir="$runs/icl_mse" $common \
+  timeout $((limit + 120)) $d train configs/icl.yaml $short train.run_dir="$runs/icl" $common > "$runs/icl.log" 2>&1 &
+  timeout $((limit + 120)) $d train configs/icl.yaml $short icl.objective=mse train.run_dir="$runs/icl_mse" $common \
     > "$runs/icl_mse.log" 2>&1 &
-  timeout $((limit + 120)) $d train configs/icl_noiseless.yaml train.run_dir="$runs/icl_noiseless" $common \
+  timeout $((limit + 120)) $d train configs/icl_noiseless.yaml $short train.run_dir="$runs/icl_noiseless" $common \
     > "$runs/icl_noiseless.log" 2>&1 &
   timeout $((limit + 120)) $d train configs/icl_small.yaml $small train.run_dir="$runs/icl_small" $common \
     > "$runs/icl_small.log" 2>&1 &
