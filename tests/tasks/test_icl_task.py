@@ -91,6 +91,24 @@ def test_sample_queries_shapes():
     assert out.shape == (3, 4, N) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_sampling_with_the_cached_context_equals_the_full_forward(method):
+    """task.denoiser() caches the clean context once per batch (DiT.prefix_cache); the samples must be
+    those of the plain 3N-token forward at every step, drawn from the same noise."""
+    task = ICLDiffusionTask(random_model(), objective())
+    x, y = torch.randn(3, N, D), torch.randn(3, N)
+    cached = task.denoiser()
+    assert hasattr(cached, "with_prefix")
+
+    def full(xs, t):  # no with_prefix: sample_queries runs every step over all 3N tokens
+        return cached(xs, t)
+
+    runs = [sample_queries(fn, x, y, 4, task.objective.schedule, torch.Generator().manual_seed(0), method=method,
+                           steps=8) for fn in (cached, full)]
+    assert torch.allclose(runs[0], runs[1], atol=1e-4, rtol=1e-4)
+    assert runs[0].std() > 0.1
+
+
 def exact_denoiser(schedule, tau, sigma):
     """The exact E[y0 | y_t] of every query, from the context the streams themselves carry."""
     cache = {}

@@ -99,7 +99,14 @@ class Attention(nn.Module):
         context: Optional[torch.Tensor] = None,  # (B, M, Dc) for cross-attention
         mask: Optional[torch.Tensor] = None,  # bool (B, M) or (B, N, M), True = keep
         rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # (cos, sin), each (N, hd/2)
-    ) -> torch.Tensor:
+        kv_prefix: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # cached (k, v), each (B, H, P, hd)
+        return_kv: bool = False,
+    ):
+        """(B, N, D); with ``return_kv`` also this call's keys and values (after norm and rotation).
+
+        ``kv_prefix`` are the keys and values of P earlier tokens (a cache: ditlab.models.dit's
+        prefix caching), placed before this call's own; ``mask`` then has P + N key columns.
+        """
         B, N, D = x.shape
         if self.is_cross:
             if context is None:
@@ -112,6 +119,11 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None and not self.is_cross:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_prefix is not None:
+            if self.is_cross:
+                raise ValueError("kv_prefix is for self-attention; cross-attention keys come from the context")
+            k, v = torch.cat([kv_prefix[0], k], dim=2), torch.cat([kv_prefix[1], v], dim=2)
+        kv = (k, v)
 
         attn_mask = None
         query_alive = None  # (B, N) queries with at least one visible key
@@ -131,4 +143,4 @@ class Attention(nn.Module):
         if query_alive is not None:
             # Exactly zero (not the projection bias): the residual stream passes through untouched.
             out = out * query_alive[..., None].to(out.dtype)
-        return out
+        return (out, kv) if return_kv else out

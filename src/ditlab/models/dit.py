@@ -143,18 +143,23 @@ class DiTBlock(nn.Module):
         self.num_mod = 9 if self.has_cross else 6
         self.adaLN = nn.Linear(dim, self.num_mod * dim)
 
-    def forward(self, x, c, index, mask, rope, context, context_mask):
-        # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None
+    def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False):
+        # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None.
+        # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
         mod = self.adaLN(c)  # (B, G, num_mod * D)
         if index is not None:
             mod = mod[:, index]  # (B, N, num_mod * D)
         mods = mod.chunk(self.num_mod, dim=-1)
-        x = x + mods[2] * self.attn(modulate(self.norm1(x), mods[0], mods[1]), mask=mask, rope=rope)
+        a = self.attn(modulate(self.norm1(x), mods[0], mods[1]), mask=mask, rope=rope, kv_prefix=kv_prefix,
+                      return_kv=return_kv)
+        if return_kv:
+            a, kv = a
+        x = x + mods[2] * a
         if self.has_cross:
             h = modulate(self.norm_cross(x), mods[6], mods[7])
             x = x + mods[8] * self.cross_attn(h, context=context, mask=context_mask)
         x = x + mods[5] * self.mlp(modulate(self.norm2(x), mods[3], mods[4]))
-        return x
+        return (x, kv) if return_kv else x
 
 
 class FinalLayer(nn.Module):
@@ -372,17 +377,7 @@ class DiT(nn.Module):
         self._check_inputs(x, t)
         B = next(iter(x.values())).shape[0]
         self._check_masks(B, token_mask, context, context_mask, context_drop, stream_drop, label_drop)
-        tokens = []
-        for s in self.streams:
-            h = self.patch_embed[s.name](x[s.name])  # (B, N_s, D)
-            if stream_drop is not None and s.name in stream_drop:
-                if s.name not in self.null_tokens:
-                    raise ValueError(f"stream {s.name!r} is predicted, not a condition: it cannot be dropped")
-                h = torch.where(stream_drop[s.name][:, None, None], self.null_tokens[s.name].to(h.dtype), h)
-            if self.pos_embed_kind == "sincos":
-                h = h + getattr(self, f"pos_{s.name}").to(h.dtype)
-            tokens.append(h)
-        h = torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]  # (B, N, D)
+        h = self._embed(x, self.streams, stream_drop)  # (B, N, D)
         c, index = self._conditioning(t, labels, label_drop, B)
         mask = None
         if token_mask is not None:
@@ -401,20 +396,104 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, c, index, mask, rope, context, context_mask)
 
+        return self._outputs(h, c, index, self.streams, 0)
+
+    # ---- shared by forward and prefix caching ---------------------------------------------------
+    def _embed(self, x, streams, stream_drop=None) -> torch.Tensor:
+        """Patch / token embeddings (+ positions, dropped conditions -> nulls) of ``streams``, concatenated."""
+        tokens = []
+        for s in streams:
+            h = self.patch_embed[s.name](x[s.name])  # (B, N_s, D)
+            if stream_drop is not None and s.name in stream_drop:
+                if s.name not in self.null_tokens:
+                    raise ValueError(f"stream {s.name!r} is predicted, not a condition: it cannot be dropped")
+                h = torch.where(stream_drop[s.name][:, None, None], self.null_tokens[s.name].to(h.dtype), h)
+            if self.pos_embed_kind == "sincos":
+                h = h + getattr(self, f"pos_{s.name}").to(h.dtype)
+            tokens.append(h)
+        return torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
+
+    @staticmethod
+    def _token_index(index, c: torch.Tensor, start: int, end: int) -> Optional[torch.Tensor]:
+        """Token -> conditioning group for the tokens [start, end) of the sequence (None = broadcast)."""
+        if index is not None:
+            return index[start:end]
+        if c.shape[1] == 1:
+            return None
+        return torch.arange(start, end, device=c.device)  # one group per token
+
+    def _outputs(self, h, c, index, streams, offset: int) -> dict[str, torch.Tensor]:
+        """Final layers of the predicted ``streams``, whose tokens are h's, from sequence position ``offset``."""
         out, start = {}, 0
-        for i, s in enumerate(self.streams):
+        for s in streams:
             end = start + s.num_tokens
             if s.predict:
-                # Per-token index into the groups for this slice of the sequence.
-                if index is not None:
-                    sl_index = index[start:end]
-                elif c.shape[1] == 1:
-                    sl_index = None
-                else:  # one group per token
-                    sl_index = torch.arange(start, end, device=h.device)
+                sl_index = self._token_index(index, c, offset + start, offset + end)
                 out[s.name] = unpatchify(self.final[s.name](h[:, start:end], c, sl_index), s)
             start = end
         return out
+
+    # ---- prefix caching: leading condition streams computed once, reused at every sampler step ----
+    def split_prefix(self) -> tuple[list[StreamSpec], list[StreamSpec], int]:
+        """(leading condition streams, the streams after them, their number of tokens P)."""
+        prefix = []
+        for s in self.streams:
+            if s.predict:
+                break
+            prefix.append(s)
+        rest = self.streams[len(prefix):]
+        if not prefix or not rest:
+            raise ValueError("prefix caching needs leading condition streams followed by predicted streams; "
+                             f"the streams are {[(s.name, s.predict) for s in self.streams]}")
+        return prefix, rest, sum(s.num_tokens for s in prefix)
+
+    def _prefix_setup(self, x, t, labels, attn_mask):
+        if self.context_dim is not None:
+            raise ValueError("prefix caching does not support a model with a context set (cross-attention)")
+        if attn_mask is None:
+            raise ValueError("prefix caching needs an attn_mask in which no prefix token sees a later token")
+        self._check_inputs(x, t)
+        B = next(iter(x.values())).shape[0]
+        prefix, rest, P = self.split_prefix()
+        mask = combine_masks(None, attn_mask, B, self.num_tokens)  # (B, N, N)
+        if mask[:, :P, P:].any():
+            raise ValueError("a prefix token attends to a later token: its keys and values depend on the "
+                             "generated tokens and cannot be cached")
+        c, index = self._conditioning(t, labels, None, B)
+        rope = (self.rope_cos, self.rope_sin) if self.pos_embed_kind == "rope" else None
+        return B, prefix, rest, P, mask, c, index, rope
+
+    def prefix_cache(self, x, t, labels=None, attn_mask=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each block's self-attention keys and values of the prefix tokens (``split_prefix``).
+
+        Valid while the prefix streams' inputs and noise levels stay as given here: e.g. the clean
+        context of an in-context prompt across all steps of a sampler. Same arguments as forward
+        (``x`` and ``t`` hold every stream; the predicted streams' inputs are not read).
+        """
+        B, prefix, _, P, mask, c, index, rope = self._prefix_setup(x, t, labels, attn_mask)
+        h = self._embed(x, prefix)
+        idx = self._token_index(index, c, 0, P)
+        rope_p = None if rope is None else (rope[0][:P], rope[1][:P])
+        cache = []
+        for block in self.blocks:
+            h, kv = block(h, c, idx, mask[:, :P, :P], rope_p, None, None, return_kv=True)
+            cache.append(kv)
+        return cache
+
+    def forward_with_prefix(self, cache, x, t, labels=None, attn_mask=None) -> dict[str, torch.Tensor]:
+        """forward() for the tokens after the prefix, reading the prefix from ``cache`` (prefix_cache):
+        the same outputs as forward, at the cost of the tokens after the prefix only."""
+        B, _, rest, P, mask, c, index, rope = self._prefix_setup(x, t, labels, attn_mask)
+        if len(cache) != len(self.blocks) or tuple(cache[0][0].shape[::2]) != (B, P):
+            raise ValueError(f"the prefix cache does not fit: {len(cache)} blocks with keys of shape "
+                             f"{tuple(cache[0][0].shape) if cache else ()}; expected {len(self.blocks)} blocks "
+                             f"of (B={B}, heads, P={P}, head_dim)")
+        h = self._embed(x, rest)
+        idx = self._token_index(index, c, P, self.num_tokens)
+        rope_q = None if rope is None else (rope[0][P:], rope[1][P:])
+        for block, kv in zip(self.blocks, cache):
+            h = block(h, c, idx, mask[:, P:, :], rope_q, None, None, kv_prefix=kv)
+        return self._outputs(h, c, index, rest, P)
 
 
 def build_dit(model_cfg, streams: list[StreamSpec], context_dim: Optional[int] = None) -> DiT:

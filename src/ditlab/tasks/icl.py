@@ -96,12 +96,37 @@ class ICLDiffusionTask(_ICLTaskBase):
 
         return self.objective.loss(net, x0, times, noises, PATCH_SIZES, loss_mask={Y_QUERY: point_mask})
 
-    def denoiser(self, model: Optional[torch.nn.Module] = None) -> Callable[[dict, dict], dict]:
+    def denoiser(self, model: Optional[torch.nn.Module] = None) -> "ICLDenoiser":
         """(streams, t) -> {"y_query": (x0_hat, eps_hat)} for the samplers."""
-        model = model if model is not None else self.model
+        return ICLDenoiser(model if model is not None else self.model, self.objective, self.mask)
 
-        def denoise(x, t):
-            return self.objective.denoised(model(x, t, attn_mask=self.mask(x[X].device)), x, t, PATCH_SIZES)
+
+class ICLDenoiser:
+    """The samplers' denoiser of an ICL model: ``denoiser(x, t)``.
+
+    ``with_prefix(x, y)`` returns the same function for one batch of prompts whose clean context
+    (the x and clean-y tokens, noise level 0) is run through the network once and cached per block
+    (DiT.prefix_cache): every sampler step then runs only the N query tokens against the cached
+    keys and values, about a third of the work of the 3N-token forward.
+    """
+
+    def __init__(self, model: torch.nn.Module, objective: Objective, mask: Callable):
+        self.model, self.objective, self.mask = model, objective, mask
+
+    def __call__(self, x: dict, t: dict) -> dict:
+        return self.objective.denoised(self.model(x, t, attn_mask=self.mask(x[X].device)), x, t, PATCH_SIZES)
+
+    def with_prefix(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[dict, dict], dict]:
+        """x: (B, N, d), y: (B, N, 1), the context of every row of the batch the sampler will draw."""
+        dit = unwrap_model(self.model)
+        mask = self.mask(x.device)
+        zeros = torch.zeros(x.shape[0], device=x.device)
+        cache = dit.prefix_cache({X: x, Y_CTX: y, Y_QUERY: torch.zeros_like(y)}, {X: zeros, Y_CTX: zeros, Y_QUERY: zeros},
+                                 attn_mask=mask)
+
+        def denoise(xs, t):
+            out = dit.forward_with_prefix(cache, xs, t, attn_mask=mask)
+            return self.objective.denoised(out, xs, t, PATCH_SIZES)
 
         return denoise
 
@@ -134,6 +159,8 @@ def sample_queries(denoiser: Callable[[dict, dict], dict], x: torch.Tensor, y: t
     rep_x = x.repeat_interleave(num_samples, dim=0)  # (P*S, N, d): prompt p's copies are rows p*S .. p*S+S-1
     rep_y = y.repeat_interleave(num_samples, dim=0)[..., None]
     rng = BatchRNG(generator, B, x.device)
+    if hasattr(denoiser, "with_prefix"):  # the clean context once, not at every step
+        denoiser = denoiser.with_prefix(rep_x, rep_y)
     path = with_fixed_streams(single_stream_path(Y_QUERY, schedule.time_grid(steps)), {X: 0.0, Y_CTX: 0.0})
     start = {X: rep_x, Y_CTX: rep_y, Y_QUERY: rng.randn(N, 1)}
     out = sample(denoiser, start, path, schedule, rng, method=method, eta=eta)
