@@ -447,7 +447,7 @@ class DiT(nn.Module):
                              f"the streams are {[(s.name, s.predict) for s in self.streams]}")
         return prefix, rest, sum(s.num_tokens for s in prefix)
 
-    def _prefix_setup(self, x, t, labels, attn_mask):
+    def _prefix_setup(self, x, t, labels, attn_mask, check_mask: bool):
         if self.context_dim is not None:
             raise ValueError("prefix caching does not support a model with a context set (cross-attention)")
         if attn_mask is None:
@@ -456,7 +456,7 @@ class DiT(nn.Module):
         B = next(iter(x.values())).shape[0]
         prefix, rest, P = self.split_prefix()
         mask = combine_masks(None, attn_mask, B, self.num_tokens)  # (B, N, N)
-        if mask[:, :P, P:].any():
+        if check_mask and mask[:, :P, P:].any():  # once, when the cache is built (a host sync)
             raise ValueError("a prefix token attends to a later token: its keys and values depend on the "
                              "generated tokens and cannot be cached")
         c, index = self._conditioning(t, labels, None, B)
@@ -470,7 +470,7 @@ class DiT(nn.Module):
         context of an in-context prompt across all steps of a sampler. Same arguments as forward
         (``x`` and ``t`` hold every stream; the predicted streams' inputs are not read).
         """
-        B, prefix, _, P, mask, c, index, rope = self._prefix_setup(x, t, labels, attn_mask)
+        B, prefix, _, P, mask, c, index, rope = self._prefix_setup(x, t, labels, attn_mask, check_mask=True)
         h = self._embed(x, prefix)
         idx = self._token_index(index, c, 0, P)
         rope_p = None if rope is None else (rope[0][:P], rope[1][:P])
@@ -483,7 +483,7 @@ class DiT(nn.Module):
     def forward_with_prefix(self, cache, x, t, labels=None, attn_mask=None) -> dict[str, torch.Tensor]:
         """forward() for the tokens after the prefix, reading the prefix from ``cache`` (prefix_cache):
         the same outputs as forward, at the cost of the tokens after the prefix only."""
-        B, _, rest, P, mask, c, index, rope = self._prefix_setup(x, t, labels, attn_mask)
+        B, _, rest, P, mask, c, index, rope = self._prefix_setup(x, t, labels, attn_mask, check_mask=False)
         if len(cache) != len(self.blocks) or tuple(cache[0][0].shape[::2]) != (B, P):
             raise ValueError(f"the prefix cache does not fit: {len(cache)} blocks with keys of shape "
                              f"{tuple(cache[0][0].shape) if cache else ()}; expected {len(self.blocks)} blocks "
