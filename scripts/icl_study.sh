@@ -34,9 +34,11 @@ eval)
   out=$3
   mkdir -p "$out"
   e="icl eval --bootstrap 1000"
-  timeout 400 $d $e "$runs/icl" --baseline "$runs/icl_mse" --prompts 1000 --samples 100 --steps 100 \
+  # d = 20 at 1000 prompts x 100 samples x 100 steps did not finish in 400 s with four evaluations sharing
+  # the GPU (fourth session, before the context was cached); 300 x 50 x 50 took ~90 s.
+  timeout 500 $d $e "$runs/icl" --baseline "$runs/icl_mse" --prompts 500 --samples 50 --steps 100 \
     > "$runs/icl_eval.log" 2>&1 &
-  timeout 400 $d $e "$runs/icl_noiseless" --prompts 500 --samples 50 --steps 100 > "$runs/icl_noiseless_eval.log" 2>&1 &
+  timeout 500 $d $e "$runs/icl_noiseless" --prompts 300 --samples 40 --steps 100 > "$runs/icl_noiseless_eval.log" 2>&1 &
   timeout 400 $d $e "$runs/icl_small" --prompts 1000 --samples 100 --steps 100 > "$runs/icl_small_eval.log" 2>&1 &
   timeout 400 $d $e "$runs/icl_small_noiseless" --prompts 500 --samples 50 --steps 100 \
     > "$runs/icl_small_noiseless_eval.log" 2>&1 &
