@@ -26,17 +26,15 @@ from ditlab.tasks.image import ImageTask
 from ditlab.train import trainer as trainer_mod
 from ditlab.train.checkpoint import load_weights
 from ditlab.train.trainer import Trainer
+from tests.train.test_trainer import tiny_cfg as trainer_tiny_cfg
 
 EXTREME_T = (0.0, 1e-6, 1.0 - 1e-6, 1.0)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def tiny_cfg(data, run_dir, *extra):
-    return load_config(None, [
-        "model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=2", "model.num_heads=2",
-        "model.num_classes=4", "model.attn_dropout=0.1", f"data.path={data}", "train.batch_size=8",
-        "train.device=cpu", "train.log_every=1", "train.sample_every=0", "train.ckpt_every=1000",
-        f"train.run_dir={run_dir}", "optim.lr=1e-3", "ema.decay=0.9", *extra])
+    """test_trainer's tiny model, with checkpoints only where a test asks for them."""
+    return trainer_tiny_cfg(data, run_dir, "train.ckpt_every=1000", *extra)
 
 
 def extreme_times(shape, device, generator=None):
