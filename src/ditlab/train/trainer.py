@@ -113,13 +113,14 @@ class Trainer:
                                      f"{self.device.type}")
                 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
                 self.train_model.register_comm_hook(None, bf16_compress_hook)
-            if cfg.train.compile:  # dynamo splits the graph at the gradient buckets (unless told not to), so
-                # the all-reduce overlaps the backward
+            if cfg.train.compile:  # one compiled graph (the measured faster default), or, with
+                # ddp_split_graph, dynamo cuts it at the gradient buckets so the all-reduce overlaps the backward
                 torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graph
-                if cfg.train.ddp_compile == "module":  # the documented DDP + torch.compile pattern
-                    self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
-                else:
-                    self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
+        # What torch.compile wraps: the DDP module (the documented DDP + torch.compile pattern), or the
+        # whole loss (batch gather, noising, network, loss), as on one GPU.
+        compile_module = cfg.train.compile and self.dist.enabled and cfg.train.ddp_compile == "module"
+        if compile_module:
+            self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
         elif cfg.train.compile:
             self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
         self.task = build_task(cfg, self.train_model, self.objective)
