@@ -72,42 +72,20 @@ def weights(run, step, which="model.safetensors"):
     return load_file(str(run / "checkpoints" / f"step_{step:08d}" / which))
 
 
+def train_args(data, run_dir, steps: int, *extra: str) -> list[str]:
+    """`ditlab train` of the tiny demo model on ``data`` into ``run_dir`` for ``steps`` steps."""
+    return ["train", "configs/demo.yaml", *TINY, f"data.path={data}", f"train.run_dir={run_dir}",
+            f"train.steps={steps}", *extra, "--no-progress"]
+
+
 @pytest.fixture(scope="module")
 def two_rank_runs(data, tmp_path_factory):
     """A 2-process run of 6 steps, and one of 4 steps resumed for 2 more on 2 processes."""
     root = tmp_path_factory.mktemp("ddp")
     straight, resumed = root / "straight", root / "resumed"
-    out = torchrun(
-        2,
-        "train",
-        "configs/demo.yaml",
-        *TINY,
-        f"data.path={data}",
-        f"train.run_dir={straight}",
-        "train.steps=6",
-        "--no-progress",
-    )
-    torchrun(
-        2,
-        "train",
-        "configs/demo.yaml",
-        *TINY,
-        f"data.path={data}",
-        f"train.run_dir={resumed}",
-        "train.steps=4",
-        "--no-progress",
-    )
-    torchrun(
-        2,
-        "train",
-        "configs/demo.yaml",
-        *TINY,
-        f"data.path={data}",
-        f"train.run_dir={resumed}",
-        "train.steps=6",
-        "--resume",
-        "--no-progress",
-    )
+    out = torchrun(2, *train_args(data, straight, 6))
+    torchrun(2, *train_args(data, resumed, 4))
+    torchrun(2, *train_args(data, resumed, 6, "--resume"))
     return straight, resumed, out
 
 
@@ -147,18 +125,7 @@ def test_resume_on_another_world_size(two_rank_runs, data, tmp_path):
     run = tmp_path / "one"
     shutil.copytree(resumed, run)
     # The copied config names the old run directory: pass the new one, as a user would.
-    code = main(
-        [
-            "train",
-            "configs/demo.yaml",
-            *TINY,
-            f"data.path={data}",
-            f"train.run_dir={run}",
-            "train.steps=8",
-            "--resume",
-            "--no-progress",
-        ]
-    )
+    code = main(train_args(data, run, 8, "--resume"))
     assert code == 0
     state = torch.load(run / "checkpoints" / "step_00000008" / "state.pt", weights_only=True)
     assert state["step"] == 8 and "rng_ranks" not in state

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import warnings
@@ -26,6 +25,7 @@ from ditlab.tasks.image import ImageTask
 from ditlab.train import trainer as trainer_mod
 from ditlab.train.checkpoint import load_weights
 from ditlab.train.trainer import Trainer
+from tests.models.test_attention_reliability import gpu_script
 from tests.train.test_trainer import tiny_cfg as trainer_tiny_cfg
 
 EXTREME_T = (0.0, 1e-6, 1.0 - 1e-6, 1.0)
@@ -45,14 +45,6 @@ def extreme_times(shape, device, generator=None):
 
 def logged_losses(run_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def gpu_script():
-    path = Path(__file__).resolve().parents[2] / "scripts" / "reliability_gpu.py"
-    spec = importlib.util.spec_from_file_location("reliability_gpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---- item 16 --------------------------------------------------------------------------------------
