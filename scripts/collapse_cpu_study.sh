@@ -4,9 +4,11 @@
 # memorisation with and without condition dropout + condition noise augmentation, then
 # `ditlab diagnose collapse` on 8 training and 8 held-out conditions x 8 seeds, and PSNR on 60
 # held-out images.
-#   scripts/collapse_cpu_study.sh CIFAR10_TRAIN_ZIP OUT [STEPS]
+#   scripts/collapse_cpu_study.sh CIFAR10_TRAIN_ZIP OUT [STEPS [CIFAR10_TEST_ZIP INCEPTION]]
+# With the last two: FID-60 and KID of each model's 60 super-resolved held-out images (and of the 60
+# originals, the small-sample floor) against 2,000 seeded test images pooled to 16x16 (~6 min more).
 set -euo pipefail
-zip=$1 out=$2 steps=${3:-5250}
+zip=$1 out=$2 steps=${3:-5250} test_zip=${4:-} inception=${5:-}
 mkdir -p "$out"
 python3 - "$zip" "$out" <<'PY'
 import io, sys, zipfile
@@ -47,3 +49,24 @@ for r in plain healthy; do
     --out "$out/${r}_sr.npz" > /dev/null
   python3 -m ditlab psnr "$out/${r}_sr.npz" --ref "$out/heldout60.npz" --factor 2
 done
+if [ -n "$test_zip" ]; then
+  python3 - "$test_zip" "$out/test2k16.npz" <<'PY'
+import io, sys, zipfile
+import numpy as np
+from PIL import Image
+zf = zipfile.ZipFile(sys.argv[1])
+names = sorted(n for n in zf.namelist() if not n.endswith("/"))
+pick = np.random.default_rng(0).choice(len(names), 2000, replace=False)
+images = []
+for i in pick:
+    a = np.asarray(Image.open(io.BytesIO(zf.read(names[i]))).convert("RGB"), dtype=np.float32)
+    images.append(np.round(a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, 3).mean((1, 3))).astype(np.uint8))
+np.savez(sys.argv[2], images=np.stack(images))
+PY
+  python3 -m ditlab fid ref "$out/test2k16.npz" --out "$out/ref16.npz" --inception "$inception" --device cpu \
+    --no-progress > /dev/null
+  for s in plain_sr healthy_sr heldout60; do
+    python3 -m ditlab fid "$out/$s.npz" --ref "$out/ref16.npz" --inception "$inception" --device cpu --kid \
+      --no-progress | tail -n 1
+  done
+fi
