@@ -1,12 +1,13 @@
 """The icl task through the real trainer and CLI: exact resume mid-curriculum, `ditlab icl eval` end to end."""
 import json
+import shutil
 
 import pytest
 import torch
 
 from ditlab.cli import main
 from ditlab.config import load_config
-from ditlab.train.checkpoint import load_weights
+from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
 from ditlab.train.trainer import Trainer
 
 TINY = ["task.kind=icl", "icl.d=3", "icl.n_points=5", "icl.sigma=0.5", "icl.d_start=1", "icl.points_start=2",
@@ -51,6 +52,20 @@ def test_train_then_icl_eval_end_to_end(tmp_path, capsys):
     assert len(summary["errors"]["bayes"]["mean"]) == 5 and len(summary["calibration"]["coverage_exact"]["0.9"]) == 5
     for name in ("summary.md", "error_vs_k.png", "coverage_vs_k.png"):
         assert (out / name).stat().st_size > 0
+    # A run moved without its checkpoints (config.yaml, model.json and the EMA file: what travels
+    # between machines) evaluates from --checkpoint to the same numbers.
+    slim = tmp_path / "slim"
+    slim.mkdir()
+    for name in ("config.yaml", "model.json"):
+        shutil.copy(run / name, slim / name)
+    shutil.copy(find_latest_checkpoint(run) / "ema.safetensors", slim / "weights.safetensors")
+    assert main(["icl", "eval", str(slim), "--checkpoint", str(slim / "weights.safetensors"), "--baseline", str(base),
+                 "--prompts", "12", "--samples", "6", "--steps", "4", "--bootstrap", "20", "--device", "cpu",
+                 "--out", str(tmp_path / "eval_slim")]) == 0
+    slim_summary = json.loads((tmp_path / "eval_slim" / "summary.json").read_text())
+    assert slim_summary["errors"]["model"]["mean"] == summary["errors"]["model"]["mean"]
+    assert main(["icl", "eval", str(slim), "--prompts", "4"]) == 1  # no checkpoint there, none named
+    assert "no complete checkpoint" in capsys.readouterr().err
     # The baseline must be deterministic, and an image run is refused with a clear message.
     assert main(["icl", "eval", str(run), "--baseline", str(run), "--prompts", "4"]) == 1
     assert "icl.objective=mse" in capsys.readouterr().err

@@ -17,8 +17,11 @@ def cmd_icl_eval(args) -> int:
     from ditlab.runs import load_run
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, device=device, kind="icl", command="`ditlab icl eval`")
-    baseline = load_run(args.baseline, device=device) if args.baseline else None
+    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=device, kind="icl", command="`ditlab icl eval`")
+    if args.baseline_checkpoint and not args.baseline:
+        raise ValueError("--baseline-checkpoint needs --baseline (the baseline's run directory)")
+    baseline = (load_run(args.baseline, checkpoint=args.baseline_checkpoint, device=device, kind="icl",
+                         command="`ditlab icl eval --baseline`") if args.baseline else None)
     if baseline is not None and baseline.cfg.icl.objective != "mse":
         raise ValueError(f"--baseline {args.baseline} must be a deterministic run (icl.objective=mse)")
     icl = run.cfg.icl
@@ -41,6 +44,10 @@ def add_icl_parser(subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="error and calibration vs k against the exact Bayesian answer")
     e.add_argument("run_dir")
     e.add_argument("--baseline", default=None, help="a deterministic run (icl.objective=mse) of the same problem")
+    e.add_argument("--checkpoint", default=None,
+                   help="a checkpoint folder or an EMA .safetensors file (default: the run's latest checkpoint); "
+                        "the run directory still supplies config.yaml and model.json")
+    e.add_argument("--baseline-checkpoint", default=None, help="the same for --baseline")
     e.add_argument("--prompts", type=int, default=None, help="held-out prompts (default: the run's icl.eval_prompts)")
     e.add_argument("--samples", type=int, default=None, help="samples per prompt (default: icl.eval_samples)")
     e.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: icl.eval_sampler")
