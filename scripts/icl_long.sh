@@ -4,7 +4,7 @@
 # the next call resumes from that checkpoint. The learning-rate schedule follows train.steps, so the
 # pieces add up to one uninterrupted run (checkpoints carry the RNG and data state).
 #   scripts/icl_long.sh RUN_DIR STEPS [SECONDS [CONFIG [override ...]]]
-# e.g. scripts/icl_long.sh /root/runs/icl_long 100000 540 configs/icl.yaml train.compile_mode=reduce-overhead
+# e.g. scripts/icl_long.sh /root/runs/icl_long 40000 540 configs/icl.yaml   (the preset: two calls)
 set -uo pipefail
 run=$1 steps=$2 secs=${3:-540} config=${4:-configs/icl.yaml}
 shift $(( $# < 4 ? $# : 4 ))
