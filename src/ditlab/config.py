@@ -30,6 +30,10 @@ class ModelConfig:
     cross_attn_dropout: float = 0.0
     # Normalise queries and keys (RMSNorm per head) for stability at large learning rates.
     qk_norm: bool = False
+    # The output layer's initial weights: zero (adaLN-Zero, DiT's choice: the network starts by predicting 0)
+    # or xavier (upstream layers get gradients from step 0). An experiment for networks whose only useful
+    # input is their context, like the deterministic ICL baseline (BENCHMARKS.md, issue 6).
+    output_init: Literal["zero", "xavier"] = "zero"
     # Class-conditional when > 0 (a learned null label is added for classifier-free guidance).
     num_classes: int = 0
     # Probability of replacing the label with the null label during training (CFG dropout).

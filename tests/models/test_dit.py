@@ -96,6 +96,24 @@ def test_build_from_config_and_backward(pos):
     assert torch.count_nonzero(out) == 0
 
 
+def test_output_init_xavier_starts_with_a_nonzero_output_and_gradients_upstream():
+    cfg = ModelConfig(arch="DiT-S/4", hidden_size=32, depth=2, num_heads=2, output_init="xavier")
+    torch.manual_seed(0)
+    model = build_dit(cfg, [StreamSpec("image", 3, 16, 4)])
+    out = model({"image": torch.randn(2, 3, 16, 16)}, {"image": torch.rand(2)})["image"]
+    assert torch.count_nonzero(out) == out.numel()
+    out.square().mean().backward()
+    # the gates of the blocks start at zero either way; with a random output layer they get a gradient
+    assert model.blocks[-1].adaLN.weight.grad.abs().sum() > 0
+    # everything but the output layer is initialised as with the default
+    torch.manual_seed(0)
+    zero = build_dit(ModelConfig(arch="DiT-S/4", hidden_size=32, depth=2, num_heads=2), [StreamSpec("image", 3, 16, 4)])
+    differ = [n for n, p in model.state_dict().items() if not torch.equal(p, zero.state_dict()[n])]
+    assert differ == ["final.image.linear.weight"]
+    with pytest.raises(ValueError, match="model.output_init"):
+        DiT([IMG], hidden_size=32, depth=1, num_heads=4, output_init="normal")
+
+
 def test_bad_shapes_are_named():
     model = tiny([IMG])
     with pytest.raises(ValueError, match="stream 'image' has shape"):
