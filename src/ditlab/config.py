@@ -31,8 +31,8 @@ class ModelConfig:
     # Normalise queries and keys (RMSNorm per head) for stability at large learning rates.
     qk_norm: bool = False
     # The output layer's initial weights: zero (adaLN-Zero, DiT's choice: the network starts by predicting 0)
-    # or xavier (upstream layers get gradients from step 0). An experiment for networks whose only useful
-    # input is their context, like the deterministic ICL baseline (BENCHMARKS.md, issue 6).
+    # or xavier (upstream layers get gradients from step 0). For networks whose only useful input is their
+    # context, like the deterministic ICL baseline: it left its plateau ~2x sooner (BENCHMARKS.md, issue 6).
     output_init: Literal["zero", "xavier"] = "zero"
     # Class-conditional when > 0 (a learned null label is added for classifier-free guidance).
     num_classes: int = 0
