@@ -296,11 +296,10 @@ class DiT(nn.Module):
             for lin in (final.adaLN, final.linear):
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
-        if self.output_init == "xavier":
-            # A network whose only useful input is its context (the deterministic ICL baseline) starts at
-            # a saddle with a zero output layer: every upstream gradient is multiplied by those weights.
-            # Random ones remove that factor (whether it helps the baseline: BENCHMARKS.md, issue 6).
-            for final in self.final.values():
+            if self.output_init == "xavier":
+                # A network whose only useful input is its context (the deterministic ICL baseline) starts
+                # at a saddle with a zero output layer: every upstream gradient is multiplied by those
+                # weights. Random ones remove that factor (BENCHMARKS.md, issue 6).
                 nn.init.xavier_uniform_(final.linear.weight)
 
     def _conditioning(self, t: dict[str, torch.Tensor], labels, label_drop, batch: int):
