@@ -24,6 +24,7 @@ def test_psnr_formula():
 
 def test_baseline_is_exact_on_flat_images():
     flat = torch.full((1, 3, 8, 8), 77, dtype=torch.uint8)
+    # exact by construction on every kernel path: the bilinear float32 value is 77 up to an ulp, then rounded
     assert torch.equal(upsampled_baseline(flat, 2), flat)
     r = sr_psnr_report(flat, flat, 2)
     assert r["identical_images"] == 1
