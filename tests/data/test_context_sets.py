@@ -28,7 +28,9 @@ def good(n=3, m=4, d=5):
     (dict(embeddings=np.zeros((3, 4, 5), dtype=np.int32)), r"key 'embeddings' .* dtype int32; expected a float"),
     (dict(lengths=None), r"exactly one of key 'mask' \(bool \(N, M\) = \(3, 4\)\) and key 'lengths'.*neither"),
     (dict(mask=np.ones((3, 4), bool)), r"exactly one of key 'mask'.*it has both"),
-    (dict(lengths=None, mask=np.ones((3, 4), np.uint8)), r"key 'mask' .* dtype uint8; expected bool"),
+    (dict(lengths=None, mask=np.full((3, 4), 2, np.uint8)), r"key 'mask' .* dtype uint8 and holds 2 at \[row, "
+     r"column\] = \[0, 0\]; a numeric mask may hold only 0 \(padding\) and 1"),
+    (dict(lengths=None, mask=np.array(["1"] * 12).reshape(3, 4)), r"key 'mask' .* dtype <U1; expected bool"),
     (dict(lengths=None, mask=np.ones((3, 5), bool)), r"key 'mask' .* shape \(3, 5\); expected \(N, M\) = \(3, 4\)"),
     (dict(lengths=np.array([1, 2])), r"key 'lengths' .* shape \(2,\); expected \(N,\) = \(3,\)"),
     (dict(lengths=np.array([1, 5, 0])), r"key 'lengths' .*row 1 has length 5, outside \[0, M=4\]"),
@@ -54,6 +56,34 @@ def test_non_finite_real_token_is_an_error_but_padding_is_zeroed(tmp_path):
     arrays["embeddings"][1, 0] = np.inf  # a real token of row 1
     with pytest.raises(DataError, match=r"key 'embeddings' .* row 1 has a non-finite value"):
         load_context_file(write(tmp_path / "bad.npz", **arrays))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64, np.uint8])
+def test_a_0_1_numeric_mask_is_read_as_bool(tmp_path, dtype):
+    """Issue 15: masks written as 1 = real token, 0 = padding (the user's notes) load like bool masks."""
+    arrays = good()
+    ref = load_context_file(write(tmp_path / "lengths.npz", **arrays))
+    arrays["embeddings"][0, 3] = np.nan  # padding of row 0 (length 2): zeroed whatever the mask's dtype
+    mask = ref.mask.numpy().astype(dtype)
+    arrays.pop("lengths")
+    ctx = load_context_file(write(tmp_path / "num.npz", **arrays, mask=mask))
+    assert ctx.mask.dtype == torch.bool and torch.equal(ctx.mask, ref.mask)
+    assert torch.equal(ctx.embeddings, ref.embeddings)
+
+
+@pytest.mark.parametrize("value", [0.5, -1.0, np.nan])
+def test_other_numeric_mask_values_are_refused_naming_file_and_key(tmp_path, value):
+    arrays = good()
+    mask = (np.arange(4)[None] < arrays.pop("lengths")[:, None]).astype(np.float32)
+    mask[2, 3] = value
+    path = write(tmp_path / "half.npz", **arrays, mask=mask)
+    with pytest.raises(DataError, match=rf"key 'mask' of context file .*half\.npz .*holds {value!r} at "
+                                        r"\[row, column\] = \[2, 3\]"):
+        load_context_file(path)
+    with pytest.raises(DataError, match=rf"key 'mask' of context file .*out\.npz .*holds {value!r}"):
+        save_context_file(tmp_path / "out.npz", arrays["embeddings"], mask)
+    assert not (tmp_path / "out.npz").exists()
+    save_context_file(tmp_path / "ok.npz", arrays["embeddings"], np.clip(np.nan_to_num(mask), 0, 1).round())
 
 
 def test_missing_file_and_wrong_format(tmp_path):

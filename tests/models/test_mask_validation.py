@@ -2,7 +2,9 @@
 shows the expected and the actual shape, at the attention module and at every DiT mask argument.
 
 13. A float mask (an additive mask filled with finfo.min, or 0/1 floats) or an integer mask is
-    rejected, never reinterpreted.
+    rejected by the attention module, never reinterpreted. DiT.forward (the user-facing input, issue 15)
+    converts a float or integer mask holding only 0 and 1 (1 = real) to bool and refuses any other value
+    (ValueError naming the mask and the value); tests/models/test_padding_nan.py covers the conversion.
 26. A mask whose shape does not fit raises ValueError naming both shapes; nothing is broadcast.
 
 DiT.forward validates token_mask, context_mask and the drop flags before they are concatenated or
@@ -50,19 +52,19 @@ def test_attention_rejects_non_boolean_masks(mask):
         attn(torch.randn(1, 4, 32), mask=mask)
 
 
-def test_dit_rejects_a_float_token_mask():
+def test_dit_rejects_an_additive_float_token_mask():
     model, (x, t, ctx) = tiny_dit(), dit_inputs()
     bad = torch.zeros(2, 4).masked_fill(torch.tensor([False, False, True, True]), torch.finfo(torch.float32).min)
-    with pytest.raises(TypeError, match="boolean"):
+    with pytest.raises(ValueError, match=r"token_mask\['b'\] must be boolean .*or hold only 0 and 1"):
         model(x, t, context=ctx, token_mask={"b": bad})
 
 
 @pytest.mark.parametrize("drop", [None, torch.tensor([False, True])], ids=["no-drop", "with-context-drop"])
-def test_dit_rejects_a_float_context_mask(drop):
+def test_dit_rejects_a_float_context_mask_that_is_not_0_1(drop):
     """With context_drop the mask goes through torch.where first: it must still be refused."""
     model, (x, t, ctx) = tiny_dit(), dit_inputs()
-    with pytest.raises(TypeError, match="boolean"):
-        model(x, t, context=ctx, context_mask=torch.ones(2, 5), context_drop=drop)
+    with pytest.raises(ValueError, match=r"context_mask .*holds 0\.5"):
+        model(x, t, context=ctx, context_mask=torch.full((2, 5), 0.5), context_drop=drop)
 
 
 # ---- item 26: shapes ------------------------------------------------------------------------------

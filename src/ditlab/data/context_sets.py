@@ -8,7 +8,8 @@ File format: one ``.npz`` (``np.savez``) with
 key            dtype, shape         meaning
 =============  ===================  ===========================================================
 ``embeddings`` float (N, M, D)      token embeddings, each row padded to M tokens
-``mask``       bool (N, M)          True = real token (padding may sit anywhere); or instead:
+``mask``       bool (N, M)          True = real token (padding may sit anywhere); 0 / 1 floats or
+                                    integers (1 = real) are accepted and converted; or instead:
 ``lengths``    int (N,)             the first ``lengths[i]`` tokens of row i are real
 ``names``      str (N,), optional   the image of each row: its name in ``ImageData.names`` (the
                                     path relative to the data set root, ``cat/0001.png``, or the
@@ -113,13 +114,10 @@ def _mask(arrays: dict, n: int, m: int, where: str) -> np.ndarray:
                         f"'lengths' (int (N,) = ({n},)); it has {'both' if has_mask else 'neither'}")
     if has_mask:
         mask = arrays["mask"]
-        if mask.dtype != np.bool_:
-            raise DataError(f"key 'mask' of {where} has dtype {mask.dtype}; expected bool (True = real token). "
-                            f"Save mask.astype(bool), or save 'lengths' instead")
         if mask.shape != (n, m):
             raise DataError(f"key 'mask' of {where} has shape {mask.shape}; expected (N, M) = ({n}, {m}) "
                             f"to match 'embeddings'")
-        return mask
+        return _bool_mask(mask, where)
     lengths = arrays["lengths"]
     if lengths.dtype.kind not in "iu":
         raise DataError(f"key 'lengths' of {where} has dtype {lengths.dtype}; expected integers")
@@ -129,6 +127,21 @@ def _mask(arrays: dict, n: int, m: int, where: str) -> np.ndarray:
     if len(bad):
         raise DataError(f"key 'lengths' of {where}: row {bad[0]} has length {lengths[bad[0]]}, outside [0, M={m}]")
     return np.arange(m)[None, :] < lengths[:, None]
+
+
+def _bool_mask(mask: np.ndarray, where: str) -> np.ndarray:
+    """A bool mask as it is; float or integer 0 / 1 (1 = real token) converted; anything else refused."""
+    if mask.dtype == np.bool_:
+        return mask
+    if mask.dtype.kind not in "fiu":
+        raise DataError(f"key 'mask' of {where} has dtype {mask.dtype}; expected bool (True = real token) or "
+                        f"0 / 1 numbers (1 = real token), or save 'lengths' instead")
+    bad = np.flatnonzero((mask != 0) & (mask != 1))  # NaN is neither
+    if len(bad):
+        at = tuple(int(i) for i in np.unravel_index(bad[0], mask.shape))
+        raise DataError(f"key 'mask' of {where} has dtype {mask.dtype} and holds {mask[at].item()!r} at "
+                        f"[row, column] = {list(at)}; a numeric mask may hold only 0 (padding) and 1 (real token)")
+    return mask != 0
 
 
 def _strings(arrays: dict, key: str, n: int, where: str) -> Optional[list[str]]:
@@ -213,7 +226,8 @@ def save_context_file(path: str | os.PathLike, embeddings: np.ndarray, mask: np.
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise DataError(f"context file {path} must end in .npz")
-    arrays = {"embeddings": embeddings, "mask": mask.astype(bool)}
+    # 0 / 1 numbers become bool here; any other value is refused (astype(bool) would make 0.5 a real token)
+    arrays = {"embeddings": embeddings, "mask": _bool_mask(np.asarray(mask), f"context file {path}")}
     if names is not None:
         arrays["names"] = np.array(names, dtype=str)
     if labels is not None:

@@ -344,9 +344,25 @@ class DiT(nn.Module):
                 raise ValueError(f"noise level of stream {s.name!r} has shape {tuple(ts.shape)}, expected "
                                  f"({xs.shape[0]},) per sample or ({xs.shape[0]}, {s.num_tokens}) per token")
 
+    @staticmethod
+    def _bool_mask(m: Optional[torch.Tensor], what: str) -> Optional[torch.Tensor]:
+        """A padding mask as bool. A float or integer mask holding only 0 and 1 (1 = real, 0 = padding)
+        is converted; any other value (an additive finfo.min mask, 0.5, NaN) is a ValueError naming the
+        mask. Bool masks pass unchecked: the value check's host sync is paid by non-bool masks only."""
+        if m is None or m.dtype == torch.bool:
+            return m
+        if m.dtype.is_complex:
+            raise TypeError(f"{what} must be boolean (True = real) or hold 0 / 1, got dtype {m.dtype}")
+        ok = (m == 0) | (m == 1)
+        if not bool(ok.all()):  # a host sync, for a non-bool (user-input) mask only
+            raise ValueError(f"{what} must be boolean (True = real) or hold only 0 and 1 (1 = real, 0 = "
+                             f"padding), but it holds {m[~ok].flatten()[0].item()!r} (dtype {m.dtype})")
+        return m != 0
+
     def _check_masks(self, batch: int, token_mask, context, context_mask, context_drop, stream_drop, label_drop):
         """Masks and drop flags must match the batch exactly: a misspelt stream name or a broadcastable
-        shape would otherwise be accepted silently (and padding attended to)."""
+        shape would otherwise be accepted silently (and padding attended to). Returns token_mask and
+        context_mask as bool (0 / 1 float or integer masks converted, see _bool_mask)."""
         def need(t, shape, what):
             if t is None:
                 return
@@ -356,6 +372,9 @@ class DiT(nn.Module):
                 raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {shape}")
 
         names = {s.name: s for s in self.streams}
+        if token_mask is not None:
+            token_mask = {name: self._bool_mask(m, f"token_mask[{name!r}]") for name, m in token_mask.items()}
+        context_mask = self._bool_mask(context_mask, "context_mask")
         for name, m in (token_mask or {}).items():
             if name not in names:
                 raise ValueError(f"token_mask names stream {name!r}; the model's streams are {list(names)}")
@@ -369,6 +388,7 @@ class DiT(nn.Module):
             if context.dim() != 3 or context.shape[0] != batch:
                 raise ValueError(f"context has shape {tuple(context.shape)}, expected ({batch}, M, {self.context_dim})")
             need(context_mask, (batch, context.shape[1]), "context_mask")
+        return token_mask, context_mask
 
     def forward(
         self,
@@ -376,17 +396,18 @@ class DiT(nn.Module):
         t: dict[str, torch.Tensor],  # name -> (B,) or (B, N_s) noise level in [0, 1], 0 = clean
         labels: Optional[torch.Tensor] = None,  # (B,) int64
         label_drop: Optional[torch.Tensor] = None,  # (B,) bool: use the null label
-        token_mask: Optional[dict[str, torch.Tensor]] = None,  # name -> (B, N_s) bool, True = real token
+        token_mask: Optional[dict[str, torch.Tensor]] = None,  # name -> (B, N_s) bool (or 0/1), True = real token
         context: Optional[torch.Tensor] = None,  # (B, M, Dc)
-        context_mask: Optional[torch.Tensor] = None,  # (B, M) bool, True = real element
+        context_mask: Optional[torch.Tensor] = None,  # (B, M) bool (or 0/1), True = real element
         stream_drop: Optional[dict[str, torch.Tensor]] = None,  # condition name -> (B,) bool: use the null
         context_drop: Optional[torch.Tensor] = None,  # (B,) bool: replace the context set by the null
         attn_mask: Optional[torch.Tensor] = None,  # (N, N) or (B, N, N) bool, True = query may attend to key
     ) -> dict[str, torch.Tensor]:
         self._check_inputs(x, t)
         B = next(iter(x.values())).shape[0]
-        self._check_masks(B, token_mask, context, context_mask, context_drop, stream_drop, label_drop)
-        h = self._embed(x, self.streams, stream_drop)  # (B, N, D)
+        token_mask, context_mask = self._check_masks(B, token_mask, context, context_mask, context_drop,
+                                                     stream_drop, label_drop)
+        h = self._embed(x, self.streams, stream_drop, token_mask)  # (B, N, D)
         c, index = self._conditioning(t, labels, label_drop, B)
         mask = None
         if token_mask is not None:
@@ -400,6 +421,10 @@ class DiT(nn.Module):
             raise ValueError("context given, but the model was built without cross-attention (context_dim=None)")
         if self.context_dim is not None and context is None:
             raise ValueError(f"this model cross-attends to a context set: pass context (B, M, {self.context_dim})")
+        if context_mask is not None:
+            # Padding is never read: zero it before the key / value projections (a NaN there would reach
+            # every output through 0 attention weight * NaN value, and the weight gradients too).
+            context = torch.where(context_mask[..., None], context, 0)
         if context_drop is not None:
             context, context_mask = self._drop_context(context, context_mask, context_drop)
         for block in self.blocks:
@@ -408,11 +433,22 @@ class DiT(nn.Module):
         return self._outputs(h, c, index, self.streams, 0)
 
     # ---- shared by forward and prefix caching ---------------------------------------------------
-    def _embed(self, x, streams, stream_drop=None) -> torch.Tensor:
-        """Patch / token embeddings (+ positions, dropped conditions -> nulls) of ``streams``, concatenated."""
+    def _embed(self, x, streams, stream_drop=None, token_mask=None) -> torch.Tensor:
+        """Patch / token embeddings (+ positions, dropped conditions -> nulls) of ``streams``, concatenated.
+        Tokens masked out by ``token_mask`` (bool) are zeroed before the projection: a NaN there would
+        otherwise reach every output (0 attention weight * NaN) and the weight gradients."""
         tokens = []
         for s in streams:
-            h = self.patch_embed[s.name](x[s.name])  # (B, N_s, D)
+            xs = x[s.name]
+            if token_mask is not None and s.name in token_mask:
+                keep = token_mask[s.name]  # (B, N_s)
+                if s.kind == "image":  # token (row, col) -> its p x p pixels
+                    g, p = s.grid, s.patch_size
+                    keep = keep.reshape(-1, g, 1, g, 1).expand(-1, g, p, g, p).reshape(-1, 1, g * p, g * p)
+                else:
+                    keep = keep[..., None]
+                xs = torch.where(keep, xs, 0)
+            h = self.patch_embed[s.name](xs)  # (B, N_s, D)
             if stream_drop is not None and s.name in stream_drop:
                 if s.name not in self.null_tokens:
                     raise ValueError(f"stream {s.name!r} is predicted, not a condition: it cannot be dropped")

@@ -8,8 +8,9 @@ Why not feed raw coordinates to the DiT's linear token embedding and cross-atten
 Sin/cos features of the coordinates at octave frequencies, followed by a small MLP, give
 embeddings in which nearby points are similar and far ones are not (a NeRF-style encoding).
 
-Both embeddings act on each point alone, so padded points of a context set cannot influence real
-ones: the cross-attention mask is the only place padding is handled.
+Both embeddings act on each point alone, and the cross-attention mask keeps padded points of a
+context set away from real ones. Their values are still zeroed before the embedding: a NaN or inf
+there would otherwise reach every output (0 attention weight * NaN value) and the weight gradients.
 """
 from __future__ import annotations
 
@@ -78,8 +79,14 @@ class SceneDiT(nn.Module):
         x: dict[str, torch.Tensor],  # stream -> (B, K, C) noisy points
         t: dict[str, torch.Tensor],  # stream -> (B,) noise level
         context: torch.Tensor,  # (B, P, F) scene points: xyz + extra features (e.g. the target flag)
-        context_mask: Optional[torch.Tensor] = None,  # (B, P) bool, True = real point
+        context_mask: Optional[torch.Tensor] = None,  # (B, P) bool (or 0/1), True = real point
         context_drop: Optional[torch.Tensor] = None,  # (B,) bool: use the learned null context
     ) -> dict[str, torch.Tensor]:
+        if context_mask is not None:
+            context_mask = DiT._bool_mask(context_mask, "context_mask")  # 0 / 1 floats -> bool, others refused
+            if context.dim() != 3 or tuple(context_mask.shape) != tuple(context.shape[:2]):
+                raise ValueError(f"context_mask has shape {tuple(context_mask.shape)}, expected "
+                                 f"{tuple(context.shape[:2])} (context has shape {tuple(context.shape)})")
+            context = torch.where(context_mask[..., None], context, 0)  # padding: zero before the embedding
         ctx = self.context_embed(context)  # (B, P, Dc)
         return self.dit(x, t, context=ctx, context_mask=context_mask, context_drop=context_drop)
