@@ -2,8 +2,13 @@
 
     python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile both [section.key=value ...]
     torchrun --nproc_per_node=2 scripts/bench_train.py --arch DiT-B/2 --batch 512 --compile yes   # DDP
+    # issue 17: fused adaLN kernels off against on, a super-resolution row and a 77-token context-set row
+    python scripts/bench_train.py --arch DiT-S/2 --compile yes --fast-kernels off on train.nan_check=log
+    python scripts/bench_train.py --arch DiT-S/2 --compile yes task.kind=superres train.nan_check=log
+    python scripts/bench_train.py --arch DiT-S/2 --compile yes --context-tokens 77 train.nan_check=log
 
-One JSON line per setting (see ditlab.bench.bench_train). The same measurement on a real data set:
+One JSON line per setting (see ditlab.bench.bench_train), with the task, the fast_kernels mode and
+the context-set length added. The same measurement on a real data set:
 `ditlab bench train CONFIG`.
 """
 from __future__ import annotations
@@ -12,9 +17,21 @@ import argparse
 import json
 import os
 import tempfile
+from pathlib import Path
 
 from ditlab.bench import bench_train, write_random_npz
 from ditlab.config import load_config
+
+
+def write_random_context(num: int, tokens: int, dim: int) -> str:
+    """A context file (docs/context_sets.md) of random fp16 embeddings, every row ``tokens`` long."""
+    import numpy as np
+
+    path = Path(tempfile.mkdtemp(prefix="ditlab-synthetic-ctx-")) / "context.npz"
+    rng = np.random.default_rng(1)
+    np.savez(path, embeddings=rng.standard_normal((num, tokens, dim), dtype=np.float32).astype(np.float16),
+             lengths=np.full(num, tokens))
+    return str(path)
 
 
 def main():
@@ -26,18 +43,36 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--fast-kernels", nargs="+", default=[None], choices=["auto", "on", "off"],
+                   help="train.fast_kernels values to measure, one row each (default: the config's)")
+    p.add_argument("--context-tokens", type=int, default=0, help="add a random context set of this many tokens")
+    p.add_argument("--context-dim", type=int, default=768)
+    p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     p.add_argument("overrides", nargs="*")
     args = p.parse_intermixed_args()  # overrides may come before and after the flags
-    data = write_random_npz(image_size=args.image_size)
+    num = 4096
+    data = write_random_npz(num=num, image_size=args.image_size)
+    extra = []
+    if args.context_tokens:
+        extra.append(f"data.context_path={write_random_context(num, args.context_tokens, args.context_dim)}")
     for arch in args.arch:
         for c in {"yes": [True], "no": [False], "both": [False, True]}[args.compile]:
-            cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",
-                                     f"train.batch_size={args.batch}", f"train.compile={str(c).lower()}",
-                                     "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
-                                     "diffusion.process=ddpm", "diffusion.prediction=eps", *args.overrides])
-            result = bench_train(cfg, args.warmup, args.steps, args.repeats)
-            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
-                print(json.dumps(result), flush=True)
+            for fk in args.fast_kernels:
+                fk_override = [] if fk is None else [f"train.fast_kernels={fk}"]
+                cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",
+                                         f"train.batch_size={args.batch}", f"train.compile={str(c).lower()}",
+                                         "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
+                                         "diffusion.process=ddpm", "diffusion.prediction=eps", *extra,
+                                         *fk_override, *args.overrides])
+                result = bench_train(cfg, args.warmup, args.steps, args.repeats)
+                result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels,
+                              context_tokens=args.context_tokens, overrides=args.overrides)
+                if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
+                    line = json.dumps(result)
+                    print(line, flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(line + "\n")
     from ditlab.train.distributed import SINGLE, init_distributed, shutdown
 
     shutdown(init_distributed() if os.environ.get("WORLD_SIZE", "1") != "1" else SINGLE)  # leave the group cleanly

@@ -13,11 +13,12 @@ generality costs nothing in the common case.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
+from ditlab.models import kernels
 from ditlab.models.attention import Attention
 from ditlab.models.embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, rope_2d, sincos_2d, sinusoidal
 
@@ -126,6 +127,23 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class AdaLNMods(NamedTuple):
+    """One DiTBlock's adaLN-Zero modulation, named, in the order of the adaLN layer's output chunks.
+
+    The order is the checkpoint layout (adaLN.weight rows): self-attention, MLP, then cross-attention.
+    """
+
+    shift_msa: torch.Tensor
+    scale_msa: torch.Tensor
+    gate_msa: torch.Tensor
+    shift_mlp: torch.Tensor
+    scale_mlp: torch.Tensor
+    gate_mlp: torch.Tensor
+    shift_ca: Optional[torch.Tensor] = None  # cross-attention (blocks with a context set only)
+    scale_ca: Optional[torch.Tensor] = None
+    gate_ca: Optional[torch.Tensor] = None
+
+
 class DiTBlock(nn.Module):
     """Self-attention, optional cross-attention to a context set, MLP; each adaLN-Zero modulated."""
 
@@ -142,23 +160,45 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.num_mod = 9 if self.has_cross else 6
         self.adaLN = nn.Linear(dim, self.num_mod * dim)
+        # Fused adaLN kernels (ditlab.models.kernels, train.fast_kernels); not part of the state dict.
+        self.fast_kernels = False
 
     def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False):
         # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None.
         # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
+        if self.fast_kernels:
+            return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv)
         mod = self.adaLN(c)  # (B, G, num_mod * D)
         if index is not None:
             mod = mod[:, index]  # (B, N, num_mod * D)
-        mods = mod.chunk(self.num_mod, dim=-1)
-        a = self.attn(modulate(self.norm1(x), mods[0], mods[1]), mask=mask, rope=rope, kv_prefix=kv_prefix,
+        m = AdaLNMods(*mod.chunk(self.num_mod, dim=-1))
+        a = self.attn(modulate(self.norm1(x), m.shift_msa, m.scale_msa), mask=mask, rope=rope, kv_prefix=kv_prefix,
                       return_kv=return_kv)
         if return_kv:
             a, kv = a
-        x = x + mods[2] * a
+        x = x + m.gate_msa * a
         if self.has_cross:
-            h = modulate(self.norm_cross(x), mods[6], mods[7])
-            x = x + mods[8] * self.cross_attn(h, context=context, mask=context_mask)
-        x = x + mods[5] * self.mlp(modulate(self.norm2(x), mods[3], mods[4]))
+            h = modulate(self.norm_cross(x), m.shift_ca, m.scale_ca)
+            x = x + m.gate_ca * self.cross_attn(h, context=context, mask=context_mask)
+        x = x + m.gate_mlp * self.mlp(modulate(self.norm2(x), m.shift_mlp, m.scale_mlp))
+        return (x, kv) if return_kv else x
+
+    def _forward_fused(self, x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv):
+        """The same mathematics with fused kernels: each gate + residual is fused with the next sub-layer's
+        LayerNorm + modulate, and the modulation is gathered to tokens inside the kernels (no (B, N, 9D)
+        tensor)."""
+        m = AdaLNMods(*self.adaLN(c).chunk(self.num_mod, dim=-1))  # (B, G, D) each
+        h = kernels.adaln_modulate(x, m.shift_msa, m.scale_msa, index)
+        a = self.attn(h, mask=mask, rope=rope, kv_prefix=kv_prefix, return_kv=return_kv)
+        if return_kv:
+            a, kv = a
+        if self.has_cross:
+            x, h = kernels.gate_residual_adaln(x, a, m.gate_msa, m.shift_ca, m.scale_ca, index)
+            a = self.cross_attn(h, context=context, mask=context_mask)
+            x, h = kernels.gate_residual_adaln(x, a, m.gate_ca, m.shift_mlp, m.scale_mlp, index)
+        else:
+            x, h = kernels.gate_residual_adaln(x, a, m.gate_msa, m.shift_mlp, m.scale_mlp, index)
+        x = x + kernels.gather_groups(m.gate_mlp, index) * self.mlp(h)  # fused by torch.compile
         return (x, kv) if return_kv else x
 
 
@@ -170,13 +210,20 @@ class FinalLayer(nn.Module):
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.adaLN = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, patch_size * patch_size * channels)
+        self.fast_kernels = False  # fused LayerNorm + modulate (ditlab.models.kernels)
 
     def forward(self, x, c, index):
+        if self.fast_kernels:
+            return self._forward_fused(x, c, index)
         mod = self.adaLN(c)
         if index is not None:
             mod = mod[:, index]
         shift, scale = mod.chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+    def _forward_fused(self, x, c, index):
+        shift, scale = self.adaLN(c).chunk(2, dim=-1)
+        return self.linear(kernels.adaln_modulate(x, shift, scale, index))
 
 
 def unpatchify(tokens: torch.Tensor, spec: StreamSpec) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""Fused adaLN kernels for DiT blocks (issue 17): Triton on CUDA, the eager PyTorch reference elsewhere.
+
+    adaln_modulate(x, shift, scale, index)                -> LN(x) * (1 + scale) + shift
+    gate_residual_adaln(x, branch, gate, shift, scale, index) -> (x', LN(x') * (1 + scale) + shift),
+                                                              x' = x + gate * branch
+
+Modulation tensors are (B, G, D) (or (B, D), taken as G = 1); token n uses group index[n], or 0 when
+G == 1, or n when G == N (see ``reference``). The Triton path runs for CUDA tensors when Triton is
+installed (``triton_available``); everything else takes the reference path, which is the same
+mathematics as DiTBlock's eager code.
+
+``train.fast_kernels`` (auto | on | off) picks the path of a model's blocks: ``configure_fast_kernels``
+(called by the trainer) resolves it for a device and sets it on every module that has a
+``fast_kernels`` attribute (DiTBlock, FinalLayer). off keeps today's code path exactly.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+from ditlab.models.kernels.reference import (adaln_modulate_ref, gate_residual_adaln_ref, gather_groups,
+                                             modulate)
+
+__all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_residual_adaln_ref",
+           "gather_groups", "modulate", "triton_available", "resolve_fast_kernels", "configure_fast_kernels",
+           "set_fast_kernels", "FAST_KERNEL_MODES"]
+
+FAST_KERNEL_MODES = ("auto", "on", "off")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module():
+    """The Triton kernels module, or None where Triton (or a CUDA build of torch) is missing."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from ditlab.models.kernels import adaln_triton
+    except ImportError:
+        return None
+    return adaln_triton
+
+
+def triton_available() -> bool:
+    return _triton_module() is not None
+
+
+def _as_groups(t: torch.Tensor) -> torch.Tensor:
+    return t[:, None] if t.dim() == 2 else t
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda and triton_available()
+
+
+def _prepare(x, mods, index):
+    """Triton-path arguments: (B, G, D) modulation; a large index gathers to per-token modulation first."""
+    mods = [_as_groups(m) for m in mods]
+    if index is not None:
+        from ditlab.models.kernels.adaln_triton import MAX_INDEX_GROUPS
+
+        if mods[0].shape[1] > MAX_INDEX_GROUPS:  # e.g. the per-token groups of a slice of the sequence
+            mods, index = [m[:, index] for m in mods], None
+        else:
+            index = index.to(device=x.device, dtype=torch.int32)
+    return mods, index
+
+
+def _out_dtype(shift: torch.Tensor) -> torch.dtype:
+    # The modulation's dtype: bf16 under autocast (the adaLN Linear's output), which the next layer (a
+    # Linear) casts its input to anyway; fp32 in an fp32 model.
+    return shift.dtype
+
+
+def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                   index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """LayerNorm(x) (no affine, eps 1e-6) * (1 + scale) + shift, fused on CUDA."""
+    if not _use_triton(x):
+        return adaln_modulate_ref(x, _as_groups(shift), _as_groups(scale), index)
+    (shift, scale), index = _prepare(x, (shift, scale), index)
+    y, _, _, _ = torch.ops.ditlab.adaln_fwd(x.contiguous(), None, None, shift, scale, index, _out_dtype(shift))
+    return y
+
+
+def gate_residual_adaln(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor,
+                        scale: torch.Tensor, index: Optional[torch.Tensor] = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + gate * branch, LayerNorm(that) * (1 + scale) + shift), fused on CUDA."""
+    if not _use_triton(x):
+        return gate_residual_adaln_ref(x, branch, _as_groups(gate), _as_groups(shift), _as_groups(scale), index)
+    (gate, shift, scale), index = _prepare(x, (gate, shift, scale), index)
+    y, xnew, _, _ = torch.ops.ditlab.adaln_fwd(x.contiguous(), branch.contiguous(), gate, shift, scale, index,
+                                               _out_dtype(shift))
+    return xnew, y
+
+
+def resolve_fast_kernels(mode: str, device: torch.device | str) -> bool:
+    """train.fast_kernels for a device: auto -> on where CUDA and Triton are present; on without them
+    is an error naming the key; off -> False (today's eager code path)."""
+    if mode not in FAST_KERNEL_MODES:
+        raise ValueError(f"train.fast_kernels must be one of {', '.join(FAST_KERNEL_MODES)}, got {mode!r}")
+    if mode == "off":
+        return False
+    device = torch.device(device)
+    ok = device.type == "cuda" and triton_available()
+    if mode == "on" and not ok:
+        why = "the device is not CUDA" if device.type != "cuda" else "Triton is not installed"
+        raise RuntimeError(f"train.fast_kernels=on needs a CUDA device and Triton ({why}: device {device}); "
+                           "use train.fast_kernels=auto or off")
+    return ok
+
+
+def set_fast_kernels(model: torch.nn.Module, enabled: bool) -> int:
+    """Switch the fused path on every module of ``model`` that has one; returns how many were set."""
+    count = 0
+    for m in model.modules():
+        if hasattr(m, "fast_kernels"):
+            m.fast_kernels = bool(enabled)
+            count += 1
+    return count
+
+
+def configure_fast_kernels(model: torch.nn.Module, mode: str, device: torch.device | str) -> bool:
+    """Resolve train.fast_kernels for ``device`` and set it on ``model``; returns whether it is on."""
+    enabled = resolve_fast_kernels(mode, device)
+    set_fast_kernels(model, enabled)
+    return enabled

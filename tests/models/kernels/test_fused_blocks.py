@@ -1,0 +1,146 @@
+"""DiTBlock / FinalLayer with the fused path (train.fast_kernels) against today's path, and the named
+modulation chunks (issue 15 item 7) pinned to the checkpoint's chunk order."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ditlab.models import kernels
+from ditlab.models.dit import AdaLNMods, DiT, DiTBlock, StreamSpec, modulate
+
+IMG = StreamSpec("image", 3, 8, 2)
+COND = StreamSpec("cond", 3, 4, 2, predict=False, pos_scale=2.0)
+gpu = pytest.mark.skipif(not kernels.triton_available(), reason="needs a CUDA GPU and Triton")
+
+
+def tiny(streams, hidden=32, heads=4, **kw):
+    torch.manual_seed(0)
+    model = DiT(streams, hidden_size=hidden, depth=2, num_heads=heads, **kw)
+    with torch.no_grad():  # adaLN-Zero starts as the identity: perturb every weight
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def inputs(streams, batch=2, per_token=False, context_dim=None, labels=False, device="cpu"):
+    g = torch.Generator().manual_seed(1)
+    x = {s.name: torch.randn(batch, *s.shape, generator=g) for s in streams}
+    if per_token:
+        t = {s.name: torch.rand(batch, s.num_tokens, generator=g) for s in streams}
+    else:
+        t = {s.name: torch.rand(batch, generator=g) for s in streams}
+    kw = {}
+    if labels:
+        kw["labels"] = torch.arange(batch) % 5
+    if context_dim:
+        kw["context"] = torch.randn(batch, 5, context_dim, generator=g)
+        kw["context_mask"] = torch.arange(5)[None] < torch.tensor([[5], [3]])[:batch]
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return move(x), move(t), move(kw)
+
+
+def old_block_forward(block, x, c, index, mask, rope, context, context_mask):
+    """DiTBlock.forward as it was before the chunks were named (mods[0..8]): the pinned layout."""
+    mod = block.adaLN(c)
+    if index is not None:
+        mod = mod[:, index]
+    mods = mod.chunk(block.num_mod, dim=-1)
+    a = block.attn(modulate(block.norm1(x), mods[0], mods[1]), mask=mask, rope=rope)
+    x = x + mods[2] * a
+    if block.has_cross:
+        h = modulate(block.norm_cross(x), mods[6], mods[7])
+        x = x + mods[8] * block.cross_attn(h, context=context, mask=context_mask)
+    return x + mods[5] * block.mlp(modulate(block.norm2(x), mods[3], mods[4]))
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_named_chunks_keep_the_checkpoint_order(cross):
+    torch.manual_seed(0)
+    block = DiTBlock(32, 4, 4.0, 0.0, False, context_dim=6 if cross else None)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    keys = [k for k in block.state_dict()]
+    expected = ["attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias"]
+    if cross:
+        expected += ["cross_attn.q.weight", "cross_attn.q.bias", "cross_attn.kv.weight", "cross_attn.kv.bias",
+                     "cross_attn.proj.weight", "cross_attn.proj.bias"]
+    expected += ["mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "adaLN.weight", "adaLN.bias"]
+    assert keys == expected
+    assert block.adaLN.weight.shape == ((9 if cross else 6) * 32, 32)
+    x, c = torch.randn(2, 10, 32), torch.randn(2, 1, 32)
+    ctx = torch.randn(2, 5, 6) if cross else None
+    out = block(x, c, None, None, None, ctx, None)
+    assert torch.equal(out, old_block_forward(block, x, c, None, None, None, ctx, None))
+    index = torch.tensor([0] * 4 + [1] * 6)
+    c2 = torch.randn(2, 2, 32)
+    assert torch.equal(block(x, c2, index, None, None, ctx, None),
+                       old_block_forward(block, x, c2, index, None, None, ctx, None))
+    names = AdaLNMods._fields
+    assert names == ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp",
+                     "shift_ca", "scale_ca", "gate_ca")
+
+
+CASES = {
+    "image": (dict(streams=[IMG], num_classes=5), dict(labels=True)),
+    "superres": (dict(streams=[COND, IMG]), {}),
+    "per_token": (dict(streams=[COND, IMG]), dict(per_token=True)),
+    "context": (dict(streams=[IMG], context_dim=6), dict(context_dim=6)),
+}
+
+
+def run_model(model, x, t, kw):
+    model.zero_grad(set_to_none=True)
+    out = model(x, t, **kw)["image"]
+    (out.float() * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum().backward()
+    return out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_path_on_cpu_is_todays_mathematics(case):
+    """On the CPU the fused path takes the reference kernels: same outputs and gradients as 'off'."""
+    mkw, ikw = CASES[case]
+    model = tiny(**mkw)
+    x, t, kw = inputs(mkw["streams"], **ikw)
+    off, g_off = run_model(model, x, t, kw)
+    assert kernels.set_fast_kernels(model, True) == 2 + len(model.final)
+    on, g_on = run_model(model, x, t, kw)
+    torch.testing.assert_close(on, off, rtol=1e-6, atol=1e-6)
+    assert g_on.keys() == g_off.keys()
+    for name in g_off:
+        torch.testing.assert_close(g_on[name], g_off[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_configure_fast_kernels_modes():
+    model = tiny([IMG])
+    assert kernels.configure_fast_kernels(model, "off", "cpu") is False
+    assert kernels.configure_fast_kernels(model, "auto", "cpu") is False
+    assert not any(getattr(m, "fast_kernels", False) for m in model.modules())
+    with pytest.raises(RuntimeError, match="train.fast_kernels=on"):
+        kernels.configure_fast_kernels(model, "on", "cpu")
+    with pytest.raises(ValueError, match="train.fast_kernels"):
+        kernels.resolve_fast_kernels("yes", "cpu")
+    assert "fast_kernels" not in "".join(model.state_dict())  # not part of checkpoints
+
+
+@gpu
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_path_matches_eager_on_gpu(case, amp):
+    mkw, ikw = CASES[case]
+    model = tiny(hidden=384, heads=6, **mkw).cuda()
+    x, t, kw = inputs(mkw["streams"], device="cuda", **ikw)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+    with ctx:
+        off, g_off = run_model(model, x, t, kw)
+    kernels.set_fast_kernels(model, True)
+    with ctx:
+        on, g_on = run_model(model, x, t, kw)
+    tol = 2e-2 if amp else 1e-4
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+    assert rel(on, off) < tol
+    for name in g_off:
+        assert rel(g_on[name], g_off[name]) < tol, (name, rel(g_on[name], g_off[name]))
