@@ -97,6 +97,7 @@ class Trainer:
         self.order = EpochSampler(self.data.num_examples, cfg.train.batch_size, cfg.train.seed)
         self.step = 0
         self.last_loss = float("nan")
+        self.segments: list[dict] = []  # the earlier training segments of a resumed run (summary.json, report)
 
         self.data.to(self.device)  # e.g. uint8 images on the device: no loader in the hot loop
         self.train_model = self.model  # what the loss calls: the model, or DDP around it
@@ -150,6 +151,8 @@ class Trainer:
             state = load_checkpoint(latest, model=self.model, optimizer=self.optimizer, ema=self.ema,
                                     map_location=self.device)
             self.step = int(state["step"])
+            # A checkpoint from before segments were recorded: its steps took an unknown time.
+            self.segments = list(state.get("segments") or [self._segment(0, self.step, None, None)])
             self.order.load_state_dict(state["data"])
             self._restore_rng(state)
             if self.scaler is not None and "scaler" in state:
@@ -291,7 +294,8 @@ class Trainer:
         rngs = gather_objects(self.dist, capture_rng_state())
         if not self.dist.is_main:
             return None
-        state = {"data": self.order.state_dict(), "rng": rngs[0], "config": to_dict(self.cfg)}
+        state = {"data": self.order.state_dict(), "rng": rngs[0], "config": to_dict(self.cfg),
+                 "segments": self._segments_now()}
         if self.dist.enabled:
             state["rng_ranks"] = rngs
         if self.scaler is not None:
@@ -321,6 +325,7 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
         self._window = [0.0, 0, time.perf_counter()]  # loss sum (device), steps, start time
         t_start, start_step = time.perf_counter(), self.step
+        self._segment_start = (t_start, start_step)
         self.clock = TrainingClock(cfg.time_limit, cfg.untimed_steps, self.device)
         with StopRequest() as stop:
             while self.step < cfg.steps:
@@ -361,15 +366,36 @@ class Trainer:
                     break
         bar.close()
         wall = time.perf_counter() - t_start
-        summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": wall,
+        # Wall time, throughput and epochs over every segment of a resumed run (this one: segment_wall_seconds).
+        segments = self._segments_now()
+        timed = [seg for seg in segments if seg["wall_seconds"] is not None]
+        run_wall = sum(seg["wall_seconds"] for seg in timed)
+        images = sum((seg["end_step"] - seg["start_step"]) * (seg["batch_size"] or cfg.batch_size) for seg in segments)
+        timed_images = sum((seg["end_step"] - seg["start_step"]) * seg["batch_size"] for seg in timed)
+        summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": run_wall,
+                   "segment_wall_seconds": wall, "segments": segments,
                    "timed_seconds": self.clock.elapsed(), "timed_steps": self.clock.timed_steps,
-                   "images_per_s": (self.step - start_step) * cfg.batch_size / max(wall, 1e-9),
+                   "images_per_s": timed_images / max(run_wall, 1e-9),
+                   "epochs": images / self.data.num_examples, "num_examples": self.data.num_examples,
+                   "batch_size": cfg.batch_size,
                    "device": str(self.device), "world_size": self.dist.world_size,
                    "parameters": sum(p.numel() for p in self.model.parameters())}
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.close()
         return 0
+
+    @staticmethod
+    def _segment(start_step: int, end_step: int, wall_seconds, batch_size) -> dict:
+        return {"start_step": start_step, "end_step": end_step, "wall_seconds": wall_seconds, "batch_size": batch_size}
+
+    def _segments_now(self) -> list[dict]:
+        """The training segments behind the current step: those of the checkpoint this run resumed from,
+        then this process's (its wall time of the training loop so far)."""
+        if getattr(self, "_segment_start", None) is None:  # save() outside run()
+            return list(self.segments)
+        t0, s0 = self._segment_start
+        return self.segments + [self._segment(s0, self.step, time.perf_counter() - t0, self.cfg.train.batch_size)]
 
     def _log(self, gnorm: torch.Tensor, bar) -> None:
         loss_sum, n, t0 = self._window
