@@ -15,7 +15,7 @@ import torch
 
 from ditlab.config import DiffusionConfig, ModelConfig
 from ditlab.diffusion.objectives import build_objective
-from ditlab.tasks.icl import ICLDiffusionTask, build_icl_model, sample_queries
+from ditlab.tasks.icl.task import ICLDiffusionTask, build_icl_model, sample_queries
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def train(a) -> None:
 
 def inspect(a) -> None:
     from ditlab.runs import load_run
-    from ditlab.tasks.icl_data import draw_prompts
+    from ditlab.tasks.icl.data import draw_prompts
 
     run = load_run(a.run, which="model")
     c = run.cfg.icl

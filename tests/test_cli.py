@@ -77,7 +77,7 @@ def test_bench_train_and_sample_json(trained_run, capsys, tmp_path):
 
 
 def test_ctrl_c_while_sampling_writes_nothing(trained_run, tmp_path, capsys, monkeypatch):
-    import ditlab.sampling as sampling
+    import ditlab.generation as sampling
 
     real = sampling.generate_batch
     calls = []

@@ -94,7 +94,7 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     from ditlab.diffusion.paths import single_stream_path
     from ditlab.diffusion.samplers import count_nfe
     from ditlab.runs import load_run
-    from ditlab.sampling import generate, sampling_autocast
+    from ditlab.generation import generate, sampling_autocast
     from ditlab.devices import resolve_device
 
     dev = resolve_device(device)

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 from ditlab.configlib import ConfigError
-from ditlab.context_cli import add_context_parser
+from ditlab.tasks.image.cli import add_context_parser
 from ditlab.eval.cli import add_fid_parser
-from ditlab.eval.icl_cli import add_icl_parser
-from ditlab.eval.scene_cli import add_scene_parser
+from ditlab.tasks.icl.cli import add_icl_parser
+from ditlab.tasks.scene.cli import add_scene_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
-from ditlab.lift_cli import add_lift_parser
+from ditlab.tasks.lift.cli import add_lift_parser
 
 
 def resolve_config_path(name: str | None) -> str | None:
@@ -57,7 +57,7 @@ def _sample(args, info) -> int:
 
     from ditlab.imageio import save_image_grid, save_npz_images
     from ditlab.runs import load_run
-    from ditlab.sampling import generate, sampling_autocast
+    from ditlab.generation import generate, sampling_autocast
     from ditlab.train.distributed import gather_objects, rank_device, rank_slice
 
     device = rank_device(info, args.device, setting="--device")
@@ -73,7 +73,7 @@ def _sample(args, info) -> int:
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
     compile_ = {"on": True, "off": False}.get(args.compile, device.type == "cuda" and args.num >= 1000)
     model = torch.compile(run.model) if compile_ else run.model
-    from ditlab.lift_cli import choose_sample_path
+    from ditlab.tasks.lift.cli import choose_sample_path
 
     path_name = choose_sample_path(run, args.run_dir, args.path)  # "" unless task.kind=lift
     conditions = None
@@ -90,7 +90,7 @@ def _sample(args, info) -> int:
         conditions = cond_data.images[evaluation_subset(len(cond_data.images), args.num)]
     per_sample = {}
     if args.context:
-        from ditlab.context_cli import sample_inputs
+        from ditlab.tasks.image.cli import sample_inputs
 
         per_sample = sample_inputs(run, args.context, args.num)
     elif run.info.get("context_dim") is not None:
@@ -211,9 +211,9 @@ def cmd_diagnose_collapse(args) -> int:
 
     from ditlab.data import evaluation_subset, load_image_data
     from ditlab.devices import resolve_device
-    from ditlab.eval.diagnose import collapse_sweep
+    from ditlab.tasks.superres.diagnose import collapse_sweep
     from ditlab.runs import load_run
-    from ditlab.sampling import sampling_autocast
+    from ditlab.generation import sampling_autocast
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device, kind="superres", command="`ditlab diagnose collapse`")

@@ -108,7 +108,7 @@ class DataConfig:
 
 @dataclass
 class SceneConfig:
-    # The scene task (task.kind=scene): random scenes of posed primitives (ditlab.tasks.scenes) as point
+    # The scene task (task.kind=scene): random scenes of posed primitives (ditlab.tasks.scene.scenes) as point
     # clouds of varying size, padded to the longest and masked; the model generates num_target_points
     # points on the surface of one marked object. Scenes are generated once from `seed` and kept on the
     # device; `ditlab scene eval` draws eval_scenes held-out scenes from `eval_seed`.

@@ -12,7 +12,7 @@ import yaml
 from ditlab.config import Config
 from ditlab.configlib import config_from_dict
 from ditlab.diffusion.objectives import build_objective
-from ditlab.tasks.factory import build_model, build_task
+from ditlab.tasks.registry import build_model, build_task
 from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
 
 

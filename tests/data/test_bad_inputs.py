@@ -24,7 +24,7 @@ from PIL import Image
 
 from ditlab.config import load_config
 from ditlab.data import IMAGE_EXTENSIONS, MAX_ASPECT, MIN_SIDE, DataError, load_image_data
-from ditlab.tasks.image_data import load_image_train_data
+from ditlab.tasks.image.data import load_image_train_data
 from ditlab.train import trainer as trainer_mod
 
 

@@ -131,7 +131,7 @@ def test_bad_files_are_named(tmp_path):
 def test_shipped_lift_plan_is_valid_and_flops_match():
     from ditlab.config import load_config
     from ditlab.flops import dit_forward_flops
-    from ditlab.tasks.factory import build_model
+    from ditlab.tasks.registry import build_model
 
     spec = load_ablation("configs/ablations/lift.yaml")
     check_variants(spec, ["data.path=unused"])

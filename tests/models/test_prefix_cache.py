@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ditlab.models.dit import DiT, StreamSpec
-from ditlab.tasks.icl_layout import Y_QUERY, icl_streams, prefix_attention_mask
+from ditlab.tasks.icl.layout import Y_QUERY, icl_streams, prefix_attention_mask
 from tests.models.test_dit import tiny
 
 

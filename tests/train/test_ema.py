@@ -8,7 +8,8 @@ from safetensors import safe_open
 from torch import nn
 
 from ditlab.train.checkpoint import save_checkpoint
-from ditlab.train.ema import EMA, strip_wrapper_prefix, unwrap_model
+from ditlab.models.wrappers import strip_wrapper_prefix, unwrap_model
+from ditlab.train.ema import EMA
 
 
 def set_params(model: nn.Module, value: float):

@@ -21,7 +21,7 @@ import torch
 from ditlab.config import load_config
 from ditlab.diffusion.objectives import build_objective
 from ditlab.models.dit import DiT, StreamSpec
-from ditlab.tasks.image import ImageTask
+from ditlab.tasks.image.task import ImageTask
 from ditlab.train import trainer as trainer_mod
 from ditlab.train.checkpoint import load_weights
 from ditlab.train.trainer import Trainer

@@ -22,7 +22,7 @@ key            dtype, shape         meaning
 
 Decisions (checked by :func:`load_context_file`, each error names the file, the key and the shapes):
 - A row with no real token ("no caption") is allowed. The model then sees the learned null context,
-  the same thing the unconditional pass of classifier-free guidance sees (ditlab.tasks.image).
+  the same thing the unconditional pass of classifier-free guidance sees (ditlab.tasks.image.task).
 - With ``names``, rows may cover more images than the data set holds (e.g. files left out as
   unreadable); every image of the data set must have a row. Names must be unique.
 - Padding values are never read: they are set to zero on load (a NaN in padding would otherwise

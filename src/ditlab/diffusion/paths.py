@@ -6,7 +6,7 @@ L-shaped, planned) are built from the same object, so every sampler accepts ever
 ``hold`` marks streams whose values the sampler does not integrate although their level (what the
 network is told) follows the path: "fixed" keeps the starting draw for the whole run, "fresh"
 replaces it by new standard-normal noise from the per-sample RNG before every step. They probe
-whether a model uses a stream at all (ditlab.diffusion.lift_paths: lo-fixed, lo-random).
+whether a model uses a stream at all (ditlab.tasks.lift.paths: lo-fixed, lo-random).
 """
 from __future__ import annotations
 

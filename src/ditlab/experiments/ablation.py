@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from ditlab.config import load_config
-from ditlab.diffusion.lift_paths import DP_PATHS
+from ditlab.tasks.lift.paths import DP_PATHS
 from ditlab.experiments.ablation_spec import AblationSpec, Variant
 from ditlab.experiments.results import write_results
 
@@ -145,7 +145,7 @@ class AblationRunner:
             raise RuntimeError(f"training {unit.name} stopped with exit code {code} (see {run_dir}/metrics.jsonl)")
 
     def measure_errors(self, unit: Unit, run, run_dir: Path) -> None:
-        from ditlab.lift_cli import lift_node_errors
+        from ditlab.tasks.lift.cli import lift_node_errors
 
         e = self.spec.errors
         self.log(f"ditlab ablate: per-node errors of {unit.name} ({e.grid + 1}^2 nodes x {e.num} images)")
@@ -157,8 +157,8 @@ class AblationRunner:
         from ditlab.diffusion.samplers import count_nfe
         from ditlab.flops import dit_forward_flops
         from ditlab.imageio import save_image_grid
-        from ditlab.lift_cli import choose_sample_path
-        from ditlab.sampling import generate, sampling_autocast
+        from ditlab.tasks.lift.cli import choose_sample_path
+        from ditlab.generation import generate, sampling_autocast
 
         s = self.spec.sample
         choose_sample_path(run, run_dir, None if path == "default" else path)

@@ -13,7 +13,7 @@
       lift:     {overrides: [task.kind=lift], paths: [diagonal, dp-hi]}
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
-grid), any ditlab.diffusion.lift_paths name for task.kind=lift (default [diagonal]).
+grid), any ditlab.tasks.lift.paths name for task.kind=lift (default [diagonal]).
 """
 from __future__ import annotations
 

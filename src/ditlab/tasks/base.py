@@ -1,7 +1,7 @@
 """What the trainer needs from a task kind: its training data, its model and the task around it.
 
 A task kind (image, superres, and every later one: scenes, in-context regression, ...) registers a
-:class:`TaskKind` in :mod:`ditlab.tasks.factory`. The trainer then never looks inside a batch:
+:class:`TaskKind` in :mod:`ditlab.tasks.registry`. The trainer then never looks inside a batch:
 
 - ``TrainData.batch(idx)`` turns example indices into a dict of device tensors (gather, augment, or
   draw synthetic examples from torch's global RNG, which checkpoints save, so resume stays exact).

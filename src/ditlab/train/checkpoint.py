@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ditlab.train.ema import strip_wrapper_prefix, unwrap_model
+from ditlab.models.wrappers import strip_wrapper_prefix, unwrap_model
 
 CHECKPOINT_FORMAT_VERSION = 1
 MODEL_FILE, EMA_FILE, STATE_FILE, LATEST_FILE = "model.safetensors", "ema.safetensors", "state.pt", "latest"

@@ -12,25 +12,7 @@ import copy
 import torch
 from torch import nn
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel / torch.compile wrappers, so names and copies are the plain model's."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
-def strip_wrapper_prefix(name: str) -> str:
-    """``module._orig_mod.blocks.0.w`` -> ``blocks.0.w`` (leading wrapper prefixes only)."""
-    while name.startswith(_WRAPPER_PREFIXES):
-        name = name.split(".", 1)[1]
-    return name
+from ditlab.models.wrappers import strip_wrapper_prefix, unwrap_model
 
 
 class EMA:

@@ -23,7 +23,7 @@ from ditlab.config import Config
 from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dict
 from ditlab.diffusion.objectives import build_objective
 from ditlab.imageio import save_image_grid
-from ditlab.tasks.factory import build_model, build_task, build_train_data, task_kind
+from ditlab.tasks.registry import build_model, build_task, build_train_data, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
                                      restore_rng_state, save_checkpoint)
 from ditlab.train.clock import TrainingClock

@@ -1,0 +1,80 @@
+"""Training batches of an in-memory image data set: uint8 on the device, gathered by index.
+
+Shared by the image and super-resolution tasks. The whole data set moves to the device once, so
+the step has no loader; a batch is a gather, the conversion to [-1, 1] and the optional flip.
+With a context set (data.context_path, image task only) its rows, aligned to the images, live on the
+device too and a batch gathers them with the same indices.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ditlab.data import load_image_data
+from ditlab.data.context_sets import ContextSet, align_to_images, load_context_file
+from ditlab.data.dataset import ImageData
+from ditlab.tasks.image.task import to_model_range
+
+
+class ImageTrainData:
+    def __init__(self, data: ImageData, hflip: bool, context: Optional[ContextSet] = None):
+        _, channels, height, width = data.images.shape
+        if height != width:
+            raise ValueError(f"images of {data.source} are {height}x{width}; set data.image_size to train on square crops")
+        self.data = data  # CPU copy: preview conditions, class names
+        self.hflip = hflip
+        self.images, self.labels = data.images, data.labels
+        self.num_examples = len(data.images)
+        self.info = {"image_size": height, "channels": channels, "class_names": data.class_names,
+                     "data_source": data.source}
+        self.context_set = context  # CPU copy, row i = image i: the preview's contexts
+        self.context = self.context_mask = None
+        if context is not None:
+            if len(context) != self.num_examples:
+                raise ValueError(f"context set {context.source} has {len(context)} rows for {self.num_examples} "
+                                 "images; align it with ditlab.data.context_sets.align_to_images")
+            self.context, self.context_mask = context.embeddings, context.mask
+            self.info.update(context_dim=context.dim, context_source=context.source)
+
+    def to(self, device: torch.device) -> "ImageTrainData":
+        self.images, self.labels = self.data.images.to(device), self.data.labels.to(device)
+        if self.context_set is not None:
+            self.context, self.context_mask = self.context_set.embeddings.to(device), self.context_set.mask.to(device)
+        return self
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = to_model_range(self.images[idx])  # (B, C, H, W) in [-1, 1]
+        if self.hflip:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        out = {"images": x, "labels": self.labels[idx]}
+        if self.context is not None:  # a device gather like the images': no host sync
+            out.update(context=self.context[idx].float(), context_mask=self.context_mask[idx])
+        return out
+
+
+def load_image_train_data(cfg, progress: bool = True, allow_context: bool = False) -> ImageTrainData:
+    """Read the configured data set and check it against the model's class count (before any GPU set-up).
+
+    ``allow_context``: the task kind cross-attends to a context set, so data.context_path may be set.
+    """
+    context = None
+    if cfg.data.context_path:
+        if not allow_context:
+            raise ValueError(f"data.context_path is set, but task.kind={cfg.task.kind} does not cross-attend to "
+                             "a context set (task.kind=image does)")
+        context = load_context_file(cfg.data.context_path)  # checked before the (slow) image decoding
+    data = load_image_data(cfg.data.path, cfg.data.image_size, cfg.data.on_bad_image, cfg.data.root,
+                           progress=progress)
+    n = cfg.model.num_classes
+    if n and not cfg.data.use_labels:
+        raise ValueError("model.num_classes > 0 needs data.use_labels=true")
+    if n and data.num_classes == 0:
+        raise ValueError(f"model.num_classes={n} but the data set {data.source} has no labels "
+                         "(no class folders); set model.num_classes=0")
+    if n and data.num_classes > n:
+        raise ValueError(f"the data set has {data.num_classes} classes but model.num_classes={n}")
+    if context is not None:
+        context = align_to_images(context, data.names, data.source)
+    return ImageTrainData(data, cfg.data.hflip, context)

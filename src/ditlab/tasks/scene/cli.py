@@ -1,0 +1,61 @@
+"""``ditlab scene eval RUN``: the command line of :mod:`ditlab.tasks.scene.eval`.
+
+Writes OUT/eval.json (metrics of the model and the baselines) and OUT/scenes.png (a few held-out
+scenes: scene grey, target blue, generated points red), and prints the metrics as one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_scene_eval(args) -> int:
+    from ditlab.devices import resolve_device
+    from ditlab.tasks.scene.eval import evaluate_run
+    from ditlab.runs import load_run
+    from ditlab.tasks.scene.plot import save_figure, scene_figure
+    from ditlab.tasks.scene.scenes import surface_distance
+
+    device = resolve_device(args.device)
+    run = load_run(args.run_dir, device=device, kind="scene", command="`ditlab scene eval`")
+    s = run.cfg.sample
+    sampler, steps = args.sampler or s.sampler, args.steps or s.steps
+    cfg_scale = s.cfg_scale if args.cfg is None else args.cfg
+    num = args.scenes or run.cfg.scene.eval_scenes
+    report, points, scenes = evaluate_run(run, num, cfg_scale, sampler, steps, args.seed, args.batch_size, device,
+                                          unconditional=not args.no_unconditional)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "scene_eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    n = min(args.figure_scenes, num)
+    if n > 0:
+        dist = report["metrics"]["model"]["distance"]
+        titles = [f"scene {i}: {surface_distance(scenes.targets[i], points[i]).mean():.3f} mean dist" for i in range(n)]
+        fig = scene_figure(scenes.features[:n], scenes.mask[:n], points[:n], titles=titles,
+                           suptitle=f"{sampler} {steps} steps, cfg {cfg_scale}: mean distance {dist:.4f} "
+                                    f"over {num} held-out scenes (grey scene, blue target, red generated)")
+        save_figure(fig, out / "scenes.png")
+    print(json.dumps({"out": str(out), **{k: v for k, v in report["metrics"].items()}}))
+    return 0
+
+
+def add_scene_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``ditlab scene eval RUN ...`` to an argparse sub-parser set."""
+    sc = subparsers.add_parser("scene", help="scene task tools (task.kind=scene)")
+    ssub = sc.add_subparsers(dest="scene_command", required=True)
+    e = ssub.add_parser("eval", help="distance and coverage of generated points on held-out scenes, vs baselines")
+    e.add_argument("run_dir")
+    e.add_argument("--scenes", type=int, default=None, help="held-out scenes (default: the run's scene.eval_scenes)")
+    e.add_argument("--cfg", type=float, default=None, help="guidance scale on the scene (default: sample.cfg_scale)")
+    e.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default=None,
+                   help="default: the run's sample.sampler")
+    e.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
+    e.add_argument("--seed", type=int, default=0, help="noise and baseline seed")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--no-unconditional", action="store_true", help="skip the null-context model baseline")
+    e.add_argument("--figure-scenes", type=int, default=6, help="scenes drawn in scenes.png (0: no figure)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default=None, help="output folder for eval.json and scenes.png (default RUN/scene_eval)")
+    e.set_defaults(func=cmd_scene_eval)
+    return sc

@@ -1,0 +1,150 @@
+"""Scene task (user note 001): generate K points on one object's surface given the whole scene.
+
+The target is one token stream of K points (a set: no positions). The scene is a context set of
+P points (xyz + a flag marking the target object's points), of varying size, padded and masked;
+the network reaches it only through cross-attention, so the padding mask is the only place
+padding is handled. For classifier-free guidance the context set is dropped (the learned null
+element, chosen with torch.where) with probability task.cond_dropout in training, and the sampler's
+``drop`` flag selects the null at sampling time.
+
+Coordinates (scene.frame): the world frame, or a frame centred on the marked points and scaled by
+their RMS radius. The second is the usual object-centric normalisation of point-cloud models: it
+takes the object's location and overall size from the input, so the network spends its capacity on
+the surface itself, which it still learns only through cross-attention to the scene.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ditlab.diffusion.guidance import guided
+from ditlab.diffusion.noise import PerSampleRNG
+from ditlab.diffusion.objectives import Objective
+from ditlab.diffusion.paths import TimePath, single_stream_path
+from ditlab.diffusion.samplers import sample
+from ditlab.models.dit import StreamSpec, build_dit, parse_arch
+from ditlab.models.point_set import SceneDiT
+from ditlab.models.wrappers import unwrap_model
+
+STREAM = "points"
+
+
+def build_scene_model(cfg, info: dict) -> SceneDiT:
+    """The scene network from the config and RUN/model.json facts (K, context channels)."""
+    hidden = cfg.model.hidden_size or parse_arch(cfg.model.arch)[0]
+    spec = StreamSpec(STREAM, 3, int(info["num_target_points"]), kind="tokens", positions="none")
+    dit = build_dit(cfg.model, [spec], context_dim=hidden)
+    return SceneDiT(dit, STREAM, int(info["context_channels"]), cfg.scene.fourier_bands)
+
+
+def target_frame(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre (B, 1, 3) and size (B, 1, 1) of each scene's marked points: their mean and RMS distance
+    to it, from real points only. A scene with no marked point keeps the world frame (0, 1)."""
+    weight = features[..., 3:4] * mask[..., None]  # (B, P, 1): target flag of real points
+    count = weight.sum(1, keepdim=True)  # (B, 1, 1)
+    has_target = count > 0
+    count = count.clamp_min(1.0)
+    center = (features[..., :3] * weight).sum(1, keepdim=True) / count
+    msd = (((features[..., :3] - center) ** 2).sum(-1, keepdim=True) * weight).sum(1, keepdim=True) / count
+    size = msd.sqrt().clamp_min(1e-3)  # a single marked point has radius 0
+    return torch.where(has_target, center, 0.0), torch.where(has_target, size, 1.0)
+
+
+def repeat_context(features: torch.Tensor, mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Guidance stacks conditional and unconditional passes into one batch of k * B: repeat the scenes."""
+    k = batch // features.shape[0]
+    return features.repeat(k, 1, 1), mask.repeat(k, 1)
+
+
+class SceneTask:
+    patch_sizes = {STREAM: 1}
+    can_guide = True  # guidance on the scene context
+    num_classes = 0
+
+    def __init__(self, model: torch.nn.Module, objective: Objective, cond_dropout: float = 0.0,
+                 coord_scale: float = 1.0, frame: str = "world"):
+        if coord_scale <= 0:
+            raise ValueError(f"scene.coord_scale must be positive, got {coord_scale}")
+        if frame not in ("world", "target"):
+            raise ValueError(f"scene.frame must be 'world' or 'target', got {frame!r}")
+        self.model, self.objective = model, objective
+        self.cond_dropout = cond_dropout
+        self.coord_scale, self.frame = coord_scale, frame
+        self.spec = unwrap_model(model).streams[0]
+
+    def _model_frame(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(origin (B, 1, 3), unit (B, 1, 1)) with model coordinates = (world - origin) / unit."""
+        if self.frame == "target":
+            center, size = target_frame(features, mask)
+            return center, size / self.coord_scale
+        B = features.shape[0]
+        return (features.new_zeros(B, 1, 3), features.new_full((B, 1, 1), 1.0 / self.coord_scale))
+
+    @staticmethod
+    def _scene_in_frame(features: torch.Tensor, origin: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """Scene features in model coordinates: xyz moved and scaled, the other channels unchanged."""
+        return torch.cat([(features[..., :3] - origin) / unit, features[..., 3:]], dim=-1)
+
+    def loss_on_batch(self, features: torch.Tensor, mask: torch.Tensor, target_points: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (B,): features (B, P, F), mask (B, P), target_points (B, K, 3).
+
+        Noise levels, noise and context dropout come from torch's global RNG, in this order (resume
+        relies on it). The dropout flag always goes through torch.where, even at probability 0,
+        so every step uses every parameter (DDP without find_unused_parameters).
+        """
+        B, device = target_points.shape[0], target_points.device
+        t = self.objective.schedule.sample_time((B,), device)
+        noise = torch.randn_like(target_points)
+        drop = torch.rand(B, device=device) < self.cond_dropout
+        origin, unit = self._model_frame(features, mask)
+        context = self._scene_in_frame(features, origin, unit)
+
+        def net(x_t, t_):
+            return self.model(x_t, t_, context=context, context_mask=mask, context_drop=drop)
+
+        x0 = {STREAM: (target_points - origin) / unit}
+        return self.objective.loss(net, x0, {STREAM: t}, {STREAM: noise}, self.patch_sizes)
+
+    def start(self, rng: PerSampleRNG, steps: int) -> tuple[dict, TimePath]:
+        """Starting noise (one generator per sample) and the time path of a sampler run."""
+        x = {STREAM: rng.randn(self.spec.size, self.spec.channels)}  # (B, K, 3)
+        return x, single_stream_path(STREAM, self.objective.schedule.time_grid(steps))
+
+    def denoiser(self, features: torch.Tensor, mask: torch.Tensor, model: Optional[torch.nn.Module] = None):
+        """Conditional denoiser (x, t, drop) -> {name: (x0_hat, eps_hat)} in model coordinates; ``drop``
+        nulls the scene. ``features`` are in world coordinates."""
+        model = model if model is not None else self.model
+        features = self._scene_in_frame(features, *self._model_frame(features, mask))
+
+        def denoise(x, t, drop):
+            ctx, ctx_mask = repeat_context(features, mask, drop.shape[0])
+            return self.objective.denoised(model(x, t, context=ctx, context_mask=ctx_mask, context_drop=drop),
+                                           x, t, self.patch_sizes)
+
+        return denoise
+
+    @torch.no_grad()
+    def generate(self, features: torch.Tensor, mask: torch.Tensor, indices: torch.Tensor, seed: int,
+                 sampler: str = "heun", steps: int = 25, cfg_scale: float = 1.0, eta: float = 0.0,
+                 model: Optional[torch.nn.Module] = None) -> torch.Tensor:
+        """K points (B, K, 3) in world coordinates for each scene; sample i's noise depends only on
+        (seed, indices[i])."""
+        rng = PerSampleRNG(seed, indices.tolist(), features.device)
+        x, path = self.start(rng, steps)
+        denoise = guided(self.denoiser(features, mask, model), cfg_scale)
+        out = sample(denoise, x, path, self.objective.schedule, rng, method=sampler, eta=eta)[STREAM]
+        origin, unit = self._model_frame(features, mask)
+        return out * unit + origin
+
+    def preview(self, model, data, sample_cfg, device, autocast_dtype):
+        """A figure of the first training scenes with generated (red) vs the target (blue) points."""
+        from ditlab.tasks.scene.plot import figure_array, scene_figure
+
+        num = min(sample_cfg.grid_size, 6)
+        scenes = data.scenes
+        features, mask = scenes.features[:num].to(device), scenes.mask[:num].to(device)
+        points = self.generate(features, mask, torch.arange(num), sample_cfg.seed, sample_cfg.sampler,
+                               sample_cfg.steps, sample_cfg.cfg_scale, sample_cfg.eta, model=model)
+        fig = scene_figure(features.cpu(), mask.cpu(), points.cpu())
+        return figure_array(fig)[None], 1
