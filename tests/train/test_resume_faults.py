@@ -272,7 +272,10 @@ def test_training_checkpoint_schema(straight):
     folder = straight / "checkpoints" / "step_00000010"
     assert sorted(p.name for p in folder.iterdir()) == ["ema.safetensors", "model.safetensors", "state.pt"]
     state = torch.load(folder / "state.pt", weights_only=True)
-    assert set(state) == {"format_version", "step", "has_ema", "rng", "optimizer", "data", "config"}
+    assert set(state) == {"format_version", "step", "has_ema", "rng", "optimizer", "data", "config", "segments"}
+    # the training segments behind this step (summary.json and `ditlab report` sum them over resumes)
+    assert [(s["start_step"], s["end_step"], s["batch_size"]) for s in state["segments"]] == [(0, 10, 8)]
+    assert state["segments"][0]["wall_seconds"] > 0
     assert state["format_version"] == ckpt.CHECKPOINT_FORMAT_VERSION and state["step"] == 10 and state["has_ema"]
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert set(state["data"]) == {"epoch", "offset", "num_examples"}
