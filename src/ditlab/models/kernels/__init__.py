@@ -15,7 +15,6 @@ mathematics as DiTBlock's eager code.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -30,20 +29,25 @@ __all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_
 FAST_KERNEL_MODES = ("auto", "on", "off")
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_module():
-    """The Triton kernels module, or None where Triton (or a CUDA build of torch) is missing."""
+def _load_triton() -> bool:
+    """Whether the Triton kernels can run here (CUDA build of torch with a GPU, Triton importable)."""
     if not torch.cuda.is_available():
-        return None
+        return False
     try:
-        from ditlab.models.kernels import adaln_triton
+        from ditlab.models.kernels import adaln_triton  # noqa: F401  (registers the ops)
     except ImportError:
-        return None
-    return adaln_triton
+        return False
+    return True
+
+
+_TRITON: Optional[bool] = None
 
 
 def triton_available() -> bool:
-    return _triton_module() is not None
+    global _TRITON
+    if _TRITON is None:
+        _TRITON = _load_triton()
+    return _TRITON
 
 
 def _as_groups(t: torch.Tensor) -> torch.Tensor:

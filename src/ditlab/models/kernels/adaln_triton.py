@@ -1,7 +1,8 @@
 """Triton kernels, forward and backward, for adaLN-modulated LayerNorm, as torch custom ops.
 
 Two ops (``torch.library.custom_op``, so torch.compile traces them as single nodes and AOTAutograd
-uses their registered backward):
+uses their registered backward; ``torch.library.triton_op``, which lets Inductor launch the kernels
+itself, failed inside the compiled training step on torch 2.11 and is not used):
 
 - ``ditlab::adaln_fwd`` with no residual: y = LN(x) * (1 + scale) + shift;
 - ``ditlab::adaln_fwd`` with a residual: x' = x + gate * branch, y = LN(x') * (1 + scale) + shift
@@ -27,7 +28,9 @@ import triton.language as tl
 from ditlab.models.kernels.reference import EPS
 
 # Rows per backward program: its partial sums are flushed once per program (per group change).
-ROWS_PER_PROGRAM = 64
+ROWS_PER_PROGRAM = 32
+# Elements of one [rows, D] tile: small enough that nothing spills to local memory.
+TILE = 2048
 # Beyond this many groups with an index, the modulation is gathered to tokens first (per-token mode).
 MAX_INDEX_GROUPS = 16
 
@@ -172,10 +175,10 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
             tl.atomic_add(PGT + o, acc_gt, mask=dmask)
 
 
-def _blocks(D: int) -> tuple[int, int, int]:
+def _blocks(D: int, backward: bool = False) -> tuple[int, int, int]:
     block_d = triton.next_power_of_2(D)
-    block_m = max(1, 4096 // block_d)
-    num_warps = 8 if block_d >= 2048 else 4
+    block_m = max(1, TILE // block_d)
+    num_warps = 8 if backward or block_d >= 2048 else 4
     return block_m, block_d, num_warps
 
 
@@ -241,7 +244,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
     dxn = None if dxn is None else dxn.contiguous()
     G = scale.shape[1]
     gmode = _gmode(G, N, index)
-    block_m, block_d, num_warps = _blocks(D)
+    block_m, block_d, num_warps = _blocks(D, backward=True)
     rows = max(block_m, min(ROWS_PER_PROGRAM, triton.next_power_of_2(N)))
     P = triton.cdiv(N, rows)
     dx = torch.empty((B, N, D), dtype=x_dtype, device=xn.device)
@@ -257,7 +260,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
     _adaln_bwd_kernel[(B, P)](
         xn, branch if has_res else xn, gate if has_res else scale, scale, index if index is not None else xn,
         mean, rstd, dy, dxn if dxn is not None else dy, dx, dbr if has_res else dx, psh, psc,
-        pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G if gmode == 2 else 1,
+        pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G=G if gmode == 2 else 1,
         HAS_RES=has_res, HAS_DXN=dxn is not None, GMODE=gmode, ROWS=rows, BLOCK_M=block_m, BLOCK_D=block_d,
         num_warps=num_warps)
 
