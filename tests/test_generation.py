@@ -6,7 +6,9 @@ from ditlab.config import ModelConfig
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.schedules import DDPMSchedule, FlowSchedule
 from ditlab.generation import generate
-from ditlab.tasks.image.task import ImageTask, build_image_model
+from ditlab.tasks.base import SampleSettings
+from ditlab.tasks.image.model import build_image_model
+from ditlab.tasks.image.task import ImageTask
 
 
 def task(prediction="velocity", schedule=None):
@@ -22,14 +24,19 @@ def task(prediction="velocity", schedule=None):
 @pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5), ("heun", 0.0)])
 def test_same_images_whatever_the_batch_size(sampler, eta):
     t, m = task("eps", DDPMSchedule()) if sampler == "ddpm" else task()
-    kw = dict(sampler=sampler, steps=6, eta=eta, cfg_scale=2.0)
-    a, la = generate(t, m, 7, seed=3, batch_size=7, **kw)
-    b, lb = generate(t, m, 7, seed=3, batch_size=3, **kw)
-    c, _ = generate(t, m, 3, seed=3, batch_size=2, start=4, **kw)
+    settings = SampleSettings(sampler=sampler, steps=6, eta=eta, cfg_scale=2.0)
+
+    def run(num, seed, batch_size, start=0):
+        out = generate(t, m, num, seed, settings, batch_size=batch_size, start=start)
+        return out["images"], out["labels"]
+
+    a, la = run(7, 3, 7)
+    b, lb = run(7, 3, 3)
+    c, _ = run(3, 3, 2, start=4)
     assert torch.equal(la, lb) and la.tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert (a.int() - b.int()).abs().max() <= 1  # BLAS blocking may differ by an ulp
     assert (a[4:].int() - c.int()).abs().max() <= 1
-    d, _ = generate(t, m, 7, seed=4, batch_size=7, **kw)
+    d, _ = run(7, 4, 7)
     assert (a.int() - d.int()).abs().float().mean() > 5  # another seed: other images
 
 
@@ -38,4 +45,4 @@ def test_cfg_needs_conditional_model():
     model = build_image_model(ModelConfig(arch="DiT-S/4", hidden_size=32, depth=1, num_heads=2), 8).eval()
     t = ImageTask(model, Objective(FlowSchedule(), "velocity"))
     with pytest.raises(ValueError, match="class-conditional"):
-        generate(t, model, 2, seed=0, cfg_scale=3.0, steps=2)
+        generate(t, model, 2, 0, SampleSettings(cfg_scale=3.0, steps=2))

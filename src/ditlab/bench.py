@@ -96,14 +96,18 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     from ditlab.runs import load_run
     from ditlab.generation import generate, sampling_autocast
     from ditlab.devices import resolve_device
+    from ditlab.tasks.base import SampleSettings
 
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
     amp = sampling_autocast(dev)
-    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=dev, autocast_dtype=amp)
+    if run.cfg.task.kind != "image":
+        raise ValueError(f"`ditlab bench sample` measures image runs; {run_dir} is task.kind={run.cfg.task.kind!r}")
+    settings = SampleSettings(sampler=sampler, steps=steps, cfg_scale=cfg_scale)
+    kwargs = dict(batch_size=batch_size, device=dev, autocast_dtype=amp)
     model = torch.compile(run.model) if compile else run.model
-    generate(run.task, model, min(batch_size, num), seed=0, batch_size=batch_size, **kwargs)  # warm-up
-    times = _timed(lambda: generate(run.task, model, num, seed=0, batch_size=batch_size, **kwargs), repeats, dev)
+    generate(run.task, model, min(batch_size, num), 0, settings, **kwargs)  # warm-up
+    times = _timed(lambda: generate(run.task, model, num, 0, settings, **kwargs), repeats, dev)
     ips = statistics.median(num / t for t in times)
     nfe = count_nfe(single_stream_path("image", run.task.objective.schedule.time_grid(steps)), sampler)
     flops = dit_forward_flops(run.model) * nfe * (2 if cfg_scale not in (0.0, 1.0) else 1)

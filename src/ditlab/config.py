@@ -239,6 +239,9 @@ class TrainConfig:
     compile: bool = False
     # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # Fused Triton adaLN kernels in the DiT blocks (ditlab.models.kernels, docs/performance.md): "auto" uses
+    # them where CUDA and Triton are present, "off" keeps the eager code path, "on" requires them.
+    fast_kernels: Literal["auto", "on", "off"] = "auto"
     # Non-finite guard. "step": one host sync per step, stop before that step's optimizer update.
     # "log": no per-step sync (GPU, fused AdamW): a device-side flag makes every update from the
     # first non-finite step on a no-op, and the run stops at the next log step naming that step.
@@ -299,5 +302,30 @@ class Config:
 
 
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
-    """Read a preset (or the defaults when ``path`` is None) and apply dotted overrides."""
-    return _load_config(Config, path, list(overrides))
+    """Read a preset (or the defaults when ``path`` is None) and apply dotted overrides; values that no
+    run can use (a zero batch, a negative learning rate) are errors naming the key."""
+    cfg = _load_config(Config, path, list(overrides))
+    check_values(cfg, path or "the defaults")
+    return cfg
+
+
+# Counts that must be >= 1 and rates that must be finite and >= 0: (section, key).
+POSITIVE_KEYS = (("train", "steps"), ("train", "batch_size"), ("train", "log_every"), ("sample", "steps"),
+                 ("diffusion", "num_timesteps"), ("icl", "eval_steps"))
+NON_NEGATIVE_RATES = (("optim", "lr"), ("optim", "weight_decay"))
+
+
+def check_values(cfg: Config, source: str = "") -> None:
+    import math
+
+    from ditlab.configlib import ConfigError
+
+    where = f" (in {source})" if source else ""
+    for section, key in POSITIVE_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if value < 1:
+            raise ConfigError(f"{section}.{key} must be >= 1, got {value}{where}")
+    for section, key in NON_NEGATIVE_RATES:
+        value = getattr(getattr(cfg, section), key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{section}.{key} must be a finite number >= 0, got {value}{where}")

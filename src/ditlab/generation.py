@@ -1,21 +1,27 @@
-"""Generate images from a trained image model, in batches, with noise per sample index.
+"""The one generation loop for every task kind: start -> sampler over a time path -> decode.
 
-Sample i of seed K has the same initial noise, the same stochastic-step noise and the same class
-label (i mod num_classes) whatever the batch size, so sample sets and their FID do not change with
-batch size or device count.
+Noise is drawn per sample index (:class:`PerSampleRNG`), and per-sample conditions are split with
+the batches, so sample i of seed K is the same whatever the batch size, device or GPU count (a
+rank generates its share ``[start, start + num)`` of the indices). The task supplies the streams,
+the path, the denoiser and the decoding through the contract of :mod:`ditlab.tasks.base`.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ditlab.diffusion.guidance import guided
 from ditlab.diffusion.noise import PerSampleRNG
-from ditlab.diffusion.samplers import sample
-from ditlab.imageio import to_uint8
-from ditlab.tasks.image.task import STREAM
+from ditlab.diffusion.samplers import SAMPLERS, sample
+from ditlab.imageio import atomic_savez
+from ditlab.tasks.base import Conditions, SampleSettings
+
+META_KEY = "ditlab_meta"  # JSON string in every samples .npz: task kind, run, settings (save_samples)
 
 
 def sampling_autocast(device: torch.device, fp32: bool = False) -> Optional[torch.dtype]:
@@ -23,99 +29,111 @@ def sampling_autocast(device: torch.device, fp32: bool = False) -> Optional[torc
     return torch.bfloat16 if device.type == "cuda" and not fp32 else None
 
 
-def labels_for(indices: torch.Tensor, num_classes: int) -> Optional[torch.Tensor]:
-    """Balanced, batch-independent class labels: sample i gets class i mod num_classes."""
-    return indices % num_classes if num_classes else None
+def check_settings(settings: SampleSettings, task) -> None:
+    """Sampler settings that no task can use, named by their flags."""
+    if settings.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler {settings.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if settings.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {settings.steps}")
+    if settings.eta != 0.0 and settings.sampler != "ddim":
+        raise ValueError(f"--eta applies to --sampler ddim only (got --sampler {settings.sampler})")
+    if not 0.0 <= settings.eta <= 1.0:
+        raise ValueError(f"--eta must be in [0, 1], got {settings.eta}")
+    if settings.cfg_scale != 1.0 and not task.can_guide:
+        raise ValueError("classifier-free guidance (--cfg other than 1) needs a conditional model "
+                         "(class-conditional, a condition stream or a context set)")
 
 
 @torch.no_grad()
-def generate_batch(
-    task,
-    model: torch.nn.Module,
-    indices: torch.Tensor,
-    seed: int,
-    sampler: str = "ddim",
-    steps: int = 50,
-    cfg_scale: float = 1.0,
-    eta: float = 0.0,
-    device: torch.device | str = "cpu",
-    autocast_dtype: Optional[torch.dtype] = None,
-    labels: Optional[torch.Tensor] = None,
-    conditions: Optional[torch.Tensor] = None,
-    cfg_interval: Optional[tuple[float, float]] = None,
-    context: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Samples for the given sample indices -> (uint8 (B, 3, H, W) on CPU, labels or None).
+def generate_batch(task, model: torch.nn.Module, indices: torch.Tensor, seed: int, settings: SampleSettings,
+                   given: Conditions, device: torch.device | str = "cpu",
+                   autocast_dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """The task's outputs for the sample indices ``indices`` (CPU tensors, sample first).
 
-    ``cfg_interval`` = (lo, hi): guide only where sigma/alpha is in (lo, hi] (see diffusion.guidance).
-
-    ``conditions``: uint8 images for conditional tasks (super-resolution: the high-resolution
-    originals whose downsampled copies are the condition), one per index. ``context``: for a model
-    with a context set, (embeddings (B, M, D), bool mask (B, M)), one row per index.
+    ``given``: the caller's per-sample conditions, one row per index (already split to this batch).
     """
     device = torch.device(device)
-    if cfg_scale != 1.0 and not task.can_guide:
-        raise ValueError("classifier-free guidance (cfg scale != 1) needs a conditional model "
-                         "(class-conditional, a condition stream or a context set)")
     rng = PerSampleRNG(seed, indices.tolist(), device)
-    x, path = task.start(rng, steps, conditions.to(device) if conditions is not None else None)
-    if labels is None:
-        labels = labels_for(indices, task.num_classes)
-    labels_dev = labels.to(device) if labels is not None else None
+    cond = task.batch_conditions(indices.to(device), {k: v.to(device) for k, v in given.items()})
+    x, path = task.start(rng, settings, cond)
     # Per stream: a stream may follow its own schedule (LIFT's shifted low resolution).
     schedules = {name: task.objective.schedule_of(name) for name in path.streams}
-    if context is not None:
-        embeddings, mask = context
-        cond_denoiser = task.denoiser(labels_dev, model, context=(embeddings.to(device).float(), mask.to(device)))
-    else:
-        cond_denoiser = task.denoiser(labels_dev, model)
-    denoiser = guided(cond_denoiser, cfg_scale, cfg_interval, schedules)
+    denoiser = guided(task.denoiser(model, cond), settings.cfg_scale, settings.cfg_interval, schedules)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
-        out = sample(denoiser, x, path, schedules, rng, method=sampler, eta=eta)
-    return to_uint8(out[STREAM]).cpu(), labels
+        out = sample(denoiser, x, path, schedules, rng, method=settings.sampler, eta=settings.eta)
+    return {k: v.cpu() for k, v in task.decode(out, cond).items()}
 
 
-def generate(
-    task,
-    model: torch.nn.Module,
-    num: int,
-    seed: int,
-    batch_size: int = 256,
-    start: int = 0,
-    progress: Optional[Callable] = None,
-    on_batch: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
-    **kwargs,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Samples start .. start + num - 1 in batches; ``on_batch(images, indices)`` sees each batch.
+def generate(task, model: torch.nn.Module, num: int, seed: int, settings: SampleSettings,
+             conditions: Optional[Conditions] = None, batch_size: int = 256, start: int = 0,
+             device: torch.device | str = "cpu", autocast_dtype: Optional[torch.dtype] = None,
+             progress: Optional[Callable] = None,
+             on_batch: Optional[Callable[[dict, torch.Tensor], None]] = None) -> dict[str, torch.Tensor]:
+    """Samples ``start .. start + num - 1`` in batches -> the task's outputs, concatenated.
 
-    Per-sample inputs, one row per sample, are split with the batches: ``conditions``, ``labels``
-    and ``context`` = (embeddings, mask) (see :func:`generate_batch`).
+    ``conditions`` hold one row per sample (row r is sample start + r); ``on_batch(outputs,
+    indices)`` sees each batch; ``progress`` wraps the list of batches (e.g. tqdm).
     """
-    images, labels = [], []
-    conditions = kwargs.pop("conditions", None)
-    if conditions is not None and len(conditions) != num:
-        raise ValueError(f"{len(conditions)} condition images given for {num} samples")
-    given_labels = kwargs.pop("labels", None)
-    if given_labels is not None and len(given_labels) != num:
-        raise ValueError(f"{len(given_labels)} labels given for {num} samples")
-    context = kwargs.pop("context", None)
-    if context is not None and not len(context[0]) == len(context[1]) == num:
-        raise ValueError(f"context rows ({len(context[0])} embeddings, {len(context[1])} masks) given "
-                         f"for {num} samples")
+    if num < 1:
+        raise ValueError(f"--num must be >= 1, got {num}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_settings(settings, task)
+    conditions = conditions or {}
+    for key, value in conditions.items():
+        if len(value) != num:
+            raise ValueError(f"{len(value)} rows of condition {key!r} given for {num} samples")
+    parts: dict[str, list] = {}
     batches = list(torch.arange(start, start + num).split(batch_size))
     for indices in progress(batches) if progress else batches:
         rows = indices - start
-        cond = conditions[rows] if conditions is not None else None
-        per_sample = {}
-        if given_labels is not None:
-            per_sample["labels"] = given_labels[rows]
-        if context is not None:
-            per_sample["context"] = (context[0][rows], context[1][rows])
-        imgs, labs = generate_batch(task, model, indices, seed, conditions=cond, **per_sample, **kwargs)
-        images.append(imgs)
-        if labs is not None:
-            labels.append(labs)
+        given = {k: v[rows] for k, v in conditions.items()}
+        out = generate_batch(task, model, indices, seed, settings, given, device, autocast_dtype)
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v)
         if on_batch is not None:
-            on_batch(imgs, indices)
-    return torch.cat(images), (torch.cat(labels) if labels else None)
+            on_batch(out, indices)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def settings_of(sample_cfg, **changes) -> SampleSettings:
+    """SampleSettings from a run's ``sample`` config section (the defaults of `ditlab sample`)."""
+    base = dict(sampler=sample_cfg.sampler, steps=sample_cfg.steps, cfg_scale=sample_cfg.cfg_scale,
+                cfg_interval=tuple(sample_cfg.cfg_interval) if sample_cfg.cfg_interval else None, eta=sample_cfg.eta)
+    base.update({k: v for k, v in changes.items() if v is not None})
+    return SampleSettings(**base)
+
+
+def preview(task, model, data, sample_cfg, device, autocast_dtype=None):
+    """The training preview: the task's preview conditions, generated with the run's sample settings
+    from per-sample generators (the training RNG is untouched), drawn by the task. None when the
+    task draws nothing. A task with several paths names the one to preview (``preview_path``)."""
+    cond = task.preview_conditions(data, sample_cfg.grid_size)
+    if cond is None:
+        return None
+    num = len(next(iter(cond.values()))) if cond else sample_cfg.grid_size
+    path = task.preview_path() if hasattr(task, "preview_path") else None
+    outputs = generate(task, model, num, sample_cfg.seed, settings_of(sample_cfg, path=path), cond,
+                       batch_size=max(num, 1), device=device, autocast_dtype=autocast_dtype)
+    return task.preview_figure(outputs, cond)
+
+
+def save_samples(path, task, outputs: dict[str, torch.Tensor], meta: dict) -> Path:
+    """The samples ``.npz`` (atomic): the task's arrays (``task.npz_arrays``) and ``ditlab_meta``,
+    a JSON string with the task kind, run, checkpoint and sampler settings, which ``ditlab fid``,
+    ``psnr``, ``icl eval`` and ``scene eval`` read to check what they are given."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    arrays = task.npz_arrays(outputs)
+    arrays[META_KEY] = np.array(json.dumps(meta))
+    return atomic_savez(path, **arrays)
+
+
+def read_meta(path) -> dict:
+    """The ``ditlab_meta`` of a samples file ({} for files that ditlab did not write)."""
+    with np.load(path, allow_pickle=False) as z:
+        if META_KEY not in z.files:
+            return {}
+        return json.loads(str(z[META_KEY]))

@@ -12,7 +12,7 @@ import yaml
 from ditlab.config import Config
 from ditlab.configlib import config_from_dict
 from ditlab.diffusion.objectives import build_objective
-from ditlab.tasks.registry import build_model, build_task
+from ditlab.tasks.registry import build_model, build_task, task_kind
 from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
 
 
@@ -20,9 +20,43 @@ from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
 class LoadedRun:
     cfg: Config
     model: torch.nn.Module
-    task: object  # the task.kind's task (ImageTask, SuperResTask, ...)
+    task: object  # the task.kind's task (ditlab.tasks.base.Task)
     checkpoint: Path
     info: dict
+    run_dir: Path
+
+    @property
+    def kind(self) -> str:
+        return self.cfg.task.kind
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: Optional[str]) -> Path:
+    """``--checkpoint``: None or 'latest' (the newest complete checkpoint), a step name inside
+    RUN/checkpoints, or a path (a checkpoint folder or a weights .safetensors file)."""
+    if checkpoint in (None, "", "latest"):
+        ckpt = find_latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"{run_dir} has no complete checkpoint yet (train it first, or pass --checkpoint)")
+        return ckpt
+    inside = run_dir / "checkpoints" / checkpoint
+    if inside.exists():
+        return inside
+    given = Path(checkpoint).expanduser()
+    if given.exists():
+        return given
+    folder = run_dir / "checkpoints"
+    names = sorted(p.name for p in folder.glob("step_*")) if folder.is_dir() else []
+    raise FileNotFoundError(f"--checkpoint {checkpoint}: neither {inside} nor {given} exists"
+                            + (f"; {folder} holds {', '.join(names[-5:])}" if names else ""))
+
+
+def read_run_config(run_dir: Path) -> tuple[Config, dict]:
+    for name in ("config.yaml", "model.json"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a ditlab run directory")
+    cfg = config_from_dict(Config, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
+                           source=str(run_dir / "config.yaml"))
+    return cfg, json.loads((run_dir / "model.json").read_text())
 
 
 def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] = None,
@@ -32,18 +66,11 @@ def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] 
     ``kind``: the task.kind a command needs (``command`` names it in the error), checked before any
     weights are read."""
     run_dir = Path(run_dir).expanduser()
-    for name in ("config.yaml", "model.json"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a ditlab run directory")
-    cfg = config_from_dict(Config, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
-                           source=str(run_dir / "config.yaml"))
+    cfg, info = read_run_config(run_dir)
     if kind is not None and cfg.task.kind != kind:
         raise ValueError(f"{command or 'this command'} needs a task.kind={kind} run; {run_dir} is "
                          f"task.kind={cfg.task.kind!r}")
-    info = json.loads((run_dir / "model.json").read_text())
-    ckpt = Path(checkpoint) if checkpoint else find_latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint yet")
+    ckpt = resolve_checkpoint(run_dir, checkpoint)
     model = build_model(cfg, info)
     weights = load_weights(ckpt, which=which)
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -51,4 +78,9 @@ def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] 
         raise RuntimeError(f"weights in {ckpt} do not fit the model of {run_dir / 'config.yaml'}: "
                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device).eval()
-    return LoadedRun(cfg, model, build_task(cfg, model, build_objective(cfg.diffusion), training=False), ckpt, info)
+    run = LoadedRun(cfg, model, build_task(cfg, model, build_objective(cfg.diffusion), training=False), ckpt, info,
+                    run_dir)
+    hook = task_kind(cfg).open_run
+    if hook is not None:
+        hook(run)
+    return run

@@ -39,6 +39,11 @@ def test_psnr_cli(tmp_path, capsys):
         Image.fromarray(im).save(folder / f"{i}.png")
     samples = tmp_path / "s.npz"
     np.savez(samples, imgs)  # arr_0, as `ditlab sample` writes
-    assert main(["psnr", str(samples), "--ref", str(tmp_path / "data")]) == 0
+    assert main(["psnr", str(samples), "--data", str(tmp_path / "data"), "--factor", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 3 and out["identical_images"] == 3
+    # The old name of --data still works, with a warning; a file without metadata needs --factor.
+    assert main(["psnr", str(samples), "--ref", str(tmp_path / "data"), "--factor", "2"]) == 0
+    assert "--ref is deprecated; use --data" in capsys.readouterr().err
+    assert main(["psnr", str(samples), "--data", str(tmp_path / "data")]) == 1
+    assert "--factor" in capsys.readouterr().err

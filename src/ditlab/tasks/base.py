@@ -1,28 +1,70 @@
-"""What the trainer needs from a task kind: its training data, its model and the task around it.
+"""The Task contract: what the trainer, the one generation loop and the CLI need from a task kind.
 
-A task kind (image, superres, and every later one: scenes, in-context regression, ...) registers a
-:class:`TaskKind` in :mod:`ditlab.tasks.registry`. The trainer then never looks inside a batch:
+A task kind (image, superres, scene, icl, lift; docs/architecture.md shows how to add one) is a
+package under ``ditlab.tasks`` whose ``__init__`` defines ``KIND``, a :class:`TaskKind`, listed in
+:mod:`ditlab.tasks.registry`. Nothing outside the package looks inside its batches or streams.
 
+Training side
 - ``TrainData.batch(idx)`` turns example indices into a dict of device tensors (gather, augment, or
   draw synthetic examples from torch's global RNG, which checkpoints save, so resume stays exact).
-  It runs inside the compiled step, so it must not sync with the host.
+  It runs inside the compiled step, so it must not sync with the host. ``TrainData.set_step(step)``
+  and ``advance()`` are optional (a curriculum; see ditlab.tasks.icl.data). ``TrainData.info`` is
+  JSON written to ``RUN/model.json``; ``TaskKind.model(cfg, info)`` rebuilds the network from it.
 - ``task.loss_on_batch(**batch)`` returns the per-sample loss (B,).
-- ``task.preview(model, data, sample_cfg, device, autocast_dtype)`` returns what the trainer writes
-  as the run's sample grid: ``(uint8 images (N, 3, H, W), images per row or None)``, or None for a
-  task with nothing to draw.
-- ``TrainData.set_step(step)``, optional, tells data whose batches depend on the training step (a
-  curriculum) the step the run starts from, 0 or that of the checkpoint it resumes; such data also
-  has ``advance()``, which the trainer calls after every step *outside* the compiled region (a
-  tensor mutated inside it makes Inductor skip CUDA graphs for that graph).
-- ``TrainData.info`` is JSON written to ``RUN/model.json``; ``build_model(cfg, info)`` must rebuild
-  the network from it (``ditlab sample`` and evaluation do so without reading the data again).
+- ``task.preview_conditions(data, num)`` -> the conditions of the training preview's samples (see
+  below; ``{}`` for an unconditional one) or None for a task with nothing to draw;
+  ``task.preview_figure(outputs, conditions)`` -> ``(uint8 images (N, 3, H, W), images per row or None)``.
+  The trainer generates in between with :func:`ditlab.generation.generate`.
+
+Generation side (driven by :func:`ditlab.generation.generate`, the one loop for every kind)
+- *Conditions* are the per-sample inputs of generation: a dict of tensors whose first dimension is
+  the sample (class labels, condition images, a context set, a scene, a prompt). They are split
+  with the batches, so sample i sees row i whatever the batch size.
+- ``task.batch_conditions(indices, given)`` completes one batch's conditions: ``given`` holds the
+  rows the caller supplied; the task adds its defaults (e.g. label i mod K for sample index i) and
+  raises ValueError, naming the missing input, when something it needs is absent.
+- ``task.start(rng, settings, cond)`` -> ``(streams, TimePath)``: the starting value of every
+  stream (noise from the :class:`ditlab.diffusion.noise.PerSampleRNG`, so sample i gets the same
+  noise in any batch) and the noise levels of each stream at every sampler step.
+- ``task.denoiser(model, cond)`` -> ``denoise(x, t, drop) -> {stream: (x0_hat, eps_hat)}``, the one
+  denoiser signature: ``drop`` (B,) bool asks for the unconditional model (classifier-free
+  guidance, ditlab.diffusion.guidance, may call it with a doubled batch of 2B rows: conditions are
+  repeated to match). ``task.can_guide`` says whether the drop means anything.
+- ``task.decode(streams, cond)`` -> the task's outputs for the batch: a dict of CPU tensors with
+  the sample first (uint8 images, points in world coordinates, sampled y values...).
+- ``task.npz_arrays(outputs)`` -> the arrays of the samples ``.npz`` (the task's file layout);
+  :func:`ditlab.generation.save_samples` adds the metadata every consumer checks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
+import numpy as np
 import torch
+
+from ditlab.diffusion.noise import PerSampleRNG
+from ditlab.diffusion.paths import TimePath
+
+Conditions = dict[str, torch.Tensor]  # per-sample generation inputs, the sample first
+CondDenoiser = Callable[[dict, dict, torch.Tensor], dict]  # (x, t, drop) -> {stream: (x0_hat, eps_hat)}
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How to run the sampler; the same for every task kind."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    cfg_scale: float = 1.0
+    cfg_interval: Optional[tuple[float, float]] = None  # guide only where sigma/alpha is in (lo, hi]
+    eta: float = 0.0  # DDIM only
+    path: Optional[str] = None  # a multi-stream task's path through its streams' noise levels (LIFT)
+
+    def describe(self) -> dict:
+        return {"sampler": self.sampler, "steps": self.steps, "cfg": self.cfg_scale,
+                "cfg_interval": list(self.cfg_interval) if self.cfg_interval else None, "eta": self.eta,
+                "path": self.path}
 
 
 class TrainData(Protocol):
@@ -34,14 +76,66 @@ class TrainData(Protocol):
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
+class Task(Protocol):
+    """Both sides of a task (module docstring)."""
+
+    objective: Any  # ditlab.diffusion.objectives.Objective
+    can_guide: bool
+
+    def loss_on_batch(self, **batch: torch.Tensor) -> torch.Tensor: ...
+
+    def preview_conditions(self, data: TrainData, num: int) -> Optional[Conditions]: ...
+
+    def preview_figure(self, outputs: dict, conditions: Conditions) -> tuple[torch.Tensor, Optional[int]]: ...
+
+    def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions: ...
+
+    def start(self, rng: PerSampleRNG, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]: ...
+
+    def denoiser(self, model: torch.nn.Module, cond: Conditions) -> CondDenoiser: ...
+
+    def decode(self, streams: dict, cond: Conditions) -> dict[str, torch.Tensor]: ...
+
+    def npz_arrays(self, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]: ...
+
+
 @dataclass(frozen=True)
 class TaskKind:
-    """Constructors of one task kind; ``task(cfg, model, objective, training)`` turns dropout off
-    when ``training`` is False (the EMA copy, sampling)."""
+    """One task kind's constructors.
 
+    ``task(cfg, model, objective, training)`` turns dropout off when ``training`` is False (the EMA
+    copy, sampling). ``open_run(run)`` is called when a run is loaded for sampling or evaluation
+    (e.g. LIFT reads its measured error grid).
+
+    The kind's command line lives in its package's ``cli`` module (listed in
+    :mod:`ditlab.tasks.commands`): ``add_cli(subparsers)`` adds its own subcommands (``ditlab icl
+    eval`` ...) and ``sample_conditions(run, inputs, num)`` turns the inputs of ``ditlab sample`` (a
+    :class:`SampleInputs`) into conditions for samples 0..num-1, refusing inputs that do not apply.
+    """
+
+    name: str
     train_data: Callable[[Any, bool], TrainData]  # (cfg, progress) -> data
     model: Callable[[Any, dict], torch.nn.Module]  # (cfg, info) -> network
-    task: Callable[[Any, torch.nn.Module, Any, bool], Any]  # (cfg, model, objective, training) -> task
+    task: Callable[[Any, torch.nn.Module, Any, bool], Task]  # (cfg, model, objective, training) -> task
     # Config keys of this kind that change parameter shapes or the meaning of the weights: a resumed
     # run may not change them (on top of the trainer's shared list).
     shape_keys: tuple[str, ...] = ()
+    open_run: Optional[Callable[[Any], None]] = None
+
+
+@dataclass(frozen=True)
+class SampleInputs:
+    """Task inputs of ``ditlab sample`` (beside the sampler settings): which apply depends on the kind."""
+
+    data: Optional[str] = None  # a data set: condition images (superres, LIFT lo-oracle)
+    context: Optional[str] = None  # a context file (image runs trained with data.context_path)
+
+
+FLAG_OF = {"data": "--data", "context": "--context", "path": "--path"}
+
+
+def refuse_inputs(kind: str, inputs: SampleInputs, allowed: tuple[str, ...], why: str = "") -> None:
+    """ValueError naming the first given input that a run of ``kind`` cannot use."""
+    for name in ("data", "context"):
+        if getattr(inputs, name) is not None and name not in allowed:
+            raise ValueError(f"{FLAG_OF[name]} does not apply to this task.kind={kind} run{why}")

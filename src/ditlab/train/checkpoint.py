@@ -404,5 +404,5 @@ def load_weights(path, which: str = "ema", device="cpu") -> dict[str, torch.Tens
         return _read_weights(p, device)
     file = _resolve(p) / (EMA_FILE if which == "ema" else MODEL_FILE)
     if not file.is_file() and which == "ema":
-        raise CheckpointError(f"{file} does not exist (checkpoint saved without EMA); use which='model'")
+        raise CheckpointError(f"{file} does not exist (checkpoint saved without EMA); use --weights model")
     return _read_weights(file, device)

@@ -22,7 +22,9 @@ from tqdm import tqdm
 from ditlab.config import Config
 from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dict
 from ditlab.diffusion.objectives import build_objective
+from ditlab.generation import preview as generation_preview
 from ditlab.imageio import save_image_grid
+from ditlab.models.kernels import configure_fast_kernels
 from ditlab.tasks.registry import build_model, build_task, build_train_data, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
                                      restore_rng_state, save_checkpoint)
@@ -84,6 +86,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
 
         self.model = build_model(cfg, self.data.info).to(self.device)
+        configure_fast_kernels(self.model, cfg.train.fast_kernels, self.device)  # before the EMA copy
         # Looked up once: validating a checkpoint reads its files.
         latest = find_latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
         if cfg.train.init_from and not (resume and latest is not None):  # resumed runs load their own checkpoint
@@ -308,7 +311,8 @@ class Trainer:
         draws nothing. Sampling uses its own per-sample generators: the training RNG is untouched."""
         if not self.dist.is_main:
             return None
-        preview = self.ema_task.preview(self.ema.module, self.data, self.cfg.sample, self.device, self.amp_dtype)
+        preview = generation_preview(self.ema_task, self.ema.module, self.data, self.cfg.sample, self.device,
+                                     self.amp_dtype)
         if preview is None:
             return None
         images, nrow = preview

@@ -1,7 +1,7 @@
 """ICL task: what each noised query can see (through the network), where the loss lives, sampling.
 
 The sampling test replaces the network by the exact denoiser of this Gaussian problem, so DDPM and
-DDIM through sample_queries must reproduce the exact posterior predictive of every query.
+DDIM from the task's start streams and path must reproduce the exact posterior predictive of every query.
 """
 import numpy as np
 import pytest
@@ -10,7 +10,11 @@ import torch
 from ditlab.config import DiffusionConfig, ModelConfig
 from ditlab.diffusion.objectives import build_objective
 from ditlab.tasks.icl.bayes import posterior_predictive
-from ditlab.tasks.icl.task import ICLDiffusionTask, ICLRegressionTask, build_icl_model, sample_queries
+from ditlab.diffusion.samplers import sample
+from ditlab.generation import generate
+from ditlab.tasks.base import SampleSettings
+from ditlab.tasks.icl.model import build_icl_model
+from ditlab.tasks.icl.task import ICLDiffusionTask, ICLRegressionTask
 from ditlab.tasks.icl.data import draw_prompts
 from ditlab.tasks.icl.layout import X, Y_CTX, Y_QUERY
 
@@ -83,30 +87,54 @@ def test_regression_baseline_loss_is_the_masked_squared_error():
     torch.testing.assert_close(task.predict(task.model, x, y2)[:, :2], pred[:, :2])
 
 
-def test_sample_queries_shapes():
+def test_generation_shapes_and_batch_size_invariance():
+    """Every query of every prompt sampled by the one generation loop; sample i does not depend on the batch."""
     task = ICLDiffusionTask(random_model(), objective())
-    x, y = torch.randn(3, N, D), torch.randn(3, N)
-    g = torch.Generator().manual_seed(0)
-    out = sample_queries(task.denoiser(), x, y, 4, task.objective.schedule, g, method="ddpm", steps=5)
-    assert out.shape == (3, 4, N) and torch.isfinite(out).all()
+    x, y = torch.randn(7, N, D), torch.randn(7, N)
+    settings = SampleSettings(sampler="ddpm", steps=5)
+    runs = [generate(task, task.model, 7, 0, settings, {"x": x, "y": y}, batch_size=b) for b in (3, 7)]
+    assert runs[0]["y_sampled"].shape == (7, N) and torch.isfinite(runs[0]["y_sampled"]).all()
+    assert torch.allclose(runs[0]["y_sampled"], runs[1]["y_sampled"], atol=1e-5)
+    assert torch.equal(runs[0]["x"], x) and torch.equal(runs[0]["y"], y)
+
+
+def test_the_regression_baseline_refuses_to_sample():
+    task = ICLRegressionTask(random_model(), objective())
+    with pytest.raises(ValueError, match="does not sample"):
+        generate(task, task.model, 2, 0, SampleSettings(steps=2), {"x": torch.randn(2, N, D), "y": torch.randn(2, N)})
 
 
 @pytest.mark.parametrize("method", ["ddpm", "ddim"])
-def test_sampling_with_the_cached_context_equals_the_full_forward(method):
-    """task.denoiser() caches the clean context once per batch (DiT.prefix_cache); the samples must be
-    those of the plain 3N-token forward at every step, drawn from the same noise."""
+def test_sampling_with_the_cached_context_equals_the_full_forward(method, monkeypatch):
+    """The task's denoiser caches the clean context once per batch (DiT.prefix_cache); the samples must
+    be those of the plain 3N-token forward at every step, drawn from the same noise."""
     task = ICLDiffusionTask(random_model(), objective())
     x, y = torch.randn(3, N, D), torch.randn(3, N)
-    cached = task.denoiser()
-    assert hasattr(cached, "with_prefix")
+    settings = SampleSettings(sampler=method, steps=8, eta=1.0 if method == "ddim" else 0.0)
+    cached = generate(task, task.model, 3, 0, settings, {"x": x, "y": y})["y_sampled"]
+    from ditlab.tasks.icl import task as icl_task
 
-    def full(xs, t):  # no with_prefix: sample_queries runs every step over all 3N tokens
-        return cached(xs, t)
+    def full_forward(self, xs, ys):  # no prefix cache: every step runs over all 3N tokens
+        return self
 
-    runs = [sample_queries(fn, x, y, 4, task.objective.schedule, torch.Generator().manual_seed(0), method=method,
-                           steps=8) for fn in (cached, full)]
-    assert torch.allclose(runs[0], runs[1], atol=1e-4, rtol=1e-4)
-    assert runs[0].std() > 0.1
+    monkeypatch.setattr(icl_task.ICLDenoiser, "with_prefix", full_forward)
+    monkeypatch.setattr(icl_task.ICLDenoiser, "__call__",
+                        lambda self, xs, t: self.objective.denoised(self.model(xs, t, attn_mask=self.mask(xs[X].device)),
+                                                                    xs, t, icl_task.PATCH_SIZES))
+    full = generate(task, task.model, 3, 0, settings, {"x": x, "y": y})["y_sampled"]
+    assert torch.allclose(cached, full, atol=1e-4, rtol=1e-4)
+    assert cached.std() > 0.1
+
+
+class BatchNoise:
+    """One seeded generator for a whole batch: fast noise for the 1000-step exactness test (the
+    generation loop's per-sample generators are tested above)."""
+
+    def __init__(self, generator, batch):
+        self.generator, self.batch = generator, batch
+
+    def randn(self, *shape):
+        return torch.randn(self.batch, *shape, generator=self.generator)
 
 
 def exact_denoiser(schedule, tau, sigma):
@@ -136,8 +164,14 @@ def test_sampling_with_the_exact_denoiser_gives_the_exact_predictive(method):
     p = draw_prompts(20, N, D, tau, sigma, generator=g)
     schedule = build_objective(DiffusionConfig(process="ddpm", schedule="cosine", prediction="v")).schedule
     steps = schedule.num_timesteps
-    samples = sample_queries(exact_denoiser(schedule, tau, sigma), p.x, p.y, 100, schedule, g,
-                             method=method, steps=steps)
+    task = ICLDiffusionTask(random_model(), build_objective(DiffusionConfig(process="ddpm", schedule="cosine",
+                                                                           prediction="v")))
+    S = 100
+    cond = {"x": p.x.repeat_interleave(S, dim=0), "y": p.y.repeat_interleave(S, dim=0)}
+    rng = BatchNoise(g, len(cond["x"]))
+    start, path = task.start(rng, SampleSettings(sampler=method, steps=steps), cond)
+    out = sample(exact_denoiser(schedule, tau, sigma), start, path, schedule, rng, method=method)
+    samples = out[Y_QUERY][..., 0].reshape(20, S, N)
     m, v = posterior_predictive(p.x.double().numpy(), p.y.double().numpy(), tau, sigma)
     z = (samples.double().numpy() - m[:, None]) / np.sqrt(v)[:, None]  # standard normal if exact
     assert abs(z.mean()) < 0.04, z.mean()  # 10,000 draws: standard errors 0.01 (mean), 0.014 (variance)

@@ -7,7 +7,8 @@ from ditlab.data.context_sets import ContextSet
 from ditlab.data.dataset import ImageData
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.schedules import FlowSchedule
-from ditlab.tasks.image.task import STREAM, ImageTask, build_image_model
+from ditlab.tasks.image.model import STREAM, build_image_model
+from ditlab.tasks.image.task import ImageTask
 from ditlab.tasks.image.data import ImageTrainData
 
 D = 6
@@ -36,7 +37,8 @@ def padded(lengths, m, seed=0):
 
 
 def denoised(task, model, x, t, context, drop):
-    return task.denoiser(None, model, context=context)({STREAM: x}, {STREAM: t}, drop)[STREAM][0]
+    cond = {"context": context[0], "context_mask": context[1]} if context is not None else {}
+    return task.denoiser(model, cond)({STREAM: x}, {STREAM: t}, drop)[STREAM][0]
 
 
 def test_padding_does_not_change_the_output_but_the_mask_does():
@@ -131,13 +133,13 @@ def test_guidance_drops_context_and_label_together():
     task, model = make(num_classes=3)
     seen = spy_on_model(task, model)
     emb, mask = padded([2, 3], 3)
-    den = task.denoiser(torch.tensor([1, 2]), model, context=(emb, mask))
+    den = task.denoiser(model, {"labels": torch.tensor([1, 2]), "context": emb, "context_mask": mask})
     drop = torch.tensor([False, False, True, True])  # guidance's (conditional, unconditional) batch
     den({STREAM: torch.randn(4, 3, 8, 8)}, {STREAM: torch.full((4,), 0.5)}, drop)
     assert torch.equal(seen["context_drop"], drop) and torch.equal(seen["label_drop"], drop)
     assert seen["context"].shape == (4, 3, D) and seen["labels"].tolist() == [1, 2, 1, 2]
     with pytest.raises(ValueError, match="pass one"):
-        task.denoiser(None, model)
+        task.batch_conditions(torch.arange(2), {})
 
 
 def test_batch_gathers_context_rows_of_the_same_images():

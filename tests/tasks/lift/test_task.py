@@ -10,9 +10,11 @@ from ditlab.config import LiftConfig, ModelConfig
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.scale_shift import ShiftedSchedule
 from ditlab.diffusion.schedules import DDPMSchedule, FlowSchedule
-from ditlab.tasks.lift.task import HI, LO, LiftTask, build_lift_model
+from ditlab.tasks.base import SampleSettings
+from ditlab.tasks.lift.model import HI, LO, build_lift_model
+from ditlab.tasks.lift.task import LiftTask
 from ditlab.tasks.lift.times import draw_lift_times, mixture_weights
-from ditlab.tasks.superres.task import downsample
+from ditlab.tasks.superres.model import downsample
 
 
 def make(seed=0, **lift):
@@ -107,7 +109,7 @@ def test_schedule_shift_reaches_training_and_sampling():
     torch.testing.assert_close(seen[LO], torch.full((1, 3, 4, 4), float(alpha)))
     from ditlab.generation import generate
 
-    images, _ = generate(task, model.eval(), 2, seed=0, batch_size=2, sampler="euler", steps=3)
+    images = generate(task, model.eval(), 2, 0, SampleSettings(sampler="euler", steps=3), batch_size=2)["images"]
     assert images.shape == (2, 3, 8, 8) and images.dtype == torch.uint8
 
 
@@ -121,15 +123,30 @@ def test_sampling_returns_high_resolution_per_sample_on_every_path():
                                  batch_size=2)
     assert errors.mse_hi.shape == (4, 4) and errors.mse_hi[-1, -1] == pytest.approx(0, abs=1e-10)
     assert errors.mse_hi[0, 0] > errors.mse_hi[-2, -2]  # more noise, worse x0 predictions
-    task.use_path("diagonal", errors)
-    for name in ("diagonal", "lo-first", "lo-random", "dp-total"):
-        task.use_path(name)
-        a, _ = generate(task, model, 3, seed=4, batch_size=3, sampler="heun", steps=3)
-        b, _ = generate(task, model, 3, seed=4, batch_size=2, sampler="heun", steps=3)
+    task.use_errors(errors)
+    images = {}
+    for name in ("diagonal", "lo-first", "hi-first", "lo-random", "dp-total"):
+        settings = SampleSettings(sampler="heun", steps=3, path=name)
+        a = generate(task, model, 3, 4, settings, batch_size=3)["images"]
+        b = generate(task, model, 3, 4, settings, batch_size=2)["images"]
         assert a.shape == (3, 3, 8, 8) and (a.int() - b.int()).abs().max() <= 1
+        images[name] = a
+    # The paths really differ: none silently falls back to the diagonal. Same noise, so a fallback would
+    # give identical images; the sampler is also handed another (t_hi, t_lo) schedule.
+    from ditlab.diffusion.noise import PerSampleRNG
+
+    def walked(name):
+        return task.start(PerSampleRNG(0, [0]), SampleSettings(steps=3, path=name), {})[1]
+
+    for name in ("lo-first", "hi-first", "lo-random"):  # (dp-total may plan the diagonal itself)
+        assert not torch.equal(images[name], images["diagonal"]), name
+        path = walked(name)
+        assert not (torch.equal(path.times, walked("diagonal").times) and path.hold == walked("diagonal").hold), name
     with pytest.raises(ValueError, match="condition images"):
-        task.use_path("lo-oracle")
-        generate(task, model, 1, seed=0, steps=2)
+        generate(task, model, 1, 0, SampleSettings(steps=2, path="lo-oracle"))
+    oracle = generate(task, model, 2, 0, SampleSettings(steps=2, path="lo-oracle"),
+                      {"images": torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)})["images"]
+    assert oracle.shape == (2, 3, 8, 8)
 
 
 def test_cli_train_errors_and_sample_on_paths(tmp_path, capsys):
@@ -146,7 +163,7 @@ def test_cli_train_errors_and_sample_on_paths(tmp_path, capsys):
     out = tmp_path / "s.npz"
     assert main(["sample", str(run), "--num", "2", "--steps", "2", "--out", str(out), "--path", "dp-hi"]) == 1
     assert "ditlab lift errors" in capsys.readouterr().err
-    assert main(["lift", "errors", str(run), "--data", str(data), "--grid", "3", "--num", "4", "--steps", "3",
+    assert main(["lift", "errors", str(run), "--data", str(data), "--levels", "3", "--num", "4", "--steps", "3",
                  "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (run / "lift_errors.npz").exists() and (run / "lift_errors.png").exists() and report["grid"] == 3
@@ -154,7 +171,7 @@ def test_cli_train_errors_and_sample_on_paths(tmp_path, capsys):
         assert main(["sample", str(run), "--num", "2", "--steps", "3", "--out", str(out), "--path", path]) == 0
         assert np.load(out)["arr_0"].shape == (2, 8, 8, 3)
     assert main(["sample", str(run), "--num", "2", "--steps", "2", "--out", str(out), "--path", "lo-oracle",
-                 "--cond", str(data)]) == 0
+                 "--data", str(data)]) == 0
     assert main(["lift", "paths", str(run), "--steps", "3"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines() if x.startswith("{")]
     assert {x["path"] for x in lines} >= {"diagonal", "dp-total", "lo-random"}

@@ -5,7 +5,16 @@ import torch
 from ditlab.config import load_config
 from ditlab.diffusion.objectives import build_objective
 from ditlab.tasks.registry import build_model, build_task, build_train_data
+from ditlab.generation import generate, preview
+from ditlab.tasks.base import SampleSettings
 from ditlab.tasks.scene.task import SceneTask, target_frame
+
+
+def points(task, feats, mask, seed, start=0, **settings):
+    """Generated points (B, K, 3) in world coordinates for scenes start .. start + B - 1."""
+    out = generate(task, task.model, len(feats), seed, SampleSettings(**settings), {"features": feats, "mask": mask},
+                   start=start)
+    return out["points"]
 
 
 def tiny_cfg(*extra):
@@ -71,10 +80,10 @@ def test_task_denoiser_is_invariant_to_extra_padding(flag, frame):
         feats[..., 3] = 0
     x, t = {"points": torch.randn(3, 5, 3)}, {"points": torch.tensor([0.2, 0.5, 0.9])}
     drop = torch.zeros(3, dtype=torch.bool)
-    ref = task.denoiser(feats, mask)(x, t, drop)["points"]
+    ref = task.denoiser(model, {"features": feats, "mask": mask})(x, t, drop)["points"]
     longer = torch.cat([feats, 5 * torch.randn(3, 17, 4).abs()], dim=1)  # flags > 0 in the padding too
     longer_mask = torch.cat([mask, torch.zeros(3, 17, dtype=torch.bool)], dim=1)
-    out = task.denoiser(longer, longer_mask)(x, t, drop)["points"]
+    out = task.denoiser(model, {"features": longer, "mask": longer_mask})(x, t, drop)["points"]
     for a, b in zip(ref, out):  # (x0_hat, eps_hat)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -105,10 +114,10 @@ def test_sampling_shapes_and_per_sample_noise(process, prediction, sampler):
     cfg, data, model, task = setup(f"diffusion.process={process}", f"diffusion.prediction={prediction}")
     model.eval()
     feats, mask = data.scenes.features[:3], data.scenes.mask[:3]
-    pts = task.generate(feats, mask, torch.arange(3), seed=7, sampler=sampler, steps=3, cfg_scale=1.0)
+    pts = points(task, feats, mask, 7, sampler=sampler, steps=3, cfg_scale=1.0)
     assert pts.shape == (3, 5, 3) and torch.isfinite(pts).all()
     # Scene 2 alone, with its own index, gets the same points as in the batch of three.
-    alone = task.generate(feats[2:], mask[2:], torch.tensor([2]), seed=7, sampler=sampler, steps=3)
+    alone = points(task, feats[2:], mask[2:], 7, start=2, sampler=sampler, steps=3)
     torch.testing.assert_close(alone, pts[2:], atol=1e-5, rtol=1e-5)
 
 
@@ -129,16 +138,16 @@ def test_target_frame_is_the_mean_and_rms_radius_of_real_marked_points():
 
 @pytest.mark.parametrize("frame", ["world", "target"])
 def test_model_coordinates_are_undone_after_sampling(frame):
-    """generate() = the same sampler on the scene moved into model coordinates, mapped back by hand."""
+    """Generation = the same sampler on the scene moved into model coordinates, mapped back by hand."""
     cfg, data, model, task = setup("scene.coord_scale=2.5", f"scene.frame={frame}")
     model.eval()
     plain = SceneTask(model, task.objective)  # world frame, scale 1: what the network sees, unchanged
     feats, mask = data.scenes.features[:2], data.scenes.mask[:2]
-    pts = task.generate(feats, mask, torch.arange(2), seed=0, sampler="euler", steps=3)
+    pts = points(task, feats, mask, 0, sampler="euler", steps=3)
     origin, unit = target_frame(feats, mask) if frame == "target" else (torch.zeros(2, 1, 3), torch.ones(2, 1, 1))
     unit = unit / 2.5
     moved = torch.cat([(feats[..., :3] - origin) / unit, feats[..., 3:]], dim=-1)
-    by_hand = plain.generate(moved, mask, torch.arange(2), seed=0, sampler="euler", steps=3) * unit + origin
+    by_hand = points(plain, moved, mask, 0, sampler="euler", steps=3) * unit + origin
     torch.testing.assert_close(pts, by_hand)
 
 
@@ -146,7 +155,7 @@ def test_guidance_scale_changes_the_samples_and_zero_ignores_the_scene():
     cfg, data, model, task = setup()
     model.eval()
     feats, mask = data.scenes.features[:2], data.scenes.mask[:2]
-    run = lambda f, s: task.generate(f, mask, torch.arange(2), seed=0, sampler="ddim", steps=3, cfg_scale=s)  # noqa: E731
+    run = lambda f, s: points(task, f, mask, 0, sampler="ddim", steps=3, cfg_scale=s)  # noqa: E731
     plain, guided = run(feats, 1.0), run(feats, 3.0)
     assert guided.shape == plain.shape and not torch.allclose(plain, guided, atol=1e-4)
     torch.testing.assert_close(run(feats, 0.0), run(torch.randn_like(feats), 0.0))
@@ -154,5 +163,5 @@ def test_guidance_scale_changes_the_samples_and_zero_ignores_the_scene():
 
 def test_preview_draws_a_picture():
     cfg, data, model, task = setup()
-    images, nrow = task.preview(model.eval(), data, cfg.sample.__class__(steps=2, grid_size=2), "cpu", None)
+    images, nrow = preview(task, model.eval(), data, cfg.sample.__class__(steps=2, grid_size=2), "cpu", None)
     assert images.dtype == torch.uint8 and images.shape[:2] == (1, 3) and images.shape[2] > 50 and nrow == 1

@@ -1,6 +1,8 @@
 """The scene task through the normal trainer and the CLI: exact resume, `ditlab train` + `ditlab scene eval`."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -64,7 +66,9 @@ def test_train_then_scene_eval_from_the_command_line(tmp_path, capsys):
         assert 0 <= m["precision"] <= 1 and 0 <= m["coverage"] <= 1 and m["distance"] >= 0
     assert report["metrics"]["ground_truth"]["distance"] < 1e-5
     assert (out / "scenes.png").stat().st_size > 0
-    # `ditlab sample` writes images: it points a scene run to `scene eval` instead of failing obscurely.
-    assert main(["sample", str(run), "--num", "2"]) == 1
-    assert "ditlab scene eval" in capsys.readouterr().err
+    # `ditlab sample` on a scene run: generated points with their (held-out) scenes, and the metadata.
+    assert main(["sample", str(run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "pts.npz")]) == 0
+    with np.load(tmp_path / "pts.npz") as z:
+        assert z["points"].shape == (2, 6, 3) and z["scene_mask"].dtype == bool
+        assert json.loads(str(z["ditlab_meta"]))["task"] == "scene"
 

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 from ditlab.config import ModelConfig, TaskConfig
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.schedules import FlowSchedule
-from ditlab.tasks.superres.task import SuperResTask, build_superres_model
+from ditlab.tasks.superres.model import build_superres_model
+from ditlab.tasks.superres.task import SuperResTask
 
 
 def _free_port() -> int:

@@ -6,7 +6,9 @@ import torch
 from ditlab.config import ModelConfig, TaskConfig, load_config
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.schedules import FlowSchedule
-from ditlab.tasks.superres.task import COND, TARGET, SuperResTask, build_superres_model, downsample
+from ditlab.tasks.base import SampleSettings
+from ditlab.tasks.superres.model import COND, TARGET, build_superres_model, downsample
+from ditlab.tasks.superres.task import SuperResTask
 from ditlab.train.trainer import Trainer
 
 
@@ -34,7 +36,7 @@ def test_condition_matters_and_dropout_removes_it():
     x = torch.randn(2, 3, 8, 8)
     t = torch.full((2,), 0.5)
     low_a, low_b = downsample(x, 2), torch.randn(2, 3, 4, 4)
-    den = task.denoiser(None, model)
+    den = task.denoiser(model, {})
 
     def run(low, drop):
         return den({TARGET: x, COND: low}, {TARGET: t, COND: torch.zeros(2)}, torch.tensor([drop, drop]))[TARGET][0]
@@ -85,14 +87,14 @@ def test_sampling_is_conditioned_and_seeded_per_index():
     task, model = make(TaskConfig(kind="superres", factor=2, cond_noise_sample=0.1))
     model.eval()
     hr = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
-    kw = dict(sampler="heun", steps=3, cfg_scale=2.0)
-    a, _ = generate(task, model, 5, seed=1, batch_size=5, conditions=hr, **kw)
-    b, _ = generate(task, model, 5, seed=1, batch_size=2, conditions=hr, **kw)
+    settings = SampleSettings(sampler="heun", steps=3, cfg_scale=2.0)
+    a = generate(task, model, 5, 1, settings, {"images": hr}, batch_size=5)["images"]
+    b = generate(task, model, 5, 1, settings, {"images": hr}, batch_size=2)["images"]
     assert a.shape == (5, 3, 8, 8) and (a.int() - b.int()).abs().max() <= 1
-    c, _ = generate(task, model, 5, seed=1, batch_size=5, conditions=hr.flip(0), **kw)
+    c = generate(task, model, 5, 1, settings, {"images": hr.flip(0)}, batch_size=5)["images"]
     assert (a.int() - c.int()).abs().float().mean() > 0.2  # other conditions, other images (a weak random net)
     with pytest.raises(ValueError, match="condition images"):
-        generate(task, model, 2, seed=1, **kw)
+        generate(task, model, 2, 1, settings)
 
 
 def test_cli_samples_a_superres_run(tmp_path, capsys):
@@ -107,10 +109,13 @@ def test_cli_samples_a_superres_run(tmp_path, capsys):
                  "model.depth=1", "model.num_heads=2", "--no-progress"]) == 0
     out = tmp_path / "s.npz"
     assert main(["sample", str(run), "--num", "4", "--steps", "2", "--sampler", "euler", "--cfg", "1.5",
-                 "--out", str(out), "--cond", str(data)]) == 0
+                 "--out", str(out), "--data", str(data)]) == 0
     assert np.load(out)["arr_0"].shape == (4, 16, 16, 3)
     assert main(["sample", str(run), "--num", "4", "--out", str(out)]) == 1
-    assert "--cond" in capsys.readouterr().err
+    assert "--data" in capsys.readouterr().err
+    # the old flag still works, with a warning
+    assert main(["sample", str(run), "--num", "2", "--steps", "2", "--out", str(out), "--cond", str(data)]) == 0
+    assert "--cond is deprecated; use --data" in capsys.readouterr().err
 
 
 def test_diagnose_collapse_cli(tmp_path, capsys):
@@ -126,7 +131,7 @@ def test_diagnose_collapse_cli(tmp_path, capsys):
                  f"data.path={data}", f"train.run_dir={run}", "train.steps=2", "train.batch_size=8",
                  "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["diagnose", "collapse", str(run), "--cond", str(data), "--conditions", "3", "--seeds", "4",
+    assert main(["diagnose", "collapse", str(run), "--data", str(data), "--conditions", "3", "--num-seeds", "4",
                  "--cfg", "1.0", "2.0", "--cond-noise", "0.0", "0.3", "--steps", "2", "--sampler", "euler",
                  "--device", "cpu", "--out", str(tmp_path / "diag")]) == 0
     verdict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -200,7 +205,7 @@ def test_dummy_condition_pretraining_masks_or_fills_the_condition():
     from ditlab.generation import generate
 
     model.forward = real_forward
-    images, _ = generate(task, model.eval(), 3, seed=0, sampler="euler", steps=2)
+    images = generate(task, model.eval(), 3, 0, SampleSettings(sampler="euler", steps=2))["images"]
     assert images.shape == (3, 3, 8, 8)
 
 

@@ -9,6 +9,19 @@ import argparse
 import json
 from pathlib import Path
 
+from ditlab.cliargs import add_device, positive_int
+from ditlab.tasks.base import SampleInputs, refuse_inputs
+
+
+def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+    """``ditlab sample`` on an ICL run: ``num`` held-out prompts (the run's icl.eval_seed, at the full
+    dimension, in network units), one draw of every query y per prompt."""
+    from ditlab.tasks.icl.eval import held_out_prompts
+
+    refuse_inputs("icl", inputs, (), ": its prompts are drawn from the run's own prior (icl.eval_seed)")
+    prompts = held_out_prompts(run.cfg.icl, run.info["d"], run.info["n_points"], num, run.cfg.icl.eval_seed)
+    return {"x": prompts.x, "y": prompts.y}
+
 
 def cmd_icl_eval(args) -> int:
     from ditlab.devices import resolve_device
@@ -38,7 +51,7 @@ def cmd_icl_eval(args) -> int:
     return 0
 
 
-def add_icl_parser(subparsers) -> argparse.ArgumentParser:
+def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("icl", help="in-context regression tools")
     sub = p.add_subparsers(dest="icl_command", required=True)
     e = sub.add_parser("eval", help="error and calibration vs k against the exact Bayesian answer")
@@ -48,15 +61,15 @@ def add_icl_parser(subparsers) -> argparse.ArgumentParser:
                    help="a checkpoint folder or an EMA .safetensors file (default: the run's latest checkpoint); "
                         "the run directory still supplies config.yaml and model.json")
     e.add_argument("--baseline-checkpoint", default=None, help="the same for --baseline")
-    e.add_argument("--prompts", type=int, default=None, help="held-out prompts (default: the run's icl.eval_prompts)")
-    e.add_argument("--samples", type=int, default=None, help="samples per prompt (default: icl.eval_samples)")
+    e.add_argument("--prompts", type=positive_int, default=None, help="held-out prompts (default: the run's icl.eval_prompts)")
+    e.add_argument("--samples", type=positive_int, default=None, help="samples per prompt (default: icl.eval_samples)")
     e.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: icl.eval_sampler")
-    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: icl.eval_steps)")
+    e.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: icl.eval_steps)")
     e.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic)")
     e.add_argument("--seed", type=int, default=None, help="prompts and sampler noise (default: icl.eval_seed)")
-    e.add_argument("--batch-size", type=int, default=8192, help="sequences per network call")
+    e.add_argument("--batch-size", type=positive_int, default=8192, help="sequences per network call")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the bands")
-    e.add_argument("--device", default="auto")
+    add_device(e)
     e.add_argument("--out", default=None, help="output folder (default RUN/icl_eval)")
     e.set_defaults(func=cmd_icl_eval)
     return p

@@ -22,7 +22,9 @@ import torch
 
 from ditlab.tasks.icl import bayes as bayes
 from ditlab.tasks.icl import metrics as metrics
-from ditlab.tasks.icl.task import ICLDiffusionTask, ICLRegressionTask, sample_queries
+from ditlab.generation import generate
+from ditlab.tasks.base import SampleSettings
+from ditlab.tasks.icl.task import ICLDiffusionTask, ICLRegressionTask
 from ditlab.tasks.icl.data import draw_prompts, y_scale
 
 # Targets of issue 6.
@@ -61,17 +63,19 @@ def held_out_prompts(icl, d: int, n_points: int, num: int, seed: int) -> EvalPro
 
 @torch.no_grad()
 def diffusion_samples(task: ICLDiffusionTask, prompts: EvalPrompts, s: EvalSettings, device) -> np.ndarray:
-    """(P, S, N) samples of every query, drawn in chunks of whole prompts."""
-    g = torch.Generator().manual_seed(s.seed)
+    """(P, S, N) samples of every query: draw s of prompt p is sample index p * S + s of the one
+    generation loop (noise per sample index, so the draws do not depend on the batching), generated
+    in chunks of whole prompts."""
+    settings = SampleSettings(sampler=s.sampler, steps=s.steps, eta=s.eta)
     per_chunk = max(1, s.batch_size // s.samples)
-    denoise = task.denoiser()
+    P, S = prompts.x.shape[0], s.samples
     out = []
-    for start in range(0, prompts.x.shape[0], per_chunk):
-        x = prompts.x[start : start + per_chunk].to(device)
-        y = prompts.y[start : start + per_chunk].to(device)
-        draws = sample_queries(denoise, x, y, s.samples, task.objective.schedule, g, method=s.sampler,
-                               steps=s.steps, eta=s.eta)
-        out.append(draws.cpu().double().numpy())
+    for p0 in range(0, P, per_chunk):
+        rows = slice(p0, p0 + per_chunk)
+        cond = {"x": prompts.x[rows].repeat_interleave(S, dim=0), "y": prompts.y[rows].repeat_interleave(S, dim=0)}
+        n = len(cond["x"])
+        draws = generate(task, task.model, n, s.seed, settings, cond, batch_size=n, start=p0 * S, device=device)
+        out.append(draws["y_sampled"].reshape(n // S, S, -1).double().numpy())
     return np.concatenate(out)
 
 

@@ -15,40 +15,23 @@ Everything here is in network units (see :mod:`ditlab.tasks.icl.data`).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
+import numpy as np
 import torch
 
 from ditlab.diffusion.objectives import Objective
-from ditlab.diffusion.paths import single_stream_path, with_fixed_streams
-from ditlab.diffusion.samplers import sample
-from ditlab.models.dit import DiT, build_dit
-from ditlab.tasks.icl.layout import X, Y_CTX, Y_QUERY, icl_streams, prefix_attention_mask
+from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.wrappers import unwrap_model
+from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.icl.layout import X, Y_CTX, Y_QUERY, prefix_attention_mask
 
 PATCH_SIZES = {X: 1, Y_CTX: 1, Y_QUERY: 1}
 
 
-def build_icl_model(model_cfg, d: int, n_points: int) -> DiT:
-    return build_dit(model_cfg, icl_streams(d, n_points))
-
-
-class BatchRNG:
-    """The sampler's noise source for many samples at once: one generator for the whole batch.
-
-    (PerSampleRNG keeps one generator per sample so that image sets do not depend on the batch size;
-    here a batch is tens of thousands of scalar queries and evaluation fixes its batching, so a single
-    seeded generator is reproducible and ~100x faster.)
-    """
-
-    def __init__(self, generator: torch.Generator, batch: int, device):
-        self.generator, self.batch, self.device = generator, batch, torch.device(device)
-
-    def randn(self, *shape: int) -> torch.Tensor:
-        return torch.randn(self.batch, *shape, generator=self.generator).to(self.device)
-
-
 class _ICLTaskBase:
+    kind = "icl"
+
     def __init__(self, model: torch.nn.Module, objective: Objective):
         self.model = model
         self.objective = objective
@@ -74,7 +57,9 @@ class _ICLTaskBase:
                     {X: zeros, Y_CTX: zeros, Y_QUERY: t_query}, attn_mask=self.mask(x.device))
         return out[Y_QUERY][..., 0]
 
-    def preview(self, model, data, sample_cfg, device, autocast_dtype):
+    can_guide = False  # nothing to drop: the context is the prompt itself
+
+    def preview_conditions(self, data, num: int):
         return None  # nothing to draw during training; `ditlab icl eval` plots the evaluation
 
 
@@ -96,9 +81,35 @@ class ICLDiffusionTask(_ICLTaskBase):
 
         return self.objective.loss(net, x0, times, noises, PATCH_SIZES, loss_mask={Y_QUERY: point_mask})
 
-    def denoiser(self, model: Optional[torch.nn.Module] = None) -> "ICLDenoiser":
-        """(streams, t) -> {"y_query": (x0_hat, eps_hat)} for the samplers."""
-        return ICLDenoiser(model if model is not None else self.model, self.objective, self.mask)
+    # ---- generation: conditions are prompts {"x": (B, N, d), "y": (B, N)} in network units --------
+    def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
+        if "x" not in given or "y" not in given:
+            raise ValueError("in-context regression samples need prompts: conditions 'x' (B, N, d) and 'y' (B, N)")
+        return given
+
+    def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
+        """The prompt's clean context (x and clean-y tokens at level 0) and noise for every query y;
+        all N queries of a prompt are generated together (the mask keeps them independent)."""
+        if settings.path:
+            raise ValueError("--path applies to task.kind=lift runs; this is a task.kind=icl run")
+        x, y = cond["x"], cond["y"][..., None]
+        path = with_fixed_streams(single_stream_path(Y_QUERY, self.objective.schedule.time_grid(settings.steps)),
+                                  {X: 0.0, Y_CTX: 0.0})
+        return {X: x, Y_CTX: y, Y_QUERY: rng.randn(self.n_points, 1)}, path
+
+    def denoiser(self, model: torch.nn.Module, cond: Conditions):
+        """The clean context of the batch runs through the network once (prefix caching, see
+        :class:`ICLDenoiser`); every step then runs the query tokens only. ``drop`` is ignored."""
+        cached = ICLDenoiser(model, self.objective, self.mask).with_prefix(cond["x"], cond["y"][..., None])
+        return lambda x, t, drop: cached(x, t)
+
+    def decode(self, streams: dict, cond: Conditions) -> dict[str, torch.Tensor]:
+        return {"x": cond["x"], "y": cond["y"], "y_sampled": streams[Y_QUERY][..., 0]}
+
+    def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
+        """``x`` (N, n_points, d), ``y`` (N, n_points) the prompt's own y values, ``y_sampled`` (N,
+        n_points): query i's draw given the i - 1 earlier pairs and x_i; all in network units."""
+        return {k: outputs[k].numpy() for k in ("x", "y", "y_sampled")}
 
 
 class ICLDenoiser:
@@ -142,29 +153,9 @@ class ICLRegressionTask(_ICLTaskBase):
         """Prediction (B, N) of every y_i from its prefix (the clean y tokens are the context)."""
         return self.forward(model, x, y, torch.zeros_like(y), torch.ones(y.shape[0], device=y.device))
 
-
-def sample_queries(denoiser: Callable[[dict, dict], dict], x: torch.Tensor, y: torch.Tensor, num_samples: int,
-                   schedule, generator: torch.Generator, method: str = "ddim", steps: int = 50,
-                   eta: float = 0.0) -> torch.Tensor:
-    """``num_samples`` draws of every query y_i given its prefix: (P, S, N), network units.
-
-    x: (P, N, d), y: (P, N) (the context; y_i itself is never seen by query i). Each prompt is
-    repeated S times in one batch; all N queries of a copy are generated together, since the mask
-    keeps them independent.
-    """
-    if method not in ("ddpm", "ddim"):
-        raise ValueError(f"ICL sampling supports ddpm and ddim, got {method!r}")
-    P, N = y.shape
-    B = P * num_samples
-    rep_x = x.repeat_interleave(num_samples, dim=0)  # (P*S, N, d): prompt p's copies are rows p*S .. p*S+S-1
-    rep_y = y.repeat_interleave(num_samples, dim=0)[..., None]
-    rng = BatchRNG(generator, B, x.device)
-    if hasattr(denoiser, "with_prefix"):  # the clean context once, not at every step
-        denoiser = denoiser.with_prefix(rep_x, rep_y)
-    path = with_fixed_streams(single_stream_path(Y_QUERY, schedule.time_grid(steps)), {X: 0.0, Y_CTX: 0.0})
-    start = {X: rep_x, Y_CTX: rep_y, Y_QUERY: rng.randn(N, 1)}
-    out = sample(denoiser, start, path, schedule, rng, method=method, eta=eta)
-    return out[Y_QUERY][..., 0].reshape(P, num_samples, N)
+    def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
+        raise ValueError("this run is the deterministic baseline (icl.objective=mse): it predicts y, it does not "
+                         "sample; evaluate it with `ditlab icl eval RUN` (or as --baseline)")
 
 
 def build_icl_task(cfg, model, objective: Objective, training: bool = True):

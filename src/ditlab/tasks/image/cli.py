@@ -1,32 +1,40 @@
-"""Context sets on the command line: `ditlab context make-demo|check` and the rows `ditlab sample --context` uses."""
+"""The image task on the command line: `ditlab context make-demo|check` and the conditions of `ditlab sample`."""
 from __future__ import annotations
 
 import argparse
 
+from ditlab.tasks.base import SampleInputs, refuse_inputs
 
-def sample_inputs(run, path: str, num: int) -> dict:
-    """Per-sample inputs of ``generate`` for samples 0..num-1 from rows 0..num-1 of a context file:
-    ``context`` (embeddings, mask) and, for a class-conditional model, the file's ``labels`` when it
+
+def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+    """Conditions of ``ditlab sample`` for samples 0..num-1 of an image run: with a context set, rows
+    0..num-1 of ``--context FILE`` and, for a class-conditional model, the file's ``labels`` when it
     has them (otherwise sample i keeps class i mod K)."""
-    from ditlab.data.context_sets import load_context_file
-
+    refuse_inputs("image", inputs, ("context",), ": it generates images from noise (superres runs take --data)")
     dim = run.info.get("context_dim")
+    if inputs.context is None:
+        if dim is not None:
+            raise ValueError("this run cross-attends to a context set: pass --context FILE (row i conditions sample i)")
+        return {}
+    path = inputs.context
     if dim is None:
         raise ValueError(f"--context {path}: this run was trained without a context set (data.context_path)")
+    from ditlab.data.context_sets import load_context_file
+
     ctx = load_context_file(path)
     ctx.check_dim(dim, "the run (context_dim in model.json)")
     if len(ctx) < num:
         raise ValueError(f"key 'embeddings' of context file {path} has shape {tuple(ctx.embeddings.shape)}: "
                          f"{len(ctx)} rows, fewer than --num {num}")
     rows = ctx.rows(slice(0, num))
-    inputs = {"context": (rows.embeddings, rows.mask)}
+    cond = {"context": rows.embeddings, "context_mask": rows.mask}
     num_classes = run.task.num_classes
     if num_classes and rows.labels is not None:
         if int(rows.labels.max()) >= num_classes:
             raise ValueError(f"key 'labels' of context file {path} holds label {int(rows.labels.max())}, but the "
                              f"model has {num_classes} classes")
-        inputs["labels"] = rows.labels
-    return inputs
+        cond["labels"] = rows.labels
+    return cond
 
 
 def cmd_context_make_demo(args) -> int:
@@ -61,7 +69,7 @@ def cmd_context_check(args) -> int:
     return 0
 
 
-def add_context_parser(sub: argparse._SubParsersAction) -> None:
+def add_cli(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("context", help="context sets (per-image token embeddings, data.context_path)")
     csub = c.add_subparsers(dest="context_command", required=True)
     demo = csub.add_parser("make-demo", help="a demo context file from class names, without a text encoder")

@@ -7,42 +7,28 @@ embeddings. Its CFG dropout (task.cond_dropout) drops the context and the label 
 the unconditional pass of guidance drops both: so that pass is the model trained on exactly those
 samples. A row with no real token is given the learned null context as well (one meaning of "no
 context" for the model, see ditlab.data.context_sets).
+
+The helpers above the class (labels, pixel ranges, the images' .npz layout) serve every task whose
+outputs are images (superres, lift).
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path
-from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
+from ditlab.imageio import to_uint8
 from ditlab.models.wrappers import unwrap_model
-
-STREAM = "image"
-
-
-def image_stream(image_size: int, channels: int, arch: str) -> StreamSpec:
-    _, _, _, patch = parse_arch(arch)
-    if image_size % patch:
-        raise ValueError(f"image size {image_size} is not divisible by the patch size {patch} of {arch}")
-    return StreamSpec(STREAM, channels, image_size, patch)
-
-
-def build_image_model(model_cfg, image_size: int, channels: int = 3, context_dim: Optional[int] = None) -> DiT:
-    """``context_dim``: width of the context set's embeddings (None: no cross-attention)."""
-    return build_dit(model_cfg, [image_stream(image_size, channels, model_cfg.arch)], context_dim)
+from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.image.model import STREAM, model_num_classes
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float in [-1, 1]."""
     return images_uint8.float().div_(127.5).sub_(1.0)
-
-
-def model_num_classes(model: torch.nn.Module) -> int:
-    """Classes of a class-conditional DiT (0 when it has no label embedding)."""
-    embed = unwrap_model(model).label_embed
-    return embed.num_classes if embed is not None else 0
 
 
 def repeat_labels(labels: torch.Tensor, batch: int) -> torch.Tensor:
@@ -51,31 +37,51 @@ def repeat_labels(labels: torch.Tensor, batch: int) -> torch.Tensor:
     return labels.repeat(batch // labels.shape[0])
 
 
+def with_default_labels(indices: torch.Tensor, given: Conditions, num_classes: int) -> Conditions:
+    """Balanced, batch-independent class labels: sample i gets class i mod num_classes unless given."""
+    cond = dict(given)
+    if num_classes and "labels" not in cond:
+        cond["labels"] = indices % num_classes
+    if not num_classes:
+        cond.pop("labels", None)
+    return cond
+
+
+def refuse_path(settings: SampleSettings, kind: str) -> None:
+    if settings.path:
+        raise ValueError(f"--path applies to task.kind=lift runs; this is a task.kind={kind} run")
+
+
+def image_npz_arrays(outputs: dict) -> dict[str, np.ndarray]:
+    """``arr_0`` uint8 (N, H, W, C) and, for labelled samples, ``arr_1`` int64 (N,): the layout the
+    common ADM / guided-diffusion FID evaluator reads (and ``ditlab fid``)."""
+    arrays = {"arr_0": outputs["images"].permute(0, 2, 3, 1).contiguous().numpy()}
+    if "labels" in outputs:
+        arrays["arr_1"] = outputs["labels"].numpy().astype(np.int64)
+    return arrays
+
+
+def decoded_images(x: torch.Tensor, cond: Conditions) -> dict[str, torch.Tensor]:
+    out = {"images": to_uint8(x)}
+    if "labels" in cond:
+        out["labels"] = cond["labels"]
+    return out
+
+
 def context_drop_flags(drop: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
     """Samples that see the learned null context: the dropped ones and those with no real token."""
     return drop | ~context_mask.any(dim=1)
 
 
-def repeat_context(context: tuple[torch.Tensor, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def repeat_context(context: torch.Tensor, mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings (B, M, D), mask (B, M)) repeated to the k * B batch of guidance, like repeat_labels."""
-    embeddings, mask = context
-    k = batch // embeddings.shape[0]
-    return embeddings.repeat(k, 1, 1), mask.repeat(k, 1)
-
-
-def preview_samples(task, model, s, device, autocast_dtype, num: int, conditions=None, **per_sample) -> torch.Tensor:
-    """``num`` samples with the run's sample settings, drawn from per-sample generators so that a
-    preview during training leaves the training RNG untouched. ``per_sample``: labels and context
-    for those samples (ditlab.generation.generate)."""
-    from ditlab.generation import generate  # sampling imports this module
-
-    images, _ = generate(task, model, num, s.seed, batch_size=max(num, 1), sampler=s.sampler, steps=s.steps,
-                         cfg_scale=s.cfg_scale, cfg_interval=s.cfg_interval, eta=s.eta, device=device,
-                         autocast_dtype=autocast_dtype, conditions=conditions, **per_sample)
-    return images
+    k = batch // context.shape[0]
+    return context.repeat(k, 1, 1), mask.repeat(k, 1)
 
 
 class ImageTask:
+    kind = "image"
+
     def __init__(self, model: torch.nn.Module, objective: Objective, label_dropout: float = 0.0,
                  context_dropout: float = 0.0):
         self.model = model
@@ -90,6 +96,11 @@ class ImageTask:
     def patch_sizes(self) -> dict[str, int]:
         return {STREAM: self.spec.patch_size}
 
+    @property
+    def can_guide(self) -> bool:
+        return self.num_classes > 0 or self.context_dim is not None
+
+    # ---- training -------------------------------------------------------------------------------
     def training_loss(
         self,
         images: torch.Tensor,  # (B, C, H, W) float in [-1, 1]
@@ -114,18 +125,6 @@ class ImageTask:
         mask = {STREAM: loss_mask} if loss_mask is not None else None
         return self.objective.loss(net, {STREAM: images}, {STREAM: t}, {STREAM: noise}, self.patch_sizes, mask)
 
-    @property
-    def can_guide(self) -> bool:
-        return self.num_classes > 0 or self.context_dim is not None
-
-    def start(self, rng, steps: int, conditions: Optional[torch.Tensor] = None) -> tuple[dict, TimePath]:
-        """Starting streams (noise from the per-sample RNG) and the time path of a sampler run."""
-        if conditions is not None:
-            raise ValueError("the image task takes no condition images")
-        spec = self.spec
-        x = {STREAM: rng.randn(spec.channels, spec.size, spec.size)}
-        return x, single_stream_path(STREAM, self.objective.schedule.time_grid(steps))
-
     def loss_on_batch(self, images: torch.Tensor, labels: Optional[torch.Tensor],
                       context: Optional[torch.Tensor] = None, context_mask: Optional[torch.Tensor] = None
                       ) -> torch.Tensor:
@@ -147,39 +146,57 @@ class ImageTask:
         return self.training_loss(images, labels, label_drop, t, noise, context=context, context_mask=context_mask,
                                   context_drop=context_drop)
 
-    def preview(self, model, data, sample_cfg, device, autocast_dtype):
-        """The run's sample grid: sample_cfg.grid_size images from ``model``; with a context set, for
-        the contexts (and labels) of the first training images."""
-        num, per_sample = sample_cfg.grid_size, {}
-        if self.context_dim is not None:
-            num = min(num, len(data.context_set))
-            first = data.context_set.rows(slice(0, num))
-            per_sample["context"] = (first.embeddings, first.mask)
-            if self.num_classes:
-                per_sample["labels"] = data.data.labels[:num]
-        return preview_samples(self, model, sample_cfg, device, autocast_dtype, num, **per_sample), None
+    def preview_conditions(self, data, num: int) -> Conditions:
+        """With a context set: the contexts (and labels) of the first training images."""
+        if self.context_dim is None:
+            return {}
+        num = min(num, len(data.context_set))
+        first = data.context_set.rows(slice(0, num))
+        cond = {"context": first.embeddings, "context_mask": first.mask}
+        if self.num_classes:
+            cond["labels"] = data.data.labels[:num]
+        return cond
 
-    def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None,
-                 context: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
-        """Conditional denoiser (x, t, drop) -> {name: (x0_hat, eps_hat)} for the samplers. ``drop``
-        nulls the label and the context set together (see the module docstring).
+    def preview_figure(self, outputs: dict, conditions: Conditions):
+        return outputs["images"], None
 
-        ``context``: (embeddings (B, M, D), mask (B, M)) on the device, for a model with a context set.
-        """
-        model = model if model is not None else self.model
-        if self.context_dim is not None and context is None:
+    # ---- generation -----------------------------------------------------------------------------
+    def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
+        if self.context_dim is not None and "context" not in given:
             raise ValueError(f"this model cross-attends to a context set of width {self.context_dim}: pass one "
                              "(ditlab sample --context FILE)")
-        if self.context_dim is None and context is not None:
+        if self.context_dim is None and "context" in given:
             raise ValueError("a context set was given, but this model was trained without one")
+        return with_default_labels(indices, given, self.num_classes)
+
+    def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
+        """Starting noise (per-sample RNG) and the time path of a sampler run."""
+        refuse_path(settings, self.kind)
+        spec = self.spec
+        x = {STREAM: rng.randn(spec.channels, spec.size, spec.size)}
+        return x, single_stream_path(STREAM, self.objective.schedule.time_grid(settings.steps))
+
+    def denoiser(self, model: torch.nn.Module, cond: Conditions):
+        """(x, t, drop) -> {name: (x0_hat, eps_hat)}; ``drop`` nulls the label and the context set
+        together (see the module docstring)."""
+        labels = cond.get("labels")
+        context = None
+        if self.context_dim is not None:
+            context = (cond["context"].float(), cond["context_mask"])
 
         def denoise(x, t, drop):
             kwargs = {}
             if self.num_classes:
                 kwargs = dict(labels=repeat_labels(labels, drop.shape[0]), label_drop=drop)
             if context is not None:
-                embeddings, mask = repeat_context(context, drop.shape[0])
+                embeddings, mask = repeat_context(*context, drop.shape[0])
                 kwargs.update(context=embeddings, context_mask=mask, context_drop=context_drop_flags(drop, mask))
             return self.objective.denoised(model(x, t, **kwargs), x, t, self.patch_sizes)
 
         return denoise
+
+    def decode(self, streams: dict, cond: Conditions) -> dict[str, torch.Tensor]:
+        return decoded_images(streams[STREAM], cond)
+
+    def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
+        return image_npz_arrays(outputs)

@@ -2,30 +2,31 @@
 
 ::
 
-    ditlab lift errors RUN --data DATASET [--grid K] [--num N] [--steps S]   # RUN/lift_errors.npz + heat map PNG
-    ditlab lift paths RUN [--steps S]                                        # each path's (t_hi, t_lo) rows, JSON
+    ditlab lift errors RUN --data DATASET [--levels K] [--num N] [--steps S]   # RUN/lift_errors.npz + heat map PNG
+    ditlab lift paths RUN [--steps S]                                          # each path's (t_hi, t_lo) rows, JSON
 
-``ditlab sample RUN --path NAME`` samples along a path (:func:`choose_sample_path`).
+``ditlab sample RUN --path NAME`` samples along a path (ditlab.tasks.lift.paths).
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+from ditlab.cliargs import DeprecatedAlias, add_data, add_device, positive_int, require_data
+from ditlab.tasks.base import SampleInputs, refuse_inputs
 from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES
 
 
-def choose_sample_path(run, run_dir, name) -> str:
-    """Point the task of a loaded run at path ``name`` (None: the run's lift.sample_path), reading
-    RUN/lift_errors.npz for the dp-* paths. Returns the path's name."""
-    if run.cfg.task.kind != "lift":
-        if name:
-            raise ValueError(f"--path applies to task.kind=lift runs; {run_dir} is task.kind={run.cfg.task.kind!r}")
-        return ""
-    name = name or run.cfg.lift.sample_path
-    run.task.load_errors(run_dir)
-    run.task.use_path(name)
-    return name
+def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+    """``ditlab sample`` on a LIFT run: none, except for --path lo-oracle, whose low resolution is the
+    pooled copy of --data's images (checked against the path when sampling starts)."""
+    refuse_inputs("lift", inputs, ("data",))
+    if inputs.data is None:
+        return {}
+    from ditlab.tasks.superres.cli import condition_images
+
+    return {"images": condition_images(inputs.data, run.info["image_size"], num)}
 
 
 def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: int, seed: int, device,
@@ -34,7 +35,7 @@ def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: i
     diagonal and dp-* paths at ``steps`` steps drawn on the heat maps. Returns (errors, npz path, png path)."""
     from ditlab.data import evaluation_subset, load_image_data
     from ditlab.tasks.lift.errors import measure_node_errors, plot_node_errors, save_node_errors
-    from ditlab.tasks.lift.task import ERRORS_FILE
+    from ditlab.tasks.lift.model import ERRORS_FILE
 
     if run.cfg.task.kind != "lift":
         raise ValueError(f"{run_dir} is task.kind={run.cfg.task.kind!r}; `ditlab lift errors` needs a lift run")
@@ -49,7 +50,7 @@ def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: i
             raise ValueError(f"{run_dir} is class-conditional but --data {data} has no labels")
     errors = measure_node_errors(run.task, run.model, images.images[pick], labels, grid, batch_size, seed, device)
     npz = save_node_errors(Path(run_dir) / ERRORS_FILE, errors)
-    run.task.use_path("diagonal", errors)
+    run.task.use_errors(errors)
     paths = {name: run.task.path(steps, name) for name in ("diagonal",) + DP_PATHS}
     png = plot_node_errors(errors, out_png or Path(run_dir) / "lift_errors.png", paths,
                            title=f"{Path(run_dir).name}: x0 errors on {num} images, paths at {steps} steps")
@@ -62,10 +63,11 @@ def cmd_lift_errors(args) -> int:
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device)
-    grid = args.grid or run.cfg.lift.dp_grid
+    grid = args.levels or run.cfg.lift.dp_grid
     steps = args.steps or run.cfg.sample.steps
-    errors, npz, png = lift_node_errors(run, args.run_dir, args.data, grid, args.num, args.batch_size, args.seed,
-                                        device, steps, args.png)
+    data = require_data(args, "held-out images the error grid is measured on")
+    errors, npz, png = lift_node_errors(run, args.run_dir, data, grid, args.num, args.batch_size, args.seed,
+                                        device, steps, args.out)
     print(json.dumps({"errors": str(npz), "heatmap": str(png), "grid": grid, "images": errors.num_images}))
     return 0
 
@@ -75,7 +77,6 @@ def cmd_lift_paths(args) -> int:
 
     run = load_run(args.run_dir)
     steps = args.steps or run.cfg.sample.steps
-    choose_sample_path(run, args.run_dir, "diagonal")  # also reads RUN/lift_errors.npz when there is one
     has_errors = run.task.errors is not None
     names = [n for n in PATH_NAMES if n != "shift:D" and (has_errors or n not in DP_PATHS)]
     for name in names:
@@ -85,23 +86,27 @@ def cmd_lift_paths(args) -> int:
     return 0
 
 
-def add_lift_parser(subparsers):
+def add_cli(subparsers):
     lp = subparsers.add_parser("lift", help="LIFT (two-scale) runs: per-node error grid, heat maps, sampling paths")
     sub = lp.add_subparsers(dest="lift_command", required=True)
     e = sub.add_parser("errors", help="x0 errors of both scales over the (t_hi, t_lo) grid on held-out images; "
                                       "writes RUN/lift_errors.npz (for --path dp-hi / dp-total) and a heat map")
     e.add_argument("run_dir")
-    e.add_argument("--data", required=True, help="held-out images (any data set ditlab reads), e.g. a test split")
-    e.add_argument("--grid", type=int, default=None, help="K: K + 1 levels per scale (default lift.dp_grid)")
-    e.add_argument("--num", type=int, default=256, help="images averaged per node")
-    e.add_argument("--steps", type=int, default=None, help="step budget of the paths drawn (default sample.steps)")
-    e.add_argument("--batch-size", type=int, default=256)
+    add_data(e, "held-out images (e.g. a test split) the errors are measured on")
+    e.add_argument("--levels", type=positive_int, default=None,
+                   help="K: K + 1 noise levels per scale (default lift.dp_grid)")
+    e.add_argument("--grid", dest="levels", type=positive_int, action=DeprecatedAlias, new="--levels",
+                   help=argparse.SUPPRESS)
+    e.add_argument("--num", type=positive_int, default=256, help="images averaged per node")
+    e.add_argument("--steps", type=positive_int, default=None, help="step budget of the paths drawn (default sample.steps)")
+    e.add_argument("--batch-size", type=positive_int, default=256)
     e.add_argument("--seed", type=int, default=0, help="seed of the noise draws (shared by every node)")
-    e.add_argument("--png", default=None, help="heat map file (default RUN/lift_errors.png)")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default=None, help="heat map PNG (default RUN/lift_errors.png)")
+    e.add_argument("--png", dest="out", action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
+    add_device(e)
     e.set_defaults(func=cmd_lift_errors)
     p = sub.add_parser("paths", help="print every sampling path's (t_hi, t_lo) rows (JSON lines)")
     p.add_argument("run_dir")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None, help="steps of each path (default sample.steps)")
     p.set_defaults(func=cmd_lift_paths)
     return lp

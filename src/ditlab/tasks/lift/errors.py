@@ -15,8 +15,8 @@ import torch
 
 from ditlab.imageio import atomic_savez
 from ditlab.tasks.image.task import to_model_range
-from ditlab.tasks.lift.task import HI, LO, LiftTask
-from ditlab.tasks.superres.task import downsample
+from ditlab.tasks.lift.model import HI, LO
+from ditlab.tasks.superres.model import downsample
 
 
 @dataclass
@@ -48,7 +48,7 @@ def load_node_errors(path) -> NodeErrors:
 
 
 @torch.no_grad()
-def measure_node_errors(task: LiftTask, model: torch.nn.Module, images: torch.Tensor, labels, grid: int,
+def measure_node_errors(task, model: torch.nn.Module, images: torch.Tensor, labels, grid: int,
                         batch_size: int = 256, seed: int = 0, device="cpu") -> NodeErrors:
     """Errors of ``model`` on uint8 ``images`` (N, C, H, W) over the (grid + 1)^2 nodes of the
     schedule's ``grid``-step sampling grid. ``labels`` (N,) for a class-conditional model (else None)."""
@@ -67,7 +67,7 @@ def measure_node_errors(task: LiftTask, model: torch.nn.Module, images: torch.Te
         x0[LO] = downsample(x0[HI], task.factor)
         noise = {HI: noise_hi_all[rows].to(device), LO: noise_lo_all[rows].to(device)}
         B = x0[HI].shape[0]
-        denoise = task.denoiser(labels[rows].to(device) if labels is not None else None, model)
+        denoise = task.denoiser(model, {"labels": labels[rows].to(device)} if labels is not None else {})
         for i in range(n):
             for j in range(n):
                 t = {HI: torch.full((B,), float(levels[i]), device=device),

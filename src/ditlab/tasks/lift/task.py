@@ -15,35 +15,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
-from ditlab.tasks.lift.paths import DP_PATHS, build_lift_path
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath
 from ditlab.diffusion.scale_shift import ShiftedSchedule, scale_shift
-from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
-from ditlab.tasks.image.task import model_num_classes, preview_samples, repeat_labels, to_model_range
-from ditlab.tasks.lift.times import draw_lift_times, mixture_weights
-from ditlab.tasks.superres.task import downsample
 from ditlab.models.wrappers import unwrap_model
-
-HI, LO = "image", "lowres"  # HI is the image stream's name, so ditlab.generation returns it
-ERRORS_FILE = "lift_errors.npz"  # per-node errors of a run, for the dp-* paths (ditlab lift errors)
-
-
-def lift_streams(image_size: int, channels: int, arch: str, factor: int) -> list[StreamSpec]:
-    _, _, _, patch = parse_arch(arch)
-    low = image_size // factor
-    if factor < 2 or image_size % factor or low % patch:
-        raise ValueError(f"image size {image_size} with task.factor={factor} gives a {low}-pixel low resolution, "
-                         f"which the patch size {patch} of {arch} does not divide (task.factor must be >= 2)")
-    return [StreamSpec(LO, channels, low, patch, predict=True, pos_scale=float(factor)),
-            StreamSpec(HI, channels, image_size, patch)]
-
-
-def build_lift_model(model_cfg, image_size: int, channels: int, factor: int) -> DiT:
-    return build_dit(model_cfg, lift_streams(image_size, channels, model_cfg.arch, factor))
-
+from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.image.model import model_num_classes
+from ditlab.tasks.image.task import (decoded_images, image_npz_arrays, repeat_labels, to_model_range,
+                                     with_default_labels)
+from ditlab.tasks.lift.errors import load_node_errors
+from ditlab.tasks.lift.model import ERRORS_FILE, HI, LO
+from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES, build_lift_path
+from ditlab.tasks.lift.times import draw_lift_times, mixture_weights
+from ditlab.tasks.superres.model import downsample
 
 def lift_objective(objective: Objective, factor: int, shift: bool) -> Objective:
     """The objective with the low resolution's own (logSNR-shifted) schedule when ``shift``."""
@@ -54,6 +41,8 @@ def lift_objective(objective: Objective, factor: int, shift: bool) -> Objective:
 
 
 class LiftTask:
+    kind = "lift"
+
     def __init__(self, model: torch.nn.Module, objective: Objective, lift_cfg, factor: int,
                  label_dropout: float = 0.0):
         self.model, self.cfg, self.factor = model, lift_cfg, factor
@@ -95,43 +84,47 @@ class LiftTask:
                                             {HI: noise_hi, LO: noise_lo}, self.patch_sizes)
 
     # ---- sampling -------------------------------------------------------------------------------
-    def use_path(self, name: str, errors=None) -> None:
-        """Sample along path ``name`` from now on; dp-* paths need the run's NodeErrors."""
-        if name in DP_PATHS and errors is None and self.errors is None:
-            raise ValueError(f"path {name} needs the model's per-node errors: run `ditlab lift errors RUN` "
-                             f"(it writes RUN/{ERRORS_FILE})")
-        self.path_name = name
-        if errors is not None:
-            self.errors = errors
+    def use_errors(self, errors) -> None:
+        """The measured per-node errors the dp-* paths plan on (ditlab.tasks.lift.errors.NodeErrors)."""
+        self.errors = errors
 
     def load_errors(self, run_dir) -> bool:
         """Read RUN/lift_errors.npz if it exists; True when it did."""
-        from ditlab.tasks.lift.errors import load_node_errors
-
         path = Path(run_dir) / ERRORS_FILE
         if path.exists():
             self.errors = load_node_errors(path)
         return path.exists()
 
     def path(self, steps: int, name: Optional[str] = None) -> TimePath:
-        return build_lift_path(name or self.path_name, self.objective.schedule, steps, HI, LO, self.errors,
+        name = name or self.path_name
+        if name in DP_PATHS and self.errors is None:
+            raise ValueError(f"--path {name} needs the model's per-node errors: run `ditlab lift errors RUN "
+                             f"--data HELD_OUT` first (it writes RUN/{ERRORS_FILE})")
+        return build_lift_path(name, self.objective.schedule, steps, HI, LO, self.errors,
                                self.objective.schedule_of(LO), self.cfg.dp_snr_max)
 
-    def start(self, rng, steps: int, conditions: Optional[torch.Tensor] = None) -> tuple[dict, TimePath]:
-        """Pure noise for both scales (per-sample RNG) and the chosen path. The lo-oracle path takes
-        ``conditions``, uint8 high-resolution images whose pooled copies are the (clean) low resolution."""
-        oracle = self.path_name == "lo-oracle"
-        if oracle != (conditions is not None):
-            raise ValueError("the lo-oracle path needs condition images (ditlab sample --cond DATASET)" if oracle else
-                             "the lift task generates both scales: condition images go with --path lo-oracle only")
+    def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
+        return with_default_labels(indices, given, self.num_classes)
+
+    def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
+        """Pure noise for both scales (per-sample RNG) and the chosen path (settings.path, else the
+        run's lift.sample_path). The lo-oracle path takes ``cond["images"]``, uint8 high-resolution
+        images whose pooled copies are the (clean) low resolution."""
+        name = settings.path or self.path_name
+        if name not in PATH_NAMES and not name.startswith("shift:"):
+            raise ValueError(f"--path {name!r}: choose one of {', '.join(PATH_NAMES)}")
+        oracle = name == "lo-oracle"
+        if oracle != ("images" in cond):
+            raise ValueError("--path lo-oracle needs condition images (--data DATASET)" if oracle else
+                             "--data applies to --path lo-oracle only: the other LIFT paths generate both scales")
         x = {HI: rng.randn(*self.specs[HI].shape), LO: rng.randn(*self.specs[LO].shape)}
         if oracle:
-            x[LO] = downsample(to_model_range(conditions), self.factor)
-        return x, self.path(steps)
+            x[LO] = downsample(to_model_range(cond["images"]), self.factor)
+        return x, self.path(settings.steps, name)
 
-    def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
+    def denoiser(self, model: torch.nn.Module, cond: Conditions):
         """(x, t, drop) -> {stream: (x0_hat, eps_hat)} for both scales; ``drop`` nulls the label."""
-        model = model if model is not None else self.model
+        labels = cond.get("labels")
 
         def denoise(x, t, drop):
             kwargs = {}
@@ -141,13 +134,20 @@ class LiftTask:
 
         return denoise
 
-    def preview(self, model, data, sample_cfg, device, autocast_dtype):
-        """The run's sample grid (high resolution), on the configured path, or the diagonal while a
-        dp-* path has no measured errors yet (during training)."""
+    def decode(self, streams: dict, cond: Conditions) -> dict[str, torch.Tensor]:
+        return decoded_images(streams[HI], cond)  # the full resolution: `ditlab fid` reads it as for images
+
+    def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
+        return image_npz_arrays(outputs)
+
+    def preview_conditions(self, data, num: int) -> Conditions:
+        return {}
+
+    def preview_figure(self, outputs: dict, conditions: Conditions):
+        return outputs["images"], None
+
+    def preview_path(self) -> str:
+        """The configured path, or the diagonal while a dp-* path has no measured errors yet (during
+        training) or the path needs condition images (lo-oracle)."""
         keep = self.path_name
-        if (keep in DP_PATHS and self.errors is None) or keep == "lo-oracle":
-            self.path_name = "diagonal"
-        try:
-            return preview_samples(self, model, sample_cfg, device, autocast_dtype, sample_cfg.grid_size), None
-        finally:
-            self.path_name = keep
+        return "diagonal" if (keep in DP_PATHS and self.errors is None) or keep == "lo-oracle" else keep

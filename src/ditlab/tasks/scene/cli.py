@@ -9,6 +9,18 @@ import argparse
 import json
 from pathlib import Path
 
+from ditlab.cliargs import add_device, positive_int
+from ditlab.tasks.base import SampleInputs, refuse_inputs
+
+
+def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+    """``ditlab sample`` on a scene run: ``num`` held-out scenes (the run's scene.eval_seed)."""
+    from ditlab.tasks.scene.data import load_eval_scenes
+
+    refuse_inputs("scene", inputs, (), ": its scenes are drawn from the run's scene settings (scene.eval_seed)")
+    scenes = load_eval_scenes(run.cfg.scene, num, pool=1)
+    return {"features": scenes.features, "mask": scenes.mask}
+
 
 def cmd_scene_eval(args) -> int:
     from ditlab.devices import resolve_device
@@ -40,22 +52,22 @@ def cmd_scene_eval(args) -> int:
     return 0
 
 
-def add_scene_parser(subparsers) -> argparse.ArgumentParser:
+def add_cli(subparsers) -> argparse.ArgumentParser:
     """Add ``ditlab scene eval RUN ...`` to an argparse sub-parser set."""
     sc = subparsers.add_parser("scene", help="scene task tools (task.kind=scene)")
     ssub = sc.add_subparsers(dest="scene_command", required=True)
     e = ssub.add_parser("eval", help="distance and coverage of generated points on held-out scenes, vs baselines")
     e.add_argument("run_dir")
-    e.add_argument("--scenes", type=int, default=None, help="held-out scenes (default: the run's scene.eval_scenes)")
+    e.add_argument("--scenes", type=positive_int, default=None, help="held-out scenes (default: the run's scene.eval_scenes)")
     e.add_argument("--cfg", type=float, default=None, help="guidance scale on the scene (default: sample.cfg_scale)")
     e.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default=None,
                    help="default: the run's sample.sampler")
-    e.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
+    e.add_argument("--steps", type=positive_int, default=None, help="default: the run's sample.steps")
     e.add_argument("--seed", type=int, default=0, help="noise and baseline seed")
-    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--batch-size", type=positive_int, default=128)
     e.add_argument("--no-unconditional", action="store_true", help="skip the null-context model baseline")
     e.add_argument("--figure-scenes", type=int, default=6, help="scenes drawn in scenes.png (0: no figure)")
-    e.add_argument("--device", default="auto")
+    add_device(e)
     e.add_argument("--out", default=None, help="output folder for eval.json and scenes.png (default RUN/scene_eval)")
     e.set_defaults(func=cmd_scene_eval)
     return sc

@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from ditlab.generation import generate
+from ditlab.tasks.base import SampleSettings
 from ditlab.tasks.scene.data import SceneSet, load_eval_scenes
 from ditlab.tasks.scene.scenes import coverage, sample_surface, surface_distance
 
@@ -59,11 +61,10 @@ def baseline_points(scenes: SceneSet, k: int, seed: int) -> dict[str, torch.Tens
 def generate_for_scenes(task, model, scenes: SceneSet, seed: int, sampler: str, steps: int, cfg_scale: float,
                         batch_size: int, device) -> torch.Tensor:
     """The model's K points for every scene, in batches; scene i uses noise (seed, i) whatever the batch."""
-    out = []
-    for idx in torch.arange(len(scenes)).split(batch_size):
-        feats, mask = scenes.features[idx].to(device), scenes.mask[idx].to(device)
-        out.append(task.generate(feats, mask, idx, seed, sampler, steps, cfg_scale, model=model).cpu())
-    return torch.cat(out)
+    settings = SampleSettings(sampler=sampler, steps=steps, cfg_scale=cfg_scale)
+    out = generate(task, model, len(scenes), seed, settings, {"features": scenes.features, "mask": scenes.mask},
+                   batch_size=batch_size, device=device)
+    return out["points"]
 
 
 def evaluate_run(run, num_scenes: int, cfg_scale: float, sampler: str, steps: int, seed: int = 0,

@@ -14,28 +14,14 @@ the surface itself, which it still learns only through cross-attention to the sc
 """
 from __future__ import annotations
 
-from typing import Optional
-
+import numpy as np
 import torch
 
-from ditlab.diffusion.guidance import guided
-from ditlab.diffusion.noise import PerSampleRNG
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path
-from ditlab.diffusion.samplers import sample
-from ditlab.models.dit import StreamSpec, build_dit, parse_arch
-from ditlab.models.point_set import SceneDiT
 from ditlab.models.wrappers import unwrap_model
-
-STREAM = "points"
-
-
-def build_scene_model(cfg, info: dict) -> SceneDiT:
-    """The scene network from the config and RUN/model.json facts (K, context channels)."""
-    hidden = cfg.model.hidden_size or parse_arch(cfg.model.arch)[0]
-    spec = StreamSpec(STREAM, 3, int(info["num_target_points"]), kind="tokens", positions="none")
-    dit = build_dit(cfg.model, [spec], context_dim=hidden)
-    return SceneDiT(dit, STREAM, int(info["context_channels"]), cfg.scene.fourier_bands)
+from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.scene.model import STREAM
 
 
 def target_frame(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +44,7 @@ def repeat_context(features: torch.Tensor, mask: torch.Tensor, batch: int) -> tu
 
 
 class SceneTask:
+    kind = "scene"
     patch_sizes = {STREAM: 1}
     can_guide = True  # guidance on the scene context
     num_classes = 0
@@ -106,15 +93,22 @@ class SceneTask:
         x0 = {STREAM: (target_points - origin) / unit}
         return self.objective.loss(net, x0, {STREAM: t}, {STREAM: noise}, self.patch_sizes)
 
-    def start(self, rng: PerSampleRNG, steps: int) -> tuple[dict, TimePath]:
-        """Starting noise (one generator per sample) and the time path of a sampler run."""
-        x = {STREAM: rng.randn(self.spec.size, self.spec.channels)}  # (B, K, 3)
-        return x, single_stream_path(STREAM, self.objective.schedule.time_grid(steps))
+    # ---- generation: conditions are scenes {"features": (B, P, F) world coordinates, "mask": (B, P)} ----
+    def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
+        if "features" not in given or "mask" not in given:
+            raise ValueError("scene sampling needs scenes: conditions 'features' (B, P, F) and 'mask' (B, P)")
+        return given
 
-    def denoiser(self, features: torch.Tensor, mask: torch.Tensor, model: Optional[torch.nn.Module] = None):
-        """Conditional denoiser (x, t, drop) -> {name: (x0_hat, eps_hat)} in model coordinates; ``drop``
-        nulls the scene. ``features`` are in world coordinates."""
-        model = model if model is not None else self.model
+    def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
+        """Starting noise (one generator per sample) and the time path of a sampler run."""
+        if settings.path:
+            raise ValueError("--path applies to task.kind=lift runs; this is a task.kind=scene run")
+        x = {STREAM: rng.randn(self.spec.size, self.spec.channels)}  # (B, K, 3)
+        return x, single_stream_path(STREAM, self.objective.schedule.time_grid(settings.steps))
+
+    def denoiser(self, model: torch.nn.Module, cond: Conditions):
+        """(x, t, drop) -> {name: (x0_hat, eps_hat)} in model coordinates; ``drop`` nulls the scene."""
+        features, mask = cond["features"], cond["mask"]
         features = self._scene_in_frame(features, *self._model_frame(features, mask))
 
         def denoise(x, t, drop):
@@ -124,27 +118,24 @@ class SceneTask:
 
         return denoise
 
-    @torch.no_grad()
-    def generate(self, features: torch.Tensor, mask: torch.Tensor, indices: torch.Tensor, seed: int,
-                 sampler: str = "heun", steps: int = 25, cfg_scale: float = 1.0, eta: float = 0.0,
-                 model: Optional[torch.nn.Module] = None) -> torch.Tensor:
-        """K points (B, K, 3) in world coordinates for each scene; sample i's noise depends only on
-        (seed, indices[i])."""
-        rng = PerSampleRNG(seed, indices.tolist(), features.device)
-        x, path = self.start(rng, steps)
-        denoise = guided(self.denoiser(features, mask, model), cfg_scale)
-        out = sample(denoise, x, path, self.objective.schedule, rng, method=sampler, eta=eta)[STREAM]
-        origin, unit = self._model_frame(features, mask)
-        return out * unit + origin
+    def decode(self, streams: dict, cond: Conditions) -> dict[str, torch.Tensor]:
+        """The K points (B, K, 3) in world coordinates, with the scenes they were generated for."""
+        origin, unit = self._model_frame(cond["features"], cond["mask"])
+        return {"points": streams[STREAM] * unit + origin, "scene_features": cond["features"],
+                "scene_mask": cond["mask"]}
 
-    def preview(self, model, data, sample_cfg, device, autocast_dtype):
-        """A figure of the first training scenes with generated (red) vs the target (blue) points."""
+    def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
+        """``points`` (N, K, 3), ``scene_features`` (N, P, F) and ``scene_mask`` (N, P) bool."""
+        return {k: outputs[k].numpy() for k in ("points", "scene_features", "scene_mask")}
+
+    def preview_conditions(self, data, num: int) -> Conditions:
+        """The first training scenes."""
+        num = min(num, 6)
+        return {"features": data.scenes.features[:num], "mask": data.scenes.mask[:num]}
+
+    def preview_figure(self, outputs: dict, conditions: Conditions):
+        """A figure of the scenes with generated (red) vs the target (blue) points."""
         from ditlab.tasks.scene.plot import figure_array, scene_figure
 
-        num = min(sample_cfg.grid_size, 6)
-        scenes = data.scenes
-        features, mask = scenes.features[:num].to(device), scenes.mask[:num].to(device)
-        points = self.generate(features, mask, torch.arange(num), sample_cfg.seed, sample_cfg.sampler,
-                               sample_cfg.steps, sample_cfg.cfg_scale, sample_cfg.eta, model=model)
-        fig = scene_figure(features.cpu(), mask.cpu(), points.cpu())
+        fig = scene_figure(outputs["scene_features"], outputs["scene_mask"], outputs["points"])
         return figure_array(fig)[None], 1

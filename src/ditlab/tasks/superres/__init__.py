@@ -1,0 +1,23 @@
+"""task.kind=superres: an image given its low-resolution copy as a condition stream (user note 000)."""
+from ditlab.tasks.base import TaskKind
+
+
+def _train_data(cfg, progress):
+    from ditlab.tasks.image.data import load_image_train_data
+
+    return load_image_train_data(cfg, progress)
+
+
+def _model(cfg, info):
+    from ditlab.tasks.superres.model import build_superres_model
+
+    return build_superres_model(cfg.model, info["image_size"], info["channels"], cfg.task.factor)
+
+
+def _task(cfg, model, objective, training):
+    from ditlab.tasks.superres.task import SuperResTask
+
+    return SuperResTask(model, objective, cfg.task, cfg.model.label_dropout if training else 0.0)
+
+
+KIND = TaskKind("superres", _train_data, _model, _task)

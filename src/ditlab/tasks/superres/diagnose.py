@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ditlab.eval.collapse import spread_stats
 from ditlab.imageio import save_image_grid
 from ditlab.generation import generate
+from ditlab.tasks.base import SampleSettings
 
 
 def residual_energy(originals: torch.Tensor, factor: int) -> float:
@@ -42,9 +43,9 @@ def collapse_sweep(run, originals: torch.Tensor, seeds: int, cfg_scales, cond_no
     for s in cond_noises:
         task.cfg.cond_noise_sample = float(s)
         for w in cfg_scales:
-            images, _ = generate(task, run.model, M * K, seed, batch_size=M * K, sampler=sampler, steps=steps,
-                                 cfg_scale=float(w), device=device, autocast_dtype=autocast_dtype,
-                                 conditions=repeated)
+            settings = SampleSettings(sampler=sampler, steps=steps, cfg_scale=float(w))
+            images = generate(task, run.model, M * K, seed, settings, {"images": repeated}, batch_size=M * K,
+                              device=device, autocast_dtype=autocast_dtype)["images"]
             pixel = spread_stats(images.float().div(255).view(M, K, -1))
             row = {"cfg": float(w), "cond_noise": float(s), "pixel": pixel.as_dict(),
                    "seed_to_residual": pixel.within / residual if residual > 0 else float("nan")}

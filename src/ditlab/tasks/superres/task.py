@@ -11,40 +11,23 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ditlab.data.subset import evaluation_subset
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
-from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
-from ditlab.tasks.image.task import model_num_classes, preview_samples, repeat_labels, to_model_range
 from ditlab.models.wrappers import unwrap_model
-
-TARGET, COND = "image", "lowres"
-
-
-def superres_streams(image_size: int, channels: int, arch: str, factor: int) -> list[StreamSpec]:
-    _, _, _, patch = parse_arch(arch)
-    low = image_size // factor
-    if image_size % factor or low % patch:
-        raise ValueError(f"image size {image_size} with task.factor={factor} gives a {low}-pixel condition, "
-                         f"which the patch size {patch} of {arch} does not divide")
-    # Condition first, as in the note (64 condition tokens before 256 target tokens).
-    return [StreamSpec(COND, channels, low, patch, predict=False, pos_scale=float(factor)),
-            StreamSpec(TARGET, channels, image_size, patch)]
-
-
-def build_superres_model(model_cfg, image_size: int, channels: int, factor: int) -> DiT:
-    return build_dit(model_cfg, superres_streams(image_size, channels, model_cfg.arch, factor))
-
-
-def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """The low-resolution view: factor x factor average pooling (in model range)."""
-    return F.avg_pool2d(images, factor)
-
+from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.image.model import model_num_classes
+from ditlab.tasks.image.task import (decoded_images, image_npz_arrays, refuse_path, repeat_labels,
+                                     to_model_range, with_default_labels)
+from ditlab.tasks.superres.model import COND, TARGET, downsample
 
 class SuperResTask:
+    kind = "superres"
+
     def __init__(self, model: torch.nn.Module, objective: Objective, task_cfg, label_dropout: float = 0.0):
         self.model, self.objective, self.cfg = model, objective, task_cfg
         self.label_dropout = label_dropout
@@ -56,25 +39,6 @@ class SuperResTask:
         return {name: s.patch_size for name, s in self.specs.items()}
 
     can_guide = True  # guidance on the condition (and on the label, when there is one)
-
-    def start(self, rng, steps: int, conditions: Optional[torch.Tensor] = None) -> tuple[dict, TimePath]:
-        """Target noise plus the condition: ``conditions`` are the high-resolution uint8 images
-        (B, C, H, W) whose downsampled copies condition the run (so results compare to them). The
-        condition is held at noise level task.cond_noise_sample for the whole run."""
-        spec = self.specs[TARGET]
-        if self.cfg.cond_mode != "dummy" and conditions is None:
-            raise ValueError("super-resolution sampling needs condition images (the high-resolution originals)")
-        x_target = rng.randn(spec.channels, spec.size, spec.size)
-        if self.cfg.cond_mode == "dummy":  # unconditional generation: the condition stream is masked out
-            s = 0.0
-            x_cond = torch.zeros(len(x_target), *self.specs[COND].shape, device=x_target.device)
-        else:
-            low = downsample(to_model_range(conditions), self.cfg.factor)
-            s = float(self.cfg.cond_noise_sample)
-            alpha, sigma = self.objective.schedule.alpha_sigma(torch.full((1,), s, device=low.device))
-            x_cond = alpha * low + sigma * rng.randn(*low.shape[1:])
-        path = with_fixed_streams(single_stream_path(TARGET, self.objective.schedule.time_grid(steps)), {COND: s})
-        return {TARGET: x_target, COND: x_cond}, path
 
     def loss_on_batch(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Per-sample loss (B,) on the target; the condition is an input at its own noise level."""
@@ -110,17 +74,46 @@ class SuperResTask:
     def _no_condition_mask(self, batch: int, device) -> dict:
         return {COND: torch.zeros(batch, self.specs[COND].num_tokens, dtype=torch.bool, device=device)}
 
-    def preview(self, model, data, sample_cfg, device, autocast_dtype):
-        """(low-res input, sample, original) triplets for the first training images, 4 per row."""
-        num = min(sample_cfg.grid_size, 32, len(data.data.images))
-        originals = data.data.images[evaluation_subset(len(data.data.images), num)]  # not one class folder
-        samples = preview_samples(self, model, sample_cfg, device, autocast_dtype, num, conditions=originals)
-        return superres_triplets(originals, samples, self.cfg.factor), 12
+    def preview_conditions(self, data, num: int) -> Conditions:
+        """The first training images, spread over the classes: previews are (low-res input, sample,
+        original) triplets."""
+        num = min(num, 32, len(data.data.images))
+        pick = evaluation_subset(len(data.data.images), num)  # not one class folder
+        return {"images": data.data.images[pick]}  # labels: i mod K, as in `ditlab sample`
 
-    def denoiser(self, labels: Optional[torch.Tensor], model: Optional[torch.nn.Module] = None):
-        """Conditional denoiser (x, t, drop) for the samplers: `drop` nulls the low-resolution stream
-        (and the label, for a class-conditional model) — guidance on the condition."""
-        model = model if model is not None else self.model
+    def preview_figure(self, outputs: dict, conditions: Conditions):
+        return superres_triplets(conditions["images"].cpu(), outputs["images"], self.cfg.factor), 12
+
+    # ---- generation -----------------------------------------------------------------------------
+    def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
+        if self.cfg.cond_mode != "dummy" and "images" not in given:
+            raise ValueError("super-resolution sampling needs condition images: pass --data DATASET (the "
+                             "high-resolution originals whose downsampled copies are the inputs)")
+        return with_default_labels(indices, given, self.num_classes)
+
+    def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
+        """Target noise plus the condition: ``cond["images"]`` are the high-resolution uint8 images
+        (B, C, H, W) whose downsampled copies condition the run (so results compare to them). The
+        condition is held at noise level task.cond_noise_sample for the whole run."""
+        refuse_path(settings, "superres")
+        spec = self.specs[TARGET]
+        x_target = rng.randn(spec.channels, spec.size, spec.size)
+        if self.cfg.cond_mode == "dummy":  # unconditional generation: the condition stream is masked out
+            s = 0.0
+            x_cond = torch.zeros(len(x_target), *self.specs[COND].shape, device=x_target.device)
+        else:
+            low = downsample(to_model_range(cond["images"]), self.cfg.factor)
+            s = float(self.cfg.cond_noise_sample)
+            alpha, sigma = self.objective.schedule.alpha_sigma(torch.full((1,), s, device=low.device))
+            x_cond = alpha * low + sigma * rng.randn(*low.shape[1:])
+        grid = self.objective.schedule.time_grid(settings.steps)
+        path = with_fixed_streams(single_stream_path(TARGET, grid), {COND: s})
+        return {TARGET: x_target, COND: x_cond}, path
+
+    def denoiser(self, model: torch.nn.Module, cond: Conditions):
+        """(x, t, drop) for the samplers: ``drop`` nulls the low-resolution stream (and the label, for
+        a class-conditional model): guidance on the condition."""
+        labels = cond.get("labels")
 
         def denoise(x, t, drop):
             kwargs = {"stream_drop": {COND: drop}}
@@ -131,6 +124,12 @@ class SuperResTask:
             return self.objective.denoised(model(x, t, **kwargs), x, t, self.patch_sizes)
 
         return denoise
+
+    def decode(self, streams: dict, cond: Conditions) -> dict[str, torch.Tensor]:
+        return decoded_images(streams[TARGET], cond)
+
+    def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
+        return image_npz_arrays(outputs)
 
 
 def superres_triplets(originals: torch.Tensor, samples: torch.Tensor, factor: int) -> torch.Tensor:

