@@ -3,7 +3,7 @@
     python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile both [section.key=value ...]
     torchrun --nproc_per_node=2 scripts/bench_train.py --arch DiT-B/2 --batch 512 --compile yes   # DDP
     # issue 17: fused adaLN kernels off against on, a super-resolution row and a 77-token context-set row
-    python scripts/bench_train.py --arch DiT-S/2 --compile yes --fast-kernels off on train.nan_check=log
+    python scripts/bench_train.py --arch DiT-S/2 --compile yes --fast-kernels off,on train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes task.kind=superres train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes --context-tokens 77 train.nan_check=log
 
@@ -43,8 +43,9 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--fast-kernels", nargs="+", default=[None], choices=["auto", "on", "off"],
-                   help="train.fast_kernels values to measure, one row each (default: the config's)")
+    p.add_argument("--fast-kernels", default=None,
+                   help="comma-separated train.fast_kernels values to measure, one row each, e.g. off,on "
+                        "(default: the config's)")
     p.add_argument("--context-tokens", type=int, default=0, help="add a random context set of this many tokens")
     p.add_argument("--context-dim", type=int, default=768)
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -57,7 +58,9 @@ def main():
         extra.append(f"data.context_path={write_random_context(num, args.context_tokens, args.context_dim)}")
     for arch in args.arch:
         for c in {"yes": [True], "no": [False], "both": [False, True]}[args.compile]:
-            for fk in args.fast_kernels:
+            for fk in args.fast_kernels.split(",") if args.fast_kernels else [None]:
+                if fk not in (None, "auto", "on", "off"):
+                    p.error(f"--fast-kernels: {fk!r} is not one of auto, on, off")
                 fk_override = [] if fk is None else [f"train.fast_kernels={fk}"]
                 cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",
                                          f"train.batch_size={args.batch}", f"train.compile={str(c).lower()}",
@@ -66,6 +69,7 @@ def main():
                                          *fk_override, *args.overrides])
                 result = bench_train(cfg, args.warmup, args.steps, args.repeats)
                 result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels,
+                              adaln_op=os.environ.get("DITLAB_ADALN_OP", "triton_op"),
                               context_tokens=args.context_tokens, overrides=args.overrides)
                 if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
                     line = json.dumps(result)

@@ -1,8 +1,10 @@
 """Triton kernels, forward and backward, for adaLN-modulated LayerNorm, as torch custom ops.
 
-Two ops (``torch.library.custom_op``, so torch.compile traces them as single nodes and AOTAutograd
-uses their registered backward; ``torch.library.triton_op``, which lets Inductor launch the kernels
-itself, failed inside the compiled training step on torch 2.11 and is not used):
+Two ops, registered as ``torch.library.custom_op``s (torch.compile traces each as one opaque node and
+AOTAutograd uses the registered backward). DITLAB_ADALN_OP=triton_op registers them with
+``torch.library.triton_op`` instead (Inductor sees the Triton kernels and launches them from its own
+code). Measured on one H200 (docs/performance.md), neither pays at DiT-S/2; custom_op gave DiT-B/2 +6%,
+triton_op -8%:
 
 - ``ditlab::adaln_fwd`` with no residual: y = LN(x) * (1 + scale) + shift;
 - ``ditlab::adaln_fwd`` with a residual: x' = x + gate * branch, y = LN(x') * (1 + scale) + shift
@@ -19,18 +21,23 @@ and the slots are summed afterwards. Reference mathematics: ditlab.models.kernel
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from ditlab.models.kernels.reference import EPS
 
 # Rows per backward program: its partial sums are flushed once per program (per group change).
-ROWS_PER_PROGRAM = 32
-# Elements of one [rows, D] tile: small enough that nothing spills to local memory.
-TILE = 2048
+ROWS_PER_PROGRAM = int(os.environ.get("DITLAB_ADALN_ROWS", "64"))
+# Elements of one [rows, D] tile, and the backward's warps (0: as the forward). Tuning knobs
+# (docs/performance.md): with DITLAB_ADALN_OP=triton_op, 2048 / 32 rows / 8 warps and these defaults
+# measured the same end to end (DiT-S/2 and DiT-B/2, one H200).
+TILE = int(os.environ.get("DITLAB_ADALN_TILE", "4096"))
+BWD_WARPS = int(os.environ.get("DITLAB_ADALN_BWD_WARPS", "0"))
 # Beyond this many groups with an index, the modulation is gathered to tokens first (per-token mode).
 MAX_INDEX_GROUPS = 16
 
@@ -175,10 +182,18 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
             tl.atomic_add(PGT + o, acc_gt, mask=dmask)
 
 
+USE_TRITON_OP = os.environ.get("DITLAB_ADALN_OP", "custom_op") == "triton_op"
+_op = triton_op if USE_TRITON_OP else torch.library.custom_op
+
+
+def _launch(kernel):
+    return wrap_triton(kernel) if USE_TRITON_OP else kernel
+
+
 def _blocks(D: int, backward: bool = False) -> tuple[int, int, int]:
     block_d = triton.next_power_of_2(D)
     block_m = max(1, TILE // block_d)
-    num_warps = 8 if backward or block_d >= 2048 else 4
+    num_warps = BWD_WARPS if backward and BWD_WARPS else 8 if block_d >= 2048 else 4
     return block_m, block_d, num_warps
 
 
@@ -200,7 +215,7 @@ def _unit_last(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("ditlab::adaln_fwd", mutates_args=())
+@_op("ditlab::adaln_fwd", mutates_args=())
 def adaln_fwd(x: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[torch.Tensor], shift: torch.Tensor,
               scale: torch.Tensor, index: Optional[torch.Tensor], out_dtype: torch.dtype
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,15 +230,14 @@ def adaln_fwd(x: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[to
     rstd = torch.empty((B, N), dtype=torch.float32, device=x.device)
     block_m, block_d, num_warps = _blocks(D)
     gmode = _gmode(shift.shape[1], N, index)
-    _adaln_fwd_kernel[(B, triton.cdiv(N, block_m))](
+    _launch(_adaln_fwd_kernel)[(B, triton.cdiv(N, block_m))](
         x, branch if has_res else x, gate if has_res else shift, shift, scale, index if index is not None else x,
         y, xnew if has_res else y, mean, rstd, N, D, EPS, *_strides(gate), *_strides(shift), *_strides(scale),
         HAS_RES=has_res, GMODE=gmode, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
     return y, xnew, mean, rstd
 
 
-@adaln_fwd.register_fake
-def _(x, branch, gate, shift, scale, index, out_dtype):
+def _fake_fwd(x, branch, gate, shift, scale, index, out_dtype):
     B, N, D = x.shape
     has_res = branch is not None
     res_dtype = torch.promote_types(x.dtype, torch.promote_types(branch.dtype, gate.dtype)) if has_res else x.dtype
@@ -231,7 +245,7 @@ def _(x, branch, gate, shift, scale, index, out_dtype):
             x.new_empty((B, N), dtype=torch.float32), x.new_empty((B, N), dtype=torch.float32))
 
 
-@torch.library.custom_op("ditlab::adaln_bwd", mutates_args=())
+@_op("ditlab::adaln_bwd", mutates_args=())
 def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[torch.Tensor], scale: torch.Tensor,
               index: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor,
               dxn: Optional[torch.Tensor], x_dtype: torch.dtype, shift_dtype: torch.dtype
@@ -257,7 +271,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
     psh = alloc(part_shape, dtype=torch.float32, device=xn.device)
     psc = alloc(part_shape, dtype=torch.float32, device=xn.device)
     pgt = alloc(part_shape if has_res else (0,), dtype=torch.float32, device=xn.device)
-    _adaln_bwd_kernel[(B, P)](
+    _launch(_adaln_bwd_kernel)[(B, P)](
         xn, branch if has_res else xn, gate if has_res else scale, scale, index if index is not None else xn,
         mean, rstd, dy, dxn if dxn is not None else dy, dx, dbr if has_res else dx, psh, psc,
         pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G=G if gmode == 2 else 1,
@@ -272,8 +286,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
     return dx, dbr, dgate, fold(psh, shift_dtype), fold(psc, scale.dtype)
 
 
-@adaln_bwd.register_fake
-def _(xn, branch, gate, scale, index, mean, rstd, dy, dxn, x_dtype, shift_dtype):
+def _fake_bwd(xn, branch, gate, scale, index, mean, rstd, dy, dxn, x_dtype, shift_dtype):
     B, N, D = xn.shape
     has_res = branch is not None
     G = scale.shape[1]
@@ -303,4 +316,7 @@ def _backward(ctx, dy, dxnew, dmean, drstd):
     return dx, dbr, dgate, dshift, dscale, None, None
 
 
+if not USE_TRITON_OP:  # a triton_op derives its fake implementation by tracing its body
+    adaln_fwd.register_fake(_fake_fwd)
+    adaln_bwd.register_fake(_fake_bwd)
 adaln_fwd.register_autograd(_backward, setup_context=_setup_context)
