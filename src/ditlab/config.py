@@ -239,9 +239,10 @@ class TrainConfig:
     compile: bool = False
     # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    # Fused Triton adaLN kernels in the DiT blocks (ditlab.models.kernels, docs/performance.md): "auto" uses
-    # them where CUDA and Triton are present, "off" keeps the eager code path, "on" requires them.
-    fast_kernels: Literal["auto", "on", "off"] = "auto"
+    # Fused Triton adaLN kernels in the DiT blocks (ditlab.models.kernels): "auto" uses them where CUDA and
+    # Triton are present, "off" keeps the eager code path, "on" requires them. Off by default: on one H200
+    # they slow DiT-S/2 down (-36%) and speed DiT-B/2 up by 6% only (docs/performance.md, issue 17).
+    fast_kernels: Literal["auto", "on", "off"] = "off"
     # Non-finite guard. "step": one host sync per step, stop before that step's optimizer update.
     # "log": no per-step sync (GPU, fused AdamW): a device-side flag makes every update from the
     # first non-finite step on a no-op, and the run stops at the next log step naming that step.
