@@ -42,12 +42,12 @@ OMP_NUM_THREADS=1 python3 -m ditlab train configs/cifar10_sr.yaml $common train.
 wait
 for r in plain healthy; do
   for c in train60 heldout60; do
-    python3 -m ditlab diagnose collapse "$out/$r" --cond "$out/$c.npz" --conditions 8 --seeds 8 --cfg 1 \
+    python3 -m ditlab diagnose collapse "$out/$r" --data "$out/$c.npz" --conditions 8 --num-seeds 8 --cfg 1 \
       --cond-noise 0 --threshold 0.1 --device cpu --out "$out/diag_${r}_$c" | tail -n 1
   done
-  python3 -m ditlab sample "$out/$r" --cond "$out/heldout60.npz" --num 60 --seed 0 --device cpu \
+  python3 -m ditlab sample "$out/$r" --data "$out/heldout60.npz" --num 60 --seed 0 --device cpu \
     --out "$out/${r}_sr.npz" > /dev/null
-  python3 -m ditlab psnr "$out/${r}_sr.npz" --ref "$out/heldout60.npz" --factor 2
+  python3 -m ditlab psnr "$out/${r}_sr.npz" --data "$out/heldout60.npz" --factor 2
 done
 if [ -n "$test_zip" ]; then
   python3 - "$test_zip" "$out/test2k16.npz" <<'PY'

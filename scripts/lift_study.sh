@@ -31,7 +31,7 @@ case "$stage" in
     train=$1 test=$2 inception=$3 study=$4 budget=${5:-420}
     code=0
     ditlab ablate configs/ablations/lift.yaml --out "$study" --ref "$study/ref_train.npz" --inception "$inception" \
-      --set data.path="$train" --errors-data "$test" --budget-s "$budget" || code=$?
+      --set data.path="$train" --data "$test" --budget-s "$budget" || code=$?
     ls "$study/scores" 2>/dev/null | wc -l | xargs -I{} echo "{\"scored\": {}, \"exit\": $code}"
     exit "$code" ;;
   collect)

@@ -15,11 +15,11 @@ case "$stage" in
     cat "$run/summary.json" ;;
   eval)
     run=$1 test=$2 ref=$3 inception=$4 num=${5:-10000}
-    ditlab sample "$run" --cond "$test" --num "$num" --seed 0 --batch-size 1000 --out "$run/sr_test.npz" \
+    ditlab sample "$run" --data "$test" --num "$num" --seed 0 --batch-size 1000 --out "$run/sr_test.npz" \
       --grid "$run/sr_test_grid.png" --grid-num 64 >&2
-    ditlab psnr "$run/sr_test.npz" --ref "$test"
+    ditlab psnr "$run/sr_test.npz" --data "$test"
     ditlab fid "$run/sr_test.npz" --ref "$ref" --inception "$inception" --kid
-    ditlab diagnose collapse "$run" --cond "$test" --conditions 8 --seeds 8 --cfg 1 2 4 --cond-noise 0 0.1 \
+    ditlab diagnose collapse "$run" --data "$test" --conditions 8 --num-seeds 8 --cfg 1 2 4 --cond-noise 0 0.1 \
       --inception "$inception" --out "$run/diagnose" >&2
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({'verdict': r['verdict'], 'settings': [{k: s[k] for k in ('cfg', 'cond_noise', 'seed_to_residual')} for s in r['settings']]}))" "$run/diagnose/collapse.json" ;;
   *) echo "usage: $0 {train|eval} ..." >&2; exit 2 ;;
