@@ -104,9 +104,28 @@ def test_train_overrides_may_follow_flags(monkeypatch):
     parser = cli.build_parser()
     for action in parser._subparsers._group_actions:  # record the overrides instead of training
         for sub in action.choices.values():
-            sub.set_defaults(func=lambda a: seen.setdefault("overrides", a.overrides) and 0)
+            sub.set_defaults(func=lambda a: seen.__setitem__("overrides", a.overrides) or 0)
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     cli.main(["train", "configs/demo.yaml", "optim.lr=1e-3", "--no-progress", "train.steps=5"])
     assert seen["overrides"] == ["optim.lr=1e-3", "train.steps=5"]
-    with pytest.raises(SystemExit):  # a flag argparse does not know is still an error
-        cli.main(["train", "configs/demo.yaml", "--no-progress", "--bogus"])
+    # --set is the same as a positional override
+    cli.main(["train", "configs/demo.yaml", "optim.lr=1e-3", "--set", "train.steps=7"])
+    assert seen["overrides"] == ["optim.lr=1e-3", "train.steps=7"]
+    # a flag argparse does not know is still an error: exit code 1, one line naming it
+    assert cli.main(["train", "configs/demo.yaml", "--no-progress", "--bogus"]) == 1
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from ditlab.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(walk(build_parser(), "ditlab")) == []

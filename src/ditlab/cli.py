@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ditlab.cliargs import SAMPLER_CHOICES, add_checkpoint, add_data, add_device, finite_float, positive_int
+from ditlab.cliargs import (SAMPLER_CHOICES, Parser, UsageError, add_checkpoint, add_data, add_device, add_set,
+                            finite_float, non_negative_int, positive_int)
 from ditlab.configlib import ConfigError
 from ditlab.eval.cli import add_fid_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
@@ -171,18 +172,19 @@ def cmd_bench_sample(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ditlab", description="Diffusion transformers with per-token noise levels.")
+    p = Parser(prog="ditlab", description="Diffusion transformers with per-token noise levels.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML preset and key=value overrides")
     t.add_argument("config", help="YAML preset (path, or a name in ./configs)")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=2e-4")
+    add_set(t)
     t.add_argument("--resume", action="store_true", help="continue the run in train.run_dir from its latest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to metrics.jsonl)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate from a run (any task kind) into a samples .npz with its metadata")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     s.add_argument("-n", "--num", type=positive_int, default=64,
                    help="number of samples (under torchrun write -n: torchrun's own parser reads --num as its "
                         "--numa-binding)")
@@ -223,33 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the resolved configuration")
-    show.add_argument("config", nargs="?", default=None)
-    show.add_argument("overrides", nargs="*")
+    show.add_argument("config", nargs="?", default=None, help="YAML preset (path, or a name in ./configs); default: the built-in defaults")
+    show.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    add_set(show)
     show.set_defaults(func=cmd_config_show)
 
     b = sub.add_parser("bench", help="throughput benchmarks (JSON on stdout)")
     bsub = b.add_subparsers(dest="bench_command", required=True)
     bt = bsub.add_parser("train", help="images/s, MFU and peak memory of the full training step")
-    bt.add_argument("config")
-    bt.add_argument("overrides", nargs="*")
-    bt.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation)")
-    bt.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
-    bt.add_argument("--repeats", type=int, default=5)
+    bt.add_argument("config", help="YAML preset (path, or a name in ./configs)")
+    bt.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    add_set(bt)
+    bt.add_argument("--warmup", type=non_negative_int, default=15, help="untimed steps first (compilation)")
+    bt.add_argument("--steps", type=positive_int, default=20, help="steps per timed repeat")
+    bt.add_argument("--repeats", type=positive_int, default=5, help="timed repeats (the median is reported)")
     bt.set_defaults(func=cmd_bench_train)
     bs = bsub.add_parser("sample", help="images/s of sampling from a run")
-    bs.add_argument("run_dir")
-    bs.add_argument("--num", type=int, default=1024)
-    bs.add_argument("--batch-size", type=int, default=256)
-    bs.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default="heun")
-    bs.add_argument("--steps", type=int, default=50)
-    bs.add_argument("--cfg", type=float, default=1.0)
-    bs.add_argument("--repeats", type=int, default=3)
-    bs.add_argument("--device", default="auto")
+    bs.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
+    bs.add_argument("--num", type=positive_int, default=1024, help="samples per timed repeat")
+    bs.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
+    bs.add_argument("--sampler", choices=SAMPLER_CHOICES, default="heun", help="the sampler timed")
+    bs.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
+    bs.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    bs.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
+    add_device(bs)
     bs.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the network first")
     bs.set_defaults(func=cmd_bench_sample)
 
     r = sub.add_parser("report", help="write report.md and a loss plot for a run")
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     r.add_argument("--grid", default=None, help="a sample grid PNG to include")
     r.set_defaults(func=cmd_report)
 
@@ -262,16 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # argparse stops filling a positional list at the first flag, so `train CONFIG --resume a=b` leaves
-    # `a=b` over: accept key=value overrides on either side of the flags; anything else is an error.
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = list(args.overrides) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    # `config show key=value` without a file: argparse puts the first override in `config`.
-    if getattr(args, "config_command", None) == "show" and args.config and "=" in args.config and not Path(args.config).exists():
-        args.overrides, args.config = [args.config] + args.overrides, None
+    try:
+        args = parse_args(parser, argv)
+    except UsageError as err:
+        print(f"ditlab: error: {err}", file=sys.stderr)
+        return 1
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
@@ -284,6 +283,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ditlab: error: {err}", file=sys.stderr)
         return 1
+
+
+def parse_args(parser, argv):
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first flag, so `train CONFIG --resume a=b` leaves
+    # `a=b` over: accept key=value overrides on either side of the flags; anything else is an error.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # `config show key=value` without a file: argparse puts the first override in `config`.
+    if getattr(args, "config_command", None) == "show" and args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides, args.config = [args.config] + args.overrides, None
+    if hasattr(args, "overrides"):  # --set KEY=VALUE: the same overrides, after the positional ones
+        args.overrides = list(args.overrides) + list(getattr(args, "set_overrides", []))
+    return args
 
 
 if __name__ == "__main__":

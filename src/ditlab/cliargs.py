@@ -16,6 +16,24 @@ import sys
 SAMPLER_CHOICES = ("ddpm", "ddim", "euler", "heun")
 
 
+class UsageError(Exception):
+    """A command line argparse rejects: ``ditlab`` reports it in one line with exit code 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises :class:`UsageError` instead of exiting with code 2, so
+    every bad input of every subcommand ends the same way (one line naming the flag, exit code 1)."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def add_set(parser) -> None:
+    """``--set key=value`` (repeatable): config overrides, the same as positional ``key=value``."""
+    parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. --set optim.lr=2e-4 (repeatable; same as a positional KEY=VALUE)")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse names the flag in its error)."""
     try:

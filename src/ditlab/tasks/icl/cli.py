@@ -55,7 +55,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("icl", help="in-context regression tools")
     sub = p.add_subparsers(dest="icl_command", required=True)
     e = sub.add_parser("eval", help="error and calibration vs k against the exact Bayesian answer")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     e.add_argument("--baseline", default=None, help="a deterministic run (icl.objective=mse) of the same problem")
     e.add_argument("--checkpoint", default=None,
                    help="a checkpoint folder or an EMA .safetensors file (default: the run's latest checkpoint); "

@@ -91,7 +91,7 @@ def add_cli(subparsers):
     sub = lp.add_subparsers(dest="lift_command", required=True)
     e = sub.add_parser("errors", help="x0 errors of both scales over the (t_hi, t_lo) grid on held-out images; "
                                       "writes RUN/lift_errors.npz (for --path dp-hi / dp-total) and a heat map")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     add_data(e, "held-out images (e.g. a test split) the errors are measured on")
     e.add_argument("--levels", type=positive_int, default=None,
                    help="K: K + 1 noise levels per scale (default lift.dp_grid)")
@@ -99,14 +99,14 @@ def add_cli(subparsers):
                    help=argparse.SUPPRESS)
     e.add_argument("--num", type=positive_int, default=256, help="images averaged per node")
     e.add_argument("--steps", type=positive_int, default=None, help="step budget of the paths drawn (default sample.steps)")
-    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--batch-size", type=positive_int, default=256, help="images per network batch")
     e.add_argument("--seed", type=int, default=0, help="seed of the noise draws (shared by every node)")
     e.add_argument("--out", default=None, help="heat map PNG (default RUN/lift_errors.png)")
     e.add_argument("--png", dest="out", action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
     add_device(e)
     e.set_defaults(func=cmd_lift_errors)
     p = sub.add_parser("paths", help="print every sampling path's (t_hi, t_lo) rows (JSON lines)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     p.add_argument("--steps", type=positive_int, default=None, help="steps of each path (default sample.steps)")
     p.set_defaults(func=cmd_lift_paths)
     return lp

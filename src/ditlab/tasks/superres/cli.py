@@ -38,7 +38,7 @@ def cmd_psnr(args) -> int:
     import torch
 
     from ditlab.eval.psnr import sr_psnr_report
-    from ditlab.generation import read_meta
+    from ditlab.samples_meta import read_meta
 
     data = require_data(args, "the data set the samples were conditioned on")
     meta = read_meta(args.samples)
@@ -107,7 +107,7 @@ def add_cli(sub) -> None:
     d = sub.add_parser("diagnose", help="diagnostics of trained runs")
     dsub = d.add_subparsers(dest="diagnose_command", required=True)
     dc = dsub.add_parser("collapse", help="across-seed vs across-condition spread (posterior collapse)")
-    dc.add_argument("run_dir")
+    dc.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     add_data(dc, "high-resolution images whose downsampled copies are the conditions", old=("--cond",))
     dc.add_argument("--conditions", type=positive_int, default=8, help="M conditions (grid rows)")
     dc.add_argument("--num-seeds", type=positive_int, default=8, help="K noise draws per condition (grid columns)")
@@ -117,8 +117,8 @@ def add_cli(sub) -> None:
     dc.add_argument("--cfg", type=finite_float, nargs="+", default=[1.0, 2.0, 4.0], help="CFG scales to sweep")
     dc.add_argument("--cond-noise", type=finite_float, nargs="+", default=[0.0],
                     help="condition noise levels to sweep (task.cond_noise_sample)")
-    dc.add_argument("--sampler", choices=SAMPLER_CHOICES, default="heun")
-    dc.add_argument("--steps", type=positive_int, default=25)
+    dc.add_argument("--sampler", choices=SAMPLER_CHOICES, default="heun", help="the sampler of every setting")
+    dc.add_argument("--steps", type=positive_int, default=25, help="sampler steps")
     dc.add_argument("--threshold", type=finite_float, default=0.1,
                     help="collapsed when the across-seed spread is below this fraction of the residual energy")
     dc.add_argument("--checkpoint", default=None, help="a checkpoint folder or step name (default: the latest)")
