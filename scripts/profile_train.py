@@ -1,6 +1,8 @@
 """Where the time of a training step goes: GPU kernel time by category, and host time per step.
 
     python scripts/profile_train.py --arch DiT-S/2 train.compile=true train.nan_check=log
+    python scripts/profile_train.py --arch DiT-S/2 --kernels K.jsonl train.compile=true train.nan_check=log \
+        train.fast_kernels=on     # the fused adaLN kernels (their own category, "adaln (ditlab)")
 
 Prints a JSON summary (GPU busy ms per step by kernel category, wall ms per step, top kernels).
 """
@@ -21,6 +23,7 @@ from ditlab.config import load_config
 from ditlab.train.trainer import Trainer
 
 CATEGORIES = [
+    ("adaln (ditlab)", r"_adaln_"),  # ditlab.models.kernels (train.fast_kernels=on)
     ("attention", r"flash|fmha|attention|sdpa|cudnn.*(mha|attn)"),
     ("gemm", r"gemm|cutlass|sm90_xmma|matmul|cublas|nvjet"),
     ("optimizer", r"adam"),
