@@ -146,3 +146,20 @@ def test_fused_path_matches_eager_on_gpu(case, amp):
     assert rel(on, off) < tol
     for name in g_off:
         assert rel(g_on[name], g_off[name]) < tol, (name, rel(g_on[name], g_off[name]))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
+@pytest.mark.parametrize("per_token", [False, True])
+def test_fused_path_prefix_cache(device, per_token):
+    """Prefix caching through the fused path (sliced token -> group index; per-token groups gathered)."""
+    model = tiny([COND, IMG], pos_embed="rope", noise=0.02).to(device).eval()
+    kernels.set_fast_kernels(model, True)
+    P, N = COND.num_tokens, COND.num_tokens + IMG.num_tokens
+    mask = torch.ones(N, N, dtype=torch.bool, device=device)
+    mask[:P, P:] = False
+    x, t, _ = inputs([COND, IMG], per_token=per_token, device=device)
+    with torch.no_grad():
+        full = model(x, t, attn_mask=mask)["image"]
+        cache = model.prefix_cache(x, t, attn_mask=mask)
+        cached = model.forward_with_prefix(cache, x, t, attn_mask=mask)["image"]
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
