@@ -81,8 +81,9 @@ def _sample(args, info) -> int:
     check_settings(settings, run.task)  # before any data is read
     if args.grid and not hasattr(run.task, "preview_figure"):
         raise ValueError(f"--grid: a task.kind={run.kind} run has no picture of its samples")
-    conditions = TASK_CLIS[run.kind].sample_conditions(run, SampleInputs(data=args.data, context=args.context),
-                                                       args.num)
+    inputs = SampleInputs(data=args.data, context=args.context, lo_run=args.lo_run, seed=args.seed, settings=settings,
+                          batch_size=args.batch_size, fp32=args.fp32)
+    conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num)
     out_path = Path(args.out) if args.out else default_samples_path(run, settings, args.seed)
     amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
@@ -109,7 +110,7 @@ def _sample(args, info) -> int:
         meta = {"task": run.kind, "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "weights": args.weights,
                 "seed": args.seed, "num": args.num, **settings.describe(),
                 "factor": run.cfg.task.factor if run.kind in ("superres", "lift") else None,
-                "data": args.data, "context": args.context}
+                "data": args.data, "context": args.context, "lo_run": args.lo_run}
         out = save_samples(out_path, run.task, outputs, meta)  # atomic
     except KeyboardInterrupt:
         print(f"\nditlab: interrupted after all {sum(done)} samples of this process were generated, before "
@@ -208,14 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint(s)
     s.add_argument("--path", default=None,
                    help="task.kind=lift runs: the path through the (t_hi, t_lo) grid: diagonal, lo-first, hi-first, "
-                        "shift:D, lo-fixed, lo-random, lo-oracle (needs --data), dp-hi, dp-total (dp-*: after "
-                        "`ditlab lift errors RUN`; default: the run's lift.sample_path)")
+                        "shift:D, lo-fixed, lo-random, lo-oracle (needs --data), cascade (needs --lo-run), dp-hi, "
+                        "dp-total (dp-*: after `ditlab lift errors RUN`; default: the run's lift.sample_path)")
     add_data(s, "superres runs and LIFT's --path lo-oracle: high-resolution images whose downsampled copies condition "
                 "the samples; with --num below the set's size, a seeded subset spread over the whole set (all "
                 "classes), the one `ditlab psnr` pairs the samples with", old=("--cond",))
     s.add_argument("--context", default=None,
                    help="image runs trained with data.context_path: a context file whose rows 0..N-1 condition samples "
                         "0..N-1 (and give their labels, if it has 'labels'); --cfg drops context and label together")
+    s.add_argument("--lo-run", default=None, metavar="RUN_LO",
+                   help="LIFT's --path cascade: a task.kind=image run at the low resolution (the LIFT run's size / "
+                        "task.factor) generates the low resolution, which the LIFT run then holds clean "
+                        "(docs/lift.md)")
     add_device(s)
     s.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",

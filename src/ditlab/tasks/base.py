@@ -129,13 +129,22 @@ class SampleInputs:
 
     data: Optional[str] = None  # a data set: condition images (superres, LIFT lo-oracle)
     context: Optional[str] = None  # a context file (image runs trained with data.context_path)
+    lo_run: Optional[str] = None  # a single-scale run at the low resolution: LIFT --path cascade generates with it
+    # How ``ditlab sample`` draws the samples (its --seed, sampler settings, --batch-size, --fp32; not inputs
+    # of their own, never refused): an input that is itself generated, the cascade's low resolution, is
+    # drawn with them, so that sample i keeps its noise whatever the batch size.
+    seed: int = 0
+    settings: Optional[SampleSettings] = None
+    batch_size: int = 256
+    fp32: bool = False
 
 
-FLAG_OF = {"data": "--data", "context": "--context", "path": "--path"}
+FLAG_OF = {"data": "--data", "context": "--context", "path": "--path", "lo_run": "--lo-run"}
+INPUTS = ("data", "context", "lo_run")  # the SampleInputs fields that are inputs (refuse_inputs checks them)
 
 
 def refuse_inputs(kind: str, inputs: SampleInputs, allowed: tuple[str, ...], why: str = "") -> None:
     """ValueError naming the first given input that a run of ``kind`` cannot use."""
-    for name in ("data", "context"):
+    for name in INPUTS:
         if getattr(inputs, name) is not None and name not in allowed:
             raise ValueError(f"{FLAG_OF[name]} does not apply to this task.kind={kind} run{why}")

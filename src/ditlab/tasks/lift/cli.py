@@ -5,7 +5,9 @@
     ditlab lift errors RUN --data DATASET [--levels K] [--num N] [--steps S]   # RUN/lift_errors.npz + heat map PNG
     ditlab lift paths RUN [--steps S]                                          # each path's (t_hi, t_lo) rows, JSON
 
-``ditlab sample RUN --path NAME`` samples along a path (ditlab.tasks.lift.paths).
+``ditlab sample RUN --path NAME`` samples along a path (ditlab.tasks.lift.paths);
+``ditlab sample RUN --path cascade --lo-run RUN_LO`` first generates the low resolution with a
+single-scale run (ditlab.tasks.lift.cascade).
 """
 from __future__ import annotations
 
@@ -15,13 +17,19 @@ from pathlib import Path
 
 from ditlab.cliargs import DeprecatedAlias, add_data, add_device, positive_int, require_data
 from ditlab.tasks.base import SampleInputs, refuse_inputs
-from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES
+from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES, PATH_NEEDS
 
 
 def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
     """``ditlab sample`` on a LIFT run: none, except for --path lo-oracle, whose low resolution is the
-    pooled copy of --data's images (checked against the path when sampling starts)."""
-    refuse_inputs("lift", inputs, ("data",))
+    pooled copy of --data's images (checked against the path when sampling starts), and --path cascade,
+    whose low resolution --lo-run RUN_LO generates first (ditlab.tasks.lift.cascade)."""
+    refuse_inputs("lift", inputs, ("data", "lo_run"))
+    path = (inputs.settings.path if inputs.settings is not None else None) or run.cfg.lift.sample_path
+    if path == "cascade" or inputs.lo_run is not None:
+        from ditlab.tasks.lift.cascade import cascade_sample_conditions
+
+        return cascade_sample_conditions(run, inputs, num, path)
     if inputs.data is None:
         return {}
     from ditlab.tasks.superres.cli import condition_images
@@ -81,8 +89,11 @@ def cmd_lift_paths(args) -> int:
     names = [n for n in PATH_NAMES if n != "shift:D" and (has_errors or n not in DP_PATHS)]
     for name in names:
         path = run.task.path(steps, name)
-        print(json.dumps({"path": name, "streams": path.streams, "hold": path.hold,
-                          "times": [[round(v, 5) for v in row] for row in path.times.tolist()]}))
+        row = {"path": name, "streams": path.streams, "hold": path.hold,
+               "times": [[round(v, 5) for v in row] for row in path.times.tolist()]}
+        if name in PATH_NEEDS:
+            row["needs"] = PATH_NEEDS[name]  # e.g. cascade: `ditlab sample RUN --path cascade --lo-run RUN_LO`
+        print(json.dumps(row))
     return 0
 
 
@@ -105,7 +116,8 @@ def add_cli(subparsers):
     e.add_argument("--png", dest="out", action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
     add_device(e)
     e.set_defaults(func=cmd_lift_errors)
-    p = sub.add_parser("paths", help="print every sampling path's (t_hi, t_lo) rows (JSON lines)")
+    p = sub.add_parser("paths", help="print every sampling path's (t_hi, t_lo) rows (JSON lines; 'needs' names what "
+                                     "a path takes: lo-oracle --data, cascade --lo-run RUN_LO)")
     p.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     p.add_argument("--steps", type=positive_int, default=None, help="steps of each path (default sample.steps)")
     p.set_defaults(func=cmd_lift_paths)

@@ -18,6 +18,10 @@ Names (:func:`build_lift_path`):
 - ``lo-oracle``: the low resolution held clean (t_lo = 0) at the pooled copy of given real images,
   the high resolution generated on its grid: super-resolution, the only way to sample a model trained
   with lift.train_mode=clean_lo (an upper bound, not generation; note 004, experiment 3).
+- ``cascade``: the same (t_hi, t_lo) rows as lo-oracle, the low resolution held clean at the samples
+  of a separate single-scale model trained at the low resolution (``ditlab sample --lo-run RUN_LO``;
+  ditlab.tasks.lift.cascade): note 004's experiment 3 generating "the 32x32 image with an
+  independent model first".
 - ``dp-hi`` / ``dp-total``: the cheapest path under the step budget by dynamic programming over a
   grid of measured per-node errors (ditlab.tasks.lift.planner, ditlab.tasks.lift.errors), with the
   ELBO cost of the high resolution only, or of both scales.
@@ -31,9 +35,14 @@ from ditlab.tasks.lift.planner import elbo_edge_costs, plan_path
 from ditlab.diffusion.paths import TimePath
 from ditlab.diffusion.schedules import DDPMSchedule, NoiseSchedule
 
-PATH_NAMES = ("diagonal", "lo-first", "hi-first", "shift:D", "lo-fixed", "lo-random", "lo-oracle", "dp-hi",
-              "dp-total")
+PATH_NAMES = ("diagonal", "lo-first", "hi-first", "shift:D", "lo-fixed", "lo-random", "lo-oracle", "cascade",
+              "dp-hi", "dp-total")
 DP_PATHS = ("dp-hi", "dp-total")
+# Paths whose low resolution is given, held clean (t_lo = 0), and the condition that gives it: lo-oracle the
+# real high-resolution images it pools (--data), cascade the low-resolution samples of another run (--lo-run).
+CLEAN_LO_PATHS = {"lo-oracle": "images", "cascade": "lowres"}
+PATH_NEEDS = {"lo-oracle": "--data DATASET", "cascade": "--lo-run RUN_LO", "dp-hi": "RUN/lift_errors.npz",
+              "dp-total": "RUN/lift_errors.npz"}
 
 
 def _base(schedule: NoiseSchedule) -> NoiseSchedule:
@@ -143,7 +152,7 @@ def build_lift_path(name: str, schedule_hi: NoiseSchedule, steps: int, hi: str, 
         return shifted_diagonal_path(schedule_hi, steps, offset, hi, lo)
     if name in ("lo-fixed", "lo-random"):
         return held_lo_path(schedule_hi, steps, hi, lo, "fixed" if name == "lo-fixed" else "fresh")
-    if name == "lo-oracle":
+    if name in CLEAN_LO_PATHS:
         grid = schedule_hi.time_grid(steps).double().numpy()
         return _path(np.stack([grid, np.zeros_like(grid)], axis=1), hi, lo)
     if name in DP_PATHS:

@@ -28,7 +28,7 @@ from ditlab.tasks.image.task import (decoded_images, image_npz_arrays, repeat_la
                                      with_default_labels)
 from ditlab.tasks.lift.errors import load_node_errors
 from ditlab.tasks.lift.model import ERRORS_FILE, HI, LO
-from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES, build_lift_path
+from ditlab.tasks.lift.paths import CLEAN_LO_PATHS, DP_PATHS, PATH_NAMES, build_lift_path
 from ditlab.tasks.lift.times import draw_lift_times, mixture_weights
 from ditlab.tasks.superres.model import downsample
 
@@ -108,18 +108,32 @@ class LiftTask:
 
     def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
         """Pure noise for both scales (per-sample RNG) and the chosen path (settings.path, else the
-        run's lift.sample_path). The lo-oracle path takes ``cond["images"]``, uint8 high-resolution
-        images whose pooled copies are the (clean) low resolution."""
+        run's lift.sample_path). The low resolution is held clean on two paths: lo-oracle takes
+        ``cond["images"]``, uint8 high-resolution images whose pooled copies are the low resolution;
+        cascade takes ``cond["lowres"]``, uint8 low-resolution images as they are (the samples of a
+        low-resolution run, ditlab.tasks.lift.cascade). Both scales' noise is drawn on every path, so
+        sample i's high-resolution noise is the same on lo-oracle, cascade and the others."""
         name = settings.path or self.path_name
         if name not in PATH_NAMES and not name.startswith("shift:"):
             raise ValueError(f"--path {name!r}: choose one of {', '.join(PATH_NAMES)}")
-        oracle = name == "lo-oracle"
-        if oracle != ("images" in cond):
-            raise ValueError("--path lo-oracle needs condition images (--data DATASET)" if oracle else
-                             "--data applies to --path lo-oracle only: the other LIFT paths generate both scales")
+        wanted = CLEAN_LO_PATHS.get(name)
+        if wanted is not None and wanted not in cond:
+            raise ValueError("--path lo-oracle needs condition images (--data DATASET)" if name == "lo-oracle" else
+                             "--path cascade needs its low resolution from a low-resolution run (--lo-run RUN_LO)")
+        for key, path in (("images", "lo-oracle"), ("lowres", "cascade")):
+            if key in cond and key != wanted:
+                flag = "--data" if key == "images" else "--lo-run"
+                raise ValueError(f"{flag} applies to --path {path} only (this is --path {name}): the other LIFT paths "
+                                 "generate both scales")
         x = {HI: rng.randn(*self.specs[HI].shape), LO: rng.randn(*self.specs[LO].shape)}
-        if oracle:
+        if name == "lo-oracle":
             x[LO] = downsample(to_model_range(cond["images"]), self.factor)
+        elif name == "cascade":
+            low = cond["lowres"]
+            if tuple(low.shape[1:]) != self.specs[LO].shape:
+                raise ValueError(f"--lo-run: the low resolution given is {tuple(low.shape[1:])} per sample; this LIFT "
+                                 f"run's low-resolution stream is {self.specs[LO].shape}")
+            x[LO] = to_model_range(low)
         return x, self.path(settings.steps, name)
 
     def denoiser(self, model: torch.nn.Module, cond: Conditions):
@@ -148,6 +162,6 @@ class LiftTask:
 
     def preview_path(self) -> str:
         """The configured path, or the diagonal while a dp-* path has no measured errors yet (during
-        training) or the path needs condition images (lo-oracle)."""
+        training) or the path needs a given low resolution (lo-oracle, cascade)."""
         keep = self.path_name
-        return "diagonal" if (keep in DP_PATHS and self.errors is None) or keep == "lo-oracle" else keep
+        return "diagonal" if (keep in DP_PATHS and self.errors is None) or keep in CLEAN_LO_PATHS else keep
