@@ -104,6 +104,9 @@ class DataConfig:
     # encoder; format in ditlab.data.context_sets and docs/context_sets.md) the model cross-attends to.
     # Its width D becomes the model's context_dim (RUN/model.json). Empty: no context set.
     context_path: str = ""
+    # Held-out images of the evaluation during training (train.eval_every; loss, fid, psnr, collapse of
+    # image-like kinds). Empty: a fixed seeded subset of the training images (ditlab.data.subset).
+    eval_path: str = ""
 
 
 @dataclass
@@ -271,6 +274,22 @@ class TrainConfig:
     # one lacks (e.g. a new condition pathway) start at zero; both lists are printed.
     init_from: str = ""
     init_weights: Literal["ema", "model"] = "ema"
+    # Evaluation during training (early stopping; ditlab.train.evaluation). Every eval_every steps (0 = off)
+    # the EMA weights are scored on eval_metric and RUN/checkpoints/best names the best checkpoint so far
+    # (never rotated away, kept through resume). An eval step always saves a checkpoint first, so eval_every
+    # need not be a multiple of ckpt_every. Metrics (which kinds; better):
+    #   loss             every kind; lower. The task's loss on eval_num held-out examples, fixed seed.
+    #   fid              image, superres, lift; lower. FID of eval_num samples against eval_ref (a stats
+    #                    .npz of `ditlab fid ref`, or a data set, cached); Inception from $DITLAB_INCEPTION etc.
+    #   psnr             superres; higher. Samples conditioned on eval_num held-out images vs the originals.
+    #   collapse         superres; higher. seed_to_residual (ditlab diagnose collapse) of 4 seeds per image.
+    #   icl_error_ratio  icl; lower. Worst |error / Bayes error - 1| over k on eval_num held-out prompts.
+    # Held-out examples: data.eval_path, else a seeded subset of the training images; scene draws them
+    # from scene.eval_seed, icl from its own seed. Evaluation never touches the training RNG or data order.
+    eval_every: int = 0
+    eval_metric: Literal["loss", "fid", "psnr", "collapse", "icl_error_ratio"] = "loss"
+    eval_num: int = 256
+    eval_ref: str = ""
 
 
 @dataclass

@@ -13,7 +13,7 @@ from ditlab.config import Config
 from ditlab.configlib import config_from_dict
 from ditlab.diffusion.objectives import build_objective
 from ditlab.tasks.registry import build_model, build_task, task_kind
-from ditlab.train.checkpoint import find_latest_checkpoint, load_weights
+from ditlab.train.checkpoint import find_best_checkpoint, find_latest_checkpoint, load_weights
 
 
 @dataclass
@@ -31,8 +31,17 @@ class LoadedRun:
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: Optional[str]) -> Path:
-    """``--checkpoint``: None or 'latest' (the newest complete checkpoint), a step name inside
-    RUN/checkpoints, or a path (a checkpoint folder or a weights .safetensors file)."""
+    """``--checkpoint``: None or 'latest' (the newest complete checkpoint), 'best' (the checkpoint
+    RUN/checkpoints/best names: the best by train.eval_metric; an error, not a fallback, when it is
+    missing or corrupt), a step name inside RUN/checkpoints, or a path (a checkpoint folder or a
+    weights .safetensors file)."""
+    if checkpoint == "best":
+        found = find_best_checkpoint(run_dir)  # a corrupt best is skipped with a warning naming it
+        if found is None:
+            raise FileNotFoundError(f"--checkpoint best: {run_dir / 'checkpoints' / 'best'} is missing or names an "
+                                    "unusable checkpoint (train with train.eval_every > 0; see the warning above), "
+                                    "pass --checkpoint latest or a step name")
+        return found[0]
     if checkpoint in (None, "", "latest"):
         ckpt = find_latest_checkpoint(run_dir)
         if ckpt is None:

@@ -2,6 +2,7 @@
 
     RUN/checkpoints/step_00001000/{model.safetensors, ema.safetensors (optional), state.pt}
     RUN/checkpoints/latest          folder name of the newest complete checkpoint
+    RUN/checkpoints/best            JSON: the best checkpoint so far by train.eval_metric (and its value)
 
 Weights live in safetensors so sampling never unpickles anything nor reads the (large) optimizer
 state; the rest is plain data in ``state.pt``, read back with ``torch.load(weights_only=True)``.
@@ -9,12 +10,14 @@ A checkpoint is built in a hidden temp folder, renamed into place, and only then
 ``latest``, so a crash or a full disk at any moment leaves the previous checkpoint loadable. (Saving
 a step that exists moves the old copy aside first; if the saver dies right then, the old copy is
 what :func:`find_latest_checkpoint` returns and the next save puts it back.)
-Only one process (rank 0) should call :func:`save_checkpoint`.
+Only one process (rank 0) should call :func:`save_checkpoint`. Rotation (``keep``) never deletes
+the folder ``best`` names; a corrupt best is skipped with a warning (:func:`find_best_checkpoint`).
 """
 from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import random
 import re
@@ -33,6 +36,7 @@ from ditlab.models.wrappers import strip_wrapper_prefix, unwrap_model
 
 CHECKPOINT_FORMAT_VERSION = 1
 MODEL_FILE, EMA_FILE, STATE_FILE, LATEST_FILE = "model.safetensors", "ema.safetensors", "state.pt", "latest"
+BEST_FILE = "best"
 REQUIRED_STATE_KEYS = ("format_version", "step")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # The previous copy of a step while the same step is saved again; a kill can leave one behind.
@@ -130,7 +134,7 @@ def _orphaned_old_copies(root: Path) -> dict[str, Path]:
 
 def _clear_leftovers(root: Path) -> None:
     """Remove what a killed save left; put an orphaned old copy back under its step name."""
-    for stale in [*root.glob(".tmp-step_*"), *root.glob(".latest.tmp-*")]:
+    for stale in [*root.glob(".tmp-step_*"), *root.glob(".latest.tmp-*"), *root.glob(".best.tmp-*")]:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     for name, old in _orphaned_old_copies(root).items():
         os.replace(old, root / name)
@@ -222,9 +226,68 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
         raise CheckpointError(f"checkpoint {final} was written but {root / LATEST_FILE} could not be "
                               f"updated ({type(e).__name__}: {e}); it still names an older one."
                               f"{_disk_full_hint(e, root)}") from e
-    for p in ([p for p in _step_dirs(root) if p != final][keep - 1:] if keep > 0 else []):
+    best = (read_best_pointer(root) or {}).get("checkpoint")  # rotation never deletes the best
+    for p in ([p for p in _step_dirs(root) if p != final and p.name != best][keep - 1:] if keep > 0 else []):
         shutil.rmtree(p, ignore_errors=True)  # a leftover old checkpoint only costs disk
     return final
+
+
+def _checkpoints_root(run_dir) -> Path:
+    root = Path(run_dir)
+    return root if root.name == "checkpoints" and not (root / "checkpoints").is_dir() else root / "checkpoints"
+
+
+def write_best_pointer(run_dir, checkpoint: str, record: dict) -> Path:
+    """Point ``RUN/checkpoints/best`` at the folder ``checkpoint`` (a ``step_*`` name), atomically like
+    ``latest``. The file is JSON: ``{"checkpoint", **record}`` (record: metric, value, mode, step), so a
+    resumed run compares against the stored value."""
+    if not _STEP_DIR.match(checkpoint):
+        raise ValueError(f"best must name a step_* folder, got {checkpoint!r}")
+    root = _checkpoints_root(run_dir)
+    tmp, target = root / f".best.tmp-{os.getpid()}", root / BEST_FILE
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"checkpoint": checkpoint, **record}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        _fsync(root)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not update {target} ({type(e).__name__}: {e}); it still names the "
+                              f"previous best.{_disk_full_hint(e, root)}") from e
+    return target
+
+
+def read_best_pointer(run_dir) -> dict | None:
+    """The JSON of ``RUN/checkpoints/best`` (not validated against its folder), or None when there is
+    none or it is unreadable."""
+    path = _checkpoints_root(run_dir) / BEST_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("checkpoint"), str) else None
+
+
+def find_best_checkpoint(run_dir) -> tuple[Path, dict] | None:
+    """(folder, record) of the checkpoint ``best`` names; None, with a warning naming the pointer and the
+    reason, when it is unreadable or its folder is missing or incomplete; None without a warning when
+    the run has no best yet. Unlike ``latest`` there is no fallback: another checkpoint is not the best."""
+    root = _checkpoints_root(run_dir)
+    path = root / BEST_FILE
+    if not path.is_file():
+        return None
+    record = read_best_pointer(root)
+    if record is None:
+        warnings.warn(f"unusable best checkpoint pointer {path} (not the JSON ditlab writes); skipped")
+        return None
+    name = record["checkpoint"]
+    reason = _validate(root / name) if _STEP_DIR.match(name) else f"not a step_* name: {name!r}"
+    if reason is not None:
+        warnings.warn(f"unusable best checkpoint {root / name} skipped (named by {path}): {reason}")
+        return None
+    return root / name, record
 
 
 # ---------------------------------------------------------------------------------------- load

@@ -26,14 +26,15 @@ from ditlab.generation import preview as generation_preview
 from ditlab.imageio import save_image_grid
 from ditlab.models.kernels import configure_fast_kernels
 from ditlab.tasks.registry import build_model, build_task, build_train_data, task_kind
-from ditlab.train.checkpoint import (capture_rng_state, find_latest_checkpoint, load_checkpoint,
-                                     restore_rng_state, save_checkpoint)
+from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, find_latest_checkpoint,
+                                     load_checkpoint, restore_rng_state, save_checkpoint, write_best_pointer)
 from ditlab.train.clock import TrainingClock
 from ditlab.train.data_order import EpochSampler
 from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_distributed, mean_over_ranks,
                                       per_rank_seed, rank_device, rank_slice)
 from ditlab.train.init_from import init_from
 from ditlab.train.ema import EMA
+from ditlab.train.evaluation import Evaluator, check_eval_config
 from ditlab.train.log import RunLogger
 from ditlab.train.optim import build_optimizer, lr_at, set_lr
 from ditlab.train.stop import StopRequest
@@ -75,6 +76,7 @@ class Trainer:
         if cfg.train.batch_size % self.dist.world_size:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide over the "
                              f"{self.dist.world_size} processes")
+        check_eval_config(cfg)  # e.g. a metric that does not apply to the kind: before any data is read
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
         self.data = build_train_data(cfg, self.progress)
         self.device = rank_device(self.dist, cfg.train.device)
@@ -135,6 +137,12 @@ class Trainer:
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.ema_task = build_task(cfg, self.ema.module, self.objective, training=False)
         self._prepare_run_dir(resume, latest)
+        # Evaluation (train.eval_every) on rank 0, the EMA weights; the others wait at a barrier.
+        self.evaluator = self.best = None
+        if cfg.train.eval_every and self.dist.is_main:
+            self.evaluator = Evaluator(cfg, self.data, self.ema_task, self.ema.module, self.device, self.amp_dtype,
+                                       cfg.train.batch_size // self.dist.world_size)
+            self.best = self._resumed_best()
         if hasattr(self.data, "set_step"):  # data whose batches depend on the step (a curriculum)
             self.data.set_step(self.step)
         self._advance_data = getattr(self.data, "advance", None)
@@ -170,6 +178,24 @@ class Trainer:
         # What `ditlab sample` needs to rebuild the network without reading the data set again.
         info = {"task": self.cfg.task.kind, "num_classes": self.cfg.model.num_classes, **self.data.info}
         (self.run_dir / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def _resumed_best(self) -> dict | None:
+        """The stored best (checkpoints/best) a resumed run compares against; a corrupt one is skipped
+        with a warning (find_best_checkpoint), one of another metric or ahead of the resumed step (its
+        folder will be written again) is dropped with a warning."""
+        found = find_best_checkpoint(self.run_dir) if self.step else None
+        if found is None:
+            return None
+        record = found[1]
+        if record.get("metric") != self.cfg.train.eval_metric:
+            self._say(f"ditlab: warning: {found[0].parent / 'best'} is by {record.get('metric')!r}, this run evaluates "
+                      f"{self.cfg.train.eval_metric!r}: the next evaluation starts a new best")
+            return None
+        if int(record.get("step", -1)) > self.step:
+            self._say(f"ditlab: warning: the best checkpoint {found[0].name} is ahead of the resumed step {self.step}: "
+                      "the next evaluation starts a new best")
+            return None
+        return record
 
     def _say(self, message: str) -> None:
         if self.dist.is_main:
@@ -320,6 +346,22 @@ class Trainer:
         self.logger.log_image(self.step, "samples", str(path))
         return path
 
+    def evaluate(self) -> float | None:
+        """train.eval_metric of the EMA weights at this step (rank 0; every rank must call it), logged as
+        eval/<metric>; checkpoints/best moves to this step's checkpoint (saved just before) when it is the
+        best so far. The training RNG and data order are untouched (ditlab.train.evaluation)."""
+        value = None
+        if self.evaluator is not None:
+            value = self.evaluator()
+            self.logger.log(self.step, {f"eval/{self.evaluator.name}": value})
+            if self.evaluator.better(value, None if self.best is None else float(self.best["value"])):
+                name = f"step_{self.step:08d}"
+                record = {"metric": self.evaluator.name, "value": value, "mode": self.evaluator.mode, "step": self.step}
+                write_best_pointer(self.run_dir, name, record)
+                self.best = {"checkpoint": name, **record}
+        barrier(self.dist)
+        return value
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Train to train.steps; returns the process exit code (0, 128 + signal, or 2 on NaN)."""
@@ -344,7 +386,9 @@ class Trainer:
                     last = self.step == cfg.steps or out_of_time
                     log_now = self.step % cfg.log_every == 0 or last
                     sample_now = bool(cfg.sample_every) and self.step % cfg.sample_every == 0
-                    save_now = self.step % cfg.ckpt_every == 0 or last or stop_now
+                    # An eval step saves first, so checkpoints/best always names a checkpoint of that step.
+                    eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
+                    save_now = self.step % cfg.ckpt_every == 0 or last or stop_now or eval_now
                     if log_now or sample_now or save_now:
                         self.check_finite()  # never log, sample or save past a non-finite step
                 except NonFiniteLossError as err:
@@ -359,6 +403,8 @@ class Trainer:
                     self.sample_grid()
                 if save_now:
                     self.save()
+                if eval_now:
+                    self.evaluate()
                 if stop_now:
                     bar.close()
                     self._say(f"ditlab: stopped at step {self.step}; resume with --resume")
@@ -384,6 +430,8 @@ class Trainer:
                    "batch_size": cfg.batch_size,
                    "device": str(self.device), "world_size": self.dist.world_size,
                    "parameters": sum(p.numel() for p in self.model.parameters())}
+        if self.best is not None:
+            summary["best"] = self.best
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.close()

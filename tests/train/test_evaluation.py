@@ -1,0 +1,261 @@
+"""Evaluation during training (train.eval_every / eval_metric) and RUN/checkpoints/best."""
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ditlab.cli import main
+from ditlab.config import load_config
+from ditlab.runs import resolve_checkpoint
+from ditlab.train import evaluation
+from ditlab.train.checkpoint import find_best_checkpoint, load_weights, read_best_pointer
+from ditlab.train.evaluation import METRICS, Evaluator, Metric
+from ditlab.train.trainer import Trainer
+
+
+def tiny_cfg(data, run_dir, *extra):
+    return load_config(None, [
+        "model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=2", "model.num_heads=2",
+        "model.num_classes=4", "model.attn_dropout=0.1", f"data.path={data}", "train.batch_size=8",
+        "train.device=cpu", "train.log_every=1", "train.sample_every=0", "train.ckpt_every=5",
+        f"train.run_dir={run_dir}", "optim.lr=1e-3", "ema.decay=0.9", "train.eval_num=16", *extra])
+
+
+def train(data, run_dir, steps, *extra, resume=False):
+    trainer = Trainer(tiny_cfg(data, run_dir, f"train.steps={steps}", *extra), resume=resume, progress=False)
+    assert trainer.run() == 0
+    return trainer
+
+
+def records(run_dir):
+    return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+
+
+def train_losses(run_dir):
+    return [r["loss"] for r in records(run_dir) if "loss" in r]
+
+
+def evals(run_dir, metric="loss"):
+    return {r["step"]: r[f"eval/{metric}"] for r in records(run_dir) if f"eval/{metric}" in r}
+
+
+def step_dirs(run_dir):
+    return sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step_*"))
+
+
+@pytest.fixture
+def sequence(monkeypatch):
+    """Replace the loss metric by one returning the values given, in turn (lower is better)."""
+    values = []
+
+    def fake(ctx):
+        return values.pop(0)
+
+    monkeypatch.setitem(METRICS, "loss", Metric(fake, None, higher_is_better=False))
+    return values
+
+
+# ---- when, what is logged, where best points ------------------------------------------------------
+def test_held_out_loss_is_logged_at_eval_steps_and_best_names_the_lowest(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    # eval_every 4 is not a multiple of ckpt_every 5: eval steps save a checkpoint of their own.
+    trainer = train(tiny_data, run, 10, "train.eval_every=4")
+    logged = evals(run)
+    assert sorted(logged) == [4, 8] and all(math.isfinite(v) for v in logged.values())
+    assert {"step_00000004", "step_00000008"} <= set(step_dirs(run))
+    best_step = min(logged, key=logged.get)
+    record = read_best_pointer(run)
+    assert record["checkpoint"] == f"step_{best_step:08d}" and record["value"] == logged[best_step]
+    assert record["metric"] == "loss" and record["mode"] == "min" and record["step"] == best_step
+    assert json.loads((run / "summary.json").read_text())["best"]["checkpoint"] == record["checkpoint"]
+    assert trainer.best["value"] == logged[best_step]
+    # Logged to TensorBoard too.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/loss")] == [4, 8]
+
+
+def test_best_follows_the_metric_survives_rotation_and_resume(tiny_data, tmp_path, sequence):
+    run = tmp_path / "r"
+    sequence[:] = [3.0, 1.0, 2.0]
+    train(tiny_data, run, 6, "train.eval_every=2", "train.keep_checkpoints=1")
+    assert evals(run) == {2: 3.0, 4: 1.0, 6: 2.0}
+    assert read_best_pointer(run)["checkpoint"] == "step_00000004"
+    assert step_dirs(run) == ["step_00000004", "step_00000006"]  # keep 1, plus the best
+    folder, record = find_best_checkpoint(run)
+    assert folder.name == "step_00000004" and record["value"] == 1.0
+    assert resolve_checkpoint(run, "best") == run / "checkpoints" / "step_00000004"
+
+    # Resumed: 5.0 at step 8 is compared with the stored 1.0 (not a fresh start), 0.5 at step 10 wins.
+    sequence[:] = [5.0, 0.5]
+    train(tiny_data, run, 8, "train.eval_every=2", "train.keep_checkpoints=1", resume=True)
+    assert read_best_pointer(run)["checkpoint"] == "step_00000004"
+    assert step_dirs(run) == ["step_00000004", "step_00000008"]
+    train(tiny_data, run, 10, "train.eval_every=2", "train.keep_checkpoints=1", resume=True)
+    assert read_best_pointer(run)["checkpoint"] == "step_00000010"
+    assert evals(run) == {2: 3.0, 4: 1.0, 6: 2.0, 8: 5.0, 10: 0.5}
+    # The old best goes with the next rotation, not before.
+    assert step_dirs(run) == ["step_00000004", "step_00000010"]
+
+
+def test_higher_is_better_metrics_and_nan():
+    psnr = Evaluator.__new__(Evaluator)
+    psnr.metric = METRICS["psnr"]
+    assert psnr.mode == "max" and psnr.better(2.0, 1.0) and not psnr.better(1.0, 2.0)
+    loss = Evaluator.__new__(Evaluator)
+    loss.metric = METRICS["loss"]
+    assert loss.mode == "min" and loss.better(1.0, 2.0) and loss.better(5.0, None)
+    assert not loss.better(float("nan"), None) and not loss.better(float("nan"), 1.0)
+    assert {n: m.higher_is_better for n, m in METRICS.items()} == {
+        "loss": False, "fid": False, "psnr": True, "collapse": True, "icl_error_ratio": False}
+
+
+# ---- a corrupt best ---------------------------------------------------------------------------------
+def test_corrupt_best_is_skipped_with_a_warning(tiny_data, tmp_path, sequence, capsys):
+    run = tmp_path / "r"
+    sequence[:] = [1.0, 2.0]
+    train(tiny_data, run, 4, "train.eval_every=2")
+    best = run / "checkpoints" / "step_00000002"
+    assert read_best_pointer(run)["checkpoint"] == best.name
+    (best / "ema.safetensors").unlink()
+
+    with pytest.warns(UserWarning, match=r"unusable best checkpoint .*step_00000002.*ema.safetensors"):
+        assert find_best_checkpoint(run) is None
+    # --checkpoint best is an error naming the pointer (no silent fallback to another checkpoint).
+    with pytest.warns(UserWarning, match="step_00000002"):
+        assert main(["sample", str(run), "--checkpoint", "best", "--num", "2", "--steps", "1",
+                     "--out", str(tmp_path / "s.npz")]) == 1
+    assert "--checkpoint best" in capsys.readouterr().err
+    # A resumed run warns, forgets the unusable best and starts a new one at its next evaluation.
+    sequence[:] = [7.0]
+    with pytest.warns(UserWarning, match="unusable best checkpoint"):
+        train(tiny_data, run, 6, "train.eval_every=2", resume=True)
+    assert read_best_pointer(run) == {"checkpoint": "step_00000006", "metric": "loss", "value": 7.0,
+                                      "mode": "min", "step": 6}
+
+
+def test_no_best_is_a_clear_error(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    train(tiny_data, run, 5)
+    with pytest.raises(FileNotFoundError, match="--checkpoint best: .*best is missing"):
+        resolve_checkpoint(run, "best")
+
+
+def test_sample_checkpoint_best(tiny_data, tmp_path, sequence):
+    run = tmp_path / "r"
+    sequence[:] = [2.0, 1.0, 3.0]
+    train(tiny_data, run, 6, "train.eval_every=2")
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--checkpoint", "best", "--num", "2", "--steps", "1", "--sampler", "euler",
+                 "--out", str(out)]) == 0
+    meta = json.loads(str(np.load(out)["ditlab_meta"]))
+    assert Path(meta["checkpoint"]).name == "step_00000004"
+
+
+# ---- config errors at start-up ----------------------------------------------------------------------
+@pytest.mark.parametrize("extra, message", [
+    (["train.eval_metric=psnr"], r"train.eval_metric=psnr does not apply to task.kind=image"),
+    (["train.eval_metric=icl_error_ratio"], r"train.eval_metric=icl_error_ratio does not apply to task.kind=image"),
+    (["train.eval_metric=fid"], r"train.eval_metric=fid needs train.eval_ref"),
+    (["train.eval_num=0"], r"train.eval_num must be >= 1"),
+])
+def test_bad_eval_config_is_an_error_before_the_data_is_read(tmp_path, extra, message):
+    cfg = tiny_cfg(tmp_path / "missing.npz", tmp_path / "r", "train.eval_every=2", *extra)
+    with pytest.raises(ValueError, match=message):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_eval_metric_for_the_kind_through_the_cli(tmp_path, capsys):
+    assert main(["train", "configs/icl_small.yaml", "train.eval_every=2", "train.eval_metric=fid", "train.device=cpu",
+                 f"train.run_dir={tmp_path / 'r'}"]) == 1
+    err = capsys.readouterr().err
+    assert "train.eval_metric=fid" in err and "task.kind=icl" in err
+
+
+# ---- reproducibility --------------------------------------------------------------------------------
+def test_eval_leaves_training_bitwise_unchanged_and_resume_exact(tiny_data, tmp_path):
+    off = tmp_path / "off"
+    train(tiny_data, off, 10)
+    on = tmp_path / "on"
+    train(tiny_data, on, 10, "train.eval_every=3")
+    split = tmp_path / "split"
+    train(tiny_data, split, 5, "train.eval_every=3")
+    torch.manual_seed(999)  # whatever the process did in between must not matter
+    train(tiny_data, split, 10, "train.eval_every=3", resume=True)
+
+    assert train_losses(off) == train_losses(on) == train_losses(split)  # bitwise equal floats
+    assert evals(on) == evals(split) and sorted(evals(on)) == [3, 6, 9]
+    assert read_best_pointer(on) == read_best_pointer(split)
+    for which in ("model", "ema"):
+        a, b, c = load_weights(off, which), load_weights(on, which), load_weights(split, which)
+        assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+
+
+def test_evaluation_restores_every_global_rng(tiny_data, tmp_path):
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "r", "train.steps=2", "train.eval_every=1"), progress=False)
+    import random
+
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    value = trainer.evaluator()
+    assert math.isfinite(value) and value == trainer.evaluator()  # fixed held-out set and seed
+    assert torch.equal(before[0], torch.get_rng_state())
+    assert np.array_equal(before[1], np.random.get_state()[1]) and before[2] == random.getstate()
+
+
+def test_tiny_fid_with_a_stand_in_network(tiny_data, tmp_path, standin_path, monkeypatch):
+    """FID-k against a data set reference (cached), with the stand-in Inception: logged, and training
+    unchanged against the same run without evaluation."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DITLAB_INCEPTION", str(standin_path))
+    fid_run = tmp_path / "fid"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stand-in's sha256 is not the real network's
+        train(tiny_data, fid_run, 4, "train.eval_every=2", "train.eval_metric=fid", f"train.eval_ref={tiny_data}",
+              "train.eval_num=8", "sample.steps=2", "sample.sampler=euler")
+    plain = tmp_path / "plain"
+    train(tiny_data, plain, 4)
+    logged = evals(fid_run, "fid")
+    assert sorted(logged) == [2, 4] and all(math.isfinite(v) and v > 0 for v in logged.values())
+    assert read_best_pointer(fid_run)["metric"] == "fid"
+    assert train_losses(fid_run) == train_losses(plain)
+
+
+# ---- every metric on its kind -------------------------------------------------------------------------
+SUPERRES = ["task.kind=superres", "model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=1", "model.num_heads=2",
+            "model.num_classes=0", "train.batch_size=8", "sample.steps=1", "sample.sampler=euler"]
+ICL = ["task.kind=icl", "icl.d=3", "icl.n_points=5", "icl.sigma=0.5", "icl.d_start=1", "icl.points_start=2",
+       "icl.curriculum_every=2", "model.hidden_size=16", "model.depth=1", "model.num_heads=2",
+       "diffusion.num_timesteps=50", "train.batch_size=8", "sample.steps=2"]
+SCENE = ["scene.num_scenes=16", "scene.objects=[1,3]", "scene.points_per_object=[8,24]",
+         "scene.num_target_points=6", "scene.target_pool=12", "scene.fourier_bands=2", "model.hidden_size=32",
+         "model.depth=2", "model.num_heads=4", "train.batch_size=4", "sample.steps=2"]
+
+
+@pytest.mark.parametrize("preset, extra, metric", [
+    (None, SUPERRES, "psnr"),
+    (None, SUPERRES, "collapse"),
+    (None, SUPERRES, "loss"),
+    (None, ICL, "icl_error_ratio"),
+    (None, ICL, "loss"),
+    ("configs/scene_small.yaml", SCENE, "loss"),
+])
+def test_each_metric_runs_on_its_kind_without_changing_training(tiny_data, tmp_path, preset, extra, metric):
+    def cfg(run, *more):
+        return load_config(preset, [f"data.path={tiny_data}", "train.device=cpu", "train.log_every=1",
+                                    "train.sample_every=0", "train.ckpt_every=5", "train.steps=4", "train.eval_num=8",
+                                    "train.compile=false", f"train.run_dir={run}", *extra, *more])
+
+    assert Trainer(cfg(tmp_path / "on", "train.eval_every=2", f"train.eval_metric={metric}"), progress=False).run() == 0
+    assert Trainer(cfg(tmp_path / "off"), progress=False).run() == 0
+    logged = evals(tmp_path / "on", metric)
+    assert sorted(logged) == [2, 4] and all(math.isfinite(v) for v in logged.values()), logged
+    assert read_best_pointer(tmp_path / "on")["mode"] == ("max" if METRICS[metric].higher_is_better else "min")
+    assert train_losses(tmp_path / "on") == train_losses(tmp_path / "off")
