@@ -6,6 +6,7 @@ invocation skips what is done and continues; `--budget-s` stops starting new uni
 
     OUT/runs/VARIANT-sSEED/          the training run (finished when it holds summary.json)
     OUT/runs/VARIANT-sSEED/lift_errors.npz, lift_errors.png    per-node errors (dp-* paths)
+                                     (the cascade path samples VARIANT's lo_variant run of the same seed first)
     OUT/scores/VARIANT-sSEED__PATH.json                      one scored (variant, seed, path)
     OUT/grids/VARIANT-sSEED__PATH.png                        its first 64 samples
     OUT/results.md, results.csv, results.png                 rewritten after every invocation
@@ -67,6 +68,40 @@ def check_variants(spec: AblationSpec, extra: list[str]) -> None:
                                  f"its paths must be [default], not {p!r}")
             if cfg.task.kind == "lift" and p == "default":
                 raise ValueError(f"variant {v.name}: name a LIFT path (e.g. diagonal) instead of 'default'")
+        if v.lo_variant:
+            check_lo_variant(spec, v, cfg, extra)
+
+
+def check_lo_variant(spec: AblationSpec, v: Variant, cfg, extra: list[str]) -> None:
+    """The cascade's low-resolution variant: a single-scale image run at the LIFT image size / task.factor,
+    with the LIFT variant's classes (the exact sizes are checked again on the trained runs)."""
+    lo_v = next(x for x in spec.variants if x.name == v.lo_variant)
+    lo = variant_config(spec, lo_v, spec.seeds[0], Path("unused"), extra)
+    where = f"variant {v.name}: lo_variant {lo_v.name}"
+    if cfg.task.kind != "lift":
+        raise ValueError(f"variant {v.name}: the cascade path is a LIFT path; this variant is task.kind={cfg.task.kind}")
+    if lo.task.kind != "image":
+        raise ValueError(f"{where} is task.kind={lo.task.kind}; the cascade's low resolution comes from task.kind=image")
+    hi = cfg.data.image_size
+    if lo.data.image_size is None or (hi is not None and lo.data.image_size * cfg.task.factor != hi):
+        want = f"{hi // cfg.task.factor}" if hi else f"the LIFT image size / {cfg.task.factor}"
+        raise ValueError(f"{where} must set data.image_size={want} (the LIFT run's low resolution)")
+    if lo.model.num_classes != cfg.model.num_classes:
+        raise ValueError(f"{where} has model.num_classes={lo.model.num_classes}, the LIFT variant "
+                         f"{cfg.model.num_classes}: sample i must get the same class in both")
+
+
+def order_variants(variants: list[Variant]) -> list[Variant]:
+    """The file's order, except that a cascade's lo_variant moves just before the first variant that needs
+    it (its run must exist before the cascade is sampled)."""
+    by_name = {v.name: v for v in variants}
+    out: list[Variant] = []
+    for v in variants:
+        if v.lo_variant and by_name[v.lo_variant] not in out:
+            out.append(by_name[v.lo_variant])
+        if v not in out:
+            out.append(v)
+    return out
 
 
 class AblationRunner:
@@ -85,7 +120,8 @@ class AblationRunner:
         for name in only:
             if name not in names:
                 raise ValueError(f"--only {name}: no such variant; the file has {sorted(names)}")
-        self.units = [Unit(v, s) for s in spec.seeds for v in spec.variants if not only or v.name in only]
+        self.units = [Unit(v, s) for s in spec.seeds for v in order_variants(spec.variants)
+                      if not only or v.name in only]
 
     # ---- the loop -------------------------------------------------------------------------------
     def out_of_time(self) -> bool:
@@ -115,12 +151,20 @@ class AblationRunner:
         for path in todo:
             if self.out_of_time():
                 return False
+            lo_dir = None
+            if path == "cascade":  # the low-resolution run of the same seed (trained here under --only)
+                lo_unit = Unit(next(v for v in self.spec.variants if v.name == unit.variant.lo_variant), unit.seed)
+                lo_dir = self.out / "runs" / lo_unit.name
+                if not (lo_dir / "summary.json").exists():
+                    self.train(lo_unit, lo_dir)
+                    if self.out_of_time():
+                        return False
             run = run or self._load(run_dir)
             if path in DP_PATHS or path == "lo-oracle":
                 self._need_errors_data(unit, path)
             if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
                 self.measure_errors(unit, run, run_dir)
-            self.score(unit, run, run_dir, path)
+            self.score(unit, run, run_dir, path, lo_dir)
         return True
 
     # ---- the three kinds of work ---------------------------------------------------------------
@@ -152,7 +196,7 @@ class AblationRunner:
         lift_node_errors(run, run_dir, self.errors_data, e.grid, e.num, e.batch_size, e.seed, self.device,
                          self.spec.sample.steps)
 
-    def score(self, unit: Unit, run, run_dir: Path, path: str) -> None:
+    def score(self, unit: Unit, run, run_dir: Path, path: str, lo_dir: Path | None = None) -> None:
         from ditlab.diffusion.noise import PerSampleRNG
         from ditlab.diffusion.samplers import count_nfe
         from ditlab.flops import dit_forward_flops
@@ -163,21 +207,39 @@ class AblationRunner:
         s = self.spec.sample
         settings = SampleSettings(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
                                   path=None if path == "default" else path)
-        conditions = {"images": self._oracle_images(s.num)} if path == "lo-oracle" else {}
+        lo_nfe, lo_seconds = 0, 0.0
+        if path == "cascade":  # two calls of the one generation loop: the low resolution first (tasks.lift.cascade)
+            from dataclasses import replace
+
+            from ditlab.tasks.lift.cascade import cascade_conditions
+
+            lo = self._load(lo_dir)
+            self.log(f"ditlab ablate: sampling the low resolution of {unit.name} with {lo_dir.name}")
+            t0 = time.monotonic()
+            conditions = cascade_conditions(run, lo, s.num, s.seed, settings, batch_size=s.batch_size,
+                                            device=self.device, autocast_dtype=sampling_autocast(self.device))
+            lo_seconds = time.monotonic() - t0
+            lo_probe = lo.task.batch_conditions(torch.zeros(1, dtype=torch.long), {})
+            lo_nfe = count_nfe(lo.task.start(PerSampleRNG(0, [0]), replace(settings, path=None), lo_probe)[1],
+                               s.sampler)
+            del lo
+        else:
+            conditions = {"images": self._oracle_images(s.num)} if path == "lo-oracle" else {}
         probe = run.task.batch_conditions(torch.zeros(1, dtype=torch.long), {k: v[:1] for k, v in conditions.items()})
         _, walked = run.task.start(PerSampleRNG(0, [0]), settings, probe)  # the path sampled (for the NFE count)
         self.log(f"ditlab ablate: sampling {unit.name} on path {path} ({s.num} samples)")
         t0 = time.monotonic()
         images = generate(run.task, run.model, s.num, s.seed, settings, conditions, batch_size=s.batch_size,
                           device=self.device, autocast_dtype=sampling_autocast(self.device))["images"]
-        sample_s = time.monotonic() - t0
+        sample_s = time.monotonic() - t0 + lo_seconds  # the cascade: both models
         save_image_grid(images[:64], self.out / "grids" / f"{unit.name}__{path_slug(path)}.png")
         fid = self.scorer.fid(images)
         summary = json.loads((run_dir / "summary.json").read_text())
         model = run.model
         record = {
             "variant": unit.variant.name, "seed": unit.seed, "path": path, "fid": fid,
-            "nfe": count_nfe(walked, s.sampler), "sampler": s.sampler, "steps": s.steps, "num_samples": s.num,
+            # cascade: both models' evaluations (lo_nfe of them the low-resolution run's, lo_run)
+            "nfe": count_nfe(walked, s.sampler) + lo_nfe, "sampler": s.sampler, "steps": s.steps, "num_samples": s.num,
             "sample_seed": s.seed, "sample_seconds": round(sample_s, 2),
             "train_steps": summary["steps"], "train_seconds": round(summary.get("timed_seconds", 0.0), 1),
             "train_images": summary["steps"] * run.cfg.train.batch_size,
@@ -185,6 +247,8 @@ class AblationRunner:
             "gflops_per_image": dit_forward_flops(model, groups=len(model.streams)) / 1e9,
             "task": run.cfg.task.kind, "overrides": unit.variant.overrides, "note": unit.variant.note,
         }
+        if path == "cascade":
+            record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
         out = self.score_file(unit, path)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")

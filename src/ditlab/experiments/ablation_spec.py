@@ -11,9 +11,13 @@
     variants:
       baseline: {overrides: [task.kind=image], paths: [default], note: "single scale"}
       lift:     {overrides: [task.kind=lift], paths: [diagonal, dp-hi]}
+      small:    {overrides: [task.kind=image, data.image_size=16], paths: [default]}
+      casc:     {overrides: [task.kind=lift], paths: [cascade], lo_variant: small}
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
-grid), any ditlab.tasks.lift.paths name for task.kind=lift (default [diagonal]).
+grid), any ditlab.tasks.lift.paths name for task.kind=lift (default [diagonal]). The ``cascade``
+path needs ``lo_variant``: the variant (task.kind=image, at the LIFT image size / task.factor) whose
+run of the same training seed generates the low resolution; the runner trains it first.
 """
 from __future__ import annotations
 
@@ -55,6 +59,7 @@ class Variant:
     overrides: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     note: str = ""
+    lo_variant: str = ""  # the variant whose run supplies the low resolution of the cascade path
 
 
 @dataclass
@@ -115,13 +120,23 @@ def load_ablation(path) -> AblationSpec:
     variants = []
     for name, v in variants_raw.items():
         v = v or {}
-        bad = sorted(set(v) - {"overrides", "paths", "note"})
+        bad = sorted(set(v) - {"overrides", "paths", "note", "lo_variant"})
         if bad:
-            raise ConfigError(f"unknown key variants.{name}.{bad[0]} in {source}; valid: note, overrides, paths")
+            raise ConfigError(f"unknown key variants.{name}.{bad[0]} in {source}; valid: lo_variant, note, overrides, "
+                              "paths")
         if not str(name).replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"variant name {name!r} in {source}: use letters, digits, '-' and '_' (it names folders)")
         variants.append(Variant(str(name), _str_list(v.get("overrides"), f"variants.{name}.overrides", source),
-                                _str_list(v.get("paths"), f"variants.{name}.paths", source), str(v.get("note", ""))))
+                                _str_list(v.get("paths"), f"variants.{name}.paths", source), str(v.get("note", "")),
+                                str(v.get("lo_variant") or "")))
+    names = [v.name for v in variants]
+    for v in variants:
+        if v.lo_variant and (v.lo_variant not in names or v.lo_variant == v.name):
+            raise ConfigError(f"variants.{v.name}.lo_variant: {v.lo_variant!r} is not another variant of {source} "
+                              f"(variants: {', '.join(names)})")
+        if bool(v.lo_variant) != ("cascade" in v.paths):
+            raise ConfigError(f"variants.{v.name}: the cascade path and lo_variant go together (lo_variant names the "
+                              f"variant whose run generates the cascade's low resolution) in {source}")
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"seeds must be a non-empty list of integers (in {source})")
