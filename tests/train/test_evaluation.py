@@ -259,3 +259,58 @@ def test_each_metric_runs_on_its_kind_without_changing_training(tiny_data, tmp_p
     assert sorted(logged) == [2, 4] and all(math.isfinite(v) for v in logged.values()), logged
     assert read_best_pointer(tmp_path / "on")["mode"] == ("max" if METRICS[metric].higher_is_better else "min")
     assert train_losses(tmp_path / "on") == train_losses(tmp_path / "off")
+
+
+# ---- DDP: rank 0 evaluates, the others wait ---------------------------------------------------------
+def test_two_process_run_evaluates_on_rank0_and_trains_as_without(tiny_data, tmp_path):
+    from tests.train.test_distributed import torchrun, train_args
+
+    on, off = tmp_path / "on", tmp_path / "off"
+    torchrun(2, *train_args(tiny_data, on, 4, "train.eval_every=2", "train.eval_num=8", "train.ckpt_every=5"))
+    torchrun(2, *train_args(tiny_data, off, 4, "train.ckpt_every=5"))
+    assert sorted(evals(on)) == [2, 4]  # one line per eval step, not one per rank
+    assert read_best_pointer(on)["checkpoint"] in ("step_00000002", "step_00000004")
+    assert train_losses(on) == train_losses(off)
+    for which in ("model", "ema"):
+        a, b = load_weights(on, which), load_weights(off, which)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+LIFT = ["task.kind=lift", "model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=1", "model.num_heads=2",
+        "model.num_classes=0", "lift.train_mode=clean_lo", "train.batch_size=8", "sample.steps=2", "sample.sampler=euler"]
+
+
+@pytest.mark.parametrize("extra", [SUPERRES, LIFT], ids=["superres", "lift"])
+def test_fid_on_the_other_image_kinds(tiny_data, tmp_path, standin_path, monkeypatch, extra):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DITLAB_INCEPTION", str(standin_path))
+    cfg = load_config(None, [f"data.path={tiny_data}", "train.device=cpu", "train.log_every=1", "train.sample_every=0",
+                             "train.ckpt_every=5", "train.steps=2", "train.eval_every=2", "train.eval_num=8",
+                             "train.eval_metric=fid", f"train.eval_ref={tiny_data}", f"train.run_dir={tmp_path / 'r'}",
+                             *extra])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stand-in's sha256 is not the real network's
+        assert Trainer(cfg, progress=False).run() == 0
+    assert math.isfinite(evals(tmp_path / "r", "fid")[2])
+
+
+def test_data_eval_path_is_the_held_out_set(tiny_data, tmp_path):
+    rng = np.random.default_rng(1)
+    held = tmp_path / "held.npz"
+    np.savez(held, images=rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), labels=np.arange(6) % 4)
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "r", "train.steps=2", "train.eval_every=2",
+                               f"data.eval_path={held}"), progress=False)
+    ctx = trainer.evaluator.ctx
+    assert ctx.data is not trainer.data and ctx.data.num_examples == 6 and len(ctx.indices) == 6
+    assert trainer.run() == 0 and sorted(evals(tmp_path / "r")) == [2]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (ICL + ["data.eval_path=x.npz"], "data.eval_path applies to task.kind image, superres or lift"),
+    (ICL + ["train.eval_metric=collapse"], "train.eval_metric=collapse does not apply to task.kind=icl"),
+    (SCENE + ["task.kind=scene", "scene.eval_seed=0", "scene.seed=0"], "scene.eval_seed equals scene.seed"),
+])
+def test_other_config_errors(tmp_path, extra, message):
+    cfg = load_config(None, ["train.device=cpu", "train.eval_every=2", f"train.run_dir={tmp_path / 'r'}", *extra])
+    with pytest.raises(ValueError, match=message):
+        Trainer(cfg, progress=False)
