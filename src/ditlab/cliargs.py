@@ -116,7 +116,8 @@ def add_sampler(parser, default_help: str = "default: the run's sample.sampler")
 
 def add_checkpoint(parser) -> None:
     parser.add_argument("--checkpoint", default=None,
-                        help="a checkpoint folder, a step name (step_00000050) or 'latest' inside RUN/checkpoints, "
+                        help="a checkpoint folder, a step name (step_00000050), 'latest' or 'best' (train.eval_every) "
+                             "inside RUN/checkpoints, "
                              "or a weights .safetensors file (default: the latest)")
     parser.add_argument("--weights", choices=["ema", "model"], default="ema",
                         help="which weights of the checkpoint: the EMA average (default) or the raw model")
