@@ -144,11 +144,64 @@ class AdaLNMods(NamedTuple):
     gate_ca: Optional[torch.Tensor] = None
 
 
+@dataclass(frozen=True)
+class ContextSpec:
+    """One context set the network cross-attends to (docs/context_sets.md, "Several context sets").
+
+    ``name`` "" is the unnamed set: ``forward(context=, context_mask=, context_drop=<tensor>)``, stored
+    under the single-set keys (``blocks.N.cross_attn.*``, ``null_context``), so one-set checkpoints load.
+    A named set has its own cross-attention, adaLN shift / scale / gate and learned null per block it is
+    injected into (``blocks.N.cross_sets.<name>.*``, ``null_contexts.<name>``), fed by
+    ``forward(contexts={name: (tensor, mask)}, context_drop={name: flags})``.
+    ``blocks``: "all", "middle" (the middle third: depth // 3 .. depth - depth // 3) or "A:B" (blocks A..B-1).
+    """
+
+    name: str
+    dim: int
+    cross_attn_dropout: float = 0.0
+    blocks: str = "all"
+
+    def block_range(self, depth: int) -> range:
+        if self.blocks == "all":
+            return range(depth)
+        if self.blocks == "middle":
+            return range(depth // 3, depth - depth // 3)
+        try:
+            a, b = (int(v) for v in self.blocks.split(":"))
+        except ValueError:
+            a = b = -1
+        if not 0 <= a < b <= depth:
+            raise ValueError(f"context set {self.name!r}: blocks must be 'all', 'middle' or 'A:B' with "
+                             f"0 <= A < B <= depth={depth}, got {self.blocks!r}")
+        return range(a, b)
+
+
+class CrossSet(nn.Module):
+    """A named context set's cross-attention in one block, with its own adaLN-Zero shift / scale / gate."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float, qk_norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads, kv_dim=context_dim, dropout=dropout, qk_norm=qk_norm)
+        self.adaLN = nn.Linear(dim, 3 * dim)
+
+    def forward(self, x, c, index, context, context_mask):
+        mod = self.adaLN(c)
+        if index is not None:
+            mod = mod[:, index]
+        shift, scale, gate = mod.chunk(3, dim=-1)
+        return x + gate * self.attn(modulate(self.norm(x), shift, scale), context=context, mask=context_mask)
+
+
 class DiTBlock(nn.Module):
-    """Self-attention, optional cross-attention to a context set, MLP; each adaLN-Zero modulated."""
+    """Self-attention, optional cross-attention to a context set, MLP; each adaLN-Zero modulated.
+
+    ``sets``: named context sets (ContextSpec name -> width) injected into this block, each a
+    :class:`CrossSet` after the unnamed set's cross-attention, before the MLP."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_dropout: float, qk_norm: bool,
-                 context_dim: Optional[int] = None, cross_attn_dropout: float = 0.0):
+                 context_dim: Optional[int] = None, cross_attn_dropout: float = 0.0,
+                 sets: Optional[dict[str, tuple[int, float]]] = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads, dropout=attn_dropout, qk_norm=qk_norm)
@@ -160,13 +213,17 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.num_mod = 9 if self.has_cross else 6
         self.adaLN = nn.Linear(dim, self.num_mod * dim)
+        # Named context sets (name -> (width, cross-attention dropout)); empty: no state-dict keys.
+        self.cross_sets = nn.ModuleDict({name: CrossSet(dim, heads, d, p, qk_norm)
+                                         for name, (d, p) in (sets or {}).items()})
         # Fused adaLN kernels (ditlab.models.kernels, train.fast_kernels); not part of the state dict.
         self.fast_kernels = False
 
-    def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False):
+    def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False, sets=None):
         # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None.
         # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
-        if self.fast_kernels:
+        # sets: named context sets, name -> (context (B, M, Dc), mask (B, M) bool or None).
+        if self.fast_kernels and not self.cross_sets:
             return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv)
         mod = self.adaLN(c)  # (B, G, num_mod * D)
         if index is not None:
@@ -180,6 +237,8 @@ class DiTBlock(nn.Module):
         if self.has_cross:
             h = modulate(self.norm_cross(x), m.shift_ca, m.scale_ca)
             x = x + m.gate_ca * self.cross_attn(h, context=context, mask=context_mask)
+        for name, cross in self.cross_sets.items():  # each set's mask reaches only its own cross-attention
+            x = cross(x, c, index, *sets[name])
         x = x + m.gate_mlp * self.mlp(modulate(self.norm2(x), m.shift_mlp, m.scale_mlp))
         return (x, kv) if return_kv else x
 
@@ -263,8 +322,24 @@ class DiT(nn.Module):
         qk_norm: bool = False,
         cross_attn_dropout: float = 0.0,
         output_init: str = "zero",
+        contexts: Optional[list[ContextSpec]] = None,
     ):
+        """``context_dim`` (+ ``cross_attn_dropout``): the unnamed context set in every block, as
+        ``contexts=[ContextSpec("", context_dim, cross_attn_dropout)]``; ``contexts``: context sets
+        (:class:`ContextSpec`), at most one unnamed."""
         super().__init__()
+        specs = list(contexts or [])
+        if context_dim is not None:
+            specs.insert(0, ContextSpec("", context_dim, cross_attn_dropout))
+        set_names = [cs.name for cs in specs]
+        if len(set(set_names)) != len(set_names):
+            raise ValueError(f"context set names must be unique (one unnamed set at most), got {set_names}")
+        for cs in specs:
+            if cs.name == "all" or not (cs.name == "" or cs.name.isidentifier()):
+                raise ValueError(f"context set name {cs.name!r}: use a Python identifier other than 'all'")
+        unnamed = next((cs for cs in specs if cs.name == ""), None)
+        context_dim = unnamed.dim if unnamed is not None else None
+        self.context_specs = {cs.name: cs for cs in specs if cs.name}  # the named sets
         if not streams:
             raise ValueError("a DiT needs at least one stream")
         names = [s.name for s in streams]
@@ -285,9 +360,13 @@ class DiT(nn.Module):
             else TokenEmbed(s.channels, hidden_size) for s in streams})
         self.t_embed = TimestepEmbedder(hidden_size)
         self.label_embed = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
+        ranges = {cs.name: cs.block_range(depth) for cs in specs}
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, attn_dropout, qk_norm, context_dim, cross_attn_dropout)
-            for _ in range(depth)
+            DiTBlock(hidden_size, num_heads, mlp_ratio, attn_dropout, qk_norm,
+                     context_dim if unnamed is not None and i in ranges[""] else None,
+                     unnamed.cross_attn_dropout if unnamed is not None else 0.0,
+                     {n: (cs.dim, cs.cross_attn_dropout) for n, cs in self.context_specs.items() if i in ranges[n]})
+            for i in range(depth)
         )
         self.final = nn.ModuleDict({s.name: FinalLayer(hidden_size, s.patch_size, s.channels)
                                     for s in streams if s.predict})
@@ -297,6 +376,8 @@ class DiT(nn.Module):
         self.null_tokens = nn.ParameterDict({s.name: nn.Parameter(torch.zeros(s.num_tokens, hidden_size))
                                              for s in streams if not s.predict})
         self.null_context = nn.Parameter(torch.zeros(1, context_dim)) if context_dim is not None else None
+        self.null_contexts = nn.ParameterDict({n: nn.Parameter(torch.zeros(1, cs.dim))
+                                               for n, cs in self.context_specs.items()})
 
         # Fixed position tables (not parameters, not saved: they are a function of the specs).
         for s in streams:
@@ -348,6 +429,12 @@ class DiT(nn.Module):
                 # at a saddle with a zero output layer: every upstream gradient is multiplied by those
                 # weights. Random ones remove that factor (BENCHMARKS.md, issue 6).
                 nn.init.xavier_uniform_(final.linear.weight)
+        for null in self.null_contexts.values():  # last: one-set models draw the same initial weights as before
+            nn.init.normal_(null, std=0.02)
+        for block in self.blocks:  # named sets' adaLN-Zero: each starts with zero gate (no effect)
+            for cross in block.cross_sets.values():
+                nn.init.zeros_(cross.adaLN.weight)
+                nn.init.zeros_(cross.adaLN.bias)
 
     def _conditioning(self, t: dict[str, torch.Tensor], labels, label_drop, batch: int):
         """Per-group conditioning (B, G, D) and the token -> group index (None = broadcast / identity)."""
@@ -370,14 +457,46 @@ class DiT(nn.Module):
             c = c + self.label_embed(labels, label_drop)[:, None]
         return torch.nn.functional.silu(c), index
 
-    def _drop_context(self, context, mask, drop):
-        """Dropped samples see one learned null element (slot 0) instead of their context set."""
+    def _drop_context(self, context, mask, drop, null=None):
+        """Dropped samples see one learned null element (slot 0) instead of their context set
+        (``null``: a named set's, default the unnamed set's)."""
         B, M, _ = context.shape
-        null = self.null_context.to(context.dtype).expand(B, M, -1)
+        null = (self.null_context if null is None else null).to(context.dtype).expand(B, M, -1)
         context = torch.where(drop[:, None, None], null, context)
         only_first = (torch.arange(M, device=context.device) == 0).expand(B, M)
         mask = torch.ones(B, M, dtype=torch.bool, device=context.device) if mask is None else mask
         return context, torch.where(drop[:, None], only_first, mask)
+
+    def _named_contexts(self, batch: int, contexts, drops) -> dict:
+        """The named sets checked, padding zeroed and dropped rows replaced by each set's own null:
+        name -> (context (B, M, Dc), mask (B, M) bool or None)."""
+        contexts = contexts or {}
+        for name in list(contexts) + list(drops):
+            if name not in self.context_specs:
+                raise ValueError(f"context set {name!r} is not one of the model's named sets "
+                                 f"{list(self.context_specs)} (the unnamed set is context=)")
+        out = {}
+        for name, cs in self.context_specs.items():
+            if name not in contexts:
+                raise ValueError(f"this model cross-attends to the context set {name!r}: pass "
+                                 f"contexts={{{name!r}: (tensor (B, M, {cs.dim}), mask (B, M))}}")
+            ctx, m = contexts[name]
+            if ctx.dim() != 3 or ctx.shape[0] != batch or ctx.shape[2] != cs.dim:
+                raise ValueError(f"context set {name!r} has shape {tuple(ctx.shape)}, expected ({batch}, M, {cs.dim})")
+            m = self._bool_mask(m, f"mask of context set {name!r}")
+            if m is not None:
+                if tuple(m.shape) != (batch, ctx.shape[1]):
+                    raise ValueError(f"mask of context set {name!r} has shape {tuple(m.shape)}, expected "
+                                     f"({batch}, {ctx.shape[1]})")
+                ctx = torch.where(m[..., None], ctx, 0)  # padding is never read (see forward)
+            d = drops.get(name)
+            if d is not None:
+                if d.dtype != torch.bool or tuple(d.shape) != (batch,):
+                    raise ValueError(f"context_drop[{name!r}] must be bool of shape ({batch},), got "
+                                     f"{d.dtype} {tuple(d.shape)}")
+                ctx, m = self._drop_context(ctx, m, d, self.null_contexts[name])
+            out[name] = (ctx, m)
+        return out
 
     def _check_inputs(self, x, t):
         for s in self.streams:
@@ -447,11 +566,19 @@ class DiT(nn.Module):
         context: Optional[torch.Tensor] = None,  # (B, M, Dc)
         context_mask: Optional[torch.Tensor] = None,  # (B, M) bool (or 0/1), True = real element
         stream_drop: Optional[dict[str, torch.Tensor]] = None,  # condition name -> (B,) bool: use the null
-        context_drop: Optional[torch.Tensor] = None,  # (B,) bool: replace the context set by the null
+        context_drop: Optional[torch.Tensor | dict[str, torch.Tensor]] = None,  # (B,) bool: replace the context
+        # set by its null; or name -> (B,) bool per set ("" = the unnamed set)
         attn_mask: Optional[torch.Tensor] = None,  # (N, N) or (B, N, N) bool, True = query may attend to key
+        contexts: Optional[dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]] = None,  # named sets:
+        # name -> (context (B, M, Dc), mask (B, M) bool (or 0/1) or None), see ContextSpec
     ) -> dict[str, torch.Tensor]:
         self._check_inputs(x, t)
         B = next(iter(x.values())).shape[0]
+        named_drop = {}
+        if isinstance(context_drop, dict):
+            named_drop = dict(context_drop)
+            context_drop = named_drop.pop("", None)
+        sets = self._named_contexts(B, contexts, named_drop)
         token_mask, context_mask = self._check_masks(B, token_mask, context, context_mask, context_drop,
                                                      stream_drop, label_drop)
         h = self._embed(x, self.streams, stream_drop, token_mask)  # (B, N, D)
@@ -474,10 +601,14 @@ class DiT(nn.Module):
             context = torch.where(context_mask[..., None], context, 0)
         if context_drop is not None:
             context, context_mask = self._drop_context(context, context_mask, context_drop)
-        for block in self.blocks:
-            h = block(h, c, index, mask, rope, context, context_mask)
+        for i, block in enumerate(self.blocks):
+            h = self._block_step(i, block, h, c, index, mask, rope, context, context_mask, sets=sets)
 
         return self._outputs(h, c, index, self.streams, 0)
+
+    def _block_step(self, i, block, h, c, index, mask, rope, context, context_mask, **kw):
+        """Block ``i`` of forward's loop (ditlab.models.control.ConditionedDiT adds a condition pathway here)."""
+        return block(h, c, index, mask, rope, context, context_mask, **kw)
 
     # ---- shared by forward and prefix caching ---------------------------------------------------
     def _embed(self, x, streams, stream_drop=None, token_mask=None) -> torch.Tensor:
@@ -540,7 +671,7 @@ class DiT(nn.Module):
         return prefix, rest, sum(s.num_tokens for s in prefix)
 
     def _prefix_setup(self, x, t, labels, attn_mask, check_mask: bool):
-        if self.context_dim is not None:
+        if self.context_dim is not None or self.context_specs:
             raise ValueError("prefix caching does not support a model with a context set (cross-attention)")
         if attn_mask is None:
             raise ValueError("prefix caching needs an attn_mask in which no prefix token sees a later token")
@@ -588,8 +719,10 @@ class DiT(nn.Module):
         return self._outputs(h, c, index, rest, P)
 
 
-def build_dit(model_cfg, streams: list[StreamSpec], context_dim: Optional[int] = None) -> DiT:
-    """DiT from a ModelConfig (ditlab.config); the size comes from model.arch unless overridden."""
+def build_dit(model_cfg, streams: list[StreamSpec], context_dim: Optional[int] = None,
+              contexts: Optional[list[ContextSpec]] = None) -> DiT:
+    """DiT from a ModelConfig (ditlab.config); the size comes from model.arch unless overridden.
+    ``context_dim``: the unnamed context set; ``contexts``: named ones (see context_specs_of)."""
     hidden, depth, heads, _ = parse_arch(model_cfg.arch)
     return DiT(
         streams=streams,
@@ -604,4 +737,19 @@ def build_dit(model_cfg, streams: list[StreamSpec], context_dim: Optional[int] =
         qk_norm=model_cfg.qk_norm,
         cross_attn_dropout=model_cfg.cross_attn_dropout,
         output_init=model_cfg.output_init,
+        contexts=contexts,
     )
+
+
+def context_specs_of(model_cfg, dims: Optional[dict[str, int]] = None) -> list[ContextSpec]:
+    """The named context sets of ``model_cfg.contexts`` (ditlab.config.ContextSetConfig) as ContextSpecs;
+    a set's width is its ``dim`` or, when that is None, ``dims[name]`` (from the data, RUN/model.json)."""
+    specs = []
+    for cs in getattr(model_cfg, "contexts", ()) or ():
+        dim = cs.dim if cs.dim is not None else (dims or {}).get(cs.name)
+        if dim is None:
+            raise ValueError(f"model.contexts: set {cs.name!r} has no dim and the data gives none")
+        if dims and cs.name in dims and dims[cs.name] != dim:
+            raise ValueError(f"model.contexts: set {cs.name!r} has dim={dim} but its data is {dims[cs.name]} wide")
+        specs.append(ContextSpec(cs.name, int(dim), cs.cross_attn_dropout, cs.blocks))
+    return specs
