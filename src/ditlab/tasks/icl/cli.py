@@ -1,7 +1,7 @@
 """``ditlab icl eval RUN [--baseline RUN2] ...``: evaluate an in-context regression run.
 
 Prints the verdict as one JSON line and writes summary.json, summary.md and the plots to --out
-(default RUN/icl_eval). ``ditlab/cli.py`` wires this in with :func:`add_icl_parser`.
+(default RUN/icl_eval). ``ditlab.tasks.commands`` lists :func:`add_cli` for ``ditlab/cli.py``.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic)")
     e.add_argument("--seed", type=int, default=None, help="prompts and sampler noise (default: icl.eval_seed)")
     e.add_argument("--batch-size", type=positive_int, default=8192, help="sequences per network call")
-    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the bands")
+    e.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the bands")
     add_device(e)
     e.add_argument("--out", default=None, help="output folder (default RUN/icl_eval)")
     e.set_defaults(func=cmd_icl_eval)

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ditlab.cliargs import DeprecatedAlias, add_data, add_device, positive_int, require_data
+from ditlab.cliargs import DeprecatedAlias, add_checkpoint, add_data, add_device, positive_int, require_data
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES, PATH_NEEDS
 
@@ -70,13 +70,13 @@ def cmd_lift_errors(args) -> int:
     from ditlab.runs import load_run
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, device=device)
+    run = load_run(args.run_dir, device=device, which=args.weights, checkpoint=args.checkpoint)
     grid = args.levels or run.cfg.lift.dp_grid
     steps = args.steps or run.cfg.sample.steps
     data = require_data(args, "held-out images the error grid is measured on")
     errors, npz, png = lift_node_errors(run, args.run_dir, data, grid, args.num, args.batch_size, args.seed,
                                         device, steps, args.out)
-    print(json.dumps({"errors": str(npz), "heatmap": str(png), "grid": grid, "images": errors.num_images}))
+    print(json.dumps({"errors": str(npz), "heatmap": str(png), "levels": grid, "images": errors.num_images}))
     return 0
 
 
@@ -112,6 +112,7 @@ def add_cli(subparsers):
     e.add_argument("--steps", type=positive_int, default=None, help="step budget of the paths drawn (default sample.steps)")
     e.add_argument("--batch-size", type=positive_int, default=256, help="images per network batch")
     e.add_argument("--seed", type=int, default=0, help="seed of the noise draws (shared by every node)")
+    add_checkpoint(e)
     e.add_argument("--out", default=None, help="heat map PNG (default RUN/lift_errors.png)")
     e.add_argument("--png", dest="out", action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
     add_device(e)
