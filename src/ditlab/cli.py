@@ -55,6 +55,8 @@ def default_samples_path(run, settings, seed: int) -> Path:
     """RUN/samples/CHECKPOINT_SAMPLERSTEPS_cfgW[_PATH]_seedK.npz: inside the run, one name per setting."""
     path = f"_{settings.path.replace(':', '')}" if settings.path else ""
     name = f"{run.checkpoint.name.removesuffix('.safetensors')}_{settings.sampler}{settings.steps}_cfg{settings.cfg_scale:g}"
+    if settings.cond_scale != 1.0:
+        name += f"_cs{settings.cond_scale:g}"
     return run.run_dir / "samples" / f"{name}{path}_seed{seed}.npz"
 
 
@@ -77,7 +79,8 @@ def _sample(args, info) -> int:
     eta = args.eta if args.eta is not None else (s.eta if sampler == "ddim" else 0.0)
     path = args.path or (run.cfg.lift.sample_path if run.kind == "lift" else None)
     settings = settings_of(s, sampler=sampler, steps=args.steps, cfg_scale=args.cfg, eta=eta, path=path,
-                           cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None)
+                           cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
+                           cond_scale=args.cond_scale)
     check_settings(settings, run.task)  # before any data is read
     if args.grid and not hasattr(run.task, "preview_figure"):
         raise ValueError(f"--grid: a task.kind={run.kind} run has no picture of its samples")
@@ -196,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cfg-interval", type=finite_float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="guide only where the noise-to-signal ratio sigma/alpha is in (LO, HI], e.g. 0.28 5.42 "
                         "(default: the run's sample.cfg_interval, else every step)")
+    s.add_argument("--cond-scale", type=finite_float, default=1.0, metavar="W",
+                   help="superres runs: strength of the condition pathway, apart from CFG (1 = as trained; e.g. 0.8 "
+                        "or 0.5 against posterior collapse; 0 = the unconditional pathway; docs/superres.md)")
     s.add_argument("--eta", type=finite_float, default=None,
                    help="DDIM eta, --sampler ddim only (0 deterministic, 1 = DDPM posterior; default sample.eta)")
     s.add_argument("--seed", type=int, default=0, help="sample i's noise depends only on (seed, i)")

@@ -83,6 +83,17 @@ class TaskConfig:
     cond_mode: Literal["real", "dummy"] = "real"
     dummy_prob: float = 0.15
     dummy_kind: Literal["noise", "zeros"] = "noise"
+    # superres: how the low-resolution condition reaches the target (note 002, strategy 3; docs/superres.md).
+    # tokens: today's condition tokens concatenated in self-attention; cross: the condition's patch tokens
+    # are a context set the target cross-attends to; branch: ControlNet-style copy of the first
+    # branch_blocks blocks (0 = depth // 2) added to the main blocks through zero-initialised linears;
+    # adaln: a pooled condition embedding added to the adaLN conditioning.
+    cond_injection: Literal["tokens", "cross", "branch", "adaln"] = "tokens"
+    # Blocks that receive the condition (cross / branch / adaln): "all", "middle" (the middle third) or
+    # "A:B" (blocks A .. B-1). With tokens only "all" is accepted: the condition tokens are part of every
+    # block's self-attention sequence.
+    cond_blocks: str = "all"
+    branch_blocks: int = 0
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -42,6 +43,12 @@ def check_settings(settings: SampleSettings, task) -> None:
     if settings.cfg_scale != 1.0 and not task.can_guide:
         raise ValueError("classifier-free guidance (--cfg other than 1) needs a conditional model "
                          "(class-conditional, a condition stream or a context set)")
+    cond_scale = getattr(settings, "cond_scale", 1.0)
+    if not (math.isfinite(cond_scale) and cond_scale >= 0):
+        raise ValueError(f"--cond-scale must be a finite number >= 0, got {cond_scale}")
+    if cond_scale != 1.0 and not getattr(task, "has_cond_pathway", False):
+        raise ValueError(f"--cond-scale {cond_scale:g}: this run has no condition pathway to scale (it applies to "
+                         "task.kind=superres runs with a real condition)")
 
 
 @torch.no_grad()

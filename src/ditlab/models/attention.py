@@ -12,7 +12,7 @@ Two public repos' failure modes this module is built to avoid:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,29 @@ def check_mask(mask: torch.Tensor, batch: int, num_queries: int, num_keys: int, 
         raise ValueError(f"{name} must have shape (B, M) or (B, N, M), got {tuple(mask.shape)}")
     if tuple(mask.shape) != expected:
         raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {expected}")
+
+
+class AttnBias(NamedTuple):
+    """A boolean mask plus a float additive bias on the attention logits, passed as ``mask``.
+
+    ``bias``: (B, M) per key or (B, N, M), finite or -inf (-inf = masked: it joins the boolean mask, so the
+    "no fully masked row reaches SDPA" guarantee holds). ``mask``: as any mask here, or None.
+    Used for the condition strength of token injection (ditlab.models.control, ``--cond-scale``).
+    """
+
+    mask: Optional[torch.Tensor]
+    bias: torch.Tensor
+
+
+def check_bias(bias: torch.Tensor, batch: int, num_queries: int, num_keys: int) -> None:
+    if not bias.dtype.is_floating_point:
+        raise TypeError(f"attention bias must be a float tensor, got dtype {bias.dtype}")
+    expected = (batch, num_keys) if bias.dim() == 2 else (batch, num_queries, num_keys)
+    if tuple(bias.shape) != expected:
+        raise ValueError(f"attention bias has shape {tuple(bias.shape)}, expected ({batch}, {num_keys}) or "
+                         f"({batch}, {num_queries}, {num_keys})")
+    if bool((bias.isnan() | (bias == float("inf"))).any()):
+        raise ValueError("attention bias must be finite or -inf (masked); it holds NaN or +inf")
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -127,15 +150,30 @@ class Attention(nn.Module):
 
         attn_mask = None
         query_alive = None  # (B, N) queries with at least one visible key
+        bias = None
+        if isinstance(mask, AttnBias):  # a float logit bias beside the boolean mask
+            mask, bias = mask
+            check_bias(bias, B, N, k.shape[2])
+            bias = bias if bias.dim() == 3 else bias[:, None, :]  # (B, 1 or N, M)
+            visible = bias > float("-inf")
+            if mask is not None:
+                check_mask(mask, B, N, k.shape[2], name="cross-attention mask" if self.is_cross else "attention mask")
+                mask = (mask if mask.dim() == 3 else mask[:, None, :]) & visible
+            else:
+                mask = visible
+            bias = torch.where(visible, bias, 0.0)
         if mask is not None:
             M = k.shape[2]
-            check_mask(mask, B, N, M, name="cross-attention mask" if self.is_cross else "attention mask")
+            if bias is None:  # (with a bias, the mask was checked above and combined with the bias's -inf)
+                check_mask(mask, B, N, M, name="cross-attention mask" if self.is_cross else "attention mask")
             if mask.dim() == 2:
                 mask = mask[:, None, :]  # (B, 1, M): broadcast over queries
             query_alive = mask.any(dim=-1)  # (B, 1) or (B, N)
             # A query with no visible key attends everywhere (finite on every backend) and is zeroed below.
             mask = mask | ~query_alive[..., None]
             attn_mask = mask[:, None]  # (B, 1, N or 1, M): broadcast over heads
+            if bias is not None:  # additive: the bias where visible, -inf elsewhere (never a whole row)
+                attn_mask = torch.where(attn_mask, bias[:, None].to(q.dtype), float("-inf"))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, N, hd)

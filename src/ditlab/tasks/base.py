@@ -60,11 +60,13 @@ class SampleSettings:
     cfg_interval: Optional[tuple[float, float]] = None  # guide only where sigma/alpha is in (lo, hi]
     eta: float = 0.0  # DDIM only
     path: Optional[str] = None  # a multi-stream task's path through its streams' noise levels (LIFT)
+    # Strength of the condition pathway (--cond-scale; superres, ditlab.models.control), apart from CFG.
+    cond_scale: float = 1.0
 
     def describe(self) -> dict:
         return {"sampler": self.sampler, "steps": self.steps, "cfg": self.cfg_scale,
                 "cfg_interval": list(self.cfg_interval) if self.cfg_interval else None, "eta": self.eta,
-                "path": self.path}
+                "path": self.path, "cond_scale": self.cond_scale}
 
 
 class TrainData(Protocol):

@@ -10,6 +10,11 @@ every new part still learns from step one:
   new 3 (shift, scale, gate of the cross-attention) zero. The zero *gate* silences the pathway while
   the gate itself gets a gradient (from the random pathway's output); zeroing the pathway's weights
   as well would leave gate and weights with zero gradient for ever.
+- a condition pathway of ditlab.models.control (task.cond_injection cross / branch / adaln): the
+  condition's patch embedding (``cond_embed``, ``cond_pool``) keeps its fresh initialisation behind
+  the zero gate / zero last layer / zero linears (``branch_out``); the ControlNet branch
+  (``branch_blocks.N``) starts as a copy of the loaded main blocks ``blocks.N`` (fresh where the loaded
+  block does not fit). So the model's output at step 0 is the loaded model's.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import torch
 from ditlab.train.checkpoint import load_weights
 
 # Missing parameters under these names keep their fresh initialisation (see the module docstring).
-_FRESH_INIT = (".cross_attn.", ".norm_cross.", "null_context")
+_FRESH_INIT = (".cross_attn.", ".norm_cross.", "null_context", ".cond_embed.", ".cond_pool.", ".branch_out.",
+               ".branch_blocks.")
 
 
 def _widened_adaln(name: str, loaded: torch.Tensor, own: torch.Tensor) -> bool:
@@ -42,8 +48,15 @@ def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
                                                 strict=False)
     missing = [k for k in missing if k not in widened]
     params = dict(model.named_parameters())
-    fresh, zeroed = [], []
+    fresh, zeroed, copied = [], [], []
     with torch.no_grad():
+        for name in list(missing):  # the ControlNet branch: a trainable copy of the loaded main blocks
+            if name.startswith("branch_blocks.") and name in params:
+                src = "blocks." + name.removeprefix("branch_blocks.")
+                if src in weights and weights[src].shape == params[name].shape:
+                    params[name].copy_(weights[src].to(params[name].dtype))
+                    copied.append(name)
+        missing = [k for k in missing if k not in copied]
         for name in widened:
             p, old = params[name], weights[name].to(params[name].dtype)
             p.zero_()
@@ -59,7 +72,11 @@ def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
     print(f"ditlab: initialised from {source} ({which} weights): {len(weights) - len(unexpected)} tensors loaded"
           f"{f'; widened (old rows kept, new rows zero): {sorted(widened)}' if widened else ''}; "
           f"new, zero-initialised: {sorted(zeroed) or 'none'}"
-          f"{f'; new, freshly initialised behind a zero gate: {sorted(fresh)}' if fresh else ''}; "
+          f"{f'; new, freshly initialised behind a zero gate: {sorted(fresh)}' if fresh else ''}"
+          f"{f'; branch copied from the main blocks: {len(copied)} tensors' if copied else ''}; "
           f"not used: {sorted(unexpected) or 'none'}", flush=True)
-    return {"missing": sorted(missing), "unexpected": sorted(unexpected), "widened": sorted(widened),
-            "fresh": sorted(fresh)}
+    report = {"missing": sorted(missing), "unexpected": sorted(unexpected), "widened": sorted(widened),
+              "fresh": sorted(fresh)}
+    if copied:
+        report["copied"] = sorted(copied)
+    return report

@@ -140,6 +140,13 @@ def test_diagnose_collapse_cli(tmp_path, capsys):
     assert len(report["settings"]) == 4 and report["residual_energy"] > 0
     assert (tmp_path / "diag" / "collapse.png").exists()
     assert (tmp_path / "diag" / "collapse_cfg2.0_noise0.3.png").exists()
+    assert {r["cond_scale"] for r in report["settings"]} == {1.0}
+    assert main(["diagnose", "collapse", str(run), "--data", str(data), "--conditions", "2", "--num-seeds", "2",
+                 "--cfg", "1.0", "--cond-scale", "1.0", "0.5", "--steps", "2", "--sampler", "euler",
+                 "--device", "cpu", "--out", str(tmp_path / "diag2")]) == 0
+    report = json.loads((tmp_path / "diag2" / "collapse.json").read_text())
+    assert [r["cond_scale"] for r in report["settings"]] == [1.0, 0.5]
+    assert (tmp_path / "diag2" / "collapse_cfg1.0_noise0.0_cs0.5.png").exists()
 
 
 def test_two_stage_init_from_an_unconditional_run(tmp_path, capsys):

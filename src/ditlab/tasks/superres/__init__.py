@@ -11,7 +11,7 @@ def _train_data(cfg, progress):
 def _model(cfg, info):
     from ditlab.tasks.superres.model import build_superres_model
 
-    return build_superres_model(cfg.model, info["image_size"], info["channels"], cfg.task.factor)
+    return build_superres_model(cfg.model, info["image_size"], info["channels"], cfg.task.factor, cfg.task)
 
 
 def _task(cfg, model, objective, training):
@@ -20,4 +20,5 @@ def _task(cfg, model, objective, training):
     return SuperResTask(model, objective, cfg.task, cfg.model.label_dropout if training else 0.0)
 
 
-KIND = TaskKind("superres", _train_data, _model, _task)
+KIND = TaskKind("superres", _train_data, _model, _task,
+                shape_keys=("task.cond_injection", "task.cond_blocks", "task.branch_blocks"))

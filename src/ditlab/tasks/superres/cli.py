@@ -78,6 +78,11 @@ def cmd_diagnose_collapse(args) -> int:
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device, kind="superres", command="`ditlab diagnose collapse`",
                    checkpoint=args.checkpoint)
+    bad = [w for w in args.cond_scale if w < 0]
+    if bad:
+        raise ValueError(f"--cond-scale must be >= 0, got {bad[0]:g}")
+    if any(w != 1.0 for w in args.cond_scale) and not run.task.has_cond_pathway:
+        raise ValueError("--cond-scale: this run has no condition pathway to scale (task.cond_mode=dummy)")
     originals = condition_images(data, run.info["image_size"], args.conditions)
     features = None
     net_path = inception_path(args)
@@ -90,7 +95,7 @@ def cmd_diagnose_collapse(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = collapse_sweep(run, originals, args.num_seeds, args.cfg, args.cond_noise, out, sampler=args.sampler,
                             steps=args.steps, seed=args.seed, device=device, autocast_dtype=sampling_autocast(device),
-                            features=features, threshold=args.threshold)
+                            features=features, threshold=args.threshold, cond_scales=args.cond_scale)
     print(json.dumps(report["verdict"]))
     return 0
 
@@ -117,6 +122,8 @@ def add_cli(sub) -> None:
     dc.add_argument("--cfg", type=finite_float, nargs="+", default=[1.0, 2.0, 4.0], help="CFG scales to sweep")
     dc.add_argument("--cond-noise", type=finite_float, nargs="+", default=[0.0],
                     help="condition noise levels to sweep (task.cond_noise_sample)")
+    dc.add_argument("--cond-scale", type=finite_float, nargs="+", default=[1.0], metavar="W",
+                    help="condition strengths to sweep (as `ditlab sample --cond-scale`, e.g. 1 0.8 0.5)")
     dc.add_argument("--sampler", choices=SAMPLER_CHOICES, default="heun", help="the sampler of every setting")
     dc.add_argument("--steps", type=positive_int, default=25, help="sampler steps")
     dc.add_argument("--threshold", type=finite_float, default=0.1,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
+from ditlab.models.control import ConditionedDiT
+from ditlab.models.dit import DiT, StreamSpec, parse_arch
 
 TARGET, COND = "image", "lowres"
 
@@ -20,8 +21,22 @@ def superres_streams(image_size: int, channels: int, arch: str, factor: int) -> 
             StreamSpec(TARGET, channels, image_size, patch)]
 
 
-def build_superres_model(model_cfg, image_size: int, channels: int, factor: int) -> DiT:
-    return build_dit(model_cfg, superres_streams(image_size, channels, model_cfg.arch, factor))
+def build_superres_model(model_cfg, image_size: int, channels: int, factor: int, task_cfg=None) -> DiT:
+    """The network; ``task_cfg`` (task.cond_injection / cond_blocks / branch_blocks) chooses how the
+    condition reaches the target (ditlab.models.control). The default, tokens, is today's DiT exactly."""
+    injection = getattr(task_cfg, "cond_injection", "tokens")
+    if injection != "tokens" and getattr(task_cfg, "cond_mode", "real") == "dummy":
+        raise ValueError(f"task.cond_mode=dummy (unconditional pretraining in the token layout) needs "
+                         f"task.cond_injection=tokens, got task.cond_injection={injection}; pretrain a "
+                         "task.kind=image run for the other modes")
+    hidden, depth, heads, _ = parse_arch(model_cfg.arch)
+    return ConditionedDiT(
+        superres_streams(image_size, channels, model_cfg.arch, factor), COND, injection,
+        cond_blocks=getattr(task_cfg, "cond_blocks", "all"), branch_blocks=getattr(task_cfg, "branch_blocks", 0),
+        hidden_size=model_cfg.hidden_size or hidden, depth=model_cfg.depth or depth,
+        num_heads=model_cfg.num_heads or heads, mlp_ratio=model_cfg.mlp_ratio, num_classes=model_cfg.num_classes,
+        pos_embed=model_cfg.pos_embed, attn_dropout=model_cfg.attn_dropout, qk_norm=model_cfg.qk_norm,
+        cross_attn_dropout=model_cfg.cross_attn_dropout, output_init=model_cfg.output_init)
 
 
 def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:

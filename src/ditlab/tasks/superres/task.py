@@ -31,8 +31,17 @@ class SuperResTask:
     def __init__(self, model: torch.nn.Module, objective: Objective, task_cfg, label_dropout: float = 0.0):
         self.model, self.objective, self.cfg = model, objective, task_cfg
         self.label_dropout = label_dropout
-        self.specs = {s.name: s for s in unwrap_model(model).streams}
+        net = unwrap_model(model)
+        self.specs = {s.name: s for s in net.streams}
+        if COND not in self.specs:  # cross / branch / adaln: the condition is not a stream of the main path
+            self.specs[COND] = net.cond_spec
         self.num_classes = model_num_classes(model)
+        self.cond_scale = 1.0  # --cond-scale of the current generation (set by start)
+
+    @property
+    def has_cond_pathway(self) -> bool:
+        """Whether --cond-scale means anything: a real condition (not an unconditional cond_mode=dummy run)."""
+        return self.cfg.cond_mode != "dummy"
 
     @property
     def patch_sizes(self) -> dict[str, int]:
@@ -96,6 +105,7 @@ class SuperResTask:
         (B, C, H, W) whose downsampled copies condition the run (so results compare to them). The
         condition is held at noise level task.cond_noise_sample for the whole run."""
         refuse_path(settings, "superres")
+        self.cond_scale = float(getattr(settings, "cond_scale", 1.0))  # read by denoiser (the same batch)
         spec = self.specs[TARGET]
         x_target = rng.randn(spec.channels, spec.size, spec.size)
         if self.cfg.cond_mode == "dummy":  # unconditional generation: the condition stream is masked out
@@ -114,9 +124,12 @@ class SuperResTask:
         """(x, t, drop) for the samplers: ``drop`` nulls the low-resolution stream (and the label, for
         a class-conditional model): guidance on the condition."""
         labels = cond.get("labels")
+        cond_scale = self.cond_scale
 
         def denoise(x, t, drop):
             kwargs = {"stream_drop": {COND: drop}}
+            if cond_scale != 1.0:  # the condition pathway's strength (ditlab.models.control); 1: today's call
+                kwargs["cond_scale"] = cond_scale
             if self.cfg.cond_mode == "dummy":  # an unconditional model: the condition stream is masked out
                 kwargs["token_mask"] = self._no_condition_mask(drop.shape[0], drop.device)
             if self.num_classes:
