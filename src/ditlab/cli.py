@@ -60,6 +60,30 @@ def default_samples_path(run, settings, seed: int) -> Path:
     return run.run_dir / "samples" / f"{name}{path}_seed{seed}.npz"
 
 
+def _split_contexts(values):
+    """--context values -> (the unnamed set's FILE or None, ((NAME, FILE), ...) or None)."""
+    plain, named = [], []
+    for v in values or []:
+        name, sep, path = v.partition("=")
+        if sep and name.isidentifier():
+            if name in dict(named):
+                raise ValueError(f"--context {v}: the set {name!r} is given twice")
+            named.append((name, path))
+        else:
+            plain.append(v)
+    if len(plain) > 1:
+        raise ValueError(f"--context given {len(plain)} unnamed files {plain}; name the others (--context NAME=FILE)")
+    return (plain[0] if plain else None), (tuple(named) or None)
+
+
+def _cfg_context(text: str) -> tuple[str, float]:
+    name, sep, w = text.partition("=")
+    try:
+        return name, float(w) if sep and name else float("x")
+    except ValueError:
+        raise ValueError(f"--cfg-context {text!r}: expected NAME=W, e.g. target=3") from None
+
+
 def _sample(args, info) -> int:
     import torch
     from tqdm import tqdm
@@ -81,10 +105,15 @@ def _sample(args, info) -> int:
     settings = settings_of(s, sampler=sampler, steps=args.steps, cfg_scale=args.cfg, eta=eta, path=path,
                            cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
                            cond_scale=args.cond_scale)
+    context, contexts = _split_contexts(args.context)
+    if args.cfg_context:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, cfg_context=tuple(_cfg_context(v) for v in args.cfg_context))
     check_settings(settings, run.task)  # before any data is read
     if args.grid and not hasattr(run.task, "preview_figure"):
         raise ValueError(f"--grid: a task.kind={run.kind} run has no picture of its samples")
-    inputs = SampleInputs(data=args.data, context=args.context, lo_run=args.lo_run, seed=args.seed, settings=settings,
+    inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run, seed=args.seed, settings=settings,
                           batch_size=args.batch_size, fp32=args.fp32)
     conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num)
     out_path = Path(args.out) if args.out else default_samples_path(run, settings, args.seed)
@@ -113,7 +142,8 @@ def _sample(args, info) -> int:
         meta = {"task": run.kind, "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "weights": args.weights,
                 "seed": args.seed, "num": args.num, **settings.describe(),
                 "factor": run.cfg.task.factor if run.kind in ("superres", "lift") else None,
-                "data": args.data, "context": args.context, "lo_run": args.lo_run}
+                "data": args.data, "context": context, "lo_run": args.lo_run,
+                **({"contexts": dict(contexts)} if contexts else {})}
         out = save_samples(out_path, run.task, outputs, meta)  # atomic
     except KeyboardInterrupt:
         print(f"\nditlab: interrupted after all {sum(done)} samples of this process were generated, before "
@@ -220,9 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(s, "superres runs and LIFT's --path lo-oracle: high-resolution images whose downsampled copies condition "
                 "the samples; with --num below the set's size, a seeded subset spread over the whole set (all "
                 "classes), the one `ditlab psnr` pairs the samples with", old=("--cond",))
-    s.add_argument("--context", default=None,
+    s.add_argument("--context", default=None, action="append", metavar="[NAME=]FILE",
                    help="image runs trained with data.context_path: a context file whose rows 0..N-1 condition samples "
-                        "0..N-1 (and give their labels, if it has 'labels'); --cfg drops context and label together")
+                        "0..N-1 (and give their labels, if it has 'labels'); --cfg drops context and label together. "
+                        "NAME=FILE (repeatable): the named set NAME of data.contexts (docs/context_sets.md)")
+    s.add_argument("--cfg-context", default=None, action="append", metavar="NAME=W",
+                   help="compositional guidance on one context set (repeatable; e.g. scene runs: scene=2 target=3): "
+                        "eps = eps(null) + W (eps(c) - eps(null)) + sum_i (W_i - 1) (eps(c) - eps(c without set i)), "
+                        "W = --cfg (docs/context_sets.md)")
     s.add_argument("--lo-run", default=None, metavar="RUN_LO",
                    help="LIFT's --path cascade: a task.kind=image run at the low resolution (the LIFT run's size / "
                         "task.factor) generates the low resolution, which the LIFT run then holds clean "

@@ -7,9 +7,31 @@ types with the dotted key and a did-you-mean suggestion.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from ditlab.configlib import load_config as _load_config
+
+
+@dataclass
+class ContextSetConfig:
+    # One named context set of model.contexts (docs/context_sets.md, "Several context sets"): its own
+    # cross-attention, adaLN shift / scale / gate and learned null in each block it is injected into.
+    name: str = ""  # a Python identifier other than "all" (the unnamed set is data.context_path / the scene)
+    # Width of its tokens; None: from the data (RUN/model.json), like the unnamed set's context_dim.
+    dim: Optional[int] = None
+    cross_attn_dropout: float = 0.0  # dropout on this set's cross-attention weights (training only)
+    # Probability of replacing this set alone by its own learned null in training (for --cfg-context), drawn
+    # independently of the other sets and of task.cond_dropout (which drops everything together).
+    cfg_dropout: float = 0.0
+    # Blocks it is injected into: "all", "middle" (the middle third: depth // 3 .. depth - depth // 3) or "A:B".
+    blocks: str = "all"
+
+
+@dataclass
+class ContextFileConfig:
+    # A named context file of data.contexts: the set `name` of model.contexts reads its rows from `path`.
+    name: str = ""
+    path: str = ""
 
 
 @dataclass
@@ -38,6 +60,10 @@ class ModelConfig:
     num_classes: int = 0
     # Probability of replacing the label with the null label during training (CFG dropout).
     label_dropout: float = 0.1
+    # Named context sets beside the unnamed one (data.context_path, the scene's point cloud), each with its
+    # own cross-attention per block (ContextSetConfig). E.g. [{name: text, cfg_dropout: 0.1, blocks: middle}].
+    # Empty: today's single set (or none). Their data: data.contexts (image), scene.describe_target (scene).
+    contexts: tuple[ContextSetConfig, ...] = ()
 
 
 @dataclass
@@ -115,6 +141,9 @@ class DataConfig:
     # encoder; format in ditlab.data.context_sets and docs/context_sets.md) the model cross-attends to.
     # Its width D becomes the model's context_dim (RUN/model.json). Empty: no context set.
     context_path: str = ""
+    # task.kind=image: several named context files, "name=path" strings or {name, path} mappings, one per set
+    # of model.contexts (a set without an entry there gets the defaults); next to context_path (unnamed).
+    contexts: tuple[Union[str, ContextFileConfig], ...] = ()
     # Held-out images of the evaluation during training (train.eval_every; loss, fid, psnr, collapse of
     # image-like kinds). Empty: a fixed seeded subset of the training images (ditlab.data.subset).
     eval_path: str = ""
@@ -149,6 +178,10 @@ class SceneConfig:
     fourier_bands: int = 6
     # Coverage metric: a surface sample counts as covered with a generated point within this radius.
     coverage_radius: float = 0.05
+    # A second context set named "target": a few tokens describing the target object (its primitive kind and
+    # size parameters, drawn with the scene), beside the scene's point cloud. Configure it (cfg_dropout,
+    # blocks, ...) with a model.contexts entry named "target"; sample with --cfg-context scene=W target=W.
+    describe_target: bool = False
 
 
 @dataclass

@@ -43,6 +43,12 @@ def check_settings(settings: SampleSettings, task) -> None:
     if settings.cfg_scale != 1.0 and not task.can_guide:
         raise ValueError("classifier-free guidance (--cfg other than 1) needs a conditional model "
                          "(class-conditional, a condition stream or a context set)")
+    sets = tuple(getattr(task, "context_sets", ()))
+    for name, w in settings.cfg_context:
+        if name not in sets:
+            raise ValueError(f"--cfg-context {name}={w:g}: this run's context sets are {list(sets) or 'none'}")
+        if not abs(w) < float("inf"):  # NaN, inf
+            raise ValueError(f"--cfg-context {name}={w}: the scale must be finite")
     cond_scale = getattr(settings, "cond_scale", 1.0)
     if not (math.isfinite(cond_scale) and cond_scale >= 0):
         raise ValueError(f"--cond-scale must be a finite number >= 0, got {cond_scale}")
@@ -65,7 +71,8 @@ def generate_batch(task, model: torch.nn.Module, indices: torch.Tensor, seed: in
     x, path = task.start(rng, settings, cond)
     # Per stream: a stream may follow its own schedule (LIFT's shifted low resolution).
     schedules = {name: task.objective.schedule_of(name) for name in path.streams}
-    denoiser = guided(task.denoiser(model, cond), settings.cfg_scale, settings.cfg_interval, schedules)
+    denoiser = guided(task.denoiser(model, cond), settings.cfg_scale, settings.cfg_interval, schedules,
+                      context_scales=dict(settings.cfg_context) or None)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
         out = sample(denoiser, x, path, schedules, rng, method=settings.sampler, eta=settings.eta)

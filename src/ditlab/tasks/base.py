@@ -30,6 +30,12 @@ Generation side (driven by :func:`ditlab.generation.generate`, the one loop for 
   denoiser signature: ``drop`` (B,) bool asks for the unconditional model (classifier-free
   guidance, ditlab.diffusion.guidance, may call it with a doubled batch of 2B rows: conditions are
   repeated to match). ``task.can_guide`` says whether the drop means anything.
+  With several context sets ``drop`` may instead be a dict of (B,) bool flags, ``{"all": ..., NAME: ...}``:
+  "all" drops every condition (label, every context set, condition streams: the (B,) tensor's meaning),
+  NAME drops that context set alone to its own learned null; a condition is dropped when "all" or its
+  own flag says so (``ditlab.diffusion.guidance.drop_flags``). Compositional guidance
+  (``SampleSettings.cfg_context``, ``--cfg-context NAME=W``) sends such dicts to tasks whose
+  ``task.context_sets`` (the public names of their sets) lists the names; no other task receives one.
 - ``task.decode(streams, cond)`` -> the task's outputs for the batch: a dict of CPU tensors with
   the sample first (uint8 images, points in world coordinates, sampled y values...).
 - ``task.npz_arrays(outputs)`` -> the arrays of the samples ``.npz`` (the task's file layout);
@@ -47,7 +53,8 @@ from ditlab.diffusion.noise import PerSampleRNG
 from ditlab.diffusion.paths import TimePath
 
 Conditions = dict[str, torch.Tensor]  # per-sample generation inputs, the sample first
-CondDenoiser = Callable[[dict, dict, torch.Tensor], dict]  # (x, t, drop) -> {stream: (x0_hat, eps_hat)}
+# (x, t, drop) -> {stream: (x0_hat, eps_hat)}; drop: (B,) bool or {"all" | set name: (B,) bool} (docstring)
+CondDenoiser = Callable[[dict, dict, "torch.Tensor | dict[str, torch.Tensor]"], dict]
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class SampleSettings:
     steps: int = 50
     cfg_scale: float = 1.0
     cfg_interval: Optional[tuple[float, float]] = None  # guide only where sigma/alpha is in (lo, hi]
+    # Compositional guidance per context set, ((name, W_i), ...) (--cfg-context NAME=W; the formula is in
+    # ditlab.diffusion.guidance); names are the task's ``context_sets``.
+    cfg_context: tuple[tuple[str, float], ...] = ()
     eta: float = 0.0  # DDIM only
     path: Optional[str] = None  # a multi-stream task's path through its streams' noise levels (LIFT)
     # Strength of the condition pathway (--cond-scale; superres, ditlab.models.control), apart from CFG.
@@ -65,6 +75,7 @@ class SampleSettings:
 
     def describe(self) -> dict:
         return {"sampler": self.sampler, "steps": self.steps, "cfg": self.cfg_scale,
+                **({"cfg_context": dict(self.cfg_context)} if self.cfg_context else {}),
                 "cfg_interval": list(self.cfg_interval) if self.cfg_interval else None, "eta": self.eta,
                 "path": self.path, "cond_scale": self.cond_scale}
 
@@ -131,6 +142,7 @@ class SampleInputs:
 
     data: Optional[str] = None  # a data set: condition images (superres, LIFT lo-oracle)
     context: Optional[str] = None  # a context file (image runs trained with data.context_path)
+    contexts: Optional[tuple[tuple[str, str], ...]] = None  # named context files ((NAME, FILE), ...): data.contexts
     lo_run: Optional[str] = None  # a single-scale run at the low resolution: LIFT --path cascade generates with it
     # How ``ditlab sample`` draws the samples (its --seed, sampler settings, --batch-size, --fp32; not inputs
     # of their own, never refused): an input that is itself generated, the cascade's low resolution, is
@@ -141,8 +153,9 @@ class SampleInputs:
     fp32: bool = False
 
 
-FLAG_OF = {"data": "--data", "context": "--context", "path": "--path", "lo_run": "--lo-run"}
-INPUTS = ("data", "context", "lo_run")  # the SampleInputs fields that are inputs (refuse_inputs checks them)
+FLAG_OF = {"data": "--data", "context": "--context", "contexts": "--context NAME=FILE", "path": "--path",
+           "lo_run": "--lo-run"}
+INPUTS = ("data", "context", "contexts", "lo_run")  # the SampleInputs fields that are inputs (refuse_inputs checks them)
 
 
 def refuse_inputs(kind: str, inputs: SampleInputs, allowed: tuple[str, ...], why: str = "") -> None:

@@ -10,16 +10,22 @@ def _train_data(cfg, progress):
 
 
 def _model(cfg, info):
+    from ditlab.models.dit import ContextSpec, context_specs_of
     from ditlab.tasks.image.model import build_image_model
 
-    return build_image_model(cfg.model, info["image_size"], info["channels"], info.get("context_dim"))
+    # Named sets (data.contexts): model.contexts entries, or the defaults for a file without an entry.
+    dims = info.get("contexts") or {}
+    listed = {cs.name: cs for cs in context_specs_of(cfg.model, dims)}
+    specs = [listed.get(n) or ContextSpec(n, d) for n, d in dims.items()]  # in data.contexts order
+    return build_image_model(cfg.model, info["image_size"], info["channels"], info.get("context_dim"), specs or None)
 
 
 def _task(cfg, model, objective, training):
     from ditlab.tasks.image.task import ImageTask
 
+    set_dropout = {cs.name: cs.cfg_dropout if training else 0.0 for cs in cfg.model.contexts}
     return ImageTask(model, objective, cfg.model.label_dropout if training else 0.0,
-                     cfg.task.cond_dropout if training else 0.0)
+                     cfg.task.cond_dropout if training else 0.0, set_dropout)
 
 
-KIND = TaskKind("image", _train_data, _model, _task)
+KIND = TaskKind("image", _train_data, _model, _task, shape_keys=("model.contexts", "data.contexts"))

@@ -10,12 +10,13 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
     """Conditions of ``ditlab sample`` for samples 0..num-1 of an image run: with a context set, rows
     0..num-1 of ``--context FILE`` and, for a class-conditional model, the file's ``labels`` when it
     has them (otherwise sample i keeps class i mod K)."""
-    refuse_inputs("image", inputs, ("context",), ": it generates images from noise (superres runs take --data)")
+    refuse_inputs("image", inputs, ("context", "contexts"), ": it generates images from noise (superres runs take --data)")
+    named = named_sample_conditions(run, inputs, num)
     dim = run.info.get("context_dim")
     if inputs.context is None:
         if dim is not None:
             raise ValueError("this run cross-attends to a context set: pass --context FILE (row i conditions sample i)")
-        return {}
+        return named
     path = inputs.context
     if dim is None:
         raise ValueError(f"--context {path}: this run was trained without a context set (data.context_path)")
@@ -34,6 +35,31 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
             raise ValueError(f"key 'labels' of context file {path} holds label {int(rows.labels.max())}, but the "
                              f"model has {num_classes} classes")
         cond["labels"] = rows.labels
+    return {**cond, **named}
+
+
+def named_sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+    """Rows 0..num-1 of each ``--context NAME=FILE``, one per named set of the run (data.contexts)."""
+    from ditlab.data.context_sets import load_context_file
+    from ditlab.tasks.image.task import named_keys
+
+    dims = run.info.get("contexts") or {}
+    given = dict(inputs.contexts or ())
+    for name in given:
+        if name not in dims:
+            raise ValueError(f"--context {name}=...: this run's named context sets are {list(dims) or 'none'}")
+    cond = {}
+    for name, dim in dims.items():
+        if name not in given:
+            raise ValueError(f"this run cross-attends to the context set {name!r}: pass --context {name}=FILE")
+        ctx = load_context_file(given[name])
+        ctx.check_dim(dim, f"the run's set {name!r} (contexts in model.json)")
+        if len(ctx) < num:
+            raise ValueError(f"key 'embeddings' of context file {given[name]} has shape {tuple(ctx.embeddings.shape)}: "
+                             f"{len(ctx)} rows, fewer than --num {num}")
+        rows = ctx.rows(slice(0, num))
+        k, km = named_keys(name)
+        cond[k], cond[km] = rows.embeddings, rows.mask
     return cond
 
 

@@ -3,7 +3,8 @@
 Shared by the image and super-resolution tasks. The whole data set moves to the device once, so
 the step has no loader; a batch is a gather, the conversion to [-1, 1] and the optional flip.
 With a context set (data.context_path, image task only) its rows, aligned to the images, live on the
-device too and a batch gathers them with the same indices.
+device too and a batch gathers them with the same indices. Named context sets (data.contexts) likewise,
+in batch keys ``context__NAME`` and ``context_mask__NAME`` (named_keys).
 """
 from __future__ import annotations
 
@@ -14,11 +15,38 @@ import torch
 from ditlab.data import load_image_data
 from ditlab.data.context_sets import ContextSet, align_to_images, load_context_file
 from ditlab.data.dataset import ImageData
-from ditlab.tasks.image.task import to_model_range
+from ditlab.tasks.image.task import named_keys, to_model_range
+
+
+def context_files(cfg) -> list[tuple[str, str]]:
+    """data.contexts as [(name, path)]: "name=path" strings or {name, path} mappings, checked against
+    model.contexts (each file needs a set of that name, each set a file)."""
+    out = []
+    for entry in cfg.data.contexts:
+        if isinstance(entry, str):
+            name, sep, path = entry.partition("=")
+            if not sep:
+                raise ValueError(f"data.contexts: {entry!r} is not NAME=PATH (or a mapping with name and path)")
+        else:
+            name, path = entry.name, entry.path
+        if not name.isidentifier() or name in ("all", "context"):
+            raise ValueError(f"data.contexts: set name {name!r} must be a Python identifier other than 'all' "
+                             "and 'context' (the unnamed set of data.context_path)")
+        if not path:
+            raise ValueError(f"data.contexts: set {name!r} has no path")
+        if name in dict(out):
+            raise ValueError(f"data.contexts: set {name!r} given twice")
+        out.append((name, path))
+    sets = [cs.name for cs in cfg.model.contexts]
+    for name in sets:
+        if name not in dict(out):
+            raise ValueError(f"model.contexts names the set {name!r}, but data.contexts gives it no file")
+    return out
 
 
 class ImageTrainData:
-    def __init__(self, data: ImageData, hflip: bool, context: Optional[ContextSet] = None):
+    def __init__(self, data: ImageData, hflip: bool, context: Optional[ContextSet] = None,
+                 named: Optional[dict[str, ContextSet]] = None):
         _, channels, height, width = data.images.shape
         if height != width:
             raise ValueError(f"images of {data.source} are {height}x{width}; set data.image_size to train on square crops")
@@ -36,11 +64,21 @@ class ImageTrainData:
                                  "images; align it with ditlab.data.context_sets.align_to_images")
             self.context, self.context_mask = context.embeddings, context.mask
             self.info.update(context_dim=context.dim, context_source=context.source)
+        self.named_sets = dict(named or {})  # CPU copies, row i = image i
+        self.named = {}  # name -> (embeddings, mask) on the device
+        for name, cs in self.named_sets.items():
+            if len(cs) != self.num_examples:
+                raise ValueError(f"context set {name!r} ({cs.source}) has {len(cs)} rows for {self.num_examples} images")
+            self.named[name] = (cs.embeddings, cs.mask)
+        if self.named_sets:
+            self.info.update(contexts={n: cs.dim for n, cs in self.named_sets.items()},
+                             contexts_source={n: cs.source for n, cs in self.named_sets.items()})
 
     def to(self, device: torch.device) -> "ImageTrainData":
         self.images, self.labels = self.data.images.to(device), self.data.labels.to(device)
         if self.context_set is not None:
             self.context, self.context_mask = self.context_set.embeddings.to(device), self.context_set.mask.to(device)
+        self.named = {n: (cs.embeddings.to(device), cs.mask.to(device)) for n, cs in self.named_sets.items()}
         return self
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -51,6 +89,9 @@ class ImageTrainData:
         out = {"images": x, "labels": self.labels[idx]}
         if self.context is not None:  # a device gather like the images': no host sync
             out.update(context=self.context[idx].float(), context_mask=self.context_mask[idx])
+        for name, (emb, mask) in self.named.items():
+            k, km = named_keys(name)
+            out[k], out[km] = emb[idx].float(), mask[idx]
         return out
 
 
@@ -65,6 +106,11 @@ def load_image_train_data(cfg, progress: bool = True, allow_context: bool = Fals
             raise ValueError(f"data.context_path is set, but task.kind={cfg.task.kind} does not cross-attend to "
                              "a context set (task.kind=image does)")
         context = load_context_file(cfg.data.context_path)  # checked before the (slow) image decoding
+    files = context_files(cfg) if (cfg.data.contexts or cfg.model.contexts) else []
+    if files and not allow_context:
+        raise ValueError(f"data.contexts is set, but task.kind={cfg.task.kind} does not cross-attend to context "
+                         "sets (task.kind=image does)")
+    named = {name: load_context_file(path) for name, path in files}
     data = load_image_data(cfg.data.path, cfg.data.image_size, cfg.data.on_bad_image, cfg.data.root,
                            progress=progress)
     n = cfg.model.num_classes
@@ -77,4 +123,5 @@ def load_image_train_data(cfg, progress: bool = True, allow_context: bool = Fals
         raise ValueError(f"the data set has {data.num_classes} classes but model.num_classes={n}")
     if context is not None:
         context = align_to_images(context, data.names, data.source)
-    return ImageTrainData(data, cfg.data.hflip, context)
+    named = {name: align_to_images(cs, data.names, data.source) for name, cs in named.items()}
+    return ImageTrainData(data, cfg.data.hflip, context, named)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ditlab.models.dit import DiT, StreamSpec, build_dit, parse_arch
+from ditlab.models.dit import ContextSpec, DiT, StreamSpec, build_dit, parse_arch
 from ditlab.models.wrappers import unwrap_model
 
 STREAM = "image"
@@ -18,9 +18,11 @@ def image_stream(image_size: int, channels: int, arch: str, name: str = STREAM) 
     return StreamSpec(name, channels, image_size, patch)
 
 
-def build_image_model(model_cfg, image_size: int, channels: int = 3, context_dim: Optional[int] = None) -> DiT:
-    """``context_dim``: width of the context set's embeddings (None: no cross-attention)."""
-    return build_dit(model_cfg, [image_stream(image_size, channels, model_cfg.arch)], context_dim)
+def build_image_model(model_cfg, image_size: int, channels: int = 3, context_dim: Optional[int] = None,
+                      contexts: Optional[list[ContextSpec]] = None) -> DiT:
+    """``context_dim``: width of the context set's embeddings (None: no cross-attention); ``contexts``:
+    named sets (data.contexts + model.contexts)."""
+    return build_dit(model_cfg, [image_stream(image_size, channels, model_cfg.arch)], context_dim, contexts)
 
 
 def model_num_classes(model: torch.nn.Module) -> int:

@@ -8,6 +8,11 @@ the unconditional pass of guidance drops both: so that pass is the model trained
 samples. A row with no real token is given the learned null context as well (one meaning of "no
 context" for the model, see ditlab.data.context_sets).
 
+Named context sets (data.contexts, model.contexts): each its own cross-attention and null. task.cond_dropout
+drops every set and the label together (the unconditional pass of --cfg); each named set is also dropped
+alone with its model.contexts cfg_dropout (drawn after the one-set draws, so one-set runs keep their random
+numbers), which trains the passes of --cfg-context NAME=W. The unnamed set's public name is "context".
+
 The helpers above the class (labels, pixel ranges, the images' .npz layout) serve every task whose
 outputs are images (superres, lift).
 """
@@ -18,12 +23,20 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ditlab.diffusion.guidance import drop_flags
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path
 from ditlab.imageio import to_uint8
 from ditlab.models.wrappers import unwrap_model
 from ditlab.tasks.base import Conditions, SampleSettings
 from ditlab.tasks.image.model import STREAM, model_num_classes
+
+UNNAMED = "context"  # the public name (--cfg-context) of the unnamed set (data.context_path)
+
+
+def named_keys(name: str) -> tuple[str, str]:
+    """Batch / condition keys of the named context set ``name``: (embeddings, mask)."""
+    return f"context__{name}", f"context_mask__{name}"
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -83,7 +96,7 @@ class ImageTask:
     kind = "image"
 
     def __init__(self, model: torch.nn.Module, objective: Objective, label_dropout: float = 0.0,
-                 context_dropout: float = 0.0):
+                 context_dropout: float = 0.0, set_dropout: Optional[dict[str, float]] = None):
         self.model = model
         self.objective = objective
         self.label_dropout = label_dropout
@@ -91,6 +104,17 @@ class ImageTask:
         self.spec = unwrap_model(model).streams[0]
         self.num_classes = model_num_classes(model)
         self.context_dim = unwrap_model(model).context_dim  # None: no context set
+        self.named_sets = list(unwrap_model(model).context_specs)  # named sets (data.contexts)
+        self.set_dropout = {n: (set_dropout or {}).get(n, 0.0) for n in self.named_sets}
+
+    @property
+    def has_context(self) -> bool:
+        return self.context_dim is not None or bool(self.named_sets)
+
+    @property
+    def context_sets(self) -> tuple[str, ...]:
+        """Names of the context sets for --cfg-context."""
+        return ((UNNAMED,) if self.context_dim is not None else ()) + tuple(self.named_sets)
 
     @property
     def patch_sizes(self) -> dict[str, int]:
@@ -98,7 +122,7 @@ class ImageTask:
 
     @property
     def can_guide(self) -> bool:
-        return self.num_classes > 0 or self.context_dim is not None
+        return self.num_classes > 0 or self.has_context
 
     # ---- training -------------------------------------------------------------------------------
     def training_loss(
@@ -112,12 +136,16 @@ class ImageTask:
         context: Optional[torch.Tensor] = None,  # (B, M, D) with a context set
         context_mask: Optional[torch.Tensor] = None,  # (B, M) bool, True = real token
         context_drop: Optional[torch.Tensor] = None,  # (B,) bool: the learned null context instead
+        named: Optional[dict] = None,  # name -> (embeddings, mask, drop flags) of the named sets
     ) -> torch.Tensor:
         """Per-sample loss (B,)."""
         labels = labels if self.num_classes else None
         kwargs = {}
         if self.context_dim is not None:
             kwargs = dict(context=context, context_mask=context_mask, context_drop=context_drop)
+        if named:
+            kwargs["contexts"] = {n: (e, m) for n, (e, m, _) in named.items()}
+            kwargs["context_drop"] = {"": context_drop, **{n: d for n, (_, _, d) in named.items()}}
 
         def net(x_t, t_):
             return self.model(x_t, t_, labels=labels, label_drop=label_drop if self.num_classes else None, **kwargs)
@@ -126,8 +154,8 @@ class ImageTask:
         return self.objective.loss(net, {STREAM: images}, {STREAM: t}, {STREAM: noise}, self.patch_sizes, mask)
 
     def loss_on_batch(self, images: torch.Tensor, labels: Optional[torch.Tensor],
-                      context: Optional[torch.Tensor] = None, context_mask: Optional[torch.Tensor] = None
-                      ) -> torch.Tensor:
+                      context: Optional[torch.Tensor] = None, context_mask: Optional[torch.Tensor] = None,
+                      **named_sets: torch.Tensor) -> torch.Tensor:
         """Per-sample loss (B,) with noise levels, noise, label dropout and context dropout drawn from
         torch's global RNG (in this order, which resumed runs rely on)."""
         B = images.shape[0]
@@ -143,16 +171,36 @@ class ImageTask:
             if label_drop is not None:
                 label_drop = label_drop | drop_both
             context_drop = context_drop_flags(drop_both, context_mask)
+        named = None
+        if self.named_sets:
+            if self.context_dim is None:  # drawn here when there is no unnamed set (same order otherwise)
+                drop_both = torch.rand(B, device=images.device) < self.context_dropout
+                if label_drop is not None:
+                    label_drop = label_drop | drop_both
+            named = {}
+            for name in self.named_sets:  # each set alone, after the one-set draws
+                k, km = named_keys(name)
+                if k not in named_sets or km not in named_sets:
+                    raise ValueError(f"this model cross-attends to the context set {name!r}: the batch needs {k}, {km}")
+                alone = torch.rand(B, device=images.device) < self.set_dropout[name]
+                named[name] = (named_sets[k], named_sets[km], context_drop_flags(drop_both | alone, named_sets[km]))
         return self.training_loss(images, labels, label_drop, t, noise, context=context, context_mask=context_mask,
-                                  context_drop=context_drop)
+                                  context_drop=context_drop, named=named)
 
     def preview_conditions(self, data, num: int) -> Conditions:
         """With a context set: the contexts (and labels) of the first training images."""
-        if self.context_dim is None:
+        if not self.has_context:
             return {}
-        num = min(num, len(data.context_set))
-        first = data.context_set.rows(slice(0, num))
-        cond = {"context": first.embeddings, "context_mask": first.mask}
+        sets = ([data.context_set] if self.context_dim is not None else []) + [data.named_sets[n] for n in self.named_sets]
+        num = min(num, len(sets[0]))
+        cond = {}
+        if self.context_dim is not None:
+            first = data.context_set.rows(slice(0, num))
+            cond = {"context": first.embeddings, "context_mask": first.mask}
+        for name in self.named_sets:
+            rows = data.named_sets[name].rows(slice(0, num))
+            k, km = named_keys(name)
+            cond[k], cond[km] = rows.embeddings, rows.mask
         if self.num_classes:
             cond["labels"] = data.data.labels[:num]
         return cond
@@ -167,6 +215,10 @@ class ImageTask:
                              "(ditlab sample --context FILE)")
         if self.context_dim is None and "context" in given:
             raise ValueError("a context set was given, but this model was trained without one")
+        for name in self.named_sets:
+            if named_keys(name)[0] not in given:
+                raise ValueError(f"this model cross-attends to the context set {name!r}: pass one "
+                                 f"(ditlab sample --context {name}=FILE)")
         return with_default_labels(indices, given, self.num_classes)
 
     def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
@@ -184,13 +236,25 @@ class ImageTask:
         if self.context_dim is not None:
             context = (cond["context"].float(), cond["context_mask"])
 
+        named = {n: (cond[named_keys(n)[0]].float(), cond[named_keys(n)[1]]) for n in self.named_sets}
+
         def denoise(x, t, drop):
+            # drop: (B,) every condition, or a dict (ditlab.diffusion.guidance.drop_flags): "all", "context", NAME
+            every = drop_flags(drop)
+            B = every.shape[0]
             kwargs = {}
             if self.num_classes:
-                kwargs = dict(labels=repeat_labels(labels, drop.shape[0]), label_drop=drop)
+                kwargs = dict(labels=repeat_labels(labels, B), label_drop=every)
             if context is not None:
-                embeddings, mask = repeat_context(*context, drop.shape[0])
-                kwargs.update(context=embeddings, context_mask=mask, context_drop=context_drop_flags(drop, mask))
+                embeddings, mask = repeat_context(*context, B)
+                kwargs.update(context=embeddings, context_mask=mask,
+                              context_drop=context_drop_flags(drop_flags(drop, UNNAMED), mask))
+            if named:
+                sets, drops = {}, {"": kwargs.get("context_drop")}
+                for n, (e, m) in named.items():
+                    e, m = repeat_context(e, m, B)
+                    sets[n], drops[n] = (e, m), context_drop_flags(drop_flags(drop, n), m)
+                kwargs.update(contexts=sets, context_drop=drops)
             return self.objective.denoised(model(x, t, **kwargs), x, t, self.patch_sizes)
 
         return denoise

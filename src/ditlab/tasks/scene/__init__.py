@@ -15,11 +15,14 @@ def _model(cfg, info):
 
 
 def _task(cfg, model, objective, training):
+    from ditlab.tasks.scene.model import describe_set_config
     from ditlab.tasks.scene.task import SceneTask
 
+    entry = describe_set_config(cfg)  # the description's own CFG dropout (default task.cond_dropout)
+    describe_dropout = entry.cfg_dropout if entry is not None else cfg.task.cond_dropout
     return SceneTask(model, objective, cfg.task.cond_dropout if training else 0.0, cfg.scene.coord_scale,
-                     cfg.scene.frame)
+                     cfg.scene.frame, describe_dropout if training else 0.0)
 
 
 KIND = TaskKind("scene", _train_data, _model, _task,
-                shape_keys=("scene.num_target_points", "scene.fourier_bands"))
+                shape_keys=("scene.num_target_points", "scene.fourier_bands", "scene.describe_target", "model.contexts"))

@@ -19,7 +19,8 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
 
     refuse_inputs("scene", inputs, (), ": its scenes are drawn from the run's scene settings (scene.eval_seed)")
     scenes = load_eval_scenes(run.cfg.scene, num, pool=1)
-    return {"features": scenes.features, "mask": scenes.mask}
+    cond = scenes.conditions()
+    return cond if run.info.get("describe_target") else {"features": cond["features"], "mask": cond["mask"]}
 
 
 def cmd_scene_eval(args) -> int:

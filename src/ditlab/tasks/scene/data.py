@@ -13,7 +13,25 @@ from dataclasses import dataclass
 
 import torch
 
-from ditlab.tasks.scene.scenes import Primitive, collate, make_scene
+from ditlab.tasks.scene.scenes import KINDS, Primitive, collate, make_scene
+
+DESCRIBE_TOKENS = 4  # kind + up to 3 size parameters (box: hx, hy, hz)
+
+
+def describe_targets(targets: list[Primitive]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target descriptions (scene.describe_target): (N, 4, 2) rows of (slot, value) and their mask
+    (N, 4). Token 0 = (kind id in KINDS, 0), token j = (j, size parameter j - 1): a sphere has 2 real
+    tokens, a cylinder 3, a box 4 (ditlab.models.point_set.DescriptionEmbed). A function of the target
+    drawn with the scene, so it takes no random numbers: scene sets stay as they were."""
+    desc = torch.zeros(len(targets), DESCRIBE_TOKENS, 2)
+    mask = torch.zeros(len(targets), DESCRIBE_TOKENS, dtype=torch.bool)
+    for i, prim in enumerate(targets):
+        n = len(prim.params)
+        desc[i, 0, 0] = KINDS.index(prim.kind)
+        desc[i, 1:n + 1, 0] = torch.arange(1, n + 1, dtype=torch.float32)
+        desc[i, 1:n + 1, 1] = prim.params.float()
+        mask[i, :n + 1] = True
+    return desc, mask
 
 
 @dataclass
@@ -25,6 +43,17 @@ class SceneSet:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def describe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4, 2) target descriptions and their (N, 4) mask (describe_targets)."""
+        return describe_targets(self.targets)
+
+    def conditions(self, num: int | None = None) -> dict[str, torch.Tensor]:
+        """Generation conditions of the first ``num`` scenes: the scene and its target description (used by
+        models trained with scene.describe_target, ignored by the others)."""
+        num = len(self) if num is None else num
+        desc, dmask = describe_targets(self.targets[:num])
+        return {"features": self.features[:num], "mask": self.mask[:num], "describe": desc, "describe_mask": dmask}
 
 
 def check_scene_config(scene_cfg) -> None:
@@ -68,27 +97,37 @@ def draw_from_pool(surface: torch.Tensor, k: int) -> torch.Tensor:
 class SceneTrainData:
     """The TrainData of task.kind=scene (see ditlab.tasks.base)."""
 
-    def __init__(self, scenes: SceneSet, num_target_points: int):
+    def __init__(self, scenes: SceneSet, num_target_points: int, describe: bool = False):
         self.scenes = scenes  # CPU copy: preview scenes
         self.k = num_target_points
         self.features, self.mask, self.surface = scenes.features, scenes.mask, scenes.surface
         self.num_examples = len(scenes)
         self.info = {"num_target_points": num_target_points, "context_channels": scenes.features.shape[-1],
                      "max_points": scenes.features.shape[1], "num_scenes": len(scenes)}
+        self.describe = self.describe_mask = None
+        if describe:  # the second context set: the target's description (scene.describe_target)
+            self.describe, self.describe_mask = scenes.describe()
+            self.info.update(describe_target=True, describe_tokens=DESCRIBE_TOKENS, describe_kinds=len(KINDS))
 
     def to(self, device: torch.device) -> "SceneTrainData":
         self.features, self.mask, self.surface = (t.to(device) for t in (self.scenes.features, self.scenes.mask,
                                                                           self.scenes.surface))
+        if self.describe is not None:
+            self.describe, self.describe_mask = self.describe.to(device), self.describe_mask.to(device)
         return self
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"features": self.features[idx], "mask": self.mask[idx],
-                "target_points": draw_from_pool(self.surface[idx], self.k)}
+        out = {"features": self.features[idx], "mask": self.mask[idx],
+               "target_points": draw_from_pool(self.surface[idx], self.k)}
+        if self.describe is not None:
+            out.update(describe=self.describe[idx], describe_mask=self.describe_mask[idx])
+        return out
 
 
 def load_scene_train_data(cfg, progress: bool = True) -> SceneTrainData:
     s = cfg.scene
-    return SceneTrainData(make_scene_set(s, s.num_scenes, s.seed, s.target_pool), s.num_target_points)
+    return SceneTrainData(make_scene_set(s, s.num_scenes, s.seed, s.target_pool), s.num_target_points,
+                          describe=s.describe_target)
 
 
 def load_eval_scenes(scene_cfg, num: int, pool: int) -> SceneSet:

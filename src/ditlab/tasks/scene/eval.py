@@ -62,7 +62,8 @@ def generate_for_scenes(task, model, scenes: SceneSet, seed: int, sampler: str, 
                         batch_size: int, device) -> torch.Tensor:
     """The model's K points for every scene, in batches; scene i uses noise (seed, i) whatever the batch."""
     settings = SampleSettings(sampler=sampler, steps=steps, cfg_scale=cfg_scale)
-    out = generate(task, model, len(scenes), seed, settings, {"features": scenes.features, "mask": scenes.mask},
+    out = generate(task, model, len(scenes), seed, settings, scenes.conditions() if getattr(task, "describe", False)
+                   else {"features": scenes.features, "mask": scenes.mask},
                    batch_size=batch_size, device=device)
     return out["points"]
 

@@ -11,17 +11,24 @@ Coordinates (scene.frame): the world frame, or a frame centred on the marked poi
 their RMS radius. The second is the usual object-centric normalisation of point-cloud models: it
 takes the object's location and overall size from the input, so the network spends its capacity on
 the surface itself, which it still learns only through cross-attention to the scene.
+
+With scene.describe_target a second context set, "target", describes the target (its kind and size
+parameters, a few tokens; ditlab.tasks.scene.data.describe_targets). Each set has its own mask and its
+own null; in training the scene is dropped with probability task.cond_dropout and, independently, the
+description with its model.contexts entry's cfg_dropout (default task.cond_dropout), so the model sees
+all four combinations and compositional guidance (--cfg-context scene=W target=W) has trained passes.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ditlab.diffusion.guidance import drop_flags
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path
 from ditlab.models.wrappers import unwrap_model
 from ditlab.tasks.base import Conditions, SampleSettings
-from ditlab.tasks.scene.model import STREAM
+from ditlab.tasks.scene.model import DESCRIBE_SET, SCENE_SET, STREAM
 
 
 def target_frame(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +57,7 @@ class SceneTask:
     num_classes = 0
 
     def __init__(self, model: torch.nn.Module, objective: Objective, cond_dropout: float = 0.0,
-                 coord_scale: float = 1.0, frame: str = "world"):
+                 coord_scale: float = 1.0, frame: str = "world", describe_dropout: float | None = None):
         if coord_scale <= 0:
             raise ValueError(f"scene.coord_scale must be positive, got {coord_scale}")
         if frame not in ("world", "target"):
@@ -59,6 +66,13 @@ class SceneTask:
         self.cond_dropout = cond_dropout
         self.coord_scale, self.frame = coord_scale, frame
         self.spec = unwrap_model(model).streams[0]
+        self.describe = getattr(unwrap_model(model), "describe_set", None) is not None
+        self.describe_dropout = cond_dropout if describe_dropout is None else describe_dropout
+
+    @property
+    def context_sets(self) -> tuple[str, ...]:
+        """Names of the context sets for --cfg-context."""
+        return (SCENE_SET, DESCRIBE_SET) if self.describe else (SCENE_SET,)
 
     def _model_frame(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(origin (B, 1, 3), unit (B, 1, 1)) with model coordinates = (world - origin) / unit."""
@@ -73,7 +87,8 @@ class SceneTask:
         """Scene features in model coordinates: xyz moved and scaled, the other channels unchanged."""
         return torch.cat([(features[..., :3] - origin) / unit, features[..., 3:]], dim=-1)
 
-    def loss_on_batch(self, features: torch.Tensor, mask: torch.Tensor, target_points: torch.Tensor) -> torch.Tensor:
+    def loss_on_batch(self, features: torch.Tensor, mask: torch.Tensor, target_points: torch.Tensor,
+                      describe: torch.Tensor | None = None, describe_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample loss (B,): features (B, P, F), mask (B, P), target_points (B, K, 3).
 
         Noise levels, noise and context dropout come from torch's global RNG, in this order (resume
@@ -84,11 +99,18 @@ class SceneTask:
         t = self.objective.schedule.sample_time((B,), device)
         noise = torch.randn_like(target_points)
         drop = torch.rand(B, device=device) < self.cond_dropout
+        kwargs = {}
+        if self.describe:  # drawn after the one-set draws: one-set runs keep their random numbers
+            if describe is None or describe_mask is None:
+                raise ValueError("this scene model has a target description: the batch needs describe, describe_mask")
+            describe_drop = torch.rand(B, device=device) < self.describe_dropout
+            kwargs = dict(describe=describe, describe_mask=describe_mask)
+            drop = {"": drop, DESCRIBE_SET: describe_drop}
         origin, unit = self._model_frame(features, mask)
         context = self._scene_in_frame(features, origin, unit)
 
         def net(x_t, t_):
-            return self.model(x_t, t_, context=context, context_mask=mask, context_drop=drop)
+            return self.model(x_t, t_, context=context, context_mask=mask, context_drop=drop, **kwargs)
 
         x0 = {STREAM: (target_points - origin) / unit}
         return self.objective.loss(net, x0, {STREAM: t}, {STREAM: noise}, self.patch_sizes)
@@ -97,6 +119,9 @@ class SceneTask:
     def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
         if "features" not in given or "mask" not in given:
             raise ValueError("scene sampling needs scenes: conditions 'features' (B, P, F) and 'mask' (B, P)")
+        if self.describe and ("describe" not in given or "describe_mask" not in given):
+            raise ValueError("this scene model has a target description: conditions 'describe' (B, L, 2) and "
+                             "'describe_mask' (B, L) (SceneSet.conditions)")
         return given
 
     def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
@@ -112,8 +137,15 @@ class SceneTask:
         features = self._scene_in_frame(features, *self._model_frame(features, mask))
 
         def denoise(x, t, drop):
-            ctx, ctx_mask = repeat_context(features, mask, drop.shape[0])
-            return self.objective.denoised(model(x, t, context=ctx, context_mask=ctx_mask, context_drop=drop),
+            # drop: (B,) every set, or a dict (ditlab.diffusion.guidance.drop_flags): "scene", "target", "all"
+            scene_drop = drop_flags(drop, SCENE_SET)
+            ctx, ctx_mask = repeat_context(features, mask, scene_drop.shape[0])
+            kwargs = {"context_drop": scene_drop}
+            if self.describe:
+                desc, desc_mask = repeat_context(cond["describe"], cond["describe_mask"], scene_drop.shape[0])
+                kwargs = dict(describe=desc, describe_mask=desc_mask,
+                              context_drop={"": scene_drop, DESCRIBE_SET: drop_flags(drop, DESCRIBE_SET)})
+            return self.objective.denoised(model(x, t, context=ctx, context_mask=ctx_mask, **kwargs),
                                            x, t, self.patch_sizes)
 
         return denoise
@@ -131,7 +163,8 @@ class SceneTask:
     def preview_conditions(self, data, num: int) -> Conditions:
         """The first training scenes."""
         num = min(num, 6)
-        return {"features": data.scenes.features[:num], "mask": data.scenes.mask[:num]}
+        cond = data.scenes.conditions(num)
+        return cond if self.describe else {"features": cond["features"], "mask": cond["mask"]}
 
     def preview_figure(self, outputs: dict, conditions: Conditions):
         """A figure of the scenes with generated (red) vs the target (blue) points."""
