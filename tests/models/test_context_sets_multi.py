@@ -253,3 +253,24 @@ def test_guidance_with_all_weights_one_is_the_conditional_model():
     out = guided(denoiser, 1.0, context_scales={"A": 1.0})(x, t)["s"]
     torch.testing.assert_close(out[1], exact(x["s"], 1, 1, 1)[1])
     assert isinstance(calls[0], torch.Tensor) and not calls[0].any()
+
+
+def test_init_from_a_one_set_run_adds_a_named_set_with_zero_effect_that_learns(tmp_path):
+    from ditlab.train.checkpoint import save_checkpoint
+    from ditlab.train.init_from import init_from
+
+    specs = [StreamSpec("image", 3, 8, 2)]
+    torch.manual_seed(0)
+    old = _perturb(DiT(specs, hidden_size=32, depth=2, num_heads=2, context_dim=5))
+    save_checkpoint(tmp_path / "stage1", 1, old, ema=old)
+    torch.manual_seed(7)
+    new = DiT(specs, hidden_size=32, depth=2, num_heads=2, context_dim=5, contexts=[ContextSpec("text", 6)])
+    report = init_from(new, str(tmp_path / "stage1"))
+    assert any(".cross_sets.text.attn." in k for k in report["fresh"])
+    new.eval()
+    x, t, ctx, sets = _inputs()
+    torch.testing.assert_close(new(x, t, context=ctx, contexts={"text": sets["text"]})["image"],
+                               old(x, t, context=ctx)["image"])
+    new.train()
+    new(x, t, context=ctx, contexts={"text": sets["text"]})["image"].square().sum().backward()
+    assert new.blocks[0].cross_sets["text"].adaLN.weight.grad.abs().sum() > 0  # the gate learns

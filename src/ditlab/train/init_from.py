@@ -24,7 +24,7 @@ from ditlab.train.checkpoint import load_weights
 
 # Missing parameters under these names keep their fresh initialisation (see the module docstring).
 _FRESH_INIT = (".cross_attn.", ".norm_cross.", "null_context", ".cond_embed.", ".cond_pool.", ".branch_out.",
-               ".branch_blocks.")
+               ".branch_blocks.", ".cross_sets.")  # .cross_sets.: a new named context set (its adaLN starts zero)
 
 
 def _widened_adaln(name: str, loaded: torch.Tensor, own: torch.Tensor) -> bool:
