@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ditlab.cliargs import add_device, positive_int
+from ditlab.cliargs import SAMPLER_CHOICES, add_checkpoint, add_device, finite_float, non_negative_int, positive_int
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -31,7 +31,8 @@ def cmd_scene_eval(args) -> int:
     from ditlab.tasks.scene.scenes import surface_distance
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, device=device, kind="scene", command="`ditlab scene eval`")
+    run = load_run(args.run_dir, device=device, kind="scene", command="`ditlab scene eval`",
+                   which=args.weights, checkpoint=args.checkpoint)
     s = run.cfg.sample
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     cfg_scale = s.cfg_scale if args.cfg is None else args.cfg
@@ -60,14 +61,15 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     e = ssub.add_parser("eval", help="distance and coverage of generated points on held-out scenes, vs baselines")
     e.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     e.add_argument("--scenes", type=positive_int, default=None, help="held-out scenes (default: the run's scene.eval_scenes)")
-    e.add_argument("--cfg", type=float, default=None, help="guidance scale on the scene (default: sample.cfg_scale)")
-    e.add_argument("--sampler", choices=["ddpm", "ddim", "euler", "heun"], default=None,
+    e.add_argument("--cfg", type=finite_float, default=None, help="guidance scale on the scene (default: sample.cfg_scale)")
+    e.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="default: the run's sample.sampler")
     e.add_argument("--steps", type=positive_int, default=None, help="default: the run's sample.steps")
     e.add_argument("--seed", type=int, default=0, help="noise and baseline seed")
     e.add_argument("--batch-size", type=positive_int, default=128, help="scenes per network batch")
     e.add_argument("--no-unconditional", action="store_true", help="skip the null-context model baseline")
-    e.add_argument("--figure-scenes", type=int, default=6, help="scenes drawn in scenes.png (0: no figure)")
+    e.add_argument("--figure-scenes", type=non_negative_int, default=6, help="scenes drawn in scenes.png (0: no figure)")
+    add_checkpoint(e)
     add_device(e)
     e.add_argument("--out", default=None, help="output folder for eval.json and scenes.png (default RUN/scene_eval)")
     e.set_defaults(func=cmd_scene_eval)

@@ -2,6 +2,7 @@
 conditions of `ditlab sample RUN --data DATASET`."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def add_cli(sub) -> None:
     dc.add_argument("--conditions", type=positive_int, default=8, help="M conditions (grid rows)")
     dc.add_argument("--num-seeds", type=positive_int, default=8, help="K noise draws per condition (grid columns)")
     dc.add_argument("--seeds", dest="num_seeds", type=positive_int, action=DeprecatedAlias, new="--num-seeds",
-                    help="deprecated: --num-seeds")
+                    help=argparse.SUPPRESS)
     dc.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     dc.add_argument("--cfg", type=finite_float, nargs="+", default=[1.0, 2.0, 4.0], help="CFG scales to sweep")
     dc.add_argument("--cond-noise", type=finite_float, nargs="+", default=[0.0],
