@@ -25,19 +25,27 @@ def resolve_config_path(name: str | None) -> str | None:
 
 
 def cmd_train(args) -> int:
-    from ditlab.config import load_config
-    from ditlab.train.trainer import Trainer
+    import gc
 
+    from ditlab.config import load_config
     from ditlab.train.distributed import shutdown
+    from ditlab.train.trainer import Trainer
 
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+    info, code = trainer.dist, None
     try:
         code = trainer.run()
     finally:
-        shutdown(trainer.dist)
-    if code == 0 and trainer.dist.is_main:
-        print(f"ditlab: finished at step {trainer.step}; run directory {trainer.run_dir}")
+        step, run_dir = trainer.step, trainer.run_dir
+        # DDP holds the process group: free it now, not in the interpreter's teardown, where a gloo
+        # group's worker threads still joinable at exit abort the process ("terminate called without
+        # an active exception", SIGABRT on a rank that had finished).
+        del trainer
+        gc.collect()
+        shutdown(info, sync=code is not None)
+    if code == 0 and info.is_main:
+        print(f"ditlab: finished at step {step}; run directory {run_dir}")
     return code
 
 

@@ -83,8 +83,12 @@ def rank_device(info: DistInfo, device: str, setting: str = "train.device") -> t
     return local_device(info, device) or resolve_device(device, setting=setting)
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, sync: bool = False) -> None:
+    """Leave the process group. ``sync``: wait for every rank first (a run that ended normally), so
+    that no rank tears its connections down while another still finishes its last collectives."""
     if info.enabled and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 
