@@ -11,15 +11,7 @@ from ditlab.experiments.ablation import AblationRunner, check_variants, order_va
 from ditlab.experiments.ablation_spec import load_ablation
 
 from tests.eval.helpers import save_scripted
-from tests.experiments.test_ablation import SmallStandIn
-
-TINY = """\
-model: {arch: DiT-S/2, hidden_size: 32, depth: 1, num_heads: 2, num_classes: 0}
-diffusion: {process: flow, prediction: velocity}
-lift: {dp_grid: 2}
-train: {batch_size: 4, device: cpu, log_every: 1, sample_every: 0, ckpt_every: 1000}
-sample: {cfg_scale: 1.0}
-"""
+from tests.experiments.test_ablation import TINY, SmallStandIn  # the same tiny base config
 
 SPEC = """\
 config: tiny.yaml
