@@ -109,7 +109,7 @@ def _sample(args, info) -> int:
     s = run.cfg.sample
     sampler = args.sampler or s.sampler
     eta = args.eta if args.eta is not None else (s.eta if sampler == "ddim" else 0.0)
-    path = args.path or (run.cfg.lift.sample_path if run.kind == "lift" else None)
+    path = args.path  # None: the run's own (LIFT: lift.sample_path, recorded through task.sample_meta)
     settings = settings_of(s, sampler=sampler, steps=args.steps, cfg_scale=args.cfg, eta=eta, path=path,
                            cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
                            cond_scale=args.cond_scale)
@@ -149,7 +149,7 @@ def _sample(args, info) -> int:
             outputs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         meta = {"task": run.kind, "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "weights": args.weights,
                 "seed": args.seed, "num": args.num, **settings.describe(),
-                "factor": run.cfg.task.factor if run.kind in ("superres", "lift") else None,
+                "factor": None, **run.task.sample_meta(settings),
                 "data": args.data, "context": context, "lo_run": args.lo_run,
                 **({"contexts": dict(contexts)} if contexts else {})}
         out = save_samples(out_path, run.task, outputs, meta)  # atomic

@@ -39,7 +39,9 @@ Generation side (driven by :func:`ditlab.generation.generate`, the one loop for 
 - ``task.decode(streams, cond)`` -> the task's outputs for the batch: a dict of CPU tensors with
   the sample first (uint8 images, points in world coordinates, sampled y values...).
 - ``task.npz_arrays(outputs)`` -> the arrays of the samples ``.npz`` (the task's file layout);
-  :func:`ditlab.generation.save_samples` adds the metadata every consumer checks.
+  :func:`ditlab.generation.save_samples` adds the metadata every consumer checks, with
+  ``task.sample_meta(settings)``: the kind's own facts about its samples (superres and LIFT: the
+  downsampling factor; LIFT: the path actually walked), ``{}`` for most kinds.
 """
 from __future__ import annotations
 
@@ -110,6 +112,8 @@ class Task(Protocol):
     def decode(self, streams: dict, cond: Conditions) -> dict[str, torch.Tensor]: ...
 
     def npz_arrays(self, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]: ...
+
+    def sample_meta(self, settings: SampleSettings) -> dict: ...
 
 
 @dataclass(frozen=True)

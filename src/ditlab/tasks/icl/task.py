@@ -111,6 +111,10 @@ class ICLDiffusionTask(_ICLTaskBase):
         n_points): query i's draw given the i - 1 earlier pairs and x_i; all in network units."""
         return {k: outputs[k].numpy() for k in ("x", "y", "y_sampled")}
 
+    def sample_meta(self, settings: SampleSettings) -> dict:
+        """Facts of these samples for ditlab_meta (tasks/base.py)."""
+        return {}
+
 
 class ICLDenoiser:
     """The samplers' denoiser of an ICL model: ``denoiser(x, t)``.

@@ -264,3 +264,7 @@ class ImageTask:
 
     def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
         return image_npz_arrays(outputs)
+
+    def sample_meta(self, settings: SampleSettings) -> dict:
+        """Facts of these samples for ditlab_meta (tasks/base.py)."""
+        return {}

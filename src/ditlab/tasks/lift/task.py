@@ -154,6 +154,10 @@ class LiftTask:
     def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
         return image_npz_arrays(outputs)
 
+    def sample_meta(self, settings: SampleSettings) -> dict:
+        """Facts of these samples for ditlab_meta (tasks/base.py)."""
+        return {"factor": self.factor, "path": settings.path or self.path_name}
+
     def preview_conditions(self, data, num: int) -> Conditions:
         return {}
 

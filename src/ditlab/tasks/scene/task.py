@@ -160,6 +160,10 @@ class SceneTask:
         """``points`` (N, K, 3), ``scene_features`` (N, P, F) and ``scene_mask`` (N, P) bool."""
         return {k: outputs[k].numpy() for k in ("points", "scene_features", "scene_mask")}
 
+    def sample_meta(self, settings: SampleSettings) -> dict:
+        """Facts of these samples for ditlab_meta (tasks/base.py)."""
+        return {}
+
     def preview_conditions(self, data, num: int) -> Conditions:
         """The first training scenes."""
         num = min(num, 6)

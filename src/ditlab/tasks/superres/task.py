@@ -144,6 +144,10 @@ class SuperResTask:
     def npz_arrays(self, outputs: dict) -> dict[str, np.ndarray]:
         return image_npz_arrays(outputs)
 
+    def sample_meta(self, settings: SampleSettings) -> dict:
+        """Facts of these samples for ditlab_meta (tasks/base.py)."""
+        return {"factor": self.cfg.factor}
+
 
 def superres_triplets(originals: torch.Tensor, samples: torch.Tensor, factor: int) -> torch.Tensor:
     """uint8 (B, C, H, W) originals and samples -> (3B, C, H, W): low-res input (nearest-upsampled),
