@@ -3,7 +3,11 @@
 ::
 
     ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz [--inception PATH] \
-        [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...]
+        [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...] \
+        [--gpus N | --devices cuda:0,cuda:1,...]
+
+--gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
+(ditlab.experiments.ablation_parallel); the results are the sequential runner's.
 
 Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
 command again: finished work is skipped).
@@ -15,16 +19,23 @@ def cmd_ablate(args) -> int:
     import dataclasses
 
     from ditlab.experiments.ablation import AblationRunner, FidScorer
+    from ditlab.experiments.ablation_parallel import parse_devices, run_parallel
     from ditlab.cliargs import inception_path
     from ditlab.experiments.ablation_spec import load_ablation
 
+    devices = parse_devices(args.gpus, args.devices)  # None: neither flag
     spec = load_ablation(args.ablation)
     if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
         spec = dataclasses.replace(spec, seeds=list(args.seeds))
-    scorer = FidScorer(args.ref, inception_path(args), args.device)
-    runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.data or "",
-                            device=args.device, budget_s=args.budget_s, only=args.only)
-    code = runner.run()
+    if devices is not None and len(devices) > 1:  # one worker process per device
+        code = run_parallel(spec, args.out, args.ref, inception_path(args), devices, overrides=args.set,
+                            errors_data=args.data or "", budget_s=args.budget_s, only=args.only)
+    else:  # one device (--gpus 1, --devices cuda:1): the sequential runner on it
+        device = devices[0] if devices else args.device
+        scorer = FidScorer(args.ref, inception_path(args), device)
+        runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.data or "",
+                                device=device, budget_s=args.budget_s, only=args.only)
+        code = runner.run()
     if code:
         print(f"ditlab ablate: --budget-s {args.budget_s:g} s used up with work left; run the same command again",
               flush=True)
@@ -50,5 +61,10 @@ def add_ablate_parser(subparsers):
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "
                         "and averaged in the tables)")
     add_device(a)
+    a.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="one worker process per GPU (cuda:0..N-1), each training one (variant, seed) at a time "
+                        "and scoring it right after")
+    a.add_argument("--devices", default=None, metavar="LIST",
+                   help="the workers' devices instead of --gpus, e.g. cuda:0,cuda:2 (cpu,cpu: two CPU workers)")
     a.set_defaults(func=cmd_ablate)
     return a
