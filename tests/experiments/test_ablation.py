@@ -46,17 +46,24 @@ variants:
 """
 
 
-@pytest.fixture
-def study(tmp_path, monkeypatch):
+def write_study(tmp_path, monkeypatch, spec: str, size: int):
+    """A study folder: 12 random size x size images (data and FID reference), the tiny base config,
+    the ablation file ``spec`` and the stand-in FID network; the FID cache inside tmp_path.
+    Returns (data, net)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
     data = tmp_path / "d.npz"
-    np.savez(data, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    np.savez(data, images=rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8))
     (tmp_path / "tiny.yaml").write_text(TINY)
-    (tmp_path / "ablation.yaml").write_text(SPEC)
-    net = save_scripted(SmallStandIn(), tmp_path / "standin.pt")
+    (tmp_path / "ablation.yaml").write_text(spec)
+    return data, save_scripted(SmallStandIn(), tmp_path / "standin.pt")
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    data, net = write_study(tmp_path, monkeypatch, SPEC, 8)
     args = ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "out"), "--ref", str(data),
-            "--inception", str(net), "--set", f"data.path={data}", "--errors-data", str(data), "--device", "cpu"]
+            "--inception", str(net), "--set", f"data.path={data}", "--data", str(data), "--device", "cpu"]
     return tmp_path, args
 
 

@@ -10,8 +10,7 @@ from ditlab.configlib import ConfigError
 from ditlab.experiments.ablation import AblationRunner, check_variants, order_variants
 from ditlab.experiments.ablation_spec import load_ablation
 
-from tests.eval.helpers import save_scripted
-from tests.experiments.test_ablation import TINY, SmallStandIn  # the same tiny base config
+from tests.experiments.test_ablation import TINY, write_study  # the same tiny base config
 
 SPEC = """\
 config: tiny.yaml
@@ -64,13 +63,7 @@ def test_lo_variant_trains_first_and_bad_files_are_named(tmp_path):
 
 
 def test_cascade_ablation_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    data = tmp_path / "d.npz"
-    np.savez(data, images=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    (tmp_path / "ablation.yaml").write_text(SPEC)
-    net = save_scripted(SmallStandIn(), tmp_path / "standin.pt")
+    data, net = write_study(tmp_path, monkeypatch, SPEC, 16)
     out = tmp_path / "out"
     args = ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--ref", str(data), "--inception",
             str(net), "--set", f"data.path={data}", "--device", "cpu"]

@@ -2,15 +2,13 @@
 worker killed mid-unit has its unit re-run, and bad --gpus / --devices flags are one-line errors."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from ditlab.cli import main
 from ditlab.experiments.ablation_parallel import KILL_ENV
 
-from tests.eval.helpers import save_scripted
-from tests.experiments.test_ablation import TINY, SmallStandIn
+from tests.experiments.test_ablation import write_study
 
 # a single-scale variant, a LIFT one with an error grid, and a cascade waiting for its lo_variant's run
 SPEC = """\
@@ -29,13 +27,7 @@ TIMING = ("sample_seconds", "train_seconds")
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    data = tmp_path / "d.npz"
-    np.savez(data, images=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    (tmp_path / "ablation.yaml").write_text(SPEC)
-    net = save_scripted(SmallStandIn(), tmp_path / "standin.pt")
+    data, net = write_study(tmp_path, monkeypatch, SPEC, 16)
 
     def args(out):
         return ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / out), "--ref", str(data),
