@@ -78,14 +78,12 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_data(parser, help: str, required: bool = False, old: tuple[str, ...] = ()) -> None:
-    """``--data DATASET`` (and deprecated aliases ``old``)."""
-    parser.add_argument("--data", default=None, required=False, metavar="DATASET",
+def add_data(parser, help: str, old: tuple[str, ...] = ()) -> None:
+    """``--data DATASET`` (and deprecated aliases ``old``); commands that need it call require_data."""
+    parser.add_argument("--data", default=None, metavar="DATASET",
                         help=help + " (an image folder, .zip, .npz or torchvision:NAME[:SPLIT])")
     for name in old:
         parser.add_argument(name, dest="data", action=DeprecatedAlias, new="--data", help=argparse.SUPPRESS)
-    if required:
-        parser.set_defaults(_required_data=True)
 
 
 def require_data(args, what: str) -> str:

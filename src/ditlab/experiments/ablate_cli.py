@@ -20,7 +20,6 @@ def cmd_ablate(args) -> int:
 
     from ditlab.experiments.ablation import AblationRunner, FidScorer
     from ditlab.experiments.ablation_parallel import parse_devices, run_parallel
-    from ditlab.cliargs import inception_path
     from ditlab.experiments.ablation_spec import load_ablation
 
     devices = parse_devices(args.gpus, args.devices)  # None: neither flag
@@ -28,11 +27,11 @@ def cmd_ablate(args) -> int:
     if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
         spec = dataclasses.replace(spec, seeds=list(args.seeds))
     if devices is not None and len(devices) > 1:  # one worker process per device
-        code = run_parallel(spec, args.out, args.ref, inception_path(args), devices, overrides=args.set,
+        code = run_parallel(spec, args.out, args.ref, args.inception, devices, overrides=args.set,
                             errors_data=args.data or "", budget_s=args.budget_s, only=args.only)
     else:  # one device (--gpus 1, --devices cuda:1): the sequential runner on it
         device = devices[0] if devices else args.device
-        scorer = FidScorer(args.ref, inception_path(args), device)
+        scorer = FidScorer(args.ref, args.inception, device)
         runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.data or "",
                                 device=device, budget_s=args.budget_s, only=args.only)
         code = runner.run()
