@@ -167,3 +167,9 @@ def refuse_inputs(kind: str, inputs: SampleInputs, allowed: tuple[str, ...], why
     for name in INPUTS:
         if getattr(inputs, name) is not None and name not in allowed:
             raise ValueError(f"{FLAG_OF[name]} does not apply to this task.kind={kind} run{why}")
+
+
+def refuse_path(settings: SampleSettings, kind: str) -> None:
+    """ValueError for a --path on a task with a single time path (every kind but LIFT)."""
+    if settings.path:
+        raise ValueError(f"--path applies to task.kind=lift runs; this is a task.kind={kind} run")

@@ -23,7 +23,7 @@ import torch
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.wrappers import unwrap_model
-from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.base import Conditions, SampleSettings, refuse_path
 from ditlab.tasks.icl.layout import X, Y_CTX, Y_QUERY, prefix_attention_mask
 
 PATCH_SIZES = {X: 1, Y_CTX: 1, Y_QUERY: 1}
@@ -90,8 +90,7 @@ class ICLDiffusionTask(_ICLTaskBase):
     def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
         """The prompt's clean context (x and clean-y tokens at level 0) and noise for every query y;
         all N queries of a prompt are generated together (the mask keeps them independent)."""
-        if settings.path:
-            raise ValueError("--path applies to task.kind=lift runs; this is a task.kind=icl run")
+        refuse_path(settings, "icl")
         x, y = cond["x"], cond["y"][..., None]
         path = with_fixed_streams(single_stream_path(Y_QUERY, self.objective.schedule.time_grid(settings.steps)),
                                   {X: 0.0, Y_CTX: 0.0})

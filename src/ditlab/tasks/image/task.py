@@ -28,7 +28,7 @@ from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path
 from ditlab.imageio import to_uint8
 from ditlab.models.wrappers import unwrap_model
-from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.base import Conditions, SampleSettings, refuse_path
 from ditlab.tasks.image.model import STREAM, model_num_classes
 
 UNNAMED = "context"  # the public name (--cfg-context) of the unnamed set (data.context_path)
@@ -58,11 +58,6 @@ def with_default_labels(indices: torch.Tensor, given: Conditions, num_classes: i
     if not num_classes:
         cond.pop("labels", None)
     return cond
-
-
-def refuse_path(settings: SampleSettings, kind: str) -> None:
-    if settings.path:
-        raise ValueError(f"--path applies to task.kind=lift runs; this is a task.kind={kind} run")
 
 
 def image_npz_arrays(outputs: dict) -> dict[str, np.ndarray]:

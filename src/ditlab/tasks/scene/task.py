@@ -27,7 +27,7 @@ from ditlab.diffusion.guidance import drop_flags
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path
 from ditlab.models.wrappers import unwrap_model
-from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.base import Conditions, SampleSettings, refuse_path
 from ditlab.tasks.scene.model import DESCRIBE_SET, SCENE_SET, STREAM
 
 
@@ -126,8 +126,7 @@ class SceneTask:
 
     def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
         """Starting noise (one generator per sample) and the time path of a sampler run."""
-        if settings.path:
-            raise ValueError("--path applies to task.kind=lift runs; this is a task.kind=scene run")
+        refuse_path(settings, "scene")
         x = {STREAM: rng.randn(self.spec.size, self.spec.channels)}  # (B, K, 3)
         return x, single_stream_path(STREAM, self.objective.schedule.time_grid(settings.steps))
 

@@ -19,9 +19,9 @@ from ditlab.data.subset import evaluation_subset
 from ditlab.diffusion.objectives import Objective
 from ditlab.diffusion.paths import TimePath, single_stream_path, with_fixed_streams
 from ditlab.models.wrappers import unwrap_model
-from ditlab.tasks.base import Conditions, SampleSettings
+from ditlab.tasks.base import Conditions, SampleSettings, refuse_path
 from ditlab.tasks.image.model import model_num_classes
-from ditlab.tasks.image.task import (decoded_images, image_npz_arrays, refuse_path, repeat_labels,
+from ditlab.tasks.image.task import (decoded_images, image_npz_arrays, repeat_labels,
                                      to_model_range, with_default_labels)
 from ditlab.tasks.superres.model import COND, TARGET, downsample
 
