@@ -4,10 +4,13 @@
 
     ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz [--inception PATH] \
         [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...] \
-        [--gpus N | --devices cuda:0,cuda:1,...]
+        [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME]
 
 --gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
 (ditlab.experiments.ablation_parallel); the results are the sequential runner's.
+
+A file with ``stages:`` runs them in order, each in OUT/STAGE (ditlab.experiments.stages); --stage NAME runs
+only that one (the stages before it must be complete).
 
 Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
 command again: finished work is skipped).
@@ -21,20 +24,36 @@ def cmd_ablate(args) -> int:
     from ditlab.experiments.ablation import AblationRunner, FidScorer
     from ditlab.experiments.ablation_parallel import parse_devices, run_parallel
     from ditlab.experiments.ablation_spec import load_ablation
+    from ditlab.experiments.stages import run_stages
 
     devices = parse_devices(args.gpus, args.devices)  # None: neither flag
     spec = load_ablation(args.ablation)
     if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
+        if spec.stages:
+            raise ValueError("ablate: --seeds does not apply to a file with stages: (each stage names its seeds)")
         spec = dataclasses.replace(spec, seeds=list(args.seeds))
-    if devices is not None and len(devices) > 1:  # one worker process per device
-        code = run_parallel(spec, args.out, args.ref, args.inception, devices, overrides=args.set,
-                            errors_data=args.data or "", budget_s=args.budget_s, only=args.only)
-    else:  # one device (--gpus 1, --devices cuda:1): the sequential runner on it
-        device = devices[0] if devices else args.device
-        scorer = FidScorer(args.ref, args.inception, device)
-        runner = AblationRunner(spec, args.out, scorer, overrides=args.set, errors_data=args.data or "",
-                                device=device, budget_s=args.budget_s, only=args.only)
-        code = runner.run()
+    if args.stage is not None and not spec.stages:
+        raise ValueError(f"ablate: --stage {args.stage}: {args.ablation} has no stages: section")
+    parallel = devices is not None and len(devices) > 1
+    device = devices[0] if devices and not parallel else args.device
+    scorer = None
+
+    def run_one(plain, out, budget_s, only) -> int:
+        nonlocal scorer
+        if parallel:  # one worker process per device
+            return run_parallel(plain, out, args.ref, args.inception, devices, overrides=args.set,
+                                errors_data=args.data or "", budget_s=budget_s, only=only)
+        # one device (--gpus 1, --devices cuda:1): the sequential runner on it; one scorer for every stage
+        scorer = scorer or FidScorer(args.ref, args.inception, device)
+        runner = AblationRunner(plain, out, scorer, overrides=args.set, errors_data=args.data or "",
+                                device=device, budget_s=budget_s, only=only)
+        return runner.run()
+
+    if spec.stages:
+        code = run_stages(spec, args.out, lambda plain, out, left: run_one(plain, out, left, ()),
+                          budget_s=args.budget_s, only=args.only, stage_name=args.stage)
+    else:
+        code = run_one(spec, args.out, args.budget_s, args.only)
     if code:
         print(f"ditlab ablate: --budget-s {args.budget_s:g} s used up with work left; run the same command again",
               flush=True)
@@ -65,5 +84,7 @@ def add_ablate_parser(subparsers):
                         "and scoring it right after")
     a.add_argument("--devices", default=None, metavar="LIST",
                    help="the workers' devices instead of --gpus, e.g. cuda:0,cuda:2 (cpu,cpu: two CPU workers)")
+    a.add_argument("--stage", default=None, metavar="NAME",
+                   help="a file with stages: run only this stage (the ones before it must be complete)")
     a.set_defaults(func=cmd_ablate)
     return a

@@ -7,8 +7,8 @@ invocation skips what is done and continues; `--budget-s` stops starting new uni
     OUT/runs/VARIANT-sSEED/          the training run (finished when it holds summary.json)
     OUT/runs/VARIANT-sSEED/lift_errors.npz, lift_errors.png    per-node errors (dp-* paths)
                                      (the cascade path samples VARIANT's lo_variant run of the same seed first)
-    OUT/scores/VARIANT-sSEED__PATH.json                      one scored (variant, seed, path)
-    OUT/grids/VARIANT-sSEED__PATH.png                        its first 64 samples
+    OUT/scores/VARIANT-sSEED__PATH[__EVAL].json              one scored (variant, seed, path, eval)
+    OUT/grids/VARIANT-sSEED__PATH[__EVAL].png                its first 64 samples
     OUT/results.md, results.csv, results.png                 rewritten after every invocation
 
 A run directory without summary.json was interrupted: it is deleted and trained again from the
@@ -17,6 +17,7 @@ start, because a time-limited run resumed would get more than its budget.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -48,11 +49,27 @@ def path_slug(path: str) -> str:
     return path.replace(":", "_")
 
 
-def variant_config(spec: AblationSpec, variant: Variant, seed: int, run_dir: Path, extra: list[str]):
+def score_path(out: Path, unit_name: str, path: str, eval_name: str = "") -> Path:
+    """OUT/scores/VARIANT-sSEED__PATH[__EVAL].json (no eval suffix in a file without named evals)."""
+    suffix = f"__{eval_name}" if eval_name else ""
+    return Path(out) / "scores" / f"{unit_name}__{path_slug(path)}{suffix}.json"
+
+
+def variant_config(spec: AblationSpec, variant: Variant, seed: int, run_dir: Path, extra: list[str],
+                   eval_ref: str = ""):
     """The variant's full config: preset, shared overrides, command-line ones, the variant's, then
     the budget, seed and run folder (which no variant may change)."""
-    fixed = [f"train.seed={seed}", f"train.run_dir={run_dir}", f"train.steps={spec.budget.steps}",
-             f"train.time_limit={spec.budget.time_limit}"]
+    b = spec.budget
+    fixed = [f"train.seed={seed}", f"train.run_dir={run_dir}", f"train.steps={b.steps}",
+             f"train.time_limit={b.time_limit}"]
+    if b.eval_every:
+        # FID during training (time-to-FID), against the study's reference (train.eval_ref) with the settings of
+        # the variant's first eval, so that the curve and the final score measure the same thing.
+        _, s = spec.evals_of(variant)[0]
+        fixed += [f"train.eval_every={b.eval_every}", "train.eval_metric=fid", f"train.eval_num={b.eval_num}",
+                  f"train.eval_ref={eval_ref or 'unset'}", f"sample.sampler={s.sampler}", f"sample.steps={s.steps}",
+                  f"sample.cfg_scale={s.cfg_scale}", f"sample.eta={s.eta}",
+                  f"sample.cfg_interval={list(s.cfg_interval) if s.cfg_interval else 'null'}"]
     return load_config(spec.config, spec.overrides + list(extra) + variant.overrides + fixed)
 
 
@@ -123,6 +140,13 @@ class AblationRunner:
         self.units = [Unit(v, s) for s in spec.seeds for v in order_variants(spec.variants)
                       if not only or v.name in only]
 
+    def scores_of(self, unit: Unit) -> list[tuple[str, str, object]]:
+        """(path, eval name, sample settings) of every score a unit owes."""
+        return [(p, name, s) for p in unit.variant.paths for name, s in self.spec.evals_of(unit.variant)]
+
+    def unit_done(self, unit: Unit) -> bool:
+        return all(self.score_file(unit, p, e).exists() for p, e, _ in self.scores_of(unit))
+
     # ---- the loop -------------------------------------------------------------------------------
     def out_of_time(self) -> bool:
         return self.budget_s > 0 and time.monotonic() - self.start > self.budget_s
@@ -140,7 +164,7 @@ class AblationRunner:
 
     def _do_unit(self, unit: Unit) -> bool:
         run_dir = self.out / "runs" / unit.name
-        todo = [p for p in unit.variant.paths if not self.score_file(unit, p).exists()]
+        todo = [x for x in self.scores_of(unit) if not self.score_file(unit, x[0], x[1]).exists()]
         if not todo:
             return True
         if not (run_dir / "summary.json").exists():
@@ -148,7 +172,7 @@ class AblationRunner:
                 return False
             self.train(unit, run_dir)
         run = None
-        for path in todo:
+        for path, eval_name, sample in todo:
             if self.out_of_time():
                 return False
             lo_dir = None
@@ -164,7 +188,7 @@ class AblationRunner:
                 self._need_errors_data(unit, path)
             if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
                 self.measure_errors(unit, run, run_dir)
-            self.score(unit, run, run_dir, path, lo_dir)
+            self.score(unit, run, run_dir, path, lo_dir, eval_name, sample)
         return True
 
     # ---- the three kinds of work ---------------------------------------------------------------
@@ -174,7 +198,12 @@ class AblationRunner:
         if run_dir.exists():
             self.log(f"ditlab ablate: {run_dir} was interrupted; training it again from the start")
             shutil.rmtree(run_dir)
-        cfg = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides)
+        ref = getattr(self.scorer, "ref", "") if self.scorer is not None else ""
+        cfg = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides, eval_ref=ref)
+        if cfg.train.eval_every and getattr(self.scorer, "inception", None):
+            # The trainer's FID finds its network through $DITLAB_INCEPTION (ditlab.eval.resolve_inception):
+            # the same network as the final scores'.
+            os.environ["DITLAB_INCEPTION"] = str(self.scorer.inception)
         self.log(f"ditlab ablate: training {unit.name} ({' '.join(unit.variant.overrides) or 'base config'})")
         if cfg.train.compile:
             # Every variant's step is a new Trainer._loss to compile; without a reset the compiled
@@ -196,7 +225,8 @@ class AblationRunner:
         lift_node_errors(run, run_dir, self.errors_data, e.grid, e.num, e.batch_size, e.seed, self.device,
                          self.spec.sample.steps)
 
-    def score(self, unit: Unit, run, run_dir: Path, path: str, lo_dir: Path | None = None) -> None:
+    def score(self, unit: Unit, run, run_dir: Path, path: str, lo_dir: Path | None = None, eval_name: str = "",
+              sample=None) -> None:
         from ditlab.diffusion.noise import PerSampleRNG
         from ditlab.diffusion.samplers import count_nfe
         from ditlab.flops import dit_forward_flops
@@ -204,9 +234,9 @@ class AblationRunner:
         from ditlab.imageio import save_image_grid
         from ditlab.tasks.base import SampleSettings
 
-        s = self.spec.sample
+        s = sample or self.spec.sample
         settings = SampleSettings(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
-                                  path=None if path == "default" else path)
+                                  cfg_interval=s.cfg_interval, eta=s.eta, path=None if path == "default" else path)
         lo_nfe, lo_seconds = 0, 0.0
         if path == "cascade":  # two calls of the one generation loop: the low resolution first (tasks.lift.cascade)
             from dataclasses import replace
@@ -227,19 +257,22 @@ class AblationRunner:
             conditions = {"images": self._oracle_images(s.num)} if path == "lo-oracle" else {}
         probe = run.task.batch_conditions(torch.zeros(1, dtype=torch.long), {k: v[:1] for k, v in conditions.items()})
         _, walked = run.task.start(PerSampleRNG(0, [0]), settings, probe)  # the path sampled (for the NFE count)
-        self.log(f"ditlab ablate: sampling {unit.name} on path {path} ({s.num} samples)")
+        label = f"{path}{f' / {eval_name}' if eval_name else ''}"
+        self.log(f"ditlab ablate: sampling {unit.name} on {label} ({s.num} samples)")
         t0 = time.monotonic()
         images = generate(run.task, run.model, s.num, s.seed, settings, conditions, batch_size=s.batch_size,
                           device=self.device, autocast_dtype=sampling_autocast(self.device))["images"]
         sample_s = time.monotonic() - t0 + lo_seconds  # the cascade: both models
-        save_image_grid(images[:64], self.out / "grids" / f"{unit.name}__{path_slug(path)}.png")
+        out = self.score_file(unit, path, eval_name)
+        save_image_grid(images[:64], self.out / "grids" / out.with_suffix(".png").name)
         fid = self.scorer.fid(images)
         summary = json.loads((run_dir / "summary.json").read_text())
         model = run.model
         record = {
-            "variant": unit.variant.name, "seed": unit.seed, "path": path, "fid": fid,
+            "variant": unit.variant.name, "seed": unit.seed, "path": path, "eval": eval_name, "fid": fid,
             # cascade: both models' evaluations (lo_nfe of them the low-resolution run's, lo_run)
             "nfe": count_nfe(walked, s.sampler) + lo_nfe, "sampler": s.sampler, "steps": s.steps, "num_samples": s.num,
+            "cfg_scale": s.cfg_scale, "cfg_interval": list(s.cfg_interval) if s.cfg_interval else None,
             "sample_seed": s.seed, "sample_seconds": round(sample_s, 2),
             "train_steps": summary["steps"], "train_seconds": round(summary.get("timed_seconds", 0.0), 1),
             "train_images": summary["steps"] * run.cfg.train.batch_size,
@@ -247,18 +280,21 @@ class AblationRunner:
             "gflops_per_image": dit_forward_flops(model, groups=len(model.streams)) / 1e9,
             "task": run.cfg.task.kind, "overrides": unit.variant.overrides, "note": unit.variant.note,
         }
+        curve = eval_curve(run_dir)
+        if curve:  # FID during training: (training seconds, step, FID) and the first time it reached each threshold
+            record["eval_curve"] = curve
+            record["time_to_fid"] = {f"{x:g}": time_to(curve, x) for x in self.spec.time_to_fid}
         if path == "cascade":
             record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
-        out = self.score_file(unit, path)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(out)  # atomic: a half-written score never counts as done
-        self.log(f"ditlab ablate: {unit.name} {path}: FID {fid:.2f} at {record['nfe']} NFE")
+        self.log(f"ditlab ablate: {unit.name} {label}: FID {fid:.2f} at {record['nfe']} NFE")
 
     # ---- helpers --------------------------------------------------------------------------------
-    def score_file(self, unit: Unit, path: str) -> Path:
-        return self.out / "scores" / f"{unit.name}__{path_slug(path)}.json"
+    def score_file(self, unit: Unit, path: str, eval_name: str = "") -> Path:
+        return score_path(self.out, unit.name, path, eval_name)
 
     def _load(self, run_dir: Path):
         from ditlab.runs import load_run
@@ -278,6 +314,28 @@ class AblationRunner:
             raise ValueError(f"--data {self.errors_data} holds {len(data.images)} images; lo-oracle needs "
                              f"{num} (sample.num)")
         return data.images[evaluation_subset(len(data.images), num)]  # all classes, as `ditlab sample --data`
+
+
+def eval_curve(run_dir: Path) -> list[list[float]]:
+    """[training seconds, step, FID] of every in-training FID evaluation in RUN/metrics.jsonl (train.eval_every);
+    the seconds are the training clock's at that step, evaluation time excluded (ditlab.train.clock)."""
+    f = run_dir / "metrics.jsonl"
+    out = []
+    if not f.exists():
+        return out
+    for line in f.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if "eval/fid" in r and "eval/train_seconds" in r:
+            out.append([round(float(r["eval/train_seconds"]), 2), int(r.get("step", 0)), float(r["eval/fid"])])
+    return out
+
+
+def time_to(curve: list[list[float]], threshold: float) -> float | None:
+    """The training seconds of the first evaluation with FID <= threshold (None: never reached)."""
+    return next((sec for sec, _, f in curve if f <= threshold), None)
 
 
 class FidScorer:

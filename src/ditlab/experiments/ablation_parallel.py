@@ -125,7 +125,7 @@ def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str],
     by_name = {v.name: v for v in spec.variants}
     pending: list[tuple] = []  # (kind, variant name, seed)
     for u in plan.units:
-        if not all(plan.score_file(u, p).exists() for p in u.variant.paths):
+        if not plan.unit_done(u):
             lo = u.variant.lo_variant
             if lo and not any(j[1] == lo and j[2] == u.seed for j in pending):
                 if not (out / "runs" / Unit(by_name[lo], u.seed).name / "summary.json").exists():

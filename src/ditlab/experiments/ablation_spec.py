@@ -8,11 +8,28 @@
     budget: {steps: 1000000, time_limit: 75}   # train.steps and train.time_limit of every run
     sample: {num: 2000, seed: 1, sampler: heun, steps: 20, batch_size: 1000, cfg_scale: 1.0}
     errors: {grid: 12, num: 256, batch_size: 256}   # the per-node error grid of the dp-* paths
+    evals:                               # optional: named sample settings, every variant scored on each
+      cfg: {cfg_scale: 2.5, cfg_interval: [0.28, 5.42]}
+      nocfg: {cfg_scale: 1.0}
+    stages:                              # optional: screen everything briefly, then the best for longer
+      screen: {time_limit: 120}
+      final: {time_limit: 420, seeds: [0, 1], top: 3, keep: [baseline]}
+    time_to_fid: [10, 7, 5]              # columns: training seconds until the in-training FID reached each
     variants:
       baseline: {overrides: [task.kind=image], paths: [default], note: "single scale"}
       lift:     {overrides: [task.kind=lift], paths: [diagonal, dp-hi]}
       small:    {overrides: [task.kind=image, data.image_size=16], paths: [default]}
       casc:     {overrides: [task.kind=lift], paths: [cascade], lo_variant: small}
+
+``evals``: each name is a set of sample settings (sampler, steps, cfg_scale, cfg_interval, eta) over
+``sample``; a variant may list the ones it is scored on (``evals: [cfg]``; default all). Without
+``evals`` every pair is scored once with ``sample`` (score files as before).
+
+``stages`` (ditlab.experiments.stages): each stage is a budget (steps, time_limit, and eval_every /
+eval_num for FID during training) with its training seeds; the first trains every variant, a later one
+the ``top`` variants of the stage before it (mean FID over seeds on ``rank_by``, an eval name, default
+the first; the best path counts) plus those in ``keep``. Each stage has its own folder OUT/STAGE.
+Without ``stages`` the ``budget`` section is the one budget.
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
 grid), any ditlab.tasks.lift.paths name for task.kind=lift (default [diagonal]). The ``cascade``
@@ -23,6 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -33,6 +51,10 @@ from ditlab.configlib import ConfigError
 class Budget:
     steps: int = 1_000_000
     time_limit: float = 0.0  # seconds of training per run (0: steps only)
+    # FID during training (train.eval_every of every run, against the ablation's --ref, with the first
+    # eval's sample settings): the results' time-to-FID columns and curves. 0: off.
+    eval_every: int = 0
+    eval_num: int = 10_000
 
 
 @dataclass
@@ -43,6 +65,8 @@ class SampleSpec:
     steps: int = 20
     batch_size: int = 1000
     cfg_scale: float = 1.0
+    cfg_interval: Optional[tuple[float, float]] = None  # guide only where sigma/alpha is in (lo, hi]
+    eta: float = 0.0
 
 
 @dataclass
@@ -60,6 +84,19 @@ class Variant:
     paths: list[str] = field(default_factory=list)
     note: str = ""
     lo_variant: str = ""  # the variant whose run supplies the low resolution of the cascade path
+    evals: list[str] = field(default_factory=list)  # names of AblationSpec.evals it is scored on ([]: all)
+
+
+@dataclass
+class Stage:
+    """One stage of a staged study: its budget and seeds, and which variants it takes from the stage before."""
+    name: str
+    budget: Budget
+    seeds: list[int]
+    top: int = 0  # 0: every variant (the first stage always trains every variant)
+    rank_by: str = ""  # the eval whose FID ranks the stage before (default: the first eval)
+    keep: list[str] = field(default_factory=list)  # variants always taken (e.g. the baseline)
+    num: int = 0  # samples per score in this stage (0: the sample section's), e.g. FID-5k to screen
 
 
 @dataclass
@@ -72,6 +109,15 @@ class AblationSpec:
     sample: SampleSpec
     errors: ErrorsSpec
     variants: list[Variant]
+    evals: dict[str, SampleSpec] = field(default_factory=dict)  # name -> settings ({}: one, unnamed: sample)
+    stages: list[Stage] = field(default_factory=list)
+    time_to_fid: list[float] = field(default_factory=list)
+
+    def evals_of(self, variant: Variant) -> list[tuple[str, SampleSpec]]:
+        """The (eval name, sample settings) a variant is scored on; [("", sample)] without evals."""
+        if not self.evals:
+            return [("", self.sample)]
+        return [(name, self.evals[name]) for name in (variant.evals or list(self.evals))]
 
 
 def _section(cls, data, key: str, source: Path):
@@ -86,12 +132,24 @@ def _section(cls, data, key: str, source: Path):
     out = cls()
     for k, v in data.items():
         default = getattr(out, k)
+        if k == "cfg_interval":
+            setattr(out, k, _interval(v, f"{key}.{k}", source))
+            continue
         try:
             v = type(default)(v) if not isinstance(default, bool) else bool(v)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}.{k} must be a {type(default).__name__}, got {v!r} (in {source})") from None
         setattr(out, k, v)
     return out
+
+
+def _interval(v, key: str, source: Path):
+    if v is None:
+        return None
+    if (not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, (int, float)) for x in v)
+            or not 0 <= v[0] < v[1]):
+        raise ConfigError(f"{key} must be null or [lo, hi] with 0 <= lo < hi, got {v!r} (in {source})")
+    return (float(v[0]), float(v[1]))
 
 
 def _str_list(v, key: str, source: Path) -> list[str]:
@@ -107,7 +165,7 @@ def load_ablation(path) -> AblationSpec:
     if not source.is_file():
         raise FileNotFoundError(f"ablation file {source} not found")
     data = yaml.safe_load(source.read_text()) or {}
-    top = {"config", "overrides", "seeds", "budget", "sample", "errors", "variants"}
+    top = {"config", "overrides", "seeds", "budget", "sample", "errors", "variants", "evals", "stages", "time_to_fid"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {source}; valid: {', '.join(sorted(top))}")
@@ -120,15 +178,16 @@ def load_ablation(path) -> AblationSpec:
     variants = []
     for name, v in variants_raw.items():
         v = v or {}
-        bad = sorted(set(v) - {"overrides", "paths", "note", "lo_variant"})
+        bad = sorted(set(v) - {"overrides", "paths", "note", "lo_variant", "evals"})
         if bad:
-            raise ConfigError(f"unknown key variants.{name}.{bad[0]} in {source}; valid: lo_variant, note, overrides, "
-                              "paths")
+            raise ConfigError(f"unknown key variants.{name}.{bad[0]} in {source}; valid: evals, lo_variant, note, "
+                              "overrides, paths")
         if not str(name).replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"variant name {name!r} in {source}: use letters, digits, '-' and '_' (it names folders)")
         variants.append(Variant(str(name), _str_list(v.get("overrides"), f"variants.{name}.overrides", source),
                                 _str_list(v.get("paths"), f"variants.{name}.paths", source), str(v.get("note", "")),
-                                str(v.get("lo_variant") or "")))
+                                str(v.get("lo_variant") or ""),
+                                _str_list(v.get("evals"), f"variants.{name}.evals", source)))
     names = [v.name for v in variants]
     for v in variants:
         if v.lo_variant and (v.lo_variant not in names or v.lo_variant == v.name):
@@ -140,7 +199,91 @@ def load_ablation(path) -> AblationSpec:
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"seeds must be a non-empty list of integers (in {source})")
-    return AblationSpec(source, config, _str_list(data.get("overrides"), "overrides", source), seeds,
-                        _section(Budget, data.get("budget"), "budget", source),
-                        _section(SampleSpec, data.get("sample"), "sample", source),
-                        _section(ErrorsSpec, data.get("errors"), "errors", source), variants)
+    sample = _section(SampleSpec, data.get("sample"), "sample", source)
+    evals = _evals(data.get("evals"), sample, source)
+    for v in variants:
+        for e in v.evals:
+            if e not in evals:
+                raise ConfigError(f"variants.{v.name}.evals: {e!r} is not in evals: of {source} "
+                                  f"({', '.join(evals) or 'none defined'})")
+    budget = _section(Budget, data.get("budget"), "budget", source)
+    _check_budget(budget, "budget", source)
+    stages = _stages(data.get("stages"), seeds, names, evals, source)
+    time_to = data.get("time_to_fid") or []
+    if not isinstance(time_to, list) or not all(isinstance(x, (int, float)) and x > 0 for x in time_to):
+        raise ConfigError(f"time_to_fid must be a list of positive FID values, e.g. [10, 7, 5] (in {source})")
+    if time_to and not (budget.eval_every or any(st.budget.eval_every for st in stages)):
+        raise ConfigError(f"time_to_fid needs FID during training: set eval_every in budget: or a stage (in {source})")
+    return AblationSpec(source, config, _str_list(data.get("overrides"), "overrides", source), seeds, budget,
+                        sample, _section(ErrorsSpec, data.get("errors"), "errors", source), variants, evals, stages,
+                        [float(x) for x in time_to])
+
+
+EVAL_KEYS = ("sampler", "steps", "cfg_scale", "cfg_interval", "eta")  # what an eval may change of sample:
+
+
+def _evals(raw, sample: SampleSpec, source: Path) -> dict[str, SampleSpec]:
+    from dataclasses import asdict
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"evals must be a mapping of name -> sample settings (in {source})")
+    out = {}
+    for name, settings in raw.items():
+        if not str(name).replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"eval name {name!r} in {source}: use letters, digits, '-' and '_' (it names files)")
+        settings = settings or {}
+        if not isinstance(settings, dict):
+            raise ConfigError(f"evals.{name} must be a mapping (in {source})")
+        bad = sorted(set(settings) - set(EVAL_KEYS))
+        if bad:
+            raise ConfigError(f"unknown key evals.{name}.{bad[0]} in {source}; an eval may set {', '.join(EVAL_KEYS)} "
+                              "(num, seed and batch_size are the sample: section's, the same for every eval)")
+        out[str(name)] = _section(SampleSpec, {**asdict(sample), **settings}, f"evals.{name}", source)
+    return out
+
+
+def _check_budget(b: Budget, key: str, source: Path) -> None:
+    if b.steps < 1 or b.time_limit < 0 or b.eval_every < 0 or b.eval_num < 1:
+        raise ConfigError(f"{key}: steps and eval_num must be >= 1, time_limit and eval_every >= 0 (in {source})")
+
+
+def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) -> list[Stage]:
+    if raw is None:
+        return []
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"stages must be a mapping of stage name -> budget (in {source})")
+    stages = []
+    budget_keys = {f.name for f in fields(Budget)}
+    for i, (name, st) in enumerate(raw.items()):
+        where = f"stages.{name}"
+        st = dict(st or {})
+        if not str(name).replace("_", "").replace("-", "").isalnum() or name in ("runs", "scores", "grids"):
+            raise ConfigError(f"stage name {name!r} in {source}: letters, digits, '-' and '_', not runs/scores/grids "
+                              "(it names a folder)")
+        bad = sorted(set(st) - budget_keys - {"seeds", "top", "rank_by", "keep", "num"})
+        if bad:
+            raise ConfigError(f"unknown key {where}.{bad[0]} in {source}; valid: "
+                              f"{', '.join(sorted(budget_keys | {'seeds', 'top', 'rank_by', 'keep', 'num'}))}")
+        budget = _section(Budget, {k: st[k] for k in budget_keys if k in st}, where, source)
+        _check_budget(budget, where, source)
+        st_seeds = st.get("seeds", seeds)
+        if not isinstance(st_seeds, list) or not st_seeds or not all(isinstance(s, int) for s in st_seeds):
+            raise ConfigError(f"{where}.seeds must be a non-empty list of integers (in {source})")
+        top = st.get("top", 0)
+        if not isinstance(top, int) or top < 0 or (i == 0 and top):
+            raise ConfigError(f"{where}.top must be an integer >= 0 (0: every variant), and the first stage "
+                              f"trains every variant (in {source})")
+        rank_by = str(st.get("rank_by", ""))
+        if rank_by and rank_by not in evals:
+            raise ConfigError(f"{where}.rank_by: {rank_by!r} is not in evals: of {source}")
+        keep = _str_list(st.get("keep"), f"{where}.keep", source)
+        for k in keep:
+            if k not in names:
+                raise ConfigError(f"{where}.keep: {k!r} is not a variant of {source} (variants: {', '.join(names)})")
+        num = st.get("num", 0)
+        if not isinstance(num, int) or num < 0:
+            raise ConfigError(f"{where}.num must be an integer >= 0 (0: sample.num) (in {source})")
+        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num))
+    return stages

@@ -1,7 +1,10 @@
 """The ablation's tables and plot, from the per-(variant, seed, path) score files.
 
-results.csv has one row per score; results.md a table of FID per (variant, path), the mean over
-training seeds with each seed's value when there are several; results.png a bar chart of it.
+results.csv has one row per score; results.md a table of FID per (variant, path, eval), the mean over
+training seeds with each seed's value when there are several; results.png a bar chart of it. Runs that
+measured FID during training (budget eval_every) add time-to-FID columns (the training seconds at which the
+in-training FID first reached each of the file's time_to_fid values; mean over the seeds that reached it)
+and results_curves.png, FID against training time.
 """
 from __future__ import annotations
 
@@ -10,23 +13,42 @@ import json
 import statistics
 from pathlib import Path
 
-CSV_COLUMNS = ("variant", "seed", "path", "fid", "nfe", "sampler", "steps", "num_samples", "sample_seed",
-               "train_steps", "train_images", "train_seconds", "params", "gflops_per_image", "task", "note")
+CSV_COLUMNS = ("variant", "seed", "path", "eval", "fid", "nfe", "sampler", "steps", "cfg_scale", "cfg_interval",
+               "num_samples", "sample_seed", "train_steps", "train_images", "train_seconds", "params",
+               "gflops_per_image", "task", "note")
 
 
 def read_scores(out: Path, spec) -> list[dict]:
     """Score records in the order of the ablation file (variants, then paths, then seeds)."""
     records = [json.loads(p.read_text()) for p in sorted((out / "scores").glob("*.json"))]
-    order = {(v.name, p): (i, j) for i, v in enumerate(spec.variants) for j, p in enumerate(v.paths)}
-    known = [r for r in records if (r["variant"], r["path"]) in order]
-    return sorted(known, key=lambda r: (*order[(r["variant"], r["path"])], r["seed"]))
+    for r in records:
+        r.setdefault("eval", "")  # score files of before named evals
+    order = {(v.name, p, e): (i, j, k) for i, v in enumerate(spec.variants) for j, p in enumerate(v.paths)
+             for k, (e, _) in enumerate(spec.evals_of(v))}
+    known = [r for r in records if _key(r) in order]
+    return sorted(known, key=lambda r: (*order[_key(r)], r["seed"]))
+
+
+def _key(r: dict) -> tuple[str, str, str]:
+    return r["variant"], r["path"], r.get("eval", "")
 
 
 def group_by_pair(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """[(variant, "path" or "path / eval", records of its seeds)] in the records' order."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
-        groups.setdefault((r["variant"], r["path"]), []).append(r)
-    return [(v, p, rs) for (v, p), rs in groups.items()]
+        groups.setdefault(_key(r), []).append(r)
+    return [(v, f"{p} / {e}" if e else p, rs) for (v, p, e), rs in groups.items()]
+
+
+def _fmt_time(rs: list[dict], threshold: str) -> str:
+    """Mean seconds over the seeds that reached the threshold, with how many did when not all."""
+    times = [r.get("time_to_fid", {}).get(threshold) for r in rs]
+    hit = [t for t in times if t is not None]
+    if not hit:
+        return "—"
+    text = f"{statistics.mean(hit):.0f}"
+    return text if len(hit) == len(times) else f"{text} ({len(hit)}/{len(times)} seeds)"
 
 
 def _fmt_fid(rs: list[dict]) -> str:
@@ -36,11 +58,14 @@ def _fmt_fid(rs: list[dict]) -> str:
     return f"{statistics.mean(fids):.2f} ± {statistics.stdev(fids):.2f} ({', '.join(f'{f:.1f}' for f in fids)})"
 
 
-def write_csv(path: Path, records: list[dict]) -> Path:
+def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
+    """One row per score; time_to_fid_X columns (training seconds, empty: never) for the file's thresholds."""
+    extra = [f"time_to_fid_{x:g}" for x in time_to_fid]
+    rows = [{**r, **{c: r.get("time_to_fid", {}).get(c[len("time_to_fid_"):]) for c in extra}} for r in records]
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS + tuple(extra), extrasaction="ignore")
         w.writeheader()
-        w.writerows(records)
+        w.writerows(rows)
     return path
 
 
@@ -51,21 +76,62 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
         "",
         f"Budget per run: {'%g s of training' % b.time_limit if b.time_limit else ''}"
         f"{' or ' if b.time_limit else ''}{b.steps} steps; training seeds {sorted({r['seed'] for r in records}) or spec.seeds}. Samples: {s.num} per pair, "
-        f"{s.sampler} {s.steps} steps, CFG {s.cfg_scale}, sample seed {s.seed}. FID-{s.num} against "
+        f"{_settings(s)}, sample seed {s.seed}. FID-{s.num} against "
         f"{scorer.get('ref', '?')} ({scorer.get('n_ref', '?')} images, {scorer.get('inception', '?')}).",
-        "",
-        "| variant | path | FID | NFE | train steps | train images | params (M) | GFLOPs/img | note |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    if spec.evals:
+        lines += ["", "Evals: " + "; ".join(f"**{name}** {_settings(e)}" for name, e in spec.evals.items()) + "."]
+    times = [f"{x:g}" for x in spec.time_to_fid] if any(r.get("eval_curve") for r in records) else []
+    if times:
+        lines += ["", f"Time to FID: training seconds (evaluation excluded) until the FID of {b.eval_num} samples "
+                      f"measured every {b.eval_every} steps during training first reached the value; — never."]
+    head = ["variant", "path", "FID", "NFE", *[f"s to FID {t}" for t in times], "train steps", "train images",
+            "params (M)", "GFLOPs/img", "note"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, p, rs in group_by_pair(records):
         r = rs[0]
-        lines.append(f"| {variant} | {p} | {_fmt_fid(rs)} | {r['nfe']} | {r['train_steps']} | {r['train_images']:,} "
-                     f"| {r['params'] / 1e6:.2f} | {r['gflops_per_image']:.2f} | {r.get('note', '')} |")
-    missing = [(v.name, p) for v in spec.variants for p in v.paths
-               if not any(r["variant"] == v.name and r["path"] == p for r in records)]
+        cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], str(r["train_steps"]),
+                 f"{r['train_images']:,}", f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    missing = [(v.name, p, e) for v in spec.variants for p in v.paths for e, _ in spec.evals_of(v)
+               if not any(_key(r) == (v.name, p, e) for r in records)]
     if missing:
-        lines += ["", f"Not scored yet: {', '.join(f'{v}/{p}' for v, p in missing)}."]
+        lines += ["", f"Not scored yet: {', '.join(f'{v}/{p}' + (f'/{e}' if e else '') for v, p, e in missing)}."]
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _settings(s) -> str:
+    guide = f"CFG {s.cfg_scale:g}" + (f" in ({s.cfg_interval[0]:g}, {s.cfg_interval[1]:g}]" if s.cfg_interval else "")
+    return f"{s.sampler} {s.steps} steps" + (f" eta {s.eta:g}" if s.eta else "") + f", {guide}"
+
+
+def plot_curves(path: Path, records: list[dict]) -> Path:
+    """FID during training against training seconds, one line per (variant, seed), one colour per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    colours: dict[str, str] = {}
+    seen = set()
+    for r in records:
+        key = (r["variant"], r["seed"])
+        if not r.get("eval_curve") or key in seen:  # the curve is the run's: once per run, not per path/eval
+            continue
+        seen.add(key)
+        first = r["variant"] not in colours  # one legend entry per variant
+        colour = colours.setdefault(r["variant"], f"C{len(colours) % 10}")
+        secs, fids = [c[0] for c in r["eval_curve"]], [c[2] for c in r["eval_curve"]]
+        ax.plot(secs, fids, marker="o", ms=3, color=colour, label=r["variant"] if first else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("training seconds (evaluation excluded)")
+    ax.set_ylabel("FID during training")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
@@ -92,7 +158,9 @@ def plot_results(path: Path, records: list[dict]) -> Path:
 def write_results(out: Path, spec, scorer: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = read_scores(out, spec)
-    paths = [write_csv(out / "results.csv", records), write_markdown(out / "results.md", spec, records, scorer)]
+    paths = [write_csv(out / "results.csv", records, spec.time_to_fid), write_markdown(out / "results.md", spec, records, scorer)]
     if records:
         paths.append(plot_results(out / "results.png", records))
+    if any(r.get("eval_curve") for r in records):
+        paths.append(plot_curves(out / "results_curves.png", records))
     return paths

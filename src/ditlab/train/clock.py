@@ -1,13 +1,16 @@
 """The wall clock of time-limited runs."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
 
 class TrainingClock:
-    """Wall clock of the timed part of a run: starts after `untimed` steps, includes everything after.
+    """Wall clock of the timed part of a run: starts after `untimed` steps, includes everything after
+    except what runs inside :meth:`paused` (evaluation during training: measuring is not training, and a
+    time-to-FID curve must not depend on how often it is measured).
 
     The host runs at most a step or two ahead of the GPU; when the host clock passes the limit the
     device is synchronised and the clock read again, so the reported time covers the finished work.
@@ -18,6 +21,7 @@ class TrainingClock:
         self.start: float | None = None
         self.start_step = 0
         self.timed_steps = 0
+        self.excluded = 0.0  # seconds spent inside paused()
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -31,13 +35,34 @@ class TrainingClock:
             self._sync()
             self.start, self.start_step = time.perf_counter(), steps_done
         self.timed_steps = steps_done - self.start_step
-        if self.limit > 0 and time.perf_counter() - self.start >= self.limit:
+        if self.limit > 0 and self.used() >= self.limit:
             self._sync()
-            return time.perf_counter() - self.start >= self.limit
+            return self.used() >= self.limit
         return False
+
+    def used(self) -> float:
+        """Timed seconds so far by the host clock (no device sync); 0 before the clock starts."""
+        if self.start is None:
+            return 0.0
+        return time.perf_counter() - self.start - self.excluded
 
     def elapsed(self) -> float:
         if self.start is None:
             return 0.0
         self._sync()
-        return time.perf_counter() - self.start
+        return self.used()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Work inside does not count: the device is synchronised on entry (the training queued before is
+        counted) and on exit (the paused work is not)."""
+        if self.start is None:
+            yield
+            return
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.excluded += time.perf_counter() - t0

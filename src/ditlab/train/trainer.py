@@ -304,7 +304,7 @@ class Trainer:
         p = self.step / max(self.cfg.train.steps, 1)
         clock = getattr(self, "clock", None)
         if clock is not None and clock.limit > 0 and clock.start is not None:
-            p = max(p, (time.perf_counter() - clock.start) / clock.limit)
+            p = max(p, clock.used() / clock.limit)
         return p
 
     def current_lr(self) -> float:
@@ -353,7 +353,9 @@ class Trainer:
         value = None
         if self.evaluator is not None:
             value = self.evaluator()
-            self.logger.log(self.step, {f"eval/{self.evaluator.name}": value})
+            # The training clock's seconds at this step (evaluation excluded): time-to-metric curves.
+            seconds = self.clock.elapsed() if getattr(self, "clock", None) is not None else 0.0
+            self.logger.log(self.step, {f"eval/{self.evaluator.name}": value, "eval/train_seconds": seconds})
             if self.evaluator.better(value, None if self.best is None else float(self.best["value"])):
                 name = f"step_{self.step:08d}"
                 record = {"metric": self.evaluator.name, "value": value, "mode": self.evaluator.mode, "step": self.step}
@@ -402,9 +404,13 @@ class Trainer:
                 if sample_now:
                     self.sample_grid()
                 if save_now:
-                    self.save()
+                    # A save made only for the evaluation is part of measuring, not of training: off the clock.
+                    eval_only = eval_now and not (self.step % cfg.ckpt_every == 0 or last or stop_now)
+                    with self.clock.paused() if eval_only else contextlib.nullcontext():
+                        self.save()
                 if eval_now:
-                    self.evaluate()
+                    with self.clock.paused():
+                        self.evaluate()
                 if stop_now:
                     bar.close()
                     self._say(f"ditlab: stopped at step {self.step}; resume with --resume")

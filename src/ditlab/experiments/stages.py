@@ -1,0 +1,152 @@
+"""Staged ablations: every variant on a short screening budget, then the best ones on the full budget.
+
+A file with ``stages:`` (ditlab.experiments.ablation_spec) is run stage by stage. Each stage is a plain
+ablation of its own (its budget and seeds, a subset of the variants) in OUT/STAGE, with the usual runs,
+scores, grids and results, so the sequential and the multi-GPU runners do the work unchanged. The first
+stage takes every variant (or those of --only); a later one the ``top`` best of the stage before it, by the
+mean over seeds of the FID on ``rank_by`` (the best path of a variant counts), plus ``keep`` and the
+low-resolution variants their cascades need. OUT/stages.md lists each stage's ranking and who went on.
+
+A stage starts only when the stage before it is complete (every score written); --budget-s counts across
+the stages of one invocation, and exit code 3 means "run the same command again".
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
+from ditlab.experiments.results import read_scores
+
+EXIT_MORE_TO_DO = 3
+
+
+def stage_spec(spec: AblationSpec, stage: Stage, variants: list[Variant]) -> AblationSpec:
+    """The plain ablation a stage runs: its budget, seeds and variants; sample.num and every eval's num
+    from the stage when it sets one."""
+    sample, evals = spec.sample, spec.evals
+    if stage.num:
+        sample = dataclasses.replace(sample, num=stage.num)
+        evals = {k: dataclasses.replace(e, num=stage.num) for k, e in evals.items()}
+    names = {v.name for v in variants}
+    # A variant's lo_variant must be in the stage's list (its run generates the cascade's low resolution).
+    variants = variants + [v for v in spec.variants if v.name not in names
+                           and any(x.lo_variant == v.name for x in variants)]
+    order = {v.name: i for i, v in enumerate(spec.variants)}
+    return dataclasses.replace(spec, budget=stage.budget, seeds=list(stage.seeds), sample=sample, evals=evals,
+                               variants=sorted(variants, key=lambda v: order[v.name]), stages=[])
+
+
+def ranking(spec: AblationSpec, out: Path, rank_by: str) -> list[tuple[str, float, int]]:
+    """[(variant, FID, seeds)] of a finished stage, best first: per variant the best path's mean FID over
+    seeds on the eval ``rank_by`` ("" = the first eval)."""
+    eval_name = rank_by or next(iter(spec.evals), "")
+    by_pair: dict[tuple[str, str], list[float]] = {}
+    for r in read_scores(out, spec):
+        if r.get("eval", "") == eval_name:
+            by_pair.setdefault((r["variant"], r["path"]), []).append(r["fid"])
+    best: dict[str, tuple[float, int]] = {}
+    for (variant, _), fids in by_pair.items():
+        mean = statistics.mean(fids)
+        if variant not in best or mean < best[variant][0]:
+            best[variant] = (mean, len(fids))
+    return sorted(((v, f, n) for v, (f, n) in best.items()), key=lambda x: x[1])
+
+
+def promoted(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]]) -> list[Variant]:
+    """The variants a stage takes from the ranking of the stage before: its top ones, and those it keeps."""
+    names = {v for v, _, _ in ranked[:stage.top]} if stage.top else {v for v, _, _ in ranked}
+    names |= set(stage.keep)
+    return [v for v in spec.variants if v.name in names]
+
+
+def stage_complete(spec: AblationSpec, out: Path) -> bool:
+    """Every (variant, seed, path, eval) of the stage's plain ablation has its score file."""
+    from ditlab.experiments.ablation import score_path
+
+    return all(score_path(out, f"{v.name}-s{seed}", p, e).exists()
+               for seed in spec.seeds for v in spec.variants for p in v.paths for e, _ in spec.evals_of(v))
+
+
+def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path, float], int],
+               budget_s: float = 0.0, only: list[str] = (), stage_name: Optional[str] = None,
+               log: Callable[[str], None] = print) -> int:
+    """Run the stages in order (or only ``stage_name``); ``run_stage(plain_spec, folder, budget_s)`` does one
+    stage's work and returns 0 or EXIT_MORE_TO_DO. Returns 0 when the last stage asked for is complete."""
+    from ditlab.experiments.ablation import check_variants
+
+    out = Path(out)
+    names = [s.name for s in spec.stages]
+    if stage_name is not None and stage_name not in names:
+        raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
+    known = {v.name for v in spec.variants}
+    for name in only:
+        if name not in known:
+            raise ValueError(f"--only {name}: no such variant; the file has {sorted(known)}")
+    check_variants(spec, [])  # fills in default paths, fails early on a bad variant
+    start = time.monotonic()
+    lines = [f"# Stages of {spec.source.name}", ""]
+    variants = [v for v in spec.variants if not only or v.name in only]
+    code = 0
+    for i, stage in enumerate(spec.stages):
+        if stage_name is not None and i > names.index(stage_name):
+            break
+        folder = out / stage.name
+        if i > 0:
+            prev = spec.stages[i - 1]
+            prev_spec = stage_spec(spec, prev, variants)
+            if not stage_complete(prev_spec, out / prev.name):
+                if stage_name is not None:
+                    raise ValueError(f"--stage {stage_name}: stage {prev.name} is not complete yet "
+                                     f"({out / prev.name}); run it first")
+                code = EXIT_MORE_TO_DO
+                break
+            ranked = ranking(prev_spec, out / prev.name, stage.rank_by)
+            variants = promoted(spec, stage, ranked)
+            lines += _ranking_lines(prev, stage, ranked, variants)
+        plain = stage_spec(spec, stage, variants)
+        if stage_name is not None and stage.name != stage_name:
+            continue  # an earlier stage: only its ranking is needed
+        left = 0.0
+        if budget_s > 0:
+            left = budget_s - (time.monotonic() - start)
+            if left <= 0:
+                code = EXIT_MORE_TO_DO
+                break
+        log(f"ditlab ablate: stage {stage.name} ({len(plain.variants)} variants x {len(plain.seeds)} seeds, "
+            f"{_budget_text(stage)}) in {folder}")
+        code = run_stage(plain, folder, left)
+        if code:
+            break
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stages.md").write_text("\n".join(lines + _stage_table(spec)) + "\n")
+    return code
+
+
+def _budget_text(stage: Stage) -> str:
+    b = stage.budget
+    text = f"{b.time_limit:g} s" if b.time_limit else f"{b.steps} steps"
+    return text + (f", FID-{b.eval_num} every {b.eval_every} steps" if b.eval_every else "")
+
+
+def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant]) -> list[str]:
+    taken = {v.name for v in chosen}
+    lines = [f"## {prev.name} -> {stage.name}", "",
+             f"Ranked by the mean FID over seeds ({prev.name}/results.md); {stage.name} takes "
+             f"{'the top ' + str(stage.top) if stage.top else 'every variant'}"
+             f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}.", "",
+             "| rank | variant | FID | seeds | goes on |", "|---|---|---|---|---|"]
+    lines += [f"| {i + 1} | {v} | {f:.2f} | {n} | {'yes' if v in taken else ''} |" for i, (v, f, n) in enumerate(ranked)]
+    return lines + [""]
+
+
+def _stage_table(spec: AblationSpec) -> list[str]:
+    lines = ["## Stages", "", "| stage | budget | seeds | variants | results |", "|---|---|---|---|---|"]
+    for st in spec.stages:
+        lines.append(f"| {st.name} | {_budget_text(st)} | {', '.join(map(str, st.seeds))} | "
+                     f"{'top ' + str(st.top) if st.top else 'all'}{' + ' + ', '.join(st.keep) if st.keep else ''} | "
+                     f"[{st.name}/results.md]({st.name}/results.md) |")
+    return lines

@@ -1,0 +1,145 @@
+"""`ditlab ablate` for a recipe search (issue 18): named evals (sample settings per score), stages (screen
+everything, then the best ones longer) and time-to-FID from FID measured during training, on the CPU with
+a stand-in FID network."""
+import csv
+import json
+
+import pytest
+
+from ditlab.cli import main
+from ditlab.configlib import ConfigError
+from ditlab.experiments.ablation import check_variants
+from ditlab.experiments.ablation_spec import load_ablation
+from ditlab.experiments.stages import promoted, ranking, stage_spec
+
+from tests.experiments.test_ablation import write_study
+
+EVALS = """\
+config: tiny.yaml
+seeds: [0]
+budget: {steps: 2}
+sample: {num: 6, seed: 3, sampler: euler, steps: 3, batch_size: 4}
+evals:
+  e3: {}
+  h2: {sampler: heun, steps: 2}
+variants:
+  single: {overrides: [task.kind=image, model.output_init=xavier]}  # not the zero output of adaLN-Zero at init
+  only_e3: {overrides: [task.kind=image, optim.lr=3e-4], evals: [e3]}
+"""
+
+STAGES = """\
+config: tiny.yaml
+seeds: [0]
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+stages:
+  screen: {steps: 1}
+  final: {steps: 2, seeds: [0, 1], top: 1, keep: [base], num: 4}
+variants:
+  base: {overrides: [task.kind=image]}
+  hot: {overrides: [task.kind=image, optim.lr=1e-2]}
+  cold: {overrides: [task.kind=image, optim.lr=1e-6]}
+"""
+
+TIMED = """\
+config: tiny.yaml
+seeds: [0]
+budget: {steps: 3, eval_every: 1, eval_num: 4}
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+time_to_fid: [1000000, 0.001]
+variants:
+  single: {overrides: [task.kind=image]}
+"""
+
+
+def _args(tmp_path, data, net):
+    return ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "out"), "--ref", str(data),
+            "--inception", str(net), "--set", f"data.path={data}", "--device", "cpu"]
+
+
+def test_named_evals_score_each_setting(tmp_path, monkeypatch):
+    data, net = write_study(tmp_path, monkeypatch, EVALS, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    names = sorted(p.name for p in (out / "scores").glob("*.json"))
+    assert names == ["only_e3-s0__default__e3.json", "single-s0__default__e3.json", "single-s0__default__h2.json"]
+    h2 = json.loads((out / "scores" / "single-s0__default__h2.json").read_text())
+    e3 = json.loads((out / "scores" / "single-s0__default__e3.json").read_text())
+    assert (h2["eval"], h2["sampler"], h2["steps"], h2["nfe"]) == ("h2", "heun", 2, 3)
+    assert (e3["eval"], e3["sampler"], e3["steps"], e3["nfe"]) == ("e3", "euler", 3, 3)
+    assert h2["fid"] != e3["fid"]  # a different sampler, different samples
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["variant"], r["eval"]) for r in rows] == [("single", "e3"), ("single", "h2"), ("only_e3", "e3")]
+    table = (out / "results.md").read_text()
+    assert "| single | default / h2 |" in table and "**h2** heun 2 steps" in table
+    assert (out / "grids" / "single-s0__default__h2.png").exists()
+
+
+def test_bad_evals_stages_and_thresholds_are_named(tmp_path):
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+
+    def bad(text, match):
+        (tmp_path / "a.yaml").write_text("config: tiny.yaml\n" + text)
+        with pytest.raises(ConfigError, match=match):
+            load_ablation(tmp_path / "a.yaml")
+
+    bad("evals: {e: {num: 3}}\nvariants: {v: {}}\n", "evals.e.num")
+    bad("evals: {e: {cfg_interval: [2, 1]}}\nvariants: {v: {}}\n", "evals.e.cfg_interval")
+    bad("evals: {e: {}}\nvariants: {v: {evals: [f]}}\n", "variants.v.evals")
+    bad("stages: {s: {top: 2}}\nvariants: {v: {}}\n", "stages.s.top")
+    bad("stages: {s: {}, t: {top: 1, keep: [w]}}\nvariants: {v: {}}\n", "stages.t.keep")
+    bad("stages: {s: {}, t: {rank_by: e}}\nvariants: {v: {}}\n", "stages.t.rank_by")
+    bad("stages: {s: {time_limt: 3}}\nvariants: {v: {}}\n", "stages.s.time_limt")
+    bad("stages: {runs: {}}\nvariants: {v: {}}\n", "stage name")
+    bad("time_to_fid: [10]\nvariants: {v: {}}\n", "time_to_fid needs FID during training")
+    bad("budget: {eval_every: -1}\nvariants: {v: {}}\n", "budget")
+
+
+def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
+    data, net = write_study(tmp_path, monkeypatch, STAGES, 8)
+    out = tmp_path / "out"
+    args = _args(tmp_path, data, net)
+    assert main(args + ["--stage", "final"]) == 1
+    assert "stage screen is not complete" in capsys.readouterr().err
+    assert main(args + ["--seeds", "3"]) == 1
+    assert "--seeds does not apply" in capsys.readouterr().err
+    assert main(args + ["--stage", "screen"]) == 0
+    assert not (out / "final").exists()
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])  # the default paths, as the runner fills them in
+    screen = stage_spec(spec, spec.stages[0], spec.variants)
+    ranked = ranking(screen, out / "screen", "")
+    assert sorted(v for v, _, _ in ranked) == ["base", "cold", "hot"]
+    assert [f for _, f, _ in ranked] == sorted(f for _, f, _ in ranked)
+    chosen = {v.name for v in promoted(spec, spec.stages[1], ranked)}
+    assert chosen == {ranked[0][0], "base"}
+
+    assert main(args) == 0  # the screen is skipped (done), the final stage runs
+    final_runs = sorted(p.name for p in (out / "final" / "runs").iterdir())
+    assert final_runs == sorted(f"{v}-s{s}" for v in chosen for s in (0, 1))
+    record = json.loads(next((out / "final" / "scores").glob("*.json")).read_text())
+    assert record["num_samples"] == 4 and record["train_steps"] == 2  # the stage's num and budget
+    stages_md = (out / "stages.md").read_text()
+    assert "## screen -> final" in stages_md and "| 1 | " + ranked[0][0] in stages_md
+    assert (out / "screen" / "results.md").exists() and (out / "final" / "results.md").exists()
+
+
+def test_time_to_fid_from_fid_during_training(tmp_path, monkeypatch):
+    data, net = write_study(tmp_path, monkeypatch, TIMED, 8)
+    monkeypatch.delenv("DITLAB_INCEPTION", raising=False)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    cfg = json.loads((out / "runs" / "single-s0" / "config.json").read_text()) \
+        if (out / "runs" / "single-s0" / "config.json").exists() else None
+    record = json.loads((out / "scores" / "single-s0__default.json").read_text())
+    curve = record["eval_curve"]
+    assert [c[1] for c in curve] == [1, 2, 3]  # an evaluation at every step
+    assert all(c[2] > 0 for c in curve)
+    seconds = [c[0] for c in curve]
+    assert seconds == sorted(seconds)
+    assert record["time_to_fid"] == {"1e+06": curve[0][0], "0.001": None}  # reached at once; never
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert rows[0]["time_to_fid_1e+06"] == str(curve[0][0]) and rows[0]["time_to_fid_0.001"] == ""
+    table = (out / "results.md").read_text()
+    assert "s to FID 1e+06" in table and "| — |" in table
+    assert (out / "results_curves.png").exists()
+    assert cfg is None or cfg["train"]["eval_metric"] == "fid"

@@ -1,0 +1,30 @@
+"""The training clock: evaluation inside paused() does not count against train.time_limit."""
+import time
+
+import torch
+
+from ditlab.train.clock import TrainingClock
+
+
+def test_paused_time_is_excluded_and_untimed_steps_are_not_counted():
+    clock = TrainingClock(limit=10.0, untimed=1, device=torch.device("cpu"))
+    with clock.paused():  # before the clock starts: nothing to exclude
+        pass
+    assert not clock.tick(0) and clock.start is None and clock.elapsed() == 0.0
+    assert not clock.tick(1)  # the clock starts here
+    with clock.paused():
+        time.sleep(0.2)
+    assert clock.excluded >= 0.2
+    assert clock.elapsed() < 0.1  # the 0.2 s inside paused() are not training time
+    time.sleep(0.05)
+    assert 0.05 <= clock.used() < 0.15
+
+
+def test_time_limit_is_reached_by_training_time_only():
+    clock = TrainingClock(limit=0.1, untimed=0, device=torch.device("cpu"))
+    clock.tick(0)
+    with clock.paused():
+        time.sleep(0.15)
+    assert not clock.tick(1)  # 0.15 s passed, all of it paused
+    time.sleep(0.11)
+    assert clock.tick(2)
