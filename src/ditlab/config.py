@@ -64,6 +64,21 @@ class ModelConfig:
     # own cross-attention per block (ContextSetConfig). E.g. [{name: text, cfg_dropout: 0.1, blocks: middle}].
     # Empty: today's single set (or none). Their data: data.contexts (image), scene.describe_target (scene).
     contexts: tuple[ContextSetConfig, ...] = ()
+    # Architecture options (docs/architecture_options.md); the defaults are DiT's network, bitwise.
+    # The MLP: DiT's GELU, or SwiGLU with hidden width 2/3 * mlp_ratio * D rounded to a multiple of 8 (about
+    # the same parameters and FLOPs).
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    # The affine-free norm before every adaLN modulation (blocks and output layers).
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    # U-ViT long skips: block i's output is concatenated to the input of block depth-1-i (i < depth // 2)
+    # and projected 2D -> D; the projection starts as [I, 0], i.e. as the network without skips.
+    long_skips: bool = False
+    # N > 0: the class embedding (the null label when dropped) also enters self-attention as N tokens
+    # (+ N learned offsets) before the image tokens, dropped before the output. Needs num_classes > 0.
+    class_tokens: int = 0
+    # False (with class_tokens > 0): the label reaches the network through the class tokens only; adaLN
+    # sees the noise level alone.
+    label_in_adaln: bool = True
 
 
 @dataclass
@@ -273,8 +288,7 @@ class TrainConfig:
     # Optional wall-clock budget in seconds for the training loop (0 = none): the run stops, saves
     # and writes its summary at the first step boundary past it. The clock starts after
     # `untimed_steps` steps, which absorb torch.compile's compilation; everything after counts
-    # (logging, sample grids, checkpoints) except evaluation (train.eval_every) and the checkpoint saved
-    # only for it, so that the time-to-metric curve (eval/train_seconds in metrics.jsonl) is training time.
+    # (logging, sample grids, checkpoints).
     time_limit: float = 0.0
     untimed_steps: int = 0
     batch_size: int = 256
@@ -394,3 +408,17 @@ def check_values(cfg: Config, source: str = "") -> None:
         value = getattr(getattr(cfg, section), key)
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{section}.{key} must be a finite number >= 0, got {value}{where}")
+    model = cfg.model  # architecture options (ModelConfig)
+    if model.class_tokens < 0:
+        raise ConfigError(f"model.class_tokens must be >= 0, got {model.class_tokens}{where}")
+    if model.class_tokens and model.num_classes <= 0:
+        raise ConfigError(f"model.class_tokens={model.class_tokens} needs model.num_classes > 0{where}")
+    if not model.label_in_adaln and not model.class_tokens:
+        raise ConfigError(f"model.label_in_adaln=false needs model.class_tokens > 0 (the label would reach the "
+                          f"network nowhere){where}")
+    unfused = [f"model.{k}={getattr(model, k)}" for k, base in (("norm", "layernorm"), ("mlp", "gelu"))
+               if getattr(model, k) != base]
+    if unfused and cfg.train.fast_kernels == "on":
+        raise ConfigError(f"train.fast_kernels=on: the fused adaLN kernels support only model.norm=layernorm and "
+                          f"model.mlp=gelu, got {', '.join(unfused)}; use train.fast_kernels=auto (eager for "
+                          f"this model) or off{where}")

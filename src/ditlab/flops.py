@@ -1,33 +1,44 @@
 """Exact forward FLOPs of a DiT, for throughput and MFU reports.
 
-Per block: qkv + proj + MLP = 12 T D^2 MACs (mlp_ratio 4), attention scores and values 2 T^2 D,
-adaLN modulation 6 D^2 per conditioning group (one per sample when t is per sample).
+Per block, over the T tokens of the self-attention sequence (the streams' tokens plus any in-context
+class tokens): qkv + proj 4 T D^2 MACs, the MLP 2 T D H (GELU, hidden H = mlp_ratio D: 8 T D^2 at ratio 4)
+or 3 T D H (SwiGLU: gate, value and output matrices), attention scores and values 2 T^2 D, adaLN
+modulation 6 D^2 per conditioning group (one per sample when t is per sample). U-ViT long skips add
+one 2D -> D projection per token for each of the depth // 2 receiving blocks.
 FLOPs = 2 x MACs; a training step costs 3 x the forward (forward + backward of activations and
 weights).
 """
 from __future__ import annotations
 
 from ditlab.models.dit import DiT
+from ditlab.models.mlp import SwiGLU
 
 
 def dit_forward_flops(model: DiT, groups: int = 1, context_tokens: int = 0) -> int:
     """Forward FLOPs per sample.
 
-    ``groups``: conditioning groups per sample (1 for one stream with per-sample t, the number of
-    streams for several, the number of tokens for per-token t). ``context_tokens``: the context set
-    length seen by cross-attention (padding included: SDPA computes it).
+    ``groups``: the streams' conditioning groups per sample (1 for one stream with per-sample t, the
+    number of streams for several, the number of tokens for per-token t); the class tokens' own group
+    (model.class_tokens > 0) is added here: one more, or one per class token when t is per token.
+    ``context_tokens``: the context set length seen by cross-attention (padding included: SDPA computes it).
     """
     D, L = model.hidden_size, model.depth
-    T = model.num_tokens
-    mlp_hidden = model.blocks[0].mlp.fc1.out_features
+    K = getattr(model, "num_class_tokens", 0)
+    T = model.num_tokens + K  # the self-attention sequence
+    if K:
+        groups += K if groups >= model.num_tokens > 1 else 1
+    mlp = model.blocks[0].mlp
+    H = mlp.hidden
     attn_proj = 4 * T * D * D
-    mlp = 2 * T * D * mlp_hidden
+    mlp_macs = (3 if isinstance(mlp, SwiGLU) else 2) * T * D * H
     scores = 2 * T * T * D
     mod = groups * model.blocks[0].num_mod * D * D
-    macs = L * (attn_proj + mlp + scores + mod)
+    macs = L * (attn_proj + mlp_macs + scores + mod)
     if model.context_dim is not None:  # cross-attention: q and out projections, k/v of the context, scores
         M, Dc = context_tokens, model.context_dim
         macs += L * (2 * T * D * D + 2 * M * Dc * D + 2 * T * M * D)
+    if getattr(model, "long_skips", None) is not None:
+        macs += (L // 2) * T * 2 * D * D
     for s in model.streams:
         pixels = s.patch_size * s.patch_size * s.channels
         macs += s.num_tokens * pixels * D  # patch embedding

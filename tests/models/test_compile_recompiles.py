@@ -71,6 +71,22 @@ def test_dit_with_a_context_set_of_12_lengths():
     assert counter.frame_count <= MAX_GRAPHS, f"{counter.frame_count} graphs for {len(LENGTHS)} lengths"
 
 
+def test_dit_with_every_architecture_option_over_12_context_lengths():
+    """SwiGLU, RMSNorm, long skips and class tokens (label only in the tokens, CFG drop): the options branch on
+    Python ints only, so they add no graph."""
+    torch.manual_seed(0)
+    model = DiT([StreamSpec("image", 3, 8, 2)], hidden_size=32, depth=3, num_heads=4, context_dim=6, num_classes=5,
+                mlp="swiglu", norm="rmsnorm", long_skips=True, class_tokens=2, label_in_adaln=False).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    for m in LENGTHS:
+        x, t = {"image": torch.randn(2, 3, 8, 8)}, {"image": torch.rand(2)}
+        kw = dict(context=torch.randn(2, m, 6), context_mask=key_padding(m), labels=torch.tensor([m % 5, 1]),
+                  label_drop=torch.tensor([m % 2 == 0, False]))
+        torch.testing.assert_close(compiled(x, t, **kw)["image"], model(x, t, **kw)["image"])
+    assert counter.frame_count <= MAX_GRAPHS, f"{counter.frame_count} graphs for {len(LENGTHS)} lengths"
+
+
 def test_the_counter_sees_recompiles():
     """Negative control: with dynamic shapes off, every new length is a new graph."""
     counter = CompileCounter()

@@ -41,6 +41,7 @@ from torch import nn
 from ditlab.models.attention import AttnBias
 from ditlab.models.dit import DiT, DiTBlock, StreamSpec, stream_positions, stream_rope
 from ditlab.models.embed import PatchEmbed
+from ditlab.models.mlp import reset_swiglu
 
 INJECTIONS = ("tokens", "cross", "branch", "adaln")
 
@@ -72,6 +73,7 @@ def _init_linear_xavier(module: nn.Module) -> None:
 def _init_block(block: DiTBlock) -> None:
     """As DiT.initialize_weights does for a block: xavier linears, adaLN-Zero (the block is the identity)."""
     _init_linear_xavier(block)
+    reset_swiglu(block)  # a SwiGLU's gate and value halves as two layers, as DiT.initialize_weights does
     nn.init.zeros_(block.adaLN.weight)
     nn.init.zeros_(block.adaLN.bias)
 
@@ -138,9 +140,9 @@ class ConditionedDiT(DiT):
         if injection == "cross":
             for i, block in enumerate(self.blocks):  # blocks outside cond_blocks: no cross-attention
                 if i not in self.cond_block_ids:
-                    mlp_ratio = block.mlp.fc1.out_features / D
-                    new = DiTBlock(D, self.num_heads, mlp_ratio, block.attn.dropout,
-                                   not isinstance(block.attn.q_norm, nn.Identity))
+                    new = DiTBlock(D, self.num_heads, block.mlp_ratio, block.attn.dropout,
+                                   not isinstance(block.attn.q_norm, nn.Identity), mlp=block.mlp_kind,
+                                   norm=block.norm_kind)
                     _init_block(new)
                     self.blocks[i] = new
         elif injection == "branch":
@@ -156,8 +158,9 @@ class ConditionedDiT(DiT):
                                  f"receives the branch is {receive[-1]}; set task.branch_blocks={receive[-1] + 1}")
             main = self.blocks[0]
             self.branch_blocks = nn.ModuleList(
-                DiTBlock(D, self.num_heads, main.mlp.fc1.out_features / D, main.attn.dropout,
-                         not isinstance(main.attn.q_norm, nn.Identity)) for _ in range(n))
+                DiTBlock(D, self.num_heads, main.mlp_ratio, main.attn.dropout,
+                         not isinstance(main.attn.q_norm, nn.Identity), mlp=main.mlp_kind, norm=main.norm_kind)
+                for _ in range(n))
             for block in self.branch_blocks:
                 _init_block(block)
             self.branch_out = nn.ModuleDict({str(i): nn.Linear(D, D) for i in receive})
@@ -213,8 +216,9 @@ class ConditionedDiT(DiT):
             if s.name == self.cond_name:
                 break
             start += s.num_tokens
-        col = torch.zeros(self.num_tokens, device=device)
-        col[start:start + self.cond_spec.num_tokens] = math.log(scale) if scale > 0 else float("-inf")
+        K = self.num_class_tokens  # the class tokens lead the sequence (ditlab.models.class_tokens)
+        col = torch.zeros(K + self.num_tokens, device=device)
+        col[K + start:K + start + self.cond_spec.num_tokens] = math.log(scale) if scale > 0 else float("-inf")
         return col.expand(batch, -1)
 
     def _branch(self, x, t, low, s, labels, label_drop) -> dict[int, torch.Tensor]:
@@ -234,7 +238,7 @@ class ConditionedDiT(DiT):
                                tt[:, None].expand(B, target.num_tokens) if tt.dim() == 1 else tt], dim=1)
             index = None
         c = self.t_embed(times)
-        if self.label_embed is not None:
+        if self.label_embed is not None and self.label_in_adaln:  # the branch has no class tokens of its own
             if labels is None:
                 raise ValueError("this model is class-conditional: pass labels")
             c = c + self.label_embed(labels, label_drop)[:, None]
@@ -305,6 +309,8 @@ class ConditionedDiT(DiT):
             inject = self._branch(x, t, low, s, labels, label_drop)
             if keep is not None:
                 inject = {j: v * keep[:, None, None].to(v.dtype) for j, v in inject.items()}
+            if self.num_class_tokens:  # nothing is added to the class tokens leading the main sequence
+                inject = {j: torch.nn.functional.pad(v, (0, 0, self.num_class_tokens, 0)) for j, v in inject.items()}
             return self._run({"inject": inject}, x, t, **args)
         # adaln
         level = s if s.dim() == 1 else s.mean(dim=1)

@@ -20,7 +20,11 @@ from torch import nn
 
 from ditlab.models import kernels
 from ditlab.models.attention import Attention
+from ditlab.models.class_tokens import ClassTokens, with_class_keys, with_class_rows
 from ditlab.models.embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, rope_2d, sincos_2d, sinusoidal
+from ditlab.models.mlp import MLP_KINDS, Mlp, make_mlp, reset_swiglu  # noqa: F401  (Mlp: its old home)
+from ditlab.models.norms import NORM_KINDS, make_norm
+from ditlab.models.skips import LongSkips
 
 # name -> (hidden size, depth, heads), as in the DiT paper's table.
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -116,15 +120,11 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+def unsupported_by_fused_kernels(mlp: str, norm: str) -> tuple[str, ...]:
+    """The ``model.*`` settings the fused adaLN path (ditlab.models.kernels) was not written for: its kernels
+    compute LayerNorm, and the block's fused path was written and measured for DiT's GELU MLP only."""
+    return tuple(f"model.{key}={value}" for key, value, base in (("norm", norm, "layernorm"), ("mlp", mlp, "gelu"))
+                 if value != base)
 
 
 class AdaLNMods(NamedTuple):
@@ -179,9 +179,10 @@ class ContextSpec:
 class CrossSet(nn.Module):
     """A named context set's cross-attention in one block, with its own adaLN-Zero shift / scale / gate."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float, qk_norm: bool):
+    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float, qk_norm: bool,
+                 norm: str = "layernorm"):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = make_norm(norm, dim)
         self.attn = Attention(dim, heads, kv_dim=context_dim, dropout=dropout, qk_norm=qk_norm)
         self.adaLN = nn.Linear(dim, 3 * dim)
 
@@ -197,33 +198,38 @@ class DiTBlock(nn.Module):
     """Self-attention, optional cross-attention to a context set, MLP; each adaLN-Zero modulated.
 
     ``sets``: named context sets (ContextSpec name -> width) injected into this block, each a
-    :class:`CrossSet` after the unnamed set's cross-attention, before the MLP."""
+    :class:`CrossSet` after the unnamed set's cross-attention, before the MLP.
+    ``mlp``: "gelu" or "swiglu" (ditlab.models.mlp); ``norm``: "layernorm" or "rmsnorm" (ditlab.models.norms)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_dropout: float, qk_norm: bool,
                  context_dim: Optional[int] = None, cross_attn_dropout: float = 0.0,
-                 sets: Optional[dict[str, tuple[int, float]]] = None):
+                 sets: Optional[dict[str, tuple[int, float]]] = None, mlp: str = "gelu", norm: str = "layernorm"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp_ratio, self.mlp_kind, self.norm_kind = mlp_ratio, mlp, norm  # to build a copy (models.control)
+        self.norm1 = make_norm(norm, dim)
         self.attn = Attention(dim, heads, dropout=attn_dropout, qk_norm=qk_norm)
         self.has_cross = context_dim is not None
         if self.has_cross:
-            self.norm_cross = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.norm_cross = make_norm(norm, dim)
             self.cross_attn = Attention(dim, heads, kv_dim=context_dim, dropout=cross_attn_dropout, qk_norm=qk_norm)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = make_norm(norm, dim)
+        self.mlp = make_mlp(mlp, dim, mlp_ratio)
         self.num_mod = 9 if self.has_cross else 6
         self.adaLN = nn.Linear(dim, self.num_mod * dim)
         # Named context sets (name -> (width, cross-attention dropout)); empty: no state-dict keys.
-        self.cross_sets = nn.ModuleDict({name: CrossSet(dim, heads, d, p, qk_norm)
+        self.cross_sets = nn.ModuleDict({name: CrossSet(dim, heads, d, p, qk_norm, norm)
                                          for name, (d, p) in (sets or {}).items()})
         # Fused adaLN kernels (ditlab.models.kernels, train.fast_kernels); not part of the state dict.
         self.fast_kernels = False
+        # What the fused kernels cannot compute: configure_fast_kernels refuses train.fast_kernels=on for
+        # these settings and keeps the eager path on auto.
+        self.fused_unsupported = unsupported_by_fused_kernels(mlp, norm)
 
     def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False, sets=None):
         # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None.
         # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
         # sets: named context sets, name -> (context (B, M, Dc), mask (B, M) bool or None).
-        if self.fast_kernels and not self.cross_sets:
+        if self.fast_kernels and not self.cross_sets and not self.fused_unsupported:
             return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv)
         mod = self.adaLN(c)  # (B, G, num_mod * D)
         if index is not None:
@@ -262,17 +268,18 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm + linear to patch pixels for one stream."""
+    """adaLN-modulated norm (``norm``: LayerNorm or RMSNorm) + linear to patch pixels for one stream."""
 
-    def __init__(self, dim: int, patch_size: int, channels: int):
+    def __init__(self, dim: int, patch_size: int, channels: int, norm: str = "layernorm"):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = make_norm(norm, dim)
         self.adaLN = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, patch_size * patch_size * channels)
         self.fast_kernels = False  # fused LayerNorm + modulate (ditlab.models.kernels)
+        self.fused_unsupported = unsupported_by_fused_kernels("gelu", norm)
 
     def forward(self, x, c, index):
-        if self.fast_kernels:
+        if self.fast_kernels and not self.fused_unsupported:
             return self._forward_fused(x, c, index)
         mod = self.adaLN(c)
         if index is not None:
@@ -323,10 +330,21 @@ class DiT(nn.Module):
         cross_attn_dropout: float = 0.0,
         output_init: str = "zero",
         contexts: Optional[list[ContextSpec]] = None,
+        mlp: str = "gelu",
+        norm: str = "layernorm",
+        long_skips: bool = False,
+        class_tokens: int = 0,
+        label_in_adaln: bool = True,
     ):
         """``context_dim`` (+ ``cross_attn_dropout``): the unnamed context set in every block, as
         ``contexts=[ContextSpec("", context_dim, cross_attn_dropout)]``; ``contexts``: context sets
-        (:class:`ContextSpec`), at most one unnamed."""
+        (:class:`ContextSpec`), at most one unnamed.
+
+        Architecture options (docs/architecture_options.md; the defaults are DiT, bitwise): ``mlp`` "gelu" |
+        "swiglu" (ditlab.models.mlp), ``norm`` "layernorm" | "rmsnorm" before every adaLN modulation
+        (ditlab.models.norms), ``long_skips`` U-ViT skips (ditlab.models.skips), ``class_tokens`` N > 0
+        in-context class tokens and ``label_in_adaln`` whether the label also enters adaLN
+        (ditlab.models.class_tokens)."""
         super().__init__()
         specs = list(contexts or [])
         if context_dim is not None:
@@ -349,6 +367,19 @@ class DiT(nn.Module):
             raise ValueError(f"model.pos_embed must be 'sincos' or 'rope', got {pos_embed!r}")
         if output_init not in ("zero", "xavier"):
             raise ValueError(f"model.output_init must be 'zero' or 'xavier', got {output_init!r}")
+        if mlp not in MLP_KINDS:
+            raise ValueError(f"model.mlp must be one of {', '.join(MLP_KINDS)}, got {mlp!r}")
+        if norm not in NORM_KINDS:
+            raise ValueError(f"model.norm must be one of {', '.join(NORM_KINDS)}, got {norm!r}")
+        if class_tokens < 0:
+            raise ValueError(f"model.class_tokens must be >= 0, got {class_tokens}")
+        if class_tokens and num_classes <= 0:
+            raise ValueError(f"model.class_tokens={class_tokens} needs a class-conditional model (model.num_classes > 0)")
+        if not label_in_adaln and not class_tokens:
+            raise ValueError("model.label_in_adaln=false needs model.class_tokens > 0: the label would reach "
+                             "the network nowhere")
+        self.mlp_kind, self.norm_kind = mlp, norm
+        self.num_class_tokens, self.label_in_adaln = int(class_tokens), bool(label_in_adaln)
         self.output_init = output_init
         self.streams = list(streams)
         self.hidden_size, self.depth, self.num_heads = hidden_size, depth, num_heads
@@ -365,10 +396,11 @@ class DiT(nn.Module):
             DiTBlock(hidden_size, num_heads, mlp_ratio, attn_dropout, qk_norm,
                      context_dim if unnamed is not None and i in ranges[""] else None,
                      unnamed.cross_attn_dropout if unnamed is not None else 0.0,
-                     {n: (cs.dim, cs.cross_attn_dropout) for n, cs in self.context_specs.items() if i in ranges[n]})
+                     {n: (cs.dim, cs.cross_attn_dropout) for n, cs in self.context_specs.items() if i in ranges[n]},
+                     mlp=mlp, norm=norm)
             for i in range(depth)
         )
-        self.final = nn.ModuleDict({s.name: FinalLayer(hidden_size, s.patch_size, s.channels)
+        self.final = nn.ModuleDict({s.name: FinalLayer(hidden_size, s.patch_size, s.channels, norm)
                                     for s in streams if s.predict})
         # Learned nulls for classifier-free guidance: a dropped condition stream becomes these token
         # embeddings, a dropped context set one learned element. Chosen with torch.where, so every
@@ -378,6 +410,9 @@ class DiT(nn.Module):
         self.null_context = nn.Parameter(torch.zeros(1, context_dim)) if context_dim is not None else None
         self.null_contexts = nn.ParameterDict({n: nn.Parameter(torch.zeros(1, cs.dim))
                                                for n, cs in self.context_specs.items()})
+        # Options off: None, so a default model has exactly today's modules and state-dict keys.
+        self.long_skips = LongSkips(depth, hidden_size) if long_skips else None
+        self.class_tokens = ClassTokens(class_tokens, hidden_size) if class_tokens else None
 
         # Fixed position tables (not parameters, not saved: they are a function of the specs).
         for s in streams:
@@ -385,11 +420,17 @@ class DiT(nn.Module):
                 self.register_buffer(f"pos_{s.name}", stream_positions(s, hidden_size), persistent=False)
         if pos_embed == "rope":
             tables = [stream_rope(s, hidden_size // num_heads) for s in streams]
+            if class_tokens:  # the class tokens lead the sequence, unrotated (angle 0)
+                hd2 = hidden_size // num_heads // 2
+                tables.insert(0, (torch.ones(class_tokens, hd2), torch.zeros(class_tokens, hd2)))
             self.register_buffer("rope_cos", torch.cat([c for c, _ in tables]), persistent=False)
             self.register_buffer("rope_sin", torch.cat([s for _, s in tables]), persistent=False)
         # Token -> stream index, used to gather per-(sample, stream) modulation to tokens.
         stream_of_token = torch.cat([torch.full((s.num_tokens,), i) for i, s in enumerate(streams)])
         self.register_buffer("stream_of_token", stream_of_token, persistent=False)
+        if class_tokens:  # sequence position -> conditioning group, group 0 being the class tokens' (t = 0)
+            self.register_buffer("group_of_token", torch.cat([torch.zeros(class_tokens, dtype=stream_of_token.dtype),
+                                                              stream_of_token + 1]), persistent=False)
         self.initialize_weights()
 
     @property
@@ -435,27 +476,53 @@ class DiT(nn.Module):
             for cross in block.cross_sets.values():
                 nn.init.zeros_(cross.adaLN.weight)
                 nn.init.zeros_(cross.adaLN.bias)
+        # The options' parameters last, each drawing random numbers only when it is on: the default
+        # model draws exactly today's initial weights.
+        reset_swiglu(self)
+        if self.long_skips is not None:
+            self.long_skips.reset_parameters()  # [I, 0]: starts as the plain network, draws nothing
+        if self.class_tokens is not None:
+            self.class_tokens.reset_parameters()
 
     def _conditioning(self, t: dict[str, torch.Tensor], labels, label_drop, batch: int):
-        """Per-group conditioning (B, G, D) and the token -> group index (None = broadcast / identity)."""
+        """Per-group conditioning (B, G, D) and the token -> group index (None = broadcast / identity).
+        The index covers the whole sequence: the class tokens (if any) first, in a group of noise level 0."""
+        K = self.num_class_tokens
         per_sample = all(t[s.name].dim() == 1 for s in self.streams)
         if per_sample:
             times = torch.stack([t[s.name] for s in self.streams], dim=1)  # (B, S)
             index = None if len(self.streams) == 1 else self.stream_of_token
+            if K:
+                times = torch.cat([torch.zeros_like(times[:, :1]), times], dim=1)  # (B, 1 + S)
+                index = self.group_of_token
         else:  # at least one stream has per-token noise levels: one group per token
             parts = []
             for s in self.streams:
                 ts = t[s.name]
                 parts.append(ts[:, None].expand(batch, s.num_tokens) if ts.dim() == 1 else ts)
-            times = torch.cat(parts, dim=1)  # (B, N)
+            if K:
+                parts.insert(0, torch.zeros_like(parts[0][:, :1]).expand(batch, K))
+            times = torch.cat(parts, dim=1)  # (B, K + N)
             index = None
         c = self.t_embed(times)  # (B, G, D)
-        if self.label_embed is not None:
-            if labels is None:
-                raise ValueError("this model is class-conditional: pass labels (use the null label "
-                                 f"{self.label_embed.null_label} for unconditional)")
-            c = c + self.label_embed(labels, label_drop)[:, None]
+        if self.label_embed is not None and self.label_in_adaln:
+            c = c + self._label_embedding(labels, label_drop)[:, None]
         return torch.nn.functional.silu(c), index
+
+    def _label_embedding(self, labels, label_drop) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("this model is class-conditional: pass labels (use the null label "
+                             f"{self.label_embed.null_label} for unconditional)")
+        return self.label_embed(labels, label_drop)
+
+    def _with_class_tokens(self, h, labels, label_drop, mask):
+        """Prepend the class tokens to the embedded streams ``h`` (B, N, D) and widen ``mask`` (None, (B, N)
+        key padding or (B, N, N)) to them (ditlab.models.class_tokens)."""
+        K = self.num_class_tokens
+        tokens = self.class_tokens(self._label_embedding(labels, label_drop).to(h.dtype))
+        if mask is not None:
+            mask = with_class_keys(mask, K) if mask.dim() == 2 else with_class_rows(mask, K)
+        return torch.cat([tokens, h], dim=1), mask
 
     def _drop_context(self, context, mask, drop, null=None):
         """Dropped samples see one learned null element (slot 0) instead of their context set
@@ -601,10 +668,18 @@ class DiT(nn.Module):
             context = torch.where(context_mask[..., None], context, 0)
         if context_drop is not None:
             context, context_mask = self._drop_context(context, context_mask, context_drop)
+        K = self.num_class_tokens
+        if K:
+            h, mask = self._with_class_tokens(h, labels, label_drop, mask)
+        kept: list[torch.Tensor] = []  # long skips: the first blocks' outputs
         for i, block in enumerate(self.blocks):
+            if self.long_skips is not None:
+                h = self.long_skips.merge(i, h, kept)
             h = self._block_step(i, block, h, c, index, mask, rope, context, context_mask, sets=sets)
+            if self.long_skips is not None:
+                self.long_skips.keep(i, h, kept)
 
-        return self._outputs(h, c, index, self.streams, 0)
+        return self._outputs(h[:, K:] if K else h, c, index, self.streams, K)
 
     def _block_step(self, i, block, h, c, index, mask, rope, context, context_mask, **kw):
         """Block ``i`` of forward's loop (ditlab.models.control.ConditionedDiT adds a condition pathway here)."""
@@ -673,6 +748,8 @@ class DiT(nn.Module):
     def _prefix_setup(self, x, t, labels, attn_mask, check_mask: bool):
         if self.context_dim is not None or self.context_specs:
             raise ValueError("prefix caching does not support a model with a context set (cross-attention)")
+        if self.num_class_tokens:
+            raise ValueError("prefix caching does not support in-context class tokens (model.class_tokens > 0)")
         if attn_mask is None:
             raise ValueError("prefix caching needs an attn_mask in which no prefix token sees a later token")
         self._check_inputs(x, t)
@@ -697,9 +774,13 @@ class DiT(nn.Module):
         h = self._embed(x, prefix)
         idx = self._token_index(index, c, 0, P)
         rope_p = None if rope is None else (rope[0][:P], rope[1][:P])
-        cache = []
-        for block in self.blocks:
+        cache, kept = [], []
+        for i, block in enumerate(self.blocks):
+            if self.long_skips is not None:  # per token: the prefix's skips are its own
+                h = self.long_skips.merge(i, h, kept)
             h, kv = block(h, c, idx, mask[:, :P, :P], rope_p, None, None, return_kv=True)
+            if self.long_skips is not None:
+                self.long_skips.keep(i, h, kept)
             cache.append(kv)
         return cache
 
@@ -714,8 +795,13 @@ class DiT(nn.Module):
         h = self._embed(x, rest)
         idx = self._token_index(index, c, P, self.num_tokens)
         rope_q = None if rope is None else (rope[0][P:], rope[1][P:])
-        for block, kv in zip(self.blocks, cache):
+        kept = []
+        for i, (block, kv) in enumerate(zip(self.blocks, cache)):
+            if self.long_skips is not None:
+                h = self.long_skips.merge(i, h, kept)
             h = block(h, c, idx, mask[:, P:, :], rope_q, None, None, kv_prefix=kv)
+            if self.long_skips is not None:
+                self.long_skips.keep(i, h, kept)
         return self._outputs(h, c, index, rest, P)
 
 
@@ -723,21 +809,30 @@ def build_dit(model_cfg, streams: list[StreamSpec], context_dim: Optional[int] =
               contexts: Optional[list[ContextSpec]] = None) -> DiT:
     """DiT from a ModelConfig (ditlab.config); the size comes from model.arch unless overridden.
     ``context_dim``: the unnamed context set; ``contexts``: named ones (see context_specs_of)."""
+    return DiT(streams=streams, context_dim=context_dim, contexts=contexts, **dit_kwargs(model_cfg))
+
+
+def dit_kwargs(model_cfg) -> dict:
+    """DiT's keyword arguments from a ModelConfig, all but the streams and the context sets: the size
+    (model.arch unless overridden) and every architecture option. A config object without the newer
+    keys (one built by hand) gets their defaults, today's network."""
     hidden, depth, heads, _ = parse_arch(model_cfg.arch)
-    return DiT(
-        streams=streams,
+    return dict(
         hidden_size=model_cfg.hidden_size or hidden,
         depth=model_cfg.depth or depth,
         num_heads=model_cfg.num_heads or heads,
         mlp_ratio=model_cfg.mlp_ratio,
         num_classes=model_cfg.num_classes,
-        context_dim=context_dim,
         pos_embed=model_cfg.pos_embed,
         attn_dropout=model_cfg.attn_dropout,
         qk_norm=model_cfg.qk_norm,
         cross_attn_dropout=model_cfg.cross_attn_dropout,
         output_init=model_cfg.output_init,
-        contexts=contexts,
+        mlp=getattr(model_cfg, "mlp", "gelu"),
+        norm=getattr(model_cfg, "norm", "layernorm"),
+        long_skips=getattr(model_cfg, "long_skips", False),
+        class_tokens=getattr(model_cfg, "class_tokens", 0),
+        label_in_adaln=getattr(model_cfg, "label_in_adaln", True),
     )
 
 

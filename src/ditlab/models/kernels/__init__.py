@@ -24,7 +24,7 @@ from ditlab.models.kernels.reference import (adaln_modulate_ref, gate_residual_a
 
 __all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_residual_adaln_ref",
            "gather_groups", "modulate", "triton_available", "resolve_fast_kernels", "configure_fast_kernels",
-           "set_fast_kernels", "FAST_KERNEL_MODES"]
+           "set_fast_kernels", "fused_unsupported", "FAST_KERNEL_MODES"]
 
 FAST_KERNEL_MODES = ("auto", "on", "off")
 
@@ -125,8 +125,21 @@ def set_fast_kernels(model: torch.nn.Module, enabled: bool) -> int:
     return count
 
 
+def fused_unsupported(model: torch.nn.Module) -> list[str]:
+    """The model settings the fused path cannot compute (e.g. model.norm=rmsnorm), from the modules'
+    ``fused_unsupported`` attribute (DiTBlock, FinalLayer)."""
+    return sorted({u for m in model.modules() for u in getattr(m, "fused_unsupported", ())})
+
+
 def configure_fast_kernels(model: torch.nn.Module, mode: str, device: torch.device | str) -> bool:
-    """Resolve train.fast_kernels for ``device`` and set it on ``model``; returns whether it is on."""
-    enabled = resolve_fast_kernels(mode, device)
+    """Resolve train.fast_kernels for ``device`` and set it on ``model``; returns whether it is on.
+    A model setting the kernels do not support is an error naming both keys under ``on`` and keeps the
+    eager path under ``auto`` (checked before the device, so the error comes on any machine)."""
+    unsupported = fused_unsupported(model)
+    if unsupported and mode == "on":
+        raise ValueError(f"train.fast_kernels=on: the fused adaLN kernels support only model.norm=layernorm and "
+                         f"model.mlp=gelu, this model has {', '.join(unsupported)}; use train.fast_kernels=auto "
+                         "(the eager path for this model) or off")
+    enabled = resolve_fast_kernels(mode, device) and not unsupported
     set_fast_kernels(model, enabled)
     return enabled
