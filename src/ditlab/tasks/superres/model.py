@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ditlab.models.control import ConditionedDiT
-from ditlab.models.dit import DiT, StreamSpec, parse_arch
+from ditlab.models.dit import DiT, StreamSpec, dit_kwargs, parse_arch
 
 TARGET, COND = "image", "lowres"
 
@@ -29,14 +29,10 @@ def build_superres_model(model_cfg, image_size: int, channels: int, factor: int,
         raise ValueError(f"task.cond_mode=dummy (unconditional pretraining in the token layout) needs "
                          f"task.cond_injection=tokens, got task.cond_injection={injection}; pretrain a "
                          "task.kind=image run for the other modes")
-    hidden, depth, heads, _ = parse_arch(model_cfg.arch)
     return ConditionedDiT(
         superres_streams(image_size, channels, model_cfg.arch, factor), COND, injection,
         cond_blocks=getattr(task_cfg, "cond_blocks", "all"), branch_blocks=getattr(task_cfg, "branch_blocks", 0),
-        hidden_size=model_cfg.hidden_size or hidden, depth=model_cfg.depth or depth,
-        num_heads=model_cfg.num_heads or heads, mlp_ratio=model_cfg.mlp_ratio, num_classes=model_cfg.num_classes,
-        pos_embed=model_cfg.pos_embed, attn_dropout=model_cfg.attn_dropout, qk_norm=model_cfg.qk_norm,
-        cross_attn_dropout=model_cfg.cross_attn_dropout, output_init=model_cfg.output_init)
+        **dit_kwargs(model_cfg))  # the size and every model.* option (SwiGLU, RMSNorm, skips, class tokens)
 
 
 def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
