@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-SAMPLER_CHOICES = ("ddpm", "ddim", "euler", "heun")
+SAMPLER_CHOICES = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m")  # = ditlab.diffusion.samplers.SAMPLERS (a test checks)
 
 
 class UsageError(Exception):

@@ -85,14 +85,27 @@ class ModelConfig:
 class DiffusionConfig:
     # ddpm: discrete T-step Gaussian diffusion; flow: rectified flow x_t = (1 - t) x0 + t eps.
     process: Literal["ddpm", "flow"] = "ddpm"
-    # What the network predicts. ddpm: eps, x0 or v. flow: velocity (v is accepted as an alias).
+    # What the network predicts. ddpm: eps, x0 or v. flow: velocity (v is accepted as an alias) or x0 (the clean
+    # image, JiT: Li & He 2025). Formulas of this section's options: docs/diffusion.md.
     prediction: Literal["eps", "x0", "v", "velocity"] = "eps"
+    # Where the loss compares. native: the network's own target. velocity (flow only): the velocity implied by
+    # the prediction, v_hat = (x_t - x0_hat) / max(t, loss_t_min) against v = eps - x0, i.e. for x0 prediction
+    # the x0 error weighted 1 / max(t, loss_t_min)^2 (JiT's loss).
+    loss_space: Literal["native", "velocity"] = "native"
+    loss_t_min: float = 0.05  # the clamp of t in loss_space=velocity and in turning an x0 prediction into eps
+    # Per-element loss weight from the noise level. min_snr: Min-SNR-gamma (Hang et al. 2023), the weight that
+    # puts min(SNR, min_snr_gamma) on the x0 error whatever the prediction target (SNR = alpha^2 / sigma^2).
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    min_snr_gamma: float = 5.0
     schedule: Literal["linear", "cosine"] = "linear"  # DDPM betas
     num_timesteps: int = 1000  # DDPM T
     # Flow matching: how training t is drawn (uniform on (0, 1) or logit-normal(mean, std)).
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
+    # Flow matching: training t drawn as above, then warped t' = s t / (1 + (s - 1) t) (SD3's resolution shift;
+    # s > 1 trains at more noise). 1 = off.
+    time_shift: float = 1.0
 
 
 @dataclass
@@ -354,8 +367,12 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     # Defaults of `ditlab sample` and of the grids written during training.
-    sampler: Literal["ddpm", "ddim", "euler", "heun"] = "ddim"
+    # dpmpp_2m: DPM-Solver++(2M), second order, one network evaluation per step (docs/diffusion.md).
+    sampler: Literal["ddpm", "ddim", "euler", "heun", "dpmpp_2m"] = "ddim"
     steps: int = 50
+    # Flow matching: the sampling grid's levels warped t' = s t / (1 + (s - 1) t), s > 1 spends more steps at
+    # high noise (every stream whose level changes along the path). 1 = the uniform grid.
+    time_shift: float = 1.0
     cfg_scale: float = 1.0
     # Guide only where the noise-to-signal ratio sigma/alpha lies in (lo, hi], e.g. [0.28, 5.42]
     # (Kynkaanniemi et al. 2024); None guides at every step.
@@ -422,3 +439,8 @@ def check_values(cfg: Config, source: str = "") -> None:
         raise ConfigError(f"train.fast_kernels=on: the fused adaLN kernels support only model.norm=layernorm and "
                           f"model.mlp=gelu, got {', '.join(unfused)}; use train.fast_kernels=auto (eager for "
                           f"this model) or off{where}")
+    from ditlab.diffusion.options import diffusion_problem
+
+    problem = diffusion_problem(cfg)  # the diffusion.* / sample.* options that cannot work together
+    if problem:
+        raise ConfigError(f"{problem}{where}")

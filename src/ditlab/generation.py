@@ -18,6 +18,7 @@ import torch
 
 from ditlab.diffusion.guidance import guided
 from ditlab.diffusion.noise import PerSampleRNG
+from ditlab.diffusion.paths import shift_path
 from ditlab.diffusion.samplers import SAMPLERS, sample
 from ditlab.imageio import atomic_savez
 from ditlab.samples_meta import META_KEY
@@ -40,6 +41,11 @@ def check_settings(settings: SampleSettings, task) -> None:
         raise ValueError(f"--eta applies to --sampler ddim only (got --sampler {settings.sampler})")
     if not 0.0 <= settings.eta <= 1.0:
         raise ValueError(f"--eta must be in [0, 1], got {settings.eta}")
+    if not (math.isfinite(settings.time_shift) and settings.time_shift > 0):
+        raise ValueError(f"--time-shift (sample.time_shift) must be a finite number > 0, got {settings.time_shift}")
+    if settings.time_shift != 1.0 and not task.objective.schedule.terminal_pure_noise:  # only flow paths reach t = 1
+        raise ValueError(f"--time-shift (sample.time_shift) {settings.time_shift:g} applies to diffusion.process=flow "
+                         "runs only; this run is DDPM")
     if settings.cfg_scale != 1.0 and not task.can_guide:
         raise ValueError("classifier-free guidance (--cfg other than 1) needs a conditional model "
                          "(class-conditional, a condition stream or a context set)")
@@ -69,6 +75,7 @@ def generate_batch(task, model: torch.nn.Module, indices: torch.Tensor, seed: in
     rng = PerSampleRNG(seed, indices.tolist(), device)
     cond = task.batch_conditions(indices.to(device), {k: v.to(device) for k, v in given.items()})
     x, path = task.start(rng, settings, cond)
+    path = shift_path(path, settings.time_shift)  # the identity at the default 1
     # Per stream: a stream may follow its own schedule (LIFT's shifted low resolution).
     schedules = {name: task.objective.schedule_of(name) for name in path.streams}
     denoiser = guided(task.denoiser(model, cond), settings.cfg_scale, settings.cfg_interval, schedules,
@@ -114,7 +121,8 @@ def generate(task, model: torch.nn.Module, num: int, seed: int, settings: Sample
 def settings_of(sample_cfg, **changes) -> SampleSettings:
     """SampleSettings from a run's ``sample`` config section (the defaults of `ditlab sample`)."""
     base = dict(sampler=sample_cfg.sampler, steps=sample_cfg.steps, cfg_scale=sample_cfg.cfg_scale,
-                cfg_interval=tuple(sample_cfg.cfg_interval) if sample_cfg.cfg_interval else None, eta=sample_cfg.eta)
+                cfg_interval=tuple(sample_cfg.cfg_interval) if sample_cfg.cfg_interval else None, eta=sample_cfg.eta,
+                time_shift=sample_cfg.time_shift)
     base.update({k: v for k, v in changes.items() if v is not None})
     return SampleSettings(**base)
 

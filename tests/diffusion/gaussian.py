@@ -15,11 +15,11 @@ class BatchRNG:
         return torch.randn((self.batch, *shape), generator=self.gen, dtype=torch.float64).float()
 
 
-def random_gaussian(dim: int, seed: int = 0):
+def random_gaussian(dim: int, seed: int = 0, eig: tuple[float, float] = (0.05, 1.5)):
+    """A random N(mean, cov) whose covariance has eigenvalues evenly spread over ``eig``."""
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
-    eig = torch.linspace(0.05, 1.5, dim, dtype=torch.float64)
-    cov = q @ torch.diag(eig) @ q.T
+    cov = q @ torch.diag(torch.linspace(*eig, dim, dtype=torch.float64)) @ q.T
     mean = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
     return mean, cov
 

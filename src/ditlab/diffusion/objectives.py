@@ -7,6 +7,10 @@ and returns an unreduced per-sample loss for the trainer.
 Noise levels come per stream as (B,) per sample or (B, N_s) per token (one level per patch).
 Only tokens with t > 0 carry a loss by default: clean condition / context tokens are inputs.
 
+Options (docs/diffusion.md): flow matching may predict x0 (JiT, Li & He 2025) and take its loss in
+velocity space (``loss_space``); ``loss_weighting="min_snr"`` weighs each element by Min-SNR-gamma
+(ditlab.diffusion.weighting). The defaults reproduce the plain unweighted loss bitwise.
+
 A stream may follow its own noise schedule (``stream_schedules``, e.g. a low-resolution stream whose
 logSNR is shifted so that equal t means equal SNR across scales; ditlab.diffusion.scale_shift); the
 others follow ``schedule``.
@@ -18,8 +22,12 @@ from typing import Callable, Optional
 import torch
 
 from ditlab.diffusion.schedules import NoiseSchedule, build_schedule
+from ditlab.diffusion.weighting import min_snr_weight
 
-PREDICTIONS = {"ddpm": ("eps", "x0", "v"), "flow": ("velocity",)}
+# flow + eps is left out: x0 = (x_t - t eps) / (1 - t) divides by 0 at t = 1, where sampling starts.
+PREDICTIONS = {"ddpm": ("eps", "x0", "v"), "flow": ("velocity", "x0")}
+LOSS_SPACES = ("native", "velocity")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
 def expand_time(t: torch.Tensor, x: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -47,10 +55,21 @@ class Objective:
     """Prediction parameterisation + noise path."""
 
     def __init__(self, schedule: NoiseSchedule, prediction: str,
-                 stream_schedules: Optional[dict[str, NoiseSchedule]] = None):
+                 stream_schedules: Optional[dict[str, NoiseSchedule]] = None, loss_space: str = "native",
+                 loss_t_min: float = 0.05, loss_weighting: str = "none", min_snr_gamma: float = 5.0):
+        if loss_space not in LOSS_SPACES:
+            raise ValueError(f"diffusion.loss_space must be one of {LOSS_SPACES}, got {loss_space!r}")
+        if loss_space == "velocity" and not schedule.terminal_pure_noise:
+            raise ValueError("diffusion.loss_space=velocity applies to diffusion.process=flow only")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"diffusion.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.schedule = schedule
         self.prediction = prediction
         self.stream_schedules = dict(stream_schedules or {})
+        self.loss_space = loss_space
+        self.loss_t_min = loss_t_min  # JiT's clamp of t (= sigma on a flow path) in 1 / t
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
 
     def schedule_of(self, name: str) -> NoiseSchedule:
         """The noise schedule of stream ``name`` (its own, else the shared one)."""
@@ -83,7 +102,10 @@ class Objective:
             x0 = (x_t - sigma * eps) / alpha.clamp(min=1e-4)
         elif self.prediction == "x0":
             x0 = out
-            eps = (x_t - alpha * x0) / sigma.clamp(min=1e-4)
+            # Flow paths (JiT): eps_hat = (x_t - (1 - t) x0_hat) / max(t, loss_t_min), the same clamp as the
+            # loss; near t = 0 the 1 / t would blow the network's small x0 errors up into eps_hat.
+            floor = self.loss_t_min if (schedule or self.schedule).terminal_pure_noise else 1e-4
+            eps = (x_t - alpha * x0) / sigma.clamp(min=floor)
         elif self.prediction == "v":
             x0 = alpha * x_t - sigma * out
             eps = sigma * x_t + alpha * out
@@ -138,9 +160,28 @@ class Objective:
             if loss_mask is not None and k in loss_mask:
                 weight = weight * expand_token_mask(loss_mask[k], x0[k], patch_sizes[k])
             weight = weight.expand_as(x0[k])
-            err = (pred.float() - self.target(x0[k], noise[k], t_px[k], self.schedule_of(k)).float()) ** 2
+            err = self._error(pred, x0[k], noise[k], t_px[k], self.schedule_of(k)) ** 2
+            if self.loss_weighting == "min_snr":
+                err = err * self._snr_weight(t_px[k], self.schedule_of(k))
             sums[k] = ((err * weight).flatten(1).sum(1), weight.flatten(1).sum(1))
         return sums
+
+    def _error(self, pred, x0, eps, t_px, schedule):
+        """Elementwise (prediction - target) in the space the loss compares (``loss_space``)."""
+        if self.loss_space == "velocity" and self.prediction == "x0":
+            # JiT: v_hat = (x_t - x0_hat) / t against v = (x_t - x0) / t = eps - x0 (x_t - x0 = t (eps - x0)
+            # on a flow path), both with t clamped at loss_t_min, so v_hat - v = (x0 - x0_hat) / max(t, t_min).
+            # Written as the difference directly: x_t cancels exactly instead of in floating point.
+            _, sigma = schedule.alpha_sigma(t_px)
+            return (pred.float() - x0.float()) / sigma.clamp(min=self.loss_t_min)
+        # native, or a velocity prediction (whose native loss already is the velocity loss)
+        return pred.float() - self.target(x0, eps, t_px, schedule).float()
+
+    def _snr_weight(self, t_px, schedule):
+        """Min-SNR-gamma weight of the compared quantity (the velocity in loss_space=velocity)."""
+        compared = "velocity" if self.loss_space == "velocity" else self.prediction
+        alpha, sigma = schedule.alpha_sigma(t_px)
+        return min_snr_weight(alpha, sigma, compared, self.min_snr_gamma)
 
 
 def build_objective(diffusion_cfg) -> Objective:
@@ -151,4 +192,6 @@ def build_objective(diffusion_cfg) -> Objective:
     if prediction not in allowed:
         raise ValueError(f"diffusion.prediction={diffusion_cfg.prediction!r} does not fit diffusion.process="
                          f"{diffusion_cfg.process!r}; choose one of {allowed}")
-    return Objective(build_schedule(diffusion_cfg), prediction)
+    return Objective(build_schedule(diffusion_cfg), prediction, loss_space=diffusion_cfg.loss_space,
+                     loss_t_min=diffusion_cfg.loss_t_min, loss_weighting=diffusion_cfg.loss_weighting,
+                     min_snr_gamma=diffusion_cfg.min_snr_gamma)

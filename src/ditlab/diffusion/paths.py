@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ditlab.diffusion.schedules import shift_time
+
 
 @dataclass
 class TimePath:
@@ -48,3 +50,20 @@ def with_fixed_streams(path: TimePath, fixed: dict[str, float]) -> TimePath:
     """Add streams held at a constant noise level (e.g. a clean condition at 0) to a path."""
     cols = [path.times] + [torch.full((path.times.shape[0], 1), float(v), dtype=torch.float64) for v in fixed.values()]
     return TimePath(torch.cat(cols, dim=1), path.streams + list(fixed))
+
+
+def shift_path(path: TimePath, shift: float) -> TimePath:
+    """``sample.time_shift``: warp every level of the streams that move along ``path`` by SD3's shift
+    t' = s t / (1 + (s - 1) t) (ditlab.diffusion.schedules.shift_time).
+
+    Streams whose level is the same on every row (a clean condition at 0, an augmentation level, a
+    stream held at 1) keep their level: it is an input, not a step of the grid. The warp is monotone
+    and fixes 0 and 1, so which levels change at which step (and the NFE count) stays the same; on a
+    single stream from the uniform grid it gives FlowSchedule(shift=s).time_grid.
+    """
+    if shift == 1.0:
+        return path
+    times = path.times.clone()
+    moving = (times != times[:1]).any(dim=0)  # (S,) a column that changes somewhere along the path
+    times[:, moving] = shift_time(times[:, moving], float(shift))
+    return TimePath(times, list(path.streams), dict(path.hold))

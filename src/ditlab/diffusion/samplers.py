@@ -1,4 +1,4 @@
-"""Samplers: DDPM ancestral, DDIM(eta), Euler and Heun, over multi-stream time paths.
+"""Samplers: DDPM ancestral, DDIM(eta), Euler, Heun and DPM-Solver++(2M), over multi-stream time paths.
 
 One signature for all (k-diffusion style): ``sample(denoiser, x, path, schedule, rng, method=...)``.
 
@@ -12,6 +12,10 @@ One signature for all (k-diffusion style): ``sample(denoiser, x, path, schedule,
 Euler and Heun integrate the probability-flow ODE in rectified-flow coordinates
 (x / (alpha + sigma), s = sigma / (alpha + sigma)), where the velocity is eps_hat - x0_hat; for
 flow matching that is plain Euler/Heun in t, for DDPM Euler equals DDIM (eta = 0).
+
+dpmpp_2m (ditlab.diffusion.dpm_solver) is a multistep method: it keeps, per stream, the x0_hat and
+lambda of that stream's previous step. A stream whose level does not move over a step loses its
+history, so it restarts at first order when it moves again (the old x0_hat belongs to another state).
 """
 from __future__ import annotations
 
@@ -19,12 +23,13 @@ from typing import Callable, Optional
 
 import torch
 
+from ditlab.diffusion.dpm_solver import dpmpp_2m_update
 from ditlab.diffusion.noise import PerSampleRNG
 from ditlab.diffusion.paths import TimePath
 from ditlab.diffusion.schedules import NoiseSchedule
 
 Denoiser = Callable[[dict, dict], dict]
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m")
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -88,6 +93,7 @@ def sample(
     batch = next(iter(x.values())).shape[0]
     device = next(iter(x.values())).device
     steps = range(path.num_steps)
+    history: dict = {}  # dpmpp_2m: stream -> (x0_hat, lambda) of its previous step
     for i in progress(steps) if progress else steps:
         t_cur, t_next = _times(path, i, batch, device), _times(path, i + 1, batch, device)
         moving = [n for j, n in enumerate(path.streams)
@@ -102,6 +108,15 @@ def sample(
                     new[n] = _ddim_update(x[n], x0, eps, t_cur[n], t_next[n], schedules[n], eta, rng)
                 else:
                     new[n] = _ddpm_update(x[n], x0, eps, t_cur[n], t_next[n], schedules[n], rng)
+            x = new
+        elif method == "dpmpp_2m":
+            new = dict(x)
+            for n in path.streams:
+                if n not in moving:
+                    history.pop(n, None)  # held over this step: restart at first order
+            for n in moving:
+                new[n], history[n] = dpmpp_2m_update(x[n], pred[n][0], t_cur[n], t_next[n], schedules[n],
+                                                     history.get(n))
             x = new
         else:
             x = _ode_step(denoiser, x, pred, t_cur, t_next, moving, schedules, heun=(method == "heun"))

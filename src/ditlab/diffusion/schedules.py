@@ -43,6 +43,13 @@ class NoiseSchedule:
         return c, sigma / c
 
 
+def shift_time(t, shift: float):
+    """SD3's resolution shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024): a monotone warp of [0, 1]
+    fixing 0 and 1; s > 1 moves every t towards noise (for flow matching it multiplies sigma/alpha by s).
+    Works on tensors and floats."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     # The DDPM paper's schedule, defined for T = 1000 and rescaled so other T keep the same path.
     scale = 1000 / num_timesteps
@@ -112,11 +119,13 @@ class DDPMSchedule(NoiseSchedule):
 class FlowSchedule(NoiseSchedule):
     terminal_pure_noise = True
 
-    def __init__(self, time_sampling: str = "uniform", mean: float = 0.0, std: float = 1.0, shift: float = 1.0):
+    def __init__(self, time_sampling: str = "uniform", mean: float = 0.0, std: float = 1.0, shift: float = 1.0,
+                 train_shift: float = 1.0):
         if time_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"diffusion.time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
         self.time_sampling, self.mean, self.std = time_sampling, mean, std
         self.shift = shift  # sampling-grid shift: t' = shift t / (1 + (shift - 1) t), >1 spends steps at high noise
+        self.train_shift = train_shift  # the same map on training times (diffusion.time_shift)
 
     def alpha_sigma(self, t):
         t = t.float()
@@ -127,6 +136,8 @@ class FlowSchedule(NoiseSchedule):
             u = torch.rand(shape, device=device, generator=generator)
         else:
             u = torch.sigmoid(self.mean + self.std * torch.randn(shape, device=device, generator=generator))
+        if self.train_shift != 1.0:  # only when set, so that the default draws stay bitwise the old ones
+            u = shift_time(u, self.train_shift)
         # Keep t strictly inside (0, 1): t = 0 would train on an unnoised input with a zero target weight.
         return u.clamp(1e-5, 1.0)
 
@@ -134,13 +145,15 @@ class FlowSchedule(NoiseSchedule):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        t = self.shift * t / (1 + (self.shift - 1) * t)
-        return t.float()
+        return shift_time(t, self.shift).float()
 
 
 def build_schedule(diffusion_cfg) -> NoiseSchedule:
     if diffusion_cfg.process == "ddpm":
+        if diffusion_cfg.time_shift != 1.0:  # the config check says so first; for direct callers
+            raise ValueError("diffusion.time_shift applies to diffusion.process=flow only (DDPM draws integer steps)")
         return DDPMSchedule(diffusion_cfg.schedule, diffusion_cfg.num_timesteps)
     if diffusion_cfg.process == "flow":
-        return FlowSchedule(diffusion_cfg.time_sampling, diffusion_cfg.logit_normal_mean, diffusion_cfg.logit_normal_std)
+        return FlowSchedule(diffusion_cfg.time_sampling, diffusion_cfg.logit_normal_mean, diffusion_cfg.logit_normal_std,
+                            train_shift=diffusion_cfg.time_shift)
     raise ValueError(f"diffusion.process must be 'ddpm' or 'flow', got {diffusion_cfg.process!r}")

@@ -74,12 +74,16 @@ class SampleSettings:
     path: Optional[str] = None  # a multi-stream task's path through its streams' noise levels (LIFT)
     # Strength of the condition pathway (--cond-scale; superres, ditlab.models.control), apart from CFG.
     cond_scale: float = 1.0
+    # Flow matching: the levels of the task's path warped t' = s t / (1 + (s - 1) t) (sample.time_shift;
+    # applied by ditlab.generation to every stream that moves, ditlab.diffusion.paths.shift_path).
+    time_shift: float = 1.0
 
     def describe(self) -> dict:
         return {"sampler": self.sampler, "steps": self.steps, "cfg": self.cfg_scale,
                 **({"cfg_context": dict(self.cfg_context)} if self.cfg_context else {}),
                 "cfg_interval": list(self.cfg_interval) if self.cfg_interval else None, "eta": self.eta,
-                "path": self.path, "cond_scale": self.cond_scale}
+                "path": self.path, "cond_scale": self.cond_scale,
+                **({"time_shift": self.time_shift} if self.time_shift != 1.0 else {})}
 
 
 class TrainData(Protocol):

@@ -1,0 +1,41 @@
+"""Which combinations of the diffusion options can run: one message naming the key, or None.
+
+``ditlab.config.check_values`` raises it as a ConfigError when a config is loaded, so a bad
+combination fails before any data or model is built (formulas and papers: docs/diffusion.md).
+The prediction / process pairing itself stays in :func:`ditlab.diffusion.objectives.build_objective`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def diffusion_problem(cfg) -> Optional[str]:
+    """The first problem of ``cfg.diffusion`` / ``cfg.sample`` options, or None (``cfg``: a ditlab Config)."""
+    d, s = cfg.diffusion, cfg.sample
+    flow = d.process == "flow"
+    if d.loss_space == "velocity" and not flow:
+        # A DDPM path has no single "velocity" (v-prediction is a different quantity): say so, don't guess.
+        return (f"diffusion.loss_space=velocity applies to diffusion.process=flow only (got diffusion.process="
+                f"{d.process}); use diffusion.prediction=v for a velocity-like DDPM target")
+    if not (_positive(d.loss_t_min) and d.loss_t_min < 1):
+        return f"diffusion.loss_t_min must be in (0, 1), got {d.loss_t_min}"
+    if not _positive(d.min_snr_gamma):
+        return f"diffusion.min_snr_gamma must be a finite number > 0, got {d.min_snr_gamma}"
+    for key, value in (("diffusion.time_shift", d.time_shift), ("sample.time_shift", s.time_shift)):
+        if not _positive(value):
+            return f"{key} must be a finite number > 0, got {value}"
+        if value != 1.0 and not flow:
+            return (f"{key}={value:g} applies to diffusion.process=flow only (got diffusion.process={d.process}: "
+                    "DDPM times are integer steps); leave it at 1")
+    custom_loss = d.loss_space != "native" or d.loss_weighting != "none"
+    if custom_loss and cfg.task.kind == "lift" and cfg.lift.schedule_shift:
+        # LIFT rebuilds its objective for the shifted low-resolution schedule from (schedule, prediction)
+        # only (ditlab.tasks.lift.task.lift_objective), which would drop these options silently.
+        key = "diffusion.loss_space" if d.loss_space != "native" else "diffusion.loss_weighting"
+        return f"{key} is not supported with lift.schedule_shift=true yet; leave it at its default"
+    return None
