@@ -143,3 +143,22 @@ def test_time_to_fid_from_fid_during_training(tmp_path, monkeypatch):
     assert "s to FID 1e+06" in table and "| — |" in table
     assert (out / "results_curves.png").exists()
     assert cfg is None or cfg["train"]["eval_metric"] == "fid"
+
+
+def test_shipped_speedrun_plan_is_valid():
+    """configs/ablations/speedrun.yaml: every variant's overrides are real trainer keys, every eval a real
+    sampler setting, and the stages chain (screen -> final -> long)."""
+    from pathlib import Path
+
+    from ditlab.diffusion.samplers import SAMPLERS
+    from ditlab.experiments.ablation import variant_config
+
+    spec = load_ablation("configs/ablations/speedrun.yaml")
+    check_variants(spec, [])
+    assert [s.name for s in spec.stages] == ["screen", "final", "long"]
+    assert spec.stages[1].seeds == [0, 1] and "baseline" in spec.stages[1].keep
+    assert spec.stages[2].budget.eval_every > 0 and spec.time_to_fid == [10, 7, 5]
+    assert all(e.sampler in SAMPLERS and e.steps * 2 - 1 <= 100 for e in spec.evals.values())
+    for v in spec.variants:
+        cfg = variant_config(spec, v, 0, Path("unused"), [], eval_ref="ref.npz")
+        assert cfg.train.time_limit == spec.budget.time_limit and cfg.task.kind == "image"

@@ -28,3 +28,11 @@ def test_time_limit_is_reached_by_training_time_only():
     assert not clock.tick(1)  # 0.15 s passed, all of it paused
     time.sleep(0.11)
     assert clock.tick(2)
+
+
+def test_a_resumed_clock_counts_the_earlier_segments():
+    clock = TrainingClock(limit=0.1, untimed=1, device=torch.device("cpu"), offset=0.08)
+    assert clock.used() == clock.elapsed() == 0.08  # before the clock starts: the earlier segments
+    assert not clock.tick(0) and not clock.tick(1)
+    time.sleep(0.03)
+    assert clock.tick(2)  # 0.08 + 0.03 >= 0.1: the run's budget, not a new one

@@ -11,14 +11,17 @@ invocation skips what is done and continues; `--budget-s` stops starting new uni
     OUT/grids/VARIANT-sSEED__PATH[__EVAL].png                its first 64 samples
     OUT/results.md, results.csv, results.png                 rewritten after every invocation
 
-A run directory without summary.json was interrupted: it is deleted and trained again from the
-start, because a time-limited run resumed would get more than its budget.
+A run directory without summary.json was interrupted. With a checkpoint (a run stopped by SIGTERM or
+SIGINT saves one: `timeout -s TERM` around a device command) it resumes from it with what is left of its
+time budget (the training clock counts the earlier segments); without one it is trained again from the
+start. A training stopped by a signal ends the invocation with exit code 3 (run the same command again).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,11 @@ from ditlab.experiments.ablation_spec import AblationSpec, Variant
 from ditlab.experiments.results import write_results
 
 EXIT_MORE_TO_DO = 3  # the budget ran out with units left: run the same command again
+STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # Trainer.run after a signal (it saved a checkpoint)
+
+
+class TrainingStopped(Exception):
+    """A training run stopped by SIGTERM / SIGINT after saving its checkpoint: the study resumes next time."""
 
 
 @dataclass
@@ -155,7 +163,12 @@ class AblationRunner:
         """Do every unit not done yet; returns 0 when all are done, EXIT_MORE_TO_DO otherwise."""
         complete = True
         for unit in self.units:
-            if not self._do_unit(unit):
+            try:
+                done = self._do_unit(unit)
+            except TrainingStopped as stop:
+                self.log(f"ditlab ablate: {stop}")
+                done = False
+            if not done:
                 complete = False
                 break
         paths = write_results(self.out, self.spec, self.scorer.describe())
@@ -193,11 +206,24 @@ class AblationRunner:
 
     # ---- the three kinds of work ---------------------------------------------------------------
     def train(self, unit: Unit, run_dir: Path) -> None:
+        from ditlab.train.checkpoint import CheckpointError, find_latest_checkpoint
         from ditlab.train.trainer import Trainer
 
+        resume = False
         if run_dir.exists():
-            self.log(f"ditlab ablate: {run_dir} was interrupted; training it again from the start")
-            shutil.rmtree(run_dir)
+            try:
+                latest = find_latest_checkpoint(run_dir)
+            except CheckpointError as err:  # checkpoints, none valid: this study's own run, so start over
+                self.log(f"ditlab ablate: warning: {err}")
+                latest = None
+            if latest is not None:
+                resume = True
+                self.log(f"ditlab ablate: {run_dir} was interrupted; resuming it from {latest.name} with the rest "
+                         "of its budget")
+            else:
+                self.log(f"ditlab ablate: {run_dir} was interrupted before its first checkpoint; training it again "
+                         "from the start")
+                shutil.rmtree(run_dir)
         ref = getattr(self.scorer, "ref", "") if self.scorer is not None else ""
         cfg = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides, eval_ref=ref)
         if cfg.train.eval_every and getattr(self.scorer, "inception", None):
@@ -209,11 +235,14 @@ class AblationRunner:
             # Every variant's step is a new Trainer._loss to compile; without a reset the compiled
             # versions of earlier variants fill dynamo's per-function cache and later ones run eagerly.
             torch._dynamo.reset()
-        trainer = Trainer(cfg, progress=False)
+        trainer = Trainer(cfg, resume=resume, progress=False)
         code = trainer.run()
         del trainer
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        if code in STOP_CODES:
+            raise TrainingStopped(f"training {unit.name} was stopped by a signal at a checkpoint; run the same "
+                                  "command again to resume it")
         if code != 0:
             raise RuntimeError(f"training {unit.name} stopped with exit code {code} (see {run_dir}/metrics.jsonl)")
 

@@ -56,7 +56,7 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
     """One device's loop: build the scorer and runner, then do the jobs the parent sends until None."""
     import torch
 
-    from ditlab.experiments.ablation import AblationRunner, FidScorer, Unit
+    from ditlab.experiments.ablation import AblationRunner, FidScorer, TrainingStopped, Unit
 
     if device == "cpu":
         torch.set_num_threads(threads)  # as the sequential runner's process: the same results, bitwise
@@ -101,6 +101,10 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
                 done = runner._do_unit(unit)
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
+        except TrainingStopped as stop:  # a signal stopped the training at a checkpoint: resumed next time
+            print(f"[{device} #{wid}] ditlab ablate: {stop}", flush=True)
+            results.put(("done", wid, job, False))
+            continue
         except BaseException:
             results.put(("error", wid, job, traceback.format_exc()))
             return

@@ -16,8 +16,10 @@ class TrainingClock:
     device is synchronised and the clock read again, so the reported time covers the finished work.
     """
 
-    def __init__(self, limit: float, untimed: int, device: torch.device):
-        self.limit, self.untimed, self.device = limit, untimed, device
+    def __init__(self, limit: float, untimed: int, device: torch.device, offset: float = 0.0):
+        # offset: timed seconds of the earlier segments of a resumed run, so that the limit is the run's
+        # (a resumed time-limited run gets what is left of its budget, not a new one).
+        self.limit, self.untimed, self.device, self.offset = limit, untimed, device, float(offset)
         self.start: float | None = None
         self.start_step = 0
         self.timed_steps = 0
@@ -41,15 +43,14 @@ class TrainingClock:
         return False
 
     def used(self) -> float:
-        """Timed seconds so far by the host clock (no device sync); 0 before the clock starts."""
+        """Timed seconds so far by the host clock (no device sync), earlier segments included."""
         if self.start is None:
-            return 0.0
-        return time.perf_counter() - self.start - self.excluded
+            return self.offset
+        return self.offset + time.perf_counter() - self.start - self.excluded
 
     def elapsed(self) -> float:
-        if self.start is None:
-            return 0.0
-        self._sync()
+        if self.start is not None:
+            self._sync()
         return self.used()
 
     @contextlib.contextmanager

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue 18's recipe search (configs/ablations/speedrun.yaml, docs/speedrun.md) on the device machine, in
+# commands of at most 10 minutes; every command continues where the previous one stopped.
+#   scripts/speedrun_study.sh ref     TRAIN_ZIP INCEPTION STUDY              STUDY/ref_train.npz (FID reference, 50k)
+#   scripts/speedrun_study.sh run     TRAIN_ZIP INCEPTION STUDY [SECONDS] [ablate flags...]
+#                                     one slice: new work starts only in the first SECONDS - 150 s (default 570),
+#                                     and at SECONDS a SIGTERM stops a training at a checkpoint (resumed next time
+#                                     with the rest of its time budget); exit 3 = run it again
+#   scripts/speedrun_study.sh collect STUDY DEST                             tables, plots, stage ranking, grids
+# STUDY must survive between commands (a folder under /root on a machine that stays warm, ../shared/GPU.md).
+# Extra flags go to `ditlab ablate`, e.g. --stage screen, --only baseline, --gpus 8 on a machine with 8 GPUs.
+set -euo pipefail
+stage=$1; shift
+ditlab() { python3 -m ditlab "$@"; }
+case "$stage" in
+  ref)
+    train=$1 inception=$2 study=$3
+    mkdir -p "$study"
+    [ -f "$study/ref_train.npz" ] || ditlab fid ref "$train" --out "$study/ref_train.npz" --inception "$inception" \
+      --no-progress ;;
+  run)
+    train=$1 inception=$2 study=$3 seconds=${4:-570}; shift 4 || shift $#
+    code=0
+    timeout -s TERM -k 20 "$seconds" python3 -m ditlab ablate configs/ablations/speedrun.yaml --out "$study" \
+      --ref "$study/ref_train.npz" --inception "$inception" --set data.path="$train" \
+      --budget-s $((seconds > 300 ? seconds - 150 : seconds / 2)) "$@" || code=$?
+    [ "$code" = 124 ] && code=3  # stopped by the timeout: more to do
+    echo "{\"scored\": $(find "$study" -path '*/scores/*.json' | wc -l), \"exit\": $code}"
+    exit "$code" ;;
+  collect)
+    study=$1 dest=$2
+    mkdir -p "$dest"
+    cp "$study"/stages.md "$dest"/ 2>/dev/null || true
+    for s in "$study"/*/results.md; do
+      d=$(basename "$(dirname "$s")"); mkdir -p "$dest/$d"
+      cp "$(dirname "$s")"/results.{md,csv} "$dest/$d/"
+      cp "$(dirname "$s")"/results*.png "$dest/$d/" 2>/dev/null || true
+    done
+    tar -czf "$dest/speedrun_study_files.tgz" -C "$study" $(cd "$study" && ls -d */scores */grids \
+      */runs/*/summary.json */runs/*/metrics.jsonl 2>/dev/null) ;;
+  *) echo "usage: $0 {ref|run|collect} ..." >&2; exit 2 ;;
+esac
