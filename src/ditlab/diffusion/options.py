@@ -32,10 +32,4 @@ def diffusion_problem(cfg) -> Optional[str]:
         if value != 1.0 and not flow:
             return (f"{key}={value:g} applies to diffusion.process=flow only (got diffusion.process={d.process}: "
                     "DDPM times are integer steps); leave it at 1")
-    custom_loss = d.loss_space != "native" or d.loss_weighting != "none"
-    if custom_loss and cfg.task.kind == "lift" and cfg.lift.schedule_shift:
-        # LIFT rebuilds its objective for the shifted low-resolution schedule from (schedule, prediction)
-        # only (ditlab.tasks.lift.task.lift_objective), which would drop these options silently.
-        key = "diffusion.loss_space" if d.loss_space != "native" else "diffusion.loss_weighting"
-        return f"{key} is not supported with lift.schedule_shift=true yet; leave it at its default"
     return None

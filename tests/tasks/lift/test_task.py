@@ -175,3 +175,17 @@ def test_cli_train_errors_and_sample_on_paths(tmp_path, capsys):
     assert main(["lift", "paths", str(run), "--steps", "3"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines() if x.startswith("{")]
     assert {x["path"] for x in lines} >= {"diagonal", "dp-total", "lo-random"}
+
+
+def test_schedule_shift_keeps_the_objective_options():
+    """lift.schedule_shift rebuilds the objective with the low resolution's own schedule; the loss space,
+    its clamp and the loss weighting come along (they used to be dropped, so the combination was refused)."""
+    from ditlab.tasks.lift.task import lift_objective
+
+    base = Objective(FlowSchedule(), "x0", loss_space="velocity", loss_t_min=0.1, loss_weighting="min_snr",
+                     min_snr_gamma=3.0)
+    shifted = lift_objective(base, 2, True)
+    assert (shifted.loss_space, shifted.loss_t_min, shifted.loss_weighting, shifted.min_snr_gamma) == \
+        ("velocity", 0.1, "min_snr", 3.0)
+    assert isinstance(shifted.schedule_of(LO), ShiftedSchedule) and shifted.schedule_of(HI) is base.schedule
+    assert LO not in base.stream_schedules  # the original is untouched

@@ -12,6 +12,8 @@ grid (ditlab.tasks.lift.paths) and returns the "image" stream, so ``ditlab sampl
 """
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 from typing import Optional
 
@@ -37,7 +39,9 @@ def lift_objective(objective: Objective, factor: int, shift: bool) -> Objective:
     if not shift:
         return objective
     lo_schedule = ShiftedSchedule(objective.schedule, scale_shift(factor))
-    return Objective(objective.schedule, objective.prediction, {**objective.stream_schedules, LO: lo_schedule})
+    shifted = copy.copy(objective)  # every option of the objective (loss space, weighting) kept
+    shifted.stream_schedules = {**objective.stream_schedules, LO: lo_schedule}
+    return shifted
 
 
 class LiftTask:
