@@ -12,6 +12,7 @@ from ditlab.configlib import ConfigError
 from ditlab.eval.cli import add_fid_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
 from ditlab.tasks.commands import TASK_CLIS
+from ditlab.train.ema_cli import add_ema_parser
 
 
 def resolve_config_path(name: str | None) -> str | None:
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fid_parser(sub)
     add_ablate_parser(sub)
+    add_ema_parser(sub)
     for task_cli in TASK_CLIS.values():  # each task kind's own subcommands (ditlab.tasks.commands)
         task_cli.add_cli(sub)
     return p

@@ -292,6 +292,15 @@ class EMAConfig:
     # the random initialisation.
     warmup: bool = True
     every: int = 1
+    # Post-hoc EMA (Karras et al. 2024, EDM2; docs/posthoc_ema.md): besides the EMA above (what sampling
+    # uses), keep one fp32 power-function EMA per relative width sigma_rel in (0, 0.2887], e.g. [0.05, 0.1],
+    # updated on the same steps (ema.every); `ditlab ema RUN --sigma-rel S` then rebuilds the EMA of any
+    # other width from their snapshots. Costs one fp32 copy of the model per entry, in memory (rank 0) and
+    # in every checkpoint. Empty = off.
+    posthoc_sigma_rels: tuple[float, ...] = ()
+    # Snapshots to RUN/ema_snapshots/ every this many steps and at the end of the run; 0 = with every
+    # checkpoint (train.ckpt_every, and evaluation and stop saves). Never rotated away.
+    posthoc_every: int = 0
 
 
 @dataclass
@@ -425,6 +434,14 @@ def check_values(cfg: Config, source: str = "") -> None:
         value = getattr(getattr(cfg, section), key)
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{section}.{key} must be a finite number >= 0, got {value}{where}")
+    if cfg.ema.every < 1 or cfg.ema.posthoc_every < 0:
+        raise ConfigError(f"ema.every must be >= 1 and ema.posthoc_every >= 0, got {cfg.ema.every} and "
+                          f"{cfg.ema.posthoc_every}{where}")
+    sigma_rels = cfg.ema.posthoc_sigma_rels
+    if any(not 0 < s <= 12 ** -0.5 for s in sigma_rels):  # 1/sqrt(12): gamma = 0, the uniform average
+        raise ConfigError(f"ema.posthoc_sigma_rels must lie in (0, {12 ** -0.5:.4f}], got {list(sigma_rels)}{where}")
+    if len({f"{s:.3f}" for s in sigma_rels}) != len(sigma_rels):  # snapshot file names carry 3 decimals
+        raise ConfigError(f"ema.posthoc_sigma_rels must differ in their first 3 decimals, got {list(sigma_rels)}{where}")
     model = cfg.model  # architecture options (ModelConfig)
     if model.class_tokens < 0:
         raise ConfigError(f"model.class_tokens must be >= 0, got {model.class_tokens}{where}")

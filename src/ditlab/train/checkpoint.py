@@ -10,6 +10,11 @@ A checkpoint is built in a hidden temp folder, renamed into place, and only then
 ``latest``, so a crash or a full disk at any moment leaves the previous checkpoint loadable. (Saving
 a step that exists moves the old copy aside first; if the saver dies right then, the old copy is
 what :func:`find_latest_checkpoint` returns and the next save puts it back.)
+A checkpoint may carry extra weight files (``extra_weights``: e.g. the power-function EMAs of post-hoc
+EMA, ditlab.train.posthoc_ema), written and validated like the others.
+:func:`save_weights_checkpoint` writes a folder with EMA weights and ``state.pt`` only (``has_model``
+false, no optimizer: a post-hoc EMA reconstruction); it samples like any checkpoint, and loading its
+model or optimizer state is an error that says so.
 Only one process (rank 0) should call :func:`save_checkpoint`. Rotation (``keep``) never deletes
 the folder ``best`` names; a corrupt best is skipped with a warning (:func:`find_best_checkpoint`).
 """
@@ -161,19 +166,28 @@ def _disk_full_hint(e: BaseException, root: Path) -> str:
 
 
 def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=None,
-                    state: dict | None = None, keep: int = 3) -> Path:
+                    state: dict | None = None, keep: int = 3, extra_weights: Mapping | None = None) -> Path:
     """Write ``RUN/checkpoints/step_{step:08d}`` atomically, point ``latest`` at it, keep ``keep``.
 
     ``ema``: a module, a state dict, or anything with ``state_dict()`` (e.g. :class:`EMA`).
     ``state``: the caller's plain data (data position, config dict, extras); it is checked to load
     with ``weights_only=True`` before anything is written. RNG is captured here unless ``state``
     already has ``"rng"`` (e.g. gathered from all ranks). ``keep <= 0`` keeps every checkpoint.
+    ``extra_weights``: {file name (``*.safetensors``): module / state dict} written beside the model;
+    their names are listed in the state (``extra_weights``), so a checkpoint missing one is invalid.
     """
     step, payload = int(step), dict(state or {})
-    if {"format_version", "optimizer", "has_ema"} & payload.keys() or payload.get("step", step) != step:
-        raise ValueError("state may not set format_version/optimizer/has_ema, nor a different step")
+    if {"format_version", "optimizer", "has_ema", "extra_weights"} & payload.keys() or payload.get("step", step) != step:
+        raise ValueError("state may not set format_version/optimizer/has_ema/extra_weights, nor a different step")
+    extra = dict(extra_weights or {})
+    for file in extra:
+        if not file.endswith(".safetensors") or Path(file).name != file or file in (MODEL_FILE, EMA_FILE):
+            raise ValueError(f"extra weight file names must be plain *.safetensors names other than "
+                             f"{MODEL_FILE}/{EMA_FILE}, got {file!r}")
     payload.setdefault("rng", capture_rng_state())
     payload.update(format_version=CHECKPOINT_FORMAT_VERSION, step=step, has_ema=ema is not None)
+    if extra:
+        payload["extra_weights"] = sorted(extra)
     try:  # fail now, not at resume time, if a Path/numpy/dataclass slipped into state
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -190,7 +204,7 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
         _clear_leftovers(root)  # of a killed save
         tmp.mkdir()
         meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(step)}
-        for file, obj in ((MODEL_FILE, model), (EMA_FILE, ema)):
+        for file, obj in ((MODEL_FILE, model), (EMA_FILE, ema), *sorted(extra.items())):
             if obj is not None:
                 save_file(plain_state_dict(obj), str(tmp / file), metadata=meta)
                 _fsync(tmp / file)
@@ -230,6 +244,71 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
     for p in ([p for p in _step_dirs(root) if p != final and p.name != best][keep - 1:] if keep > 0 else []):
         shutil.rmtree(p, ignore_errors=True)  # a leftover old checkpoint only costs disk
     return final
+
+
+def write_weights_file(path, weights, metadata: dict[str, str] | None = None) -> Path:
+    """One .safetensors file written atomically (a temp name in the same folder, fsync, rename): a
+    crash leaves the old file or none, never a partial one. ``weights``: as for :func:`plain_state_dict`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(plain_state_dict(weights), str(tmp), metadata=metadata)
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"failed to write {path}: {type(e).__name__}: {e}.{_disk_full_hint(e, path.parent)}") from e
+    return path
+
+
+def save_weights_checkpoint(folder, ema, state: dict, metadata: dict[str, str] | None = None) -> Path:
+    """A checkpoint folder holding EMA weights and ``state.pt`` only (no model weights, no optimizer),
+    written atomically like :func:`save_checkpoint` (temp folder, rename; an existing folder of that
+    name is replaced). For weights made after training, e.g. a post-hoc EMA reconstruction: it samples
+    like any checkpoint (``--weights ema``), and its ``has_model: false`` makes loading its model or
+    optimizer state an error that names it, so it is never mistaken for a training state. It is not a
+    ``step_*`` folder: ``latest``, ``best`` and rotation never see it."""
+    folder = Path(folder)
+    if _STEP_DIR.match(folder.name):
+        raise ValueError(f"a weights-only checkpoint may not take a step_* name (resume would find it): {folder}")
+    payload = dict(state)
+    if {"format_version", "optimizer", "has_ema", "has_model"} & payload.keys() or "step" not in payload:
+        raise ValueError("state must set step and may not set format_version/optimizer/has_ema/has_model")
+    payload.update(format_version=CHECKPOINT_FORMAT_VERSION, step=int(payload["step"]), has_ema=True,
+                   has_model=False, optimizer=None)
+    root, pid = folder.parent, os.getpid()
+    tmp, old = root / f".tmp-{folder.name}-{pid}", root / f".old-{folder.name}-{pid}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(payload["step"]), **(metadata or {})}
+        save_file(plain_state_dict(ema), str(tmp / EMA_FILE), metadata=meta)
+        _fsync(tmp / EMA_FILE)
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp)
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        _fsync(root)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise CheckpointError(f"failed to write {folder}: {type(e).__name__}: {e}.{_disk_full_hint(e, root)}") from e
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _weights_only_error(folder: Path, st: dict, what: str) -> CheckpointError:
+    note = st.get("note") or "written after training"
+    return CheckpointError(f"{folder} holds EMA weights only ({note}): it has no {what}, so it cannot be resumed "
+                           "from or loaded as raw model weights; use its EMA weights (--weights ema)")
 
 
 def _checkpoints_root(run_dir) -> Path:
@@ -320,7 +399,7 @@ def _validate(folder: Path) -> str | None:
     """Cheap completeness check (headers parse, state loads memory-mapped): None or the reason."""
     try:
         st = _read_state(folder / STATE_FILE, mmap=True)
-        for file in [MODEL_FILE] + ([EMA_FILE] if st.get("has_ema") else []):
+        for file in [MODEL_FILE] + ([EMA_FILE] if st.get("has_ema") else []) + list(st.get("extra_weights") or []):
             if not (folder / file).is_file():
                 return f"{folder / file} is missing"
             try:  # safetensors checks the file is as long as its header says
@@ -433,6 +512,11 @@ def load_checkpoint(path_or_run_dir, model: nn.Module | None = None, optimizer=N
     """
     folder = _resolve(path_or_run_dir)
     st = _read_state(folder / STATE_FILE, map_location)
+    if st.get("has_model", True) is False:  # save_weights_checkpoint: say so, not "file missing"
+        if model is not None:
+            raise _weights_only_error(folder, st, f"{MODEL_FILE}")
+        if optimizer is not None:
+            raise _weights_only_error(folder, st, "optimizer state")
     if model is not None:
         _load_into(model, _read_weights(folder / MODEL_FILE), strict, folder / MODEL_FILE)
     if ema is not None:
@@ -466,6 +550,10 @@ def load_weights(path, which: str = "ema", device="cpu") -> dict[str, torch.Tens
     if p.suffix == ".safetensors":
         return _read_weights(p, device)
     file = _resolve(p) / (EMA_FILE if which == "ema" else MODEL_FILE)
+    if not file.is_file() and which == "model" and (file.parent / STATE_FILE).is_file():
+        st = _read_state(file.parent / STATE_FILE)
+        if st.get("has_model", True) is False:
+            raise _weights_only_error(file.parent, st, MODEL_FILE)
     if not file.is_file() and which == "ema":
         raise CheckpointError(f"{file} does not exist (checkpoint saved without EMA); use --weights model")
     return _read_weights(file, device)

@@ -74,3 +74,66 @@ class EMA:
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Load weights saved by :meth:`state_dict`; wrapper prefixes in ``sd`` are tolerated."""
         self.module.load_state_dict({strip_wrapper_prefix(k): v for k, v in sd.items()}, strict=True)
+
+
+# ------------------------------------------------------------------------------ power-function EMA
+# Post-hoc EMA (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models",
+# section 3; docs/posthoc_ema.md). A power-function EMA weighs the weights of training time tau in [0, t]
+# by p(tau) = (gamma + 1) tau^gamma / t^(gamma + 1): its length grows with the run, so one sigma_rel
+# (the profile's standard deviation relative to t) means the same thing at every point of training.
+SIGMA_REL_MAX = 12 ** -0.5  # sigma_rel of gamma = 0, the uniform average over the whole run
+
+
+def gamma_from_sigma_rel(sigma_rel: float) -> float:
+    """The exponent gamma whose profile has relative width ``sigma_rel`` (EDM2 eq. 3).
+
+    sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)) is a cubic in gamma:
+    s^2 g^3 + 7 s^2 g^2 + (16 s^2 - 1) g + (12 s^2 - 1) = 0. Of its real roots the largest is the one
+    with gamma >= 0 (the others lie below -1 and in (-1, 0), where the profile weighs the start of
+    training most); it exists for 0 < sigma_rel <= 1/sqrt(12).
+    """
+    import numpy as np
+
+    s = float(sigma_rel)
+    if not 0.0 < s <= SIGMA_REL_MAX:
+        raise ValueError(f"sigma_rel must be in (0, {SIGMA_REL_MAX:.4f}] (1/sqrt(12), the uniform average), got {s}")
+    s2 = s * s
+    roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
+    gamma = float(max(r.real for r in roots if abs(r.imag) < 1e-9))
+    return max(gamma, 0.0)  # sigma_rel = 1/sqrt(12) can land a rounding error below 0
+
+
+def sigma_rel_from_gamma(gamma: float) -> float:
+    """Inverse of :func:`gamma_from_sigma_rel`: the relative standard deviation of the profile."""
+    g = float(gamma)
+    return ((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5
+
+
+class PowerEMA(EMA):
+    """fp32 power-function EMA: ``ema <- beta * ema + (1 - beta) * model`` with
+    ``beta = (s / t)^(gamma + 1)``, ``t`` the (1-based) step of this update and ``s`` that of the previous
+    one (0 before the first, so the first update copies the model).
+
+    Updated every step, ``beta = (1 - 1/t)^(gamma + 1)`` (EDM2). The general form keeps the closed form
+    exact when updates are ``ema.every`` steps apart: unrolled, update k's model gets the weight
+    ``(t_k / t)^(gamma + 1) - (t_{k-1} / t)^(gamma + 1)``, the integral of the profile over
+    ``(t_{k-1}, t_k]``, i.e. the average is the profile applied to a trajectory held constant between
+    updates. Post-hoc reconstruction (ditlab.train.posthoc_ema) relies on that.
+    """
+
+    def __init__(self, model: nn.Module, sigma_rel: float):
+        super().__init__(model, decay=1.0, warmup=False)
+        self.sigma_rel = float(sigma_rel)
+        self.gamma = gamma_from_sigma_rel(self.sigma_rel)
+        self.last_step = 0  # step of the latest update; the profile's t
+
+    def decay_at(self, step: int) -> float:
+        """beta for an update after (1-based) step ``step``."""
+        if step <= self.last_step:
+            raise ValueError(f"PowerEMA: update at step {step} after one at step {self.last_step}; steps must grow")
+        return (self.last_step / step) ** (self.gamma + 1)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int, hold: torch.Tensor | None = None) -> None:
+        super().update(model, step, hold)
+        self.last_step = int(step)

@@ -34,6 +34,7 @@ from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_di
                                       per_rank_seed, rank_device, rank_slice)
 from ditlab.train.init_from import init_from
 from ditlab.train.ema import EMA
+from ditlab.train.posthoc_ema import PosthocEMA, check_resume, supersede_snapshots
 from ditlab.train.evaluation import Evaluator, check_eval_config
 from ditlab.train.log import RunLogger
 from ditlab.train.optim import build_optimizer, lr_at, set_lr
@@ -96,6 +97,10 @@ class Trainer:
         self.objective = build_objective(cfg.diffusion)
         self.objective.schedule.to(self.device)
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup)
+        # Post-hoc EMA's power EMAs (docs/posthoc_ema.md): rank 0 only, which alone saves; every rank holds
+        # the same weights after the optimizer step, so the others would keep identical copies.
+        self.posthoc = (PosthocEMA(self.model, cfg.ema.posthoc_sigma_rels)
+                        if cfg.ema.posthoc_sigma_rels and self.dist.is_main else None)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -162,6 +167,10 @@ class Trainer:
             state = load_checkpoint(latest, model=self.model, optimizer=self.optimizer, ema=self.ema,
                                     map_location=self.device)
             self.step = int(state["step"])
+            for warning in check_resume(self.cfg.ema.posthoc_sigma_rels, state, latest):  # on every rank: all raise
+                self._say(f"ditlab: warning: {warning}")
+            if self.posthoc is not None:
+                self.posthoc.load(latest, state)
             # A checkpoint from before segments were recorded: its steps took an unknown time.
             self.segments = list(state.get("segments") or [self._segment(0, self.step, None, None)])
             self.order.load_state_dict(state["data"])
@@ -173,6 +182,9 @@ class Trainer:
             self._say(f"ditlab: --resume given but {self.run_dir} has no checkpoint; starting from step 0")
         if not self.dist.is_main:
             return
+        if self.posthoc is not None and (moved := supersede_snapshots(self.run_dir, self.step)):
+            self._say(f"ditlab: moved {moved} power-EMA snapshot(s) of steps after {self.step} to "
+                      f"{self.run_dir / 'ema_snapshots' / 'superseded'} (this run redoes those steps)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, str(saved_cfg))
         # What `ditlab sample` needs to rebuild the network without reading the data set again.
@@ -297,6 +309,8 @@ class Trainer:
             self._advance_data()
         if self.step % self.cfg.ema.every == 0:
             self.ema.update(self.model, self.step, hold=hold)
+            if self.posthoc is not None:
+                self.posthoc.update(self.model, self.step, hold=hold)
         return loss.detach(), gnorm.detach()
 
     def run_fraction(self) -> float:
@@ -329,8 +343,11 @@ class Trainer:
             state["rng_ranks"] = rngs
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.posthoc is not None:
+            state["posthoc_ema"] = self.posthoc.state()
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.ema, state=state,
-                               keep=self.cfg.train.keep_checkpoints)
+                               keep=self.cfg.train.keep_checkpoints,
+                               extra_weights=self.posthoc.checkpoint_weights() if self.posthoc else None)
 
     def sample_grid(self) -> Path | None:
         """The task's preview (e.g. a PNG grid of samples) from the EMA weights; None when the task
@@ -391,7 +408,13 @@ class Trainer:
                     # An eval step saves first, so checkpoints/best always names a checkpoint of that step.
                     eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
                     save_now = self.step % cfg.ckpt_every == 0 or last or stop_now or eval_now
-                    if log_now or sample_now or save_now:
+                    # Power-EMA snapshots: with every checkpoint (posthoc_every 0), else every posthoc_every
+                    # steps and at the end, so that the run's final step can be reconstructed. Decided from
+                    # the config alone, so every rank checks finiteness at the same steps.
+                    snap_every = self.cfg.ema.posthoc_every
+                    snap_now = bool(self.cfg.ema.posthoc_sigma_rels) and (
+                        save_now if not snap_every else self.step % snap_every == 0 or last)
+                    if log_now or sample_now or save_now or snap_now:
                         self.check_finite()  # never log, sample or save past a non-finite step
                 except NonFiniteLossError as err:
                     bar.close()
@@ -403,6 +426,8 @@ class Trainer:
                     self._log(gnorm, bar)
                 if sample_now:
                     self.sample_grid()
+                if snap_now and self.posthoc is not None:  # before the checkpoint: one never lacks its snapshot
+                    self.posthoc.write_snapshots(self.run_dir, self.step)
                 if save_now:
                     # A save made only for the evaluation is part of measuring, not of training: off the clock.
                     eval_only = eval_now and not (self.step % cfg.ckpt_every == 0 or last or stop_now)
