@@ -76,7 +76,7 @@ def variant_config(spec: AblationSpec, variant: Variant, seed: int, run_dir: Pat
         _, s = spec.evals_of(variant)[0]
         fixed += [f"train.eval_every={b.eval_every}", "train.eval_metric=fid", f"train.eval_num={b.eval_num}",
                   f"train.eval_ref={eval_ref or 'unset'}", f"sample.sampler={s.sampler}", f"sample.steps={s.steps}",
-                  f"sample.cfg_scale={s.cfg_scale}", f"sample.eta={s.eta}",
+                  f"sample.cfg_scale={s.cfg_scale}", f"sample.eta={s.eta}", f"sample.time_shift={s.time_shift}",
                   f"sample.cfg_interval={list(s.cfg_interval) if s.cfg_interval else 'null'}"]
     return load_config(spec.config, spec.overrides + list(extra) + variant.overrides + fixed)
 
@@ -265,7 +265,8 @@ class AblationRunner:
 
         s = sample or self.spec.sample
         settings = SampleSettings(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
-                                  cfg_interval=s.cfg_interval, eta=s.eta, path=None if path == "default" else path)
+                                  cfg_interval=s.cfg_interval, eta=s.eta, time_shift=s.time_shift,
+                                  path=None if path == "default" else path)
         lo_nfe, lo_seconds = 0, 0.0
         if path == "cascade":  # two calls of the one generation loop: the low resolution first (tasks.lift.cascade)
             from dataclasses import replace
@@ -302,6 +303,7 @@ class AblationRunner:
             # cascade: both models' evaluations (lo_nfe of them the low-resolution run's, lo_run)
             "nfe": count_nfe(walked, s.sampler) + lo_nfe, "sampler": s.sampler, "steps": s.steps, "num_samples": s.num,
             "cfg_scale": s.cfg_scale, "cfg_interval": list(s.cfg_interval) if s.cfg_interval else None,
+            "time_shift": s.time_shift,
             "sample_seed": s.seed, "sample_seconds": round(sample_s, 2),
             "train_steps": summary["steps"], "train_seconds": round(summary.get("timed_seconds", 0.0), 1),
             "train_images": summary["steps"] * run.cfg.train.batch_size,

@@ -21,7 +21,7 @@
       small:    {overrides: [task.kind=image, data.image_size=16], paths: [default]}
       casc:     {overrides: [task.kind=lift], paths: [cascade], lo_variant: small}
 
-``evals``: each name is a set of sample settings (sampler, steps, cfg_scale, cfg_interval, eta) over
+``evals``: each name is a set of sample settings (sampler, steps, cfg_scale, cfg_interval, eta, time_shift) over
 ``sample``; a variant may list the ones it is scored on (``evals: [cfg]``; default all). Without
 ``evals`` every pair is scored once with ``sample`` (score files as before).
 
@@ -67,6 +67,7 @@ class SampleSpec:
     cfg_scale: float = 1.0
     cfg_interval: Optional[tuple[float, float]] = None  # guide only where sigma/alpha is in (lo, hi]
     eta: float = 0.0
+    time_shift: float = 1.0  # flow sampling grid t' = s t / (1 + (s - 1) t) (sample.time_shift)
 
 
 @dataclass
@@ -219,7 +220,8 @@ def load_ablation(path) -> AblationSpec:
                         [float(x) for x in time_to])
 
 
-EVAL_KEYS = ("sampler", "steps", "cfg_scale", "cfg_interval", "eta")  # what an eval may change of sample:
+# What an eval may change of the sample: section.
+EVAL_KEYS = ("sampler", "steps", "cfg_scale", "cfg_interval", "eta", "time_shift")
 
 
 def _evals(raw, sample: SampleSpec, source: Path) -> dict[str, SampleSpec]:

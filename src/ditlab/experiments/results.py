@@ -103,7 +103,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
 
 def _settings(s) -> str:
     guide = f"CFG {s.cfg_scale:g}" + (f" in ({s.cfg_interval[0]:g}, {s.cfg_interval[1]:g}]" if s.cfg_interval else "")
-    return f"{s.sampler} {s.steps} steps" + (f" eta {s.eta:g}" if s.eta else "") + f", {guide}"
+    shift = f" time shift {s.time_shift:g}" if getattr(s, "time_shift", 1.0) != 1.0 else ""
+    return f"{s.sampler} {s.steps} steps" + (f" eta {s.eta:g}" if s.eta else "") + shift + f", {guide}"
 
 
 def plot_curves(path: Path, records: list[dict]) -> Path:
