@@ -310,7 +310,8 @@ class TrainConfig:
     # Optional wall-clock budget in seconds for the training loop (0 = none): the run stops, saves
     # and writes its summary at the first step boundary past it. The clock starts after
     # `untimed_steps` steps, which absorb torch.compile's compilation; everything after counts
-    # (logging, sample grids, checkpoints).
+    # (logging, sample grids, checkpoints) except evaluation (train.eval_every) and the checkpoint saved
+    # only for it, so that the time-to-metric curve (eval/train_seconds in metrics.jsonl) is training time.
     time_limit: float = 0.0
     untimed_steps: int = 0
     batch_size: int = 256
