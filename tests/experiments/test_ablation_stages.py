@@ -162,3 +162,33 @@ def test_shipped_speedrun_plan_is_valid():
     for v in spec.variants:
         cfg = variant_config(spec, v, 0, Path("unused"), [], eval_ref="ref.npz")
         assert cfg.train.time_limit == spec.budget.time_limit and cfg.task.kind == "image"
+
+
+def test_a_training_stopped_by_sigterm_resumes_in_the_next_invocation(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import ditlab.train.trainer as trainer_module
+
+    data, net = write_study(tmp_path, monkeypatch, TIMED.replace("budget: {steps: 3, eval_every: 1, eval_num: 4}",
+                                                                 "budget: {steps: 4}").replace(
+        "time_to_fid: [1000000, 0.001]\n", ""), 8)
+    out = tmp_path / "out"
+    original = trainer_module.Trainer.train_step
+
+    def step_then_sigterm(self):
+        result = original(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `timeout -s TERM` would, mid-training
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_sigterm)
+    assert main(_args(tmp_path, data, net)) == 3  # stopped at a checkpoint: run again
+    assert "was stopped by a signal" in capsys.readouterr().out
+    run = out / "runs" / "single-s0"
+    assert not (run / "summary.json").exists() and (run / "checkpoints" / "latest").exists()
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", original)
+    assert main(_args(tmp_path, data, net)) == 0
+    assert "resuming it from step_00000002" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and [s["end_step"] for s in summary["segments"]] == [2, 4]

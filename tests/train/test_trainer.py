@@ -135,3 +135,34 @@ def test_time_limit_stops_and_saves(tiny_data, tmp_path):
     assert 1.5 <= summary["timed_seconds"] < 10 and 0 < summary["steps"] < 100000
     assert summary["timed_steps"] == summary["steps"] - 2
     assert find_latest_checkpoint(run).name == f"step_{summary['steps']:08d}"
+
+
+def test_a_resumed_time_limited_run_gets_the_rest_of_its_budget(tiny_data, tmp_path):
+    """A run stopped by SIGTERM after ~1 s of its 2 s budget resumes with ~1 s left, not a new 2 s (the
+    earlier segment's timed seconds are saved with the checkpoint and offset the clock)."""
+    import time as time_module
+
+    run = tmp_path / "r"
+    limit = ["train.steps=100000", "train.time_limit=2", "train.untimed_steps=1", "train.log_every=1000",
+             "train.ckpt_every=100000"]
+    trainer = Trainer(tiny_cfg(tiny_data, run, *limit), progress=False)
+    original = trainer.train_step
+
+    def step_then_signal():
+        out = original()
+        if trainer.clock.start is not None and trainer.clock.used() >= 1.0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    trainer.train_step = step_then_signal
+    assert trainer.run() == 128 + signal.SIGTERM
+    first = torch.load(find_latest_checkpoint(run) / "state.pt", weights_only=False)["segments"]
+    assert 1.0 <= first[-1]["timed_seconds"] < 2.0
+    resumed = Trainer(tiny_cfg(tiny_data, run, *limit), resume=True, progress=False)
+    t0 = time_module.perf_counter()
+    assert resumed.run() == 0
+    second = time_module.perf_counter() - t0
+    summary = json.loads((run / "summary.json").read_text())
+    assert 2.0 <= summary["timed_seconds"] < 3.0  # the run's budget, both segments together
+    assert second < 2.0 + 1.0  # well under a fresh 2 s budget plus its untimed step
+    assert [seg["timed_seconds"] for seg in summary["segments"]][0] == first[-1]["timed_seconds"]

@@ -43,7 +43,10 @@ from ditlab.train.stop import StopRequest
 # Config keys that change parameter shapes or the meaning of the weights: a resumed run may not change them.
 SHAPE_KEYS = ("task.kind", "task.factor", "model.arch", "model.hidden_size", "model.depth", "model.num_heads", "model.mlp_ratio",
               "model.pos_embed", "model.num_classes", "model.qk_norm", "data.image_size",
-              "diffusion.process", "diffusion.prediction")
+              "diffusion.process", "diffusion.prediction",
+              # the architecture options (ditlab.models.dit.dit_kwargs): norm and label_in_adaln change no
+              # shape, but weights trained with one setting mean something else under the other
+              "model.mlp", "model.norm", "model.long_skips", "model.class_tokens", "model.label_in_adaln")
 EXIT_NONFINITE = 2
 # Under DDP the ranks agree on stopping (time limit, SIGTERM) every this many steps (one small all-reduce).
 AGREE_EVERY = 10
@@ -391,7 +394,8 @@ class Trainer:
         self._window = [0.0, 0, time.perf_counter()]  # loss sum (device), steps, start time
         t_start, start_step = time.perf_counter(), self.step
         self._segment_start = (t_start, start_step)
-        self.clock = TrainingClock(cfg.time_limit, cfg.untimed_steps, self.device)
+        self.clock = TrainingClock(cfg.time_limit, cfg.untimed_steps, self.device,
+                                   offset=self._earlier_timed_seconds())
         with StopRequest() as stop:
             while self.step < cfg.steps:
                 try:
@@ -478,7 +482,16 @@ class Trainer:
         if getattr(self, "_segment_start", None) is None:  # save() outside run()
             return list(self.segments)
         t0, s0 = self._segment_start
-        return self.segments + [self._segment(s0, self.step, time.perf_counter() - t0, self.cfg.train.batch_size)]
+        now = self._segment(s0, self.step, time.perf_counter() - t0, self.cfg.train.batch_size)
+        clock = getattr(self, "clock", None)
+        if clock is not None:  # this segment's share of the time budget (what a resume continues from)
+            now["timed_seconds"] = clock.used() - clock.offset
+        return self.segments + [now]
+
+    def _earlier_timed_seconds(self) -> float:
+        """Timed seconds of the segments before this one: a resumed time-limited run gets what is left of
+        train.time_limit, not a new budget. Segments saved before this was recorded count 0."""
+        return sum(seg.get("timed_seconds") or 0.0 for seg in self.segments)
 
     def _log(self, gnorm: torch.Tensor, bar) -> None:
         loss_sum, n, t0 = self._window
