@@ -179,3 +179,13 @@ def test_every_bad_input_is_one_line_with_exit_code_1(runs, tmp_path, capsys):
         if code != 1 or "Traceback" in err or not lines or named not in lines[-1]:
             failures.append((argv[:2] + argv[-2:], code, err[-300:]))
     assert failures == []
+
+
+def test_time_shift_and_guidance_interval_reach_the_samples_and_their_name(runs, capsys):
+    assert main(["sample", str(runs["image"]), "-n", "2", "--steps", "2", "--checkpoint", "step_00000002",
+                 "--cfg", "2", "--cfg-interval", "0.3", "4", "--time-shift", "2"]) == 0
+    written = runs["image"] / "samples" / "step_00000002_heun2_cfg2_i0.3-4_ts2_seed0.npz"
+    meta = json.loads(str(np.load(written)["ditlab_meta"]))
+    assert meta["time_shift"] == 2 and meta["cfg_interval"] == [0.3, 4]
+    assert main(["sample", str(runs["image"]), "-n", "2", "--steps", "2", "--time-shift", "0"]) == 1
+    assert "--time-shift" in capsys.readouterr().err

@@ -61,11 +61,16 @@ def cmd_sample(args) -> int:
 
 
 def default_samples_path(run, settings, seed: int) -> Path:
-    """RUN/samples/CHECKPOINT_SAMPLERSTEPS_cfgW[_PATH]_seedK.npz: inside the run, one name per setting."""
+    """RUN/samples/CHECKPOINT_SAMPLERSTEPS_cfgW[_iLO-HI][_csW][_tsS][_PATH]_seedK.npz: inside the run, one name
+    per setting (the guidance interval, condition strength and time shift only when they change anything)."""
     path = f"_{settings.path.replace(':', '')}" if settings.path else ""
     name = f"{run.checkpoint.name.removesuffix('.safetensors')}_{settings.sampler}{settings.steps}_cfg{settings.cfg_scale:g}"
+    if settings.cfg_interval is not None and settings.cfg_scale != 1.0:  # the interval only matters when guiding
+        name += f"_i{settings.cfg_interval[0]:g}-{settings.cfg_interval[1]:g}"
     if settings.cond_scale != 1.0:
         name += f"_cs{settings.cond_scale:g}"
+    if settings.time_shift != 1.0:
+        name += f"_ts{settings.time_shift:g}"
     return run.run_dir / "samples" / f"{name}{path}_seed{seed}.npz"
 
 
@@ -113,7 +118,7 @@ def _sample(args, info) -> int:
     path = args.path  # None: the run's own (LIFT: lift.sample_path, recorded through task.sample_meta)
     settings = settings_of(s, sampler=sampler, steps=args.steps, cfg_scale=args.cfg, eta=eta, path=path,
                            cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
-                           cond_scale=args.cond_scale)
+                           cond_scale=args.cond_scale, time_shift=args.time_shift)
     context, contexts = _split_contexts(args.context)
     if args.cfg_context:
         import dataclasses
@@ -241,11 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cond-scale", type=finite_float, default=1.0, metavar="W",
                    help="superres runs: strength of the condition pathway, apart from CFG (1 = as trained; e.g. 0.8 "
                         "or 0.5 against posterior collapse; 0 = the unconditional pathway; docs/superres.md)")
+    s.add_argument("--time-shift", type=finite_float, default=None, metavar="S",
+                   help="flow runs: warp the sampling grid t' = S t / (1 + (S - 1) t) (S > 1 spends more steps at "
+                        "high noise; default: the run's sample.time_shift; docs/diffusion.md)")
     s.add_argument("--eta", type=finite_float, default=None,
                    help="DDIM eta, --sampler ddim only (0 deterministic, 1 = DDPM posterior; default sample.eta)")
     s.add_argument("--seed", type=int, default=0, help="sample i's noise depends only on (seed, i)")
     s.add_argument("--out", default=None,
-                   help="output .npz (default RUN/samples/CHECKPOINT_SAMPLERSTEPS_cfgW_seedK.npz); images: arr_0 "
+                   help="output .npz (default RUN/samples/CHECKPOINT_SAMPLERSTEPS_cfgW[_...]_seedK.npz); images: arr_0 "
                         "uint8 N x H x W x 3 and arr_1 labels; scene: points, scene_features, scene_mask; icl: x, y, "
                         "y_sampled; every file: ditlab_meta")
     s.add_argument("--grid", default=None, metavar="PNG", help="also write a PNG of the first --grid-num samples")
