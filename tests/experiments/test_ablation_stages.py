@@ -192,3 +192,37 @@ def test_a_training_stopped_by_sigterm_resumes_in_the_next_invocation(tmp_path, 
     assert "resuming it from step_00000002" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and [s["end_step"] for s in summary["segments"]] == [2, 4]
+
+
+POSTHOC = """\
+config: tiny.yaml
+seeds: [0]
+budget: {steps: 4}
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+evals:
+  ema: {}
+  pe07: {ema_sigma_rel: 0.07}
+variants:
+  snap:
+    overrides: [task.kind=image, model.output_init=xavier, "ema.posthoc_sigma_rels=[0.05, 0.1]", ema.posthoc_every=1]
+"""
+
+
+def test_an_eval_can_sample_the_posthoc_ema(tmp_path, monkeypatch):
+    data, net = write_study(tmp_path, monkeypatch, POSTHOC, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    run = out / "runs" / "snap-s0"
+    assert (run / "checkpoints" / "posthoc_sr0.070").is_dir()  # reconstructed as `ditlab ema` would
+    pe = json.loads((out / "scores" / "snap-s0__default__pe07.json").read_text())
+    ema = json.loads((out / "scores" / "snap-s0__default__ema.json").read_text())
+    assert pe["ema_sigma_rel"] == 0.07 and ema["ema_sigma_rel"] == 0.0
+    assert pe["fid"] != ema["fid"]  # other weights
+    assert "post-hoc EMA sigma_rel 0.07" in (out / "results.md").read_text()
+
+
+def test_a_posthoc_eval_needs_snapshots(tmp_path, monkeypatch, capsys):
+    spec = POSTHOC.replace(', "ema.posthoc_sigma_rels=[0.05, 0.1]", ema.posthoc_every=1', "")
+    data, net = write_study(tmp_path, monkeypatch, spec, 8)
+    assert main(_args(tmp_path, data, net)) == 1
+    assert "ema.posthoc_sigma_rels" in capsys.readouterr().err

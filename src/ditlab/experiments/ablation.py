@@ -95,6 +95,11 @@ def check_variants(spec: AblationSpec, extra: list[str]) -> None:
                 raise ValueError(f"variant {v.name}: name a LIFT path (e.g. diagonal) instead of 'default'")
         if v.lo_variant:
             check_lo_variant(spec, v, cfg, extra)
+        for name, s in spec.evals_of(v):
+            if s.ema_sigma_rel and not cfg.ema.posthoc_sigma_rels:
+                raise ValueError(f"variant {v.name}: eval {name} samples the post-hoc EMA (ema_sigma_rel "
+                                 f"{s.ema_sigma_rel:g}), which needs snapshots: set ema.posthoc_sigma_rels in its "
+                                 "overrides")
 
 
 def check_lo_variant(spec: AblationSpec, v: Variant, cfg, extra: list[str]) -> None:
@@ -184,7 +189,7 @@ class AblationRunner:
             if self.out_of_time():
                 return False
             self.train(unit, run_dir)
-        run = None
+        runs: dict[str, object] = {}  # checkpoint name ("" = the run's latest) -> the loaded run
         for path, eval_name, sample in todo:
             if self.out_of_time():
                 return False
@@ -196,7 +201,10 @@ class AblationRunner:
                     self.train(lo_unit, lo_dir)
                     if self.out_of_time():
                         return False
-            run = run or self._load(run_dir)
+            checkpoint = self._posthoc_checkpoint(run_dir, sample)
+            if checkpoint not in runs:
+                runs[checkpoint] = self._load(run_dir, checkpoint or None)
+            run = runs[checkpoint]
             if path in DP_PATHS or path == "lo-oracle":
                 self._need_errors_data(unit, path)
             if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
@@ -303,7 +311,7 @@ class AblationRunner:
             # cascade: both models' evaluations (lo_nfe of them the low-resolution run's, lo_run)
             "nfe": count_nfe(walked, s.sampler) + lo_nfe, "sampler": s.sampler, "steps": s.steps, "num_samples": s.num,
             "cfg_scale": s.cfg_scale, "cfg_interval": list(s.cfg_interval) if s.cfg_interval else None,
-            "time_shift": s.time_shift,
+            "time_shift": s.time_shift, "ema_sigma_rel": getattr(s, "ema_sigma_rel", 0.0),
             "sample_seed": s.seed, "sample_seconds": round(sample_s, 2),
             "train_steps": summary["steps"], "train_seconds": round(summary.get("timed_seconds", 0.0), 1),
             "train_images": summary["steps"] * run.cfg.train.batch_size,
@@ -327,10 +335,25 @@ class AblationRunner:
     def score_file(self, unit: Unit, path: str, eval_name: str = "") -> Path:
         return score_path(self.out, unit.name, path, eval_name)
 
-    def _load(self, run_dir: Path):
+    def _load(self, run_dir: Path, checkpoint: str | None = None):
         from ditlab.runs import load_run
 
-        return load_run(run_dir, device=self.device)
+        return load_run(run_dir, device=self.device, checkpoint=checkpoint)
+
+    def _posthoc_checkpoint(self, run_dir: Path, sample) -> str:
+        """An eval with ema_sigma_rel: the post-hoc EMA checkpoint of that width (reconstructed from the run's
+        snapshots, as `ditlab ema`, once); "" for the run's own latest checkpoint."""
+        sigma_rel = getattr(sample, "ema_sigma_rel", 0.0)
+        if not sigma_rel:
+            return ""
+        from ditlab.train.posthoc_ema import posthoc_checkpoint_name, reconstruct
+
+        name = posthoc_checkpoint_name(sigma_rel)
+        if not (run_dir / "checkpoints" / name).exists():
+            fit = reconstruct(run_dir, [sigma_rel])[0]
+            self.log(f"ditlab ablate: post-hoc EMA sigma_rel {sigma_rel:g} of {run_dir.name} from "
+                     f"{len(fit.snapshots)} snapshots (relative fit error {fit.fit_error:.1e})")
+        return name
 
     def _need_errors_data(self, unit: Unit, path: str) -> None:
         if not self.errors_data:

@@ -21,7 +21,8 @@
       small:    {overrides: [task.kind=image, data.image_size=16], paths: [default]}
       casc:     {overrides: [task.kind=lift], paths: [cascade], lo_variant: small}
 
-``evals``: each name is a set of sample settings (sampler, steps, cfg_scale, cfg_interval, eta, time_shift) over
+``evals``: each name is a set of sample settings (sampler, steps, cfg_scale, cfg_interval, eta, time_shift, and
+ema_sigma_rel: the post-hoc EMA of that width, reconstructed from the run's snapshots, instead of its EMA) over
 ``sample``; a variant may list the ones it is scored on (``evals: [cfg]``; default all). Without
 ``evals`` every pair is scored once with ``sample`` (score files as before).
 
@@ -68,6 +69,8 @@ class SampleSpec:
     cfg_interval: Optional[tuple[float, float]] = None  # guide only where sigma/alpha is in (lo, hi]
     eta: float = 0.0
     time_shift: float = 1.0  # flow sampling grid t' = s t / (1 + (s - 1) t) (sample.time_shift)
+    # > 0: sample the post-hoc EMA of this width (EDM2; the run needs ema.posthoc_sigma_rels), 0: the run's EMA
+    ema_sigma_rel: float = 0.0
 
 
 @dataclass
@@ -221,7 +224,7 @@ def load_ablation(path) -> AblationSpec:
 
 
 # What an eval may change of the sample: section.
-EVAL_KEYS = ("sampler", "steps", "cfg_scale", "cfg_interval", "eta", "time_shift")
+EVAL_KEYS = ("sampler", "steps", "cfg_scale", "cfg_interval", "eta", "time_shift", "ema_sigma_rel")
 
 
 def _evals(raw, sample: SampleSpec, source: Path) -> dict[str, SampleSpec]:
@@ -243,6 +246,9 @@ def _evals(raw, sample: SampleSpec, source: Path) -> dict[str, SampleSpec]:
             raise ConfigError(f"unknown key evals.{name}.{bad[0]} in {source}; an eval may set {', '.join(EVAL_KEYS)} "
                               "(num, seed and batch_size are the sample: section's, the same for every eval)")
         out[str(name)] = _section(SampleSpec, {**asdict(sample), **settings}, f"evals.{name}", source)
+        if not 0 <= out[str(name)].ema_sigma_rel <= 12 ** -0.5:
+            raise ConfigError(f"evals.{name}.ema_sigma_rel must lie in [0, {12 ** -0.5:.4f}] (0: the run's own EMA), "
+                              f"got {out[str(name)].ema_sigma_rel} (in {source})")
     return out
 
 

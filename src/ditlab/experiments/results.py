@@ -104,6 +104,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
 def _settings(s) -> str:
     guide = f"CFG {s.cfg_scale:g}" + (f" in ({s.cfg_interval[0]:g}, {s.cfg_interval[1]:g}]" if s.cfg_interval else "")
     shift = f" time shift {s.time_shift:g}" if getattr(s, "time_shift", 1.0) != 1.0 else ""
+    if getattr(s, "ema_sigma_rel", 0.0):
+        shift += f", post-hoc EMA sigma_rel {s.ema_sigma_rel:g}"
     return f"{s.sampler} {s.steps} steps" + (f" eta {s.eta:g}" if s.eta else "") + shift + f", {guide}"
 
 
