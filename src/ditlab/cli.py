@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ditlab.cliargs import (SAMPLER_CHOICES, Parser, UsageError, add_checkpoint, add_data, add_device, add_set,
-                            finite_float, non_negative_int, positive_int)
+from ditlab.cliargs import (SAMPLER_CHOICES, Parser, UsageError, add_cfg_context, add_checkpoint, add_data, add_device,
+                            add_set, finite_float, non_negative_int, positive_int)
 from ditlab.configlib import ConfigError
 from ditlab.eval.cli import add_fid_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
@@ -90,14 +90,6 @@ def _split_contexts(values):
     return (plain[0] if plain else None), (tuple(named) or None)
 
 
-def _cfg_context(text: str) -> tuple[str, float]:
-    name, sep, w = text.partition("=")
-    try:
-        return name, float(w) if sep and name else float("x")
-    except ValueError:
-        raise ValueError(f"--cfg-context {text!r}: expected NAME=W, e.g. target=3") from None
-
-
 def _sample(args, info) -> int:
     import torch
     from tqdm import tqdm
@@ -123,7 +115,7 @@ def _sample(args, info) -> int:
     if args.cfg_context:
         import dataclasses
 
-        settings = dataclasses.replace(settings, cfg_context=tuple(_cfg_context(v) for v in args.cfg_context))
+        settings = dataclasses.replace(settings, cfg_context=tuple(args.cfg_context))
     check_settings(settings, run.task)  # before any data is read
     if args.grid and not hasattr(run.task, "preview_figure"):
         raise ValueError(f"--grid: a task.kind={run.kind} run has no picture of its samples")
@@ -271,10 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image runs trained with data.context_path: a context file whose rows 0..N-1 condition samples "
                         "0..N-1 (and give their labels, if it has 'labels'); --cfg drops context and label together. "
                         "NAME=FILE (repeatable): the named set NAME of data.contexts (docs/context_sets.md)")
-    s.add_argument("--cfg-context", default=None, action="append", metavar="NAME=W",
-                   help="compositional guidance on one context set (repeatable; e.g. scene runs: scene=2 target=3): "
-                        "eps = eps(null) + W (eps(c) - eps(null)) + sum_i (W_i - 1) (eps(c) - eps(c without set i)), "
-                        "W = --cfg (docs/context_sets.md)")
+    add_cfg_context(s)
     s.add_argument("--lo-run", default=None, metavar="RUN_LO",
                    help="LIFT's --path cascade: a task.kind=image run at the low resolution (the LIFT run's size / "
                         "task.factor) generates the low resolution, which the LIFT run then holds clean "

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -110,6 +111,26 @@ def inception_path(args) -> str | None:
 def add_sampler(parser, default_help: str = "default: the run's sample.sampler") -> None:
     parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None, help=default_help)
     parser.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the run's sample.steps)")
+
+
+def cfg_context_weight(text: str) -> tuple[str, float]:
+    """``NAME=W`` of --cfg-context -> (NAME, W); W finite."""
+    name, sep, w = text.partition("=")
+    try:
+        weight = float(w) if sep and name else float("x")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=W, e.g. target=3") from None
+    if not math.isfinite(weight):
+        raise argparse.ArgumentTypeError(f"{text!r}: the scale must be finite")
+    return name, weight
+
+
+def add_cfg_context(parser) -> None:
+    """--cfg-context NAME=W (repeatable): compositional guidance per context set, the same in every command."""
+    parser.add_argument("--cfg-context", type=cfg_context_weight, default=None, action="append", metavar="NAME=W",
+                        help="compositional guidance on one context set (repeatable; e.g. scene runs: scene=2 "
+                             "target=3): eps = eps(null) + W (eps(c) - eps(null)) + sum_i (W_i - 1) (eps(c) - "
+                             "eps(c without set i)), W = --cfg (docs/context_sets.md)")
 
 
 def add_checkpoint(parser) -> None:

@@ -55,6 +55,18 @@ def test_scene_model_with_both_sets_trains_and_samples_through_ditlab_sample(tmp
     with pytest.raises(ValueError, match="context sets are"):
         check_settings(SampleSettings(cfg_context=(("text", 2.0),)), loaded.task)
 
+    # `ditlab scene eval` takes the same --cfg-context, and records it
+    import json
+
+    out = tmp_path / "eval"
+    assert main(["scene", "eval", str(run), "--scenes", "2", "--steps", "2", "--figure-scenes", "0",
+                 "--cfg-context", "scene=2", "--cfg-context", "target=3", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["cfg_context"] == {"scene": 2.0, "target": 3.0}
+    capsys.readouterr()
+    assert main(["scene", "eval", str(run), "--scenes", "2", "--steps", "2", "--cfg-context", "text=2"]) == 1
+    assert "context sets are" in capsys.readouterr().err
+
 
 def test_describe_padding_and_drop_are_per_set():
     cfg = load_config(*_describe_cfg("unused")[:1], overrides=_describe_cfg("unused")[1:])

@@ -6,10 +6,12 @@ scenes: scene grey, target blue, generated points red), and prints the metrics a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from ditlab.cliargs import SAMPLER_CHOICES, add_checkpoint, add_device, finite_float, non_negative_int, positive_int
+from ditlab.cliargs import (SAMPLER_CHOICES, add_cfg_context, add_checkpoint, add_device, finite_float,
+                            non_negative_int, positive_int)
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -25,6 +27,7 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
 
 def cmd_scene_eval(args) -> int:
     from ditlab.devices import resolve_device
+    from ditlab.generation import check_settings, settings_of
     from ditlab.tasks.scene.eval import evaluate_run
     from ditlab.runs import load_run
     from ditlab.tasks.scene.plot import save_figure, scene_figure
@@ -33,11 +36,14 @@ def cmd_scene_eval(args) -> int:
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device, kind="scene", command="`ditlab scene eval`",
                    which=args.weights, checkpoint=args.checkpoint)
-    s = run.cfg.sample
-    sampler, steps = args.sampler or s.sampler, args.steps or s.steps
-    cfg_scale = s.cfg_scale if args.cfg is None else args.cfg
+    settings = settings_of(run.cfg.sample, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                           cfg_context=tuple(args.cfg_context) if args.cfg_context else None)
+    if settings.sampler != "ddim":
+        settings = dataclasses.replace(settings, eta=0.0)  # sample.eta belongs to ddim (as in `ditlab sample`)
+    check_settings(settings, run.task)  # e.g. --cfg-context naming a set the run does not have
+    sampler, steps, cfg_scale = settings.sampler, settings.steps, settings.cfg_scale
     num = args.scenes or run.cfg.scene.eval_scenes
-    report, points, scenes = evaluate_run(run, num, cfg_scale, sampler, steps, args.seed, args.batch_size, device,
+    report, points, scenes = evaluate_run(run, num, settings, args.seed, args.batch_size, device,
                                           unconditional=not args.no_unconditional)
     out = Path(args.out) if args.out else Path(args.run_dir) / "scene_eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +68,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     e.add_argument("--scenes", type=positive_int, default=None, help="held-out scenes (default: the run's scene.eval_scenes)")
     e.add_argument("--cfg", type=finite_float, default=None, help="guidance scale on the scene (default: sample.cfg_scale)")
+    add_cfg_context(e)
     e.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="default: the run's sample.sampler")
     e.add_argument("--steps", type=positive_int, default=None, help="default: the run's sample.steps")

@@ -24,6 +24,8 @@ The same metrics for baselines put the numbers in context:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 
 import torch
@@ -58,33 +60,36 @@ def baseline_points(scenes: SceneSet, k: int, seed: int) -> dict[str, torch.Tens
             "nearest_scene_point": torch.stack(snapped)}
 
 
-def generate_for_scenes(task, model, scenes: SceneSet, seed: int, sampler: str, steps: int, cfg_scale: float,
-                        batch_size: int, device) -> torch.Tensor:
+def generate_for_scenes(task, model, scenes: SceneSet, seed: int, settings: SampleSettings, batch_size: int,
+                        device) -> torch.Tensor:
     """The model's K points for every scene, in batches; scene i uses noise (seed, i) whatever the batch."""
-    settings = SampleSettings(sampler=sampler, steps=steps, cfg_scale=cfg_scale)
     out = generate(task, model, len(scenes), seed, settings, scenes.conditions() if getattr(task, "describe", False)
                    else {"features": scenes.features, "mask": scenes.mask},
                    batch_size=batch_size, device=device)
     return out["points"]
 
 
-def evaluate_run(run, num_scenes: int, cfg_scale: float, sampler: str, steps: int, seed: int = 0,
-                 batch_size: int = 128, device="cpu", unconditional: bool = True) -> tuple[dict, torch.Tensor, SceneSet]:
-    """Metrics of the model and the baselines on ``num_scenes`` held-out scenes of a loaded run."""
+def evaluate_run(run, num_scenes: int, settings: SampleSettings, seed: int = 0, batch_size: int = 128, device="cpu",
+                 unconditional: bool = True) -> tuple[dict, torch.Tensor, SceneSet]:
+    """Metrics of the model and the baselines on ``num_scenes`` held-out scenes of a loaded run, sampled with
+    ``settings`` (guidance scale, per-set compositional guidance, sampler); the unconditional baseline is the
+    same sampler with every set dropped (guidance scale 0)."""
     s = run.cfg.scene
     k = int(run.info["num_target_points"])
     scenes = load_eval_scenes(s, num_scenes, pool=1)  # the pool is not used: metrics use the exact surface
     t0 = time.perf_counter()
-    points = generate_for_scenes(run.task, run.model, scenes, seed, sampler, steps, cfg_scale, batch_size, device)
+    points = generate_for_scenes(run.task, run.model, scenes, seed, settings, batch_size, device)
     seconds = time.perf_counter() - t0
     methods = {"model": points}
     if unconditional:
-        methods["unconditional"] = generate_for_scenes(run.task, run.model, scenes, seed, sampler, steps, 0.0,
-                                                       batch_size, device)
+        methods["unconditional"] = generate_for_scenes(
+            run.task, run.model, scenes, seed, dataclasses.replace(settings, cfg_scale=0.0, cfg_context=()),
+            batch_size, device)
     methods.update(baseline_points(scenes, k, seed))
     report = {
         "run": str(run.checkpoint), "scenes": num_scenes, "eval_seed": s.eval_seed, "points_per_scene": k,
-        "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seed": seed,
+        "sampler": settings.sampler, "steps": settings.steps, "cfg_scale": settings.cfg_scale,
+        **({"cfg_context": dict(settings.cfg_context)} if settings.cfg_context else {}), "seed": seed,
         "coverage_radius": s.coverage_radius, "generation_seconds": seconds,
         "metrics": {name: point_metrics(p, scenes, s.coverage_radius) for name, p in methods.items()},
     }
