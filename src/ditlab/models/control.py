@@ -39,9 +39,11 @@ import torch
 from torch import nn
 
 from ditlab.models.attention import AttnBias
-from ditlab.models.dit import DiT, DiTBlock, StreamSpec, stream_positions, stream_rope
+from ditlab.models.blocks import DiTBlock
+from ditlab.models.dit import DiT
 from ditlab.models.embed import PatchEmbed
 from ditlab.models.mlp import reset_swiglu
+from ditlab.models.streams import StreamSpec, stream_positions, stream_rope
 
 INJECTIONS = ("tokens", "cross", "branch", "adaln")
 

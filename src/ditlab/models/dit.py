@@ -1,4 +1,4 @@
-"""Diffusion transformer over token streams, with adaLN-Zero modulation per token.
+"""The diffusion transformer over token streams, with adaLN-Zero modulation per token.
 
 A sample is a set of image *streams* (a target, a low-resolution condition, a second scale...).
 Each stream has its own patch embedding, its own positional grid and its own noise level, which
@@ -9,309 +9,32 @@ a clean condition token (t = 0) and a noised target token in the same sample are
 When every stream's t is per sample, the modulation is computed once per (sample, stream) and
 gathered to tokens (a single stream needs no gather at all: it broadcasts), so the per-token
 generality costs nothing in the common case.
+
+This module assembles the network (DiT: conditioning groups, class tokens, learned nulls, prefix
+caching for ICL sampling) and builds it from a config (build_dit, dit_kwargs). Its parts live in
+ditlab.models.streams (StreamSpec, embeddings and positions of a stream, the size table),
+ditlab.models.blocks (DiTBlock, FinalLayer, adaLN), ditlab.models.context_sets (ContextSpec and the
+context inputs) and ditlab.models.masks; they are re-exported here, the names' old home.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ditlab.models import kernels
-from ditlab.models.attention import Attention
+from ditlab.models.blocks import (AdaLNMods, CrossSet, DiTBlock, FinalLayer, modulate,  # noqa: F401  (re-exported)
+                                  unsupported_by_fused_kernels)
 from ditlab.models.class_tokens import ClassTokens, with_class_keys, with_class_rows
-from ditlab.models.embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, rope_2d, sincos_2d, sinusoidal
-from ditlab.models.mlp import MLP_KINDS, Mlp, make_mlp, reset_swiglu  # noqa: F401  (Mlp: its old home)
-from ditlab.models.norms import NORM_KINDS, make_norm
+from ditlab.models.context_sets import (ContextSpec, context_specs_of, model_context_specs,  # noqa: F401
+                                        named_contexts, split_context_drop, unnamed_context)
+from ditlab.models.embed import LabelEmbedder, PatchEmbed, TimestepEmbedder
+from ditlab.models.masks import bool_mask, combine_masks
+from ditlab.models.mlp import MLP_KINDS, Mlp, reset_swiglu  # noqa: F401  (Mlp: its old home)
+from ditlab.models.norms import NORM_KINDS
 from ditlab.models.skips import LongSkips
-
-# name -> (hidden size, depth, heads), as in the DiT paper's table.
-DIT_SIZES: dict[str, tuple[int, int, int]] = {
-    "S": (384, 12, 6),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-    "XL": (1152, 28, 16),
-}
-PATCH_SIZES = (2, 4, 8)
-DIT_ARCHS = [f"DiT-{s}/{p}" for s in DIT_SIZES for p in PATCH_SIZES]
-
-
-def parse_arch(arch: str) -> tuple[int, int, int, int]:
-    """'DiT-B/2' -> (hidden, depth, heads, patch)."""
-    try:
-        size, patch = arch.removeprefix("DiT-").split("/")
-        hidden, depth, heads = DIT_SIZES[size]
-        patch = int(patch)
-    except (ValueError, KeyError):
-        raise ValueError(f"unknown model.arch {arch!r}; choose one of {', '.join(DIT_ARCHS)}") from None
-    if patch not in PATCH_SIZES:
-        raise ValueError(f"unknown patch size in model.arch {arch!r}; choose one of {PATCH_SIZES}")
-    return hidden, depth, heads, patch
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """One stream of the token sequence: an image cut into patches, or a set / sequence of tokens.
-
-    kind="image": ``size`` x ``size`` pixels with ``channels`` channels, patches of ``patch_size``,
-    2-D positions. kind="tokens": ``size`` tokens of ``channels`` features each (a point cloud, the
-    x / y values of a regression prompt), embedded by a linear layer; ``positions`` "none" keeps the
-    stream a set (permutation-equivariant), "index" adds a 1-D sin-cos position of the token index.
-    """
-
-    name: str
-    channels: int
-    size: int
-    patch_size: int = 1
-    predict: bool = True  # the model outputs a prediction for this stream (False for conditions)
-    pos_scale: float = 1.0  # coordinate stretch, to place a coarse grid on a fine stream's frame
-    kind: str = "image"
-    positions: str = "grid"  # image: "grid"; tokens: "none" or "index"
-
-    def __post_init__(self):
-        if self.kind not in ("image", "tokens"):
-            raise ValueError(f"stream {self.name!r}: kind must be 'image' or 'tokens', got {self.kind!r}")
-        if self.kind == "tokens" and self.positions not in ("none", "index"):
-            raise ValueError(f"token stream {self.name!r}: positions must be 'none' or 'index'")
-
-    @property
-    def grid(self) -> int:
-        return self.size // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid**2 if self.kind == "image" else self.size
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Per-sample tensor shape of the stream."""
-        return (self.channels, self.size, self.size) if self.kind == "image" else (self.size, self.channels)
-
-
-class TokenEmbed(nn.Module):
-    """(B, N, C) token features -> (B, N, D)."""
-
-    def __init__(self, channels: int, hidden_size: int):
-        super().__init__()
-        self.proj = nn.Linear(channels, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-def stream_positions(s: StreamSpec, dim: int) -> torch.Tensor:
-    """Additive sin-cos positions (N_s, dim) of a stream (zeros for a set)."""
-    if s.kind == "image":
-        return sincos_2d(s.grid, s.grid, dim, s.pos_scale)
-    if s.positions == "index":
-        return sinusoidal(torch.arange(s.size).float() * s.pos_scale, dim)
-    return torch.zeros(s.size, dim)
-
-
-def stream_rope(s: StreamSpec, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary tables of a stream; token streams are not rotated (angle 0)."""
-    if s.kind == "image":
-        return rope_2d(s.grid, s.grid, head_dim, scale=s.pos_scale)
-    return torch.ones(s.size, head_dim // 2), torch.zeros(s.size, head_dim // 2)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
-
-
-def unsupported_by_fused_kernels(mlp: str, norm: str) -> tuple[str, ...]:
-    """The ``model.*`` settings the fused adaLN path (ditlab.models.kernels) was not written for: its kernels
-    compute LayerNorm, and the block's fused path was written and measured for DiT's GELU MLP only."""
-    return tuple(f"model.{key}={value}" for key, value, base in (("norm", norm, "layernorm"), ("mlp", mlp, "gelu"))
-                 if value != base)
-
-
-class AdaLNMods(NamedTuple):
-    """One DiTBlock's adaLN-Zero modulation, named, in the order of the adaLN layer's output chunks.
-
-    The order is the checkpoint layout (adaLN.weight rows): self-attention, MLP, then cross-attention.
-    """
-
-    shift_msa: torch.Tensor
-    scale_msa: torch.Tensor
-    gate_msa: torch.Tensor
-    shift_mlp: torch.Tensor
-    scale_mlp: torch.Tensor
-    gate_mlp: torch.Tensor
-    shift_ca: Optional[torch.Tensor] = None  # cross-attention (blocks with a context set only)
-    scale_ca: Optional[torch.Tensor] = None
-    gate_ca: Optional[torch.Tensor] = None
-
-
-@dataclass(frozen=True)
-class ContextSpec:
-    """One context set the network cross-attends to (docs/context_sets.md, "Several context sets").
-
-    ``name`` "" is the unnamed set: ``forward(context=, context_mask=, context_drop=<tensor>)``, stored
-    under the single-set keys (``blocks.N.cross_attn.*``, ``null_context``), so one-set checkpoints load.
-    A named set has its own cross-attention, adaLN shift / scale / gate and learned null per block it is
-    injected into (``blocks.N.cross_sets.<name>.*``, ``null_contexts.<name>``), fed by
-    ``forward(contexts={name: (tensor, mask)}, context_drop={name: flags})``.
-    ``blocks``: "all", "middle" (the middle third: depth // 3 .. depth - depth // 3) or "A:B" (blocks A..B-1).
-    """
-
-    name: str
-    dim: int
-    cross_attn_dropout: float = 0.0
-    blocks: str = "all"
-
-    def block_range(self, depth: int) -> range:
-        if self.blocks == "all":
-            return range(depth)
-        if self.blocks == "middle":
-            return range(depth // 3, depth - depth // 3)
-        try:
-            a, b = (int(v) for v in self.blocks.split(":"))
-        except ValueError:
-            a = b = -1
-        if not 0 <= a < b <= depth:
-            raise ValueError(f"context set {self.name!r}: blocks must be 'all', 'middle' or 'A:B' with "
-                             f"0 <= A < B <= depth={depth}, got {self.blocks!r}")
-        return range(a, b)
-
-
-class CrossSet(nn.Module):
-    """A named context set's cross-attention in one block, with its own adaLN-Zero shift / scale / gate."""
-
-    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float, qk_norm: bool,
-                 norm: str = "layernorm"):
-        super().__init__()
-        self.norm = make_norm(norm, dim)
-        self.attn = Attention(dim, heads, kv_dim=context_dim, dropout=dropout, qk_norm=qk_norm)
-        self.adaLN = nn.Linear(dim, 3 * dim)
-
-    def forward(self, x, c, index, context, context_mask):
-        mod = self.adaLN(c)
-        if index is not None:
-            mod = mod[:, index]
-        shift, scale, gate = mod.chunk(3, dim=-1)
-        return x + gate * self.attn(modulate(self.norm(x), shift, scale), context=context, mask=context_mask)
-
-
-class DiTBlock(nn.Module):
-    """Self-attention, optional cross-attention to a context set, MLP; each adaLN-Zero modulated.
-
-    ``sets``: named context sets (ContextSpec name -> width) injected into this block, each a
-    :class:`CrossSet` after the unnamed set's cross-attention, before the MLP.
-    ``mlp``: "gelu" or "swiglu" (ditlab.models.mlp); ``norm``: "layernorm" or "rmsnorm" (ditlab.models.norms)."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_dropout: float, qk_norm: bool,
-                 context_dim: Optional[int] = None, cross_attn_dropout: float = 0.0,
-                 sets: Optional[dict[str, tuple[int, float]]] = None, mlp: str = "gelu", norm: str = "layernorm"):
-        super().__init__()
-        self.mlp_ratio, self.mlp_kind, self.norm_kind = mlp_ratio, mlp, norm  # to build a copy (models.control)
-        self.norm1 = make_norm(norm, dim)
-        self.attn = Attention(dim, heads, dropout=attn_dropout, qk_norm=qk_norm)
-        self.has_cross = context_dim is not None
-        if self.has_cross:
-            self.norm_cross = make_norm(norm, dim)
-            self.cross_attn = Attention(dim, heads, kv_dim=context_dim, dropout=cross_attn_dropout, qk_norm=qk_norm)
-        self.norm2 = make_norm(norm, dim)
-        self.mlp = make_mlp(mlp, dim, mlp_ratio)
-        self.num_mod = 9 if self.has_cross else 6
-        self.adaLN = nn.Linear(dim, self.num_mod * dim)
-        # Named context sets (name -> (width, cross-attention dropout)); empty: no state-dict keys.
-        self.cross_sets = nn.ModuleDict({name: CrossSet(dim, heads, d, p, qk_norm, norm)
-                                         for name, (d, p) in (sets or {}).items()})
-        # Fused adaLN kernels (ditlab.models.kernels, train.fast_kernels); not part of the state dict.
-        self.fast_kernels = False
-        # What the fused kernels cannot compute: configure_fast_kernels refuses train.fast_kernels=on for
-        # these settings and keeps the eager path on auto.
-        self.fused_unsupported = unsupported_by_fused_kernels(mlp, norm)
-
-    def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False, sets=None):
-        # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None.
-        # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
-        # sets: named context sets, name -> (context (B, M, Dc), mask (B, M) bool or None).
-        if self.fast_kernels and not self.cross_sets and not self.fused_unsupported:
-            return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv)
-        mod = self.adaLN(c)  # (B, G, num_mod * D)
-        if index is not None:
-            mod = mod[:, index]  # (B, N, num_mod * D)
-        m = AdaLNMods(*mod.chunk(self.num_mod, dim=-1))
-        a = self.attn(modulate(self.norm1(x), m.shift_msa, m.scale_msa), mask=mask, rope=rope, kv_prefix=kv_prefix,
-                      return_kv=return_kv)
-        if return_kv:
-            a, kv = a
-        x = x + m.gate_msa * a
-        if self.has_cross:
-            h = modulate(self.norm_cross(x), m.shift_ca, m.scale_ca)
-            x = x + m.gate_ca * self.cross_attn(h, context=context, mask=context_mask)
-        for name, cross in self.cross_sets.items():  # each set's mask reaches only its own cross-attention
-            x = cross(x, c, index, *sets[name])
-        x = x + m.gate_mlp * self.mlp(modulate(self.norm2(x), m.shift_mlp, m.scale_mlp))
-        return (x, kv) if return_kv else x
-
-    def _forward_fused(self, x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv):
-        """The same mathematics with fused kernels: each gate + residual is fused with the next sub-layer's
-        LayerNorm + modulate, and the modulation is gathered to tokens inside the kernels (no (B, N, 9D)
-        tensor)."""
-        m = AdaLNMods(*self.adaLN(c).chunk(self.num_mod, dim=-1))  # (B, G, D) each
-        h = kernels.adaln_modulate(x, m.shift_msa, m.scale_msa, index)
-        a = self.attn(h, mask=mask, rope=rope, kv_prefix=kv_prefix, return_kv=return_kv)
-        if return_kv:
-            a, kv = a
-        if self.has_cross:
-            x, h = kernels.gate_residual_adaln(x, a, m.gate_msa, m.shift_ca, m.scale_ca, index)
-            a = self.cross_attn(h, context=context, mask=context_mask)
-            x, h = kernels.gate_residual_adaln(x, a, m.gate_ca, m.shift_mlp, m.scale_mlp, index)
-        else:
-            x, h = kernels.gate_residual_adaln(x, a, m.gate_msa, m.shift_mlp, m.scale_mlp, index)
-        x = x + kernels.gather_groups(m.gate_mlp, index) * self.mlp(h)  # fused by torch.compile
-        return (x, kv) if return_kv else x
-
-
-class FinalLayer(nn.Module):
-    """adaLN-modulated norm (``norm``: LayerNorm or RMSNorm) + linear to patch pixels for one stream."""
-
-    def __init__(self, dim: int, patch_size: int, channels: int, norm: str = "layernorm"):
-        super().__init__()
-        self.norm = make_norm(norm, dim)
-        self.adaLN = nn.Linear(dim, 2 * dim)
-        self.linear = nn.Linear(dim, patch_size * patch_size * channels)
-        self.fast_kernels = False  # fused LayerNorm + modulate (ditlab.models.kernels)
-        self.fused_unsupported = unsupported_by_fused_kernels("gelu", norm)
-
-    def forward(self, x, c, index):
-        if self.fast_kernels and not self.fused_unsupported:
-            return self._forward_fused(x, c, index)
-        mod = self.adaLN(c)
-        if index is not None:
-            mod = mod[:, index]
-        shift, scale = mod.chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
-
-    def _forward_fused(self, x, c, index):
-        shift, scale = self.adaLN(c).chunk(2, dim=-1)
-        return self.linear(kernels.adaln_modulate(x, shift, scale, index))
-
-
-def unpatchify(tokens: torch.Tensor, spec: StreamSpec) -> torch.Tensor:
-    """(B, N, p*p*C) -> (B, C, H, W); token streams stay (B, N, C)."""
-    if spec.kind == "tokens":
-        return tokens
-    B, g, p, C = tokens.shape[0], spec.grid, spec.patch_size, spec.channels
-    x = tokens.reshape(B, g, g, p, p, C)
-    return torch.einsum("bhwpqc->bchpwq", x).reshape(B, C, g * p, g * p)
-
-
-def combine_masks(key_padding: Optional[torch.Tensor], attn_mask: torch.Tensor, batch: int,
-                  num_tokens: int) -> torch.Tensor:
-    """A full self-attention mask (B, N, N), True = may attend: ``attn_mask`` (N, N) or (B, N, N)
-    restricted to the real keys of ``key_padding`` (B, N), e.g. prefixes of an in-context prompt."""
-    if attn_mask.dtype != torch.bool:
-        raise TypeError(f"attn_mask must be boolean (True = may attend), got dtype {attn_mask.dtype}")
-    if tuple(attn_mask.shape) not in ((num_tokens, num_tokens), (batch, num_tokens, num_tokens)):
-        raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}, expected ({num_tokens}, {num_tokens}) "
-                         f"or ({batch}, {num_tokens}, {num_tokens})")
-    mask = attn_mask.expand(batch, num_tokens, num_tokens)
-    return mask if key_padding is None else mask & key_padding[:, None, :]
+from ditlab.models.streams import (DIT_ARCHS, DIT_SIZES, PATCH_SIZES, StreamSpec, TokenEmbed,  # noqa: F401
+                                   parse_arch, stream_positions, stream_rope, unpatchify)
 
 
 class DiT(nn.Module):
@@ -346,15 +69,7 @@ class DiT(nn.Module):
         in-context class tokens and ``label_in_adaln`` whether the label also enters adaLN
         (ditlab.models.class_tokens)."""
         super().__init__()
-        specs = list(contexts or [])
-        if context_dim is not None:
-            specs.insert(0, ContextSpec("", context_dim, cross_attn_dropout))
-        set_names = [cs.name for cs in specs]
-        if len(set(set_names)) != len(set_names):
-            raise ValueError(f"context set names must be unique (one unnamed set at most), got {set_names}")
-        for cs in specs:
-            if cs.name == "all" or not (cs.name == "" or cs.name.isidentifier()):
-                raise ValueError(f"context set name {cs.name!r}: use a Python identifier other than 'all'")
+        specs = model_context_specs(context_dim, cross_attn_dropout, contexts)
         unnamed = next((cs for cs in specs if cs.name == ""), None)
         context_dim = unnamed.dim if unnamed is not None else None
         self.context_specs = {cs.name: cs for cs in specs if cs.name}  # the named sets
@@ -524,47 +239,6 @@ class DiT(nn.Module):
             mask = with_class_keys(mask, K) if mask.dim() == 2 else with_class_rows(mask, K)
         return torch.cat([tokens, h], dim=1), mask
 
-    def _drop_context(self, context, mask, drop, null=None):
-        """Dropped samples see one learned null element (slot 0) instead of their context set
-        (``null``: a named set's, default the unnamed set's)."""
-        B, M, _ = context.shape
-        null = (self.null_context if null is None else null).to(context.dtype).expand(B, M, -1)
-        context = torch.where(drop[:, None, None], null, context)
-        only_first = (torch.arange(M, device=context.device) == 0).expand(B, M)
-        mask = torch.ones(B, M, dtype=torch.bool, device=context.device) if mask is None else mask
-        return context, torch.where(drop[:, None], only_first, mask)
-
-    def _named_contexts(self, batch: int, contexts, drops) -> dict:
-        """The named sets checked, padding zeroed and dropped rows replaced by each set's own null:
-        name -> (context (B, M, Dc), mask (B, M) bool or None)."""
-        contexts = contexts or {}
-        for name in list(contexts) + list(drops):
-            if name not in self.context_specs:
-                raise ValueError(f"context set {name!r} is not one of the model's named sets "
-                                 f"{list(self.context_specs)} (the unnamed set is context=)")
-        out = {}
-        for name, cs in self.context_specs.items():
-            if name not in contexts:
-                raise ValueError(f"this model cross-attends to the context set {name!r}: pass "
-                                 f"contexts={{{name!r}: (tensor (B, M, {cs.dim}), mask (B, M))}}")
-            ctx, m = contexts[name]
-            if ctx.dim() != 3 or ctx.shape[0] != batch or ctx.shape[2] != cs.dim:
-                raise ValueError(f"context set {name!r} has shape {tuple(ctx.shape)}, expected ({batch}, M, {cs.dim})")
-            m = self._bool_mask(m, f"mask of context set {name!r}")
-            if m is not None:
-                if tuple(m.shape) != (batch, ctx.shape[1]):
-                    raise ValueError(f"mask of context set {name!r} has shape {tuple(m.shape)}, expected "
-                                     f"({batch}, {ctx.shape[1]})")
-                ctx = torch.where(m[..., None], ctx, 0)  # padding is never read (see forward)
-            d = drops.get(name)
-            if d is not None:
-                if d.dtype != torch.bool or tuple(d.shape) != (batch,):
-                    raise ValueError(f"context_drop[{name!r}] must be bool of shape ({batch},), got "
-                                     f"{d.dtype} {tuple(d.shape)}")
-                ctx, m = self._drop_context(ctx, m, d, self.null_contexts[name])
-            out[name] = (ctx, m)
-        return out
-
     def _check_inputs(self, x, t):
         for s in self.streams:
             if s.name not in x or s.name not in t:
@@ -577,25 +251,13 @@ class DiT(nn.Module):
                 raise ValueError(f"noise level of stream {s.name!r} has shape {tuple(ts.shape)}, expected "
                                  f"({xs.shape[0]},) per sample or ({xs.shape[0]}, {s.num_tokens}) per token")
 
-    @staticmethod
-    def _bool_mask(m: Optional[torch.Tensor], what: str) -> Optional[torch.Tensor]:
-        """A padding mask as bool. A float or integer mask holding only 0 and 1 (1 = real, 0 = padding)
-        is converted; any other value (an additive finfo.min mask, 0.5, NaN) is a ValueError naming the
-        mask. Bool masks pass unchecked: the value check's host sync is paid by non-bool masks only."""
-        if m is None or m.dtype == torch.bool:
-            return m
-        if m.dtype.is_complex:
-            raise TypeError(f"{what} must be boolean (True = real) or hold 0 / 1, got dtype {m.dtype}")
-        ok = (m == 0) | (m == 1)
-        if not bool(ok.all()):  # a host sync, for a non-bool (user-input) mask only
-            raise ValueError(f"{what} must be boolean (True = real) or hold only 0 and 1 (1 = real, 0 = "
-                             f"padding), but it holds {m[~ok].flatten()[0].item()!r} (dtype {m.dtype})")
-        return m != 0
+    # The padding-mask rule (ditlab.models.masks), also read as DiT._bool_mask by ditlab.models.point_set.
+    _bool_mask = staticmethod(bool_mask)
 
     def _check_masks(self, batch: int, token_mask, context, context_mask, context_drop, stream_drop, label_drop):
         """Masks and drop flags must match the batch exactly: a misspelt stream name or a broadcastable
         shape would otherwise be accepted silently (and padding attended to). Returns token_mask and
-        context_mask as bool (0 / 1 float or integer masks converted, see _bool_mask)."""
+        context_mask as bool (0 / 1 float or integer masks converted, see ditlab.models.masks.bool_mask)."""
         def need(t, shape, what):
             if t is None:
                 return
@@ -606,8 +268,8 @@ class DiT(nn.Module):
 
         names = {s.name: s for s in self.streams}
         if token_mask is not None:
-            token_mask = {name: self._bool_mask(m, f"token_mask[{name!r}]") for name, m in token_mask.items()}
-        context_mask = self._bool_mask(context_mask, "context_mask")
+            token_mask = {name: bool_mask(m, f"token_mask[{name!r}]") for name, m in token_mask.items()}
+        context_mask = bool_mask(context_mask, "context_mask")
         for name, m in (token_mask or {}).items():
             if name not in names:
                 raise ValueError(f"token_mask names stream {name!r}; the model's streams are {list(names)}")
@@ -641,11 +303,8 @@ class DiT(nn.Module):
     ) -> dict[str, torch.Tensor]:
         self._check_inputs(x, t)
         B = next(iter(x.values())).shape[0]
-        named_drop = {}
-        if isinstance(context_drop, dict):
-            named_drop = dict(context_drop)
-            context_drop = named_drop.pop("", None)
-        sets = self._named_contexts(B, contexts, named_drop)
+        context_drop, named_drop = split_context_drop(context_drop)
+        sets = named_contexts(self.context_specs, self.null_contexts, B, contexts, named_drop)
         token_mask, context_mask = self._check_masks(B, token_mask, context, context_mask, context_drop,
                                                      stream_drop, label_drop)
         h = self._embed(x, self.streams, stream_drop, token_mask)  # (B, N, D)
@@ -658,16 +317,8 @@ class DiT(nn.Module):
         if attn_mask is not None:
             mask = combine_masks(mask, attn_mask, B, self.num_tokens)  # (B, N, N)
         rope = (self.rope_cos, self.rope_sin) if self.pos_embed_kind == "rope" else None
-        if self.context_dim is None and context is not None:
-            raise ValueError("context given, but the model was built without cross-attention (context_dim=None)")
-        if self.context_dim is not None and context is None:
-            raise ValueError(f"this model cross-attends to a context set: pass context (B, M, {self.context_dim})")
-        if context_mask is not None:
-            # Padding is never read: zero it before the key / value projections (a NaN there would reach
-            # every output through 0 attention weight * NaN value, and the weight gradients too).
-            context = torch.where(context_mask[..., None], context, 0)
-        if context_drop is not None:
-            context, context_mask = self._drop_context(context, context_mask, context_drop)
+        context, context_mask = unnamed_context(context, context_mask, context_drop, self.context_dim,
+                                                self.null_context)
         K = self.num_class_tokens
         if K:
             h, mask = self._with_class_tokens(h, labels, label_drop, mask)
@@ -834,17 +485,3 @@ def dit_kwargs(model_cfg) -> dict:
         class_tokens=getattr(model_cfg, "class_tokens", 0),
         label_in_adaln=getattr(model_cfg, "label_in_adaln", True),
     )
-
-
-def context_specs_of(model_cfg, dims: Optional[dict[str, int]] = None) -> list[ContextSpec]:
-    """The named context sets of ``model_cfg.contexts`` (ditlab.config.ContextSetConfig) as ContextSpecs;
-    a set's width is its ``dim`` or, when that is None, ``dims[name]`` (from the data, RUN/model.json)."""
-    specs = []
-    for cs in getattr(model_cfg, "contexts", ()) or ():
-        dim = cs.dim if cs.dim is not None else (dims or {}).get(cs.name)
-        if dim is None:
-            raise ValueError(f"model.contexts: set {cs.name!r} has no dim and the data gives none")
-        if dims and cs.name in dims and dims[cs.name] != dim:
-            raise ValueError(f"model.contexts: set {cs.name!r} has dim={dim} but its data is {dims[cs.name]} wide")
-        specs.append(ContextSpec(cs.name, int(dim), cs.cross_attn_dropout, cs.blocks))
-    return specs

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ditlab.models.dit import StreamSpec
+from ditlab.models.streams import StreamSpec
 
 X, Y_CTX, Y_QUERY = "x", "y_ctx", "y_query"
 

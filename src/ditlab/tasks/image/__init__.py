@@ -10,7 +10,7 @@ def _train_data(cfg, progress):
 
 
 def _model(cfg, info):
-    from ditlab.models.dit import ContextSpec, context_specs_of
+    from ditlab.models.context_sets import ContextSpec, context_specs_of
     from ditlab.tasks.image.model import build_image_model
 
     # Named sets (data.contexts): model.contexts entries, or the defaults for a file without an entry.
