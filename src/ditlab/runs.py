@@ -55,8 +55,10 @@ def resolve_checkpoint(run_dir: Path, checkpoint: Optional[str]) -> Path:
         return given
     folder = run_dir / "checkpoints"
     names = sorted(p.name for p in folder.glob("step_*")) if folder.is_dir() else []
+    posthoc = sorted(p.name for p in folder.glob("posthoc_*")) if folder.is_dir() else []  # `ditlab ema`
+    held = names[-5:] + posthoc
     raise FileNotFoundError(f"--checkpoint {checkpoint}: neither {inside} nor {given} exists"
-                            + (f"; {folder} holds {', '.join(names[-5:])}" if names else ""))
+                            + (f"; {folder} holds {', '.join(held)}" if held else ""))
 
 
 def read_run_config(run_dir: Path) -> tuple[Config, dict]:
