@@ -198,35 +198,12 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
     payload["optimizer"] = optimizer.state_dict() if optimizer is not None else None
 
     root, name, pid = Path(run_dir) / "checkpoints", f"step_{step:08d}", os.getpid()
-    final, tmp, old = root / name, root / f".tmp-{name}-{pid}", root / f".old-{name}-{pid}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        _clear_leftovers(root)  # of a killed save
-        tmp.mkdir()
-        meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(step)}
-        for file, obj in ((MODEL_FILE, model), (EMA_FILE, ema), *sorted(extra.items())):
-            if obj is not None:
-                save_file(plain_state_dict(obj), str(tmp / file), metadata=meta)
-                _fsync(tmp / file)
-        with open(tmp / STATE_FILE, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync(tmp)
-        if final.exists():  # same step saved twice: keep the old copy until the new one is in place
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync(root)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not final.exists():
-            os.replace(old, final)
-        if not isinstance(e, Exception):
-            raise
-        raise CheckpointError(f"failed to save checkpoint step {step} to {final}: {type(e).__name__}: "
-                              f"{e}.{_disk_full_hint(e, root)} Older checkpoints in {root} were kept.") from e
-    shutil.rmtree(old, ignore_errors=True)
+    final = root / name
+    root.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(root)  # of a killed save
+    meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(step)}
+    _write_folder(final, ((MODEL_FILE, model), (EMA_FILE, ema), *sorted(extra.items())), payload, meta,
+                  f"failed to save checkpoint step {step} to {final}", f" Older checkpoints in {root} were kept.")
     latest_tmp = root / f".latest.tmp-{pid}"
     try:
         with open(latest_tmp, "w", encoding="utf-8") as f:
@@ -278,31 +255,43 @@ def save_weights_checkpoint(folder, ema, state: dict, metadata: dict[str, str] |
         raise ValueError("state must set step and may not set format_version/optimizer/has_ema/has_model")
     payload.update(format_version=CHECKPOINT_FORMAT_VERSION, step=int(payload["step"]), has_ema=True,
                    has_model=False, optimizer=None)
-    root, pid = folder.parent, os.getpid()
-    tmp, old = root / f".tmp-{folder.name}-{pid}", root / f".old-{folder.name}-{pid}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(payload["step"]), **(metadata or {})}
+    _write_folder(folder, ((EMA_FILE, ema),), payload, meta, f"failed to write {folder}")
+    return folder
+
+
+def _write_folder(final: Path, weights, payload: dict, meta: dict[str, str], failure: str, kept: str = "") -> None:
+    """The checkpoint folder ``final`` written atomically: every (file, module / state dict) of ``weights``
+    (None skipped) and ``state.pt`` into a temp folder, fsynced, then renamed over ``final``; an existing
+    ``final`` (the same step saved twice) is kept aside until the new one is in place and restored if the
+    write fails. A failure is a CheckpointError starting with ``failure`` (``kept`` appended)."""
+    root, pid = final.parent, os.getpid()
+    tmp, old = root / f".tmp-{final.name}-{pid}", root / f".old-{final.name}-{pid}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        meta = {"format_version": str(CHECKPOINT_FORMAT_VERSION), "step": str(payload["step"]), **(metadata or {})}
-        save_file(plain_state_dict(ema), str(tmp / EMA_FILE), metadata=meta)
-        _fsync(tmp / EMA_FILE)
+        for file, obj in weights:
+            if obj is not None:
+                save_file(plain_state_dict(obj), str(tmp / file), metadata=meta)
+                _fsync(tmp / file)
         with open(tmp / STATE_FILE, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         _fsync(tmp)
-        if folder.exists():
+        if final.exists():
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
+            os.replace(final, old)
+        os.replace(tmp, final)
         _fsync(root)
-    except Exception as e:
+    except BaseException as e:  # also KeyboardInterrupt: never leave a half-written folder behind
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not folder.exists():
-            os.replace(old, folder)
-        raise CheckpointError(f"failed to write {folder}: {type(e).__name__}: {e}.{_disk_full_hint(e, root)}") from e
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        if not isinstance(e, Exception):
+            raise
+        raise CheckpointError(f"{failure}: {type(e).__name__}: {e}.{_disk_full_hint(e, root)}{kept}") from e
     shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 def _weights_only_error(folder: Path, st: dict, what: str) -> CheckpointError:
