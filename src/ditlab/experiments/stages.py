@@ -107,6 +107,7 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
             ranked = ranking(prev_spec, out / prev.name, stage.rank_by)
             variants = promoted(spec, stage, ranked)
             lines += _ranking_lines(prev, stage, ranked, variants)
+            _write_stages(out, spec, lines)  # now: a stage can run for many device commands
         plain = stage_spec(spec, stage, variants)
         if stage_name is not None and stage.name != stage_name:
             continue  # an earlier stage: only its ranking is needed
@@ -121,9 +122,13 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
         code = run_stage(plain, folder, left)
         if code:
             break
+    _write_stages(out, spec, lines)
+    return code
+
+
+def _write_stages(out: Path, spec: AblationSpec, lines: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "stages.md").write_text("\n".join(lines + _stage_table(spec)) + "\n")
-    return code
 
 
 def _budget_text(stage: Stage) -> str:
