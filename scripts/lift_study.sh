@@ -2,7 +2,8 @@
 # The LIFT ablation of issue 5 (user note 004; configs/ablations/lift.yaml, docs/lift.md) on one GPU, in
 # stages that each fit one 10-minute command; `run` resumes where the previous command stopped.
 #   scripts/lift_study.sh ref     TRAIN_ZIP INCEPTION STUDY                 STUDY/ref_train.npz (FID reference)
-#   scripts/lift_study.sh run     TRAIN_ZIP TEST_ZIP INCEPTION STUDY [BUDGET_S]   one slice of the ablation
+#   scripts/lift_study.sh run     TRAIN_ZIP TEST_ZIP INCEPTION STUDY [BUDGET_S] [ablate flags, e.g. --only V --seeds 0 1]
+#                                                                           one slice of the ablation
 #   scripts/lift_study.sh collect STUDY DEST                                results + a tar of grids/heat maps
 # `run` exits 3 while work is left: call it again (finished runs and scores are skipped). STUDY must
 # survive between commands (a folder under runs/, which git ignores, on a machine that stays warm).
@@ -28,10 +29,10 @@ case "$stage" in
     [ -f "$study/ref_train.npz" ] || ditlab fid ref "$train" --out "$study/ref_train.npz" --inception "$inception" \
       --no-progress ;;
   run)
-    train=$1 test=$2 inception=$3 study=$4 budget=${5:-420}
+    train=$1 test=$2 inception=$3 study=$4 budget=${5:-420}; shift 5 || shift $#
     code=0
     ditlab ablate configs/ablations/lift.yaml --out "$study" --ref "$study/ref_train.npz" --inception "$inception" \
-      --set data.path="$train" --data "$test" --budget-s "$budget" || code=$?
+      --set data.path="$train" --data "$test" --budget-s "$budget" "$@" || code=$?
     ls "$study/scores" 2>/dev/null | wc -l | xargs -I{} echo "{\"scored\": {}, \"exit\": $code}"
     exit "$code" ;;
   collect)
