@@ -226,3 +226,27 @@ def test_a_posthoc_eval_needs_snapshots(tmp_path, monkeypatch, capsys):
     data, net = write_study(tmp_path, monkeypatch, spec, 8)
     assert main(_args(tmp_path, data, net)) == 1
     assert "ema.posthoc_sigma_rels" in capsys.readouterr().err
+
+
+def test_plan_says_what_is_done_and_what_is_left(tmp_path, monkeypatch, capsys):
+    data, net = write_study(tmp_path, monkeypatch, STAGES, 8)
+    out = tmp_path / "out"
+    plan = ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--plan"]
+    assert main(plan) == 0
+    text = capsys.readouterr().out
+    assert "stage screen: 1 steps per run, seeds [0], 3 variants -> 3 runs: 0 trained" in text
+    assert "stage final: 2 steps per run, seeds [0, 1]: waits for the stage before it; at most 2 variants" in text
+    assert main(_args(tmp_path, data, net) + ["--stage", "screen"]) == 0
+    capsys.readouterr()
+    assert main(plan) == 0
+    text = capsys.readouterr().out
+    assert "3 runs: 3 trained (0 with scores left), 0 to train; scores 3/3" in text
+    import re
+
+    # the screen's best, and base (kept): one variant when base is the best
+    found = re.search(r"stage final: 2 steps per run, seeds \[0, 1\], (\d) variants -> (\d) runs: 0 trained", text)
+    assert found and found.group(1) in "12" and int(found.group(2)) == 2 * int(found.group(1))
+    assert f"left in the known stages: {found.group(2)} trainings, {found.group(2)} scores" in text
+    assert main(plan + ["--stage", "final"]) == 1  # --plan runs nothing, so running flags are errors
+    assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out)]) == 1  # no --ref
+    assert "--ref" in capsys.readouterr().err

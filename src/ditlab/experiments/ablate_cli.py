@@ -5,6 +5,7 @@
     ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz [--inception PATH] \
         [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...] \
         [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME]
+    ditlab ablate ABLATION.yaml --out DIR --plan        # what is done and what is left, nothing runs
 
 --gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
 (ditlab.experiments.ablation_parallel); the results are the sequential runner's.
@@ -26,8 +27,18 @@ def cmd_ablate(args) -> int:
     from ditlab.experiments.ablation_spec import load_ablation
     from ditlab.experiments.stages import run_stages
 
-    devices = parse_devices(args.gpus, args.devices)  # None: neither flag
     spec = load_ablation(args.ablation)
+    if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
+        from ditlab.experiments.plan import describe_plan
+
+        if args.stage is not None or args.seeds or args.gpus is not None or args.devices or args.budget_s:
+            raise ValueError("ablate: --plan takes the file, --out and --only; --stage, --seeds, --gpus, --devices "
+                             "and --budget-s apply to running it")
+        print("\n".join(describe_plan(spec, args.out, args.only)))
+        return 0
+    if not args.ref:
+        raise ValueError("ablate: --ref STATS_OR_DATASET is required (the FID reference of every score)")
+    devices = parse_devices(args.gpus, args.devices)  # None: neither flag
     if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
         if spec.stages:
             raise ValueError("ablate: --seeds does not apply to a file with stages: (each stage names its seeds)")
@@ -67,7 +78,8 @@ def add_ablate_parser(subparsers):
                                              "(resumable; results.md, results.csv, results.png)")
     a.add_argument("ablation", help="the ablation YAML (e.g. configs/ablations/lift.yaml)")
     a.add_argument("--out", required=True, help="output folder (runs, scores, grids, results)")
-    a.add_argument("--ref", required=True, help="reference statistics .npz (ditlab fid ref) or a data set")
+    a.add_argument("--ref", default=None, help="reference statistics .npz (ditlab fid ref) or a data set (required "
+                                               "unless --plan)")
     add_inception(a)
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every variant, e.g. data.path=DATA (repeatable)")
@@ -86,5 +98,7 @@ def add_ablate_parser(subparsers):
                    help="the workers' devices instead of --gpus, e.g. cuda:0,cuda:2 (cpu,cpu: two CPU workers)")
     a.add_argument("--stage", default=None, metavar="NAME",
                    help="a file with stages: run only this stage (the ones before it must be complete)")
+    a.add_argument("--plan", action="store_true",
+                   help="print what is done and what is left in --out (per stage), run nothing")
     a.set_defaults(func=cmd_ablate)
     return a

@@ -1,0 +1,97 @@
+"""``ditlab ablate FILE --out DIR --plan``: what an ablation has done and what is left, without running anything.
+
+A study spread over many device sessions needs to know, before a machine is taken, how much work is left:
+per stage (or for the whole file without stages), the runs trained, the runs trained but not fully scored,
+the runs still to train with their training budget, and the scores left. A later stage whose ranking is not
+known yet (the stage before it is incomplete) is shown with the most runs it can take.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
+
+
+def _budget(b) -> str:
+    return f"{b.time_limit:g} s" if b.time_limit else f"{b.steps} steps"
+
+
+def _count(spec: AblationSpec, out: Path) -> dict:
+    """Runs and scores of a plain ablation in ``out``."""
+    from ditlab.experiments.ablation import score_path
+
+    counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0}
+    for seed in spec.seeds:
+        for v in spec.variants:
+            name = f"{v.name}-s{seed}"
+            owed = [(p, e) for p in v.paths for e, _ in spec.evals_of(v)]
+            done = sum(score_path(out, name, p, e).exists() for p, e in owed)
+            trained = (out / "runs" / name / "summary.json").exists()
+            counts["runs"] += 1
+            counts["scores"] += len(owed)
+            counts["scored"] += done
+            counts["trained"] += trained
+            counts["to_train"] += not trained
+            counts["partly_scored"] += trained and done < len(owed)
+    return counts
+
+
+def _block(title: str, spec: AblationSpec, out: Path) -> tuple[list[str], dict]:
+    c = _count(spec, out)
+    samples = {s.num for _, s in (spec.evals or {"": spec.sample}).items()}
+    line = (f"{title}: {_budget(spec.budget)} per run, seeds {spec.seeds}, {len(spec.variants)} variants -> "
+            f"{c['runs']} runs: {c['trained']} trained ({c['partly_scored']} with scores left), {c['to_train']} to "
+            f"train; scores {c['scored']}/{c['scores']} (FID-{'/'.join(str(n) for n in sorted(samples))}) "
+            f"in {out}")
+    return [line], c
+
+
+def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
+    """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total."""
+    from ditlab.experiments.ablation import check_variants
+    from ditlab.experiments.stages import promoted, ranking, stage_complete, stage_spec
+
+    out = Path(out)
+    check_variants(spec, [])  # the default paths, and a bad variant named before anything else
+    variants: list[Variant] | None = [v for v in spec.variants if not only or v.name in only]
+    if not spec.stages:
+        lines, c = _block("ablation", _with(spec, variants), out)
+        return lines + [_total([(c, spec.budget.time_limit)])]
+    lines, totals = [], []
+    for i, stage in enumerate(spec.stages):
+        if i > 0 and variants is not None:
+            prev = spec.stages[i - 1]
+            prev_spec = stage_spec(spec, prev, variants)
+            if stage_complete(prev_spec, out / prev.name):
+                variants = promoted(spec, stage, ranking(prev_spec, out / prev.name, stage.rank_by))
+            else:
+                variants = None
+        if variants is None:  # its variants depend on a ranking not known yet
+            lines.append(f"stage {stage.name}: {_budget(stage.budget)} per run, seeds {stage.seeds}: waits for the "
+                         f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds")
+            continue
+        block, c = _block(f"stage {stage.name}", stage_spec(spec, stage, variants), out / stage.name)
+        lines += block
+        totals.append((c, stage.budget.time_limit))
+    return lines + [_total(totals)]
+
+
+def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:
+    """``spec`` with ``variants`` and the low-resolution variants their cascades train first (as the runner)."""
+    import dataclasses
+
+    names = {v.name for v in variants}
+    needed = {v.lo_variant for v in variants if v.lo_variant}
+    return dataclasses.replace(spec, variants=[v for v in spec.variants if v.name in names | needed])
+
+
+def _most(stage: Stage, spec: AblationSpec) -> int:
+    return min(len(spec.variants), (stage.top or len(spec.variants)) + len(stage.keep))
+
+
+def _total(parts: list[tuple[dict, float]]) -> str:
+    runs = sum(c["to_train"] for c, _ in parts)
+    seconds = sum(c["to_train"] * limit for c, limit in parts)
+    scores = sum(c["scores"] - c["scored"] for c, _ in parts)
+    timed = f" ({seconds / 60:.0f} min of timed training, plus set-up per run)" if seconds else ""
+    return f"left in the known stages: {runs} trainings{timed}, {scores} scores"
