@@ -119,8 +119,7 @@ def _sample(args, info) -> int:
     check_settings(settings, run.task)  # before any data is read
     if args.grid and not hasattr(run.task, "preview_figure"):
         raise ValueError(f"--grid: a task.kind={run.kind} run has no picture of its samples")
-    inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run, seed=args.seed, settings=settings,
-                          batch_size=args.batch_size, fp32=args.fp32)
+    inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run)
     conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num)
     out_path = Path(args.out) if args.out else default_samples_path(run, settings, args.seed)
     amp = sampling_autocast(device, args.fp32)

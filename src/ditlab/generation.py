@@ -72,16 +72,20 @@ def generate_batch(task, model: torch.nn.Module, indices: torch.Tensor, seed: in
     ``given``: the caller's per-sample conditions, one row per index (already split to this batch).
     """
     device = torch.device(device)
+
+    def precision():
+        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+
     rng = PerSampleRNG(seed, indices.tolist(), device)
     cond = task.batch_conditions(indices.to(device), {k: v.to(device) for k, v in given.items()})
-    x, path = task.start(rng, settings, cond)
+    with precision():  # a start that itself generates (LIFT's cascade: the low resolution) does so in it
+        x, path = task.start(rng, settings, cond)
     path = shift_path(path, settings.time_shift)  # the identity at the default 1
     # Per stream: a stream may follow its own schedule (LIFT's shifted low resolution).
     schedules = {name: task.objective.schedule_of(name) for name in path.streams}
     denoiser = guided(task.denoiser(model, cond), settings.cfg_scale, settings.cfg_interval, schedules,
                       context_scales=dict(settings.cfg_context) or None)
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    with ctx:
+    with precision():
         out = sample(denoiser, x, path, schedules, rng, method=settings.sampler, eta=settings.eta)
     return {k: v.cpu() for k, v in task.decode(out, cond).items()}
 
@@ -105,6 +109,8 @@ def generate(task, model: torch.nn.Module, num: int, seed: int, settings: Sample
     for key, value in conditions.items():
         if len(value) != num:
             raise ValueError(f"{len(value)} rows of condition {key!r} given for {num} samples")
+    if hasattr(task, "check_inputs"):  # before any batch (LIFT: the path and the inputs it takes)
+        task.check_inputs(settings, conditions)
     parts: dict[str, list] = {}
     batches = list(torch.arange(start, start + num).split(batch_size))
     for indices in progress(batches) if progress else batches:

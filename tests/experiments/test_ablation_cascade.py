@@ -17,8 +17,8 @@ config: tiny.yaml
 seeds: [0]
 budget: {steps: 2}
 sample: {num: 5, seed: 3, sampler: euler, steps: 2, batch_size: 3}
-variants:
-  joint: {overrides: [task.kind=lift, lift.train_mode=clean_lo], paths: [diagonal, cascade], lo_variant: small}
+variants:  # joint: the cascade first, so that the diagonal is scored after it on the same loaded run
+  joint: {overrides: [task.kind=lift, lift.train_mode=clean_lo], paths: [cascade, diagonal], lo_variant: small}
   small: {overrides: [task.kind=image, data.image_size=8], paths: [default]}
 """
 
@@ -75,6 +75,8 @@ def test_cascade_ablation_end_to_end(tmp_path, monkeypatch):
     assert record["lo_run"] == str(out / "runs" / "small-s0") and record["lo_nfe"] == 2
     assert record["nfe"] == 4 and record["fid"] > 0  # both models' evaluations
     assert (out / "grids" / "joint-s0__cascade.png").exists()
+    # The diagonal is scored after the cascade on the same loaded run: the low-resolution run was detached.
+    assert json.loads((out / "scores" / "joint-s0__diagonal.json").read_text())["nfe"] == 2
     # The ablation's runs work with `ditlab sample --path cascade --lo-run` as well.
     s = tmp_path / "s.npz"
     assert main(["sample", str(out / "runs" / "joint-s0"), "--path", "cascade", "--lo-run",

@@ -18,7 +18,10 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 class PerSampleRNG:
+    """The noise of one batch: sample ``indices[r]``'s own stream of ``seed`` for row r, moved to ``device``."""
+
     def __init__(self, seed: int, indices: Sequence[int], device: torch.device | str = "cpu"):
+        self.seed = int(seed)
         self.indices = [int(i) for i in indices]
         self.device = torch.device(device)
         self.generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]

@@ -275,32 +275,35 @@ class AblationRunner:
         settings = SampleSettings(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
                                   cfg_interval=s.cfg_interval, eta=s.eta, time_shift=s.time_shift,
                                   path=None if path == "default" else path)
-        lo_nfe, lo_seconds = 0, 0.0
-        if path == "cascade":  # two calls of the one generation loop: the low resolution first (tasks.lift.cascade)
-            from dataclasses import replace
-
-            from ditlab.tasks.lift.cascade import cascade_conditions
+        lo_nfe, walked = 0, None
+        if path == "cascade":  # each batch generates its low resolution with lo_dir's run first (tasks.lift.cascade)
+            from ditlab.tasks.lift.cascade import CascadeSource
 
             lo = self._load(lo_dir)
-            self.log(f"ditlab ablate: sampling the low resolution of {unit.name} with {lo_dir.name}")
-            t0 = time.monotonic()
-            conditions = cascade_conditions(run, lo, s.num, s.seed, settings, batch_size=s.batch_size,
-                                            device=self.device, autocast_dtype=sampling_autocast(self.device))
-            lo_seconds = time.monotonic() - t0
+            self.log(f"ditlab ablate: {unit.name} samples its low resolution with {lo_dir.name}, batch by batch")
+            source = CascadeSource.of(run, lo)
             lo_probe = lo.task.batch_conditions(torch.zeros(1, dtype=torch.long), {})
-            lo_nfe = count_nfe(lo.task.start(PerSampleRNG(0, [0]), replace(settings, path=None), lo_probe)[1],
+            lo_nfe = count_nfe(lo.task.start(PerSampleRNG(0, [0]), source.settings(settings), lo_probe)[1],
                                s.sampler)
+            walked = run.task.path(settings.steps, path)  # LiftTask.start's path, without generating a probe
+            run.task.use_cascade(source)
+            conditions = {}
             del lo
         else:
             conditions = {"images": self._oracle_images(s.num)} if path == "lo-oracle" else {}
-        probe = run.task.batch_conditions(torch.zeros(1, dtype=torch.long), {k: v[:1] for k, v in conditions.items()})
-        _, walked = run.task.start(PerSampleRNG(0, [0]), settings, probe)  # the path sampled (for the NFE count)
+        if walked is None:
+            probe = run.task.batch_conditions(torch.zeros(1, dtype=torch.long), {k: v[:1] for k, v in conditions.items()})
+            _, walked = run.task.start(PerSampleRNG(0, [0]), settings, probe)  # the path sampled (for the NFE count)
         label = f"{path}{f' / {eval_name}' if eval_name else ''}"
         self.log(f"ditlab ablate: sampling {unit.name} on {label} ({s.num} samples)")
         t0 = time.monotonic()
-        images = generate(run.task, run.model, s.num, s.seed, settings, conditions, batch_size=s.batch_size,
-                          device=self.device, autocast_dtype=sampling_autocast(self.device))["images"]
-        sample_s = time.monotonic() - t0 + lo_seconds  # the cascade: both models
+        try:
+            images = generate(run.task, run.model, s.num, s.seed, settings, conditions, batch_size=s.batch_size,
+                              device=self.device, autocast_dtype=sampling_autocast(self.device))["images"]
+        finally:
+            if path == "cascade":
+                run.task.use_cascade(None)  # the run is scored on its other paths next; frees the low-res model
+        sample_s = time.monotonic() - t0  # the cascade: both models (the low resolution is generated per batch)
         out = self.score_file(unit, path, eval_name)
         save_image_grid(images[:64], self.out / "grids" / out.with_suffix(".png").name)
         fid = self.scorer.fid(images)

@@ -25,7 +25,12 @@ Generation side (driven by :func:`ditlab.generation.generate`, the one loop for 
   raises ValueError, naming the missing input, when something it needs is absent.
 - ``task.start(rng, settings, cond)`` -> ``(streams, TimePath)``: the starting value of every
   stream (noise from the :class:`ditlab.diffusion.noise.PerSampleRNG`, so sample i gets the same
-  noise in any batch) and the noise levels of each stream at every sampler step.
+  noise in any batch) and the noise levels of each stream at every sampler step. It runs in the
+  sampling precision (autocast), so a start that itself generates a stream (LIFT's cascade: the low
+  resolution, from ``rng.seed`` and ``rng.indices``) does so as the batch does.
+- ``task.check_inputs(settings, given)`` (optional): ValueError, naming the flags, when the
+  conditions given (their names) do not fit the settings; ``generate`` calls it before any batch
+  (LIFT: each path and the inputs it takes).
 - ``task.denoiser(model, cond)`` -> ``denoise(x, t, drop) -> {stream: (x0_hat, eps_hat)}``, the one
   denoiser signature: ``drop`` (B,) bool asks for the unconditional model (classifier-free
   guidance, ditlab.diffusion.guidance, may call it with a doubled batch of 2B rows: conditions are
@@ -131,7 +136,8 @@ class TaskKind:
     The kind's command line lives in its package's ``cli`` module (listed in
     :mod:`ditlab.tasks.commands`): ``add_cli(subparsers)`` adds its own subcommands (``ditlab icl
     eval`` ...) and ``sample_conditions(run, inputs, num)`` turns the inputs of ``ditlab sample`` (a
-    :class:`SampleInputs`) into conditions for samples 0..num-1, refusing inputs that do not apply.
+    :class:`SampleInputs`) into conditions for samples 0..num-1, refusing inputs that do not apply
+    (an input that is itself a generator, LIFT's --lo-run, is attached to ``run.task`` instead).
     """
 
     name: str
@@ -152,13 +158,6 @@ class SampleInputs:
     context: Optional[str] = None  # a context file (image runs trained with data.context_path)
     contexts: Optional[tuple[tuple[str, str], ...]] = None  # named context files ((NAME, FILE), ...): data.contexts
     lo_run: Optional[str] = None  # a single-scale run at the low resolution: LIFT --path cascade generates with it
-    # How ``ditlab sample`` draws the samples (its --seed, sampler settings, --batch-size, --fp32; not inputs
-    # of their own, never refused): an input that is itself generated, the cascade's low resolution, is
-    # drawn with them, so that sample i keeps its noise whatever the batch size.
-    seed: int = 0
-    settings: Optional[SampleSettings] = None
-    batch_size: int = 256
-    fp32: bool = False
 
 
 FLAG_OF = {"data": "--data", "context": "--context", "contexts": "--context NAME=FILE", "path": "--path",

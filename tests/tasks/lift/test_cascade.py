@@ -1,6 +1,7 @@
 """LIFT's cascade path: `ditlab sample LIFT_RUN --path cascade --lo-run RUN_LO` on tiny CPU runs: shapes and
-metadata, the same samples for any batch size, the low resolution really is the low-resolution run's
-samples (seed lo_seed(K), index i, class i mod K), and errors that name the flags."""
+metadata, the same samples for any batch size (the low resolution generated batch by batch, equal to two
+separate generate calls), the low resolution really is the low-resolution run's samples (seed
+lo_seed(K), index i, class i mod K), and errors that name the flags."""
 import json
 
 import numpy as np
@@ -10,7 +11,6 @@ import torch
 from ditlab.cli import main
 from ditlab.samples_meta import read_meta
 from ditlab.tasks.lift.cascade import lo_seed
-from ditlab.tasks.lift.task import LiftTask
 
 TINY = ["model.arch=DiT-S/2", "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "train.steps=2",
         "train.batch_size=4", "sample.cfg_scale=1", "--no-progress"]
@@ -47,15 +47,19 @@ def sample(run, out, *args):
 
 @pytest.fixture
 def captured(monkeypatch):
-    """The conditions LiftTask.start is given, batch by batch."""
+    """Per batch: the sample indices, the conditions LiftTask.start is given and the low resolution the
+    attached low-resolution run generated for them."""
+    from ditlab.tasks.lift.cascade import CascadeSource
+
     seen = []
-    start = LiftTask.start
+    lowres = CascadeSource.lowres
 
     def spy(self, rng, settings, cond):
-        seen.append((list(rng.indices), {k: v.clone() for k, v in cond.items()}))
-        return start(self, rng, settings, cond)
+        out = lowres(self, rng, settings, cond)
+        seen.append((list(rng.indices), {**{k: v.clone() for k, v in cond.items()}, "lowres": out.clone()}))
+        return out
 
-    monkeypatch.setattr(LiftTask, "start", spy)
+    monkeypatch.setattr(CascadeSource, "lowres", spy)
     return seen
 
 
@@ -136,20 +140,78 @@ def test_lo_run_on_other_kinds_is_refused_by_name(runs, capsys):
     assert "--lo-run does not apply to this task.kind=image run" in capsys.readouterr().err
 
 
-def test_cascade_in_the_api_and_without_labels(runs):
-    """cascade_conditions through the contract: any start offset gives the rows of those indices."""
+def test_sample_inputs_are_inputs_only():
+    """How ditlab sample draws (seed, settings, batch size, precision) is no input: the cascade's low
+    resolution is generated inside the generation loop, per batch."""
+    from dataclasses import fields
+
+    from ditlab.tasks.base import INPUTS, SampleInputs
+
+    assert tuple(f.name for f in fields(SampleInputs)) == INPUTS
+
+
+def two_calls(lift, lo, num, seed, settings, batch_size, start=0, autocast_dtype=None):
+    """The cascade as two separate generate calls: the low resolution of the low-resolution run (seed
+    lo_seed(seed), labels i mod K), then the LIFT run with it given."""
+    from dataclasses import replace
+
+    from ditlab.generation import generate
+
+    labels = {"labels": torch.arange(start, start + num) % lift.task.num_classes} if lift.task.num_classes else {}
+    low = generate(lo.task, lo.model, num, lo_seed(seed), replace(settings, path=None), labels,
+                   batch_size=batch_size, start=start, autocast_dtype=autocast_dtype)["images"]
+    return generate(lift.task, lift.model, num, seed, settings, {"lowres": low, **labels}, batch_size=batch_size,
+                    start=start, autocast_dtype=autocast_dtype)
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_cascade_per_batch_is_two_generate_calls_for_any_batch_size(runs, autocast_dtype):
+    """The attached low-resolution run generates each batch's low resolution: the samples equal two
+    separate generate calls (low, then high), bit for bit, for any batch size and start offset, and in
+    the batch's precision (bf16 autocast works on the CPU too)."""
     from ditlab.generation import generate
     from ditlab.runs import load_run
     from ditlab.tasks.base import SampleSettings
-    from ditlab.tasks.lift.cascade import cascade_conditions
+    from ditlab.tasks.lift.cascade import CascadeSource
+
+    lift, lo = load_run(runs["lift"]), load_run(runs["lo"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # weights far from the (near-identity) initialisation, so that precision shows
+        for p in [*lift.model.parameters(), *lo.model.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    settings = SampleSettings(sampler="ddim", eta=0.5, steps=2, path="cascade")  # stochastic steps: the rng too
+    reference = two_calls(lift, lo, 5, 3, settings, batch_size=5, autocast_dtype=autocast_dtype)
+    lift.task.use_cascade(CascadeSource.of(lift, lo))
+    for batch_size in (1, 2, 5):
+        out = generate(lift.task, lift.model, 5, 3, settings, batch_size=batch_size, autocast_dtype=autocast_dtype)
+        assert torch.equal(out["images"], reference["images"]) and torch.equal(out["labels"], reference["labels"])
+    tail = generate(lift.task, lift.model, 2, 3, settings, batch_size=1, start=3, autocast_dtype=autocast_dtype)
+    assert torch.equal(tail["images"], reference["images"][3:]) and tail["labels"].tolist() == [0, 1]
+    if autocast_dtype is not None:  # the precision really reaches the low-resolution run
+        plain = two_calls(lift, lo, 5, 3, settings, batch_size=5)
+        lift.task.use_cascade(None)
+        assert not torch.equal(plain["images"], reference["images"])
+
+
+def test_cascade_in_the_api_errors(runs):
+    from ditlab.generation import generate
+    from ditlab.runs import load_run
+    from ditlab.tasks.base import SampleSettings
+    from ditlab.tasks.lift.cascade import CascadeSource
 
     lift, lo = load_run(runs["lift"]), load_run(runs["lo"])
     settings = SampleSettings(sampler="euler", steps=2, path="cascade")
-    whole = cascade_conditions(lift, lo, 4, 3, settings, batch_size=4)
-    tail = cascade_conditions(lift, lo, 2, 3, settings, batch_size=1, start=2)
-    assert torch.equal(whole["lowres"][2:], tail["lowres"]) and tail["labels"].tolist() == [2, 0]
-    out = generate(lift.task, lift.model, 4, 3, settings, whole, batch_size=4)
-    part = generate(lift.task, lift.model, 2, 3, settings, tail, batch_size=2, start=2)
-    assert torch.equal(out["images"][2:], part["images"])
     with pytest.raises(ValueError, match="--lo-run: the low resolution given is \\(3, 16, 16\\)"):
         generate(lift.task, lift.model, 1, 0, settings, {"lowres": torch.zeros(1, 3, 16, 16, dtype=torch.uint8)})
+    with pytest.raises(ValueError, match="--path cascade needs --lo-run RUN_LO"):
+        generate(lift.task, lift.model, 1, 0, settings)
+    lift.task.use_cascade(CascadeSource.of(lift, lo))
+    with pytest.raises(ValueError, match="--lo-run applies to --path cascade only \\(this is --path diagonal\\)"):
+        generate(lift.task, lift.model, 1, 0, SampleSettings(sampler="euler", steps=2, path="diagonal"))
+    # A given low resolution wins over the attached run (the run is not asked).
+    given = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    source = CascadeSource.of(lift, lo)
+    source.lowres = None  # asking it would fail
+    lift.task.use_cascade(source)
+    out = generate(lift.task, lift.model, 2, 0, settings, {"lowres": given})
+    assert out["images"].shape == (2, 3, 16, 16)

@@ -2,32 +2,38 @@
 generates the high resolution from it with the low resolution held clean (user note 004, experiment 3:
 "first generate the 32x32 image with an independent model").
 
-The cascade is two calls of the one generation loop (:func:`ditlab.generation.generate`):
+The low-resolution run (task.kind=image, trained at the LIFT run's image size / task.factor), loaded
+and checked (:func:`check_lo_run`), is attached to the LIFT task as a :class:`CascadeSource`
+(``LiftTask.use_cascade``; ``ditlab sample RUN --path cascade --lo-run RUN_LO`` does it in
+:func:`attach_lo_run`, ``ditlab ablate`` for its cascade rows). Inside the one generation loop
+(:func:`ditlab.generation.generate`), each batch of the LIFT run on ``--path cascade`` then
 
-1. the low-resolution run (task.kind=image, trained at the LIFT run's image size / task.factor)
-   generates samples ``start .. start + num - 1``; its outputs, uint8 images at the low resolution,
-   become the condition ``"lowres"``;
-2. the LIFT run generates the same sample indices on ``--path cascade``: exactly lo-oracle's (t_hi,
-   t_lo) rows, the low-resolution stream held clean at ``"lowres"`` (``LiftTask.start``).
+1. generates its own low resolution: ``LiftTask.start`` asks the source for exactly the batch's sample
+   indices (:meth:`CascadeSource.lowres`, one :func:`ditlab.generation.generate_batch` of the
+   low-resolution run), uint8 images at the low resolution, in the batch's precision (autocast);
+2. walks exactly lo-oracle's (t_hi, t_lo) rows with that low resolution held clean.
+
+A caller may instead give the low resolution itself, as the condition ``"lowres"`` (uint8, one row per
+sample); the source is then not asked.
 
 Noise. The two models draw from distinct per-sample streams: the LIFT model from (seed, i) as on every
 path, the low-resolution model from (:func:`lo_seed` (seed), i). Both are per sample index
-(:class:`ditlab.diffusion.noise.PerSampleRNG`), so sample i is the same whatever the batch size, the
-device or the GPU count, and ``ditlab sample RUN_LO --seed lo_seed(K)`` reproduces the low
-resolution of the cascade's sample i of seed K. A derived seed (rather than the same seed) keeps
-the two models from seeing the same draws: with one seed the low-res model's starting noise would be
-the first values of the LIFT model's high-resolution noise.
+(:class:`ditlab.diffusion.noise.PerSampleRNG`, which carries the seed), so sample i is the same whatever
+the batch size, the device or the GPU count, and ``ditlab sample RUN_LO --seed lo_seed(K)`` reproduces
+the low resolution of the cascade's sample i of seed K. A derived seed (rather than the same seed)
+keeps the two models from seeing the same draws: with one seed the low-res model's starting noise would
+be the first values of the LIFT model's high-resolution noise.
 
 Labels. For class-conditional runs (both must have the same classes), sample i gets class i mod K in
-both models: the labels are drawn once and passed to both.
+both models: the LIFT batch's labels are passed to the low-resolution model.
 
 Sampler settings. The low-resolution model samples with the cascade's settings (sampler, steps, CFG,
-CFG interval, eta) without the path; its EMA weights of its latest checkpoint.
+CFG interval, eta, time shift) without the path; its EMA weights of its latest checkpoint. Its network
+evaluations count in the cascade's NFE (``ditlab ablate`` records them apart as ``lo_nfe``).
 """
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -72,38 +78,48 @@ def check_lo_run(run, lo, flag: str = FLAG) -> None:
                          "pass; use a run trained without one")
 
 
-@torch.no_grad()
-def cascade_conditions(run, lo, num: int, seed: int, settings: SampleSettings, batch_size: int = 256,
-                       start: int = 0, device: torch.device | str = "cpu",
-                       autocast_dtype: Optional[torch.dtype] = None,
-                       progress: Optional[Callable] = None) -> Conditions:
-    """The conditions of the LIFT run ``run`` on --path cascade for samples ``start .. start + num - 1``:
-    ``"lowres"``, the low-resolution run ``lo``'s samples (uint8, the low resolution) drawn with
-    :func:`lo_seed` (seed), and ``"labels"`` (i mod K) for class-conditional runs."""
-    from ditlab.generation import generate
+class CascadeSource:
+    """The loaded low-resolution run of a cascade (its task and EMA model), attached to a LIFT task with
+    ``LiftTask.use_cascade``: it generates the low resolution of each batch on --path cascade."""
 
-    check_lo_run(run, lo)
-    given: Conditions = {}
-    if run.task.num_classes:
-        given["labels"] = torch.arange(start, start + num) % run.task.num_classes
-    out = generate(lo.task, lo.model, num, lo_seed(seed), replace(settings, path=None), given,
-                   batch_size=batch_size, start=start, device=device, autocast_dtype=autocast_dtype,
-                   progress=progress)
-    return {"lowres": out["images"], **given}
+    def __init__(self, task, model: torch.nn.Module):
+        self.task, self.model = task, model
+
+    @classmethod
+    def of(cls, run, lo, flag: str = FLAG) -> CascadeSource:
+        """The source of the LIFT run ``run`` from the loaded run ``lo`` (checked: :func:`check_lo_run`)."""
+        check_lo_run(run, lo, flag)
+        return cls(lo.task, lo.model)
+
+    def settings(self, settings: SampleSettings) -> SampleSettings:
+        """The low-resolution model's sampler settings: the cascade's without the path."""
+        return replace(settings, path=None)
+
+    def check(self, settings: SampleSettings) -> None:
+        """ValueError when the low-resolution run cannot sample with the cascade's settings (e.g. a time
+        shift on a DDPM run); LiftTask.check_inputs calls it before any batch."""
+        from ditlab.generation import check_settings
+
+        check_settings(self.settings(settings), self.task)
+
+    def lowres(self, rng, settings: SampleSettings, cond: Conditions) -> torch.Tensor:
+        """uint8 low-resolution images (B, C, h, w) on ``rng.device`` for the batch's sample indices
+        ``rng.indices``: the low-resolution run's samples from noise (lo_seed(rng.seed), i), with the
+        batch's labels. Identical to ``generate(task, model, num, lo_seed(seed), ...)``'s rows of
+        those indices, whatever the batch."""
+        from ditlab.generation import generate_batch
+
+        self.check(settings)
+        given = {"labels": cond["labels"]} if "labels" in cond else {}
+        out = generate_batch(self.task, self.model, torch.tensor(rng.indices, dtype=torch.long), lo_seed(rng.seed),
+                             self.settings(settings), given, rng.device)  # autocast: the caller's (start runs in it)
+        return out["images"].to(rng.device)
 
 
-def cascade_sample_conditions(run, inputs: SampleInputs, num: int, path: str) -> Conditions:
-    """``ditlab sample LIFT_RUN --path cascade --lo-run RUN_LO``: load RUN_LO on the LIFT model's device and
-    generate the low resolution of samples 0..num-1 with ``inputs``' seed and settings. Errors name the flags."""
-    if path != "cascade":
-        raise ValueError(f"{FLAG} applies to --path cascade only (this is --path {path})")
-    if inputs.lo_run is None:
-        raise ValueError(f"--path cascade needs {FLAG} RUN_LO: a task.kind=image run at the low resolution "
-                         "generates the low resolution")
-    if inputs.data is not None:
-        raise ValueError(f"--data applies to --path lo-oracle only; --path cascade generates its low resolution "
-                         f"with {FLAG}")
-    from ditlab.generation import sampling_autocast, settings_of
+def attach_lo_run(run, inputs: SampleInputs) -> None:
+    """``ditlab sample LIFT_RUN --lo-run RUN_LO``: load RUN_LO on the LIFT model's device, check it and
+    attach it to the LIFT task (errors name the flag). Whether the path is cascade (and --data not given
+    with it) is checked before any batch, by ``LiftTask.check_inputs``, which knows the path."""
     from ditlab.runs import load_run
 
     device = next(run.model.parameters()).device
@@ -111,7 +127,4 @@ def cascade_sample_conditions(run, inputs: SampleInputs, num: int, path: str) ->
         lo = load_run(inputs.lo_run, device=device, kind="image", command=FLAG)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{FLAG} {inputs.lo_run}: {err}") from None
-    check_lo_run(run, lo)  # before any sampling
-    settings = inputs.settings or settings_of(run.cfg.sample, path=path)
-    return cascade_conditions(run, lo, num, inputs.seed, settings, batch_size=inputs.batch_size, device=device,
-                              autocast_dtype=sampling_autocast(device, inputs.fp32))
+    run.task.use_cascade(CascadeSource.of(run, lo))

@@ -6,8 +6,8 @@
     ditlab lift paths RUN [--steps S]                                          # each path's (t_hi, t_lo) rows, JSON
 
 ``ditlab sample RUN --path NAME`` samples along a path (ditlab.tasks.lift.paths);
-``ditlab sample RUN --path cascade --lo-run RUN_LO`` first generates the low resolution with a
-single-scale run (ditlab.tasks.lift.cascade).
+``ditlab sample RUN --path cascade --lo-run RUN_LO`` generates each batch's low resolution with a
+single-scale run first (ditlab.tasks.lift.cascade).
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES, PATH_NEEDS
 
 def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
     """``ditlab sample`` on a LIFT run: none, except for --path lo-oracle, whose low resolution is the
-    pooled copy of --data's images (checked against the path when sampling starts), and --path cascade,
-    whose low resolution --lo-run RUN_LO generates first (ditlab.tasks.lift.cascade)."""
+    pooled copy of --data's images, and --path cascade, whose low resolution --lo-run RUN_LO generates
+    batch by batch: RUN_LO is loaded, checked and attached to the task (ditlab.tasks.lift.cascade).
+    Both are checked against the path when sampling starts (LiftTask.start)."""
     refuse_inputs("lift", inputs, ("data", "lo_run"))
-    path = (inputs.settings.path if inputs.settings is not None else None) or run.cfg.lift.sample_path
-    if path == "cascade" or inputs.lo_run is not None:
-        from ditlab.tasks.lift.cascade import cascade_sample_conditions
+    if inputs.lo_run is not None:
+        from ditlab.tasks.lift.cascade import attach_lo_run
 
-        return cascade_sample_conditions(run, inputs, num, path)
+        attach_lo_run(run, inputs)
     if inputs.data is None:
         return {}
     from ditlab.tasks.superres.cli import condition_images

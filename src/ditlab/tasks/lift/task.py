@@ -59,6 +59,7 @@ class LiftTask:
             raise ValueError(f"lift.beta must be >= 0, got {lift_cfg.beta}")
         self.path_name = lift_cfg.sample_path
         self.errors = None  # NodeErrors for the dp-* paths, see use_path
+        self.cascade = None  # the low-resolution generator of --path cascade, see use_cascade
 
     @property
     def patch_sizes(self) -> dict[str, int]:
@@ -92,6 +93,11 @@ class LiftTask:
         """The measured per-node errors the dp-* paths plan on (ditlab.tasks.lift.errors.NodeErrors)."""
         self.errors = errors
 
+    def use_cascade(self, source) -> None:
+        """The low-resolution run that generates each batch's low resolution on --path cascade
+        (ditlab.tasks.lift.cascade.CascadeSource; None detaches it)."""
+        self.cascade = source
+
     def load_errors(self, run_dir) -> bool:
         """Read RUN/lift_errors.npz if it exists; True when it did."""
         path = Path(run_dir) / ERRORS_FILE
@@ -110,30 +116,46 @@ class LiftTask:
     def batch_conditions(self, indices: torch.Tensor, given: Conditions) -> Conditions:
         return with_default_labels(indices, given, self.num_classes)
 
-    def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
-        """Pure noise for both scales (per-sample RNG) and the chosen path (settings.path, else the
-        run's lift.sample_path). The low resolution is held clean on two paths: lo-oracle takes
-        ``cond["images"]``, uint8 high-resolution images whose pooled copies are the low resolution;
-        cascade takes ``cond["lowres"]``, uint8 low-resolution images as they are (the samples of a
-        low-resolution run, ditlab.tasks.lift.cascade). Both scales' noise is drawn on every path, so
-        sample i's high-resolution noise is the same on lo-oracle, cascade and the others."""
+    def check_inputs(self, settings: SampleSettings, given) -> str:
+        """The path sampled (settings.path, else the run's lift.sample_path), after checking that the
+        inputs given (the names of the conditions ``given``, the attached low-resolution run) are the
+        ones it takes: ValueError naming the flags. ditlab.generation.generate calls it before any batch."""
         name = settings.path or self.path_name
         if name not in PATH_NAMES and not name.startswith("shift:"):
             raise ValueError(f"--path {name!r}: choose one of {', '.join(PATH_NAMES)}")
+        if self.cascade is not None:
+            if name != "cascade":
+                raise ValueError(f"--lo-run applies to --path cascade only (this is --path {name})")
+            self.cascade.check(settings)
         wanted = CLEAN_LO_PATHS.get(name)
-        if wanted is not None and wanted not in cond:
+        if wanted is not None and wanted not in given and not (name == "cascade" and self.cascade is not None):
             raise ValueError("--path lo-oracle needs condition images (--data DATASET)" if name == "lo-oracle" else
-                             "--path cascade needs its low resolution from a low-resolution run (--lo-run RUN_LO)")
+                             "--path cascade needs --lo-run RUN_LO: a task.kind=image run at the low resolution "
+                             "generates the low resolution")
         for key, path in (("images", "lo-oracle"), ("lowres", "cascade")):
-            if key in cond and key != wanted:
+            if key in given and key != wanted:
+                if name == "cascade":  # key == "images"
+                    raise ValueError("--data applies to --path lo-oracle only; --path cascade generates its low "
+                                     "resolution with --lo-run")
                 flag = "--data" if key == "images" else "--lo-run"
                 raise ValueError(f"{flag} applies to --path {path} only (this is --path {name}): the other LIFT paths "
                                  "generate both scales")
+        return name
+
+    def start(self, rng, settings: SampleSettings, cond: Conditions) -> tuple[dict, TimePath]:
+        """Pure noise for both scales (per-sample RNG) and the chosen path (``check_inputs``). The low
+        resolution is held clean on two paths: lo-oracle takes ``cond["images"]``, uint8
+        high-resolution images whose pooled copies are the low resolution; cascade takes
+        ``cond["lowres"]``, uint8 low-resolution images as they are, or else generates them for this
+        batch's sample indices with the attached low-resolution run (``use_cascade``;
+        ditlab.tasks.lift.cascade). Both scales' noise is drawn on every path, so sample i's
+        high-resolution noise is the same on lo-oracle, cascade and the others."""
+        name = self.check_inputs(settings, cond)
         x = {HI: rng.randn(*self.specs[HI].shape), LO: rng.randn(*self.specs[LO].shape)}
         if name == "lo-oracle":
             x[LO] = downsample(to_model_range(cond["images"]), self.factor)
         elif name == "cascade":
-            low = cond["lowres"]
+            low = cond["lowres"] if "lowres" in cond else self.cascade.lowres(rng, settings, cond)
             if tuple(low.shape[1:]) != self.specs[LO].shape:
                 raise ValueError(f"--lo-run: the low resolution given is {tuple(low.shape[1:])} per sample; this LIFT "
                                  f"run's low-resolution stream is {self.specs[LO].shape}")
