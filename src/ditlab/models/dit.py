@@ -251,9 +251,6 @@ class DiT(nn.Module):
                 raise ValueError(f"noise level of stream {s.name!r} has shape {tuple(ts.shape)}, expected "
                                  f"({xs.shape[0]},) per sample or ({xs.shape[0]}, {s.num_tokens}) per token")
 
-    # The padding-mask rule (ditlab.models.masks), also read as DiT._bool_mask by ditlab.models.point_set.
-    _bool_mask = staticmethod(bool_mask)
-
     def _check_masks(self, batch: int, token_mask, context, context_mask, context_drop, stream_drop, label_drop):
         """Masks and drop flags must match the batch exactly: a misspelt stream name or a broadcastable
         shape would otherwise be accepted silently (and padding attended to). Returns token_mask and

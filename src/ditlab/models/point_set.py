@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ditlab.models.dit import DiT
+from ditlab.models.masks import bool_mask
 
 
 def fourier_features(xyz: torch.Tensor, bands: int) -> torch.Tensor:
@@ -121,7 +122,7 @@ class SceneDiT(nn.Module):
         describe_mask: Optional[torch.Tensor] = None,  # (B, L) bool, True = real token
     ) -> dict[str, torch.Tensor]:
         if context_mask is not None:
-            context_mask = DiT._bool_mask(context_mask, "context_mask")  # 0 / 1 floats -> bool, others refused
+            context_mask = bool_mask(context_mask, "context_mask")  # 0 / 1 floats -> bool, others refused
             if context.dim() != 3 or tuple(context_mask.shape) != tuple(context.shape[:2]):
                 raise ValueError(f"context_mask has shape {tuple(context_mask.shape)}, expected "
                                  f"{tuple(context.shape[:2])} (context has shape {tuple(context.shape)})")
@@ -132,7 +133,7 @@ class SceneDiT(nn.Module):
             if describe is None:
                 raise ValueError("this scene model cross-attends to a target description: pass describe (B, L, 2)")
             if describe_mask is not None:
-                describe_mask = DiT._bool_mask(describe_mask, "describe_mask")
+                describe_mask = bool_mask(describe_mask, "describe_mask")
                 describe = torch.where(describe_mask[..., None], describe, 0)
             contexts = {self.describe_set: (self.describe_embed(describe), describe_mask)}
         elif describe is not None:
