@@ -250,3 +250,18 @@ def test_plan_says_what_is_done_and_what_is_left(tmp_path, monkeypatch, capsys):
     assert main(plan + ["--stage", "final"]) == 1  # --plan runs nothing, so running flags are errors
     assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out)]) == 1  # no --ref
     assert "--ref" in capsys.readouterr().err
+
+
+def test_stages_run_on_parallel_workers(tmp_path, monkeypatch):
+    """A staged study through --devices cpu,cpu (the --gpus N path): the same stages, folders and ranking."""
+    data, net = write_study(tmp_path, monkeypatch, STAGES, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net) + ["--devices", "cpu,cpu"]) == 0
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    ranked = ranking(stage_spec(spec, spec.stages[0], spec.variants), out / "screen", "")
+    chosen = {ranked[0][0], "base"}
+    assert sorted(p.name for p in (out / "final" / "runs").iterdir()) == sorted(
+        f"{v}-s{s}" for v in chosen for s in (0, 1))
+    assert "## screen -> final" in (out / "stages.md").read_text()
+    assert len(list((out / "final" / "scores").glob("*.json"))) == 2 * len(chosen)
