@@ -2,6 +2,7 @@
 everything, then the best ones longer) and time-to-FID from FID measured during training, on the CPU with
 a stand-in FID network."""
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -265,3 +266,65 @@ def test_stages_run_on_parallel_workers(tmp_path, monkeypatch):
         f"{v}-s{s}" for v in chosen for s in (0, 1))
     assert "## screen -> final" in (out / "stages.md").read_text()
     assert len(list((out / "final" / "scores").glob("*.json"))) == 2 * len(chosen)
+
+
+COMBINE = """\
+config: tiny.yaml
+seeds: [0]
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+stages:
+  screen: {steps: 1}
+  final: {steps: 2, top: 1, combine: 2}
+variants:
+  base: {overrides: [task.kind=image]}
+  hot: {overrides: [task.kind=image, optim.lr=1e-2]}
+  warm: {overrides: [task.kind=image, optim.lr=3e-3]}
+  clip: {overrides: [task.kind=image, optim.grad_clip=0.5]}
+  fused: {overrides: [task.kind=image, train.fast_kernels=on]}
+  rms: {overrides: [task.kind=image, model.norm=rmsnorm]}
+"""
+
+
+def test_combination_merges_the_best_compatible_variants_that_beat_the_kept_ones(tmp_path, monkeypatch):
+    from ditlab.experiments.stages import combination
+
+    write_study(tmp_path, monkeypatch, COMBINE, 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    final = dataclasses.replace(spec.stages[1], keep=["base"], combine=3)
+
+    def ranked(*names):
+        return [(n, float(i), 1) for i, n in enumerate(names)]
+
+    # warm sets optim.lr as hot did (left out); fused and rms cannot load together (left out); base bars
+    combo = combination(spec, final, ranked("hot", "warm", "fused", "rms", "clip", "base"), spec.variants)
+    assert combo.name == "combo_final" and combo.note == "combination of hot + fused + clip"
+    assert combo.overrides == ["task.kind=image", "optim.lr=1e-2", "train.fast_kernels=on", "optim.grad_clip=0.5"]
+    # only variants ranked above every kept one count: one is not a combination
+    assert combination(spec, final, ranked("hot", "base", "clip", "rms"), spec.variants) is None
+    assert combination(spec, dataclasses.replace(final, combine=2),
+                       ranked("rms", "clip", "hot", "base"), spec.variants).overrides == [
+        "task.kind=image", "model.norm=rmsnorm", "optim.grad_clip=0.5"]
+
+
+def test_a_stage_trains_the_combination_and_carries_it_on(tmp_path, monkeypatch):
+    data, net = write_study(tmp_path, monkeypatch, COMBINE.replace("  fused: {overrides: [task.kind=image, "
+                                                                   "train.fast_kernels=on]}\n", ""), 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    runs = sorted(p.name for p in (out / "final" / "runs").iterdir())
+    assert "combo_final-s0" in runs and len(runs) == 2  # the best of the screen and the combination
+    record = json.loads((out / "final" / "scores" / "combo_final-s0__default.json").read_text())
+    assert record["note"].startswith("combination of ") and record["train_steps"] == 2
+    stages_md = (out / "stages.md").read_text()
+    assert "and trains combo_final: the combination of" in stages_md
+    assert "| combo_final | default |" in (out / "final" / "results.md").read_text()
+
+
+def test_bad_combine_is_named(tmp_path):
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nstages: {s: {combine: 2}}\nvariants: {v: {}}\n")
+    with pytest.raises(ConfigError, match="stages.s.combine"):
+        load_ablation(tmp_path / "a.yaml")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nstages: {s: {}, t: {combine: 1}}\nvariants: {v: {}}\n")
+    with pytest.raises(ConfigError, match="stages.t.combine"):
+        load_ablation(tmp_path / "a.yaml")

@@ -29,7 +29,8 @@ ema_sigma_rel: the post-hoc EMA of that width, reconstructed from the run's snap
 ``stages`` (ditlab.experiments.stages): each stage is a budget (steps, time_limit, and eval_every /
 eval_num for FID during training) with its training seeds; the first trains every variant, a later one
 the ``top`` variants of the stage before it (mean FID over seeds on ``rank_by``, an eval name, default
-the first; the best path counts) plus those in ``keep``. Each stage has its own folder OUT/STAGE.
+the first; the best path counts) plus those in ``keep``; ``combine: K`` also trains combo_STAGE, the
+overrides of the best K variants that beat every kept one, merged. Each stage has its own folder OUT/STAGE.
 Without ``stages`` the ``budget`` section is the one budget.
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
@@ -101,6 +102,9 @@ class Stage:
     rank_by: str = ""  # the eval whose FID ranks the stage before (default: the first eval)
     keep: list[str] = field(default_factory=list)  # variants always taken (e.g. the baseline)
     num: int = 0  # samples per score in this stage (0: the sample section's), e.g. FID-5k to screen
+    # > 0: also train combo_STAGE, the overrides of the best `combine` variants of the stage before that beat
+    # every kept variant, merged (ditlab.experiments.stages.combination)
+    combine: int = 0
 
 
 @dataclass
@@ -270,10 +274,10 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not str(name).replace("_", "").replace("-", "").isalnum() or name in ("runs", "scores", "grids"):
             raise ConfigError(f"stage name {name!r} in {source}: letters, digits, '-' and '_', not runs/scores/grids "
                               "(it names a folder)")
-        bad = sorted(set(st) - budget_keys - {"seeds", "top", "rank_by", "keep", "num"})
+        bad = sorted(set(st) - budget_keys - {"seeds", "top", "rank_by", "keep", "num", "combine"})
         if bad:
             raise ConfigError(f"unknown key {where}.{bad[0]} in {source}; valid: "
-                              f"{', '.join(sorted(budget_keys | {'seeds', 'top', 'rank_by', 'keep', 'num'}))}")
+                              f"{', '.join(sorted(budget_keys | {'seeds', 'top', 'rank_by', 'keep', 'num', 'combine'}))}")
         budget = _section(Budget, {k: st[k] for k in budget_keys if k in st}, where, source)
         _check_budget(budget, where, source)
         st_seeds = st.get("seeds", seeds)
@@ -293,5 +297,9 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         num = st.get("num", 0)
         if not isinstance(num, int) or num < 0:
             raise ConfigError(f"{where}.num must be an integer >= 0 (0: sample.num) (in {source})")
-        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num))
+        combine = st.get("combine", 0)
+        if not isinstance(combine, int) or combine < 0 or (i == 0 and combine) or combine == 1:
+            raise ConfigError(f"{where}.combine must be 0 or an integer >= 2, and not on the first stage (it merges the "
+                              f"best variants of the stage before) (in {source})")
+        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine))
     return stages

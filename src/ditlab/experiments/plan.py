@@ -63,7 +63,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
             prev = spec.stages[i - 1]
             prev_spec = stage_spec(spec, prev, variants)
             if stage_complete(prev_spec, out / prev.name):
-                variants = promoted(spec, stage, ranking(prev_spec, out / prev.name, stage.rank_by))
+                variants = promoted(spec, stage, ranking(prev_spec, out / prev.name, stage.rank_by),
+                                    prev_spec.variants)
             else:
                 variants = None
         if variants is None:  # its variants depend on a ranking not known yet
@@ -86,7 +87,7 @@ def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:
 
 
 def _most(stage: Stage, spec: AblationSpec) -> int:
-    return min(len(spec.variants), (stage.top or len(spec.variants)) + len(stage.keep))
+    return min(len(spec.variants), (stage.top or len(spec.variants)) + len(stage.keep)) + bool(stage.combine)
 
 
 def _total(parts: list[tuple[dict, float]]) -> str:

@@ -35,9 +35,9 @@ def stage_spec(spec: AblationSpec, stage: Stage, variants: list[Variant]) -> Abl
     # A variant's lo_variant must be in the stage's list (its run generates the cascade's low resolution).
     variants = variants + [v for v in spec.variants if v.name not in names
                            and any(x.lo_variant == v.name for x in variants)]
-    order = {v.name: i for i, v in enumerate(spec.variants)}
+    order = {v.name: i for i, v in enumerate(spec.variants)}  # a combination (not in the file) comes last
     return dataclasses.replace(spec, budget=stage.budget, seeds=list(stage.seeds), sample=sample, evals=evals,
-                               variants=sorted(variants, key=lambda v: order[v.name]), stages=[])
+                               variants=sorted(variants, key=lambda v: order.get(v.name, len(order))), stages=[])
 
 
 def ranking(spec: AblationSpec, out: Path, rank_by: str) -> list[tuple[str, float, int]]:
@@ -56,11 +56,61 @@ def ranking(spec: AblationSpec, out: Path, rank_by: str) -> list[tuple[str, floa
     return sorted(((v, f, n) for v, (f, n) in best.items()), key=lambda x: x[1])
 
 
-def promoted(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]]) -> list[Variant]:
-    """The variants a stage takes from the ranking of the stage before: its top ones, and those it keeps."""
+def promoted(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]],
+             candidates: Optional[list[Variant]] = None) -> list[Variant]:
+    """The variants a stage takes from the ranking of the stage before (whose variants are ``candidates``,
+    default the file's): its top ones, those it keeps, and with ``combine`` their combination."""
+    candidates = list(spec.variants if candidates is None else candidates)
     names = {v for v, _, _ in ranked[:stage.top]} if stage.top else {v for v, _, _ in ranked}
     names |= set(stage.keep)
-    return [v for v in spec.variants if v.name in names]
+    known = {v.name for v in candidates}
+    chosen = [v for v in candidates if v.name in names] + [v for v in spec.variants
+                                                          if v.name in names and v.name not in known]
+    combo = combination(spec, stage, ranked, candidates) if stage.combine else None
+    if combo is not None and all(sorted(v.overrides) != sorted(combo.overrides) for v in chosen):
+        chosen.append(combo)
+    return chosen
+
+
+def override_key(override: str) -> str:
+    return override.partition("=")[0].strip()
+
+
+def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]],
+                candidates: list[Variant]) -> Optional[Variant]:
+    """combo_STAGE: the overrides of the best ``stage.combine`` variants of the ranking that beat every kept
+    variant (e.g. the baseline), merged in ranking order. A variant whose override sets a key a better one
+    already set to another value, or whose overrides do not load together with the others (a config error),
+    is left out; None when fewer than two remain. Cascade variants (lo_variant) are not combined."""
+    from ditlab.configlib import ConfigError
+    from ditlab.experiments.ablation import variant_config
+
+    by_name = {v.name: v for v in candidates}
+    kept_at = [i for i, (name, _, _) in enumerate(ranked) if name in stage.keep]
+    better = ranked[:min(kept_at)] if kept_at else ranked
+    pool = [by_name[n] for n, _, _ in better if n in by_name and by_name[n].overrides and not by_name[n].lo_variant]
+    merged: list[str] = []
+    keys: dict[str, str] = {}
+    used: list[Variant] = []
+    for v in pool:
+        if len(used) == stage.combine:
+            break
+        own = {override_key(o): o for o in v.overrides}
+        if any(k in keys and keys[k] != o for k, o in own.items()):
+            continue  # conflicts with a better variant (e.g. two learning rates)
+        trial = Variant(f"combo_{stage.name}", merged + [o for k, o in own.items() if k not in keys],
+                        list(v.paths))
+        try:
+            variant_config(spec, trial, spec.seeds[0], Path("unused"), [])
+        except (ConfigError, ValueError):
+            continue  # options that cannot work together
+        merged, used = trial.overrides, used + [v]
+        keys.update(own)
+    if len(used) < 2:
+        return None
+    first = used[0]
+    return Variant(f"combo_{stage.name}", merged, list(first.paths),
+                   note=f"combination of {' + '.join(v.name for v in used)}", evals=list(first.evals))
 
 
 def stage_complete(spec: AblationSpec, out: Path) -> bool:
@@ -105,7 +155,7 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
                 code = EXIT_MORE_TO_DO
                 break
             ranked = ranking(prev_spec, out / prev.name, stage.rank_by)
-            variants = promoted(spec, stage, ranked)
+            variants = promoted(spec, stage, ranked, prev_spec.variants)
             lines += _ranking_lines(prev, stage, ranked, variants)
             _write_stages(out, spec, lines)  # now: a stage can run for many device commands
         plain = stage_spec(spec, stage, variants)
@@ -139,10 +189,14 @@ def _budget_text(stage: Stage) -> str:
 
 def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant]) -> list[str]:
     taken = {v.name for v in chosen}
+    combo = next((v for v in chosen if v.name == f"combo_{stage.name}"), None)
     lines = [f"## {prev.name} -> {stage.name}", "",
              f"Ranked by the mean FID over seeds ({prev.name}/results.md); {stage.name} takes "
              f"{'the top ' + str(stage.top) if stage.top else 'every variant'}"
-             f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}.", "",
+             f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}"
+             + (f", and trains {combo.name}: the {combo.note} ({' '.join(combo.overrides)})" if combo else
+                (f"; no combination (fewer than 2 compatible variants beat the kept ones)" if stage.combine else ""))
+             + ".", "",
              "| rank | variant | FID | seeds | goes on |", "|---|---|---|---|---|"]
     lines += [f"| {i + 1} | {v} | {f:.2f} | {n} | {'yes' if v in taken else ''} |" for i, (v, f, n) in enumerate(ranked)]
     return lines + [""]
