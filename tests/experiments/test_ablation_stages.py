@@ -328,3 +328,22 @@ def test_bad_combine_is_named(tmp_path):
     (tmp_path / "a.yaml").write_text("config: tiny.yaml\nstages: {s: {}, t: {combine: 1}}\nvariants: {v: {}}\n")
     with pytest.raises(ConfigError, match="stages.t.combine"):
         load_ablation(tmp_path / "a.yaml")
+
+
+def test_an_edited_file_does_not_mix_with_runs_of_the_old_one(tmp_path, monkeypatch, capsys):
+    data, net = write_study(tmp_path, monkeypatch, EVALS, 8)
+    assert main(_args(tmp_path, data, net)) == 0
+    capsys.readouterr()
+    assert main(_args(tmp_path, data, net)) == 0  # unchanged: everything is skipped
+    spec = (tmp_path / "ablation.yaml").read_text().replace("optim.lr=3e-4", "optim.lr=5e-4")
+    (tmp_path / "ablation.yaml").write_text(spec)
+    assert main(_args(tmp_path, data, net)) == 1
+    err = capsys.readouterr().err
+    assert "variant only_e3" in err and "optim.lr: 0.0003 -> 0.0005" in err and "only_e3-s0__*" in err
+    # another machine's paths are not a change
+    moved = tmp_path / "moved.npz"
+    moved.write_bytes(data.read_bytes())
+    (tmp_path / "ablation.yaml").write_text(spec.replace("optim.lr=5e-4", "optim.lr=3e-4"))
+    args = _args(tmp_path, data, net)
+    args[args.index(f"data.path={data}")] = f"data.path={moved}"
+    assert main(args) == 0

@@ -38,6 +38,10 @@ EXIT_MORE_TO_DO = 3  # the budget ran out with units left: run the same command 
 STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # Trainer.run after a signal (it saved a checkpoint)
 
 
+# Config keys that name files on one machine: a study continued on another machine passes other paths.
+MACHINE_KEYS = ("data.path", "train.eval_ref", "train.run_dir")
+
+
 class TrainingStopped(Exception):
     """A training run stopped by SIGTERM / SIGINT after saving its checkpoint: the study resumes next time."""
 
@@ -182,6 +186,7 @@ class AblationRunner:
 
     def _do_unit(self, unit: Unit) -> bool:
         run_dir = self.out / "runs" / unit.name
+        self.check_unchanged(unit, run_dir)
         todo = [x for x in self.scores_of(unit) if not self.score_file(unit, x[0], x[1]).exists()]
         if not todo:
             return True
@@ -211,6 +216,28 @@ class AblationRunner:
                 self.measure_errors(unit, run, run_dir)
             self.score(unit, run, run_dir, path, lo_dir, eval_name, sample)
         return True
+
+    def check_unchanged(self, unit: Unit, run_dir: Path) -> None:
+        """A run trained by an earlier invocation must still be what the file asks for: a study spread over
+        sessions whose file was edited in between would otherwise mix results of two configurations.
+        Paths that may differ between machines (data.path, train.eval_ref, train.run_dir) are not compared."""
+        saved_path = run_dir / "config.yaml"
+        if not saved_path.exists():
+            return
+        import yaml
+
+        from ditlab.config import Config
+        from ditlab.configlib import config_from_dict, diff_configs
+
+        saved = config_from_dict(Config, yaml.safe_load(saved_path.read_text()) or {}, source=str(saved_path))
+        ref = getattr(self.scorer, "ref", "") if self.scorer is not None else ""
+        now = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides, eval_ref=ref)
+        changed = {k: v for k, v in diff_configs(saved, now).items() if k not in MACHINE_KEYS}
+        if changed:
+            listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+            raise ValueError(f"variant {unit.variant.name}: its run {run_dir} was trained with another configuration "
+                             f"than the file (and --set) now give ({listing}); restore them, or delete that run "
+                             f"and its scores ({self.out / 'scores'}/{unit.name}__*) to train it again")
 
     # ---- the three kinds of work ---------------------------------------------------------------
     def train(self, unit: Unit, run_dir: Path) -> None:
