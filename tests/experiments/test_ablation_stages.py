@@ -347,3 +347,33 @@ def test_an_edited_file_does_not_mix_with_runs_of_the_old_one(tmp_path, monkeypa
     args = _args(tmp_path, data, net)
     args[args.index(f"data.path={data}")] = f"data.path={moved}"
     assert main(args) == 0
+
+
+def test_a_worker_on_a_numbered_gpu_trains_on_it(tmp_path, monkeypatch):
+    """--gpus N: a worker's runner has device cuda:K; its trainings must go there, not to "auto" = GPU 0
+    (checked without a GPU: the config handed to the Trainer is captured)."""
+    import torch
+
+    import ditlab.train.trainer as trainer_module
+    from ditlab.experiments.ablation import AblationRunner, Unit
+
+    data, net = write_study(tmp_path, monkeypatch, EVALS, 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    runner = AblationRunner(spec, tmp_path / "out", scorer=None, overrides=[f"data.path={data}", "train.device=auto"],
+                            device="cpu")
+    seen = []
+
+    class Captured:
+        def __init__(self, cfg, resume=False, progress=True):
+            seen.append(cfg.train.device)
+
+        def run(self):
+            return 0
+
+    monkeypatch.setattr(trainer_module, "Trainer", Captured)
+    runner.device = torch.device("cuda", 3)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    runner.train(Unit(spec.variants[0], 0), tmp_path / "out" / "runs" / "x")
+    runner.device = torch.device("cpu")
+    runner.train(Unit(spec.variants[0], 0), tmp_path / "out" / "runs" / "y")
+    assert seen == ["cuda:3", "auto"]

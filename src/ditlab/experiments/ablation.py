@@ -39,7 +39,7 @@ STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # Trainer.run after a 
 
 
 # Config keys that name files on one machine: a study continued on another machine passes other paths.
-MACHINE_KEYS = ("data.path", "train.eval_ref", "train.run_dir")
+MACHINE_KEYS = ("data.path", "train.eval_ref", "train.run_dir", "train.device")
 
 
 class TrainingStopped(Exception):
@@ -220,7 +220,7 @@ class AblationRunner:
     def check_unchanged(self, unit: Unit, run_dir: Path) -> None:
         """A run trained by an earlier invocation must still be what the file asks for: a study spread over
         sessions whose file was edited in between would otherwise mix results of two configurations.
-        Paths that may differ between machines (data.path, train.eval_ref, train.run_dir) are not compared."""
+        What may differ between machines (data.path, train.eval_ref, train.run_dir, train.device) is not compared."""
         saved_path = run_dir / "config.yaml"
         if not saved_path.exists():
             return
@@ -261,6 +261,10 @@ class AblationRunner:
                 shutil.rmtree(run_dir)
         ref = getattr(self.scorer, "ref", "") if self.scorer is not None else ""
         cfg = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides, eval_ref=ref)
+        if self.device.type == "cuda" and self.device.index is not None and cfg.train.device in ("auto", "cuda"):
+            # A worker of --gpus N trains on its own GPU: "auto" / "cuda" would mean the current device, GPU 0
+            # in a fresh process, where every worker's training would land.
+            cfg.train.device = str(self.device)
         if cfg.train.eval_every and getattr(self.scorer, "inception", None):
             # The trainer's FID finds its network through $DITLAB_INCEPTION (ditlab.eval.resolve_inception):
             # the same network as the final scores'.

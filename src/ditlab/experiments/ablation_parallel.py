@@ -60,6 +60,10 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
 
     if device == "cpu":
         torch.set_num_threads(threads)  # as the sequential runner's process: the same results, bitwise
+    elif device.startswith("cuda:"):
+        # Everything that says "cuda" without an index (train.device=auto, the evaluation during training)
+        # means this worker's GPU, not GPU 0.
+        torch.cuda.set_device(torch.device(device))
     try:
         scorer = FidScorer(ref, inception, device)
         runner = AblationRunner(spec, out, scorer, overrides=overrides, errors_data=errors_data, device=device,
