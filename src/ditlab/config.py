@@ -407,6 +407,16 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+def read_saved_config(path) -> Config:
+    """The resolved configuration a run saved (RUN/config.yaml), as written: no preset, no overrides, no
+    value checks (an old run is read as it was)."""
+    import yaml
+
+    from ditlab.configlib import config_from_dict
+
+    return config_from_dict(Config, yaml.safe_load(open(path).read()) or {}, source=str(path))
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Read a preset (or the defaults when ``path`` is None) and apply dotted overrides; values that no
     run can use (a zero batch, a negative learning rate) are errors naming the key."""

@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import yaml
 
-from ditlab.config import Config
-from ditlab.configlib import config_from_dict
+from ditlab.config import Config, read_saved_config
 from ditlab.diffusion.objectives import build_objective
 from ditlab.tasks.registry import build_model, build_task, task_kind
 from ditlab.train.checkpoint import find_best_checkpoint, find_latest_checkpoint, load_weights
@@ -65,9 +63,7 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict]:
     for name in ("config.yaml", "model.json"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir / name} not found: {run_dir} is not a ditlab run directory")
-    cfg = config_from_dict(Config, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
-                           source=str(run_dir / "config.yaml"))
-    return cfg, json.loads((run_dir / "model.json").read_text())
+    return read_saved_config(run_dir / "config.yaml"), json.loads((run_dir / "model.json").read_text())
 
 
 def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] = None,

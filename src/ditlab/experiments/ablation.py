@@ -157,12 +157,8 @@ class AblationRunner:
         self.units = [Unit(v, s) for s in spec.seeds for v in order_variants(spec.variants)
                       if not only or v.name in only]
 
-    def scores_of(self, unit: Unit) -> list[tuple[str, str, object]]:
-        """(path, eval name, sample settings) of every score a unit owes."""
-        return [(p, name, s) for p in unit.variant.paths for name, s in self.spec.evals_of(unit.variant)]
-
     def unit_done(self, unit: Unit) -> bool:
-        return all(self.score_file(unit, p, e).exists() for p, e, _ in self.scores_of(unit))
+        return all(self.score_file(unit, p, e).exists() for p, e, _ in self.spec.scores_of(unit.variant))
 
     # ---- the loop -------------------------------------------------------------------------------
     def out_of_time(self) -> bool:
@@ -187,7 +183,7 @@ class AblationRunner:
     def _do_unit(self, unit: Unit) -> bool:
         run_dir = self.out / "runs" / unit.name
         self.check_unchanged(unit, run_dir)
-        todo = [x for x in self.scores_of(unit) if not self.score_file(unit, x[0], x[1]).exists()]
+        todo = [x for x in self.spec.scores_of(unit.variant) if not self.score_file(unit, x[0], x[1]).exists()]
         if not todo:
             return True
         if not (run_dir / "summary.json").exists():
@@ -217,6 +213,11 @@ class AblationRunner:
             self.score(unit, run, run_dir, path, lo_dir, eval_name, sample)
         return True
 
+    def run_config(self, unit: Unit, run_dir: Path):
+        """The unit's config as this invocation trains it (in-training FID against the scorer's reference)."""
+        return variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides,
+                              eval_ref=getattr(self.scorer, "ref", ""))
+
     def check_unchanged(self, unit: Unit, run_dir: Path) -> None:
         """A run trained by an earlier invocation must still be what the file asks for: a study spread over
         sessions whose file was edited in between would otherwise mix results of two configurations.
@@ -224,15 +225,11 @@ class AblationRunner:
         saved_path = run_dir / "config.yaml"
         if not saved_path.exists():
             return
-        import yaml
+        from ditlab.config import read_saved_config
+        from ditlab.configlib import diff_configs
 
-        from ditlab.config import Config
-        from ditlab.configlib import config_from_dict, diff_configs
-
-        saved = config_from_dict(Config, yaml.safe_load(saved_path.read_text()) or {}, source=str(saved_path))
-        ref = getattr(self.scorer, "ref", "") if self.scorer is not None else ""
-        now = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides, eval_ref=ref)
-        changed = {k: v for k, v in diff_configs(saved, now).items() if k not in MACHINE_KEYS}
+        changed = {k: v for k, v in diff_configs(read_saved_config(saved_path), self.run_config(unit, run_dir)).items()
+                   if k not in MACHINE_KEYS}
         if changed:
             listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
             raise ValueError(f"variant {unit.variant.name}: its run {run_dir} was trained with another configuration "
@@ -259,8 +256,7 @@ class AblationRunner:
                 self.log(f"ditlab ablate: {run_dir} was interrupted before its first checkpoint; training it again "
                          "from the start")
                 shutil.rmtree(run_dir)
-        ref = getattr(self.scorer, "ref", "") if self.scorer is not None else ""
-        cfg = variant_config(self.spec, unit.variant, unit.seed, run_dir, self.overrides, eval_ref=ref)
+        cfg = self.run_config(unit, run_dir)
         if self.device.type == "cuda" and self.device.index is not None and cfg.train.device in ("auto", "cuda"):
             # A worker of --gpus N trains on its own GPU: "auto" / "cuda" would mean the current device, GPU 0
             # in a fresh process, where every worker's training would land.

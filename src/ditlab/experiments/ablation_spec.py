@@ -127,6 +127,10 @@ class AblationSpec:
             return [("", self.sample)]
         return [(name, self.evals[name]) for name in (variant.evals or list(self.evals))]
 
+    def scores_of(self, variant: Variant) -> list[tuple[str, str, SampleSpec]]:
+        """(path, eval name, sample settings) of every score a run of ``variant`` owes, in the file's order."""
+        return [(p, name, s) for p in variant.paths for name, s in self.evals_of(variant)]
+
 
 def _section(cls, data, key: str, source: Path):
     if data is None:

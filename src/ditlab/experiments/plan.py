@@ -24,7 +24,7 @@ def _count(spec: AblationSpec, out: Path) -> dict:
     for seed in spec.seeds:
         for v in spec.variants:
             name = f"{v.name}-s{seed}"
-            owed = [(p, e) for p in v.paths for e, _ in spec.evals_of(v)]
+            owed = [(p, e) for p, e, _ in spec.scores_of(v)]
             done = sum(score_path(out, name, p, e).exists() for p, e in owed)
             trained = (out / "runs" / name / "summary.json").exists()
             counts["runs"] += 1

@@ -23,8 +23,7 @@ def read_scores(out: Path, spec) -> list[dict]:
     records = [json.loads(p.read_text()) for p in sorted((out / "scores").glob("*.json"))]
     for r in records:
         r.setdefault("eval", "")  # score files of before named evals
-    order = {(v.name, p, e): (i, j, k) for i, v in enumerate(spec.variants) for j, p in enumerate(v.paths)
-             for k, (e, _) in enumerate(spec.evals_of(v))}
+    order = {(v.name, p, e): (i, j) for i, v in enumerate(spec.variants) for j, (p, e, _) in enumerate(spec.scores_of(v))}
     known = [r for r in records if _key(r) in order]
     return sorted(known, key=lambda r: (*order[_key(r)], r["seed"]))
 
@@ -93,7 +92,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
         cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], str(r["train_steps"]),
                  f"{r['train_images']:,}", f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
-    missing = [(v.name, p, e) for v in spec.variants for p in v.paths for e, _ in spec.evals_of(v)
+    missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
                if not any(_key(r) == (v.name, p, e) for r in records)]
     if missing:
         lines += ["", f"Not scored yet: {', '.join(f'{v}/{p}' + (f'/{e}' if e else '') for v, p, e in missing)}."]

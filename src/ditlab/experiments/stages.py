@@ -118,7 +118,7 @@ def stage_complete(spec: AblationSpec, out: Path) -> bool:
     from ditlab.experiments.ablation import score_path
 
     return all(score_path(out, f"{v.name}-s{seed}", p, e).exists()
-               for seed in spec.seeds for v in spec.variants for p in v.paths for e, _ in spec.evals_of(v))
+               for seed in spec.seeds for v in spec.variants for p, e, _ in spec.scores_of(v))
 
 
 def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path, float], int],

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ditlab.config import Config
-from ditlab.configlib import config_from_dict, diff_configs, save_config, to_dict
+from ditlab.config import Config, read_saved_config
+from ditlab.configlib import diff_configs, save_config, to_dict
 from ditlab.diffusion.objectives import build_objective
 from ditlab.generation import preview as generation_preview
 from ditlab.imageio import save_image_grid
@@ -231,10 +231,7 @@ class Trainer:
     def _check_config_change(self, saved_path: Path) -> None:
         if not saved_path.exists():
             return
-        import yaml
-
-        saved = config_from_dict(Config, yaml.safe_load(saved_path.read_text()) or {}, source=str(saved_path))
-        changes = diff_configs(saved, self.cfg)
+        changes = diff_configs(read_saved_config(saved_path), self.cfg)
         shape_keys = SHAPE_KEYS + task_kind(self.cfg).shape_keys
         fatal = {k: v for k, v in changes.items() if k in shape_keys}
         if fatal:
