@@ -68,17 +68,24 @@ def test_scene_model_with_both_sets_trains_and_samples_through_ditlab_sample(tmp
     assert "context sets are" in capsys.readouterr().err
 
 
-def test_describe_padding_and_drop_are_per_set():
-    cfg = load_config(*_describe_cfg("unused")[:1], overrides=_describe_cfg("unused")[1:])
+def _perturbed_model():
+    """The config, data and an eval-mode model of _describe_cfg with every weight nudged off its (often zero)
+    initialisation, so that each set's contribution shows in the output."""
     from ditlab.tasks.scene.data import load_scene_train_data
     from ditlab.tasks.scene.model import build_scene_model
 
+    cfg = load_config(*_describe_cfg("unused")[:1], overrides=_describe_cfg("unused")[1:])
     data = load_scene_train_data(cfg)
     torch.manual_seed(0)
     model = build_scene_model(cfg, data.info).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return cfg, data, model
+
+
+def test_describe_padding_and_drop_are_per_set():
+    _, data, model = _perturbed_model()
     batch = data.batch(torch.arange(4))
     x = {"points": batch["target_points"]}
     t = {"points": torch.full((4,), 0.5)}
@@ -96,18 +103,10 @@ def test_describe_padding_and_drop_are_per_set():
 
 
 def test_task_denoiser_drops_each_set_to_its_own_null():
-    cfg = load_config(*_describe_cfg("unused")[:1], overrides=_describe_cfg("unused")[1:])
     from ditlab.diffusion.objectives import build_objective
-    from ditlab.tasks.scene.data import load_scene_train_data
-    from ditlab.tasks.scene.model import build_scene_model
     from ditlab.tasks.scene.task import SceneTask
 
-    data = load_scene_train_data(cfg)
-    torch.manual_seed(0)
-    model = build_scene_model(cfg, data.info).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    cfg, data, model = _perturbed_model()
     task = SceneTask(model, build_objective(cfg.diffusion))
     cond = data.scenes.conditions(3)
     den = task.denoiser(model, cond)
