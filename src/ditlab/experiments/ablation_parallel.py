@@ -12,7 +12,6 @@ the start). No new job starts after --budget-s; the parent writes results.md/csv
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from pathlib import Path
 from typing import Callable

@@ -195,7 +195,7 @@ def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant]) -> 
              f"{'the top ' + str(stage.top) if stage.top else 'every variant'}"
              f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}"
              + (f", and trains {combo.name}: the {combo.note} ({' '.join(combo.overrides)})" if combo else
-                (f"; no combination (fewer than 2 compatible variants beat the kept ones)" if stage.combine else ""))
+                ("; no combination (fewer than 2 compatible variants beat the kept ones)" if stage.combine else ""))
              + ".", "",
              "| rank | variant | FID | seeds | goes on |", "|---|---|---|---|---|"]
     lines += [f"| {i + 1} | {v} | {f:.2f} | {n} | {'yes' if v in taken else ''} |" for i, (v, f, n) in enumerate(ranked)]
