@@ -6,14 +6,17 @@
     python scripts/bench_train.py --arch DiT-S/2 --compile yes --fast-kernels off,on train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes task.kind=superres train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes --context-tokens 77 train.nan_check=log
+    # torchao float8 (train.float8; carry torchao's wheel to a GPU machine without it)
+    python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile yes --float8 off,tensorwise,rowwise
 
-One JSON line per setting (see ditlab.bench.bench_train), with the task, the fast_kernels mode and
-the context-set length added. The same measurement on a real data set:
+One JSON line per setting (see ditlab.bench.bench_train), with the task, the fast_kernels and float8
+modes and the context-set length added. The same measurement on a real data set:
 `ditlab bench train CONFIG`.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import tempfile
@@ -46,6 +49,9 @@ def main():
     p.add_argument("--fast-kernels", default=None,
                    help="comma-separated train.fast_kernels values to measure, one row each, e.g. off,on "
                         "(default: the config's)")
+    p.add_argument("--float8", default=None,
+                   help="comma-separated train.float8 values to measure, one row each, e.g. off,tensorwise,rowwise "
+                        "(default: the config's)")
     p.add_argument("--context-tokens", type=int, default=0, help="add a random context set of this many tokens")
     p.add_argument("--context-dim", type=int, default=768)
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -56,27 +62,35 @@ def main():
     extra = []
     if args.context_tokens:
         extra.append(f"data.context_path={write_random_context(num, args.context_tokens, args.context_dim)}")
-    for arch in args.arch:
-        for c in {"yes": [True], "no": [False], "both": [False, True]}[args.compile]:
-            for fk in args.fast_kernels.split(",") if args.fast_kernels else [None]:
-                if fk not in (None, "auto", "on", "off"):
-                    p.error(f"--fast-kernels: {fk!r} is not one of auto, on, off")
-                fk_override = [] if fk is None else [f"train.fast_kernels={fk}"]
-                cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",
-                                         f"train.batch_size={args.batch}", f"train.compile={str(c).lower()}",
-                                         "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
-                                         "diffusion.process=ddpm", "diffusion.prediction=eps", *extra,
-                                         *fk_override, *args.overrides])
-                result = bench_train(cfg, args.warmup, args.steps, args.repeats)
-                result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels,
-                              adaln_op=os.environ.get("DITLAB_ADALN_OP", "triton_op"),
-                              context_tokens=args.context_tokens, overrides=args.overrides)
-                if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
-                    line = json.dumps(result)
-                    print(line, flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(line + "\n")
+
+    def values(flag, text, allowed):
+        vals = text.split(",") if text else [None]
+        for v in vals:
+            if v is not None and v not in allowed:
+                p.error(f"{flag}: {v!r} is not one of {', '.join(allowed)}")
+        return vals
+
+    fast = values("--fast-kernels", args.fast_kernels, ("auto", "on", "off"))
+    fp8 = values("--float8", args.float8, ("off", "tensorwise", "rowwise"))
+    compiles = {"yes": [True], "no": [False], "both": [False, True]}[args.compile]
+    for arch, c, fk, f8 in itertools.product(args.arch, compiles, fast, fp8):
+        mode_overrides = ([] if fk is None else [f"train.fast_kernels={fk}"]) + (
+            [] if f8 is None else [f"train.float8={f8}"])
+        cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",
+                                 f"train.batch_size={args.batch}", f"train.compile={str(c).lower()}",
+                                 "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
+                                 "diffusion.process=ddpm", "diffusion.prediction=eps", *extra,
+                                 *mode_overrides, *args.overrides])
+        result = bench_train(cfg, args.warmup, args.steps, args.repeats)
+        result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels,
+                      adaln_op=os.environ.get("DITLAB_ADALN_OP", "custom_op"),  # the kernels' default
+                      context_tokens=args.context_tokens, overrides=args.overrides)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
+            line = json.dumps(result)
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(line + "\n")
     from ditlab.train.distributed import SINGLE, init_distributed, shutdown
 
     shutdown(init_distributed() if os.environ.get("WORLD_SIZE", "1") != "1" else SINGLE)  # leave the group cleanly

@@ -80,6 +80,7 @@ def bench_train(cfg, warmup: int = 15, steps: int = 20, repeats: int = 5, peak_t
         "what": "train", "arch": cfg.model.arch, "batch": cfg.train.batch_size, "world_size": world,
         "image_size": trainer.model.streams[0].size, "precision": cfg.train.precision,
         "compile": cfg.train.compile, "compile_mode": cfg.train.compile_mode, "nan_check": cfg.train.nan_check,
+        "float8": cfg.train.float8,
         "images_per_s": round(ips, 1), "train_gflops_per_image": round(flops / 1e9, 4),
         "mfu": round(ips * flops / (world * peak_tflops * 1e12), 4), "peak_tflops": peak_tflops,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,

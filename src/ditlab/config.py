@@ -328,6 +328,10 @@ class TrainConfig:
     # Triton are present, "off" keeps the eager code path, "on" requires them. Off by default: on one H200
     # they slow DiT-S/2 down (-36%) and speed DiT-B/2 up by 6% only (docs/performance.md, issue 17).
     fast_kernels: Literal["auto", "on", "off"] = "off"
+    # float8 GEMMs (torchao) for the token-wise linear layers of attention and MLP, recipe "tensorwise" or
+    # "rowwise" (ditlab.train.float8); master weights, optimizer and EMA stay fp32, sampling never uses fp8.
+    # Needs torchao and, on a GPU, compute capability >= 8.9. Not part of the bf16 speed comparison.
+    float8: Literal["off", "tensorwise", "rowwise"] = "off"
     # Non-finite guard. "step": one host sync per step, stop before that step's optimizer update.
     # "log": no per-step sync (GPU, fused AdamW): a device-side flag makes every update from the
     # first non-finite step on a no-op, and the run stops at the next log step naming that step.

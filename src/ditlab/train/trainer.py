@@ -36,6 +36,7 @@ from ditlab.train.init_from import init_from
 from ditlab.train.ema import EMA
 from ditlab.train.posthoc_ema import PosthocEMA, check_resume, supersede_snapshots
 from ditlab.train.evaluation import Evaluator, check_eval_config
+from ditlab.train.float8 import convert_float8
 from ditlab.train.log import RunLogger
 from ditlab.train.optim import build_optimizer, lr_at, set_lr
 from ditlab.train.stop import StopRequest
@@ -104,6 +105,10 @@ class Trainer:
         # the same weights after the optimizer step, so the others would keep identical copies.
         self.posthoc = (PosthocEMA(self.model, cfg.ema.posthoc_sigma_rels)
                         if cfg.ema.posthoc_sigma_rels and self.dist.is_main else None)
+        # After the EMA copies (they stay plain), before the optimizer and torch.compile; same parameters.
+        self.float8_layers = convert_float8(self.model, cfg.train.float8, self.device)
+        if self.float8_layers:
+            self._say(f"ditlab: train.float8={cfg.train.float8}: {len(self.float8_layers)} linear layers train in fp8")
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
