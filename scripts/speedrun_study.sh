@@ -6,8 +6,12 @@
 #                                     one slice: new work starts only in the first SECONDS - 150 s (default 570),
 #                                     and at SECONDS a SIGTERM stops a training at a checkpoint (resumed next time
 #                                     with the rest of its time budget); exit 3 = run it again
-#   scripts/speedrun_study.sh collect STUDY DEST                             tables, plots, stage ranking, grids
-# STUDY must survive between commands (a folder under /root on a machine that stays warm, ../shared/GPU.md).
+#   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
+#                                                                            DEST/speedrun_study_files.tgz
+#   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
+# STUDY must survive between commands (a folder under /root on a machine that stays warm, ../shared/GPU.md);
+# before a machine goes back, `collect` into $OUT; on the next machine, `restore` the archive (carried in
+# an ignored folder) and `run` goes on from the scores it holds (a half-trained run starts again).
 # Extra flags go to `ditlab ablate`, e.g. --stage screen, --only baseline, --gpus 8 on a machine with 8 GPUs.
 set -euo pipefail
 stage=$1; shift
@@ -28,15 +32,20 @@ case "$stage" in
     echo "{\"scored\": $(find "$study" -path '*/scores/*.json' | wc -l), \"exit\": $code}"
     exit "$code" ;;
   collect)
-    study=$1 dest=$2
-    mkdir -p "$dest"
+    # Two files (a device call returns only a few): stages.md, and one archive of every stage's results
+    # table / csv / plots, score files, grids, run summaries and metrics. The results tables also go to stdout.
+    study=$1 dest=$(mkdir -p "$2" && cd "$2" && pwd)  # absolute: tar runs inside STUDY
     cp "$study"/stages.md "$dest"/ 2>/dev/null || true
-    for s in "$study"/*/results.md; do
-      d=$(basename "$(dirname "$s")"); mkdir -p "$dest/$d"
-      cp "$(dirname "$s")"/results.{md,csv} "$dest/$d/"
-      cp "$(dirname "$s")"/results*.png "$dest/$d/" 2>/dev/null || true
-    done
-    tar -czf "$dest/speedrun_study_files.tgz" -C "$study" $(cd "$study" && ls -d */scores */grids \
-      */runs/*/summary.json */runs/*/metrics.jsonl 2>/dev/null) ;;
-  *) echo "usage: $0 {ref|run|collect} ..." >&2; exit 2 ;;
+    (cd "$study" && tar -czf "$dest/speedrun_study_files.tgz" $(ls -d stages.md */results.md */results.csv \
+      */results*.png */scores */grids */runs/*/summary.json */runs/*/metrics.jsonl 2>/dev/null))
+    for s in "$study"/*/results.md; do echo "== $s"; cat "$s"; done ;;
+  restore)
+    # On a fresh machine: put the score files (and grids) of an earlier machine's collect back into STUDY;
+    # `run` then skips every score that exists. A variant with some of its scores missing is trained again.
+    tgz=$1 study=$2
+    mkdir -p "$study"
+    tar -xzf "$tgz" -C "$study" --wildcards '*/scores/*' '*/grids/*' 2>/dev/null ||
+      tar -xzf "$tgz" -C "$study" --wildcards '*/scores/*'
+    echo "{\"restored_scores\": $(find "$study" -path '*/scores/*.json' | wc -l)}" ;;
+  *) echo "usage: $0 {ref|run|collect|restore} ..." >&2; exit 2 ;;
 esac
