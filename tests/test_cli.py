@@ -129,3 +129,24 @@ def test_every_option_of_every_subcommand_has_help():
                 yield f"{path} {'/'.join(action.option_strings) or action.dest}"
 
     assert list(walk(build_parser(), "ditlab")) == []
+
+
+def test_sample_refuses_options_that_would_change_nothing(trained_run, tmp_path, capsys):
+    """--cfg-interval without guidance and --grid-num without --grid are errors, not silently ignored."""
+    out = tmp_path / "s.npz"
+    base = ["sample", str(trained_run), "--num", "2", "--steps", "1", "--sampler", "euler", "--out", str(out)]
+    assert main(base + ["--cfg", "1", "--cfg-interval", "0.2", "5"]) == 1
+    assert "--cfg-interval applies when guiding" in capsys.readouterr().err
+    assert main(base + ["--grid-num", "4"]) == 1
+    assert "--grid-num applies with --grid" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(base + ["--cfg", "1.5", "--cfg-interval", "0.2", "5", "--grid", str(tmp_path / "g.png"),
+                        "--grid-num", "2"]) == 0
+
+
+def test_sample_no_progress(trained_run, tmp_path, capsys):
+    """`ditlab sample --no-progress`, as in train and fid: no progress bar on stderr."""
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(trained_run), "--num", "2", "--steps", "1", "--sampler", "euler", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "sampling" not in capsys.readouterr().err and out.exists()

@@ -15,6 +15,9 @@ from ditlab.tasks.commands import TASK_CLIS
 from ditlab.train.ema_cli import add_ema_parser
 
 
+GRID_NUM = 64  # samples in `ditlab sample --grid` (--grid-num)
+
+
 def resolve_config_path(name: str | None) -> str | None:
     """A YAML path, or a preset name looked up in ./configs (`cifar10` -> configs/cifar10.yaml)."""
     if name is None or Path(name).exists():
@@ -117,6 +120,11 @@ def _sample(args, info) -> int:
 
         settings = dataclasses.replace(settings, cfg_context=tuple(args.cfg_context))
     check_settings(settings, run.task)  # before any data is read
+    if args.cfg_interval and settings.cfg_scale in (0.0, 1.0) and all(w == 1.0 for _, w in settings.cfg_context):
+        raise ValueError(f"--cfg-interval applies when guiding (--cfg other than 0 and 1, or --cfg-context); this "
+                         f"samples with cfg {settings.cfg_scale:g}, where the interval changes nothing")
+    if args.grid_num is not None and not args.grid:
+        raise ValueError("--grid-num applies with --grid PNG (the picture it sizes)")
     if args.grid and not hasattr(run.task, "preview_figure"):
         raise ValueError(f"--grid: a task.kind={run.kind} run has no picture of its samples")
     inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run)
@@ -133,7 +141,8 @@ def _sample(args, info) -> int:
     try:
         outputs = generate(run.task, model, share.stop - share.start, args.seed, settings, mine,
                            batch_size=args.batch_size, start=share.start, device=device, autocast_dtype=amp,
-                           progress=(lambda b: tqdm(b, unit="batch", desc="sampling")) if info.is_main else None,
+                           progress=((lambda b: tqdm(b, unit="batch", desc="sampling"))
+                                     if info.is_main and not args.no_progress else None),
                            on_batch=lambda out, idx: done.append(len(idx)))
     except KeyboardInterrupt:
         print(f"\nditlab: interrupted after {sum(done)} of {args.num} samples; nothing was written", file=sys.stderr)
@@ -159,7 +168,7 @@ def _sample(args, info) -> int:
           f"{f' in {settings.cfg_interval}' if settings.cfg_interval else ''}, seed {args.seed}, "
           f"{run.checkpoint.name}) to {out}")
     if args.grid:
-        n = min(args.grid_num, args.num)
+        n = min(args.grid_num or GRID_NUM, args.num)
         first = {k: v[:n] for k, v in outputs.items()}
         images, nrow = run.task.preview_figure(first, {k: v[:n] for k, v in conditions.items()})
         grid = save_image_grid(images, args.grid, nrow=nrow)
@@ -248,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "uint8 N x H x W x 3 and arr_1 labels; scene: points, scene_features, scene_mask; icl: x, y, "
                         "y_sampled; every file: ditlab_meta")
     s.add_argument("--grid", default=None, metavar="PNG", help="also write a PNG of the first --grid-num samples")
-    s.add_argument("--grid-num", type=positive_int, default=64, help="samples in the --grid picture")
+    s.add_argument("--grid-num", type=positive_int, default=None,
+                   help=f"samples in the --grid picture (default {GRID_NUM}; only with --grid)")
     s.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
     add_checkpoint(s)
     s.add_argument("--path", default=None,
@@ -269,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/lift.md)")
     add_device(s)
     s.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the network first; auto = on a GPU for 1,000 samples or more")
     s.set_defaults(func=cmd_sample)
