@@ -114,129 +114,182 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
         results.put(("done", wid, job, done))
 
 
+class _Scheduler:
+    """The parent's side of run_parallel: the job queue, the worker processes and their messages.
+
+    A job is (kind, variant name, seed), kind "unit" (train + score) or "train" (a cascade's low-resolution
+    run under --only). Jobs go out one per idle, ready worker until --budget-s; a worker that dies silently
+    is replaced and its job queued again (at most MAX_ATTEMPTS times); an "error" message stops the study.
+    """
+
+    def __init__(self, spec, out: Path, plan, by_name: dict, devices: list[str], worker_args: tuple,
+                 budget_s: float, log: Callable[[str], None]):
+        import multiprocessing as mp
+
+        import torch
+
+        self.out, self.plan, self.by_name, self.budget_s, self.log = out, plan, by_name, budget_s, log
+        self.spec, self.worker_args = spec, worker_args
+        self.ctx = mp.get_context("spawn")
+        self.results = self.ctx.Queue()
+        self.threads = torch.get_num_threads()
+        self.workers: dict[int, dict] = {}
+        self.next_id = 0
+        self.pending = self._pending_jobs()
+        self.describe = None  # the scorer's description, from the first worker ready
+        self.complete = True
+        self.attempts: dict[tuple, int] = {}
+        self.failure: str | None = None
+        self.waiting_devices = list(devices[1:])  # the first worker computes (and caches) the reference alone
+        self.start_worker(devices[0])
+
+    # ---- jobs ---------------------------------------------------------------------------------------
+    def _run_done(self, variant: str, seed: int) -> bool:
+        from ditlab.experiments.ablation import Unit
+
+        return (self.out / "runs" / Unit(self.by_name[variant], seed).name / "summary.json").exists()
+
+    def _pending_jobs(self) -> list[tuple]:
+        pending: list[tuple] = []
+        for u in self.plan.units:
+            if self.plan.unit_done(u):
+                continue
+            lo = u.variant.lo_variant
+            if lo and not any(j[1] == lo and j[2] == u.seed for j in pending) and not self._run_done(lo, u.seed):
+                pending.append(("train", lo, u.seed))  # under --only: the cascade's run, trained first
+            pending.append(("unit", u.variant.name, u.seed))
+        return pending
+
+    def ready(self, job: tuple) -> bool:
+        """A cascade unit waits for its lo_variant's run of the same seed."""
+        variant = self.by_name[job[1]]
+        if job[0] != "unit" or not variant.lo_variant or "cascade" not in variant.paths:
+            return True
+        return self._run_done(variant.lo_variant, job[2])
+
+    # ---- workers ------------------------------------------------------------------------------------
+    def start_worker(self, device: str) -> None:
+        wid, self.next_id = self.next_id, self.next_id + 1
+        jobs = self.ctx.Queue()
+        p = self.ctx.Process(target=_worker, args=(wid, device, self.threads, jobs, self.results, self.spec,
+                                                   str(self.out), *self.worker_args, self.plan.start), daemon=True)
+        p.start()
+        self.workers[wid] = {"device": device, "proc": p, "jobs": jobs, "job": None, "ready": False}
+
+    def busy(self) -> bool:
+        return any(w["job"] is not None for w in self.workers.values())
+
+    def dispatch(self) -> None:
+        """Start the waiting devices once the reference exists; give a job to every idle, ready worker."""
+        if self.describe is not None:
+            while self.waiting_devices:
+                self.start_worker(self.waiting_devices.pop(0))
+        for w in self.workers.values():
+            if not w["ready"] or w["job"] is not None or self.failure:
+                continue
+            if self.plan.out_of_time():  # no new job after --budget-s
+                if self.pending:
+                    self.complete = False
+                return
+            job = next((j for j in self.pending if self.ready(j)), None)
+            if job is None:
+                continue
+            self.pending.remove(job)
+            w["job"] = job
+            w["jobs"].put(job + (self.budget_s,))
+
+    def finished(self) -> bool:
+        """Nothing running and nothing that can start; a job that can never start is a failure."""
+        if self.busy() or self.describe is None:
+            return False
+        if self.failure or not self.pending or self.plan.out_of_time():
+            return True
+        if any(self.ready(j) for j in self.pending):
+            return False
+        self.failure = f"jobs left that can never start: {self.pending}"
+        return True
+
+    def reap_dead(self) -> None:
+        """A worker that died without a word: its job goes back to the queue, a new worker takes its place."""
+        for wid, w in list(self.workers.items()):
+            p = w["proc"]
+            if p.exitcode is None or p.exitcode == 0:
+                continue
+            del self.workers[wid]
+            job = w["job"]
+            self.log(f"ditlab ablate: the worker on {w['device']} died (exit code {p.exitcode})"
+                     + (f" during {job[1]}-s{job[2]}; it goes back to the queue" if job else ""))
+            if job is not None:
+                self.attempts[job] = self.attempts.get(job, 0) + 1
+                if self.attempts[job] >= MAX_ATTEMPTS:
+                    self.failure = f"{job[1]}-s{job[2]}: its worker died {self.attempts[job]} times"
+                self.pending.insert(0, job)
+            if not w["ready"]:
+                self.failure = f"the worker on {w['device']} died while starting (exit code {p.exitcode})"
+            if not self.failure:
+                self.start_worker(w["device"])
+
+    def receive(self, kind: str, wid: int, job, payload) -> None:
+        w = self.workers[wid]
+        if kind == "ready":
+            w["ready"] = True
+            self.describe = self.describe or payload
+        elif kind == "done":
+            w["job"] = None
+            if not payload:
+                self.complete = False
+        else:  # "error": the worker's traceback; stop handing out work
+            w["job"] = None
+            self.failure = self.failure or (
+                f"worker on {w['device']}{f' ({job[1]}-s{job[2]})' if job else ''}:\n{payload}")
+
+    def loop(self) -> None:
+        import queue
+
+        while True:
+            self.dispatch()
+            if self.finished():
+                return
+            try:
+                message = self.results.get(timeout=0.5)
+            except queue.Empty:
+                self.reap_dead()
+                if self.failure and (self.describe is None or not self.busy()):
+                    return
+                continue
+            self.receive(*message)
+            if message[0] == "error" and self.describe is None:
+                return
+
+    def shutdown(self) -> None:
+        for w in self.workers.values():
+            if w["proc"].is_alive():
+                w["jobs"].put(None)
+        for w in self.workers.values():
+            w["proc"].join(timeout=30)
+            if w["proc"].is_alive():
+                w["proc"].terminate()
+
+
 def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str], overrides: list[str] = (),
                  errors_data: str = "", budget_s: float = 0.0, only: list[str] = (),
                  log: Callable[[str], None] = print) -> int:
     """Do every unit not done yet on the devices; 0 when all are done, EXIT_MORE_TO_DO otherwise."""
-    import multiprocessing as mp
-    import queue
-
-    import torch
-
-    from ditlab.experiments.ablation import EXIT_MORE_TO_DO, AblationRunner, Unit
+    from ditlab.experiments.ablation import EXIT_MORE_TO_DO, AblationRunner
     from ditlab.experiments.results import write_results
 
     plan = AblationRunner(spec, out, scorer=None, overrides=overrides, errors_data=errors_data, device="cpu",
                           budget_s=budget_s, only=only, log=log)  # checks the variants; the units in order
     out = Path(out)
-    by_name = {v.name: v for v in spec.variants}
-    pending: list[tuple] = []  # (kind, variant name, seed)
-    for u in plan.units:
-        if not plan.unit_done(u):
-            lo = u.variant.lo_variant
-            if lo and not any(j[1] == lo and j[2] == u.seed for j in pending):
-                if not (out / "runs" / Unit(by_name[lo], u.seed).name / "summary.json").exists():
-                    pending.append(("train", lo, u.seed))  # under --only: the cascade's run, trained first
-            pending.append(("unit", u.variant.name, u.seed))
-
-    def ready(job) -> bool:  # a cascade unit waits for its lo_variant's run of the same seed
-        lo = by_name[job[1]].lo_variant
-        if job[0] != "unit" or not lo or "cascade" not in by_name[job[1]].paths:
-            return True
-        return (out / "runs" / Unit(by_name[lo], job[2]).name / "summary.json").exists()
-
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    threads = torch.get_num_threads()
-    workers: dict[int, dict] = {}
-    next_id = 0
-
-    def start_worker(device: str) -> int:
-        nonlocal next_id
-        wid, next_id = next_id, next_id + 1
-        jobs = ctx.Queue()
-        p = ctx.Process(target=_worker, args=(wid, device, threads, jobs, results, spec, str(out), ref, inception,
-                                              list(overrides), errors_data, plan.start), daemon=True)
-        p.start()
-        workers[wid] = {"device": device, "proc": p, "jobs": jobs, "job": None, "ready": False}
-        return wid
-
-    describe, complete, attempts, failure = None, True, {}, None
-    waiting_devices = list(devices[1:])  # the first worker computes (and caches) the reference alone
-    start_worker(devices[0])
+    scheduler = _Scheduler(spec, out, plan, {v.name: v for v in spec.variants}, devices,
+                           (ref, inception, list(overrides), errors_data), budget_s, log)
     try:
-        while True:
-            if describe is not None:
-                while waiting_devices:
-                    start_worker(waiting_devices.pop(0))
-            # hand out jobs to idle workers (none after the budget)
-            for wid, w in workers.items():
-                if not w["ready"] or w["job"] is not None or failure:
-                    continue
-                if plan.out_of_time():
-                    if pending:
-                        complete = False
-                    break
-                job = next((j for j in pending if ready(j)), None)
-                if job is None:
-                    continue
-                pending.remove(job)
-                w["job"] = job
-                w["jobs"].put(job + (budget_s,))
-            busy = [w for w in workers.values() if w["job"] is not None]
-            if not busy and describe is not None and (failure or not pending or plan.out_of_time()
-                                                       or not any(ready(j) for j in pending)):
-                if pending and not failure and not plan.out_of_time():
-                    failure = f"jobs left that can never start: {pending}"
-                break
-            try:
-                kind, wid, job, payload = results.get(timeout=0.5)
-            except queue.Empty:
-                # a worker that died without a word: its job goes back to the queue, a new worker takes its place
-                for wid, w in list(workers.items()):
-                    p = w["proc"]
-                    if p.exitcode is not None and p.exitcode != 0:
-                        del workers[wid]
-                        job = w["job"]
-                        log(f"ditlab ablate: the worker on {w['device']} died (exit code {p.exitcode})"
-                            + (f" during {job[1]}-s{job[2]}; it goes back to the queue" if job else ""))
-                        if job is not None:
-                            attempts[job] = attempts.get(job, 0) + 1
-                            if attempts[job] >= MAX_ATTEMPTS:
-                                failure = f"{job[1]}-s{job[2]}: its worker died {attempts[job]} times"
-                            pending.insert(0, job)
-                        if not w["ready"]:
-                            failure = f"the worker on {w['device']} died while starting (exit code {p.exitcode})"
-                        if not failure:
-                            start_worker(w["device"])
-                if failure and (describe is None or not any(w["job"] for w in workers.values())):
-                    break
-                continue
-            w = workers[wid]
-            if kind == "ready":
-                w["ready"] = True
-                describe = describe or payload
-            elif kind == "done":
-                w["job"] = None
-                if not payload:
-                    complete = False
-            else:  # "error": the worker's traceback; stop handing out work
-                w["job"] = None
-                failure = failure or f"worker on {w['device']}{f' ({job[1]}-s{job[2]})' if job else ''}:\n{payload}"
-                if describe is None:
-                    break
+        scheduler.loop()
     finally:
-        for w in workers.values():
-            if w["proc"].is_alive():
-                w["jobs"].put(None)
-        for w in workers.values():
-            w["proc"].join(timeout=30)
-            if w["proc"].is_alive():
-                w["proc"].terminate()
-    if failure:
-        raise RuntimeError(f"ditlab ablate: {failure}")
-    if pending:
-        complete = False
-    paths = write_results(out, spec, describe)
+        scheduler.shutdown()
+    if scheduler.failure:
+        raise RuntimeError(f"ditlab ablate: {scheduler.failure}")
+    complete = scheduler.complete and not scheduler.pending
+    paths = write_results(out, spec, scheduler.describe)
     log(f"ditlab ablate: wrote {', '.join(str(p) for p in paths)}")
     return 0 if complete else EXIT_MORE_TO_DO
