@@ -150,3 +150,21 @@ def test_sample_no_progress(trained_run, tmp_path, capsys):
     assert main(["sample", str(trained_run), "--num", "2", "--steps", "1", "--sampler", "euler", "--out", str(out),
                  "--no-progress"]) == 0
     assert "sampling" not in capsys.readouterr().err and out.exists()
+
+
+def test_weights_with_a_safetensors_checkpoint_is_an_error(trained_run, tmp_path, capsys):
+    """--weights picks ema/model of a checkpoint folder; a bare .safetensors file is loaded as it is, so a
+    --weights beside it would be ignored: an error instead (sample, scene eval, icl eval, lift errors)."""
+    import json
+
+    file = trained_run / "checkpoints" / "step_00000004" / "model.safetensors"
+    out = tmp_path / "s.npz"
+    base = ["sample", str(trained_run), "--num", "2", "--steps", "1", "--sampler", "euler", "--out", str(out)]
+    assert main(base + ["--checkpoint", str(file), "--weights", "ema"]) == 1
+    assert "--weights ema picks the weights of a checkpoint folder" in capsys.readouterr().err
+    assert main(base + ["--checkpoint", str(file)]) == 0
+    assert json.loads(str(np.load(out)["ditlab_meta"]))["weights"] is None  # the file's own weights
+    assert main(base + ["--weights", "model"]) == 0
+    assert json.loads(str(np.load(out)["ditlab_meta"]))["weights"] == "model"
+    assert main(base) == 0
+    assert json.loads(str(np.load(out)["ditlab_meta"]))["weights"] == "ema"

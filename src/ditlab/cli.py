@@ -153,7 +153,8 @@ def _sample(args, info) -> int:
             if not info.is_main:
                 return 0
             outputs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        meta = {"task": run.kind, "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "weights": args.weights,
+        meta = {"task": run.kind, "run": str(run.run_dir), "checkpoint": str(run.checkpoint),
+                "weights": args.weights or (None if run.checkpoint.suffix == ".safetensors" else "ema"),
                 "seed": args.seed, "num": args.num, **settings.describe(),
                 "factor": None, **run.task.sample_meta(settings),
                 "data": args.data, "context": context, "lo_run": args.lo_run,

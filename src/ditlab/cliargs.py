@@ -138,5 +138,6 @@ def add_checkpoint(parser) -> None:
                         help="a checkpoint folder, a step name (step_00000050), 'latest' or 'best' (train.eval_every) "
                              "inside RUN/checkpoints, "
                              "or a weights .safetensors file (default: the latest)")
-    parser.add_argument("--weights", choices=["ema", "model"], default="ema",
-                        help="which weights of the checkpoint: the EMA average (default) or the raw model")
+    parser.add_argument("--weights", choices=["ema", "model"], default=None,
+                        help="which weights of a checkpoint folder: the EMA average (default) or the raw model "
+                             "(not with a .safetensors --checkpoint, which holds one set)")

@@ -66,10 +66,12 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict]:
     return read_saved_config(run_dir / "config.yaml"), json.loads((run_dir / "model.json").read_text())
 
 
-def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] = None,
+def load_run(run_dir: str | Path, which: Optional[str] = None, checkpoint: Optional[str] = None,
              device: torch.device | str = "cpu", kind: Optional[str] = None, command: str = "") -> LoadedRun:
     """Rebuild the model of a run from its config.yaml + model.json and load EMA (or raw) weights.
 
+    ``which`` (--weights): "ema" or "model" of a checkpoint folder; None: the EMA of a folder, or the one
+    set of weights of a .safetensors file (a choice there would be ignored, so it is an error).
     ``kind``: the task.kind a command needs (``command`` names it in the error), checked before any
     weights are read."""
     run_dir = Path(run_dir).expanduser()
@@ -79,7 +81,10 @@ def load_run(run_dir: str | Path, which: str = "ema", checkpoint: Optional[str] 
                          f"task.kind={cfg.task.kind!r}")
     ckpt = resolve_checkpoint(run_dir, checkpoint)
     model = build_model(cfg, info)
-    weights = load_weights(ckpt, which=which)
+    if which is not None and ckpt.suffix == ".safetensors":
+        raise ValueError(f"--weights {which} picks the weights of a checkpoint folder, but --checkpoint {ckpt} is a "
+                         "single weights file, loaded as it is: leave --weights out, or pass the checkpoint folder")
+    weights = load_weights(ckpt, which=which or "ema")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"weights in {ckpt} do not fit the model of {run_dir / 'config.yaml'}: "

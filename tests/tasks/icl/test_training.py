@@ -64,6 +64,15 @@ def test_train_then_icl_eval_end_to_end(tmp_path, capsys):
                  "--out", str(tmp_path / "eval_slim")]) == 0
     slim_summary = json.loads((tmp_path / "eval_slim" / "summary.json").read_text())
     assert slim_summary["errors"]["model"]["mean"] == summary["errors"]["model"]["mean"]
+    # --weights, as in `ditlab sample`: the raw model of a checkpoint folder; with a bare file it is an error
+    assert main(["icl", "eval", str(run), "--weights", "model", "--prompts", "12", "--samples", "6", "--steps", "4",
+                 "--bootstrap", "20", "--device", "cpu", "--out", str(tmp_path / "eval_raw")]) == 0
+    raw_summary = json.loads((tmp_path / "eval_raw" / "summary.json").read_text())
+    assert raw_summary["errors"]["model"]["mean"] != summary["errors"]["model"]["mean"]
+    capsys.readouterr()
+    assert main(["icl", "eval", str(slim), "--checkpoint", str(slim / "weights.safetensors"), "--weights", "model",
+                 "--prompts", "4"]) == 1
+    assert "--weights model picks the weights of a checkpoint folder" in capsys.readouterr().err
     assert main(["icl", "eval", str(slim), "--prompts", "4"]) == 1  # no checkpoint there, none named
     assert "no complete checkpoint" in capsys.readouterr().err
     # The baseline must be deterministic, and an image run is refused with a clear message.

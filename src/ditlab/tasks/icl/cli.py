@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ditlab.cliargs import add_device, positive_int
+from ditlab.cliargs import add_checkpoint, add_device, finite_float, positive_int
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -30,7 +30,8 @@ def cmd_icl_eval(args) -> int:
     from ditlab.runs import load_run
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=device, kind="icl", command="`ditlab icl eval`")
+    run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device, kind="icl",
+                   command="`ditlab icl eval`")
     if args.baseline_checkpoint and not args.baseline:
         raise ValueError("--baseline-checkpoint needs --baseline (the baseline's run directory)")
     baseline = (load_run(args.baseline, checkpoint=args.baseline_checkpoint, device=device, kind="icl",
@@ -57,15 +58,14 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="error and calibration vs k against the exact Bayesian answer")
     e.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
     e.add_argument("--baseline", default=None, help="a deterministic run (icl.objective=mse) of the same problem")
-    e.add_argument("--checkpoint", default=None,
-                   help="a checkpoint folder or an EMA .safetensors file (default: the run's latest checkpoint); "
-                        "the run directory still supplies config.yaml and model.json")
-    e.add_argument("--baseline-checkpoint", default=None, help="the same for --baseline")
+    add_checkpoint(e)  # the run directory still supplies config.yaml and model.json
+    e.add_argument("--baseline-checkpoint", default=None,
+                   help="--checkpoint for --baseline (its EMA weights, or the .safetensors file given)")
     e.add_argument("--prompts", type=positive_int, default=None, help="held-out prompts (default: the run's icl.eval_prompts)")
     e.add_argument("--samples", type=positive_int, default=None, help="samples per prompt (default: icl.eval_samples)")
     e.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: icl.eval_sampler")
     e.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: icl.eval_steps)")
-    e.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic)")
+    e.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta, --sampler ddim only (0 deterministic)")
     e.add_argument("--seed", type=int, default=None, help="prompts and sampler noise (default: icl.eval_seed)")
     e.add_argument("--batch-size", type=positive_int, default=8192, help="sequences per network call")
     e.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the bands")
