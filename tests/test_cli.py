@@ -67,10 +67,10 @@ def test_bench_train_and_sample_json(trained_run, capsys, tmp_path):
     np.savez(data, images=np.zeros((16, 16, 16, 3), dtype=np.uint8), labels=np.arange(16) % 2)
     assert main(["bench", "train", "configs/demo.yaml", f"data.path={data}", "train.batch_size=8",
                  "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "model.num_classes=2",
-                 "--warmup", "1", "--steps", "2", "--repeats", "2"]) == 0
+                 "--warmup", "1", "--steps-per-repeat", "2", "--repeats", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["images_per_s"] > 0 and out["train_gflops_per_image"] > 0 and len(out["repeats_images_per_s"]) == 2
-    assert main(["bench", "sample", str(trained_run), "--num", "4", "--batch-size", "4", "--steps", "2",
+    assert main(["bench", "sample", str(trained_run), "-n", "4", "--batch-size", "4", "--steps", "2",
                  "--sampler", "euler", "--repeats", "1", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["nfe"] == 2 and out["images_per_s"] > 0
@@ -168,3 +168,14 @@ def test_weights_with_a_safetensors_checkpoint_is_an_error(trained_run, tmp_path
     assert json.loads(str(np.load(out)["ditlab_meta"]))["weights"] == "model"
     assert main(base) == 0
     assert json.loads(str(np.load(out)["ditlab_meta"]))["weights"] == "ema"
+
+
+def test_bench_train_steps_is_a_deprecated_alias(monkeypatch, capsys):
+    """bench train's --steps (training steps per repeat, not a sampler's steps) is now --steps-per-repeat."""
+    from ditlab import cli
+
+    args = cli.parse_args(cli.build_parser(), ["bench", "train", "configs/demo.yaml", "--steps", "3"])
+    assert args.steps_per_repeat == 3
+    assert "--steps is deprecated; use --steps-per-repeat" in capsys.readouterr().err
+    args = cli.parse_args(cli.build_parser(), ["bench", "train", "configs/demo.yaml", "--steps-per-repeat", "4"])
+    assert args.steps_per_repeat == 4

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ditlab.cliargs import (SAMPLER_CHOICES, Parser, UsageError, add_cfg_context, add_checkpoint, add_data, add_device,
-                            add_set, finite_float, non_negative_int, positive_int)
+from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, Parser, UsageError, add_cfg_context, add_checkpoint,
+                            add_data, add_device, add_set, finite_float, non_negative_int, positive_int)
 from ditlab.configlib import ConfigError
 from ditlab.eval.cli import add_fid_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
@@ -204,7 +204,7 @@ def cmd_bench_train(args) -> int:
     # A scratch run directory unless the overrides name one: a benchmark leaves no run behind.
     overrides = [f"train.run_dir={tempfile.mkdtemp(prefix='ditlab-bench-')}"] + list(args.overrides)
     cfg = load_config(resolve_config_path(args.config), overrides)
-    result = bench_train(cfg, args.warmup, args.steps, args.repeats)
+    result = bench_train(cfg, args.warmup, args.steps_per_repeat, args.repeats)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
         print(json.dumps(result))
     return 0
@@ -300,12 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("overrides", nargs="*", help="section.key=value overrides")
     add_set(bt)
     bt.add_argument("--warmup", type=non_negative_int, default=15, help="untimed steps first (compilation)")
-    bt.add_argument("--steps", type=positive_int, default=20, help="steps per timed repeat")
+    bt.add_argument("--steps-per-repeat", type=positive_int, default=20, help="training steps per timed repeat")
+    # --steps is a sampler's step count everywhere else; here it was the training steps of a repeat
+    bt.add_argument("--steps", dest="steps_per_repeat", type=positive_int, action=DeprecatedAlias,
+                    new="--steps-per-repeat", help=argparse.SUPPRESS)
     bt.add_argument("--repeats", type=positive_int, default=5, help="timed repeats (the median is reported)")
     bt.set_defaults(func=cmd_bench_train)
     bs = bsub.add_parser("sample", help="images/s of sampling from a run")
     bs.add_argument("run_dir", help="a run directory (train.run_dir of a ditlab train run)")
-    bs.add_argument("--num", type=positive_int, default=1024, help="samples per timed repeat")
+    bs.add_argument("-n", "--num", type=positive_int, default=1024, help="samples per timed repeat")
     bs.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
     bs.add_argument("--sampler", choices=SAMPLER_CHOICES, default="heun", help="the sampler timed")
     bs.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
