@@ -97,3 +97,12 @@ def test_report_while_a_resumed_segment_has_no_summary_yet(data, tmp_path):
     assert trainer(data, run, 50, resume=True, sigterm_at=6).run() == 128 + signal.SIGTERM
     assert report_line(run, "- steps:") == "- steps: 6, epochs seen: 2.00"
     assert "summary.json is from step 3" in report_line(run, "- note:")
+
+
+def test_a_missing_grid_is_an_error_naming_it(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    with pytest.raises(FileNotFoundError, match="--grid .*nope.png: no such file"):
+        write_report(tmp_path, grid=str(tmp_path / "nope.png"))
+    assert not (tmp_path / "report.md").exists()
+    (tmp_path / "g.png").write_bytes(b"png")
+    assert "![samples](g.png)" in write_report(tmp_path, grid=str(tmp_path / "g.png")).read_text()

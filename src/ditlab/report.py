@@ -58,6 +58,9 @@ def _wall(summary: dict) -> str:
 def write_report(run_dir, grid: str | None = None) -> Path:
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
+    if grid and not Path(grid).is_file():  # the report would link a picture that is not there
+        raise FileNotFoundError(f"--grid {grid}: no such file (a PNG of samples, e.g. from `ditlab sample RUN "
+                                "--grid PNG`)")
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     plot = plot_loss(rows, run_dir / "loss.png")
