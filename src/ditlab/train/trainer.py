@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -51,6 +52,17 @@ SHAPE_KEYS = ("task.kind", "task.factor", "model.arch", "model.hidden_size", "mo
 EXIT_NONFINITE = 2
 # Under DDP the ranks agree on stopping (time limit, SIGTERM) every this many steps (one small all-reduce).
 AGREE_EVERY = 10
+
+
+class StepActions(NamedTuple):
+    """What one training step calls for after the optimizer update (Trainer._step_actions)."""
+
+    log: bool
+    sample: bool
+    eval: bool
+    save: bool
+    save_for_eval_only: bool  # a save only so that checkpoints/best can name this step: off the clock
+    snapshot: bool  # power-EMA snapshots (ema.posthoc_sigma_rels)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,30 +130,7 @@ class Trainer:
         self.segments: list[dict] = []  # the earlier training segments of a resumed run (summary.json, report)
 
         self.data.to(self.device)  # e.g. uint8 images on the device: no loader in the hot loop
-        self.train_model = self.model  # what the loss calls: the model, or DDP around it
-        self._loss_fn = self._loss
-        if self.dist.enabled:
-            torch.manual_seed(per_rank_seed(cfg.train.seed, self.dist.rank))  # each rank draws its own noise
-            # find_unused_parameters stays False: dropped conditions are chosen with torch.where.
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                bucket_cap_mb=cfg.train.ddp_bucket_mb, gradient_as_bucket_view=cfg.train.ddp_grad_as_bucket_view)
-            if cfg.train.ddp_comm_hook == "bf16":
-                if self.device.type != "cuda":
-                    raise ValueError("train.ddp_comm_hook=bf16 needs CUDA GPUs (NCCL); use 'none' on "
-                                     f"{self.device.type}")
-                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
-                self.train_model.register_comm_hook(None, bf16_compress_hook)
-            if cfg.train.compile:  # one compiled graph (the measured faster default), or, with
-                # ddp_split_graph, dynamo cuts it at the gradient buckets so the all-reduce overlaps the backward
-                torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graph
-        # What torch.compile wraps: the DDP module (the documented DDP + torch.compile pattern), or the
-        # whole loss (batch gather, noising, network, loss), as on one GPU.
-        compile_module = cfg.train.compile and self.dist.enabled and cfg.train.ddp_compile == "module"
-        if compile_module:
-            self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
-        elif cfg.train.compile:
-            self._loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
+        self.train_model, self._loss_fn = self._wrap_for_training()  # DDP and torch.compile, as configured
         self.task = build_task(cfg, self.train_model, self.objective)
         # The sync-free guard needs the fused optimizer's found_inf support (CUDA, no GradScaler).
         self.sync_free = (cfg.train.nan_check == "log" and self.device.type == "cuda" and cfg.optim.fused
@@ -165,6 +154,35 @@ class Trainer:
         barrier(self.dist)
 
     # ---- set-up -------------------------------------------------------------------------------
+    def _wrap_for_training(self):
+        """(the module the loss calls, the loss function): the model or DDP around it; torch.compile around
+        the DDP module or around the whole loss (train.ddp_compile, train.compile)."""
+        cfg = self.cfg
+        train_model, loss_fn = self.model, self._loss  # what the loss calls: the model, or DDP around it
+        if self.dist.enabled:
+            torch.manual_seed(per_rank_seed(cfg.train.seed, self.dist.rank))  # each rank draws its own noise
+            # find_unused_parameters stays False: dropped conditions are chosen with torch.where.
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                bucket_cap_mb=cfg.train.ddp_bucket_mb, gradient_as_bucket_view=cfg.train.ddp_grad_as_bucket_view)
+            if cfg.train.ddp_comm_hook == "bf16":
+                if self.device.type != "cuda":
+                    raise ValueError("train.ddp_comm_hook=bf16 needs CUDA GPUs (NCCL); use 'none' on "
+                                     f"{self.device.type}")
+                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+                train_model.register_comm_hook(None, bf16_compress_hook)
+            if cfg.train.compile:  # one compiled graph (the measured faster default), or, with
+                # ddp_split_graph, dynamo cuts it at the gradient buckets so the all-reduce overlaps the backward
+                torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graph
+        # What torch.compile wraps: the DDP module (the documented DDP + torch.compile pattern), or the
+        # whole loss (batch gather, noising, network, loss), as on one GPU.
+        compile_module = cfg.train.compile and self.dist.enabled and cfg.train.ddp_compile == "module"
+        if compile_module:
+            train_model = torch.compile(train_model, mode=cfg.train.compile_mode)
+        elif cfg.train.compile:
+            loss_fn = torch.compile(self._loss, mode=cfg.train.compile_mode)
+        return train_model, loss_fn
+
     def _prepare_run_dir(self, resume: bool, latest: Path | None) -> None:
         if latest is not None and not resume:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints (latest {latest.name}); pass --resume "
@@ -408,19 +426,8 @@ class Trainer:
                         agree = self.step % AGREE_EVERY == 0 or self.step == cfg.steps
                         out_of_time, stop_now = (any_rank(self.dist, [out_of_time, stop_now], self.device)
                                                  if agree else (False, False))
-                    last = self.step == cfg.steps or out_of_time
-                    log_now = self.step % cfg.log_every == 0 or last
-                    sample_now = bool(cfg.sample_every) and self.step % cfg.sample_every == 0
-                    # An eval step saves first, so checkpoints/best always names a checkpoint of that step.
-                    eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
-                    save_now = self.step % cfg.ckpt_every == 0 or last or stop_now or eval_now
-                    # Power-EMA snapshots: with every checkpoint (posthoc_every 0), else every posthoc_every
-                    # steps and at the end, so that the run's final step can be reconstructed. Decided from
-                    # the config alone, so every rank checks finiteness at the same steps.
-                    snap_every = self.cfg.ema.posthoc_every
-                    snap_now = bool(self.cfg.ema.posthoc_sigma_rels) and (
-                        save_now if not snap_every else self.step % snap_every == 0 or last)
-                    if log_now or sample_now or save_now or snap_now:
+                    todo = self._step_actions(out_of_time, stop_now)
+                    if todo.log or todo.sample or todo.save or todo.snapshot:
                         self.check_finite()  # never log, sample or save past a non-finite step
                 except NonFiniteLossError as err:
                     bar.close()
@@ -428,18 +435,17 @@ class Trainer:
                     self.logger.close()
                     return EXIT_NONFINITE
                 bar.update(1)
-                if log_now:
+                if todo.log:
                     self._log(gnorm, bar)
-                if sample_now:
+                if todo.sample:
                     self.sample_grid()
-                if snap_now and self.posthoc is not None:  # before the checkpoint: one never lacks its snapshot
+                if todo.snapshot and self.posthoc is not None:  # before the checkpoint: one never lacks its snapshot
                     self.posthoc.write_snapshots(self.run_dir, self.step)
-                if save_now:
+                if todo.save:
                     # A save made only for the evaluation is part of measuring, not of training: off the clock.
-                    eval_only = eval_now and not (self.step % cfg.ckpt_every == 0 or last or stop_now)
-                    with self.clock.paused() if eval_only else contextlib.nullcontext():
+                    with self.clock.paused() if todo.save_for_eval_only else contextlib.nullcontext():
                         self.save()
-                if eval_now:
+                if todo.eval:
                     with self.clock.paused():
                         self.evaluate()
                 if stop_now:
@@ -452,7 +458,31 @@ class Trainer:
                     self._say(f"ditlab: time limit of {cfg.time_limit:.0f} s reached at step {self.step}")
                     break
         bar.close()
-        wall = time.perf_counter() - t_start
+        self._write_summary(time.perf_counter() - t_start)
+        self.logger.close()
+        return 0
+
+    def _step_actions(self, out_of_time: bool, stop_now: bool) -> "StepActions":
+        """What the step just taken calls for, from the config and the step alone (the same on every rank)."""
+        cfg = self.cfg.train
+        last = self.step == cfg.steps or out_of_time
+        # An eval step saves first, so checkpoints/best always names a checkpoint of that step.
+        eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
+        save_anyway = self.step % cfg.ckpt_every == 0 or last or stop_now
+        save_now = save_anyway or eval_now
+        # Power-EMA snapshots: with every checkpoint (posthoc_every 0), else every posthoc_every steps and at
+        # the end, so that the run's final step can be reconstructed.
+        snap_every = self.cfg.ema.posthoc_every
+        snapshot = bool(self.cfg.ema.posthoc_sigma_rels) and (
+            save_now if not snap_every else self.step % snap_every == 0 or last)
+        return StepActions(log=self.step % cfg.log_every == 0 or last,
+                           sample=bool(cfg.sample_every) and self.step % cfg.sample_every == 0,
+                           eval=eval_now, save=save_now, save_for_eval_only=eval_now and not save_anyway,
+                           snapshot=snapshot)
+
+    def _write_summary(self, wall: float) -> None:
+        """RUN/summary.json (rank 0): steps, loss, and wall time, throughput and epochs over every segment."""
+        cfg = self.cfg.train
         # Wall time, throughput and epochs over every segment of a resumed run (this one: segment_wall_seconds).
         segments = self._segments_now()
         timed = [seg for seg in segments if seg["wall_seconds"] is not None]
@@ -471,8 +501,6 @@ class Trainer:
             summary["best"] = self.best
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self.logger.close()
-        return 0
 
     @staticmethod
     def _segment(start_step: int, end_step: int, wall_seconds, batch_size) -> dict:
