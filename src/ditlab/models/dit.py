@@ -37,6 +37,31 @@ from ditlab.models.streams import (DIT_ARCHS, DIT_SIZES, PATCH_SIZES, StreamSpec
                                    parse_arch, stream_positions, stream_rope, unpatchify)
 
 
+def check_options(streams: list[StreamSpec], pos_embed: str, output_init: str, mlp: str, norm: str,
+                  class_tokens: int, num_classes: int, label_in_adaln: bool) -> None:
+    """The DiT's settings that would otherwise fail late or silently, as errors naming the model.* key."""
+    if not streams:
+        raise ValueError("a DiT needs at least one stream")
+    names = [s.name for s in streams]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stream names must be unique, got {names}")
+    if pos_embed not in ("sincos", "rope"):
+        raise ValueError(f"model.pos_embed must be 'sincos' or 'rope', got {pos_embed!r}")
+    if output_init not in ("zero", "xavier"):
+        raise ValueError(f"model.output_init must be 'zero' or 'xavier', got {output_init!r}")
+    if mlp not in MLP_KINDS:
+        raise ValueError(f"model.mlp must be one of {', '.join(MLP_KINDS)}, got {mlp!r}")
+    if norm not in NORM_KINDS:
+        raise ValueError(f"model.norm must be one of {', '.join(NORM_KINDS)}, got {norm!r}")
+    if class_tokens < 0:
+        raise ValueError(f"model.class_tokens must be >= 0, got {class_tokens}")
+    if class_tokens and num_classes <= 0:
+        raise ValueError(f"model.class_tokens={class_tokens} needs a class-conditional model (model.num_classes > 0)")
+    if not label_in_adaln and not class_tokens:
+        raise ValueError("model.label_in_adaln=false needs model.class_tokens > 0: the label would reach "
+                         "the network nowhere")
+
+
 class DiT(nn.Module):
     def __init__(
         self,
@@ -73,26 +98,7 @@ class DiT(nn.Module):
         unnamed = next((cs for cs in specs if cs.name == ""), None)
         context_dim = unnamed.dim if unnamed is not None else None
         self.context_specs = {cs.name: cs for cs in specs if cs.name}  # the named sets
-        if not streams:
-            raise ValueError("a DiT needs at least one stream")
-        names = [s.name for s in streams]
-        if len(set(names)) != len(names):
-            raise ValueError(f"stream names must be unique, got {names}")
-        if pos_embed not in ("sincos", "rope"):
-            raise ValueError(f"model.pos_embed must be 'sincos' or 'rope', got {pos_embed!r}")
-        if output_init not in ("zero", "xavier"):
-            raise ValueError(f"model.output_init must be 'zero' or 'xavier', got {output_init!r}")
-        if mlp not in MLP_KINDS:
-            raise ValueError(f"model.mlp must be one of {', '.join(MLP_KINDS)}, got {mlp!r}")
-        if norm not in NORM_KINDS:
-            raise ValueError(f"model.norm must be one of {', '.join(NORM_KINDS)}, got {norm!r}")
-        if class_tokens < 0:
-            raise ValueError(f"model.class_tokens must be >= 0, got {class_tokens}")
-        if class_tokens and num_classes <= 0:
-            raise ValueError(f"model.class_tokens={class_tokens} needs a class-conditional model (model.num_classes > 0)")
-        if not label_in_adaln and not class_tokens:
-            raise ValueError("model.label_in_adaln=false needs model.class_tokens > 0: the label would reach "
-                             "the network nowhere")
+        check_options(streams, pos_embed, output_init, mlp, norm, class_tokens, num_classes, label_in_adaln)
         self.mlp_kind, self.norm_kind = mlp, norm
         self.num_class_tokens, self.label_in_adaln = int(class_tokens), bool(label_in_adaln)
         self.output_init = output_init
@@ -129,14 +135,19 @@ class DiT(nn.Module):
         self.long_skips = LongSkips(depth, hidden_size) if long_skips else None
         self.class_tokens = ClassTokens(class_tokens, hidden_size) if class_tokens else None
 
-        # Fixed position tables (not parameters, not saved: they are a function of the specs).
+        self._register_token_tables(streams, pos_embed, class_tokens)
+        self.initialize_weights()
+
+    def _register_token_tables(self, streams: list[StreamSpec], pos_embed: str, class_tokens: int) -> None:
+        """Fixed position tables (not parameters, not saved: they are a function of the specs), and the
+        token -> stream / conditioning-group indices."""
         for s in streams:
             if pos_embed == "sincos":
-                self.register_buffer(f"pos_{s.name}", stream_positions(s, hidden_size), persistent=False)
+                self.register_buffer(f"pos_{s.name}", stream_positions(s, self.hidden_size), persistent=False)
         if pos_embed == "rope":
-            tables = [stream_rope(s, hidden_size // num_heads) for s in streams]
+            tables = [stream_rope(s, self.hidden_size // self.num_heads) for s in streams]
             if class_tokens:  # the class tokens lead the sequence, unrotated (angle 0)
-                hd2 = hidden_size // num_heads // 2
+                hd2 = self.hidden_size // self.num_heads // 2
                 tables.insert(0, (torch.ones(class_tokens, hd2), torch.zeros(class_tokens, hd2)))
             self.register_buffer("rope_cos", torch.cat([c for c, _ in tables]), persistent=False)
             self.register_buffer("rope_sin", torch.cat([s for _, s in tables]), persistent=False)
@@ -146,7 +157,6 @@ class DiT(nn.Module):
         if class_tokens:  # sequence position -> conditioning group, group 0 being the class tokens' (t = 0)
             self.register_buffer("group_of_token", torch.cat([torch.zeros(class_tokens, dtype=stream_of_token.dtype),
                                                               stream_of_token + 1]), persistent=False)
-        self.initialize_weights()
 
     @property
     def num_tokens(self) -> int:
