@@ -179,3 +179,18 @@ def test_bench_train_steps_is_a_deprecated_alias(monkeypatch, capsys):
     assert "--steps is deprecated; use --steps-per-repeat" in capsys.readouterr().err
     args = cli.parse_args(cli.build_parser(), ["bench", "train", "configs/demo.yaml", "--steps-per-repeat", "4"])
     assert args.steps_per_repeat == 4
+
+
+def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monkeypatch, capsys):
+    """`ablate --devices cpu,cpu --device cuda:1`: the workers run on --devices, so a --device outside them
+    would be ignored; --plan runs nothing, so --device is refused there like --gpus."""
+    import ditlab.experiments.ablation_parallel as par
+
+    monkeypatch.setattr(par, "run_parallel", lambda *a, **k: 0)  # nothing is trained here
+    base = ["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--ref", str(tmp_path / "r.npz")]
+    assert main(base + ["--devices", "cpu,cpu", "--device", "cuda:1"]) == 1
+    assert "--device cuda:1 is not one of the workers' devices cpu,cpu" in capsys.readouterr().err
+    assert main(base + ["--devices", "cpu,cpu", "--device", "cpu"]) == 0  # agrees with the workers: accepted
+    assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
+                 "--device", "cpu"]) == 1
+    assert "--device and --budget-s apply to running it" in capsys.readouterr().err

@@ -31,14 +31,18 @@ def cmd_ablate(args) -> int:
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 
-        if args.stage is not None or args.seeds or args.gpus is not None or args.devices or args.budget_s:
-            raise ValueError("ablate: --plan takes the file, --out and --only; --stage, --seeds, --gpus, --devices "
-                             "and --budget-s apply to running it")
+        if (args.stage is not None or args.seeds or args.gpus is not None or args.devices or args.budget_s
+                or args.device is not None):
+            raise ValueError("ablate: --plan takes the file, --out and --only; --stage, --seeds, --gpus, --devices, "
+                             "--device and --budget-s apply to running it")
         print("\n".join(describe_plan(spec, args.out, args.only)))
         return 0
     if not args.ref:
         raise ValueError("ablate: --ref STATS_OR_DATASET is required (the FID reference of every score)")
     devices = parse_devices(args.gpus, args.devices)  # None: neither flag
+    if devices is not None and args.device is not None and args.device not in devices:
+        raise ValueError(f"ablate: --device {args.device} is not one of the workers' devices {','.join(devices)} "
+                         "(--gpus / --devices): the workers run there, so --device would be ignored; leave it out")
     if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
         if spec.stages:
             raise ValueError("ablate: --seeds does not apply to a file with stages: (each stage names its seeds)")
@@ -46,7 +50,7 @@ def cmd_ablate(args) -> int:
     if args.stage is not None and not spec.stages:
         raise ValueError(f"ablate: --stage {args.stage}: {args.ablation} has no stages: section")
     parallel = devices is not None and len(devices) > 1
-    device = devices[0] if devices and not parallel else args.device
+    device = devices[0] if devices and not parallel else (args.device or "auto")
     scorer = None
 
     def run_one(plain, out, budget_s, only) -> int:
@@ -91,6 +95,7 @@ def add_ablate_parser(subparsers):
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "
                         "and averaged in the tables)")
     add_device(a)
+    a.set_defaults(device=None)  # None: auto; a --device beside --gpus / --devices must be one of theirs
     a.add_argument("--gpus", type=int, default=None, metavar="N",
                    help="one worker process per GPU (cuda:0..N-1), each training one (variant, seed) at a time "
                         "and scoring it right after")
