@@ -74,3 +74,8 @@ def test_train_with_a_misaligned_context_file_fails_before_training(demo, tmp_pa
                  f"data.context_path={tmp_path / 'bad.npz'}", f"train.run_dir={tmp_path / 'r'}", *TINY])
     assert code == 1
     assert "lacks 5 of the 10 images" in capsys.readouterr().err and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_make_demo_names_a_bad_flag(tmp_path, capsys):
+    assert main(["context", "make-demo", "", "--out", str(tmp_path / "c.npz"), "--dim", "0", "--no-progress"]) == 1
+    assert "--dim: must be >= 1" in capsys.readouterr().err and not (tmp_path / "c.npz").exists()
