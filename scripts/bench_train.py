@@ -6,24 +6,33 @@
     python scripts/bench_train.py --arch DiT-S/2 --compile yes --fast-kernels off,on train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes task.kind=superres train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes --context-tokens 77 train.nan_check=log
+    # attention backends of PyTorch SDPA, one row each (issue 17: cuDNN against flash)
+    python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile yes --sdpa cudnn,flash,efficient
     # torchao float8 (train.float8; carry torchao's wheel to a GPU machine without it)
     python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile yes --float8 off,tensorwise,rowwise
 
 One JSON line per setting (see ditlab.bench.bench_train), with the task, the fast_kernels and float8
-modes and the context-set length added. The same measurement on a real data set:
+modes, the SDPA backend and the context-set length added. The same measurement on a real data set:
 `ditlab bench train CONFIG`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from ditlab.bench import bench_train, write_random_npz
 from ditlab.config import load_config
+
+
+SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 def write_random_context(num: int, tokens: int, dim: int) -> str:
@@ -52,6 +61,10 @@ def main():
     p.add_argument("--float8", default=None,
                    help="comma-separated train.float8 values to measure, one row each, e.g. off,tensorwise,rowwise "
                         "(default: the config's)")
+    p.add_argument("--sdpa", default=None,
+                   help="comma-separated SDPA backends, one row each, the only one the step may use: cudnn, flash, "
+                        "efficient, math (default: PyTorch's choice). The whole row (compilation included) runs "
+                        "under torch.nn.attention.sdpa_kernel, so the compiled step is traced with it")
     p.add_argument("--context-tokens", type=int, default=0, help="add a random context set of this many tokens")
     p.add_argument("--context-dim", type=int, default=768)
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -72,8 +85,9 @@ def main():
 
     fast = values("--fast-kernels", args.fast_kernels, ("auto", "on", "off"))
     fp8 = values("--float8", args.float8, ("off", "tensorwise", "rowwise"))
+    sdpa = values("--sdpa", args.sdpa, tuple(SDPA_BACKENDS))
     compiles = {"yes": [True], "no": [False], "both": [False, True]}[args.compile]
-    for arch, c, fk, f8 in itertools.product(args.arch, compiles, fast, fp8):
+    for arch, c, fk, f8, attn in itertools.product(args.arch, compiles, fast, fp8, sdpa):
         mode_overrides = ([] if fk is None else [f"train.fast_kernels={fk}"]) + (
             [] if f8 is None else [f"train.float8={f8}"])
         cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",
@@ -81,8 +95,9 @@ def main():
                                  "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
                                  "diffusion.process=ddpm", "diffusion.prediction=eps", *extra,
                                  *mode_overrides, *args.overrides])
-        result = bench_train(cfg, args.warmup, args.steps, args.repeats)
-        result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels,
+        with sdpa_kernel([SDPA_BACKENDS[attn]]) if attn else contextlib.nullcontext():
+            result = bench_train(cfg, args.warmup, args.steps, args.repeats)
+        result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels, sdpa=attn or "auto",
                       adaln_op=os.environ.get("DITLAB_ADALN_OP", "custom_op"),  # the kernels' default
                       context_tokens=args.context_tokens, overrides=args.overrides)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
