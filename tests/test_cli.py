@@ -194,3 +194,13 @@ def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monke
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--device", "cpu"]) == 1
     assert "--device and --budget-s apply to running it" in capsys.readouterr().err
+
+
+def test_sample_out_naming_a_folder_is_an_error(trained_run, tmp_path, capsys):
+    """--out is a folder for the evaluations but one .npz file here: a folder used to become FOLDER.npz beside it."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    assert main(["sample", str(trained_run), "--num", "2", "--steps", "1", "--sampler", "euler",
+                 "--out", str(folder)]) == 1
+    assert f"--out {folder}: is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"] and not list(folder.iterdir())

@@ -127,9 +127,12 @@ def _sample(args, info) -> int:
         raise ValueError("--grid-num applies with --grid PNG (the picture it sizes)")
     if args.grid and not hasattr(run.task, "preview_figure"):
         raise ValueError(f"--grid: a task.kind={run.kind} run has no picture of its samples")
+    out_path = Path(args.out) if args.out else default_samples_path(run, settings, args.seed)
+    if out_path.is_dir():  # save_samples would write FOLDER.npz beside it
+        raise ValueError(f"--out {args.out}: is a folder; `ditlab sample` writes one .npz file: name it "
+                         f"(e.g. {out_path / default_samples_path(run, settings, args.seed).name})")
     inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run)
     conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num)
-    out_path = Path(args.out) if args.out else default_samples_path(run, settings, args.seed)
     amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
     compile_ = {"on": True, "off": False}.get(args.compile, device.type == "cuda" and args.num >= 1000)
