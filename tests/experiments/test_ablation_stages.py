@@ -124,6 +124,50 @@ def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
     assert (out / "screen" / "results.md").exists() and (out / "final" / "results.md").exists()
 
 
+STAGE_EVALS = """\
+config: tiny.yaml
+seeds: [0]
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+evals:
+  e2: {}
+  h2: {sampler: heun, steps: 2}
+stages:
+  screen: {steps: 1, evals: [e2]}
+  final: {steps: 1, top: 1, rank_by: e2}
+variants:
+  base: {overrides: [task.kind=image]}
+  hot: {overrides: [task.kind=image, optim.lr=1e-2], evals: [e2, h2]}
+"""
+
+
+def test_a_stage_scores_only_its_evals(tmp_path, monkeypatch):
+    """screen scores e2 alone; the final stage, naming none, scores every eval of the variants it takes."""
+    data, net = write_study(tmp_path, monkeypatch, STAGE_EVALS, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    screen = sorted(p.name for p in (out / "screen" / "scores").glob("*.json"))
+    assert screen == ["base-s0__default__e2.json", "hot-s0__default__e2.json"]
+    final = sorted(p.name for p in (out / "final" / "scores").glob("*.json"))
+    assert len(final) == 2 and {n.split("__")[-1] for n in final} == {"e2.json", "h2.json"}
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    assert spec.stages[0].evals == ["e2"] and spec.stages[1].evals == []
+
+
+def test_bad_stage_evals_are_named(tmp_path):
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    head = "config: tiny.yaml\nevals: {e: {}, f: {steps: 3}}\n"
+
+    def bad(text, match, exc=ConfigError):
+        (tmp_path / "a.yaml").write_text(head + text)
+        with pytest.raises(exc, match=match):
+            spec = load_ablation(tmp_path / "a.yaml")
+            stage_spec(spec, spec.stages[0], spec.variants)
+
+    bad("stages: {s: {evals: [g]}}\nvariants: {v: {}}\n", "stages.s.evals: 'g' is not in evals")
+    bad("stages: {s: {evals: [e]}, t: {rank_by: f}}\nvariants: {v: {}}\n", "stages.t.rank_by: 'f' ranks stage s")
+    bad("stages: {s: {evals: [e]}}\nvariants: {v: {evals: [f]}}\n", "leaves variant v .* nothing to score")
+
+
 def test_time_to_fid_from_fid_during_training(tmp_path, monkeypatch):
     data, net = write_study(tmp_path, monkeypatch, TIMED, 8)
     monkeypatch.delenv("DITLAB_INCEPTION", raising=False)
@@ -159,6 +203,11 @@ def test_shipped_speedrun_plan_is_valid():
     assert [s.name for s in spec.stages] == ["screen", "final", "long"]
     assert spec.stages[1].seeds == [0, 1] and "baseline" in spec.stages[1].keep
     assert spec.stages[2].budget.eval_every > 0 and spec.time_to_fid == [10, 7, 5]
+    # screen on the eval that ranks; the long stage's FID-50k only on the headline pair
+    assert spec.stages[0].evals == ["cfg"] and spec.stages[1].rank_by == "cfg"
+    assert spec.stages[2].evals == ["cfg", "nocfg"]
+    screen = stage_spec(spec, spec.stages[0], spec.variants)
+    assert all([e for _, e, _ in screen.scores_of(v)] == ["cfg"] for v in screen.variants)
     assert all(e.sampler in SAMPLERS and e.steps * 2 - 1 <= 100 for e in spec.evals.values())
     for v in spec.variants:
         cfg = variant_config(spec, v, 0, Path("unused"), [], eval_ref="ref.npz")

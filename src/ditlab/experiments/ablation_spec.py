@@ -105,6 +105,9 @@ class Stage:
     # > 0: also train combo_STAGE, the overrides of the best `combine` variants of the stage before that beat
     # every kept variant, merged (ditlab.experiments.stages.combination)
     combine: int = 0
+    # the evals this stage scores ([]: every variant's own); e.g. screen on the guided FID alone and compare
+    # samplers only on the longer runs
+    evals: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -122,10 +125,11 @@ class AblationSpec:
     time_to_fid: list[float] = field(default_factory=list)
 
     def evals_of(self, variant: Variant) -> list[tuple[str, SampleSpec]]:
-        """The (eval name, sample settings) a variant is scored on; [("", sample)] without evals."""
+        """The (eval name, sample settings) a variant is scored on; [("", sample)] without evals. A stage that
+        scores only some evals (Stage.evals) leaves the others out of ``self.evals``: they are skipped."""
         if not self.evals:
             return [("", self.sample)]
-        return [(name, self.evals[name]) for name in (variant.evals or list(self.evals))]
+        return [(name, self.evals[name]) for name in (variant.evals or list(self.evals)) if name in self.evals]
 
     def scores_of(self, variant: Variant) -> list[tuple[str, str, SampleSpec]]:
         """(path, eval name, sample settings) of every score a run of ``variant`` owes, in the file's order."""
@@ -278,10 +282,11 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not str(name).replace("_", "").replace("-", "").isalnum() or name in ("runs", "scores", "grids"):
             raise ConfigError(f"stage name {name!r} in {source}: letters, digits, '-' and '_', not runs/scores/grids "
                               "(it names a folder)")
-        bad = sorted(set(st) - budget_keys - {"seeds", "top", "rank_by", "keep", "num", "combine"})
+        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "evals"}
+        bad = sorted(set(st) - budget_keys - stage_keys)
         if bad:
             raise ConfigError(f"unknown key {where}.{bad[0]} in {source}; valid: "
-                              f"{', '.join(sorted(budget_keys | {'seeds', 'top', 'rank_by', 'keep', 'num', 'combine'}))}")
+                              f"{', '.join(sorted(budget_keys | stage_keys))}")
         budget = _section(Budget, {k: st[k] for k in budget_keys if k in st}, where, source)
         _check_budget(budget, where, source)
         st_seeds = st.get("seeds", seeds)
@@ -305,5 +310,12 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not isinstance(combine, int) or combine < 0 or (i == 0 and combine) or combine == 1:
             raise ConfigError(f"{where}.combine must be 0 or an integer >= 2, and not on the first stage (it merges the "
                               f"best variants of the stage before) (in {source})")
-        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine))
+        st_evals = _str_list(st.get("evals"), f"{where}.evals", source)
+        for e in st_evals:
+            if e not in evals:
+                raise ConfigError(f"{where}.evals: {e!r} is not in evals: of {source}")
+        if stages and rank_by and stages[-1].evals and rank_by not in stages[-1].evals:
+            raise ConfigError(f"{where}.rank_by: {rank_by!r} ranks stage {stages[-1].name}, which scores only "
+                              f"{', '.join(stages[-1].evals)} (in {source})")
+        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, st_evals))
     return stages

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ditlab.configlib import ConfigError
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
 from ditlab.experiments.results import read_scores
 
@@ -26,8 +27,15 @@ EXIT_MORE_TO_DO = 3
 
 def stage_spec(spec: AblationSpec, stage: Stage, variants: list[Variant]) -> AblationSpec:
     """The plain ablation a stage runs: its budget, seeds and variants; sample.num and every eval's num
-    from the stage when it sets one."""
+    from the stage when it sets one; only the stage's evals when it names some (each variant keeps those of
+    its own evals that the stage scores; one left with none is an error naming both)."""
     sample, evals = spec.sample, spec.evals
+    if stage.evals:  # the variants stay as they are (the next stage promotes them): AblationSpec.evals_of narrows
+        evals = {k: e for k, e in evals.items() if k in stage.evals}
+        for v in variants:
+            if v.evals and not set(v.evals) & set(stage.evals):
+                raise ConfigError(f"stages.{stage.name}.evals ({', '.join(stage.evals)}) leaves variant {v.name} "
+                                  f"(evals: {', '.join(v.evals)}) nothing to score")
     if stage.num:
         sample = dataclasses.replace(sample, num=stage.num)
         evals = {k: dataclasses.replace(e, num=stage.num) for k, e in evals.items()}
@@ -82,7 +90,6 @@ def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float,
     variant (e.g. the baseline), merged in ranking order. A variant whose override sets a key a better one
     already set to another value, or whose overrides do not load together with the others (a config error),
     is left out; None when fewer than two remain. Cascade variants (lo_variant) are not combined."""
-    from ditlab.configlib import ConfigError
     from ditlab.experiments.ablation import variant_config
 
     by_name = {v.name: v for v in candidates}
