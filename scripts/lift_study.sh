@@ -19,6 +19,8 @@
 # training, an error grid or a scored path) takes at most ~100 s, so a command ends well within 10 min.
 # Three `run` commands finish the plan; the variants are ordered so that a short budget drops the
 # least important ones (lift_mixture, lift_shift) first.
+# $DITLAB_ABLATION (default configs/ablations/lift.yaml) names another ablation file: a CPU smoke run uses a copy
+# with fewer samples and seconds (docs/lift.md, "Running the study").
 set -euo pipefail
 stage=$1; shift
 ditlab() { python3 -m ditlab "$@"; }
@@ -31,7 +33,7 @@ case "$stage" in
   run)
     train=$1 test=$2 inception=$3 study=$4 budget=${5:-420}; shift 5 || shift $#
     code=0
-    ditlab ablate configs/ablations/lift.yaml --out "$study" --ref "$study/ref_train.npz" --inception "$inception" \
+    ditlab ablate "${DITLAB_ABLATION:-configs/ablations/lift.yaml}" --out "$study" --ref "$study/ref_train.npz" --inception "$inception" \
       --set data.path="$train" --data "$test" --budget-s "$budget" "$@" || code=$?
     ls "$study/scores" 2>/dev/null | wc -l | xargs -I{} echo "{\"scored\": {}, \"exit\": $code}"
     exit "$code" ;;

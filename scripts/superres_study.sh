@@ -1,76 +1,152 @@
 #!/usr/bin/env bash
 # Issue 16's GPU acceptance (docs/superres.md): 16 -> 32 super-resolution on CIFAR-10 with the condition
 # injected as tokens / cross / branch, at equal training time, in stages that each fit one 10-minute command.
-#   scripts/superres_study.sh train  TRAIN_ZIP STUDY SECONDS MODE...   train each mode for SECONDS (train.time_limit)
-#   scripts/superres_study.sh sample TEST_ZIP  STUDY MODE...           10k samples on the test set at CFG 1 and 2, PSNR
-#   scripts/superres_study.sh score  TEST_ZIP  INCEPTION STUDY MODE... FID-10k vs the test set, collapse sweep
-#                                                                      (cond-scale 1 / 0.8 / 0.5 x CFG 1 / 2), summary
-# Finished work is skipped, so a stage can be repeated. $DITLAB_EXTRA adds overrides to training (a CPU smoke run).
+#   scripts/superres_study.sh train   TRAIN_ZIP STUDY SECONDS MODE...   train each mode for SECONDS (train.time_limit)
+#   scripts/superres_study.sh sample  TEST_ZIP  STUDY MODE...           10k samples on the test set at CFG 1 and 2, PSNR
+#   scripts/superres_study.sh score   TEST_ZIP  INCEPTION STUDY MODE... FID-10k vs the test set, collapse sweep
+#                                                                       (cond-scale 1 / 0.8 / 0.5 x CFG 1 / 2), summary
+#   scripts/superres_study.sh collect STUDY DEST                        DEST/superres_study.json + one archive (grids,
+#                                                                       collapse sweeps, logs, run summaries): 2 files
+# Finished work is skipped (a mode's training once it has summary.json, a sampling once its .npz exists, a
+# score once its .json exists), so a stage can be repeated. Exit code: 0 done, 3 work left (the budget below
+# ran out: run the same command again), 1 a unit failed (the stage's log names it: STUDY/train_MODE.log,
+# STUDY/sr_MODE/study.log).
+# Environment:
+#   DITLAB_EXTRA     extra training overrides (a CPU smoke run: model.hidden_size=32 model.depth=2
+#                    model.num_heads=2 train.compile=false train.device=cpu train.batch_size=8 train.precision=fp32)
+#   DITLAB_NUM       samples per (mode, CFG) in `sample` (default 10000)
+#   DITLAB_SAMPLE_BATCH  `ditlab sample --batch-size` (default 250, which divides 10,000: with sample's default
+#                    256 the last batch of 16 makes torch.compile compile the network a second time)
+#   DITLAB_COLLAPSE  extra flags of `ditlab diagnose collapse` in `score` (a CPU smoke run: --conditions 4
+#                    --num-seeds 4; the CPU spends minutes on the Inception features of the default 8 x 8 x 6)
+#   DITLAB_BUDGET_S  start no new unit (one mode's training, one (mode, CFG) sampling, one mode's scores) after
+#                    this many seconds (0 = no limit), so that a command ends within 10 minutes: default 300
+#                    for `sample` (a unit of 10k samples at CFG 2 may take ~4 min on an H100, an estimate),
+#                    420 for the others (`train` with 90 s per mode: 512 s for the three in one call, measured)
 set -uo pipefail
 stage=$1; shift
 dl() { python3 -m ditlab "$@"; }
 num=${DITLAB_NUM:-10000}
+if [ "$stage" = sample ]; then budget=${DITLAB_BUDGET_S:-300}; else budget=${DITLAB_BUDGET_S:-420}; fi
+left=0 failed=0
+out_of_time() {  # true (and work is left) once the budget is spent
+  if [ "$budget" -gt 0 ] && [ "$SECONDS" -ge "$budget" ]; then left=1; return 0; fi
+  return 1
+}
+finish() {
+  [ "$failed" = 1 ] && { echo "$stage: a unit failed (see the logs)" >&2; exit 1; }
+  [ "$left" = 1 ] && { echo "$stage: budget of ${budget} s used up with work left; run the same command again" >&2; exit 3; }
+  exit 0
+}
 case $stage in
   train)
     data=$1 study=$2 seconds=$3; shift 3; mkdir -p "$study"
     for m in "$@"; do
       run=$study/sr_$m
       [ -f "$run/summary.json" ] && { echo "skip train $m"; continue; }
+      out_of_time && break
       rm -rf "$run"
       dl train configs/cifar10_sr.yaml task.cond_injection="$m" train.run_dir="$run" data.path="$data" \
         train.time_limit="$seconds" ${DITLAB_EXTRA:-} --no-progress > "$study/train_$m.log" 2>&1
-      echo "train $m: exit $? $(grep -o 'time limit.*' "$study/train_$m.log" | tail -1)"
-    done ;;
+      rc=$?; [ "$rc" = 0 ] || failed=1
+      echo "train $m: exit $rc $(grep -o 'time limit.*' "$study/train_$m.log" | tail -1)"
+    done
+    finish ;;
   sample)
     data=$1 study=$2; shift 2
     for m in "$@"; do
       run=$study/sr_$m
+      [ -f "$run/summary.json" ] || { echo "sample $m: no trained run $run" >&2; failed=1; continue; }
       for c in 1 2; do
         [ -f "$run/psnr_cfg$c.json" ] && continue
-        dl sample "$run" --data "$data" -n "$num" --cfg $c --out "$run/samples_cfg$c.npz" \
-          --grid "$run/grid_cfg$c.png" >> "$run/study.log" 2>&1 &&
-        dl psnr "$run/samples_cfg$c.npz" --data "$data" > "$run/psnr_cfg$c.json" 2>> "$run/study.log"
+        out_of_time && break 2
+        # the .npz is written atomically; one left by a command that ran out of time before PSNR is kept
+        if [ ! -f "$run/samples_cfg$c.npz" ]; then
+          dl sample "$run" --data "$data" -n "$num" --batch-size "${DITLAB_SAMPLE_BATCH:-250}" --cfg $c \
+            --out "$run/samples_cfg$c.npz" --grid "$run/grid_cfg$c.png" --no-progress >> "$run/study.log" 2>&1 || { failed=1; continue; }
+        fi
+        # through a temporary file: a failed psnr must not leave an empty psnr_cfgC.json that later runs skip
+        if dl psnr "$run/samples_cfg$c.npz" --data "$data" > "$run/psnr_cfg$c.json.tmp" 2>> "$run/study.log"; then
+          mv "$run/psnr_cfg$c.json.tmp" "$run/psnr_cfg$c.json"
+        else
+          rm -f "$run/psnr_cfg$c.json.tmp"; failed=1
+        fi
       done
-      echo "sample $m: $(cat "$run"/psnr_cfg*.json | tr '\n' ' ')"
-    done ;;
+      echo "sample $m: $(cat "$run"/psnr_cfg*.json 2>/dev/null | tr '\n' ' ')"
+    done
+    finish ;;
   score)
     data=$1 inception=$2 study=$3; shift 3
-    [ -f "$study/ref_test.npz" ] || dl fid ref "$data" --out "$study/ref_test.npz" --inception "$inception" --no-progress
+    [ -f "$study/ref_test.npz" ] || dl fid ref "$data" --out "$study/ref_test.npz" --inception "$inception" \
+      --no-progress || failed=1
     for m in "$@"; do
       run=$study/sr_$m
+      [ -f "$run/fid_cfg1.json" ] && [ -f "$run/fid_cfg2.json" ] && [ -f "$run/diagnose/collapse.json" ] && continue
+      out_of_time && break
+      rc=0
       for c in 1 2; do
         [ -f "$run/fid_cfg$c.json" ] || dl fid "$run/samples_cfg$c.npz" --ref "$study/ref_test.npz" \
-          --inception "$inception" --json "$run/fid_cfg$c.json" --no-progress >> "$run/study.log" 2>&1
+          --inception "$inception" --json "$run/fid_cfg$c.json" --no-progress >> "$run/study.log" 2>&1 || rc=1
       done
       [ -f "$run/diagnose/collapse.json" ] || dl diagnose collapse "$run" --data "$data" --cfg 1 2 \
-        --cond-scale 1 0.8 0.5 --inception "$inception" --out "$run/diagnose" >> "$run/study.log" 2>&1
-      echo "score $m: exit $?"
+        --cond-scale 1 0.8 0.5 --inception "$inception" --out "$run/diagnose" ${DITLAB_COLLAPSE:-} \
+        >> "$run/study.log" 2>&1 || rc=1
+      [ "$rc" = 0 ] || failed=1
+      echo "score $m: exit $rc"
     done
     python3 - "$study" "$@" <<'PY'
 import json, sys
 from pathlib import Path
+
+def last_json(f):
+    """The last line of a result file as JSON; None for a missing, empty or broken file."""
+    try:
+        return json.loads(f.read_text().strip().splitlines()[-1])
+    except (OSError, IndexError, ValueError):
+        return None
+
 study = Path(sys.argv[1])
 rows = []
 for m in sys.argv[2:]:
     run = study / f"sr_{m}"
     row = {"mode": m}
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
     row["steps"] = summary.get("steps")
     row["images_per_s"] = summary.get("images_per_s")
     row["parameters"] = summary.get("parameters")
     for c in (1, 2):
-        for kind in ("psnr", "fid"):
-            f = run / f"{kind}_cfg{c}.json"
-            if f.exists():
-                r = json.loads(f.read_text().strip().splitlines()[-1])
-                row[f"{kind}_cfg{c}"] = r.get("psnr_db", r.get("fid"))
-    f = run / "diagnose" / "collapse.json"
-    if f.exists():
-        row["collapse"] = json.loads(f.read_text())
+        for kind, key in (("psnr", "psnr_db"), ("fid", "fid")):
+            r = last_json(run / f"{kind}_cfg{c}.json")
+            if r is not None:
+                row[f"{kind}_cfg{c}"] = r.get(key)
+                if kind == "psnr":
+                    row["bilinear_psnr_db"] = r.get("bilinear_psnr_db")
+                    row["n"] = r.get("n")
+    try:
+        collapse = json.loads((run / "diagnose" / "collapse.json").read_text())
+    except (OSError, ValueError):
+        collapse = None
+    if collapse is not None:
+        # the verdict (CFG 1, noise 0, W 1) and seed_to_residual per setting; the whole sweep stays in collapse.json
+        row["collapse_verdict"] = collapse.get("verdict")
+        row["seed_to_residual"] = {f"cfg{s['cfg']:g}_noise{s['cond_noise']:g}_cs{s.get('cond_scale', 1.0):g}":
+                                   s["seed_to_residual"] for s in collapse.get("settings", [])}
     rows.append(row)
-(study / "superres_study.json").write_text(json.dumps(rows, indent=1))
-print(json.dumps(rows)[:3000])
+(study / "superres_study.json").write_text(json.dumps(rows, indent=1) + "\n")
+for row in rows:
+    print(json.dumps(row))
 PY
-    ;;
-  *) echo "usage: $0 {train|sample|score} ..." >&2; exit 2 ;;
+    finish ;;
+  collect)
+    study=$1 dest=$2
+    mkdir -p "$dest"
+    cp "$study/superres_study.json" "$dest"/
+    # shellcheck disable=SC2046
+    tar -czf "$dest/superres_study_files.tgz" -C "$study" $(cd "$study" && ls train_*.log sr_*/summary.json \
+      sr_*/config.yaml sr_*/metrics.jsonl sr_*/study.log sr_*/psnr_cfg*.json sr_*/fid_cfg*.json sr_*/grid_cfg*.png \
+      sr_*/diagnose/*.json sr_*/diagnose/*.png 2>/dev/null) ;;
+  *) echo "usage: $0 {train|sample|score|collect} ..." >&2; exit 2 ;;
 esac

@@ -1,0 +1,150 @@
+"""scripts/superres_study.sh's bookkeeping, with a stub `python3` that fakes `python3 -m ditlab ...`.
+
+The stages' ditlab commands are exercised by the CPU smoke run (docs/superres.md); these tests pin what the
+shell adds: skipping finished work, not leaving a result file behind a failed command, the budget's exit
+code 3, the summary's keys and `collect`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = ROOT / "scripts" / "superres_study.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+STUB = r'''#!{python}
+"""python3 -m ditlab CMD ...: the files CMD writes, no work; anything else runs the real python."""
+import json, os, sys, time
+from pathlib import Path
+
+argv = sys.argv[1:]
+if argv[:2] != ["-m", "ditlab"]:
+    os.execv({python!r}, [{python!r}] + argv)
+cmd, args = argv[2], argv[3:]
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(" ".join([cmd] + args) + "\n")
+
+def flag(name):
+    return args[args.index(name) + 1]
+
+if cmd == "train":
+    time.sleep(float(os.environ.get("STUB_TRAIN_S", "0")))
+    run = Path(next(a.split("=", 1)[1] for a in args if a.startswith("train.run_dir=")))
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({{"steps": 7, "images_per_s": 1.5, "parameters": 99}}, indent=2))
+    print("ditlab: time limit of 1 s reached at step 7")
+elif cmd == "sample":
+    Path(flag("--out")).write_bytes(b"npz")
+    Path(flag("--grid")).write_bytes(b"png")
+elif cmd == "psnr":
+    if os.path.exists(os.environ["STUB_FAIL_PSNR"]):
+        print("ditlab: error: psnr failed", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps({{"n": 4, "psnr_db": 20.5, "bilinear_psnr_db": 25.0}}))
+elif cmd == "fid" and args[0] == "ref":
+    Path(flag("--out")).write_bytes(b"npz")
+elif cmd == "fid":
+    Path(flag("--json")).write_text(json.dumps({{"fid": 50.25}}) + "\n")
+elif cmd == "diagnose":
+    out = Path(flag("--out"))
+    out.mkdir(parents=True)
+    (out / "collapse_cfg1.0_noise0.0.png").write_bytes(b"png")
+    settings = [{{"cfg": 1.0, "cond_noise": 0.0, "cond_scale": 1.0, "seed_to_residual": 0.5}},
+                {{"cfg": 2.0, "cond_noise": 0.0, "cond_scale": 0.8, "seed_to_residual": 0.25}}]
+    (out / "collapse.json").write_text(json.dumps({{"settings": settings, "verdict": {{"collapsed": False}}}}))
+'''
+
+
+@pytest.fixture
+def study(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "python3"
+    stub.write_text(STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    fail_flag = tmp_path / "fail_psnr"
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", STUB_LOG=str(log),
+               STUB_FAIL_PSNR=str(fail_flag))
+
+    def run(*args, **extra_env):
+        p = subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=dict(env, **extra_env),
+                           capture_output=True, text=True, timeout=120)
+        return p
+
+    def calls(cmd):
+        return [line for line in log.read_text().splitlines() if line.split()[0] == cmd]
+
+    return tmp_path / "study", run, calls, fail_flag
+
+
+def test_failed_psnr_leaves_no_result_and_the_next_call_finishes_without_sampling_again(study):
+    s, run, calls, fail_flag = study
+    assert run("train", "train.zip", str(s), "1", "tokens").returncode == 0
+    fail_flag.touch()
+    p = run("sample", "test.zip", str(s), "tokens")
+    assert p.returncode == 1, p.stderr
+    # before: `dl psnr ... > psnr_cfgC.json` left an empty file, which the next call skipped and the
+    # score stage's summary could not read
+    assert not list((s / "sr_tokens").glob("psnr_cfg*"))
+    assert (s / "sr_tokens" / "samples_cfg1.npz").exists()
+    fail_flag.unlink()
+    p = run("sample", "test.zip", str(s), "tokens")
+    assert p.returncode == 0, p.stderr
+    assert len(calls("sample")) == 2  # the samples of the failed call are reused
+    assert json.loads((s / "sr_tokens" / "psnr_cfg2.json").read_text())["psnr_db"] == 20.5
+    p = run("score", "test.zip", "inc.pt", str(s), "tokens")
+    assert p.returncode == 0, p.stderr
+    row, = json.loads((s / "superres_study.json").read_text())
+    assert row["steps"] == 7 and row["parameters"] == 99
+    assert row["psnr_cfg1"] == row["psnr_cfg2"] == 20.5 and row["bilinear_psnr_db"] == 25.0
+    assert row["fid_cfg1"] == row["fid_cfg2"] == 50.25
+    assert row["collapse_verdict"] == {"collapsed": False}
+    assert row["seed_to_residual"] == {"cfg1_noise0_cs1": 0.5, "cfg2_noise0_cs0.8": 0.25}
+    # a repeated stage does nothing
+    n = len(calls("fid")) + len(calls("diagnose"))
+    assert run("score", "test.zip", "inc.pt", str(s), "tokens").returncode == 0
+    assert run("sample", "test.zip", str(s), "tokens").returncode == 0
+    assert len(calls("fid")) + len(calls("diagnose")) == n and len(calls("sample")) == 2 and len(calls("psnr")) == 4
+
+
+def test_budget_stops_between_units_with_exit_3(study):
+    s, run, calls, _ = study
+    p = run("train", "train.zip", str(s), "1", "tokens", "cross", DITLAB_BUDGET_S="1", STUB_TRAIN_S="1.2")
+    assert p.returncode == 3, p.stderr
+    assert (s / "sr_tokens" / "summary.json").exists() and not (s / "sr_cross").exists()
+    p = run("train", "train.zip", str(s), "1", "tokens", "cross", DITLAB_BUDGET_S="1", STUB_TRAIN_S="1.2")
+    assert p.returncode == 0, p.stderr
+    assert "skip train tokens" in p.stdout and len(calls("train")) == 2
+
+
+def test_sample_without_a_trained_run_fails(study):
+    s, run, _, _ = study
+    p = run("sample", "test.zip", str(s), "branch")
+    assert p.returncode == 1 and "no trained run" in p.stderr
+
+
+def test_collect_brings_two_files(study, tmp_path):
+    s, run, _, _ = study
+    for stage in (("train", "train.zip", str(s), "1", "tokens"), ("sample", "test.zip", str(s), "tokens"),
+                  ("score", "test.zip", "inc.pt", str(s), "tokens")):
+        assert run(*stage).returncode == 0
+    dest = tmp_path / "dest"
+    assert run("collect", str(s), str(dest)).returncode == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["superres_study.json", "superres_study_files.tgz"]
+    with tarfile.open(dest / "superres_study_files.tgz") as tar:
+        names = set(tar.getnames())
+    assert {"train_tokens.log", "sr_tokens/summary.json", "sr_tokens/grid_cfg1.png", "sr_tokens/psnr_cfg2.json",
+            "sr_tokens/fid_cfg1.json", "sr_tokens/diagnose/collapse.json",
+            "sr_tokens/diagnose/collapse_cfg1.0_noise0.0.png"} <= names
+    assert not any(n.endswith(".npz") for n in names)
