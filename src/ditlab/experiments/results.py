@@ -57,6 +57,15 @@ def _fmt_fid(rs: list[dict]) -> str:
     return f"{statistics.mean(fids):.2f} ± {statistics.stdev(fids):.2f} ({', '.join(f'{f:.1f}' for f in fids)})"
 
 
+def _fmt_count(rs: list[dict], key: str) -> str:
+    """A per-run count (train steps, images) of a pair's seeds: the value when they agree, else the mean and
+    each seed's (time-limited runs of different seeds take different numbers of steps)."""
+    values = [r[key] for r in rs]
+    if len(set(values)) == 1:
+        return f"{values[0]:,}"
+    return f"{round(statistics.mean(values)):,} ({', '.join(f'{v:,}' for v in values)})"
+
+
 def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
     """One row per score; time_to_fid_X columns (training seconds, empty: never) for the file's thresholds."""
     extra = [f"time_to_fid_{x:g}" for x in time_to_fid]
@@ -89,8 +98,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, p, rs in group_by_pair(records):
         r = rs[0]
-        cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], str(r["train_steps"]),
-                 f"{r['train_images']:,}", f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
+        cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], _fmt_count(rs, "train_steps"),
+                 _fmt_count(rs, "train_images"), f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
                if not any(_key(r) == (v.name, p, e) for r in records)]

@@ -1,0 +1,21 @@
+"""The results table of `ditlab ablate`: one row per (variant, path, eval), seeds pooled."""
+from ditlab.experiments.ablation_spec import load_ablation
+from ditlab.experiments.results import write_markdown
+
+
+def _record(seed, fid, steps):
+    return {"variant": "v", "seed": seed, "path": "default", "eval": "", "fid": fid, "nfe": 49, "train_steps": steps,
+            "train_images": steps * 256, "params": 33e6, "gflops_per_image": 6.1, "note": ""}
+
+
+def test_seeds_with_different_step_counts_show_each(tmp_path):
+    """Time-limited runs of two seeds take different numbers of steps: the row shows both, not the first."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1]\nvariants: {v: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+    out = write_markdown(tmp_path / "results.md", spec, [_record(0, 10.0, 313), _record(1, 12.0, 398)], {})
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| v |"))
+    assert "11.00 ± 1.41" in row and "| 356 (313, 398) |" in row and "| 91,008 (80,128, 101,888) |" in row
+    out = write_markdown(tmp_path / "results.md", spec, [_record(0, 10.0, 313), _record(1, 12.0, 313)], {})
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| v |"))
+    assert "| 313 | 80,128 |" in row
