@@ -154,7 +154,7 @@ def main():
     iters, repeats = (1, 1) if args.smoke else (args.iters, args.repeats)
     settings = [(K.TILE, K.ROWS_PER_PROGRAM, K.BWD_WARPS)]
     if args.sweep:
-        settings = list(itertools.product([2048, 4096, 8192], [16, 32, 64, 128], [0, 4, 8]))
+        settings = list(itertools.product([1024, 2048, 4096, 8192], [16, 32, 64, 128], [0, 4, 8]))
         if args.smoke:
             settings = settings[:2]
     elem = torch.finfo(dtype).bits // 8

@@ -98,6 +98,10 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
     else:
         cur_g = (n0 * 0).to(tl.int64)
     slot = (b * P + p) * G
+    if GMODE == 0:  # one modulation row per sample: loaded once, not once per tile row
+        sc_row = tl.load(SCALE + b * s_cb + d, mask=dmask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            gt_row = tl.load(GATE + b * s_gb + d, mask=dmask, other=0.0).to(tl.float32)
     for i in range(0, ROWS, BLOCK_M):
         n = n0 + i + tl.arange(0, BLOCK_M)
         nmask = n < N
@@ -115,8 +119,11 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
         rstd = tl.load(RSTD + rows, mask=nmask, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        sc = tl.load(SCALE + b * s_cb + g[:, None] * s_cg + d[None, :], mask=mask, other=0.0).to(tl.float32)
-        wdy = dy * (1.0 + sc)
+        if GMODE == 0:
+            wdy = dy * (1.0 + sc_row[None, :])
+        else:
+            sc = tl.load(SCALE + b * s_cb + g[:, None] * s_cg + d[None, :], mask=mask, other=0.0).to(tl.float32)
+            wdy = dy * (1.0 + sc)
         c1 = tl.sum(xhat * wdy, axis=1) / D
         c2 = tl.sum(wdy, axis=1) / D
         dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
@@ -128,7 +135,10 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
         c_sc = dy * xhat
         if HAS_RES:
             br = tl.load(BR + offs, mask=mask, other=0.0).to(tl.float32)
-            gt = tl.load(GATE + b * s_gb + g[:, None] * s_gg + d[None, :], mask=mask, other=0.0).to(tl.float32)
+            if GMODE == 0:
+                gt = gt_row[None, :]
+            else:
+                gt = tl.load(GATE + b * s_gb + g[:, None] * s_gg + d[None, :], mask=mask, other=0.0).to(tl.float32)
             tl.store(DBR + offs, (dx * gt).to(DBR.dtype.element_ty), mask=mask)
             c_gt = dx * br
         if GMODE == 1:  # per token: no reduction
