@@ -291,9 +291,8 @@ class AblationRunner:
 
     def score(self, unit: Unit, run, run_dir: Path, path: str, lo_dir: Path | None = None, eval_name: str = "",
               sample=None) -> None:
-        from ditlab.diffusion.noise import PerSampleRNG
-        from ditlab.diffusion.samplers import count_nfe
-        from ditlab.flops import dit_forward_flops
+        """Generate ``sample.num`` images of ``run`` on ``path`` with one eval's settings, FID them, and write the
+        score file (atomically: a half-written score never counts as done) and a grid of the first 64."""
         from ditlab.generation import generate, sampling_autocast
         from ditlab.imageio import save_image_grid
         from ditlab.tasks.base import SampleSettings
@@ -302,25 +301,7 @@ class AblationRunner:
         settings = SampleSettings(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
                                   cfg_interval=s.cfg_interval, eta=s.eta, time_shift=s.time_shift,
                                   path=None if path == "default" else path)
-        lo_nfe, walked = 0, None
-        if path == "cascade":  # each batch generates its low resolution with lo_dir's run first (tasks.lift.cascade)
-            from ditlab.tasks.lift.cascade import CascadeSource
-
-            lo = self._load(lo_dir)
-            self.log(f"ditlab ablate: {unit.name} samples its low resolution with {lo_dir.name}, batch by batch")
-            source = CascadeSource.of(run, lo)
-            lo_probe = lo.task.batch_conditions(torch.zeros(1, dtype=torch.long), {})
-            lo_nfe = count_nfe(lo.task.start(PerSampleRNG(0, [0]), source.settings(settings), lo_probe)[1],
-                               s.sampler)
-            walked = run.task.path(settings.steps, path)  # LiftTask.start's path, without generating a probe
-            run.task.use_cascade(source)
-            conditions = {}
-            del lo
-        else:
-            conditions = {"images": self._oracle_images(s.num)} if path == "lo-oracle" else {}
-        if walked is None:
-            probe = run.task.batch_conditions(torch.zeros(1, dtype=torch.long), {k: v[:1] for k, v in conditions.items()})
-            _, walked = run.task.start(PerSampleRNG(0, [0]), settings, probe)  # the path sampled (for the NFE count)
+        conditions, walked, lo_nfe = self._path_inputs(unit, run, path, lo_dir, settings, s)
         label = f"{path}{f' / {eval_name}' if eval_name else ''}"
         self.log(f"ditlab ablate: sampling {unit.name} on {label} ({s.num} samples)")
         t0 = time.monotonic()
@@ -334,6 +315,41 @@ class AblationRunner:
         out = self.score_file(unit, path, eval_name)
         save_image_grid(images[:64], self.out / "grids" / out.with_suffix(".png").name)
         fid = self.scorer.fid(images)
+        record = self._record(unit, run, run_dir, path, eval_name, s, fid, walked, lo_nfe, sample_s)
+        if path == "cascade":
+            record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
+        write_json_atomic(out, record)
+        self.log(f"ditlab ablate: {unit.name} {label}: FID {fid:.2f} at {record['nfe']} NFE")
+
+    def _path_inputs(self, unit: Unit, run, path: str, lo_dir: Path | None, settings, s):
+        """(conditions, the time path walked (for the NFE count), the low-resolution model's NFE) of a path; the
+        cascade attaches the low-resolution run to the task (LiftTask.use_cascade, detached by score)."""
+        from ditlab.diffusion.noise import PerSampleRNG
+        from ditlab.diffusion.samplers import count_nfe
+
+        if path == "cascade":  # each batch generates its low resolution with lo_dir's run first (tasks.lift.cascade)
+            from ditlab.tasks.lift.cascade import CascadeSource
+
+            lo = self._load(lo_dir)
+            self.log(f"ditlab ablate: {unit.name} samples its low resolution with {lo_dir.name}, batch by batch")
+            source = CascadeSource.of(run, lo)
+            lo_probe = lo.task.batch_conditions(torch.zeros(1, dtype=torch.long), {})
+            lo_nfe = count_nfe(lo.task.start(PerSampleRNG(0, [0]), source.settings(settings), lo_probe)[1],
+                               s.sampler)
+            walked = run.task.path(settings.steps, path)  # LiftTask.start's path, without generating a probe
+            run.task.use_cascade(source)
+            return {}, walked, lo_nfe
+        conditions = {"images": self._oracle_images(s.num)} if path == "lo-oracle" else {}
+        probe = run.task.batch_conditions(torch.zeros(1, dtype=torch.long), {k: v[:1] for k, v in conditions.items()})
+        _, walked = run.task.start(PerSampleRNG(0, [0]), settings, probe)  # the path sampled (for the NFE count)
+        return conditions, walked, 0
+
+    def _record(self, unit: Unit, run, run_dir: Path, path: str, eval_name: str, s, fid: float, walked,
+                lo_nfe: int, sample_s: float) -> dict:
+        """The score file's content: the FID, the sample settings, the run's training and size, its FID curve."""
+        from ditlab.diffusion.samplers import count_nfe
+        from ditlab.flops import dit_forward_flops
+
         summary = json.loads((run_dir / "summary.json").read_text())
         model = run.model
         record = {
@@ -353,13 +369,7 @@ class AblationRunner:
         if curve:  # FID during training: (training seconds, step, FID) and the first time it reached each threshold
             record["eval_curve"] = curve
             record["time_to_fid"] = {f"{x:g}": time_to(curve, x) for x in self.spec.time_to_fid}
-        if path == "cascade":
-            record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(out)  # atomic: a half-written score never counts as done
-        self.log(f"ditlab ablate: {unit.name} {label}: FID {fid:.2f} at {record['nfe']} NFE")
+        return record
 
     # ---- helpers --------------------------------------------------------------------------------
     def score_file(self, unit: Unit, path: str, eval_name: str = "") -> Path:
@@ -398,6 +408,14 @@ class AblationRunner:
             raise ValueError(f"--data {self.errors_data} holds {len(data.images)} images; lo-oracle needs "
                              f"{num} (sample.num)")
         return data.images[evaluation_subset(len(data.images), num)]  # all classes, as `ditlab sample --data`
+
+
+def write_json_atomic(path: Path, record: dict) -> None:
+    """Write through a temporary file and rename: a half-written file never counts as done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def eval_curve(run_dir: Path) -> list[list[float]]:
