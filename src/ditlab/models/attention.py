@@ -81,6 +81,38 @@ class HeadRMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
+def sdpa_mask(mask, batch: int, num_queries: int, num_keys: int, dtype: torch.dtype, name: str = "mask"
+              ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(the attn_mask for SDPA, (B, 1 or N) queries with at least one visible key) of a boolean mask, an
+    :class:`AttnBias` or None. A query with no visible key attends everywhere (finite on every backend); the
+    caller zeroes its output. With a bias, the mask is additive: the bias where visible, -inf elsewhere (never
+    a whole row)."""
+    bias = None
+    if isinstance(mask, AttnBias):  # a float logit bias beside the boolean mask
+        mask, bias = mask
+        check_bias(bias, batch, num_queries, num_keys)
+        bias = bias if bias.dim() == 3 else bias[:, None, :]  # (B, 1 or N, M)
+        visible = bias > float("-inf")
+        if mask is not None:
+            check_mask(mask, batch, num_queries, num_keys, name=name)
+            mask = (mask if mask.dim() == 3 else mask[:, None, :]) & visible
+        else:
+            mask = visible
+        bias = torch.where(visible, bias, 0.0)
+    if mask is None:
+        return None, None
+    if bias is None:  # (with a bias, the mask was checked above and combined with the bias's -inf)
+        check_mask(mask, batch, num_queries, num_keys, name=name)
+    if mask.dim() == 2:
+        mask = mask[:, None, :]  # (B, 1, M): broadcast over queries
+    query_alive = mask.any(dim=-1)  # (B, 1) or (B, N)
+    mask = mask | ~query_alive[..., None]
+    attn_mask = mask[:, None]  # (B, 1, N or 1, M): broadcast over heads
+    if bias is not None:
+        attn_mask = torch.where(attn_mask, bias[:, None].to(dtype), float("-inf"))
+    return attn_mask, query_alive
+
+
 class Attention(nn.Module):
     """Multi-head attention; cross-attention when ``context`` is given to forward.
 
@@ -148,32 +180,8 @@ class Attention(nn.Module):
             k, v = torch.cat([kv_prefix[0], k], dim=2), torch.cat([kv_prefix[1], v], dim=2)
         kv = (k, v)
 
-        attn_mask = None
-        query_alive = None  # (B, N) queries with at least one visible key
-        bias = None
-        if isinstance(mask, AttnBias):  # a float logit bias beside the boolean mask
-            mask, bias = mask
-            check_bias(bias, B, N, k.shape[2])
-            bias = bias if bias.dim() == 3 else bias[:, None, :]  # (B, 1 or N, M)
-            visible = bias > float("-inf")
-            if mask is not None:
-                check_mask(mask, B, N, k.shape[2], name="cross-attention mask" if self.is_cross else "attention mask")
-                mask = (mask if mask.dim() == 3 else mask[:, None, :]) & visible
-            else:
-                mask = visible
-            bias = torch.where(visible, bias, 0.0)
-        if mask is not None:
-            M = k.shape[2]
-            if bias is None:  # (with a bias, the mask was checked above and combined with the bias's -inf)
-                check_mask(mask, B, N, M, name="cross-attention mask" if self.is_cross else "attention mask")
-            if mask.dim() == 2:
-                mask = mask[:, None, :]  # (B, 1, M): broadcast over queries
-            query_alive = mask.any(dim=-1)  # (B, 1) or (B, N)
-            # A query with no visible key attends everywhere (finite on every backend) and is zeroed below.
-            mask = mask | ~query_alive[..., None]
-            attn_mask = mask[:, None]  # (B, 1, N or 1, M): broadcast over heads
-            if bias is not None:  # additive: the bias where visible, -inf elsewhere (never a whole row)
-                attn_mask = torch.where(attn_mask, bias[:, None].to(q.dtype), float("-inf"))
+        attn_mask, query_alive = sdpa_mask(mask, B, N, k.shape[2], q.dtype,
+                                           "cross-attention mask" if self.is_cross else "attention mask")
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, N, hd)
