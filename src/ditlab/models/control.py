@@ -148,38 +148,43 @@ class ConditionedDiT(DiT):
                     _init_block(new)
                     self.blocks[i] = new
         elif injection == "branch":
-            n = branch_blocks or self.depth // 2
-            if not 1 <= n <= self.depth:
-                raise ValueError(f"task.branch_blocks={branch_blocks}: expected 1 .. depth={self.depth} (0 = depth // 2)")
-            receive = [i for i in self.cond_block_ids if i < n]
-            if not receive:
-                raise ValueError(f"task.cond_blocks={cond_blocks!r} selects no block among the branch's first "
-                                 f"{n} (task.branch_blocks): nothing would receive the branch")
-            if receive[-1] != n - 1:
-                raise ValueError(f"task.branch_blocks={n}: with task.cond_blocks={cond_blocks!r} the last block that "
-                                 f"receives the branch is {receive[-1]}; set task.branch_blocks={receive[-1] + 1}")
-            main = self.blocks[0]
-            self.branch_blocks = nn.ModuleList(
-                DiTBlock(D, self.num_heads, main.mlp_ratio, main.attn.dropout,
-                         not isinstance(main.attn.q_norm, nn.Identity), mlp=main.mlp_kind, norm=main.norm_kind)
-                for _ in range(n))
-            for block in self.branch_blocks:
-                _init_block(block)
-            self.branch_out = nn.ModuleDict({str(i): nn.Linear(D, D) for i in receive})
-            for lin in self.branch_out.values():  # ControlNet's zero convolutions
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
-            target = self_main[0]
-            self.register_buffer("branch_index", torch.cat([torch.zeros(self_spec.num_tokens, dtype=torch.long),
-                                                            torch.ones(target.num_tokens, dtype=torch.long)]),
-                                 persistent=False)
-            if self.pos_embed_kind == "rope":
-                tables = [stream_rope(s, D // self.num_heads) for s in (self_spec, target)]
-                self.register_buffer("branch_rope_cos", torch.cat([c for c, _ in tables]), persistent=False)
-                self.register_buffer("branch_rope_sin", torch.cat([s for _, s in tables]), persistent=False)
+            self._build_branch(branch_blocks, cond_blocks, self_spec, self_main[0])
         elif injection == "adaln":
             self.cond_pool = CondPool(self_spec.channels, D, self_spec.patch_size)
             self.cond_pool.reset_parameters()
+
+    def _build_branch(self, branch_blocks: int, cond_blocks, self_spec: StreamSpec, target: StreamSpec) -> None:
+        """ControlNet: a trainable copy of the first N blocks reading condition + target tokens, added to the
+        main blocks of cond_blocks through zero-initialised linears."""
+        D = self.hidden_size
+        n = branch_blocks or self.depth // 2
+        if not 1 <= n <= self.depth:
+            raise ValueError(f"task.branch_blocks={branch_blocks}: expected 1 .. depth={self.depth} (0 = depth // 2)")
+        receive = [i for i in self.cond_block_ids if i < n]
+        if not receive:
+            raise ValueError(f"task.cond_blocks={cond_blocks!r} selects no block among the branch's first "
+                             f"{n} (task.branch_blocks): nothing would receive the branch")
+        if receive[-1] != n - 1:
+            raise ValueError(f"task.branch_blocks={n}: with task.cond_blocks={cond_blocks!r} the last block that "
+                             f"receives the branch is {receive[-1]}; set task.branch_blocks={receive[-1] + 1}")
+        main = self.blocks[0]
+        self.branch_blocks = nn.ModuleList(
+            DiTBlock(D, self.num_heads, main.mlp_ratio, main.attn.dropout,
+                     not isinstance(main.attn.q_norm, nn.Identity), mlp=main.mlp_kind, norm=main.norm_kind)
+            for _ in range(n))
+        for block in self.branch_blocks:
+            _init_block(block)
+        self.branch_out = nn.ModuleDict({str(i): nn.Linear(D, D) for i in receive})
+        for lin in self.branch_out.values():  # ControlNet's zero convolutions
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.register_buffer("branch_index", torch.cat([torch.zeros(self_spec.num_tokens, dtype=torch.long),
+                                                        torch.ones(target.num_tokens, dtype=torch.long)]),
+                             persistent=False)
+        if self.pos_embed_kind == "rope":
+            tables = [stream_rope(s, D // self.num_heads) for s in (self_spec, target)]
+            self.register_buffer("branch_rope_cos", torch.cat([c for c, _ in tables]), persistent=False)
+            self.register_buffer("branch_rope_sin", torch.cat([s for _, s in tables]), persistent=False)
 
     # ---- the pathway ----------------------------------------------------------------------------
     def _block_step(self, i, block, h, c, index, mask, rope, context, context_mask, **kw):
@@ -253,21 +258,9 @@ class ConditionedDiT(DiT):
                 out[j] = self.branch_out[str(j)](h[:, Nc:])
         return out
 
-    def forward(self, x, t, labels=None, label_drop=None, token_mask=None, context=None, context_mask=None,
-                stream_drop=None, context_drop=None, attn_mask=None, cond_scale: float = 1.0, **kwargs):
-        scale = float(cond_scale)
-        if not (math.isfinite(scale) and scale >= 0):
-            raise ValueError(f"--cond-scale must be a finite number >= 0, got {cond_scale}")
-        args = dict(labels=labels, label_drop=label_drop, token_mask=token_mask, context=context,
-                    context_mask=context_mask, stream_drop=stream_drop, context_drop=context_drop,
-                    attn_mask=attn_mask, **kwargs)
-        if self.injection == "tokens":
-            if scale == 1.0:
-                return super().forward(x, t, **args)  # today's path, bitwise
-            B = next(iter(x.values())).shape[0]
-            return self._run({"bias": self._tokens_bias(B, scale, self.null_tokens[self.cond_name].device)}, x, t,
-                             **args)
-
+    def _take_condition(self, x, t, token_mask, stream_drop, args):
+        """(x, t without the condition stream, its image (B, C, H, W), its noise level, its CFG drop or None);
+        checks their shapes, and leaves the other streams' drops in ``args``."""
         name = self.cond_name
         if name not in x or name not in t:
             raise ValueError(f"missing stream {name!r}: the model expects streams "
@@ -291,6 +284,25 @@ class ConditionedDiT(DiT):
             args["stream_drop"] = stream_drop or None
         if drop is not None and (drop.dtype != torch.bool or tuple(drop.shape) != (B,)):
             raise ValueError(f"stream_drop[{name!r}] must be bool of shape ({B},)")
+        return x, t, low, s, drop
+
+    def forward(self, x, t, labels=None, label_drop=None, token_mask=None, context=None, context_mask=None,
+                stream_drop=None, context_drop=None, attn_mask=None, cond_scale: float = 1.0, **kwargs):
+        scale = float(cond_scale)
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"--cond-scale must be a finite number >= 0, got {cond_scale}")
+        args = dict(labels=labels, label_drop=label_drop, token_mask=token_mask, context=context,
+                    context_mask=context_mask, stream_drop=stream_drop, context_drop=context_drop,
+                    attn_mask=attn_mask, **kwargs)
+        if self.injection == "tokens":
+            if scale == 1.0:
+                return super().forward(x, t, **args)  # today's path, bitwise
+            B = next(iter(x.values())).shape[0]
+            return self._run({"bias": self._tokens_bias(B, scale, self.null_tokens[self.cond_name].device)}, x, t,
+                             **args)
+
+        x, t, low, s, drop = self._take_condition(x, t, token_mask, stream_drop, args)
+        B = low.shape[0]
 
         if self.injection == "cross":
             if context is not None or context_drop is not None:
