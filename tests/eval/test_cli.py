@@ -135,3 +135,78 @@ def test_wired_into_the_ditlab_command(tiny, standin_path, capsys):
     code = cli.main(["fid", str(same), "--ref", str(ref_zip), "--inception", str(standin_path), *COMMON])
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert code == 0 and json.loads(out)["fid"] < 1e-3
+
+
+def test_kid_options_without_kid_are_errors(tiny, standin_path, capsys, monkeypatch):
+    """--kid-subsets / --kid-subset-size only shape KID: without --kid (and in `fid ref`) they are errors,
+    not silently ignored; with --kid, unset ones keep their defaults (100 subsets of 1000)."""
+    from ditlab.eval import stats as stats_module
+
+    tmp, ref_zip, same, _ = tiny
+    net = ["--inception", str(standin_path), *COMMON]
+    stats = tmp / "stats.npz"
+    code, _, err = run(["fid", "ref", str(ref_zip), "--out", str(stats), "--kid-subsets", "5", *net], capsys)
+    assert code == 1 and "--kid-subsets" in err and "--kid" in err and "fid ref" in err, err
+    assert not stats.exists()
+    assert main(["fid", "ref", str(ref_zip), "--out", str(stats), *net]) == 0
+    capsys.readouterr()
+    for flags in (["--kid-subsets", "5"], ["--kid-subset-size", "7"], ["--kid-subsets", "5", "--kid-subset-size", "7"]):
+        code, _, err = run(["fid", str(same), "--ref", str(stats), *flags, *net], capsys)
+        assert code == 1 and "with --kid" in err, (flags, err)
+        for flag in flags[::2]:
+            assert flag in err
+
+    seen = []
+    real_kid = stats_module.kid
+
+    def spy(a, b, num_subsets, subset_size, **kwargs):
+        seen.append((num_subsets, subset_size))
+        return real_kid(a, b, num_subsets=num_subsets, subset_size=subset_size, **kwargs)
+
+    monkeypatch.setattr(stats_module, "kid", spy)
+    assert main(["fid", str(same), "--ref", str(stats), "--kid", *net]) == 0
+    assert main(["fid", str(same), "--ref", str(stats), "--kid", "--kid-subsets", "3", *net]) == 0
+    assert main(["fid", str(same), "--ref", str(stats), "--kid", "--kid-subset-size", "4", *net]) == 0
+    assert seen == [(100, 1000), (3, 1000), (100, 4)]
+
+
+def test_cache_dir_with_a_statistics_file_is_an_error(tiny, standin_path, capsys):
+    """--cache-dir caches a data set's statistics; with a statistics .npz as --ref it would do nothing."""
+    tmp, ref_zip, same, _ = tiny
+    net = ["--inception", str(standin_path), *COMMON]
+    stats = tmp / "stats.npz"
+    assert main(["fid", "ref", str(ref_zip), "--out", str(stats), "--cache-dir", str(tmp / "cache"), *net]) == 0
+    capsys.readouterr()
+    code, _, err = run(["fid", str(same), "--ref", str(stats), "--cache-dir", str(tmp / "cache2"), *net], capsys)
+    assert code == 1 and "--cache-dir" in err and "--ref" in err and "statistics file" in err, err
+    assert not (tmp / "cache2").exists()
+
+
+def test_device_and_inception_are_the_shared_flags():
+    """--device and --inception of `ditlab fid` are cliargs' (same help and default as every command)."""
+    import argparse
+
+    from ditlab.cliargs import add_device, add_inception
+    from ditlab.eval.cli import add_fid_parser
+
+    shared = argparse.ArgumentParser()
+    add_device(shared)
+    add_inception(shared)
+    parser = argparse.ArgumentParser()
+    fid = add_fid_parser(parser.add_subparsers())
+
+    def options(p):
+        return {a.option_strings[0]: (a.option_strings, a.default, a.help, a.metavar) for a in p._actions
+                if a.option_strings}
+
+    for flag in ("--device", "--inception"):
+        assert options(fid)[flag] == options(shared)[flag], flag
+
+
+def test_standalone_main_bad_input_is_exit_code_1(capsys):
+    """python -m ditlab.eval.cli: a bad command line ends as in `ditlab` (one line, exit code 1), not argparse's 2."""
+    assert main(["fid", "s.npz", "--ref", "r.npz", "--batch-size", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ditlab: error:") and "--batch-size" in err
+    assert main(["fid", "s.npz", "--no-such-flag"]) == 1
+    assert "--no-such-flag" in capsys.readouterr().err

