@@ -147,6 +147,46 @@ def test_diagnose_collapse_cli(tmp_path, capsys):
     report = json.loads((tmp_path / "diag2" / "collapse.json").read_text())
     assert [r["cond_scale"] for r in report["settings"]] == [1.0, 0.5]
     assert (tmp_path / "diag2" / "collapse_cfg1.0_noise0.0_cs0.5.png").exists()
+    # --checkpoint / --weights are cliargs' (as in `ditlab sample`): --weights beside a .safetensors file is an error
+    file = next((run / "checkpoints").glob("step_*/model.safetensors"))
+    capsys.readouterr()
+    assert main(["diagnose", "collapse", str(run), "--data", str(data), "--checkpoint", str(file), "--weights", "ema",
+                 "--device", "cpu", "--out", str(tmp_path / "diag3")]) == 1
+    assert "--weights ema picks the weights of a checkpoint folder" in capsys.readouterr().err
+    assert main(["diagnose", "collapse", str(run), "--data", str(data), "--conditions", "2", "--num-seeds", "2",
+                 "--cfg", "1.0", "--steps", "1", "--sampler", "euler", "--weights", "model", "--device", "cpu",
+                 "--out", str(tmp_path / "diag3")]) == 0
+
+
+def test_diagnose_collapse_checkpoint_and_weights_are_the_shared_flags(monkeypatch, capsys):
+    """`diagnose collapse` takes cliargs' --checkpoint and --weights (same help as `ditlab sample`) and passes
+    --weights on to load_run as `which`."""
+    from ditlab import runs
+    from ditlab.cli import build_parser, main
+
+    def options(*path):
+        parser = build_parser()
+        for name in path:
+            parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
+        return {a.option_strings[0]: (a.default, a.help, a.choices) for a in parser._actions if a.option_strings}
+
+    collapse, sample = options("diagnose", "collapse"), options("sample")
+    for flag in ("--checkpoint", "--weights"):
+        assert collapse[flag] == sample[flag], flag
+
+    seen = {}
+
+    def spy(run_dir, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(runs, "load_run", spy)
+    assert main(["diagnose", "collapse", "RUN", "--data", "d.npz", "--checkpoint", "step_00000002",
+                 "--weights", "model", "--device", "cpu"]) == 1
+    assert "stop here" in capsys.readouterr().err
+    assert seen["checkpoint"] == "step_00000002" and seen["which"] == "model"
+    assert main(["diagnose", "collapse", "RUN", "--data", "d.npz", "--device", "cpu"]) == 1
+    assert seen["checkpoint"] is None and seen["which"] is None  # the EMA of the latest checkpoint
 
 
 def test_two_stage_init_from_an_unconditional_run(tmp_path, capsys):

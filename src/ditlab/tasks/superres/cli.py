@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, add_data, add_device, add_inception, finite_float,
-                            inception_path, positive_int, require_data)
+from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, add_checkpoint, add_data, add_device, add_inception,
+                            finite_float, inception_path, positive_int, require_data)
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -78,7 +78,7 @@ def cmd_diagnose_collapse(args) -> int:
     data = require_data(args, "high-resolution images whose downsampled copies are the conditions")
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device, kind="superres", command="`ditlab diagnose collapse`",
-                   checkpoint=args.checkpoint)
+                   checkpoint=args.checkpoint, which=args.weights)
     bad = [w for w in args.cond_scale if w < 0]
     if bad:
         raise ValueError(f"--cond-scale must be >= 0, got {bad[0]:g}")
@@ -129,7 +129,7 @@ def add_cli(sub) -> None:
     dc.add_argument("--steps", type=positive_int, default=25, help="sampler steps")
     dc.add_argument("--threshold", type=finite_float, default=0.1,
                     help="collapsed when the across-seed spread is below this fraction of the residual energy")
-    dc.add_argument("--checkpoint", default=None, help="a checkpoint folder or step name (default: the latest)")
+    add_checkpoint(dc)
     add_inception(dc)
     add_device(dc)
     dc.add_argument("--out", default=None, help="output folder (default RUN/diagnose)")
