@@ -177,6 +177,15 @@ def test_cli_train_errors_and_sample_on_paths(tmp_path, capsys):
     assert {x["path"] for x in lines} >= {"diagonal", "dp-total", "lo-random"}
 
 
+def test_lift_errors_num_has_the_short_form():
+    """`ditlab lift errors -n N`, as `-n` of every other command's --num."""
+    from ditlab.cli import build_parser
+
+    args = build_parser().parse_args(["lift", "errors", "RUN", "--data", "d.npz", "-n", "4"])
+    assert args.num == 4
+    assert build_parser().parse_args(["lift", "errors", "RUN", "--data", "d.npz", "--num", "5"]).num == 5
+
+
 def test_schedule_shift_keeps_the_objective_options():
     """lift.schedule_shift rebuilds the objective with the low resolution's own schedule; the loss space,
     its clamp and the loss weighting come along (they used to be dropped, so the combination was refused)."""

@@ -108,7 +108,7 @@ def add_cli(subparsers):
                    help="K: K + 1 noise levels per scale (default lift.dp_grid)")
     e.add_argument("--grid", dest="levels", type=positive_int, action=DeprecatedAlias, new="--levels",
                    help=argparse.SUPPRESS)
-    e.add_argument("--num", type=positive_int, default=256, help="images averaged per node")
+    e.add_argument("-n", "--num", type=positive_int, default=256, help="images averaged per node")
     e.add_argument("--steps", type=positive_int, default=None, help="step budget of the paths drawn (default sample.steps)")
     e.add_argument("--batch-size", type=positive_int, default=256, help="images per network batch")
     e.add_argument("--seed", type=int, default=0, help="seed of the noise draws (shared by every node)")
