@@ -43,6 +43,18 @@ def test_only_the_token_wise_linears_convert():
     assert model.state_dict().keys() == plain.keys()
 
 
+def test_rows_not_divisible_by_16_are_padded():
+    """The weight gradient's inner dimension is the step's rows (batch x tokens); CUDA's scaled GEMM needs it
+    divisible by 16, so the conversion asks torchao to pad (the CPU emulation would not catch a missing pad)."""
+    from ditlab.models.mlp import Mlp
+    mlp = Mlp(32, 64)
+    convert_float8(mlp, "tensorwise", "cpu")
+    assert mlp.fc1.config.pad_inner_dim and mlp.fc2.config.pad_inner_dim
+    out = mlp(torch.randn(1, 17, 32))  # 17 rows
+    out.sum().backward()
+    assert torch.isfinite(mlp.fc1.weight.grad).all()
+
+
 def test_widths_not_divisible_by_16_are_skipped_and_nothing_left_is_an_error():
     model = _model(hidden=24, mlp_ratio=2.0)
     converted, skipped = float8_candidates(model)

@@ -14,6 +14,8 @@ Not part of the speed targets of issue 17 (they compare bf16 with bf16): an opti
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -81,6 +83,9 @@ def convert_float8(model: nn.Module, mode: str, device: torch.device | str) -> l
     if not wanted:
         raise ValueError(f"train.float8={mode}: this model has no linear layer with widths divisible by 16 to "
                          "convert; use train.float8=off")
-    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(mode),
-                               module_filter_fn=lambda mod, fqn: fqn in wanted)
+    # pad_inner_dim: CUDA's scaled GEMM needs every inner dimension divisible by 16, and the weight gradient's
+    # is the rows of a step (local batch x tokens: 257 with one class token, 33 for ICL, any context length);
+    # torchao pads it instead of failing in the first backward.
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(mode), pad_inner_dim=True)
+    convert_to_float8_training(model, config=config, module_filter_fn=lambda mod, fqn: fqn in wanted)
     return converted

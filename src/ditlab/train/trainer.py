@@ -37,7 +37,7 @@ from ditlab.train.init_from import init_from
 from ditlab.train.ema import EMA
 from ditlab.train.posthoc_ema import PosthocEMA, check_resume, supersede_snapshots
 from ditlab.train.evaluation import Evaluator, check_eval_config
-from ditlab.train.float8 import convert_float8
+from ditlab.train.float8 import convert_float8, float8_candidates
 from ditlab.train.log import RunLogger
 from ditlab.train.optim import build_optimizer, lr_at, set_lr
 from ditlab.train.stop import StopRequest
@@ -118,9 +118,12 @@ class Trainer:
         self.posthoc = (PosthocEMA(self.model, cfg.ema.posthoc_sigma_rels)
                         if cfg.ema.posthoc_sigma_rels and self.dist.is_main else None)
         # After the EMA copies (they stay plain), before the optimizer and torch.compile; same parameters.
+        skipped = float8_candidates(self.model)[1] if cfg.train.float8 != "off" else []
         self.float8_layers = convert_float8(self.model, cfg.train.float8, self.device)
         if self.float8_layers:
-            self._say(f"ditlab: train.float8={cfg.train.float8}: {len(self.float8_layers)} linear layers train in fp8")
+            self._say(f"ditlab: train.float8={cfg.train.float8}: {len(self.float8_layers)} linear layers train in fp8"
+                      + (f"; {len(skipped)} stay bf16 (widths not divisible by 16: {', '.join(skipped[:4])}"
+                         f"{', ...' if len(skipped) > 4 else ''})" if skipped else ""))
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
