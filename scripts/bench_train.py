@@ -25,6 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ditlab.bench import bench_train, write_random_npz
@@ -95,6 +96,9 @@ def main():
                                  "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
                                  "diffusion.process=ddpm", "diffusion.prediction=eps", *extra,
                                  *mode_overrides, *args.overrides])
+        # Each row compiles afresh: dynamo would otherwise reuse the first row's graph (and its attention
+        # backend: sdpa_kernel is read at trace time, not guarded) and, past its recompile limit, run eagerly.
+        torch._dynamo.reset()
         with sdpa_kernel([SDPA_BACKENDS[attn]]) if attn else contextlib.nullcontext():
             result = bench_train(cfg, args.warmup, args.steps, args.repeats)
         result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels, sdpa=attn or "auto",
