@@ -36,9 +36,12 @@ case "$stage" in
     # table / csv / plots, score files, grids, run summaries and metrics. The results tables also go to stdout.
     study=$1 dest=$(mkdir -p "$2" && cd "$2" && pwd)  # absolute: tar runs inside STUDY
     cp "$study"/stages.md "$dest"/ 2>/dev/null || true
-    (cd "$study" && tar -czf "$dest/speedrun_study_files.tgz" $(ls -d stages.md */results.md */results.csv \
-      */results*.png */scores */grids */runs/*/summary.json */runs/*/metrics.jsonl 2>/dev/null))
-    for s in "$study"/*/results.md; do echo "== $s"; cat "$s"; done ;;
+    files=$(cd "$study" && ls -d stages.md */results.md */results.csv */results*.png */scores */grids \
+      */runs/*/summary.json */runs/*/metrics.jsonl 2>/dev/null || true)
+    if [ -n "$files" ]; then (cd "$study" && tar -czf "$dest/speedrun_study_files.tgz" $files); else
+      echo "collect: nothing in $study yet"; fi
+    for s in "$study"/*/results.md; do [ -f "$s" ] && { echo "== $s"; cat "$s"; }; done
+    true ;;
   restore)
     # On a fresh machine: put the score files (and grids) of an earlier machine's collect back into STUDY;
     # `run` then skips every score that exists. A variant with some of its scores missing is trained again.

@@ -75,6 +75,27 @@ def test_named_evals_score_each_setting(tmp_path, monkeypatch):
     assert (out / "grids" / "single-s0__default__h2.png").exists()
 
 
+def test_a_unit_trained_again_is_scored_again_whole(tmp_path, monkeypatch, capsys):
+    """Scores restored onto a machine where the run is gone (speedrun_study.sh restore): a unit with one of its
+    scores missing is trained again, and its other score is dropped and redone, never mixed with the new run's."""
+    import shutil
+
+    data, net = write_study(tmp_path, monkeypatch, EVALS, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    kept = out / "scores" / "single-s0__default__e3.json"
+    json_before = json.loads(kept.read_text())
+    json_before["fid"] = -1.0  # mark the old score: it must not survive
+    kept.write_text(json.dumps(json_before))
+    (out / "scores" / "single-s0__default__h2.json").unlink()
+    shutil.rmtree(out / "runs" / "single-s0")
+    capsys.readouterr()
+    assert main(_args(tmp_path, data, net)) == 0
+    assert "single-s0 is trained again" in capsys.readouterr().out
+    assert json.loads(kept.read_text())["fid"] > 0
+    assert (out / "scores" / "single-s0__default__h2.json").exists()
+
+
 def test_bad_evals_stages_and_thresholds_are_named(tmp_path):
     (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
 
@@ -160,12 +181,13 @@ def test_bad_stage_evals_are_named(tmp_path):
     def bad(text, match, exc=ConfigError):
         (tmp_path / "a.yaml").write_text(head + text)
         with pytest.raises(exc, match=match):
-            spec = load_ablation(tmp_path / "a.yaml")
-            stage_spec(spec, spec.stages[0], spec.variants)
+            load_ablation(tmp_path / "a.yaml")  # at load: not when the stage is reached
 
     bad("stages: {s: {evals: [g]}}\nvariants: {v: {}}\n", "stages.s.evals: 'g' is not in evals")
     bad("stages: {s: {evals: [e]}, t: {rank_by: f}}\nvariants: {v: {}}\n", "stages.t.rank_by: 'f' ranks stage s")
     bad("stages: {s: {evals: [e]}}\nvariants: {v: {evals: [f]}}\n", "leaves variant v .* nothing to score")
+    bad("stages: {s: {}, t: {evals: [e], top: 1}}\nvariants: {v: {}, w: {evals: [f]}}\n",
+        "stages.t.evals .* leaves variant w")
 
 
 def test_time_to_fid_from_fid_during_training(tmp_path, monkeypatch):
@@ -212,6 +234,20 @@ def test_shipped_speedrun_plan_is_valid():
     for v in spec.variants:
         cfg = variant_config(spec, v, 0, Path("unused"), [], eval_ref="ref.npz")
         assert cfg.train.time_limit == spec.budget.time_limit and cfg.task.kind == "image"
+
+
+def test_the_documented_dry_run_still_shrinks_the_plan():
+    """docs/speedrun.md's CPU dry run edits configs/ablations/speedrun.yaml with sed: every pattern must still
+    match, or the 'dry run' trains for minutes and scores FID-50k on the CPU."""
+    import re
+    from pathlib import Path
+
+    doc, plan = Path("docs/speedrun.md").read_text(), Path("configs/ablations/speedrun.yaml").read_text()
+    patterns = re.findall(r'-e "s([/#])(.*?)\1', doc)
+    assert len(patterns) >= 6
+    for _, pattern in patterns:
+        literal = pattern.replace("\\[", "[").replace("\\]", "]")
+        assert literal in plan, f"docs/speedrun.md's sed pattern {pattern!r} no longer matches the plan"
 
 
 def test_a_training_stopped_by_sigterm_resumes_in_the_next_invocation(tmp_path, monkeypatch, capsys):

@@ -189,6 +189,16 @@ class AblationRunner:
         if not (run_dir / "summary.json").exists():
             if self.out_of_time():
                 return False
+            # Scores of an earlier training of this unit (restored onto a fresh machine whose run is gone) would
+            # sit beside scores of the new one in one row: the unit is scored again from its new training.
+            stale = [f for f in (self.score_file(unit, p, e) for p, e, _ in self.spec.scores_of(unit.variant))
+                     if f.exists()]
+            for f in stale:
+                f.unlink()
+            if stale:
+                self.log(f"ditlab ablate: {unit.name} is trained again (its run is gone): its {len(stale)} earlier "
+                         "score(s) are dropped, so that all its scores come from one training")
+                todo = list(self.spec.scores_of(unit.variant))
             self.train(unit, run_dir)
         runs: dict[str, object] = {}  # checkpoint name ("" = the run's latest) -> the loaded run
         for path, eval_name, sample in todo:

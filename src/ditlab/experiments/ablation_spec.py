@@ -136,6 +136,16 @@ class AblationSpec:
         return [(p, name, s) for p in variant.paths for name, s in self.evals_of(variant)]
 
 
+def check_stage_evals(stage: Stage, variants: list[Variant]) -> None:
+    """A stage that names its evals must leave every variant that may reach it something to score."""
+    if not stage.evals:
+        return
+    for v in variants:
+        if v.evals and not set(v.evals) & set(stage.evals):
+            raise ConfigError(f"stages.{stage.name}.evals ({', '.join(stage.evals)}) leaves variant {v.name} "
+                              f"(evals: {', '.join(v.evals)}) nothing to score")
+
+
 def _section(cls, data, key: str, source: Path):
     if data is None:
         return cls()
@@ -225,6 +235,8 @@ def load_ablation(path) -> AblationSpec:
     budget = _section(Budget, data.get("budget"), "budget", source)
     _check_budget(budget, "budget", source)
     stages = _stages(data.get("stages"), seeds, names, evals, source)
+    for stage in stages:  # at load, not hours into a study when the stage is reached
+        check_stage_evals(stage, variants)
     time_to = data.get("time_to_fid") or []
     if not isinstance(time_to, list) or not all(isinstance(x, (int, float)) and x > 0 for x in time_to):
         raise ConfigError(f"time_to_fid must be a list of positive FID values, e.g. [10, 7, 5] (in {source})")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ditlab.configlib import ConfigError
-from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
+from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant, check_stage_evals
 from ditlab.experiments.results import read_scores
 
 EXIT_MORE_TO_DO = 3
@@ -30,19 +30,16 @@ def stage_spec(spec: AblationSpec, stage: Stage, variants: list[Variant]) -> Abl
     from the stage when it sets one; only the stage's evals when it names some (each variant keeps those of
     its own evals that the stage scores; one left with none is an error naming both)."""
     sample, evals = spec.sample, spec.evals
-    if stage.evals:  # the variants stay as they are (the next stage promotes them): AblationSpec.evals_of narrows
-        evals = {k: e for k, e in evals.items() if k in stage.evals}
-        for v in variants:
-            if v.evals and not set(v.evals) & set(stage.evals):
-                raise ConfigError(f"stages.{stage.name}.evals ({', '.join(stage.evals)}) leaves variant {v.name} "
-                                  f"(evals: {', '.join(v.evals)}) nothing to score")
-    if stage.num:
-        sample = dataclasses.replace(sample, num=stage.num)
-        evals = {k: dataclasses.replace(e, num=stage.num) for k, e in evals.items()}
     names = {v.name for v in variants}
     # A variant's lo_variant must be in the stage's list (its run generates the cascade's low resolution).
     variants = variants + [v for v in spec.variants if v.name not in names
                            and any(x.lo_variant == v.name for x in variants)]
+    if stage.evals:  # the variants stay as they are (the next stage promotes them): AblationSpec.evals_of narrows
+        evals = {k: e for k, e in evals.items() if k in stage.evals}
+        check_stage_evals(stage, variants)  # (a combination is checked here; the file's variants at load)
+    if stage.num:
+        sample = dataclasses.replace(sample, num=stage.num)
+        evals = {k: dataclasses.replace(e, num=stage.num) for k, e in evals.items()}
     order = {v.name: i for i, v in enumerate(spec.variants)}  # a combination (not in the file) comes last
     return dataclasses.replace(spec, budget=stage.budget, seeds=list(stage.seeds), sample=sample, evals=evals,
                                variants=sorted(variants, key=lambda v: order.get(v.name, len(order))), stages=[])
