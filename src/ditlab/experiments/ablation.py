@@ -198,7 +198,7 @@ class AblationRunner:
             if stale:
                 self.log(f"ditlab ablate: {unit.name} is trained again (its run is gone): its {len(stale)} earlier "
                          "score(s) are dropped, so that all its scores come from one training")
-                todo = list(self.spec.scores_of(unit.variant))
+            todo = list(self.spec.scores_of(unit.variant))  # none of them exists now
             self.train(unit, run_dir)
         runs: dict[str, object] = {}  # checkpoint name ("" = the run's latest) -> the loaded run
         for path, eval_name, sample in todo:

@@ -24,29 +24,20 @@ FLOAT8_MODES = ("off",) + RECIPES
 MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada, Hopper and later
 
 
-def _token_linears(model: nn.Module) -> dict[int, str]:
-    """id -> qualified name of the Linear children of every Attention / Mlp / SwiGLU in ``model``."""
+def float8_candidates(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(converted, skipped) qualified names of the Linear children of every Attention / Mlp / SwiGLU: the
+    token-wise linears whose widths are / are not multiples of 16."""
     from ditlab.models.attention import Attention
     from ditlab.models.mlp import Mlp, SwiGLU
 
-    parents = (Attention, Mlp, SwiGLU)
-    found = {}
-    for name, parent in model.named_modules():
-        if isinstance(parent, parents):
-            for child_name, child in parent.named_children():
-                if type(child) is nn.Linear:
-                    found[id(child)] = f"{name}.{child_name}" if name else child_name
-    return found
-
-
-def float8_candidates(model: nn.Module) -> tuple[list[str], list[str]]:
-    """(converted, skipped) qualified names: token-wise linears whose widths are / are not multiples of 16."""
-    linears = _token_linears(model)
     converted, skipped = [], []
-    for name, m in model.named_modules():
-        if id(m) in linears:
-            ok = m.in_features % 16 == 0 and m.out_features % 16 == 0
-            (converted if ok else skipped).append(name)
+    for name, parent in model.named_modules():
+        if not isinstance(parent, (Attention, Mlp, SwiGLU)):
+            continue
+        for child_name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                ok = child.in_features % 16 == 0 and child.out_features % 16 == 0
+                (converted if ok else skipped).append(f"{name}.{child_name}" if name else child_name)
     return converted, skipped
 
 
