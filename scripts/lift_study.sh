@@ -26,10 +26,7 @@ stage=$1; shift
 ditlab() { python3 -m ditlab "$@"; }
 case "$stage" in
   ref)
-    train=$1 inception=$2 study=$3
-    mkdir -p "$study"
-    [ -f "$study/ref_train.npz" ] || ditlab fid ref "$train" --out "$study/ref_train.npz" --inception "$inception" \
-      --no-progress ;;
+    bash "$(dirname "$0")/study_ref.sh" "$@" ;;
   run)
     train=$1 test=$2 inception=$3 study=$4 budget=${5:-420}; shift 5 || shift $#
     code=0

@@ -11,17 +11,14 @@
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
 # STUDY must survive between commands (a folder under /root on a machine that stays warm, ../shared/GPU.md);
 # before a machine goes back, `collect` into $OUT; on the next machine, `restore` the archive (carried in
-# an ignored folder) and `run` goes on from the scores it holds (a half-trained run starts again).
+# an ignored folder) and `run` goes on from the scores it holds (a unit not fully scored is trained
+# and scored again whole).
 # Extra flags go to `ditlab ablate`, e.g. --stage screen, --only baseline, --gpus 8 on a machine with 8 GPUs.
 set -euo pipefail
 stage=$1; shift
-ditlab() { python3 -m ditlab "$@"; }
 case "$stage" in
   ref)
-    train=$1 inception=$2 study=$3
-    mkdir -p "$study"
-    [ -f "$study/ref_train.npz" ] || ditlab fid ref "$train" --out "$study/ref_train.npz" --inception "$inception" \
-      --no-progress ;;
+    bash "$(dirname "$0")/study_ref.sh" "$@" ;;
   run)
     train=$1 inception=$2 study=$3 seconds=${4:-570}; shift 4 || shift $#
     code=0
