@@ -96,13 +96,17 @@ def test_a_unit_trained_again_is_scored_again_whole(tmp_path, monkeypatch, capsy
     assert (out / "scores" / "single-s0__default__h2.json").exists()
 
 
-def test_bad_evals_stages_and_thresholds_are_named(tmp_path):
+def refused(tmp_path, text: str, match: str) -> None:
+    """An ablation file "config: tiny.yaml" + ``text`` is refused at load with an error matching ``match``."""
     (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\n" + text)
+    with pytest.raises(ConfigError, match=match):
+        load_ablation(tmp_path / "a.yaml")
 
+
+def test_bad_evals_stages_and_thresholds_are_named(tmp_path):
     def bad(text, match):
-        (tmp_path / "a.yaml").write_text("config: tiny.yaml\n" + text)
-        with pytest.raises(ConfigError, match=match):
-            load_ablation(tmp_path / "a.yaml")
+        refused(tmp_path, text, match)
 
     bad("evals: {e: {num: 3}}\nvariants: {v: {}}\n", "evals.e.num")
     bad("evals: {e: {cfg_interval: [2, 1]}}\nvariants: {v: {}}\n", "evals.e.cfg_interval")
@@ -175,13 +179,8 @@ def test_a_stage_scores_only_its_evals(tmp_path, monkeypatch):
 
 
 def test_bad_stage_evals_are_named(tmp_path):
-    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
-    head = "config: tiny.yaml\nevals: {e: {}, f: {steps: 3}}\n"
-
-    def bad(text, match, exc=ConfigError):
-        (tmp_path / "a.yaml").write_text(head + text)
-        with pytest.raises(exc, match=match):
-            load_ablation(tmp_path / "a.yaml")  # at load: not when the stage is reached
+    def bad(text, match):  # at load: not when the stage is reached
+        refused(tmp_path, "evals: {e: {}, f: {steps: 3}}\n" + text, match)
 
     bad("stages: {s: {evals: [g]}}\nvariants: {v: {}}\n", "stages.s.evals: 'g' is not in evals")
     bad("stages: {s: {evals: [e]}, t: {rank_by: f}}\nvariants: {v: {}}\n", "stages.t.rank_by: 'f' ranks stage s")
@@ -406,13 +405,8 @@ def test_a_stage_trains_the_combination_and_carries_it_on(tmp_path, monkeypatch)
 
 
 def test_bad_combine_is_named(tmp_path):
-    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
-    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nstages: {s: {combine: 2}}\nvariants: {v: {}}\n")
-    with pytest.raises(ConfigError, match="stages.s.combine"):
-        load_ablation(tmp_path / "a.yaml")
-    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nstages: {s: {}, t: {combine: 1}}\nvariants: {v: {}}\n")
-    with pytest.raises(ConfigError, match="stages.t.combine"):
-        load_ablation(tmp_path / "a.yaml")
+    refused(tmp_path, "stages: {s: {combine: 2}}\nvariants: {v: {}}\n", "stages.s.combine")
+    refused(tmp_path, "stages: {s: {}, t: {combine: 1}}\nvariants: {v: {}}\n", "stages.t.combine")
 
 
 def test_an_edited_file_does_not_mix_with_runs_of_the_old_one(tmp_path, monkeypatch, capsys):
