@@ -153,9 +153,9 @@ def main():
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     shapes = SMOKE_SHAPES if args.smoke else {k: SHAPES[k] for k in (args.shapes or SHAPES)}
     iters, repeats = (1, 1) if args.smoke else (args.iters, args.repeats)
-    settings = [(K.TILE, K.ROWS_PER_PROGRAM, K.BWD_WARPS)]
-    if args.sweep:
-        settings = list(itertools.product([1024, 2048, 4096, 8192], [16, 32, 64, 128], [0, 4, 8]))
+    settings = [(K.TILE, K.ROWS_PER_PROGRAM, K.BWD_WARPS, K.BWD_ACC)]
+    if args.sweep:  # 4 x 3 x 2 x 2 = 48 settings per shape and op
+        settings = list(itertools.product([1024, 2048, 4096, 8192], [32, 64, 128], [0, 8], ["row", "tile"]))
         if args.smoke:
             settings = settings[:2]
     elem = torch.finfo(dtype).bits // 8
@@ -173,16 +173,19 @@ def main():
             base = {"shape": name, "B": B, "N": N, "D": D, "groups": groups, "dtype": args.dtype,
                     "residual": residual, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                     else "cpu (interpreter: timings mean nothing)"}
-            for tile, rows, warps in settings:
-                K.TILE, K.ROWS_PER_PROGRAM, K.BWD_WARPS = tile, rows, warps
+            for tile, rows, warps, acc in settings:
+                K.TILE, K.ROWS_PER_PROGRAM, K.BWD_WARPS, K.BWD_ACC = tile, rows, warps, acc
                 fwd, bwd = fused_fns(*inputs)
                 for kernel, fn, backward in (("fwd", fwd, False), ("bwd", bwd, True)):
+                    if not backward and (rows, warps, acc) != settings[0][1:]:
+                        continue  # the forward depends on the tile alone: once per tile
                     fn()  # compile this setting's kernel
                     ms = statistics.median(time_ms(fn, iters, repeats, device))
                     ms_graph = time_graph_ms(fn, iters, repeats) if device.type == "cuda" else None
                     need = floor_bytes(B, N, D, elem, residual, backward)
                     gpu_ms = ms_graph or ms
                     emit({**base, "impl": "fused", "kernel": kernel, "tile": tile, "rows": rows, "bwd_warps": warps,
+                          "bwd_acc": acc,
                           "ms": round(ms, 4), "ms_graph": ms_graph and round(ms_graph, 4),
                           "floor_mb": round(need / 1e6, 1), "gb_per_s": round(need / gpu_ms / 1e6, 1)})
             if not args.no_inductor and not args.smoke:

@@ -110,6 +110,18 @@ def test_kernels_gpu(shape, groups, dtype, residual):
 
 
 @gpu
+@pytest.mark.parametrize("groups", ["sample", "streams", "scattered"])
+@pytest.mark.parametrize("shape", [(1, 77, 384), (2, 320, 768), (3, 256, 1152)], ids=lambda s: "x".join(map(str, s)))
+def test_kernels_gpu_tile_accumulation(shape, groups, monkeypatch):
+    """DITLAB_ADALN_BWD_ACC=tile (whole-tile accumulators, one reduction per flush), bf16, both ops."""
+    from ditlab.models.kernels import adaln_triton
+
+    monkeypatch.setattr(adaln_triton, "BWD_ACC", "tile")
+    for residual in (False, True):
+        check(*shape, groups, torch.bfloat16, "cuda", residual)
+
+
+@gpu
 def test_mixed_dtypes_and_autocast_output_gpu():
     """fp32 residual stream, bf16 branch and modulation (as under autocast): x' stays fp32, y is bf16."""
     x, branch, mod, index = make_case(2, 77, 768, "sample", torch.float32, "cuda")
@@ -167,11 +179,15 @@ def test_opcheck_gpu():
 
 # ---- CPU: the same kernels through Triton's interpreter (TRITON_INTERPRET=1), small shapes ----------
 @interp
+@pytest.mark.parametrize("acc", ["row", "tile"])
 @pytest.mark.parametrize("groups", ["sample", "token", "streams", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 48), (2, 20, 40)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("residual", [False, True], ids=["ln_mod", "gate_res_ln_mod"])
-def test_kernels_interpreter(shape, groups, residual):
+def test_kernels_interpreter(shape, groups, residual, acc, monkeypatch):
     from ditlab.models.kernels import adaln_triton
+
+    monkeypatch.setattr(adaln_triton, "BWD_ACC", acc)  # both ways of summing the modulation gradients
+    monkeypatch.setattr(adaln_triton, "TILE", 256)  # several tiles per backward program at these widths
 
     def fused_ln(x, shift, scale, index):
         return adaln_triton.adaln_fwd(x, None, None, shift, scale, None if index is None else index.int(), x.dtype)[0]

@@ -38,6 +38,12 @@ ROWS_PER_PROGRAM = int(os.environ.get("DITLAB_ADALN_ROWS", "64"))
 # measured the same end to end (DiT-S/2 and DiT-B/2, one H200).
 TILE = int(os.environ.get("DITLAB_ADALN_TILE", "4096"))
 BWD_WARPS = int(os.environ.get("DITLAB_ADALN_BWD_WARPS", "0"))
+# How the backward accumulates d(shift) / d(scale) / d(gate) over its rows: "row" reduces each tile over its
+# rows at once (a cross-warp reduction per tile and sum); "tile" adds whole tiles into [rows, D] accumulators
+# and reduces once per flush (more registers, fewer reductions). A measurement knob until the H200 says which
+# pays (scripts/bench_adaln_kernels.py --sweep); both give the same sums up to fp32 summation order.
+BWD_ACC = os.environ.get("DITLAB_ADALN_BWD_ACC", "row")
+BWD_ACC_MODES = ("row", "tile")
 # Beyond this many groups with an index, the modulation is gathered to tokens first (per-token mode).
 MAX_INDEX_GROUPS = 16
 
@@ -80,18 +86,29 @@ def _adaln_fwd_kernel(X, BR, GATE, SHIFT, SCALE, IDX, Y, XNEW, MEAN, RSTD,
 
 
 @triton.jit
+def _fold_rows(c, ACC_M: tl.constexpr):
+    """A tile's contribution to a [ACC_M, D] accumulator: summed over its rows (ACC_M == 1) or whole."""
+    if ACC_M == 1:
+        return tl.sum(c, axis=0)[None, :]
+    else:
+        return c
+
+
+@triton.jit
 def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PSH, PSC, PGT,
                       N, D, P, s_gb, s_gg, s_cb, s_cg, G: tl.constexpr,
                       HAS_RES: tl.constexpr, HAS_DXN: tl.constexpr, GMODE: tl.constexpr, ROWS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC_M: tl.constexpr):
     # Partial sums: GMODE 0 / 2 -> PSH[b, p, g, :] (fp32, this program's slot); GMODE 1 -> PSH[b, n, :].
+    # Accumulators are [ACC_M, BLOCK_D]: ACC_M = 1 reduces each tile over its rows as it goes (BWD_ACC "row"),
+    # ACC_M = BLOCK_M adds whole tiles and reduces once per flush ("tile").
     b = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
-    acc_sh = tl.zeros([BLOCK_D], dtype=tl.float32)
-    acc_sc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    acc_gt = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_sh = tl.zeros([ACC_M, BLOCK_D], dtype=tl.float32)
+    acc_sc = tl.zeros([ACC_M, BLOCK_D], dtype=tl.float32)
+    acc_gt = tl.zeros([ACC_M, BLOCK_D], dtype=tl.float32)
     n0 = p * ROWS
     if GMODE == 2:
         cur_g = tl.load(IDX + n0).to(tl.int64)
@@ -147,24 +164,24 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
             if HAS_RES:
                 tl.store(PGT + offs, c_gt, mask=mask)
         elif GMODE == 0:  # one group: sums in registers, one store at the end
-            acc_sh += tl.sum(c_sh, axis=0)
-            acc_sc += tl.sum(c_sc, axis=0)
+            acc_sh += _fold_rows(c_sh, ACC_M)
+            acc_sc += _fold_rows(c_sc, ACC_M)
             if HAS_RES:
-                acc_gt += tl.sum(c_gt, axis=0)
+                acc_gt += _fold_rows(c_gt, ACC_M)
         else:  # indexed groups: sums in registers while the group stays the same (streams are contiguous)
             g_lo = tl.min(tl.where(nmask, g, 2**62), axis=0)
             g_hi = tl.max(tl.where(nmask, g, -1), axis=0)
             if (g_lo == cur_g) & (g_hi == cur_g):
-                acc_sh += tl.sum(c_sh, axis=0)
-                acc_sc += tl.sum(c_sc, axis=0)
+                acc_sh += _fold_rows(c_sh, ACC_M)
+                acc_sc += _fold_rows(c_sc, ACC_M)
                 if HAS_RES:
-                    acc_gt += tl.sum(c_gt, axis=0)
+                    acc_gt += _fold_rows(c_gt, ACC_M)
             elif g_hi >= 0:
                 o = (slot + cur_g) * D + d
-                tl.atomic_add(PSH + o, acc_sh, mask=dmask)
-                tl.atomic_add(PSC + o, acc_sc, mask=dmask)
+                tl.atomic_add(PSH + o, tl.sum(acc_sh, axis=0), mask=dmask)
+                tl.atomic_add(PSC + o, tl.sum(acc_sc, axis=0), mask=dmask)
                 if HAS_RES:
-                    tl.atomic_add(PGT + o, acc_gt, mask=dmask)
+                    tl.atomic_add(PGT + o, tl.sum(acc_gt, axis=0), mask=dmask)
                 for gg in range(0, G):  # this block's groups (G <= MAX_INDEX_GROUPS)
                     if (gg >= g_lo) & (gg <= g_hi):
                         sel = (g == gg) & nmask
@@ -174,22 +191,22 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
                         if HAS_RES:
                             tl.atomic_add(PGT + og, tl.sum(tl.where(sel[:, None], c_gt, 0.0), axis=0),
                                           mask=dmask)
-                acc_sh = tl.zeros([BLOCK_D], dtype=tl.float32)
-                acc_sc = tl.zeros([BLOCK_D], dtype=tl.float32)
-                acc_gt = tl.zeros([BLOCK_D], dtype=tl.float32)
+                acc_sh = tl.zeros([ACC_M, BLOCK_D], dtype=tl.float32)
+                acc_sc = tl.zeros([ACC_M, BLOCK_D], dtype=tl.float32)
+                acc_gt = tl.zeros([ACC_M, BLOCK_D], dtype=tl.float32)
                 cur_g = g_hi
     if GMODE == 0:
         o = slot * D + d
-        tl.store(PSH + o, acc_sh, mask=dmask)
-        tl.store(PSC + o, acc_sc, mask=dmask)
+        tl.store(PSH + o, tl.sum(acc_sh, axis=0), mask=dmask)
+        tl.store(PSC + o, tl.sum(acc_sc, axis=0), mask=dmask)
         if HAS_RES:
-            tl.store(PGT + o, acc_gt, mask=dmask)
+            tl.store(PGT + o, tl.sum(acc_gt, axis=0), mask=dmask)
     elif GMODE == 2:
         o = (slot + cur_g) * D + d
-        tl.atomic_add(PSH + o, acc_sh, mask=dmask)
-        tl.atomic_add(PSC + o, acc_sc, mask=dmask)
+        tl.atomic_add(PSH + o, tl.sum(acc_sh, axis=0), mask=dmask)
+        tl.atomic_add(PSC + o, tl.sum(acc_sc, axis=0), mask=dmask)
         if HAS_RES:
-            tl.atomic_add(PGT + o, acc_gt, mask=dmask)
+            tl.atomic_add(PGT + o, tl.sum(acc_gt, axis=0), mask=dmask)
 
 
 USE_TRITON_OP = os.environ.get("DITLAB_ADALN_OP", "custom_op") == "triton_op"
@@ -269,6 +286,8 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
     G = scale.shape[1]
     gmode = _gmode(G, N, index)
     block_m, block_d, num_warps = _blocks(D, backward=True)
+    if BWD_ACC not in BWD_ACC_MODES:
+        raise ValueError(f"DITLAB_ADALN_BWD_ACC must be one of {', '.join(BWD_ACC_MODES)}, got {BWD_ACC!r}")
     rows = max(block_m, min(ROWS_PER_PROGRAM, triton.next_power_of_2(N)))
     P = triton.cdiv(N, rows)
     dx = torch.empty((B, N, D), dtype=x_dtype, device=xn.device)
@@ -286,7 +305,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
         mean, rstd, dy, dxn if dxn is not None else dy, dx, dbr if has_res else dx, psh, psc,
         pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G=G if gmode == 2 else 1,
         HAS_RES=has_res, HAS_DXN=dxn is not None, GMODE=gmode, ROWS=rows, BLOCK_M=block_m, BLOCK_D=block_d,
-        num_warps=num_warps)
+        ACC_M=block_m if BWD_ACC == "tile" else 1, num_warps=num_warps)
 
     def fold(t, dtype):
         return (t if gmode == 1 else t.sum(1)).to(dtype)
