@@ -2,7 +2,8 @@
 against what torch.compile makes of the eager mathematics, over the kernels' tile knobs.
 
     python scripts/bench_adaln_kernels.py                          # the DiT-S/2 and DiT-B/2 shapes, bf16
-    python scripts/bench_adaln_kernels.py --sweep --out K.jsonl    # also every tile / rows / warps setting
+    python scripts/bench_adaln_kernels.py --sweep --out K.jsonl    # also each tile / rows / warps / accumulation /
+                                                                   # stages setting, one knob at a time
     TRITON_INTERPRET=1 python scripts/bench_adaln_kernels.py --smoke   # CPU: the script's logic, tiny shapes
 
 One JSON line per (shape, kernel, setting): milliseconds (median of --repeats, CUDA events around --iters
@@ -141,7 +142,9 @@ def main():
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--sweep", action="store_true", help="every tile / rows / backward-warps setting")
+    p.add_argument("--sweep", action="store_true", help="each knob (tile, rows, backward warps / accumulation / "
+                   "pipelining stages) varied alone from the defaults: 10 settings")
+    p.add_argument("--grid", action="store_true", help="every combination of the knobs' values: 144 settings (long)")
     p.add_argument("--no-inductor", action="store_true", help="skip the torch.compile reference rows")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 iteration (CPU through TRITON_INTERPRET=1)")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -153,11 +156,18 @@ def main():
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     shapes = SMOKE_SHAPES if args.smoke else {k: SHAPES[k] for k in (args.shapes or SHAPES)}
     iters, repeats = (1, 1) if args.smoke else (args.iters, args.repeats)
-    settings = [(K.TILE, K.ROWS_PER_PROGRAM, K.BWD_WARPS, K.BWD_ACC)]
-    if args.sweep:  # 4 x 3 x 2 x 2 = 48 settings per shape and op
-        settings = list(itertools.product([1024, 2048, 4096, 8192], [32, 64, 128], [0, 8], ["row", "tile"]))
-        if args.smoke:
-            settings = settings[:2]
+    knobs = ("TILE", "ROWS_PER_PROGRAM", "BWD_WARPS", "BWD_ACC", "BWD_STAGES")
+    values = {"TILE": [1024, 2048, 4096, 8192], "ROWS_PER_PROGRAM": [32, 64, 128], "BWD_WARPS": [0, 8],
+              "BWD_ACC": ["row", "tile"], "BWD_STAGES": [0, 1, 2]}
+    default = tuple(getattr(K, k) for k in knobs)
+    settings = [default]
+    if args.grid:
+        settings = list(itertools.product(*(values[k] for k in knobs)))
+    elif args.sweep:  # one knob at a time
+        settings += [default[:i] + (v,) + default[i + 1:] for i, k in enumerate(knobs) for v in values[k]
+                     if v != default[i]]
+    if args.smoke and (args.sweep or args.grid):
+        settings = settings[:1] + [s for s in settings if s[3] != default[3]][:1]  # the accumulation both ways
     elem = torch.finfo(dtype).bits // 8
 
     def emit(row):
@@ -173,11 +183,13 @@ def main():
             base = {"shape": name, "B": B, "N": N, "D": D, "groups": groups, "dtype": args.dtype,
                     "residual": residual, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                     else "cpu (interpreter: timings mean nothing)"}
-            for tile, rows, warps, acc in settings:
-                K.TILE, K.ROWS_PER_PROGRAM, K.BWD_WARPS, K.BWD_ACC = tile, rows, warps, acc
+            for setting in settings:
+                for knob, value in zip(knobs, setting):
+                    setattr(K, knob, value)
+                tile, rows, warps, acc, stages = setting
                 fwd, bwd = fused_fns(*inputs)
                 for kernel, fn, backward in (("fwd", fwd, False), ("bwd", bwd, True)):
-                    if not backward and (rows, warps, acc) != settings[0][1:]:
+                    if not backward and setting[1:] != settings[0][1:]:
                         continue  # the forward depends on the tile alone: once per tile
                     fn()  # compile this setting's kernel
                     ms = statistics.median(time_ms(fn, iters, repeats, device))
@@ -185,7 +197,7 @@ def main():
                     need = floor_bytes(B, N, D, elem, residual, backward)
                     gpu_ms = ms_graph or ms
                     emit({**base, "impl": "fused", "kernel": kernel, "tile": tile, "rows": rows, "bwd_warps": warps,
-                          "bwd_acc": acc,
+                          "bwd_acc": acc, "bwd_stages": stages,
                           "ms": round(ms, 4), "ms_graph": ms_graph and round(ms_graph, 4),
                           "floor_mb": round(need / 1e6, 1), "gb_per_s": round(need / gpu_ms / 1e6, 1)})
             if not args.no_inductor and not args.smoke:

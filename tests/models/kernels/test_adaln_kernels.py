@@ -110,13 +110,16 @@ def test_kernels_gpu(shape, groups, dtype, residual):
 
 
 @gpu
+@pytest.mark.parametrize("acc,stages", [("tile", 0), ("row", 1), ("tile", 2)])
 @pytest.mark.parametrize("groups", ["sample", "streams", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 384), (2, 320, 768), (3, 256, 1152)], ids=lambda s: "x".join(map(str, s)))
-def test_kernels_gpu_tile_accumulation(shape, groups, monkeypatch):
-    """DITLAB_ADALN_BWD_ACC=tile (whole-tile accumulators, one reduction per flush), bf16, both ops."""
+def test_kernels_gpu_backward_knobs(shape, groups, acc, stages, monkeypatch):
+    """The backward's measurement knobs (DITLAB_ADALN_BWD_ACC, DITLAB_ADALN_BWD_STAGES) off their defaults, bf16,
+    both ops: whole-tile accumulators with one reduction per flush, and other pipelining depths."""
     from ditlab.models.kernels import adaln_triton
 
-    monkeypatch.setattr(adaln_triton, "BWD_ACC", "tile")
+    monkeypatch.setattr(adaln_triton, "BWD_ACC", acc)
+    monkeypatch.setattr(adaln_triton, "BWD_STAGES", stages)
     for residual in (False, True):
         check(*shape, groups, torch.bfloat16, "cuda", residual)
 

@@ -44,6 +44,8 @@ BWD_WARPS = int(os.environ.get("DITLAB_ADALN_BWD_WARPS", "0"))
 # pays (scripts/bench_adaln_kernels.py --sweep); both give the same sums up to fp32 summation order.
 BWD_ACC = os.environ.get("DITLAB_ADALN_BWD_ACC", "row")
 BWD_ACC_MODES = ("row", "tile")
+# Software-pipelining stages of the backward's row loop (0: Triton's default for the launch, 3 on CUDA).
+BWD_STAGES = int(os.environ.get("DITLAB_ADALN_BWD_STAGES", "0"))
 # Beyond this many groups with an index, the modulation is gathered to tokens first (per-token mode).
 MAX_INDEX_GROUPS = 16
 
@@ -305,7 +307,8 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
         mean, rstd, dy, dxn if dxn is not None else dy, dx, dbr if has_res else dx, psh, psc,
         pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G=G if gmode == 2 else 1,
         HAS_RES=has_res, HAS_DXN=dxn is not None, GMODE=gmode, ROWS=rows, BLOCK_M=block_m, BLOCK_D=block_d,
-        ACC_M=block_m if BWD_ACC == "tile" else 1, num_warps=num_warps)
+        ACC_M=block_m if BWD_ACC == "tile" else 1, num_warps=num_warps,
+        **({"num_stages": BWD_STAGES} if BWD_STAGES else {}))
 
     def fold(t, dtype):
         return (t if gmode == 1 else t.sum(1)).to(dtype)
