@@ -44,6 +44,8 @@ def make_case(B, N, D, groups, dtype, device, seed=0, strided=True):
         G, index = N, None
     elif groups == "streams":  # superres-like: the first quarter of the tokens is stream 0, the rest 1
         G, index = 2, (torch.arange(N) >= N // 4).long()
+    elif groups == "aligned":  # two streams split at token 64: backward programs of 64 rows hold one group each
+        G, index = 2, (torch.arange(N) >= 64).long()
     elif groups == "scattered":  # any token -> group map (the kernels may not assume contiguous streams)
         G, index = 3, torch.randint(0, 3, (N,), generator=g)
     else:
@@ -102,7 +104,7 @@ GPU_SHAPES = [(1, 77, 384), (2, 320, 768), (3, 256, 1152), (4, 77, 1152), (1, 32
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("groups", ["sample", "token", "streams", "scattered"])
+@pytest.mark.parametrize("groups", ["sample", "token", "streams", "aligned", "scattered"])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("residual", [False, True], ids=["ln_mod", "gate_res_ln_mod"])
 def test_kernels_gpu(shape, groups, dtype, residual):
@@ -111,7 +113,7 @@ def test_kernels_gpu(shape, groups, dtype, residual):
 
 @gpu
 @pytest.mark.parametrize("acc,stages", [("tile", 0), ("row", 1), ("tile", 2)])
-@pytest.mark.parametrize("groups", ["sample", "streams", "scattered"])
+@pytest.mark.parametrize("groups", ["sample", "streams", "aligned", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 384), (2, 320, 768), (3, 256, 1152)], ids=lambda s: "x".join(map(str, s)))
 def test_kernels_gpu_backward_knobs(shape, groups, acc, stages, monkeypatch):
     """The backward's measurement knobs (DITLAB_ADALN_BWD_ACC, DITLAB_ADALN_BWD_STAGES) off their defaults, bf16,
@@ -183,7 +185,7 @@ def test_opcheck_gpu():
 # ---- CPU: the same kernels through Triton's interpreter (TRITON_INTERPRET=1), small shapes ----------
 @interp
 @pytest.mark.parametrize("acc", ["row", "tile"])
-@pytest.mark.parametrize("groups", ["sample", "token", "streams", "scattered"])
+@pytest.mark.parametrize("groups", ["sample", "token", "streams", "aligned", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 48), (2, 20, 40)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("residual", [False, True], ids=["ln_mod", "gate_res_ln_mod"])
 def test_kernels_interpreter(shape, groups, residual, acc, monkeypatch):

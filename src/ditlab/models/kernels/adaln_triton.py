@@ -113,14 +113,21 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
     acc_gt = tl.zeros([ACC_M, BLOCK_D], dtype=tl.float32)
     n0 = p * ROWS
     if GMODE == 2:
-        cur_g = tl.load(IDX + n0).to(tl.int64)
+        # A program whose rows all belong to one group (a stream of a multi-stream model, away from its edges:
+        # all of them when the streams' lengths are multiples of ROWS) runs as the per-sample case does: that
+        # group's modulation rows loaded once, no per-tile gather or group test.
+        n_all = n0 + tl.arange(0, ROWS)
+        g_all = tl.load(IDX + n_all, mask=n_all < N, other=0).to(tl.int64)
+        g_first = tl.min(tl.where(n_all < N, g_all, 2**62), axis=0)
+        uniform = g_first == tl.max(tl.where(n_all < N, g_all, -1), axis=0)
+        cur_g = g_first
     else:
         cur_g = (n0 * 0).to(tl.int64)
     slot = (b * P + p) * G
-    if GMODE == 0:  # one modulation row per sample: loaded once, not once per tile row
-        sc_row = tl.load(SCALE + b * s_cb + d, mask=dmask, other=0.0).to(tl.float32)
+    if GMODE != 1:  # one modulation row per sample (or the program's first group): loaded once, not per tile row
+        sc_row = tl.load(SCALE + b * s_cb + cur_g * s_cg + d, mask=dmask, other=0.0).to(tl.float32)
         if HAS_RES:
-            gt_row = tl.load(GATE + b * s_gb + d, mask=dmask, other=0.0).to(tl.float32)
+            gt_row = tl.load(GATE + b * s_gb + cur_g * s_gg + d, mask=dmask, other=0.0).to(tl.float32)
     for i in range(0, ROWS, BLOCK_M):
         n = n0 + i + tl.arange(0, BLOCK_M)
         nmask = n < N
@@ -140,6 +147,12 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         if GMODE == 0:
             wdy = dy * (1.0 + sc_row[None, :])
+        elif GMODE == 2:
+            if uniform:
+                sc = tl.broadcast_to(sc_row[None, :], [BLOCK_M, BLOCK_D])
+            else:
+                sc = tl.load(SCALE + b * s_cb + g[:, None] * s_cg + d[None, :], mask=mask, other=0.0).to(tl.float32)
+            wdy = dy * (1.0 + sc)
         else:
             sc = tl.load(SCALE + b * s_cb + g[:, None] * s_cg + d[None, :], mask=mask, other=0.0).to(tl.float32)
             wdy = dy * (1.0 + sc)
@@ -156,6 +169,12 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
             br = tl.load(BR + offs, mask=mask, other=0.0).to(tl.float32)
             if GMODE == 0:
                 gt = gt_row[None, :]
+            elif GMODE == 2:
+                if uniform:
+                    gt = tl.broadcast_to(gt_row[None, :], [BLOCK_M, BLOCK_D])
+                else:
+                    gt = tl.load(GATE + b * s_gb + g[:, None] * s_gg + d[None, :], mask=mask,
+                                 other=0.0).to(tl.float32)
             else:
                 gt = tl.load(GATE + b * s_gb + g[:, None] * s_gg + d[None, :], mask=mask, other=0.0).to(tl.float32)
             tl.store(DBR + offs, (dx * gt).to(DBR.dtype.element_ty), mask=mask)
@@ -171,8 +190,12 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
             if HAS_RES:
                 acc_gt += _fold_rows(c_gt, ACC_M)
         else:  # indexed groups: sums in registers while the group stays the same (streams are contiguous)
-            g_lo = tl.min(tl.where(nmask, g, 2**62), axis=0)
-            g_hi = tl.max(tl.where(nmask, g, -1), axis=0)
+            if uniform:
+                g_lo = cur_g
+                g_hi = cur_g
+            else:
+                g_lo = tl.min(tl.where(nmask, g, 2**62), axis=0)
+                g_hi = tl.max(tl.where(nmask, g, -1), axis=0)
             if (g_lo == cur_g) & (g_hi == cur_g):
                 acc_sh += _fold_rows(c_sh, ACC_M)
                 acc_sc += _fold_rows(c_sc, ACC_M)
@@ -290,6 +313,9 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
     block_m, block_d, num_warps = _blocks(D, backward=True)
     if BWD_ACC not in BWD_ACC_MODES:
         raise ValueError(f"DITLAB_ADALN_BWD_ACC must be one of {', '.join(BWD_ACC_MODES)}, got {BWD_ACC!r}")
+    if ROWS_PER_PROGRAM < 1 or ROWS_PER_PROGRAM & (ROWS_PER_PROGRAM - 1):
+        raise ValueError(f"DITLAB_ADALN_ROWS must be a power of two (a program loads its rows' groups at once), "
+                         f"got {ROWS_PER_PROGRAM}")
     rows = max(block_m, min(ROWS_PER_PROGRAM, triton.next_power_of_2(N)))
     P = triton.cdiv(N, rows)
     dx = torch.empty((B, N, D), dtype=x_dtype, device=xn.device)
