@@ -196,8 +196,10 @@ def main():
                     ms_graph = time_graph_ms(fn, iters, repeats) if device.type == "cuda" else None
                     need = floor_bytes(B, N, D, elem, residual, backward)
                     gpu_ms = ms_graph or ms
-                    emit({**base, "impl": "fused", "kernel": kernel, "tile": tile, "rows": rows, "bwd_warps": warps,
-                          "bwd_acc": acc, "bwd_stages": stages,
+                    knob_fields = {"rows": rows, "bwd_warps": warps, "bwd_acc": acc, "bwd_stages": stages} \
+                        if backward else {}  # the forward depends on the tile alone
+                    emit({**base, "impl": "fused", "kernel": kernel, "tile": tile, **knob_fields,
+                          "gb_basis": "graph" if ms_graph else "launch",
                           "ms": round(ms, 4), "ms_graph": ms_graph and round(ms_graph, 4),
                           "floor_mb": round(need / 1e6, 1), "gb_per_s": round(need / gpu_ms / 1e6, 1)})
             if not args.no_inductor and not args.smoke:
@@ -214,6 +216,7 @@ def main():
                     need = floor_bytes(B, N, D, elem, residual, backward)
                     emit({**base, "impl": "inductor", "kernel": kernel, "ms": round(ms, 4),
                           "ms_graph": ms_graph and round(ms_graph, 4), "floor_mb": round(need / 1e6, 1),
+                          "gb_basis": "graph" if ms_graph else "launch",
                           "gb_per_s": round(need / max(ms_graph or ms, 1e-9) / 1e6, 1)})
 
 

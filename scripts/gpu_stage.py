@@ -6,7 +6,9 @@ Inception network) stopped fitting once the repository grew; the failed call lef
 to go back, and a trained run was lost. This script measures the working tree and cuts the inputs to fit.
 
     python3 scripts/gpu_stage.py prepare                 # here: .gpu_stage/1, 2, ... each fits one carry
-    python3 scripts/gpu_stage.py take .gpu_stage/2       # on the device: copy into /root/cache, join what is whole
+    python3 scripts/gpu_stage.py take .gpu_stage/2 --need cifar10-train.zip
+                                                         # on the device: copy into /root/cache, join what is
+                                                         # whole; exit 3 if the named file is not whole yet
 
 `prepare` lays the inputs end to end and cuts the stream into folders of at most (64 MiB - working tree -
 margin) bytes, so the number of calls is the least possible; a file split across folders becomes numbered
@@ -26,13 +28,16 @@ from pathlib import Path
 MIB = 1 << 20
 CARRY_LIMIT = 64 * MIB
 MANIFEST = "stage_manifest.json"
+MANIFEST_ROOM = 64 * 1024  # bytes of every folder's capacity kept for its copy of the manifest
 
 
 def default_inputs(shared: Path) -> list[Path]:
     """What the GPU work of the open issues reads, in the order it is needed: the training set (every training
     run), the test set (superres and LIFT evaluation), the FID Inception network (kept in ../shared as parts)."""
-    return [shared / "data" / "cifar10-train.zip", shared / "data" / "cifar10-test.zip",
-            *sorted((shared / "fid").glob("inception-fid-torchscript.pt.part.*"))]
+    inception = sorted((shared / "fid").glob("inception-fid-torchscript.pt.part.*"))
+    if not inception:
+        sys.exit(f"gpu_stage: no inception-fid-torchscript.pt.part.* in {shared / 'fid'}")
+    return [shared / "data" / "cifar10-train.zip", shared / "data" / "cifar10-test.zip", *inception]
 
 
 def working_tree_bytes(repo: Path) -> int:
@@ -57,6 +62,15 @@ def joined_name(path: Path) -> str:
     return name.split(".part.")[0] if ".part." in name else name
 
 
+def in_join_order(inputs: list[Path]) -> list[Path]:
+    """The inputs with the pieces of one file together and in name order (.part.aa before .part.ab, whatever
+    order they were given in), files in the order of their first appearance."""
+    groups: dict[str, list[Path]] = {}
+    for src in inputs:
+        groups.setdefault(joined_name(src), []).append(src)
+    return [src for pieces in groups.values() for src in sorted(pieces, key=lambda p: p.name)]
+
+
 def plan(inputs: list[Path], capacity: int) -> list[list[tuple[Path, int, int, str]]]:
     """Folders of (source, offset, length, part name), each at most ``capacity`` bytes, inputs end to end."""
     folders, current, room = [], [], capacity
@@ -74,25 +88,41 @@ def plan(inputs: list[Path], capacity: int) -> list[list[tuple[Path, int, int, s
     return folders
 
 
+def staging_folder(repo: Path, out: str) -> Path:
+    """``--out`` as a folder strictly inside the checkout that git ignores: it is deleted and rewritten, and a
+    folder that git does not ignore would travel with every call and overflow the carry."""
+    path = (repo / out).resolve()
+    if path == repo or repo not in path.parents:
+        sys.exit(f"gpu_stage: --out {out!r} must be a folder inside {repo}, not the checkout or outside it")
+    # A file inside: git matches a directory pattern (.gpu*/) only against a path it knows to be a folder.
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(path / MANIFEST)], cwd=repo).returncode == 0
+    if not ignored:
+        sys.exit(f"gpu_stage: --out {out!r} is not ignored by git; it would be carried with every call "
+                 f"(name it .gpu_something: .gitignore ignores .gpu*/)")
+    return path
+
+
 def prepare(args) -> int:
     repo = Path(args.repo).resolve()
     shared = Path(args.shared).resolve()
-    inputs = [Path(p) for p in args.inputs] if args.inputs else default_inputs(shared)
+    inputs = in_join_order([Path(p) for p in args.inputs] if args.inputs else default_inputs(shared))
     missing = [str(p) for p in inputs if not p.is_file()]
     if missing:
         sys.exit(f"gpu_stage: input not found: {', '.join(missing)}")
+    out = staging_folder(repo, args.out)
     tree = working_tree_bytes(repo)
-    capacity = CARRY_LIMIT - tree - int(args.margin_mib * MIB)
+    # The manifest travels in every folder; files occupy whole filesystem blocks on the way (the margin).
+    capacity = CARRY_LIMIT - tree - int(args.margin_mib * MIB) - MANIFEST_ROOM
     if capacity < 4 * MIB:
         sys.exit(f"gpu_stage: the working tree is {tree / MIB:.1f} MiB; with the {args.margin_mib} MiB margin "
                  f"less than 4 MiB of a 64 MiB carry is left for staging")
-    out = repo / args.out
     if out.exists():
         shutil.rmtree(out)
     folders = plan(inputs, capacity)
     manifest = {"files": {}}
     for src in inputs:
-        entry = manifest["files"].setdefault(joined_name(src), {"pieces": []})
+        entry = manifest["files"].setdefault(joined_name(src), {"size": 0, "pieces": []})
+        entry["size"] += src.stat().st_size
         entry["pieces"].append({"name": src.name, "size": src.stat().st_size, "sha256": sha256(src),
                                 "parts": []})
     for number, folder in enumerate(folders, start=1):
@@ -107,65 +137,102 @@ def prepare(args) -> int:
                     f_out.write(block)
                     remaining -= len(block)
             piece = next(p for p in manifest["files"][joined_name(src)]["pieces"] if p["name"] == src.name)
-            piece["parts"].append(part)
+            piece["parts"].append([part, number])
+    text = json.dumps(manifest, indent=1)
+    if len(text) > MANIFEST_ROOM:
+        sys.exit(f"gpu_stage: the manifest is {len(text)} bytes, more than the {MANIFEST_ROOM} kept for it")
     for number in range(1, len(folders) + 1):
-        (out / str(number) / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (out / str(number) / MANIFEST).write_text(text)
     print(f"working tree {tree / MIB:.1f} MiB; {len(folders)} folders of at most {capacity / MIB:.1f} MiB:")
     for number, folder in enumerate(folders, start=1):
         print(f"  {args.out}/{number}: " + ", ".join(f"{part} ({length / MIB:.1f} MiB)"
                                                      for _, _, length, part in folder))
-    print(f"on the device, one call per folder, back to back: python3 scripts/gpu_stage.py take {args.out}/N")
+    print(f"on the device, one call per folder, back to back: python3 scripts/gpu_stage.py take {args.out}/N "
+          f"[--need FILE ...]")
     return 0
 
 
 def take(args) -> int:
+    """Copy the folder's parts of every file not yet whole in the cache, join each file whose parts are all
+    there (size and sha256 of every piece checked), and report. Exit 1 when a joined file fails its checksum
+    (the other files are still joined), 3 when a file named by --need is not whole yet."""
     folder, cache = Path(args.folder), Path(args.cache)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         sys.exit(f"gpu_stage: {manifest_path} not found (carry the folder that `prepare` wrote)")
-    cache.mkdir(parents=True, exist_ok=True)
-    for part in folder.iterdir():
-        if part.name != MANIFEST:
-            shutil.copyfile(part, cache / (part.name + ".tmp"))
-            (cache / (part.name + ".tmp")).replace(cache / part.name)
     manifest = json.loads(manifest_path.read_text())
+    unknown = [n for n in args.need if n not in manifest["files"]]
+    if unknown:
+        sys.exit(f"gpu_stage: --need {', '.join(unknown)}: not staged (the manifest has "
+                 f"{', '.join(manifest['files'])})")
+    cache.mkdir(parents=True, exist_ok=True)
+    failed, whole = [], set()
     for name, entry in manifest["files"].items():
         target = cache / name
-        all_parts = [cache / part for piece in entry["pieces"] for part in piece["parts"]]
-        if target.exists():
+        parts = [(cache / part, number) for piece in entry["pieces"] for part, number in piece["parts"]]
+        if target.exists() and target.stat().st_size == entry["size"]:
+            for part, _ in parts:  # a folder carried again after the join: nothing to keep
+                part.unlink(missing_ok=True)
             print(f"{target}: present")
+            whole.add(name)
             continue
-        waiting = [p.name for p in all_parts if not p.exists()]
+        if target.exists():
+            print(f"{target}: {target.stat().st_size} bytes, the manifest says {entry['size']}: joined again")
+        for part, _ in parts:
+            if (folder / part.name).is_file():
+                tmp = cache / (part.name + ".tmp")  # a part appears whole or not at all
+                shutil.copyfile(folder / part.name, tmp)
+                tmp.replace(part)
+        waiting = [part.name for part, _ in parts if not part.exists()]
         if waiting:
-            print(f"{target}: waiting for {len(waiting)} of {len(all_parts)} parts")
+            folders = sorted({number for part, number in parts if not part.exists()})
+            print(f"{target}: waiting for {len(waiting)} of {len(parts)} parts (folders {folders})")
             continue
-        for piece in entry["pieces"]:
-            size = sum((cache / part).stat().st_size for part in piece["parts"])
-            if size != piece["size"]:
-                sys.exit(f"gpu_stage: {piece['name']}: parts hold {size} bytes, the manifest says {piece['size']}")
-        tmp = cache / (name + ".tmp")
-        with open(tmp, "wb") as f_out:
-            for part in all_parts:
-                with open(part, "rb") as f_in:
-                    shutil.copyfileobj(f_in, f_out, 8 * MIB)
-        offset = 0
-        with open(tmp, "rb") as f:
-            for piece in entry["pieces"]:
-                h, remaining = hashlib.sha256(), piece["size"]
-                while remaining:
-                    block = f.read(min(remaining, MIB))
-                    h.update(block)
-                    remaining -= len(block)
-                if h.hexdigest() != piece["sha256"]:
-                    tmp.unlink()
-                    sys.exit(f"gpu_stage: {piece['name']}: checksum differs from the manifest's; the parts are "
-                             f"kept in {cache}: carry the folders again")
-                offset += piece["size"]
-        tmp.replace(target)
-        for part in all_parts:
-            part.unlink()
-        print(f"{target}: joined ({offset / MIB:.1f} MiB, checksum ok)")
+        error = join(name, entry, cache)
+        if error:
+            failed.append(error)
+        else:
+            whole.add(name)
+    if failed:
+        print("gpu_stage: " + "\n".join(failed), file=sys.stderr)
+        return 1
+    missing = [n for n in args.need if n not in whole]
+    if missing:
+        print(f"gpu_stage: not whole yet: {', '.join(missing)} (take the other folders first)", file=sys.stderr)
+        return 3
     return 0
+
+
+def join(name: str, entry: dict, cache: Path) -> str | None:
+    """Join one file's parts into cache/name (atomically), checking each piece's size and sha256, and remove
+    the parts. Returns None, or what is wrong (the parts are then kept, and the half-joined file removed)."""
+    parts = [(cache / part, number) for piece in entry["pieces"] for part, number in piece["parts"]]
+    for piece in entry["pieces"]:
+        size = sum((cache / part).stat().st_size for part, _ in piece["parts"])
+        if size != piece["size"]:
+            return f"{piece['name']}: its parts hold {size} bytes, the manifest says {piece['size']}"
+    tmp = cache / (name + ".tmp")
+    with open(tmp, "wb") as f_out:
+        for part, _ in parts:
+            with open(part, "rb") as f_in:
+                shutil.copyfileobj(f_in, f_out, 8 * MIB)
+    with open(tmp, "rb") as f:
+        for piece in entry["pieces"]:
+            h, remaining = hashlib.sha256(), piece["size"]
+            while remaining:
+                block = f.read(min(remaining, MIB))
+                h.update(block)
+                remaining -= len(block)
+            if h.hexdigest() != piece["sha256"]:
+                tmp.unlink()
+                folders = sorted({number for _, number in piece["parts"]})
+                return (f"{piece['name']}: the joined parts' sha256 differs from the manifest's (parts kept in "
+                        f"{cache}). Run `gpu_stage.py prepare` again and carry folders {folders} again")
+    tmp.replace(cache / name)
+    for part, _ in parts:
+        part.unlink()
+    print(f"{cache / name}: joined ({entry['size'] / MIB:.1f} MiB, checksum ok)")
+    return None
 
 
 def main(argv=None) -> int:
@@ -182,6 +249,9 @@ def main(argv=None) -> int:
     pt = sub.add_parser("take", help="on the device: copy one folder's parts into the cache, join whole files")
     pt.add_argument("folder")
     pt.add_argument("--cache", default="/root/cache")
+    pt.add_argument("--need", nargs="+", default=[], metavar="FILE",
+                    help="exit 3 unless these files (joined names, e.g. cifar10-train.zip) are whole afterwards, "
+                         "so `take ... --need X && train ...` does not start without its data")
     args = p.parse_args(argv)
     return prepare(args) if args.command == "prepare" else take(args)
 

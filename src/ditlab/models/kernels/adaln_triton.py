@@ -39,7 +39,7 @@ ROWS_PER_PROGRAM = int(os.environ.get("DITLAB_ADALN_ROWS", "64"))
 TILE = int(os.environ.get("DITLAB_ADALN_TILE", "4096"))
 BWD_WARPS = int(os.environ.get("DITLAB_ADALN_BWD_WARPS", "0"))
 # How the backward accumulates d(shift) / d(scale) / d(gate) over its rows: "row" reduces each tile over its
-# rows at once (a cross-warp reduction per tile and sum); "tile" adds whole tiles into [rows, D] accumulators
+# rows at once (a cross-warp reduction per tile and sum); "tile" adds whole tiles into [tile rows, D] accumulators
 # and reduces once per flush (more registers, fewer reductions). A measurement knob until the H200 says which
 # pays (scripts/bench_adaln_kernels.py --sweep); both give the same sums up to fp32 summation order.
 BWD_ACC = os.environ.get("DITLAB_ADALN_BWD_ACC", "row")
@@ -313,6 +313,8 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
     block_m, block_d, num_warps = _blocks(D, backward=True)
     if BWD_ACC not in BWD_ACC_MODES:
         raise ValueError(f"DITLAB_ADALN_BWD_ACC must be one of {', '.join(BWD_ACC_MODES)}, got {BWD_ACC!r}")
+    if BWD_STAGES < 0:
+        raise ValueError(f"DITLAB_ADALN_BWD_STAGES must be >= 0 (0: Triton's default), got {BWD_STAGES}")
     if ROWS_PER_PROGRAM < 1 or ROWS_PER_PROGRAM & (ROWS_PER_PROGRAM - 1):
         raise ValueError(f"DITLAB_ADALN_ROWS must be a power of two (a program loads its rows' groups at once), "
                          f"got {ROWS_PER_PROGRAM}")
