@@ -71,7 +71,10 @@ def _adaln_fwd_kernel(X, BR, GATE, SHIFT, SCALE, IDX, Y, XNEW, MEAN, RSTD,
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         br = tl.load(BR + offs, mask=mask, other=0.0).to(tl.float32)
-        gt = tl.load(GATE + b * s_gb + g[:, None] * s_gg + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        if GMODE == 0:  # one modulation row per sample: one [D] load broadcast over the tile's rows
+            gt = tl.load(GATE + b * s_gb + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        else:
+            gt = tl.load(GATE + b * s_gb + g[:, None] * s_gg + d[None, :], mask=mask, other=0.0).to(tl.float32)
         xn = (x + gt * br).to(XNEW.dtype.element_ty)
         tl.store(XNEW + offs, xn, mask=mask)
         x = xn.to(tl.float32)  # normalise the stored (rounded) residual, as the eager path does
@@ -79,8 +82,12 @@ def _adaln_fwd_kernel(X, BR, GATE, SHIFT, SCALE, IDX, Y, XNEW, MEAN, RSTD,
     xc = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / D
     rstd = 1.0 / tl.sqrt(var + eps)
-    sh = tl.load(SHIFT + b * s_sb + g[:, None] * s_sg + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    sc = tl.load(SCALE + b * s_cb + g[:, None] * s_cg + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    if GMODE == 0:
+        sh = tl.load(SHIFT + b * s_sb + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        sc = tl.load(SCALE + b * s_cb + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    else:
+        sh = tl.load(SHIFT + b * s_sb + g[:, None] * s_sg + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        sc = tl.load(SCALE + b * s_cb + g[:, None] * s_cg + d[None, :], mask=mask, other=0.0).to(tl.float32)
     y = xc * rstd[:, None] * (1.0 + sc) + sh
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
     tl.store(MEAN + rows, mean, mask=nmask)
