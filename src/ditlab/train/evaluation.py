@@ -94,12 +94,12 @@ def heldout_loss(ctx: EvalContext) -> float:
 
 def image_conditions(ctx: EvalContext) -> tuple[int, dict]:
     """(number of samples, conditions) of the image-output metrics: superres conditions on the held-out
-    images, an image run with a context set on their context rows, the rest on nothing (labels i mod K)."""
+    images; an image run with context sets (unnamed and/or named, data.contexts) on the held-out images'
+    context rows and labels; the rest on nothing (labels i mod K)."""
     if ctx.cfg.task.kind == "superres":
         return len(ctx.indices), {"images": ctx.originals()}
-    context = getattr(ctx.data, "context_set", None)
-    if context is not None:
-        return len(ctx.indices), {"context": context.embeddings[ctx.indices], "context_mask": context.mask[ctx.indices]}
+    if getattr(ctx.task, "has_context", False):
+        return len(ctx.indices), ctx.task.conditions_of(ctx.data, ctx.indices)
     return ctx.cfg.train.eval_num, {}
 
 

@@ -7,6 +7,7 @@ from PIL import Image
 
 from ditlab.cli import main
 from ditlab.data.context_sets import save_context_file
+from tests.eval.conftest import standin_path  # noqa: F401  (the stand-in FID network fixture)
 
 TINY = ["model.hidden_size=32", "model.depth=3", "model.num_heads=2", "train.steps=3", "train.batch_size=4",
         "train.log_every=1", "train.sample_every=3", "sample.grid_size=3", "sample.steps=2", "--no-progress"]
@@ -78,3 +79,40 @@ def test_model_contexts_without_a_file_is_refused(two_sets, tmp_path, capsys):
     assert main(["train", "configs/demo.yaml", f"data.path={root / 'data'}", f"train.run_dir={tmp_path / 'r'}",
                  f"data.contexts=[text={files['text']}]", "model.contexts=[{name: style}]", *TINY]) != 0
     assert "gives it no file" in capsys.readouterr().err
+
+
+def test_fid_during_training_samples_on_the_held_out_rows_of_every_set(two_sets, tmp_path, standin_path,
+                                                                       monkeypatch):
+    """train.eval_metric=fid on a named-set run: the held-out images' rows of each set (and their labels)
+    condition the samples; the run evaluates without error (it used to fail: no named set was passed)."""
+    import math
+    import warnings
+
+    import torch
+
+    from ditlab.config import load_config
+    from ditlab.train import evaluation
+    from ditlab.train.trainer import Trainer
+
+    root, files, _ = two_sets
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DITLAB_INCEPTION", str(standin_path))
+    cfg = load_config("configs/demo.yaml", [
+        f"data.path={root / 'data'}", f"train.run_dir={tmp_path / 'r'}", "train.device=cpu",
+        f"data.contexts=[text={files['text']}, style={files['style']}]", "model.hidden_size=32", "model.depth=2",
+        "model.num_heads=2", "train.steps=2", "train.batch_size=4", "train.sample_every=0", "train.eval_every=2",
+        "train.eval_metric=fid", f"train.eval_ref={root / 'data'}", "train.eval_num=4", "sample.steps=2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stand-in's sha256 is not the real network's
+        trainer = Trainer(cfg, progress=False)
+        ctx = trainer.evaluator.ctx
+        num, cond = evaluation.image_conditions(ctx)
+        assert num == len(ctx.indices) == 4
+        for name in ("text", "style"):
+            rows = ctx.data.named_sets[name].rows(ctx.indices)
+            assert torch.equal(cond[f"context__{name}"], rows.embeddings)
+            assert torch.equal(cond[f"context_mask__{name}"], rows.mask)
+        assert torch.equal(cond["labels"], ctx.data.data.labels[ctx.indices])
+        assert trainer.run() == 0
+    logged = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert any(math.isfinite(r.get("eval/fid", math.nan)) for r in logged)

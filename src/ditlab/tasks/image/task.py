@@ -187,17 +187,24 @@ class ImageTask:
         if not self.has_context:
             return {}
         sets = ([data.context_set] if self.context_dim is not None else []) + [data.named_sets[n] for n in self.named_sets]
-        num = min(num, len(sets[0]))
+        return self.conditions_of(data, torch.arange(min(num, len(sets[0]))))
+
+    def conditions_of(self, data, indices: torch.Tensor) -> Conditions:
+        """The conditions of the data's images ``indices`` (CPU): every context set's rows (unnamed and
+        named) and their labels; {} for a model without a context set. The training preview and the
+        held-out metrics (FID on a context run) sample with these."""
+        if not self.has_context:
+            return {}
         cond = {}
         if self.context_dim is not None:
-            first = data.context_set.rows(slice(0, num))
-            cond = {"context": first.embeddings, "context_mask": first.mask}
+            rows = data.context_set.rows(indices)
+            cond = {"context": rows.embeddings, "context_mask": rows.mask}
         for name in self.named_sets:
-            rows = data.named_sets[name].rows(slice(0, num))
+            rows = data.named_sets[name].rows(indices)
             k, km = named_keys(name)
             cond[k], cond[km] = rows.embeddings, rows.mask
         if self.num_classes:
-            cond["labels"] = data.data.labels[:num]
+            cond["labels"] = data.data.labels[indices]
         return cond
 
     def preview_figure(self, outputs: dict, conditions: Conditions):
