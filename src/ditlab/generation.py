@@ -55,6 +55,8 @@ def check_settings(settings: SampleSettings, task) -> None:
             raise ValueError(f"--cfg-context {name}={w:g}: this run's context sets are {list(sets) or 'none'}")
         if not abs(w) < float("inf"):  # NaN, inf
             raise ValueError(f"--cfg-context {name}={w}: the scale must be finite")
+        if w != 1.0 and hasattr(task, "check_cfg_context"):  # was the pass "this set dropped alone" trained?
+            task.check_cfg_context(name)
     cond_scale = getattr(settings, "cond_scale", 1.0)
     if not (math.isfinite(cond_scale) and cond_scale >= 0):
         raise ValueError(f"--cond-scale must be a finite number >= 0, got {cond_scale}")

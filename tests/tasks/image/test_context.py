@@ -167,3 +167,18 @@ def test_superres_refuses_a_context_path(tmp_path):
     cfg = load_config(None, ["task.kind=superres", f"data.context_path={tmp_path}/c.npz"])
     with pytest.raises(ValueError, match="task.kind=superres does not cross-attend"):
         build_train_data(cfg, progress=False)
+
+
+def test_cfg_context_on_the_unnamed_set_beside_a_label_is_refused():
+    """The unnamed set is dropped only with the label (task.cond_dropout): guiding it alone would run a
+    pass training never saw, so --cfg-context context=W is an error; without a label (the set is the only
+    condition) it is plain CFG and allowed."""
+    from ditlab.generation import check_settings
+    from ditlab.tasks.base import SampleSettings
+
+    labelled, _ = make(num_classes=4)
+    with pytest.raises(ValueError, match="--cfg-context context=W: .*never trained"):
+        check_settings(SampleSettings(cfg_context=(("context", 2.0),)), labelled)
+    check_settings(SampleSettings(cfg_context=(("context", 1.0),)), labelled)  # W_i = 1: no such pass
+    alone, _ = make(num_classes=0)
+    check_settings(SampleSettings(cfg_context=(("context", 2.0),)), alone)

@@ -1,5 +1,6 @@
 """Image runs with several named context files (data.contexts): train and sample (issue 16 item 1)."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -55,10 +56,16 @@ def test_sample_with_two_named_files_plain_cfg_and_composed(two_sets, tmp_path):
     for key, flags in {"plain": [], "cfg": ["--cfg", "2"],
                        "composed": ["--cfg", "1.5", "--cfg-context", "text=2", "--cfg-context", "style=0.5"]}.items():
         out = tmp_path / f"{key}.npz"
-        assert main(["sample", str(run), "--context", f"text={files['text']}", "--context", f"style={files['style']}",
-                     "--num", "5", "--steps", "2", "--batch-size", "2", "--out", str(out), *flags]) == 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["sample", str(run), "--context", f"text={files['text']}", "--context",
+                         f"style={files['style']}", "--num", "5", "--steps", "2", "--batch-size", "2",
+                         "--out", str(out), *flags]) == 0
         outs[key] = np.load(out)["arr_0"]
         assert outs[key].shape == (5, 16, 16, 3)
+        # text has no model.contexts entry (cfg_dropout 0): guiding it alone warns; style (0.3) does not.
+        untrained = [str(w.message) for w in caught if "never dropped it alone" in str(w.message)]
+        assert bool(untrained) == (key == "composed") and all("'text'" in m for m in untrained)
 
 
 def test_sample_errors_name_the_missing_or_unknown_set(two_sets, tmp_path, capsys):

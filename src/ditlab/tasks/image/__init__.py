@@ -23,9 +23,10 @@ def _model(cfg, info):
 def _task(cfg, model, objective, training):
     from ditlab.tasks.image.task import ImageTask
 
-    set_dropout = {cs.name: cs.cfg_dropout if training else 0.0 for cs in cfg.model.contexts}
+    trained = {cs.name: cs.cfg_dropout for cs in cfg.model.contexts}
+    set_dropout = {n: p if training else 0.0 for n, p in trained.items()}
     return ImageTask(model, objective, cfg.model.label_dropout if training else 0.0,
-                     cfg.task.cond_dropout if training else 0.0, set_dropout)
+                     cfg.task.cond_dropout if training else 0.0, set_dropout, trained_set_dropout=trained)
 
 
 KIND = TaskKind("image", _train_data, _model, _task, shape_keys=("model.contexts", "data.contexts"))

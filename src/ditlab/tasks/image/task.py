@@ -11,7 +11,8 @@ context" for the model, see ditlab.data.context_sets).
 Named context sets (data.contexts, model.contexts): each its own cross-attention and null. task.cond_dropout
 drops every set and the label together (the unconditional pass of --cfg); each named set is also dropped
 alone with its model.contexts cfg_dropout (drawn after the one-set draws, so one-set runs keep their random
-numbers), which trains the passes of --cfg-context NAME=W. The unnamed set's public name is "context".
+numbers), which trains the passes of --cfg-context NAME=W. The unnamed set's public name is "context"; it is never
+dropped alone, so beside a label or a named set --cfg-context context=W is refused (check_cfg_context).
 
 The helpers above the class (labels, pixel ranges, the images' .npz layout) serve every task whose
 outputs are images (superres, lift).
@@ -91,7 +92,8 @@ class ImageTask:
     kind = "image"
 
     def __init__(self, model: torch.nn.Module, objective: Objective, label_dropout: float = 0.0,
-                 context_dropout: float = 0.0, set_dropout: Optional[dict[str, float]] = None):
+                 context_dropout: float = 0.0, set_dropout: Optional[dict[str, float]] = None,
+                 trained_set_dropout: Optional[dict[str, float]] = None):
         self.model = model
         self.objective = objective
         self.label_dropout = label_dropout
@@ -101,6 +103,9 @@ class ImageTask:
         self.context_dim = unwrap_model(model).context_dim  # None: no context set
         self.named_sets = list(unwrap_model(model).context_specs)  # named sets (data.contexts)
         self.set_dropout = {n: (set_dropout or {}).get(n, 0.0) for n in self.named_sets}
+        # The run's own alone-drop probabilities (set_dropout is 0 outside training): what --cfg-context checks.
+        given = set_dropout if trained_set_dropout is None else trained_set_dropout
+        self.trained_set_dropout = {n: (given or {}).get(n, 0.0) for n in self.named_sets}
 
     @property
     def has_context(self) -> bool:
@@ -110,6 +115,27 @@ class ImageTask:
     def context_sets(self) -> tuple[str, ...]:
         """Names of the context sets for --cfg-context."""
         return ((UNNAMED,) if self.context_dim is not None else ()) + tuple(self.named_sets)
+
+    def check_cfg_context(self, name: str) -> None:
+        """--cfg-context NAME=W needs the pass "NAME dropped alone, the rest kept" to be one the model was
+        trained on. The unnamed set is dropped only together with the label and every named set
+        (task.cond_dropout), so beside a label or a named set it cannot be guided alone: an error. A named
+        set with cfg_dropout 0 was never dropped alone in this run's config (an earlier stage of
+        train.init_from may have): a warning. Where the set is the only condition, alone = all."""
+        others = bool(self.num_classes) or len(self.context_sets) > 1
+        if not others:
+            return
+        if name == UNNAMED:
+            raise ValueError(f"--cfg-context {UNNAMED}=W: this run drops its unnamed context set only together with "
+                             "the label and the other sets (task.cond_dropout), so the pass that drops it alone was "
+                             "never trained; guide on everything with --cfg W, or give the set as a named one "
+                             "(data.contexts=[NAME=FILE]) with a model.contexts cfg_dropout > 0 and train again")
+        if self.trained_set_dropout.get(name, 0.0) == 0.0:
+            import warnings
+
+            warnings.warn(f"--cfg-context {name}=W: this run's model.contexts gives the set {name!r} cfg_dropout 0, so "
+                          "training never dropped it alone; the guidance term of that pass may be meaningless",
+                          stacklevel=2)
 
     @property
     def patch_sizes(self) -> dict[str, int]:

@@ -21,7 +21,8 @@ def _task(cfg, model, objective, training):
     entry = describe_set_config(cfg)  # the description's own CFG dropout (default task.cond_dropout)
     describe_dropout = entry.cfg_dropout if entry is not None else cfg.task.cond_dropout
     return SceneTask(model, objective, cfg.task.cond_dropout if training else 0.0, cfg.scene.coord_scale,
-                     cfg.scene.frame, describe_dropout if training else 0.0)
+                     cfg.scene.frame, describe_dropout if training else 0.0,
+                     trained_dropout={"scene": cfg.task.cond_dropout, "target": describe_dropout})
 
 
 KIND = TaskKind("scene", _train_data, _model, _task,

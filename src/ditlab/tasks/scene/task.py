@@ -57,7 +57,8 @@ class SceneTask:
     num_classes = 0
 
     def __init__(self, model: torch.nn.Module, objective: Objective, cond_dropout: float = 0.0,
-                 coord_scale: float = 1.0, frame: str = "world", describe_dropout: float | None = None):
+                 coord_scale: float = 1.0, frame: str = "world", describe_dropout: float | None = None,
+                 trained_dropout: dict[str, float] | None = None):
         if coord_scale <= 0:
             raise ValueError(f"scene.coord_scale must be positive, got {coord_scale}")
         if frame not in ("world", "target"):
@@ -68,11 +69,24 @@ class SceneTask:
         self.spec = unwrap_model(model).streams[0]
         self.describe = getattr(unwrap_model(model), "describe_set", None) is not None
         self.describe_dropout = cond_dropout if describe_dropout is None else describe_dropout
+        # The run's own drop probabilities of each set (the ones above are 0 outside training).
+        self.trained_dropout = dict(trained_dropout or {SCENE_SET: self.cond_dropout,
+                                                       DESCRIBE_SET: self.describe_dropout})
 
     @property
     def context_sets(self) -> tuple[str, ...]:
         """Names of the context sets for --cfg-context."""
         return (SCENE_SET, DESCRIBE_SET) if self.describe else (SCENE_SET,)
+
+    def check_cfg_context(self, name: str) -> None:
+        """--cfg-context NAME=W with both sets: warn when this run's config never dropped NAME (probability
+        0; an earlier stage of train.init_from may have). With the scene alone, alone = all."""
+        if self.describe and self.trained_dropout.get(name, 0.0) == 0.0:
+            import warnings
+
+            what = "task.cond_dropout" if name == SCENE_SET else f"the model.contexts cfg_dropout of {DESCRIBE_SET!r}"
+            warnings.warn(f"--cfg-context {name}=W: {what} is 0 in this run, so training never dropped the set "
+                          f"{name!r}; the guidance term of that pass may be meaningless", stacklevel=2)
 
     def _model_frame(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(origin (B, 1, 3), unit (B, 1, 1)) with model coordinates = (world - origin) / unit."""
