@@ -74,6 +74,12 @@ def test_bench_train_and_sample_json(trained_run, capsys, tmp_path):
                  "--sampler", "euler", "--repeats", "1", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["nfe"] == 2 and out["images_per_s"] > 0
+    first = sorted(p.name for p in (trained_run / "checkpoints").glob("step_*"))[0]
+    assert main(["bench", "sample", str(trained_run), "-n", "2", "--batch-size", "2", "--steps", "1",
+                 "--sampler", "euler", "--repeats", "1", "--device", "cpu", "--checkpoint", first,
+                 "--weights", "model"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["checkpoint"] == str(trained_run / "checkpoints" / first)
 
 
 def test_ctrl_c_while_sampling_writes_nothing(trained_run, tmp_path, capsys, monkeypatch):

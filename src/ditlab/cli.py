@@ -131,7 +131,8 @@ def _sample(args, info) -> int:
     if out_path.is_dir():  # save_samples would write FOLDER.npz beside it
         raise ValueError(f"--out {args.out}: is a folder; `ditlab sample` writes one .npz file: name it "
                          f"(e.g. {out_path / default_samples_path(run, settings, args.seed).name})")
-    inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run)
+    inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run,
+                          lo_checkpoint=args.lo_checkpoint)
     conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num)
     amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
@@ -161,6 +162,8 @@ def _sample(args, info) -> int:
                 "seed": args.seed, "num": args.num, **settings.describe(),
                 "factor": None, **run.task.sample_meta(settings),
                 "data": args.data, "context": context, "lo_run": args.lo_run,
+                **({"lo_checkpoint": str(run.task.cascade.checkpoint)}
+                   if getattr(getattr(run.task, "cascade", None), "checkpoint", None) else {}),
                 **({"contexts": dict(contexts)} if contexts else {})}
         out = save_samples(out_path, run.task, outputs, meta)  # atomic
     except KeyboardInterrupt:
@@ -219,7 +222,8 @@ def cmd_bench_sample(args) -> int:
     from ditlab.bench import bench_sample
 
     print(json.dumps(bench_sample(args.run_dir, args.num, args.batch_size, args.sampler, args.steps, args.cfg,
-                                  args.repeats, args.device, compile=args.compile == "on")))
+                                  args.repeats, args.device, compile=args.compile == "on",
+                                  checkpoint=args.checkpoint, which=args.weights)))
     return 0
 
 
@@ -281,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LIFT's --path cascade: a task.kind=image run at the low resolution (the LIFT run's size / "
                         "task.factor) generates the low resolution, which the LIFT run then holds clean "
                         "(docs/lift.md)")
+    s.add_argument("--lo-checkpoint", default=None, metavar="CKPT",
+                   help="the checkpoint of --lo-run, as --checkpoint: a step name, 'latest' or 'best' "
+                        "(train.eval_every), a checkpoint folder (default: the latest)")
     add_device(s)
     s.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -317,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
     bs.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = none)")
     bs.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
+    add_checkpoint(bs)
     add_device(bs)
     bs.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the network first")
     bs.set_defaults(func=cmd_bench_sample)

@@ -2,6 +2,8 @@
 registry of kinds (training, models, tasks) and the table of their command-line modules."""
 import typing
 
+import pytest
+
 from ditlab.config import TaskConfig
 from ditlab.tasks.commands import TASK_CLIS
 from ditlab.tasks.registry import KINDS
@@ -14,3 +16,57 @@ def test_config_registry_and_cli_table_list_the_same_kinds():
         assert kind.name == name
         cli = TASK_CLIS[name]
         assert callable(cli.add_cli) and callable(cli.sample_conditions), name
+
+
+# ---- kind-specific options (TaskKind.reads): set on a kind that does not read them, an error ----------------
+def test_every_listed_option_is_a_config_key():
+    from ditlab.config import Config
+    from ditlab.tasks.registry import kind_option_readers
+
+    readers = kind_option_readers()
+    assert {"task.cond_injection", "task.branch_blocks", "model.contexts", "task.cond_dropout"} <= set(readers)
+    for key in readers:
+        node = Config()
+        for part in key.split("."):
+            node = getattr(node, part)  # AttributeError: a misspelt key in some kind's reads
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task.kind=image", "task.cond_injection=cross"], "task.cond_injection='cross' applies to task.kind superres; "
+                                                       "this run is task.kind=image"),
+    (["task.kind=lift", "task.cond_blocks=middle"], "task.cond_blocks='middle' applies to task.kind superres"),
+    (["task.kind=image", "task.branch_blocks=2"], "task.branch_blocks=2 applies to task.kind superres"),
+    (["task.kind=icl", "model.contexts=[{name: text, dim: 4}]"], "model.contexts=.* applies to task.kind image or "
+                                                                  "scene; this run is task.kind=icl"),
+    (["task.kind=lift", "task.cond_dropout=0.1"], "task.cond_dropout=0.1 applies to task.kind image or superres or "
+                                                  "scene"),
+])
+def test_an_option_the_kind_does_not_read_is_an_error(overrides, message):
+    from ditlab.config import load_config
+    from ditlab.tasks.registry import check_kind_options
+
+    with pytest.raises(ValueError, match=message):
+        check_kind_options(load_config(None, overrides))
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    ("configs/cifar10_lift.yaml", ["task.kind=image", "data.image_size=16"]),  # docs/lift.md: the cascade's low run
+    ("configs/cifar10_sr.yaml", ["task.cond_injection=branch", "task.branch_blocks=2"]),
+    ("configs/scene_small.yaml", ["model.contexts=[{name: target}]", "scene.describe_target=true"]),
+])
+def test_options_the_kind_reads_and_kind_named_sections_pass(preset, overrides):
+    from ditlab.config import load_config
+    from ditlab.tasks.registry import check_kind_options
+
+    check_kind_options(load_config(preset, overrides))
+
+
+def test_the_trainer_refuses_before_reading_data(tmp_path):
+    from ditlab.config import load_config
+    from ditlab.train.trainer import Trainer
+
+    cfg = load_config(None, ["task.kind=image", "task.cond_injection=adaln", "data.path=/nonexistent/data",
+                             f"train.run_dir={tmp_path / 'r'}", "train.device=cpu"])
+    with pytest.raises(ValueError, match="task.cond_injection='adaln' applies to task.kind superres"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "r").exists()

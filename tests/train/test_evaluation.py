@@ -148,6 +148,26 @@ def test_no_best_is_a_clear_error(tiny_data, tmp_path):
         resolve_checkpoint(run, "best")
 
 
+def test_init_from_the_best_pointer_loads_the_best_not_the_latest(tiny_data, tmp_path, sequence):
+    """train.init_from=RUN/checkpoints/best: two-stage training from the early-stopping choice."""
+    sequence.extend([1.0, 2.0])  # step 2 is best, step 4 latest
+    first = tmp_path / "a"
+    train(tiny_data, first, 4, "train.eval_every=2")
+    assert read_best_pointer(first)["checkpoint"] == "step_00000002"
+    best = load_weights(first / "checkpoints" / "step_00000002", "ema")
+    latest = load_weights(first, "ema")
+    assert not all(torch.equal(best[k], latest[k]) for k in best)
+    assert all(torch.equal(best[k], v) for k, v in load_weights(first / "checkpoints" / "best", "ema").items())
+    stage2 = Trainer(tiny_cfg(tiny_data, tmp_path / "b", "train.steps=1", f"train.init_from={first}/checkpoints/best"),
+                     progress=False)
+    assert all(torch.equal(best[k], v) for k, v in stage2.model.state_dict().items())
+    (first / "checkpoints" / "best").write_text("{not json")
+    with pytest.warns(UserWarning, match="unusable best checkpoint pointer"), \
+            pytest.raises(Exception, match="names no usable checkpoint"):
+        Trainer(tiny_cfg(tiny_data, tmp_path / "c", "train.steps=1", f"train.init_from={first}/checkpoints/best"),
+                progress=False)
+
+
 def test_sample_checkpoint_best(tiny_data, tmp_path, sequence):
     run = tmp_path / "r"
     sequence[:] = [2.0, 1.0, 3.0]
@@ -165,12 +185,21 @@ def test_sample_checkpoint_best(tiny_data, tmp_path, sequence):
     (["train.eval_metric=icl_error_ratio"], r"train.eval_metric=icl_error_ratio does not apply to task.kind=image"),
     (["train.eval_metric=fid"], r"train.eval_metric=fid needs train.eval_ref"),
     (["train.eval_num=0"], r"train.eval_num must be >= 1"),
+    (["train.eval_ref=ref.npz"], r"train.eval_ref is the reference of train.eval_metric=fid; this run's metric is loss"),
 ])
 def test_bad_eval_config_is_an_error_before_the_data_is_read(tmp_path, extra, message):
     cfg = tiny_cfg(tmp_path / "missing.npz", tmp_path / "r", "train.eval_every=2", *extra)
     with pytest.raises(ValueError, match=message):
         Trainer(cfg, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_options_with_evaluation_off_are_named_at_start_up(tiny_data, tmp_path, capsys):
+    """train.eval_every=0 turns a config's evaluation off; the options it leaves unused are said, not ignored."""
+    train(tiny_data, tmp_path / "r", 1, "train.eval_metric=fid", "train.eval_ref=ref.npz")
+    out = capsys.readouterr().out
+    assert "train.eval_metric=fid, train.eval_num=16, train.eval_ref=ref.npz not used: train.eval_every=0" in out
+    assert not evals(tmp_path / "r", "fid")
 
 
 def test_bad_eval_metric_for_the_kind_through_the_cli(tmp_path, capsys):

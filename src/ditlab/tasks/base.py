@@ -148,6 +148,13 @@ class TaskKind:
     # run may not change them (on top of the trainer's shared list).
     shape_keys: tuple[str, ...] = ()
     open_run: Optional[Callable[[Any], None]] = None
+    # The kind-specific options in the shared sections (task.*, model.*, data.*) that this kind reads. A
+    # key some kind lists, set away from its default on a run of a kind that does not list it, is a
+    # start-up error (ditlab.tasks.registry.check_kind_options), never silently ignored. Not listed: the
+    # sections named after a kind (scene:, icl:, lift:), whose names say whose they are, and task.factor
+    # (superres and lift): one base config may serve runs of several kinds (an ablation's image baseline
+    # beside its LIFT runs, docs/lift.md's low-resolution run from the LIFT config).
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,11 +165,12 @@ class SampleInputs:
     context: Optional[str] = None  # a context file (image runs trained with data.context_path)
     contexts: Optional[tuple[tuple[str, str], ...]] = None  # named context files ((NAME, FILE), ...): data.contexts
     lo_run: Optional[str] = None  # a single-scale run at the low resolution: LIFT --path cascade generates with it
+    lo_checkpoint: Optional[str] = None  # which checkpoint of lo_run (as --checkpoint: latest, best, a step name)
 
 
 FLAG_OF = {"data": "--data", "context": "--context", "contexts": "--context NAME=FILE", "path": "--path",
-           "lo_run": "--lo-run"}
-INPUTS = ("data", "context", "contexts", "lo_run")  # the SampleInputs fields that are inputs (refuse_inputs checks them)
+           "lo_run": "--lo-run", "lo_checkpoint": "--lo-checkpoint"}
+INPUTS = ("data", "context", "contexts", "lo_run", "lo_checkpoint")  # the SampleInputs fields that are inputs (refuse_inputs checks them)
 
 
 def refuse_inputs(kind: str, inputs: SampleInputs, allowed: tuple[str, ...], why: str = "") -> None:

@@ -15,6 +15,38 @@ def task_kind(cfg) -> TaskKind:
         raise ValueError(f"unknown task.kind {cfg.task.kind!r}; choose one of {sorted(KINDS)}") from None
 
 
+def kind_option_readers() -> dict[str, tuple[str, ...]]:
+    """{kind-specific config key or section: the kinds that read it} (TaskKind.reads)."""
+    readers: dict[str, list[str]] = {}
+    for kind in KINDS.values():
+        for key in kind.reads:
+            readers.setdefault(key, []).append(kind.name)
+    return {key: tuple(kinds) for key, kinds in readers.items()}
+
+
+def _changed(cfg, defaults, key: str) -> list[tuple[str, object]]:
+    """[(key, value)] when cfg's ``key`` (dotted) differs from the defaults, else []."""
+    node, default = cfg, defaults
+    for part in key.split("."):
+        node, default = getattr(node, part), getattr(default, part)
+    return [(key, node)] if node != default else []
+
+
+def check_kind_options(cfg) -> None:
+    """ValueError naming the first kind-specific option (TaskKind.reads) set on a run whose kind does not
+    read it: e.g. task.cond_injection on a task.kind=image run, model.contexts on an icl run."""
+    from ditlab.config import Config
+
+    kind = task_kind(cfg).name
+    defaults = Config()
+    for key, kinds in kind_option_readers().items():
+        if kind in kinds:
+            continue
+        for name, value in _changed(cfg, defaults, key):
+            raise ValueError(f"{name}={value!r} applies to task.kind {' or '.join(kinds)}; this run is "
+                             f"task.kind={kind}, which does not read it (remove it)")
+
+
 def build_train_data(cfg, progress: bool = True) -> TrainData:
     return task_kind(cfg).train_data(cfg, progress)
 

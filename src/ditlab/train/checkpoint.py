@@ -436,9 +436,19 @@ def find_latest_checkpoint(run_dir) -> Path | None:
 
 
 def _resolve(path_or_run_dir) -> Path:
+    """A checkpoint folder from a folder, a run dir (its latest), or a pointer file RUN/checkpoints/best
+    (the folder it names; an error, not a fallback, when unusable) or RUN/checkpoints/latest."""
     p = Path(path_or_run_dir)
     if (p / STATE_FILE).is_file() or _STEP_DIR.match(p.name):
         return p
+    if p.name == BEST_FILE and p.is_file():
+        found = find_best_checkpoint(p.parent)  # a corrupt pointer or folder: warned about, then None
+        if found is None:
+            raise CheckpointError(f"{p} names no usable checkpoint (see the warning above); give a step folder "
+                                  "or the run directory (its latest)")
+        return found[0]
+    if p.name == LATEST_FILE and p.is_file():
+        p = p.parent
     if (found := find_latest_checkpoint(p)) is None:
         raise CheckpointError(f"no checkpoint found under {p}")
     return found

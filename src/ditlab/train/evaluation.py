@@ -180,13 +180,19 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def check_eval_config(cfg) -> None:
-    """Config errors of train.eval_* (checked at start-up, before any data is read)."""
+def check_eval_config(cfg) -> list[str]:
+    """Config errors of train.eval_* (checked at start-up, before any data is read); returns the notes to
+    print (evaluation options set while evaluation is off)."""
     t = cfg.train
     if t.eval_every < 0:
         raise ValueError(f"train.eval_every must be >= 0 (0 = off), got {t.eval_every}")
-    if not t.eval_every:
-        return
+    if not t.eval_every:  # evaluation off: its options do nothing; said at start-up, not an error, since
+        # eval_every=0 is the switch that turns a config's evaluation off while keeping its settings
+        defaults = type(t)()
+        unused = [f"train.{k}={getattr(t, k)}" for k in ("eval_metric", "eval_num", "eval_ref")
+                  if getattr(t, k) != getattr(defaults, k)]
+        unused += [f"data.eval_path={cfg.data.eval_path}"] if cfg.data.eval_path else []
+        return [f"ditlab: {', '.join(unused)} not used: train.eval_every=0 (evaluation off)"] if unused else []
     metric = METRICS.get(t.eval_metric)
     if metric is None:
         raise ValueError(f"train.eval_metric={t.eval_metric!r}: choose one of {', '.join(METRICS)}")
@@ -196,6 +202,9 @@ def check_eval_config(cfg) -> None:
                          f"task.kind {' or '.join(metric.kinds)}); for this kind choose one of {', '.join(fits)}")
     if t.eval_num < 1:
         raise ValueError(f"train.eval_num must be >= 1, got {t.eval_num}")
+    if t.eval_ref and t.eval_metric != "fid":
+        raise ValueError(f"train.eval_ref is the reference of train.eval_metric=fid; this run's metric is "
+                         f"{t.eval_metric} (remove train.eval_ref)")
     if t.eval_metric == "fid" and not t.eval_ref:
         raise ValueError("train.eval_metric=fid needs train.eval_ref: a statistics .npz (ditlab fid ref) or a data set")
     if t.eval_metric == "collapse" and t.eval_num < 2 * COLLAPSE_SEEDS:
@@ -207,6 +216,7 @@ def check_eval_config(cfg) -> None:
     if cfg.task.kind == "scene" and cfg.scene.eval_seed == cfg.scene.seed:
         raise ValueError(f"scene.eval_seed equals scene.seed ({cfg.scene.seed}): the held-out scenes of "
                          "train.eval_metric would be training scenes")
+    return []
 
 
 def held_out(cfg, train_data) -> tuple[Any, torch.Tensor, bool]:

@@ -26,7 +26,7 @@ from ditlab.diffusion.objectives import build_objective
 from ditlab.generation import preview as generation_preview
 from ditlab.imageio import save_image_grid
 from ditlab.models.kernels import configure_fast_kernels
-from ditlab.tasks.registry import build_model, build_task, build_train_data, task_kind
+from ditlab.tasks.registry import build_model, build_task, build_train_data, check_kind_options, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, find_latest_checkpoint,
                                      load_checkpoint, restore_rng_state, save_checkpoint, write_best_pointer)
 from ditlab.train.clock import TrainingClock
@@ -93,7 +93,9 @@ class Trainer:
         if cfg.train.batch_size % self.dist.world_size:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide over the "
                              f"{self.dist.world_size} processes")
-        check_eval_config(cfg)  # e.g. a metric that does not apply to the kind: before any data is read
+        for note in check_eval_config(cfg):  # errors (a metric the kind lacks) before any data is read
+            self._say(note)
+        check_kind_options(cfg)  # e.g. task.cond_injection on an image run, an icl.* key on a scene run
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
         self.data = build_train_data(cfg, self.progress)
         self.device = rank_device(self.dist, cfg.train.device)

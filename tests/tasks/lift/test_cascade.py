@@ -135,6 +135,22 @@ def test_errors_name_the_flags(runs, capsys, args, message):
     assert not (runs["tmp"] / "e.npz").exists()
 
 
+def test_lo_checkpoint_picks_the_lo_runs_checkpoint_and_is_recorded(runs, capsys):
+    """--lo-checkpoint takes --checkpoint's values for the --lo-run run; without --lo-run it is an error."""
+    lo_steps = sorted(p.name for p in (runs["lo"] / "checkpoints").glob("step_*"))
+    out = runs["tmp"] / "lo_ckpt.npz"
+    assert sample(runs["lift"], out, "--path", "cascade", "--lo-run", str(runs["lo"]),
+                  "--lo-checkpoint", lo_steps[0]) == 0
+    assert read_meta(out)["lo_checkpoint"] == str(runs["lo"] / "checkpoints" / lo_steps[0])
+    assert sample(runs["lift"], runs["tmp"] / "g.npz", "--path", "cascade", "--lo-run", str(runs["lo"]),
+                  "--lo-checkpoint", "step_99999999") == 1
+    assert "--lo-checkpoint step_99999999" in capsys.readouterr().err
+    assert sample(runs["lift"], runs["tmp"] / "g.npz", "--lo-checkpoint", "latest") == 1
+    assert "--lo-checkpoint picks the checkpoint of --lo-run" in capsys.readouterr().err
+    assert sample(runs["lo"], runs["tmp"] / "g.npz", "--lo-checkpoint", "latest") == 1
+    assert "--lo-checkpoint does not apply to this task.kind=image run" in capsys.readouterr().err
+
+
 def test_lo_run_on_other_kinds_is_refused_by_name(runs, capsys):
     assert sample(runs["lo"], runs["tmp"] / "f.npz", "--lo-run", str(runs["lo"])) == 1
     assert "--lo-run does not apply to this task.kind=image run" in capsys.readouterr().err

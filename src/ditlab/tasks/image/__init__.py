@@ -29,4 +29,5 @@ def _task(cfg, model, objective, training):
                      cfg.task.cond_dropout if training else 0.0, set_dropout, trained_set_dropout=trained)
 
 
-KIND = TaskKind("image", _train_data, _model, _task, shape_keys=("model.contexts", "data.contexts"))
+KIND = TaskKind("image", _train_data, _model, _task, shape_keys=("model.contexts", "data.contexts"),
+                reads=("task.cond_dropout", "model.contexts", "data.contexts"))

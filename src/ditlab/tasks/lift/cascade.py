@@ -82,14 +82,15 @@ class CascadeSource:
     """The loaded low-resolution run of a cascade (its task and EMA model), attached to a LIFT task with
     ``LiftTask.use_cascade``: it generates the low resolution of each batch on --path cascade."""
 
-    def __init__(self, task, model: torch.nn.Module):
+    def __init__(self, task, model: torch.nn.Module, checkpoint=None):
         self.task, self.model = task, model
+        self.checkpoint = checkpoint  # the low-resolution run's checkpoint (recorded in the samples' ditlab_meta)
 
     @classmethod
-    def of(cls, run, lo, flag: str = FLAG) -> CascadeSource:
+    def of(cls, run, lo, flag: str = FLAG, checkpoint=None) -> CascadeSource:
         """The source of the LIFT run ``run`` from the loaded run ``lo`` (checked: :func:`check_lo_run`)."""
         check_lo_run(run, lo, flag)
-        return cls(lo.task, lo.model)
+        return cls(lo.task, lo.model, checkpoint)
 
     def settings(self, settings: SampleSettings) -> SampleSettings:
         """The low-resolution model's sampler settings: the cascade's without the path."""
@@ -124,7 +125,8 @@ def attach_lo_run(run, inputs: SampleInputs) -> None:
 
     device = next(run.model.parameters()).device
     try:
-        lo = load_run(inputs.lo_run, device=device, kind="image", command=FLAG)
+        lo = load_run(inputs.lo_run, checkpoint=inputs.lo_checkpoint, device=device, kind="image", command=FLAG)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{FLAG} {inputs.lo_run}: {err}") from None
-    run.task.use_cascade(CascadeSource.of(run, lo))
+        raise FileNotFoundError(f"{FLAG} {inputs.lo_run}: {str(err).replace('--checkpoint', '--lo-checkpoint')}"
+                                ) from None
+    run.task.use_cascade(CascadeSource.of(run, lo, checkpoint=lo.checkpoint))

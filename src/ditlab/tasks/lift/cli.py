@@ -25,7 +25,9 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
     pooled copy of --data's images, and --path cascade, whose low resolution --lo-run RUN_LO generates
     batch by batch: RUN_LO is loaded, checked and attached to the task (ditlab.tasks.lift.cascade).
     Both are checked against the path when sampling starts (LiftTask.start)."""
-    refuse_inputs("lift", inputs, ("data", "lo_run"))
+    refuse_inputs("lift", inputs, ("data", "lo_run", "lo_checkpoint"))
+    if inputs.lo_checkpoint is not None and inputs.lo_run is None:
+        raise ValueError("--lo-checkpoint picks the checkpoint of --lo-run RUN_LO; give --lo-run")
     if inputs.lo_run is not None:
         from ditlab.tasks.lift.cascade import attach_lo_run
 

@@ -21,4 +21,7 @@ def _task(cfg, model, objective, training):
 
 
 KIND = TaskKind("superres", _train_data, _model, _task,
-                shape_keys=("task.cond_injection", "task.cond_blocks", "task.branch_blocks"))
+                shape_keys=("task.cond_injection", "task.cond_blocks", "task.branch_blocks"),
+                reads=("task.cond_dropout", "task.cond_noise_max", "task.cond_noise_sample",
+                       "task.cond_mode", "task.dummy_prob", "task.dummy_kind", "task.cond_injection",
+                       "task.cond_blocks", "task.branch_blocks"))
