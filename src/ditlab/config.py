@@ -141,9 +141,11 @@ class TaskConfig:
     # tokens: today's condition tokens concatenated in self-attention; cross: the condition's patch tokens
     # are a context set the target cross-attends to; branch: ControlNet-style copy of the first
     # branch_blocks blocks (0 = depth // 2) added to the main blocks through zero-initialised linears;
-    # adaln: a pooled condition embedding added to the adaLN conditioning.
-    cond_injection: Literal["tokens", "cross", "branch", "adaln"] = "tokens"
-    # Blocks that receive the condition (cross / branch / adaln): "all", "middle" (the middle third) or
+    # adaln: a pooled condition embedding added to the adaLN conditioning. tokens_gated: the tokens layout
+    # with a zero-initialised gate per block on what the other tokens read from the condition tokens (two
+    # attention passes per receiving block): the tokens form that starts with zero effect after init_from.
+    cond_injection: Literal["tokens", "tokens_gated", "cross", "branch", "adaln"] = "tokens"
+    # Blocks that receive the condition (cross / branch / adaln / tokens_gated): "all", "middle" (the middle third) or
     # "A:B" (blocks A .. B-1). With tokens only "all" is accepted: the condition tokens are part of every
     # block's self-attention sequence.
     cond_blocks: str = "all"
@@ -355,8 +357,9 @@ class TrainConfig:
     ckpt_every: int = 5000
     keep_checkpoints: int = 3
     run_dir: str = "runs/default"
-    # Two-stage training: start from the weights of another run (a run directory or checkpoint
-    # folder; its EMA weights unless init_weights=model). Parameters the new model has and the old
+    # Two-stage training: start from the weights of another run (a run directory: its latest checkpoint;
+    # RUN/checkpoints/best: the best by its train.eval_metric; or a checkpoint folder; its EMA weights
+    # unless init_weights=model). Parameters the new model has and the old
     # one lacks (e.g. a new condition pathway) start at zero; both lists are printed.
     init_from: str = ""
     init_weights: Literal["ema", "model"] = "ema"

@@ -98,18 +98,21 @@ class DiTBlock(nn.Module):
         # these settings and keeps the eager path on auto.
         self.fused_unsupported = unsupported_by_fused_kernels(mlp, norm)
 
-    def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False, sets=None):
+    def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False, sets=None,
+                attn_gate=None):
         # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None.
         # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
         # sets: named context sets, name -> (context (B, M, Dc), mask (B, M) bool or None).
+        # attn_gate: a gated group of keys (see _self_attention).
         if self.fast_kernels and not self.cross_sets and not self.fused_unsupported:
-            return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv)
+            return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv,
+                                       attn_gate)
         mod = self.adaLN(c)  # (B, G, num_mod * D)
         if index is not None:
             mod = mod[:, index]  # (B, N, num_mod * D)
         m = AdaLNMods(*mod.chunk(self.num_mod, dim=-1))
-        a = self.attn(modulate(self.norm1(x), m.shift_msa, m.scale_msa), mask=mask, rope=rope, kv_prefix=kv_prefix,
-                      return_kv=return_kv)
+        a = self._self_attention(modulate(self.norm1(x), m.shift_msa, m.scale_msa), mask, rope, kv_prefix, return_kv,
+                                 attn_gate)
         if return_kv:
             a, kv = a
         x = x + m.gate_msa * a
@@ -121,13 +124,29 @@ class DiTBlock(nn.Module):
         x = x + m.gate_mlp * self.mlp(modulate(self.norm2(x), m.shift_mlp, m.scale_mlp))
         return (x, kv) if return_kv else x
 
-    def _forward_fused(self, x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv):
+    def _self_attention(self, h, mask, rope, kv_prefix, return_kv, attn_gate):
+        """Self-attention; with ``attn_gate = (hidden, gate)`` a group of keys is seen through a gate:
+        ``hidden`` is the mask (an AttnBias) that hides the group from the queries it gates, ``gate`` a (D,)
+        tensor or None, and the output is a_hidden + gate * (a - a_hidden). gate 0 gives exactly the
+        attention without the group while the gate still gets a gradient (a - a_hidden); None hides the
+        group. Two attention passes (one when gate is None). ditlab.models.control's tokens_gated uses it."""
+        if attn_gate is None:
+            return self.attn(h, mask=mask, rope=rope, kv_prefix=kv_prefix, return_kv=return_kv)
+        if kv_prefix is not None or return_kv:
+            raise ValueError("a gated key group (attn_gate) does not support prefix caching")
+        hidden, gate = attn_gate
+        a_hidden = self.attn(h, mask=hidden, rope=rope)
+        if gate is None:
+            return a_hidden
+        return a_hidden + gate.to(a_hidden.dtype) * (self.attn(h, mask=mask, rope=rope) - a_hidden)
+
+    def _forward_fused(self, x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv, attn_gate=None):
         """The same mathematics with fused kernels: each gate + residual is fused with the next sub-layer's
         LayerNorm + modulate, and the modulation is gathered to tokens inside the kernels (no (B, N, 9D)
         tensor)."""
         m = AdaLNMods(*self.adaLN(c).chunk(self.num_mod, dim=-1))  # (B, G, D) each
         h = kernels.adaln_modulate(x, m.shift_msa, m.scale_msa, index)
-        a = self.attn(h, mask=mask, rope=rope, kv_prefix=kv_prefix, return_kv=return_kv)
+        a = self._self_attention(h, mask, rope, kv_prefix, return_kv, attn_gate)
         if return_kv:
             a, kv = a
         if self.has_cross:

@@ -7,6 +7,13 @@ the target tokens:
 - ``tokens``: the condition's tokens (own patch embedding and positions) are concatenated to the
   target's in every block's self-attention. Exactly the plain DiT (same parameters, same random
   initialisation, bitwise the same outputs).
+- ``tokens_gated``: the tokens layout, but the other tokens see the condition tokens through a
+  zero-initialised gate per block (``token_gates[i]``, (D,)): each receiving block computes its
+  self-attention twice, with and without the condition's keys, and takes a_without + g (a_with -
+  a_without); blocks outside ``cond_blocks`` never see the condition. At g = 0 the target path is the
+  unconditional model exactly, so it is the form of ``tokens`` that two-stage training
+  (train.init_from from an image run) starts with zero effect; the condition tokens themselves always
+  attend to everything. Costs one more attention pass per receiving block.
 - ``cross``: the condition's patch tokens (``cond_embed`` + sin-cos positions + the embedding of its
   noise level) are the DiT's single unnamed context set (``context_dim`` = hidden size), which the
   target tokens cross-attend to in the blocks of ``cond_blocks``; the condition leaves the
@@ -20,11 +27,12 @@ the target tokens:
   the (SiLU'd) adaLN conditioning vector c of the blocks in ``cond_blocks``.
 
 Every new pathway starts with zero effect: a zero gate (cross: the adaLN-Zero gate of the cross-
-attention), a zero linear layer (branch), a zero last layer (adaln); ditlab.train.init_from keeps
+attention; tokens_gated: token_gates), a zero linear layer (branch), a zero last layer (adaln); ditlab.train.init_from keeps
 that when the main weights come from an unconditional run.
 
 ``forward(..., cond_scale=W)`` scales the pathway at inference (``ditlab sample --cond-scale``):
-cross and branch multiply their added output by W, adaln the added embedding; tokens add log(W) to
+cross and branch multiply their added output by W, adaln the added embedding, tokens_gated its gates; tokens
+add log(W) to
 the attention logits of every query towards the condition tokens (W = 0: the condition is masked out,
 exactly the unconditional layout of a task.cond_mode=dummy model). W = 1 is the plain forward.
 A dropped condition (``stream_drop``, classifier-free guidance): tokens use the stream's learned null
@@ -45,7 +53,7 @@ from ditlab.models.embed import PatchEmbed
 from ditlab.models.mlp import reset_swiglu
 from ditlab.models.streams import StreamSpec, stream_positions, stream_rope
 
-INJECTIONS = ("tokens", "cross", "branch", "adaln")
+INJECTIONS = ("tokens", "tokens_gated", "cross", "branch", "adaln")
 
 
 def cond_block_range(spec: str, depth: int, key: str = "task.cond_blocks") -> range:
@@ -117,12 +125,17 @@ class ConditionedDiT(DiT):
             raise ValueError(f"ConditionedDiT needs one image condition stream named {cond_name!r} (predict=False)")
         self_spec = cond[0]
         self_main = [s for s in streams if s.name != cond_name]
+        if branch_blocks and injection != "branch":
+            raise ValueError(f"task.branch_blocks={branch_blocks} applies to task.cond_injection=branch only, got "
+                             f"task.cond_injection={injection}")
         if injection == "tokens":
             if str(cond_blocks) != "all":
                 raise ValueError(f"task.cond_blocks={cond_blocks!r} applies to task.cond_injection=cross, branch or "
                                  "adaln; with tokens the condition tokens are in every block's self-attention "
                                  "(use task.cond_blocks=all)")
             super().__init__(streams, **dit_kwargs)
+        elif injection == "tokens_gated":
+            super().__init__(streams, **dit_kwargs)  # the tokens layout; the gates are added below
         else:
             if dit_kwargs.get("context_dim") is not None:
                 raise ValueError(f"task.cond_injection={injection} cannot be combined with another context set")
@@ -152,6 +165,25 @@ class ConditionedDiT(DiT):
         elif injection == "adaln":
             self.cond_pool = CondPool(self_spec.channels, D, self_spec.patch_size)
             self.cond_pool.reset_parameters()
+        elif injection == "tokens_gated":
+            self.token_gates = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(D)) for i in self.cond_block_ids})
+            start, stop = self._cond_columns()
+            hide = torch.zeros(self.num_class_tokens + self.num_tokens, self.num_class_tokens + self.num_tokens)
+            rows = torch.ones(len(hide), dtype=torch.bool)
+            rows[start:stop] = False  # the condition's own queries see everything
+            hide[rows[:, None] & ~rows[None, :]] = float("-inf")  # every other query: not the condition's keys
+            self.register_buffer("cond_hidden_bias", hide, persistent=False)
+        # train.init_from keeps the fresh initialisation of these (behind a zero gate), not zero
+        self.fresh_at_init_from = ((f"patch_embed.{cond_name}.",) if injection == "tokens_gated" else ())
+
+    def _cond_columns(self) -> tuple[int, int]:
+        """[start, stop) of the condition tokens in the self-attention sequence (class tokens lead it)."""
+        start = self.num_class_tokens
+        for s in self.streams:
+            if s.name == self.cond_name:
+                return start, start + s.num_tokens
+            start += s.num_tokens
+        raise ValueError(f"no stream {self.cond_name!r} in the self-attention sequence")
 
     def _build_branch(self, branch_blocks: int, cond_blocks, self_spec: StreamSpec, target: StreamSpec) -> None:
         """ControlNet: a trainable copy of the first N blocks reading condition + target tokens, added to the
@@ -191,6 +223,13 @@ class ConditionedDiT(DiT):
         st = self._pathway
         if st is None:
             return super()._block_step(i, block, h, c, index, mask, rope, context, context_mask, **kw)
+        if "gate_scale" in st:  # tokens_gated
+            gate = self.token_gates[str(i)] if str(i) in self.token_gates else None
+            if gate is not None and st["gate_scale"] != 1.0:
+                gate = gate * st["gate_scale"]
+            hidden = AttnBias(mask, self.cond_hidden_bias.to(h.dtype).expand(h.shape[0], -1, -1))
+            return super()._block_step(i, block, h, c, index, mask, rope, context, context_mask,
+                                       attn_gate=(hidden, gate), **kw)
         if st.get("bias") is not None:
             mask = AttnBias(mask, st["bias"])
         if st.get("c_add") is not None and i in self.cond_block_ids:
@@ -218,14 +257,9 @@ class ConditionedDiT(DiT):
 
     def _tokens_bias(self, batch: int, scale: float, device) -> torch.Tensor:
         """(B, N) additive key bias: log(scale) on the condition tokens' columns, 0 elsewhere."""
-        start = 0
-        for s in self.streams:
-            if s.name == self.cond_name:
-                break
-            start += s.num_tokens
-        K = self.num_class_tokens  # the class tokens lead the sequence (ditlab.models.class_tokens)
-        col = torch.zeros(K + self.num_tokens, device=device)
-        col[K + start:K + start + self.cond_spec.num_tokens] = math.log(scale) if scale > 0 else float("-inf")
+        start, stop = self._cond_columns()
+        col = torch.zeros(self.num_class_tokens + self.num_tokens, device=device)
+        col[start:stop] = math.log(scale) if scale > 0 else float("-inf")
         return col.expand(batch, -1)
 
     def _branch(self, x, t, low, s, labels, label_drop) -> dict[int, torch.Tensor]:
@@ -294,6 +328,8 @@ class ConditionedDiT(DiT):
         args = dict(labels=labels, label_drop=label_drop, token_mask=token_mask, context=context,
                     context_mask=context_mask, stream_drop=stream_drop, context_drop=context_drop,
                     attn_mask=attn_mask, **kwargs)
+        if self.injection == "tokens_gated":
+            return self._run({"gate_scale": scale}, x, t, **args)
         if self.injection == "tokens":
             if scale == 1.0:
                 return super().forward(x, t, **args)  # today's path, bitwise

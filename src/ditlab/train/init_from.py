@@ -10,16 +10,20 @@ every new part still learns from step one:
   new 3 (shift, scale, gate of the cross-attention) zero. The zero *gate* silences the pathway while
   the gate itself gets a gradient (from the random pathway's output); zeroing the pathway's weights
   as well would leave gate and weights with zero gradient for ever.
-- a condition pathway of ditlab.models.control (task.cond_injection cross / branch / adaln): the
+- a condition pathway of ditlab.models.control (task.cond_injection cross / branch / adaln /
+  tokens_gated): the
   condition's patch embedding (``cond_embed``, ``cond_pool``) keeps its fresh initialisation behind
   the zero gate / zero last layer / zero linears (``branch_out``); the ControlNet branch
   (``branch_blocks.N``) starts as a copy of the loaded main blocks ``blocks.N`` (fresh where the loaded
-  block does not fit). So the model's output at step 0 is the loaded model's.
+  block does not fit); tokens_gated: the condition's patch embedding keeps its fresh initialisation
+  (the model's ``fresh_at_init_from``) and its ``token_gates`` start at zero. So the model's output at
+  step 0 is the loaded model's.
 """
 from __future__ import annotations
 
 import torch
 
+from ditlab.models.wrappers import unwrap_model
 from ditlab.train.checkpoint import load_weights
 
 # Missing parameters under these names keep their fresh initialisation (see the module docstring).
@@ -48,6 +52,7 @@ def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
                                                 strict=False)
     missing = [k for k in missing if k not in widened]
     params = dict(model.named_parameters())
+    keep_fresh = tuple(getattr(unwrap_model(model), "fresh_at_init_from", ()))  # the model's own gated parts
     fresh, zeroed, copied = [], [], []
     with torch.no_grad():
         for name in list(missing):  # the ControlNet branch: a trainable copy of the loaded main blocks
@@ -64,7 +69,7 @@ def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
         for name in missing:
             if name not in params:
                 continue  # a buffer: built from the config
-            if any(tag in f".{name}" for tag in _FRESH_INIT):
+            if any(tag in f".{name}" for tag in _FRESH_INIT) or name.startswith(keep_fresh):
                 fresh.append(name)
             else:
                 params[name].zero_()

@@ -20,8 +20,8 @@ from ditlab.tasks.superres.task import SuperResTask
 from ditlab.train.checkpoint import save_checkpoint
 from ditlab.train.init_from import init_from
 
-MODES = ["tokens", "cross", "branch", "adaln"]
-NEW_MODES = ["cross", "branch", "adaln"]
+MODES = ["tokens", "tokens_gated", "cross", "branch", "adaln"]
+NEW_MODES = ["tokens_gated", "cross", "branch", "adaln"]  # the pathways that start with zero effect
 
 
 def arch(depth=3):
@@ -68,7 +68,8 @@ def test_each_mode_trains_a_step_and_samples(mode):
                    batch_size=2)
     assert out["images"].shape == (2, 3, 8, 8) and out["images"].dtype == torch.uint8
     if mode != "tokens":
-        assert COND not in [s.name for s in model.streams]  # the main path sees only the target tokens
+        if mode != "tokens_gated":
+            assert COND not in [s.name for s in model.streams]  # the main path sees only the target tokens
         out = generate(task, model, 2, 0, SampleSettings(sampler="euler", steps=2, cond_scale=0.5), {"images": hr},
                        batch_size=2)
         assert out["images"].shape == (2, 3, 8, 8)
@@ -94,22 +95,28 @@ def image_run(tmp_path):
 
 
 @pytest.mark.parametrize("mode,blocks", [("cross", "all"), ("cross", "middle"), ("branch", "all"),
-                                         ("branch", "0:1"), ("adaln", "all"), ("adaln", "1:3")])
+                                         ("branch", "0:1"), ("adaln", "all"), ("adaln", "1:3"),
+                                         ("tokens_gated", "all"), ("tokens_gated", "middle")])
 def test_zero_effect_at_init_after_init_from_an_image_run(image_run, mode, blocks, capsys):
     old, path = image_run
     task, model = make(mode, seed=5, perturbed=False, cond_blocks=blocks)
     report = init_from(model, str(path))
-    assert report["missing"] == [] or all(k.startswith(("branch_", "cond_", "blocks.", "null_context"))
+    assert report["missing"] == [] or all(k.startswith(("branch_", "cond_", "blocks.", "null_context", "token_gates.",
+                                                        f"patch_embed.{COND}.", f"null_tokens.{COND}"))
                                           for k in report["missing"])
     assert report["unexpected"] == []
     model.eval()
     x, t = inputs()
     want = old({TARGET: x[TARGET]}, {TARGET: t[TARGET]})[TARGET]
     got = model(x, t)[TARGET]
-    if mode == "cross":  # a wider adaLN matmul (6 -> 9 chunks): equal up to the GEMM's rounding
+    if mode in ("cross", "tokens_gated"):  # cross: a wider adaLN matmul (6 -> 9 chunks); tokens_gated: the
+        # condition's keys hidden by a -inf bias in a longer sequence: equal up to rounding
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     else:
         assert torch.equal(got, want)
+    if mode == "tokens_gated":  # the condition's embedding keeps its fresh initialisation behind the zero gates
+        assert f"patch_embed.{COND}.proj.weight" in report["fresh"]
+        assert model.state_dict()[f"patch_embed.{COND}.proj.weight"].abs().sum() > 0
     other = dict(x, **{COND: torch.randn_like(x[COND])})
     torch.testing.assert_close(model(other, t)[TARGET], got, atol=0, rtol=0)  # the condition has no effect yet
     if mode == "branch":
@@ -122,7 +129,8 @@ def test_zero_effect_at_init_after_init_from_an_image_run(image_run, mode, block
     gate = {"cross": lambda: [p for n, p in model.named_parameters() if n.endswith("adaLN.weight")
                               and n.startswith("blocks.") and p.shape[0] == 9 * 32],
             "branch": lambda: list(model.branch_out.parameters()),
-            "adaln": lambda: list(model.cond_pool.fc2.parameters())}[mode]()
+            "adaln": lambda: list(model.cond_pool.fc2.parameters()),
+            "tokens_gated": lambda: list(model.token_gates.values())}[mode]()
     assert gate and any(p.grad.abs().sum() > 0 for p in gate)
 
 
@@ -174,6 +182,28 @@ def test_tokens_cond_scale_is_a_log_bias_towards_the_condition_tokens():
     assert torch.isfinite(model(x, t, cond_scale=0.0)[TARGET]).all()
 
 
+def test_tokens_gated_with_open_gates_is_the_tokens_model_and_cond_scale_scales_the_gates():
+    """a_hidden + g (a - a_hidden): g = 1 in every block is plain token injection with the same weights;
+    --cond-scale W multiplies every gate by W."""
+    _, gated = make("tokens_gated", seed=15)
+    _, tokens = make("tokens", seed=15)
+    tokens.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("token_gates.")})
+    gated.eval(), tokens.eval()
+    x, t = inputs()
+    with torch.no_grad():
+        for g in gated.token_gates.values():
+            g.fill_(1.0)
+    torch.testing.assert_close(gated(x, t)[TARGET], tokens(x, t)[TARGET], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        for g in gated.token_gates.values():
+            g.copy_(torch.randn_like(g))
+    half = gated(x, t, cond_scale=0.5)[TARGET]
+    with torch.no_grad():
+        for g in gated.token_gates.values():
+            g.mul_(0.5)
+    torch.testing.assert_close(gated(x, t)[TARGET], half, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", NEW_MODES)
 def test_cond_scale_zero_is_the_unconditional_pathway(mode):
     _, model = make(mode, seed=13)
@@ -185,7 +215,7 @@ def test_cond_scale_zero_is_the_unconditional_pathway(mode):
     main.load_state_dict(sd, strict=False)
     want = main({TARGET: x[TARGET]}, {TARGET: t[TARGET]})[TARGET]
     got = model(x, t, cond_scale=0.0)[TARGET]
-    if mode == "cross":
+    if mode in ("cross", "tokens_gated"):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     else:
         assert torch.equal(got, want)
@@ -219,6 +249,15 @@ def test_cond_blocks_selects_the_blocks_that_receive_the_condition():
     assert len(model.branch_blocks) == 3 and list(model.branch_out) == ["2"]
     _, model = make("branch", depth=6, seed=14, cond_blocks="1:3", branch_blocks=3)
     assert list(model.branch_out) == ["1", "2"]
+    # tokens_gated: gates in blocks 2 and 3 only; the other blocks never read the condition tokens
+    _, model = make("tokens_gated", depth=6, seed=14, cond_blocks="middle")
+    assert list(model.token_gates) == ["2", "3"]
+    other = dict(x, **{COND: x[COND] + 1.0})
+    assert not torch.allclose(model(x, t)[TARGET], model(other, t)[TARGET])
+    with torch.no_grad():
+        for g in model.token_gates.values():
+            g.zero_()
+    assert torch.equal(model(x, t)[TARGET], model(other, t)[TARGET])
     # gradients: with the branch feeding block 2 only, block 0 / 1 of the main path get no gradient from it
     task, model = make("branch", depth=6, seed=14, cond_blocks="middle")
     model.zero_grad()
@@ -231,6 +270,7 @@ def test_cond_blocks_selects_the_blocks_that_receive_the_condition():
     (["task.cond_injection=cross", "task.cond_blocks=5:2"], "task.cond_blocks"),
     (["task.cond_injection=adaln", "task.cond_blocks=middle-ish"], "task.cond_blocks"),
     (["task.cond_blocks=middle"], "task.cond_blocks"),  # tokens: every block's self-attention
+    (["task.cond_injection=tokens_gated", "task.cond_blocks=4:9"], "task.cond_blocks"),
     (["task.cond_injection=branch", "task.branch_blocks=9"], "task.branch_blocks"),
     (["task.cond_injection=branch", "task.cond_blocks=0:1", "task.branch_blocks=3"], "task.branch_blocks"),
     (["task.cond_injection=cross", "task.cond_mode=dummy"], "task.cond_injection"),
@@ -241,6 +281,18 @@ def test_bad_values_are_one_line_errors_naming_the_key(overrides, match):
                                  "model.depth=3", "model.num_heads=2"] + overrides)
         build_superres_model(cfg.model, 8, 3, 2, cfg.task)
     assert match in str(err.value) and "\n" not in str(err.value)
+
+
+def test_branch_blocks_without_the_branch_mode_is_an_error():
+    from ditlab.config import ModelConfig
+    from ditlab.tasks.superres.model import build_superres_model
+
+    for injection in ("tokens", "cross", "adaln"):
+        task_cfg = load_config(None, ["task.kind=superres", f"task.cond_injection={injection}",
+                                      "task.branch_blocks=1"]).task
+        with pytest.raises(ValueError, match=f"task.branch_blocks=1 applies to task.cond_injection=branch only, got "
+                                             f"task.cond_injection={injection}"):
+            build_superres_model(ModelConfig(hidden_size=32, depth=2, num_heads=2), 16, 3, 2, task_cfg)
 
 
 def test_cond_scale_errors_name_the_flag():
