@@ -13,9 +13,14 @@ COND = StreamSpec("cond", 3, 4, 2, predict=False, pos_scale=2.0)
 gpu = pytest.mark.skipif(not kernels.triton_available(), reason="needs a CUDA GPU and Triton")
 
 
-def tiny(streams, hidden=32, heads=4, noise=0.2, **kw):
+def tiny(streams, hidden=32, heads=4, noise=0.2, injection=None, **kw):
     torch.manual_seed(0)
-    model = DiT(streams, hidden_size=hidden, depth=2, num_heads=heads, **kw)
+    if injection:  # a condition pathway of ditlab.models.control (its gates perturbed open too)
+        from ditlab.models.control import ConditionedDiT
+
+        model = ConditionedDiT(streams, COND.name, injection, hidden_size=hidden, depth=2, num_heads=heads, **kw)
+    else:
+        model = DiT(streams, hidden_size=hidden, depth=2, num_heads=heads, **kw)
     with torch.no_grad():  # adaLN-Zero starts as the identity: perturb every weight
         for p in model.parameters():
             p.add_(noise * torch.randn_like(p))
@@ -86,6 +91,7 @@ CASES = {
     "superres": (dict(streams=[COND, IMG]), {}),
     "per_token": (dict(streams=[COND, IMG]), dict(per_token=True)),
     "context": (dict(streams=[IMG], context_dim=6), dict(context_dim=6)),
+    "tokens_gated": (dict(streams=[COND, IMG], injection="tokens_gated"), {}),  # two attention passes a block
 }
 
 
