@@ -126,7 +126,7 @@ class DiTBlock(nn.Module):
 
     def _self_attention(self, h, mask, rope, kv_prefix, return_kv, attn_gate):
         """Self-attention; with ``attn_gate = (hidden, gate)`` a group of keys is seen through a gate:
-        ``hidden`` is the mask (an AttnBias) that hides the group from the queries it gates, ``gate`` a (D,)
+        ``hidden`` is the mask that hides the group from the queries it gates, ``gate`` a (D,)
         tensor or None, and the output is a_hidden + gate * (a - a_hidden). gate 0 gives exactly the
         attention without the group while the gate still gets a gradient (a - a_hidden); None hides the
         group. Two attention passes (one when gate is None). ditlab.models.control's tokens_gated uses it."""

@@ -168,11 +168,11 @@ class ConditionedDiT(DiT):
         elif injection == "tokens_gated":
             self.token_gates = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(D)) for i in self.cond_block_ids})
             start, stop = self._cond_columns()
-            hide = torch.zeros(self.num_class_tokens + self.num_tokens, self.num_class_tokens + self.num_tokens)
-            rows = torch.ones(len(hide), dtype=torch.bool)
+            rows = torch.ones(self.num_class_tokens + self.num_tokens, dtype=torch.bool)
             rows[start:stop] = False  # the condition's own queries see everything
-            hide[rows[:, None] & ~rows[None, :]] = float("-inf")  # every other query: not the condition's keys
-            self.register_buffer("cond_hidden_bias", hide, persistent=False)
+            # Every other query does not see the condition's keys. A boolean mask, not an AttnBias: no value
+            # check (a host sync, a graph break under torch.compile) in every block of every training step.
+            self.register_buffer("cond_hidden", ~(rows[:, None] & ~rows[None, :]), persistent=False)
         # train.init_from keeps the fresh initialisation of these (behind a zero gate), not zero
         self.fresh_at_init_from = ((f"patch_embed.{cond_name}.",) if injection == "tokens_gated" else ())
 
@@ -227,7 +227,9 @@ class ConditionedDiT(DiT):
             gate = self.token_gates[str(i)] if str(i) in self.token_gates else None
             if gate is not None and st["gate_scale"] != 1.0:
                 gate = gate * st["gate_scale"]
-            hidden = AttnBias(mask, self.cond_hidden_bias.to(h.dtype).expand(h.shape[0], -1, -1))
+            hidden = self.cond_hidden.expand(h.shape[0], -1, -1)  # (B, N, N) bool, True = visible
+            if mask is not None:  # a boolean (B, M) or (B, N, M) mask of the run (e.g. dummy pretraining)
+                hidden = hidden & (mask if mask.dim() == 3 else mask[:, None, :])
             return super()._block_step(i, block, h, c, index, mask, rope, context, context_mask,
                                        attn_gate=(hidden, gate), **kw)
         if st.get("bias") is not None:

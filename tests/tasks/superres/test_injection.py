@@ -110,7 +110,7 @@ def test_zero_effect_at_init_after_init_from_an_image_run(image_run, mode, block
     want = old({TARGET: x[TARGET]}, {TARGET: t[TARGET]})[TARGET]
     got = model(x, t)[TARGET]
     if mode in ("cross", "tokens_gated"):  # cross: a wider adaLN matmul (6 -> 9 chunks); tokens_gated: the
-        # condition's keys hidden by a -inf bias in a longer sequence: equal up to rounding
+        # condition's keys masked out of a longer sequence: equal up to rounding
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     else:
         assert torch.equal(got, want)
