@@ -70,3 +70,14 @@ def test_the_trainer_refuses_before_reading_data(tmp_path):
     with pytest.raises(ValueError, match="task.cond_injection='adaln' applies to task.kind superres"):
         Trainer(cfg, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_image_data_options_on_a_kind_that_draws_its_own_data_are_an_error():
+    from ditlab.config import load_config
+    from ditlab.tasks.registry import check_kind_options
+
+    for kind in ("icl", "scene"):
+        with pytest.raises(ValueError, match=f"data.path='x.zip' applies to task.kind image or superres or lift; "
+                                             f"this run is task.kind={kind}"):
+            check_kind_options(load_config(None, [f"task.kind={kind}", "data.path=x.zip"]))
+    check_kind_options(load_config(None, ["task.kind=lift", "data.path=x.zip", "data.hflip=false"]))

@@ -278,7 +278,8 @@ SCENE = ["scene.num_scenes=16", "scene.objects=[1,3]", "scene.points_per_object=
 ])
 def test_each_metric_runs_on_its_kind_without_changing_training(tiny_data, tmp_path, preset, extra, metric):
     def cfg(run, *more):
-        return load_config(preset, [f"data.path={tiny_data}", "train.device=cpu", "train.log_every=1",
+        data = [f"data.path={tiny_data}"] if extra is SUPERRES else []  # scene and icl draw their own data
+        return load_config(preset, [*data, "train.device=cpu", "train.log_every=1",
                                     "train.sample_every=0", "train.ckpt_every=5", "train.steps=4", "train.eval_num=8",
                                     "train.compile=false", f"train.run_dir={run}", *extra, *more])
 

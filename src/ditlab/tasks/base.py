@@ -157,6 +157,10 @@ class TaskKind:
     reads: tuple[str, ...] = ()
 
 
+# The data.* keys of the kinds that read an image data set (ditlab.tasks.image.data): image, superres, lift.
+IMAGE_DATA_KEYS = ("data.path", "data.image_size", "data.root", "data.hflip", "data.on_bad_image", "data.use_labels")
+
+
 @dataclass(frozen=True)
 class SampleInputs:
     """Task inputs of ``ditlab sample`` (beside the sampler settings): which apply depends on the kind."""

@@ -1,5 +1,5 @@
 """task.kind=image: images (optionally class-conditional, optionally cross-attending to a context set)."""
-from ditlab.tasks.base import TaskKind
+from ditlab.tasks.base import IMAGE_DATA_KEYS, TaskKind
 
 
 def _train_data(cfg, progress):
@@ -30,4 +30,4 @@ def _task(cfg, model, objective, training):
 
 
 KIND = TaskKind("image", _train_data, _model, _task, shape_keys=("model.contexts", "data.contexts"),
-                reads=("task.cond_dropout", "model.contexts", "data.contexts"))
+                reads=("task.cond_dropout", "model.contexts", "data.contexts", "data.context_path", *IMAGE_DATA_KEYS))

@@ -1,5 +1,5 @@
 """task.kind=lift: an image and its low-resolution copy generated jointly, a noise level per scale (note 004)."""
-from ditlab.tasks.base import TaskKind
+from ditlab.tasks.base import IMAGE_DATA_KEYS, TaskKind
 
 
 def _train_data(cfg, progress):
@@ -24,4 +24,4 @@ def _open_run(run):
     run.task.load_errors(run.run_dir)  # RUN/lift_errors.npz, when measured: the dp-* paths plan on it
 
 
-KIND = TaskKind("lift", _train_data, _model, _task, open_run=_open_run)
+KIND = TaskKind("lift", _train_data, _model, _task, open_run=_open_run, reads=IMAGE_DATA_KEYS)

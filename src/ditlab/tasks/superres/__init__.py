@@ -1,5 +1,5 @@
 """task.kind=superres: an image given its low-resolution copy as a condition stream (user note 000)."""
-from ditlab.tasks.base import TaskKind
+from ditlab.tasks.base import IMAGE_DATA_KEYS, TaskKind
 
 
 def _train_data(cfg, progress):
@@ -22,6 +22,6 @@ def _task(cfg, model, objective, training):
 
 KIND = TaskKind("superres", _train_data, _model, _task,
                 shape_keys=("task.cond_injection", "task.cond_blocks", "task.branch_blocks"),
-                reads=("task.cond_dropout", "task.cond_noise_max", "task.cond_noise_sample",
+                reads=(*IMAGE_DATA_KEYS, "task.cond_dropout", "task.cond_noise_max", "task.cond_noise_sample",
                        "task.cond_mode", "task.dummy_prob", "task.dummy_kind", "task.cond_injection",
                        "task.cond_blocks", "task.branch_blocks"))
