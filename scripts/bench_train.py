@@ -88,10 +88,13 @@ def main():
     fp8 = values("--float8", args.float8, ("off", "tensorwise", "rowwise"))
     sdpa = values("--sdpa", args.sdpa, tuple(SDPA_BACKENDS))
     compiles = {"yes": [True], "no": [False], "both": [False, True]}[args.compile]
+    # scene and icl draw their own data: data.path is an error there (ditlab.tasks.registry.check_kind_options)
+    kind = next((o.split("=", 1)[1] for o in reversed(args.overrides) if o.startswith("task.kind=")), "image")
+    data_path = [f"data.path={data}"] if kind in ("image", "superres", "lift") else []
     for arch, c, fk, f8, attn in itertools.product(args.arch, compiles, fast, fp8, sdpa):
         mode_overrides = ([] if fk is None else [f"train.fast_kernels={fk}"]) + (
             [] if f8 is None else [f"train.float8={f8}"])
-        cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", f"data.path={data}",
+        cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", *data_path,
                                  f"train.batch_size={args.batch}", f"train.compile={str(c).lower()}",
                                  "train.precision=bf16", f"train.run_dir={tempfile.mkdtemp()}",
                                  "diffusion.process=ddpm", "diffusion.prediction=eps", *extra,

@@ -359,8 +359,9 @@ class TrainConfig:
     run_dir: str = "runs/default"
     # Two-stage training: start from the weights of another run (a run directory: its latest checkpoint;
     # RUN/checkpoints/best: the best by its train.eval_metric; or a checkpoint folder; its EMA weights
-    # unless init_weights=model). Parameters the new model has and the old
-    # one lacks (e.g. a new condition pathway) start at zero; both lists are printed.
+    # unless init_weights=model). Parameters the new model has and the old one lacks start so that the new
+    # model's output is the old one's: zero, or fresh behind a zero gate (ditlab.train.init_from); both lists
+    # are printed.
     init_from: str = ""
     init_weights: Literal["ema", "model"] = "ema"
     # Evaluation during training (early stopping; ditlab.train.evaluation). Every eval_every steps (0 = off)

@@ -132,6 +132,11 @@ def test_bad_files_are_named(tmp_path):
                                      "paths: [diagonal]}}\n")
     with pytest.raises(ValueError, match="paths must be \\[default\\]"):
         check_variants(load_ablation(tmp_path / "c.yaml"), [])
+    # the trainer's start-up checks run for every variant before any training
+    (tmp_path / "d.yaml").write_text("config: tiny.yaml\nvariants: {ok: {overrides: [task.kind=lift]}, "
+                                     "bad: {overrides: [task.kind=image, task.cond_injection=cross]}}\n")
+    with pytest.raises(ValueError, match="variant bad: task.cond_injection='cross' applies to task.kind superres"):
+        check_variants(load_ablation(tmp_path / "d.yaml"), [])
     assert AblationRunner  # imported for the CLI
 
 

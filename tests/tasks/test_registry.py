@@ -81,3 +81,15 @@ def test_image_data_options_on_a_kind_that_draws_its_own_data_are_an_error():
                                              f"this run is task.kind={kind}"):
             check_kind_options(load_config(None, [f"task.kind={kind}", "data.path=x.zip"]))
     check_kind_options(load_config(None, ["task.kind=lift", "data.path=x.zip", "data.hflip=false"]))
+
+
+def test_image_cond_dropout_without_a_context_set_is_an_error_and_the_sr_preset_gives_a_stage_one_run():
+    from ditlab.config import load_config
+    from ditlab.tasks.registry import check_kind_options
+
+    with pytest.raises(ValueError, match="task.cond_dropout=0.1 drops an image run's context sets .* has none"):
+        check_kind_options(load_config(None, ["task.kind=image", "task.cond_dropout=0.1"]))
+    check_kind_options(load_config(None, ["task.kind=image", "task.cond_dropout=0.1", "data.context_path=c.npz"]))
+    # docs/superres.md's stage-1 image run from the superres preset
+    check_kind_options(load_config("configs/cifar10_sr.yaml", ["task.kind=image", "task.cond_dropout=0",
+                                                               "task.cond_noise_max=0", "task.cond_noise_sample=0"]))

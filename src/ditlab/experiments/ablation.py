@@ -86,9 +86,18 @@ def variant_config(spec: AblationSpec, variant: Variant, seed: int, run_dir: Pat
 
 
 def check_variants(spec: AblationSpec, extra: list[str]) -> None:
-    """Fail before any training on a bad override or a path the variant's task cannot walk."""
+    """Fail before any training on a bad override, an option the variant's kind does not read (the
+    trainer's own start-up checks) or a path the variant's task cannot walk."""
+    from ditlab.tasks.registry import check_kind_options
+    from ditlab.train.evaluation import check_eval_config
+
     for v in spec.variants:
         cfg = variant_config(spec, v, spec.seeds[0], Path("unused"), extra)
+        try:
+            check_eval_config(cfg)
+            check_kind_options(cfg)
+        except ValueError as err:
+            raise ValueError(f"variant {v.name}: {err}") from None
         paths = v.paths or (["diagonal"] if cfg.task.kind == "lift" else ["default"])
         v.paths = paths
         for p in paths:

@@ -125,14 +125,11 @@ class ConditionedDiT(DiT):
             raise ValueError(f"ConditionedDiT needs one image condition stream named {cond_name!r} (predict=False)")
         self_spec = cond[0]
         self_main = [s for s in streams if s.name != cond_name]
-        if branch_blocks and injection != "branch":
-            raise ValueError(f"task.branch_blocks={branch_blocks} applies to task.cond_injection=branch only, got "
-                             f"task.cond_injection={injection}")
         if injection == "tokens":
             if str(cond_blocks) != "all":
-                raise ValueError(f"task.cond_blocks={cond_blocks!r} applies to task.cond_injection=cross, branch or "
-                                 "adaln; with tokens the condition tokens are in every block's self-attention "
-                                 "(use task.cond_blocks=all)")
+                raise ValueError(f"task.cond_blocks={cond_blocks!r} applies to task.cond_injection=tokens_gated, cross, "
+                                 "branch or adaln; with tokens the condition tokens are in every block's "
+                                 "self-attention (use task.cond_blocks=all, or tokens_gated)")
             super().__init__(streams, **dit_kwargs)
         elif injection == "tokens_gated":
             super().__init__(streams, **dit_kwargs)  # the tokens layout; the gates are added below
@@ -175,6 +172,25 @@ class ConditionedDiT(DiT):
             self.register_buffer("cond_hidden", ~(rows[:, None] & ~rows[None, :]), persistent=False)
         # train.init_from keeps the fresh initialisation of these (behind a zero gate), not zero
         self.fresh_at_init_from = ((f"patch_embed.{cond_name}.",) if injection == "tokens_gated" else ())
+
+    def after_init_from(self, loaded: set[str]) -> Optional[str]:
+        """ditlab.train.init_from's last step: tokens_gated loaded from a run that already read the condition
+        tokens in every block (a ``tokens`` run: its condition patch embedding is among the loaded names, its
+        gates are not) opens every gate (1), which is that run exactly where task.cond_blocks is all. Returns
+        what was done, or None."""
+        if self.injection != "tokens_gated" or f"patch_embed.{self.cond_name}.proj.weight" not in loaded:
+            return None
+        if any(name.startswith("token_gates.") for name in loaded):
+            return None  # a tokens_gated run: its own gates were loaded
+        with torch.no_grad():
+            for gate in self.token_gates.values():
+                gate.fill_(1.0)
+        note = ("token_gates set to 1: the loaded run read the condition tokens (task.cond_injection=tokens), and "
+                "open gates reproduce it")
+        if len(self.cond_block_ids) < self.depth:
+            note += (f"; the {self.depth - len(self.cond_block_ids)} of {self.depth} blocks outside task.cond_blocks "
+                     "no longer see the condition, so the output at step 0 differs from the loaded run's there")
+        return note
 
     def _cond_columns(self) -> tuple[int, int]:
         """[start, stop) of the condition tokens in the self-attention sequence (class tokens lead it)."""

@@ -155,6 +155,9 @@ class TaskKind:
     # (superres and lift): one base config may serve runs of several kinds (an ablation's image baseline
     # beside its LIFT runs, docs/lift.md's low-resolution run from the LIFT config).
     reads: tuple[str, ...] = ()
+    # Start-up checks of the kind's own options that training refuses but loading an existing run must not
+    # (e.g. an option an old run's config.yaml carried unused): (cfg) -> None, raising ValueError.
+    check_config: Optional[Callable[[Any], None]] = None
 
 
 # The data.* keys of the kinds that read an image data set (ditlab.tasks.image.data): image, superres, lift.

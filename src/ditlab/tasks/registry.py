@@ -24,12 +24,12 @@ def kind_option_readers() -> dict[str, tuple[str, ...]]:
     return {key: tuple(kinds) for key, kinds in readers.items()}
 
 
-def _changed(cfg, defaults, key: str) -> list[tuple[str, object]]:
-    """[(key, value)] when cfg's ``key`` (dotted) differs from the defaults, else []."""
+def _changed(cfg, defaults, key: str) -> list[tuple[str, object, object]]:
+    """[(key, value, default)] when cfg's ``key`` (dotted) differs from the defaults, else []."""
     node, default = cfg, defaults
     for part in key.split("."):
         node, default = getattr(node, part), getattr(default, part)
-    return [(key, node)] if node != default else []
+    return [(key, node, default)] if node != default else []
 
 
 def check_kind_options(cfg) -> None:
@@ -37,14 +37,18 @@ def check_kind_options(cfg) -> None:
     read it: e.g. task.cond_injection on a task.kind=image run, model.contexts on an icl run."""
     from ditlab.config import Config
 
-    kind = task_kind(cfg).name
+    entry = task_kind(cfg)
+    if entry.check_config is not None:
+        entry.check_config(cfg)
+    kind = entry.name
     defaults = Config()
     for key, kinds in kind_option_readers().items():
         if kind in kinds:
             continue
-        for name, value in _changed(cfg, defaults, key):
+        for name, value, default in _changed(cfg, defaults, key):
             raise ValueError(f"{name}={value!r} applies to task.kind {' or '.join(kinds)}; this run is "
-                             f"task.kind={kind}, which does not read it (remove it)")
+                             f"task.kind={kind}, which does not read it (set {name}={default!r}, its default, "
+                             "e.g. on the command line over a preset)")
 
 
 def build_train_data(cfg, progress: bool = True) -> TrainData:

@@ -16,8 +16,10 @@ every new part still learns from step one:
   the zero gate / zero last layer / zero linears (``branch_out``); the ControlNet branch
   (``branch_blocks.N``) starts as a copy of the loaded main blocks ``blocks.N`` (fresh where the loaded
   block does not fit); tokens_gated: the condition's patch embedding keeps its fresh initialisation
-  (the model's ``fresh_at_init_from``) and its ``token_gates`` start at zero. So the model's output at
-  step 0 is the loaded model's.
+  (the model's ``fresh_at_init_from``) and its ``token_gates`` start at zero; from a run that already
+  read the condition tokens (a ``tokens`` run) the gates start at one instead (``after_init_from``). So
+  the model's output at step 0 is the loaded model's (for tokens_gated from a tokens run with
+  task.cond_blocks other than all: except that the blocks outside no longer see the condition).
 """
 from __future__ import annotations
 
@@ -84,4 +86,11 @@ def init_from(model: torch.nn.Module, source: str, which: str = "ema") -> dict:
               "fresh": sorted(fresh)}
     if copied:
         report["copied"] = sorted(copied)
+    # The model's own last step (e.g. tokens_gated opening its gates when the loaded run already read the
+    # condition tokens), given the names that were loaded.
+    after = getattr(unwrap_model(model), "after_init_from", None)
+    note = after(set(weights) - set(unexpected)) if after is not None else None
+    if note:
+        print(f"ditlab: {note}", flush=True)
+        report["note"] = note
     return report

@@ -182,6 +182,31 @@ def test_tokens_cond_scale_is_a_log_bias_towards_the_condition_tokens():
     assert torch.isfinite(model(x, t, cond_scale=0.0)[TARGET]).all()
 
 
+@pytest.mark.parametrize("blocks", ["all", "middle"])
+def test_tokens_gated_from_a_tokens_run_opens_its_gates(tmp_path, blocks, capsys):
+    """A tokens run already reads the condition in every block: loading it, tokens_gated sets every gate to 1,
+    which is that run exactly (cond_blocks=all); with fewer blocks the note says what differs."""
+    _, pre = make("tokens", seed=16)
+    save_checkpoint(tmp_path / "tok", 1, pre, ema=pre)
+    _, model = make("tokens_gated", seed=17, perturbed=False, cond_blocks=blocks)
+    report = init_from(model, str(tmp_path / "tok"))
+    assert all(torch.equal(g, torch.ones_like(g)) for g in model.token_gates.values())
+    assert "token_gates set to 1" in report["note"] and "token_gates set to 1" in capsys.readouterr().out
+    pre.eval(), model.eval()
+    x, t = inputs()
+    if blocks == "all":
+        torch.testing.assert_close(model(x, t)[TARGET], pre(x, t)[TARGET], atol=1e-5, rtol=1e-4)
+    else:
+        assert "no longer see the condition" in report["note"]
+    # from an image run (no condition embedding loaded) the gates stay closed, and a gated run's own gates load
+    _, image = make("tokens_gated", seed=18)
+    save_checkpoint(tmp_path / "gated", 1, image, ema=image)
+    _, again = make("tokens_gated", seed=19, perturbed=False, cond_blocks=blocks)
+    if blocks == "all":
+        assert "note" not in init_from(again, str(tmp_path / "gated"))
+        assert all(torch.equal(a, b) for a, b in zip(again.token_gates.values(), image.token_gates.values()))
+
+
 def test_tokens_gated_with_open_gates_is_the_tokens_model_and_cond_scale_scales_the_gates():
     """a_hidden + g (a - a_hidden): g = 1 in every block is plain token injection with the same weights;
     --cond-scale W multiplies every gate by W."""
@@ -283,16 +308,17 @@ def test_bad_values_are_one_line_errors_naming_the_key(overrides, match):
     assert match in str(err.value) and "\n" not in str(err.value)
 
 
-def test_branch_blocks_without_the_branch_mode_is_an_error():
-    from ditlab.config import ModelConfig
-    from ditlab.tasks.superres.model import build_superres_model
+def test_branch_blocks_without_the_branch_mode_is_a_training_error_but_loads():
+    """Refused when training starts (before any data is read); a model (e.g. of an old run whose config
+    carried the unused key) still builds, so such a run can be loaded and sampled."""
+    from ditlab.tasks.registry import check_kind_options
 
-    for injection in ("tokens", "cross", "adaln"):
-        task_cfg = load_config(None, ["task.kind=superres", f"task.cond_injection={injection}",
-                                      "task.branch_blocks=1"]).task
+    for injection in ("tokens", "tokens_gated", "cross", "adaln"):
+        cfg = load_config(None, ["task.kind=superres", f"task.cond_injection={injection}", "task.branch_blocks=1"])
         with pytest.raises(ValueError, match=f"task.branch_blocks=1 applies to task.cond_injection=branch only, got "
                                              f"task.cond_injection={injection}"):
-            build_superres_model(ModelConfig(hidden_size=32, depth=2, num_heads=2), 16, 3, 2, task_cfg)
+            check_kind_options(cfg)
+        build_superres_model(ModelConfig(hidden_size=32, depth=2, num_heads=2), 16, 3, 2, cfg.task)
 
 
 def test_cond_scale_errors_name_the_flag():

@@ -20,6 +20,13 @@ def _model(cfg, info):
     return build_image_model(cfg.model, info["image_size"], info["channels"], info.get("context_dim"), specs or None)
 
 
+def _check_config(cfg):
+    if cfg.task.cond_dropout and not (cfg.data.context_path or cfg.data.contexts):
+        raise ValueError(f"task.cond_dropout={cfg.task.cond_dropout} drops an image run's context sets (with the "
+                         "label); this run has none (data.context_path, data.contexts): use model.label_dropout for "
+                         "the label's CFG dropout, or set task.cond_dropout=0")
+
+
 def _task(cfg, model, objective, training):
     from ditlab.tasks.image.task import ImageTask
 
@@ -30,4 +37,5 @@ def _task(cfg, model, objective, training):
 
 
 KIND = TaskKind("image", _train_data, _model, _task, shape_keys=("model.contexts", "data.contexts"),
+                check_config=_check_config,
                 reads=("task.cond_dropout", "model.contexts", "data.contexts", "data.context_path", *IMAGE_DATA_KEYS))

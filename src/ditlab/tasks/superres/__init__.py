@@ -14,6 +14,13 @@ def _model(cfg, info):
     return build_superres_model(cfg.model, info["image_size"], info["channels"], cfg.task.factor, cfg.task)
 
 
+def _check_config(cfg):
+    t = cfg.task
+    if t.branch_blocks and t.cond_injection != "branch":
+        raise ValueError(f"task.branch_blocks={t.branch_blocks} applies to task.cond_injection=branch only, got "
+                         f"task.cond_injection={t.cond_injection}")
+
+
 def _task(cfg, model, objective, training):
     from ditlab.tasks.superres.task import SuperResTask
 
@@ -21,7 +28,7 @@ def _task(cfg, model, objective, training):
 
 
 KIND = TaskKind("superres", _train_data, _model, _task,
-                shape_keys=("task.cond_injection", "task.cond_blocks", "task.branch_blocks"),
+                shape_keys=("task.cond_injection", "task.cond_blocks", "task.branch_blocks"), check_config=_check_config,
                 reads=(*IMAGE_DATA_KEYS, "task.cond_dropout", "task.cond_noise_max", "task.cond_noise_sample",
                        "task.cond_mode", "task.dummy_prob", "task.dummy_kind", "task.cond_injection",
                        "task.cond_blocks", "task.branch_blocks"))
