@@ -82,3 +82,37 @@ def test_mask_shape_mismatch_names_shapes():
     attn = _attn()
     with pytest.raises(ValueError, match=r"\(1, 5\).*expected \(1, 4\)"):
         attn(torch.randn(1, 4, 32), mask=torch.ones(1, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("run_mask", [None, "keys", "pairs"])
+def test_key_split_is_the_masked_pass_with_one_projection_of_q_k_v(qk_norm, run_mask):
+    """split=KeySplit(keep, sees_all): (the output over every key, the output without the other keys for all
+    queries but sees_all) equal two forwards with the corresponding boolean masks; a query left with no
+    visible key gets exactly zero, as in a plain forward."""
+    from ditlab.models.attention import KeySplit
+
+    torch.manual_seed(0)
+    attn = Attention(16, 2, qk_norm=qk_norm).eval()
+    B, N = 3, 7
+    x = torch.randn(B, N, 16)
+    group = torch.zeros(N, dtype=torch.bool)
+    group[1:3] = True  # keys 1, 2 are the group; its own queries see everything
+    keep = (~group).nonzero().flatten()
+    mask = None
+    if run_mask == "keys":
+        mask = torch.ones(B, N, dtype=torch.bool)
+        mask[0, 4:] = False
+        mask[2, [0, 3, 4, 5, 6]] = False  # sample 2: only the group's keys are visible -> other rows all hidden
+    elif run_mask == "pairs":
+        mask = torch.rand(B, N, N, generator=torch.Generator().manual_seed(1)) < 0.7
+    full, hidden = attn(x, mask=mask, split=KeySplit(keep, group))
+    torch.testing.assert_close(full, attn(x, mask=mask), atol=1e-6, rtol=1e-5)
+    hide = ~(~group[:, None] & group[None, :])  # (N, N): other queries do not see the group's keys
+    base = torch.ones(B, N, N, dtype=torch.bool) if mask is None else (mask if mask.dim() == 3 else
+                                                                       mask[:, None, :].expand(B, N, N))
+    torch.testing.assert_close(hidden, attn(x, mask=base & hide), atol=1e-6, rtol=1e-5)
+    if run_mask == "keys":
+        assert torch.equal(hidden[2, ~group], torch.zeros_like(hidden[2, ~group]))
+    with pytest.raises(ValueError, match="key split is for self-attention"):
+        attn(x, split=KeySplit(keep, group), return_kv=True)

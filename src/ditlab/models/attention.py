@@ -49,6 +49,15 @@ class AttnBias(NamedTuple):
     bias: torch.Tensor
 
 
+class KeySplit(NamedTuple):
+    """A group of keys some queries attend to without (``Attention.forward(..., split=...)``): ``keep``, the
+    (M',) indices of the other keys; ``sees_all``, (N,) bool, the queries whose "without" output is the full
+    one (e.g. the group's own tokens). Used by ditlab.models.control's tokens_gated."""
+
+    keep: torch.Tensor
+    sees_all: torch.Tensor
+
+
 def check_bias(bias: torch.Tensor, batch: int, num_queries: int, num_keys: int) -> None:
     if not bias.dtype.is_floating_point:
         raise TypeError(f"attention bias must be a float tensor, got dtype {bias.dtype}")
@@ -156,13 +165,19 @@ class Attention(nn.Module):
         rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # (cos, sin), each (N, hd/2)
         kv_prefix: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # cached (k, v), each (B, H, P, hd)
         return_kv: bool = False,
+        split: Optional[KeySplit] = None,
     ):
         """(B, N, D); with ``return_kv`` also this call's keys and values (after norm and rotation).
 
         ``kv_prefix`` are the keys and values of P earlier tokens (a cache: ditlab.models.dit's
         prefix caching), placed before this call's own; ``mask`` then has P + N key columns.
+        ``split`` (self-attention only): returns (the output over every key, the output over the keys
+        ``split.keep`` only, except for the queries ``split.sees_all``, which get the first); q, k and v
+        are computed once and both passes are unmasked where ``mask`` is None (flash-capable).
         """
         B, N, D = x.shape
+        if split is not None and (self.is_cross or kv_prefix is not None or return_kv):
+            raise ValueError("a key split is for self-attention without a prefix cache")
         if self.is_cross:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor of shape (B, M, Dc)")
@@ -180,13 +195,32 @@ class Attention(nn.Module):
             k, v = torch.cat([kv_prefix[0], k], dim=2), torch.cat([kv_prefix[1], v], dim=2)
         kv = (k, v)
 
+        out, alive = self._attend(q, k, v, mask, B, N)
+        if split is not None:
+            hidden, hidden_alive = self._attend(q, k.index_select(2, split.keep), v.index_select(2, split.keep),
+                                                None if mask is None else mask[..., split.keep], B, N)
+            hidden = torch.where(split.sees_all[:, None], out, hidden)  # (N, 1) over (B, H, N, hd)
+            if alive is not None or hidden_alive is not None:
+                def rows(a):  # (B, 1 or N) or None -> (B, N)
+                    return torch.ones(B, N, dtype=torch.bool, device=q.device) if a is None else a.expand(B, N)
+
+                hidden_alive = torch.where(split.sees_all, rows(alive), rows(hidden_alive))
+            return self._project(out, alive), self._project(hidden, hidden_alive)
+        out = self._project(out, alive)
+        return (out, kv) if return_kv else out
+
+    def _attend(self, q, k, v, mask, B: int, N: int):
+        """(SDPA output (B, H, N, hd), the queries with a visible key (B, 1 or N) or None)."""
         attn_mask, query_alive = sdpa_mask(mask, B, N, k.shape[2], q.dtype,
                                            "cross-attention mask" if self.is_cross else "attention mask")
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, N, hd)
+        return out, query_alive
+
+    def _project(self, out, query_alive) -> torch.Tensor:
         out = self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
         if query_alive is not None:
             # Exactly zero (not the projection bias): the residual stream passes through untouched.
             out = out * query_alive[..., None].to(out.dtype)
-        return (out, kv) if return_kv else out
+        return out

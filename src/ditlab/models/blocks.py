@@ -125,20 +125,21 @@ class DiTBlock(nn.Module):
         return (x, kv) if return_kv else x
 
     def _self_attention(self, h, mask, rope, kv_prefix, return_kv, attn_gate):
-        """Self-attention; with ``attn_gate = (hidden, gate)`` a group of keys is seen through a gate:
-        ``hidden`` is the mask that hides the group from the queries it gates, ``gate`` a (D,)
-        tensor or None, and the output is a_hidden + gate * (a - a_hidden). gate 0 gives exactly the
-        attention without the group while the gate still gets a gradient (a - a_hidden); None hides the
-        group. Two attention passes (one when gate is None). ditlab.models.control's tokens_gated uses it."""
+        """Self-attention; with ``attn_gate = (hidden, split, gate)`` a group of keys is seen through a gate.
+        ``gate`` (D,): the output is a_hidden + gate * (a - a_hidden), with a over every key and a_hidden
+        without the group (``split``, ditlab.models.attention.KeySplit: q, k, v computed once, two SDPA
+        passes). gate 0 gives exactly the attention without the group while the gate still gets a gradient
+        (a - a_hidden). gate None: the group hidden, one pass with the mask ``hidden``.
+        ditlab.models.control's tokens_gated uses it."""
         if attn_gate is None:
             return self.attn(h, mask=mask, rope=rope, kv_prefix=kv_prefix, return_kv=return_kv)
         if kv_prefix is not None or return_kv:
             raise ValueError("a gated key group (attn_gate) does not support prefix caching")
-        hidden, gate = attn_gate
-        a_hidden = self.attn(h, mask=hidden, rope=rope)
+        hidden, split, gate = attn_gate
         if gate is None:
-            return a_hidden
-        return a_hidden + gate.to(a_hidden.dtype) * (self.attn(h, mask=mask, rope=rope) - a_hidden)
+            return self.attn(h, mask=hidden(), rope=rope)
+        a_full, a_hidden = self.attn(h, mask=mask, rope=rope, split=split)
+        return a_hidden + gate.to(a_hidden.dtype) * (a_full - a_hidden)
 
     def _forward_fused(self, x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv, attn_gate=None):
         """The same mathematics with fused kernels: each gate + residual is fused with the next sub-layer's

@@ -46,7 +46,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ditlab.models.attention import AttnBias
+from ditlab.models.attention import AttnBias, KeySplit
 from ditlab.models.blocks import DiTBlock
 from ditlab.models.dit import DiT
 from ditlab.models.embed import PatchEmbed
@@ -167,8 +167,12 @@ class ConditionedDiT(DiT):
             start, stop = self._cond_columns()
             rows = torch.ones(self.num_class_tokens + self.num_tokens, dtype=torch.bool)
             rows[start:stop] = False  # the condition's own queries see everything
-            # Every other query does not see the condition's keys. A boolean mask, not an AttnBias: no value
-            # check (a host sync, a graph break under torch.compile) in every block of every training step.
+            # Receiving blocks: the keys other than the condition's, and the condition's own rows (which
+            # always see every key), for one qkv projection and two unmasked SDPA passes (KeySplit).
+            self.register_buffer("cond_keep", rows.nonzero().flatten(), persistent=False)
+            self.register_buffer("cond_rows", ~rows, persistent=False)
+            # The other blocks: one pass in which no other query sees the condition's keys. A boolean mask,
+            # not an AttnBias: no value check (a host sync, a graph break under compile) per block.
             self.register_buffer("cond_hidden", ~(rows[:, None] & ~rows[None, :]), persistent=False)
         # train.init_from keeps the fresh initialisation of these (behind a zero gate), not zero
         self.fresh_at_init_from = ((f"patch_embed.{cond_name}.",) if injection == "tokens_gated" else ())
@@ -243,11 +247,14 @@ class ConditionedDiT(DiT):
             gate = self.token_gates[str(i)] if str(i) in self.token_gates else None
             if gate is not None and st["gate_scale"] != 1.0:
                 gate = gate * st["gate_scale"]
-            hidden = self.cond_hidden.expand(h.shape[0], -1, -1)  # (B, N, N) bool, True = visible
-            if mask is not None:  # a boolean (B, M) or (B, N, M) mask of the run (e.g. dummy pretraining)
-                hidden = hidden & (mask if mask.dim() == 3 else mask[:, None, :])
+
+            def hidden():  # (B, N, N) bool, True = visible; built only for the blocks without a gate
+                m = self.cond_hidden.expand(h.shape[0], -1, -1)
+                return m if mask is None else m & (mask if mask.dim() == 3 else mask[:, None, :])
+
+            split = KeySplit(self.cond_keep, self.cond_rows)
             return super()._block_step(i, block, h, c, index, mask, rope, context, context_mask,
-                                       attn_gate=(hidden, gate), **kw)
+                                       attn_gate=(hidden, split, gate), **kw)
         if st.get("bias") is not None:
             mask = AttnBias(mask, st["bias"])
         if st.get("c_add") is not None and i in self.cond_block_ids:
