@@ -4,7 +4,9 @@ Per block, over the T tokens of the self-attention sequence (the streams' tokens
 class tokens): qkv + proj 4 T D^2 MACs, the MLP 2 T D H (GELU, hidden H = mlp_ratio D: 8 T D^2 at ratio 4)
 or 3 T D H (SwiGLU: gate, value and output matrices), attention scores and values 2 T^2 D, adaLN
 modulation 6 D^2 per conditioning group (one per sample when t is per sample). U-ViT long skips add
-one 2D -> D projection per token for each of the depth // 2 receiving blocks.
+one 2D -> D projection per token for each of the depth // 2 receiving blocks. A tokens_gated condition
+(ditlab.models.control) adds, per gated block, a second attention over the T - Nc keys other than the
+condition's (2 T (T - Nc) D) and a second output projection (T D^2).
 FLOPs = 2 x MACs; a training step costs 3 x the forward (forward + backward of activations and
 weights).
 """
@@ -37,6 +39,10 @@ def dit_forward_flops(model: DiT, groups: int = 1, context_tokens: int = 0) -> i
     if model.context_dim is not None:  # cross-attention: q and out projections, k/v of the context, scores
         M, Dc = context_tokens, model.context_dim
         macs += L * (2 * T * D * D + 2 * M * Dc * D + 2 * T * M * D)
+    gates = getattr(model, "token_gates", None)
+    if gates is not None:
+        Nc = model.cond_spec.num_tokens
+        macs += len(gates) * (2 * T * (T - Nc) * D + T * D * D)
     if getattr(model, "long_skips", None) is not None:
         macs += (L // 2) * T * 2 * D * D
     for s in model.streams:

@@ -299,7 +299,7 @@ def test_class_tokens_with_a_dropped_condition_stream_and_superres_injections():
     drop = {"cond": torch.tensor([True, False])}
     out = m(x, t, labels=y, stream_drop=drop)["image"]
     assert torch.isfinite(out).all()
-    for injection in ("tokens", "cross", "branch", "adaln"):
+    for injection in ("tokens", "tokens_gated", "cross", "branch", "adaln"):
         torch.manual_seed(0)
         c = ConditionedDiT([COND, IMG], "cond", injection, hidden_size=32, depth=3, num_heads=4, num_classes=5,
                            class_tokens=2, label_in_adaln=False, long_skips=True, mlp="swiglu", norm="rmsnorm")
@@ -337,6 +337,25 @@ def test_flops_match_torchs_counter():
     T, D, L = 18, 32, 3
     attention = 2 * L * 2 * T * T * D
     assert matmuls + attention - 2 * (256 * D + D * D) == dit_forward_flops(m)
+
+
+def test_flops_of_tokens_gated_count_the_second_pass_of_each_gated_block():
+    """tokens against tokens_gated on the same sequence: torch's matmul count differs by one output projection
+    per gated block; the formula adds that and the second attention (T queries x T - Nc keys)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, t = {"cond": torch.randn(1, 3, 4, 4), "image": torch.randn(1, 3, 8, 8)}, {"cond": torch.zeros(1),
+                                                                               "image": torch.rand(1)}
+    counted = {}
+    for injection, blocks in (("tokens", "all"), ("tokens_gated", "1:3")):
+        m = ConditionedDiT([COND, IMG], "cond", injection, cond_blocks=blocks, hidden_size=32, depth=3, num_heads=4)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(x, t)
+        counted[injection] = (sum(v for k, v in counter.get_flop_counts()["Global"].items()
+                                  if "attention" not in str(k)), dit_forward_flops(m, groups=2))
+    T, Nc, D, gated = 4 + 16, 4, 32, 2
+    assert counted["tokens_gated"][0] - counted["tokens"][0] == gated * 2 * T * D * D  # the output projections
+    assert counted["tokens_gated"][1] - counted["tokens"][1] == gated * 2 * (2 * T * (T - Nc) * D + T * D * D)
 
 
 # ---- fused kernels ---------------------------------------------------------------------------------
