@@ -112,7 +112,7 @@ def test_kernels_gpu(shape, groups, dtype, residual):
 
 
 @gpu
-@pytest.mark.parametrize("acc,stages", [("tile", 0), ("row", 1), ("tile", 2)])
+@pytest.mark.parametrize("acc,stages", [("tile", 0), ("row", 1), ("tile", 2), ("auto", 0)])
 @pytest.mark.parametrize("groups", ["sample", "streams", "aligned", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 384), (2, 320, 768), (3, 256, 1152)], ids=lambda s: "x".join(map(str, s)))
 def test_kernels_gpu_backward_knobs(shape, groups, acc, stages, monkeypatch):
@@ -184,7 +184,7 @@ def test_opcheck_gpu():
 
 # ---- CPU: the same kernels through Triton's interpreter (TRITON_INTERPRET=1), small shapes ----------
 @interp
-@pytest.mark.parametrize("acc", ["row", "tile"])
+@pytest.mark.parametrize("acc", ["row", "tile", "auto"])
 @pytest.mark.parametrize("groups", ["sample", "token", "streams", "aligned", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 48), (2, 20, 40)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("residual", [False, True], ids=["ln_mod", "gate_res_ln_mod"])
@@ -227,3 +227,15 @@ def test_public_ops_take_the_reference_path_on_cpu():
     per_sample = torch.randn(1, 48)  # (B, D) is taken as one group
     torch.testing.assert_close(kernels.adaln_modulate(x, per_sample, per_sample),
                                F.layer_norm(x, (48,), eps=1e-6) * (1 + per_sample[:, None]) + per_sample[:, None])
+
+
+def test_auto_accumulators_follow_the_width(monkeypatch):
+    """BWD_ACC=auto: whole-tile accumulators up to D = 512 (where they measured faster), per-row above."""
+    pytest.importorskip("triton")
+    from ditlab.models.kernels import adaln_triton
+
+    monkeypatch.setattr(adaln_triton, "BWD_ACC", "auto")
+    assert adaln_triton._tile_accumulators(384) and adaln_triton._tile_accumulators(512)
+    assert not adaln_triton._tile_accumulators(768)
+    monkeypatch.setattr(adaln_triton, "BWD_ACC", "row")
+    assert not adaln_triton._tile_accumulators(384)

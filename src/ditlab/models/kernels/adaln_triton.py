@@ -40,10 +40,12 @@ TILE = int(os.environ.get("DITLAB_ADALN_TILE", "4096"))
 BWD_WARPS = int(os.environ.get("DITLAB_ADALN_BWD_WARPS", "0"))
 # How the backward accumulates d(shift) / d(scale) / d(gate) over its rows: "row" reduces each tile over its
 # rows at once (a cross-warp reduction per tile and sum); "tile" adds whole tiles into [tile rows, D] accumulators
-# and reduces once per flush (more registers, fewer reductions). A measurement knob until the H200 says which
-# pays (scripts/bench_adaln_kernels.py --sweep); both give the same sums up to fp32 summation order.
+# and reduces once per flush (more registers, fewer reductions); "auto": tile up to AUTO_TILE_MAX_D, row above.
+# Kernel alone on an H100 (tenth session, graph replay): tile is 18-30% faster at D = 384, 9-24% slower at
+# D = 768; the default stays row until the end-to-end step confirms. Same sums up to fp32 summation order.
 BWD_ACC = os.environ.get("DITLAB_ADALN_BWD_ACC", "row")
-BWD_ACC_MODES = ("row", "tile")
+BWD_ACC_MODES = ("row", "tile", "auto")
+AUTO_TILE_MAX_D = 512
 # Software-pipelining stages of the backward's row loop (0: Triton's default for the launch, 3 on CUDA).
 BWD_STAGES = int(os.environ.get("DITLAB_ADALN_BWD_STAGES", "0"))
 # Beyond this many groups with an index, the modulation is gathered to tokens first (per-token mode).
@@ -304,6 +306,11 @@ def _fake_fwd(x, branch, gate, shift, scale, index, out_dtype):
             x.new_empty((B, N), dtype=torch.float32), x.new_empty((B, N), dtype=torch.float32))
 
 
+def _tile_accumulators(D: int) -> bool:
+    """Whether the backward adds whole tiles (BWD_ACC tile, or auto at D <= AUTO_TILE_MAX_D)."""
+    return BWD_ACC == "tile" or (BWD_ACC == "auto" and D <= AUTO_TILE_MAX_D)
+
+
 @_op("ditlab::adaln_bwd", mutates_args=())
 def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[torch.Tensor], scale: torch.Tensor,
               index: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor,
@@ -342,7 +349,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
         mean, rstd, dy, dxn if dxn is not None else dy, dx, dbr if has_res else dx, psh, psc,
         pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G=G if gmode == 2 else 1,
         HAS_RES=has_res, HAS_DXN=dxn is not None, GMODE=gmode, ROWS=rows, BLOCK_M=block_m, BLOCK_D=block_d,
-        ACC_M=block_m if BWD_ACC == "tile" else 1, num_warps=num_warps,
+        ACC_M=block_m if _tile_accumulators(D) else 1, num_warps=num_warps,
         **({"num_stages": BWD_STAGES} if BWD_STAGES else {}))
 
     def fold(t, dtype):
