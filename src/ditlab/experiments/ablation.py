@@ -88,14 +88,12 @@ def variant_config(spec: AblationSpec, variant: Variant, seed: int, run_dir: Pat
 def check_variants(spec: AblationSpec, extra: list[str]) -> None:
     """Fail before any training on a bad override, an option the variant's kind does not read (the
     trainer's own start-up checks) or a path the variant's task cannot walk."""
-    from ditlab.tasks.registry import check_kind_options
-    from ditlab.train.evaluation import check_eval_config
+    from ditlab.train.trainer import check_training_config
 
     for v in spec.variants:
         cfg = variant_config(spec, v, spec.seeds[0], Path("unused"), extra)
         try:
-            check_eval_config(cfg)
-            check_kind_options(cfg)
+            check_training_config(cfg)
         except ValueError as err:
             raise ValueError(f"variant {v.name}: {err}") from None
         paths = v.paths or (["diagonal"] if cfg.task.kind == "lift" else ["default"])

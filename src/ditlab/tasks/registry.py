@@ -16,7 +16,7 @@ def task_kind(cfg) -> TaskKind:
 
 
 def kind_option_readers() -> dict[str, tuple[str, ...]]:
-    """{kind-specific config key or section: the kinds that read it} (TaskKind.reads)."""
+    """{kind-specific config key: the kinds that read it} (TaskKind.reads)."""
     readers: dict[str, list[str]] = {}
     for kind in KINDS.values():
         for key in kind.reads:
@@ -24,12 +24,11 @@ def kind_option_readers() -> dict[str, tuple[str, ...]]:
     return {key: tuple(kinds) for key, kinds in readers.items()}
 
 
-def _changed(cfg, defaults, key: str) -> list[tuple[str, object, object]]:
-    """[(key, value, default)] when cfg's ``key`` (dotted) differs from the defaults, else []."""
-    node, default = cfg, defaults
+def _dotted(cfg, key: str):
+    """The value of the dotted config key ``key``."""
     for part in key.split("."):
-        node, default = getattr(node, part), getattr(default, part)
-    return [(key, node, default)] if node != default else []
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def check_kind_options(cfg) -> None:
@@ -45,9 +44,10 @@ def check_kind_options(cfg) -> None:
     for key, kinds in kind_option_readers().items():
         if kind in kinds:
             continue
-        for name, value, default in _changed(cfg, defaults, key):
-            raise ValueError(f"{name}={value!r} applies to task.kind {' or '.join(kinds)}; this run is "
-                             f"task.kind={kind}, which does not read it (set {name}={default!r}, its default, "
+        value, default = _dotted(cfg, key), _dotted(defaults, key)
+        if value != default:
+            raise ValueError(f"{key}={value!r} applies to task.kind {' or '.join(kinds)}; this run is "
+                             f"task.kind={kind}, which does not read it (set {key}={default!r}, its default, "
                              "e.g. on the command line over a preset)")
 
 

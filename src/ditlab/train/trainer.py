@@ -84,6 +84,15 @@ def enable_determinism() -> None:
     torch.backends.cudnn.deterministic = True
 
 
+def check_training_config(cfg: Config) -> list[str]:
+    """The start-up checks that need no data (the trainer runs them first, `ablate` for every variant before
+    any training): evaluation options (e.g. a metric the kind lacks) and options the kind does not read (e.g.
+    task.cond_injection on an image run). Returns the notes to print (evaluation options left unused)."""
+    notes = check_eval_config(cfg)
+    check_kind_options(cfg)
+    return notes
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
         self.cfg = cfg
@@ -93,9 +102,8 @@ class Trainer:
         if cfg.train.batch_size % self.dist.world_size:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide over the "
                              f"{self.dist.world_size} processes")
-        for note in check_eval_config(cfg):  # errors (a metric the kind lacks) before any data is read
+        for note in check_training_config(cfg):  # before any data is read
             self._say(note)
-        check_kind_options(cfg)  # e.g. task.cond_injection on an image run, an icl.* key on a scene run
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
         self.data = build_train_data(cfg, self.progress)
         self.device = rank_device(self.dist, cfg.train.device)

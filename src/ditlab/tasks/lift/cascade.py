@@ -87,10 +87,10 @@ class CascadeSource:
         self.checkpoint = checkpoint  # the low-resolution run's checkpoint (recorded in the samples' ditlab_meta)
 
     @classmethod
-    def of(cls, run, lo, flag: str = FLAG, checkpoint=None) -> CascadeSource:
+    def of(cls, run, lo, flag: str = FLAG) -> CascadeSource:
         """The source of the LIFT run ``run`` from the loaded run ``lo`` (checked: :func:`check_lo_run`)."""
         check_lo_run(run, lo, flag)
-        return cls(lo.task, lo.model, checkpoint)
+        return cls(lo.task, lo.model, lo.checkpoint)
 
     def settings(self, settings: SampleSettings) -> SampleSettings:
         """The low-resolution model's sampler settings: the cascade's without the path."""
@@ -129,4 +129,4 @@ def attach_lo_run(run, inputs: SampleInputs) -> None:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{FLAG} {inputs.lo_run}: {str(err).replace('--checkpoint', '--lo-checkpoint')}"
                                 ) from None
-    run.task.use_cascade(CascadeSource.of(run, lo, checkpoint=lo.checkpoint))
+    run.task.use_cascade(CascadeSource.of(run, lo))
