@@ -42,8 +42,9 @@ BWD_WARPS = int(os.environ.get("DITLAB_ADALN_BWD_WARPS", "0"))
 # rows at once (a cross-warp reduction per tile and sum); "tile" adds whole tiles into [tile rows, D] accumulators
 # and reduces once per flush (more registers, fewer reductions); "auto": tile up to AUTO_TILE_MAX_D, row above.
 # Kernel alone on an H100 (tenth session, graph replay): tile is 18-30% faster at D = 384, 9-24% slower at
-# D = 768; the default stays row until the end-to-end step confirms. Same sums up to fp32 summation order.
-BWD_ACC = os.environ.get("DITLAB_ADALN_BWD_ACC", "row")
+# D = 768. End to end under CUDA graphs (H100, eleventh session) auto gained 2.2% at S/2 and 2.6% at superres
+# S/2 over row, so auto is the default (D > 512, e.g. B/2, keeps row). Same sums up to fp32 summation order.
+BWD_ACC = os.environ.get("DITLAB_ADALN_BWD_ACC", "auto")
 BWD_ACC_MODES = ("row", "tile", "auto")
 AUTO_TILE_MAX_D = 512
 # Software-pipelining stages of the backward's row loop (0: Triton's default for the launch, 3 on CUDA).
