@@ -66,7 +66,7 @@ case $stage in
             --out "$run/samples_cfg$c.npz" --grid "$run/grid_cfg$c.png" --no-progress >> "$run/study.log" 2>&1 || { failed=1; continue; }
         fi
         # through a temporary file: a failed psnr must not leave an empty psnr_cfgC.json that later runs skip
-        if dl psnr "$run/samples_cfg$c.npz" --data "$data" > "$run/psnr_cfg$c.json.tmp" 2>> "$run/study.log"; then
+        if dl psnr "$run/samples_cfg$c.npz" --data "$data" --no-progress > "$run/psnr_cfg$c.json.tmp" 2>> "$run/study.log"; then
           mv "$run/psnr_cfg$c.json.tmp" "$run/psnr_cfg$c.json"
         else
           rm -f "$run/psnr_cfg$c.json.tmp"; failed=1
@@ -89,7 +89,7 @@ case $stage in
           --inception "$inception" --json "$run/fid_cfg$c.json" --no-progress >> "$run/study.log" 2>&1 || rc=1
       done
       [ -f "$run/diagnose/collapse.json" ] || dl diagnose collapse "$run" --data "$data" --cfg 1 2 \
-        --cond-scale 1 0.8 0.5 --inception "$inception" --out "$run/diagnose" ${DITLAB_COLLAPSE:-} \
+        --cond-scale 1 0.8 0.5 --inception "$inception" --out "$run/diagnose" --no-progress ${DITLAB_COLLAPSE:-} \
         >> "$run/study.log" 2>&1 || rc=1
       [ "$rc" = 0 ] || failed=1
       echo "score $m: exit $rc"

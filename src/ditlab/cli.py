@@ -132,7 +132,7 @@ def _sample(args, info) -> int:
         raise ValueError(f"--out {args.out}: is a folder; `ditlab sample` writes one .npz file: name it "
                          f"(e.g. {out_path / default_samples_path(run, settings, args.seed).name})")
     inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run,
-                          lo_checkpoint=args.lo_checkpoint)
+                          lo_checkpoint=args.lo_checkpoint, progress=info.is_main and not args.no_progress)
     conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num)
     amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).

@@ -173,6 +173,7 @@ class SampleInputs:
     contexts: Optional[tuple[tuple[str, str], ...]] = None  # named context files ((NAME, FILE), ...): data.contexts
     lo_run: Optional[str] = None  # a single-scale run at the low resolution: LIFT --path cascade generates with it
     lo_checkpoint: Optional[str] = None  # which checkpoint of lo_run (as --checkpoint: latest, best, a step name)
+    progress: bool = True  # not an input: whether reading them may show a progress bar (--no-progress)
 
 
 FLAG_OF = {"data": "--data", "context": "--context", "contexts": "--context NAME=FILE", "path": "--path",

@@ -281,3 +281,35 @@ def test_sr64_preset_has_the_notes_token_layout():
     cfg = load_config(str(Path(__file__).parents[3] / "configs" / "cifar10_sr64.yaml"))
     model = build_model(cfg, {"image_size": cfg.data.image_size, "channels": 3})
     assert [(s.name, s.num_tokens, s.predict) for s in model.streams] == [("lowres", 64, False), ("image", 256, True)]
+
+
+def test_no_progress_reaches_the_condition_images(tmp_path, capsys):
+    """--no-progress of sample / psnr / diagnose collapse also silences the reading of --data's images (the
+    superres study's logs were full of "reading ..." bars); without it the bar is there."""
+    from PIL import Image
+
+    from ditlab.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "a"
+    folder.mkdir(parents=True)
+    for i, im in enumerate(rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    data = str(tmp_path / "data")
+    run = tmp_path / "r"
+    assert main(["train", "configs/demo.yaml", "task.kind=superres", "task.cond_dropout=0.2", "model.num_classes=0",
+                 f"data.path={data}", f"train.run_dir={run}", "train.steps=1", "train.batch_size=4",
+                 "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--num", "4", "--steps", "1", "--sampler", "euler", "--out", str(out),
+                 "--data", data, "--no-progress"]) == 0
+    assert "reading" not in capsys.readouterr().err
+    assert main(["psnr", str(out), "--data", data, "--no-progress"]) == 0
+    assert "reading" not in capsys.readouterr().err
+    assert main(["diagnose", "collapse", str(run), "--data", data, "--conditions", "2", "--num-seeds", "2",
+                 "--cfg", "1.0", "--steps", "1", "--sampler", "euler", "--device", "cpu",
+                 "--out", str(tmp_path / "diag"), "--no-progress"]) == 0
+    assert "reading" not in capsys.readouterr().err
+    assert main(["psnr", str(out), "--data", data]) == 0
+    assert "reading" in capsys.readouterr().err

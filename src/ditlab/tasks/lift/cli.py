@@ -36,7 +36,7 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
         return {}
     from ditlab.tasks.superres.cli import condition_images
 
-    return {"images": condition_images(inputs.data, run.info["image_size"], num)}
+    return {"images": condition_images(inputs.data, run.info["image_size"], num, progress=inputs.progress)}
 
 
 def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: int, seed: int, device,

@@ -11,12 +11,12 @@ from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, add_checkpoint, ad
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
-def condition_images(data: str, image_size: int, num: int, flag: str = "--data"):
+def condition_images(data: str, image_size: int, num: int, flag: str = "--data", progress: bool = True):
     """``num`` high-resolution images of ``data`` whose downsampled copies are the conditions: a seeded
     subset spread over the whole set (all classes), the one `ditlab psnr` pairs the samples with."""
     from ditlab.data import evaluation_subset, load_image_data
 
-    images = load_image_data(data, image_size).images
+    images = load_image_data(data, image_size, progress=progress).images
     if len(images) < num:
         raise ValueError(f"{flag} {data} holds {len(images)} images, fewer than the {num} asked for")
     return images[evaluation_subset(len(images), num)]
@@ -31,7 +31,7 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
     if inputs.data is None:
         raise ValueError("this run is a super-resolution model: pass --data DATASET (high-resolution images "
                          "whose downsampled copies are the inputs)")
-    return {"images": condition_images(inputs.data, run.info["image_size"], num)}
+    return {"images": condition_images(inputs.data, run.info["image_size"], num, progress=inputs.progress)}
 
 
 def cmd_psnr(args) -> int:
@@ -60,7 +60,7 @@ def cmd_psnr(args) -> int:
         key = "images" if "images" in z.files else "arr_0"
         samples = torch.from_numpy(z[key]).permute(0, 3, 1, 2)
     # The originals that `ditlab sample --data` took for these samples, in the same order.
-    originals = condition_images(data, samples.shape[-1], len(samples))
+    originals = condition_images(data, samples.shape[-1], len(samples), progress=not args.no_progress)
     report = sr_psnr_report(samples, originals, int(factor))
     report.update(samples=args.samples, data=data)
     print(json.dumps(report))
@@ -84,7 +84,7 @@ def cmd_diagnose_collapse(args) -> int:
         raise ValueError(f"--cond-scale must be >= 0, got {bad[0]:g}")
     if any(w != 1.0 for w in args.cond_scale) and not run.task.has_cond_pathway:
         raise ValueError("--cond-scale: this run has no condition pathway to scale (task.cond_mode=dummy)")
-    originals = condition_images(data, run.info["image_size"], args.conditions)
+    originals = condition_images(data, run.info["image_size"], args.conditions, progress=not args.no_progress)
     features = None
     net_path = inception_path(args)
     if net_path:
@@ -108,6 +108,7 @@ def add_cli(sub) -> None:
     add_data(ps, "the data set the samples were conditioned on", old=("--ref",))
     ps.add_argument("--factor", type=positive_int, default=None,
                     help="downsampling factor (default: the one recorded in the samples file)")
+    ps.add_argument("--no-progress", action="store_true", help="no progress bars")
     ps.set_defaults(func=cmd_psnr)
 
     d = sub.add_parser("diagnose", help="diagnostics of trained runs")
@@ -133,4 +134,5 @@ def add_cli(sub) -> None:
     add_inception(dc)
     add_device(dc)
     dc.add_argument("--out", default=None, help="output folder (default RUN/diagnose)")
+    dc.add_argument("--no-progress", action="store_true", help="no progress bars")
     dc.set_defaults(func=cmd_diagnose_collapse)
