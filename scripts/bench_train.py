@@ -23,28 +23,16 @@ import itertools
 import json
 import os
 import tempfile
-from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ditlab.bench import bench_train, write_random_npz
+from ditlab.bench import bench_train, write_random_context, write_random_npz
 from ditlab.config import load_config
 
 
 SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-
-
-def write_random_context(num: int, tokens: int, dim: int) -> str:
-    """A context file (docs/context_sets.md) of random fp16 embeddings, every row ``tokens`` long."""
-    import numpy as np
-
-    path = Path(tempfile.mkdtemp(prefix="ditlab-synthetic-ctx-")) / "context.npz"
-    rng = np.random.default_rng(1)
-    np.savez(path, embeddings=rng.standard_normal((num, tokens, dim), dtype=np.float32).astype(np.float16),
-             lengths=np.full(num, tokens))
-    return str(path)
 
 
 def main():

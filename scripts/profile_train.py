@@ -3,6 +3,8 @@
     python scripts/profile_train.py --arch DiT-S/2 train.compile=true train.nan_check=log
     python scripts/profile_train.py --arch DiT-S/2 --kernels K.jsonl train.compile=true train.nan_check=log \
         train.fast_kernels=on     # the fused adaLN kernels (their own category, "adaln (ditlab)")
+    python scripts/profile_train.py --arch DiT-S/2 --context-tokens 77 train.compile=true train.nan_check=log
+        # with a random 77-token context set, as bench_train.py's row of the same name
 
 Prints a JSON summary (GPU busy ms per step by kernel category, wall ms per step, top kernels).
 """
@@ -18,7 +20,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ditlab.bench import write_random_npz
+from ditlab.bench import write_random_context, write_random_npz
 from ditlab.config import load_config
 from ditlab.train.trainer import Trainer
 
@@ -49,12 +51,17 @@ def main():
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--kernels", default=None, help="also write every GPU kernel (ms per step, calls per step) "
                    "as JSON lines to this file")
+    p.add_argument("--context-tokens", type=int, default=0, help="add a random context set of this many tokens")
+    p.add_argument("--context-dim", type=int, default=768)
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
-    data = write_random_npz()
+    args = p.parse_intermixed_args()  # overrides may come before and after the flags
+    num = 4096
+    data = write_random_npz(num=num)
+    extra = [f"data.context_path={write_random_context(num, args.context_tokens, args.context_dim)}"] \
+        if args.context_tokens else []
     cfg = load_config(None, [f"model.arch={args.arch}", "model.num_classes=10", f"data.path={data}",
                              f"train.batch_size={args.batch}", f"train.run_dir={tempfile.mkdtemp()}",
-                             *args.overrides])
+                             *extra, *args.overrides])
     trainer = Trainer(cfg, progress=False)
     for _ in range(args.warmup):
         trainer.train_step()

@@ -176,6 +176,24 @@ def test_weights_with_a_safetensors_checkpoint_is_an_error(trained_run, tmp_path
     assert json.loads(str(np.load(out)["ditlab_meta"]))["weights"] == "ema"
 
 
+def test_bench_train_with_a_synthetic_context_set(capsys):
+    """ditlab.bench's random data and context files (scripts/bench_train.py and profile_train.py --context-tokens)
+    make a context-set model train: the context's rows reach the model (the FLOP count grows with them)."""
+    import json
+
+    from ditlab.bench import write_random_context, write_random_npz
+
+    data = write_random_npz(num=16, image_size=16, num_classes=2)
+    flops = {}
+    for tokens in (0, 7):
+        extra = [f"data.context_path={write_random_context(16, tokens, 24)}"] if tokens else []
+        assert main(["bench", "train", "configs/demo.yaml", f"data.path={data}", "train.batch_size=8",
+                     "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "model.num_classes=2", *extra,
+                     "--warmup", "1", "--steps-per-repeat", "1", "--repeats", "1"]) == 0
+        flops[tokens] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train_gflops_per_image"]
+    assert flops[7] > flops[0] > 0
+
+
 def test_bench_train_steps_is_a_deprecated_alias(monkeypatch, capsys):
     """bench train's --steps (training steps per repeat, not a sampler's steps) is now --steps-per-repeat."""
     from ditlab import cli

@@ -30,6 +30,21 @@ def write_random_npz(num: int = 4096, image_size: int = 32, num_classes: int = 1
     return str(path)
 
 
+def write_random_context(num: int, tokens: int, dim: int) -> str:
+    """A context file (docs/context_sets.md) of random fp16 embeddings in a temporary .npz, every row ``tokens``
+    long (for speed only: data.context_path of a synthetic benchmark)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(tempfile.mkdtemp(prefix="ditlab-synthetic-ctx-")) / "context.npz"
+    rng = np.random.default_rng(1)
+    np.savez(path, embeddings=rng.standard_normal((num, tokens, dim), dtype=np.float32).astype(np.float16),
+             lengths=np.full(num, tokens))
+    return str(path)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
