@@ -19,6 +19,10 @@
 #                    256 the last batch of 16 makes torch.compile compile the network a second time)
 #   DITLAB_COLLAPSE  extra flags of `ditlab diagnose collapse` in `score` (a CPU smoke run: --conditions 4
 #                    --num-seeds 4; the CPU spends minutes on the Inception features of the default 8 x 8 x 6)
+#   DITLAB_JOBS      `sample` and `score`: modes worked on at once, each in its own process (default 1). On one
+#                    GPU 3 overlaps each mode's compilation with the others' sampling (twelfth session: the
+#                    three modes' sample + score stages of 2,000 samples took 265 s this way). `train` stays
+#                    one mode at a time: its modes are compared at equal training time.
 #   DITLAB_BUDGET_S  start no new unit (one mode's training, one (mode, CFG) sampling, one mode's scores) after
 #                    this many seconds (0 = no limit), so that a command ends within 10 minutes: default 300
 #                    for `sample` (a unit of 10k samples at CFG 2 may take ~4 min on an H100, an estimate),
@@ -29,6 +33,7 @@ dl() { python3 -m ditlab "$@"; }
 num=${DITLAB_NUM:-10000}
 if [ "$stage" = sample ]; then budget=${DITLAB_BUDGET_S:-300}; else budget=${DITLAB_BUDGET_S:-420}; fi
 left=0 failed=0
+jobs=${DITLAB_JOBS:-1}
 out_of_time() {  # true (and work is left) once the budget is spent
   if [ "$budget" -gt 0 ] && [ "$SECONDS" -ge "$budget" ]; then left=1; return 0; fi
   return 1
@@ -37,6 +42,25 @@ finish() {
   [ "$failed" = 1 ] && { echo "$stage: a unit failed (see the logs)" >&2; exit 1; }
   [ "$left" = 1 ] && { echo "$stage: budget of ${budget} s used up with work left; run the same command again" >&2; exit 3; }
   exit 0
+}
+parallel() {  # parallel NFIXED ARG... MODE...: this stage once per mode in child processes, $jobs at a time
+  local nfixed=$1; shift
+  local fixed=("${@:1:nfixed}") pids=() m rc rest
+  for m in "${@:nfixed+1}"; do
+    rest=$budget  # a child started late gets what is left of this command's budget
+    if [ "$budget" -gt 0 ]; then rest=$((budget - SECONDS)); [ "$rest" -ge 1 ] || { left=1; break; }; fi
+    DITLAB_JOBS=1 DITLAB_BUDGET_S=$rest bash "$0" "$stage" "${fixed[@]}" "$m" &
+    pids+=($!)
+    if [ "${#pids[@]}" -ge "$jobs" ]; then
+      wait "${pids[0]}"; rc=$?; pids=("${pids[@]:1}")
+      [ "$rc" = 1 ] && failed=1; [ "$rc" = 3 ] && left=1
+    fi
+  done
+  for m in "${pids[@]}"; do
+    wait "$m"; rc=$?
+    [ "$rc" = 1 ] && failed=1; [ "$rc" = 3 ] && left=1
+  done
+  return 0
 }
 case $stage in
   train)
@@ -54,6 +78,7 @@ case $stage in
     finish ;;
   sample)
     data=$1 study=$2; shift 2
+    if [ "$jobs" -gt 1 ] && [ "$#" -gt 1 ]; then parallel 2 "$data" "$study" "$@"; finish; fi
     for m in "$@"; do
       run=$study/sr_$m
       [ -f "$run/summary.json" ] || { echo "sample $m: no trained run $run" >&2; failed=1; continue; }
@@ -79,7 +104,11 @@ case $stage in
     data=$1 inception=$2 study=$3; shift 3
     [ -f "$study/ref_test.npz" ] || dl fid ref "$data" --out "$study/ref_test.npz" --inception "$inception" \
       --no-progress || failed=1
+    # with DITLAB_JOBS > 1 the children score the modes (the reference above is shared) and the loop below
+    # finds every unit done; it then only writes the summary
+    [ "$failed" = 0 ] && [ "$jobs" -gt 1 ] && [ "$#" -gt 1 ] && parallel 3 "$data" "$inception" "$study" "$@"
     for m in "$@"; do
+      [ "$jobs" -gt 1 ] && [ "$failed" = 1 ] && break  # a failed child's unit is not redone here
       run=$study/sr_$m
       [ -f "$run/fid_cfg1.json" ] && [ -f "$run/fid_cfg2.json" ] && [ -f "$run/diagnose/collapse.json" ] && continue
       out_of_time && break

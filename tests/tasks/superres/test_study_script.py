@@ -148,3 +148,28 @@ def test_collect_brings_two_files(study, tmp_path):
             "sr_tokens/fid_cfg1.json", "sr_tokens/diagnose/collapse.json",
             "sr_tokens/diagnose/collapse_cfg1.0_noise0.0.png"} <= names
     assert not any(n.endswith(".npz") for n in names)
+
+
+def test_parallel_sample_and_score_run_each_mode_once(study):
+    """DITLAB_JOBS=3: the modes' sample and score units run in child processes; each unit once, the summary
+    holds every mode, a repeat does nothing, and a failed child makes the stage exit 1 without a redo."""
+    s, run, calls, fail_flag = study
+    modes = ("tokens", "cross", "branch")
+    assert run("train", "train.zip", str(s), "1", *modes).returncode == 0
+    p = run("sample", "test.zip", str(s), *modes, DITLAB_JOBS="3")
+    assert p.returncode == 0, p.stderr
+    assert len(calls("sample")) == 6 and len(calls("psnr")) == 6
+    assert all((s / f"sr_{m}" / f"psnr_cfg{c}.json").exists() for m in modes for c in (1, 2))
+    p = run("score", "test.zip", "inc.pt", str(s), *modes, DITLAB_JOBS="2")  # fewer jobs than modes
+    assert p.returncode == 0, p.stderr
+    assert [r["mode"] for r in json.loads((s / "superres_study.json").read_text())] == list(modes)
+    assert len([c for c in calls("fid") if c.split()[1] != "ref"]) == 6 and len(calls("diagnose")) == 3
+    assert run("sample", "test.zip", str(s), *modes, DITLAB_JOBS="3").returncode == 0
+    assert len(calls("sample")) == 6
+    for m in ("cross", "branch"):
+        for f in (s / f"sr_{m}").glob("psnr_cfg*.json"):
+            f.unlink()
+    fail_flag.touch()
+    p = run("sample", "test.zip", str(s), *modes, DITLAB_JOBS="3")
+    assert p.returncode == 1 and "a unit failed" in p.stderr
+    assert len(calls("psnr")) == 6 + 4  # one try per missing PSNR file, none redone by the parent
