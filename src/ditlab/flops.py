@@ -6,7 +6,8 @@ or 3 T D H (SwiGLU: gate, value and output matrices), attention scores and value
 modulation 6 D^2 per conditioning group (one per sample when t is per sample). U-ViT long skips add
 one 2D -> D projection per token for each of the depth // 2 receiving blocks. A tokens_gated condition
 (ditlab.models.control) adds, per gated block, a second attention over the T - Nc keys other than the
-condition's (2 T (T - Nc) D) and a second output projection (T D^2).
+condition's (2 Q (T - Nc) D, Q = T - Nc queries when those keys are one range and the pass runs on slices,
+all T when it gathers them) and a second output projection (T D^2).
 FLOPs = 2 x MACs; a training step costs 3 x the forward (forward + backward of activations and
 weights).
 """
@@ -42,7 +43,8 @@ def dit_forward_flops(model: DiT, groups: int = 1, context_tokens: int = 0) -> i
     gates = getattr(model, "token_gates", None)
     if gates is not None:
         Nc = model.cond_spec.num_tokens
-        macs += len(gates) * (2 * T * (T - Nc) * D + T * D * D)
+        queries = T - Nc if getattr(model, "cond_keep_range", None) is not None else T
+        macs += len(gates) * (2 * queries * (T - Nc) * D + T * D * D)
     if getattr(model, "long_skips", None) is not None:
         macs += (L // 2) * T * 2 * D * D
     for s in model.streams:

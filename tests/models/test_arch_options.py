@@ -341,7 +341,9 @@ def test_flops_match_torchs_counter():
 
 def test_flops_of_tokens_gated_count_the_second_pass_of_each_gated_block():
     """tokens against tokens_gated on the same sequence: torch's matmul count differs by one output projection
-    per gated block; the formula adds that and the second attention (T queries x T - Nc keys)."""
+    per gated block (its CPU attention is not counted); the formula adds that and the second attention (the
+    condition leads the sequence, so the other keys are one range and the pass runs on slices: T - Nc queries
+    x T - Nc keys)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x, t = {"cond": torch.randn(1, 3, 4, 4), "image": torch.randn(1, 3, 8, 8)}, {"cond": torch.zeros(1),
@@ -351,11 +353,13 @@ def test_flops_of_tokens_gated_count_the_second_pass_of_each_gated_block():
         m = ConditionedDiT([COND, IMG], "cond", injection, cond_blocks=blocks, hidden_size=32, depth=3, num_heads=4)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             m(x, t)
-        counted[injection] = (sum(v for k, v in counter.get_flop_counts()["Global"].items()
-                                  if "attention" not in str(k)), dit_forward_flops(m, groups=2))
+        flops = counter.get_flop_counts()["Global"]
+        counted[injection] = (sum(v for k, v in flops.items() if "attention" not in str(k)),
+                              dit_forward_flops(m, groups=2))
+        assert (m.cond_keep_range == (4, 20)) if injection == "tokens_gated" else True
     T, Nc, D, gated = 4 + 16, 4, 32, 2
     assert counted["tokens_gated"][0] - counted["tokens"][0] == gated * 2 * T * D * D  # the output projections
-    assert counted["tokens_gated"][1] - counted["tokens"][1] == gated * 2 * (2 * T * (T - Nc) * D + T * D * D)
+    assert counted["tokens_gated"][1] - counted["tokens"][1] == gated * 2 * (2 * (T - Nc) ** 2 * D + T * D * D)
 
 
 # ---- fused kernels ---------------------------------------------------------------------------------

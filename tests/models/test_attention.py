@@ -86,10 +86,12 @@ def test_mask_shape_mismatch_names_shapes():
 
 @pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("run_mask", [None, "keys", "pairs"])
-def test_key_split_is_the_masked_pass_with_one_projection_of_q_k_v(qk_norm, run_mask):
+@pytest.mark.parametrize("where", ["middle", "end", "start"])
+def test_key_split_is_the_masked_pass_with_one_projection_of_q_k_v(qk_norm, run_mask, where):
     """split=KeySplit(keep, sees_all): (the output over every key, the output without the other keys for all
     queries but sees_all) equal two forwards with the corresponding boolean masks; a query left with no
-    visible key gets exactly zero, as in a plain forward."""
+    visible key gets exactly zero, as in a plain forward. A group at either end leaves the other keys one range:
+    the slice path (keep_range), which must agree with the gathered one."""
     from ditlab.models.attention import KeySplit
 
     torch.manual_seed(0)
@@ -97,16 +99,24 @@ def test_key_split_is_the_masked_pass_with_one_projection_of_q_k_v(qk_norm, run_
     B, N = 3, 7
     x = torch.randn(B, N, 16)
     group = torch.zeros(N, dtype=torch.bool)
-    group[1:3] = True  # keys 1, 2 are the group; its own queries see everything
-    keep = (~group).nonzero().flatten()
+    at = {"middle": [1, 2], "end": [5, 6], "start": [0, 1]}[where]
+    group[at] = True  # two keys are the group; its own queries see everything
+    split = KeySplit.without_group(group)
+    keep = split.keep
+    assert (split.keep_range is None) == (where == "middle")
+    others = [i for i in range(N) if i not in at]
     mask = None
     if run_mask == "keys":
         mask = torch.ones(B, N, dtype=torch.bool)
-        mask[0, 4:] = False
-        mask[2, [0, 3, 4, 5, 6]] = False  # sample 2: only the group's keys are visible -> other rows all hidden
+        mask[0, others[-2:]] = False
+        mask[2, others] = False  # sample 2: only the group's keys are visible -> other rows all hidden
     elif run_mask == "pairs":
         mask = torch.rand(B, N, N, generator=torch.Generator().manual_seed(1)) < 0.7
-    full, hidden = attn(x, mask=mask, split=KeySplit(keep, group))
+    full, hidden = attn(x, mask=mask, split=split)
+    if split.keep_range is not None:  # the slice path against the gathered path
+        full_g, hidden_g = attn(x, mask=mask, split=KeySplit(split.keep, split.sees_all))
+        torch.testing.assert_close(full, full_g, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(hidden, hidden_g, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(full, attn(x, mask=mask), atol=1e-6, rtol=1e-5)
     hide = ~(~group[:, None] & group[None, :])  # (N, N): other queries do not see the group's keys
     base = torch.ones(B, N, N, dtype=torch.bool) if mask is None else (mask if mask.dim() == 3 else
@@ -116,3 +126,28 @@ def test_key_split_is_the_masked_pass_with_one_projection_of_q_k_v(qk_norm, run_
         assert torch.equal(hidden[2, ~group], torch.zeros_like(hidden[2, ~group]))
     with pytest.raises(ValueError, match="key split is for self-attention"):
         attn(x, split=KeySplit(keep, group), return_kv=True)
+
+
+@pytest.mark.parametrize("run_mask", [None, "pairs"])
+def test_key_split_slices_have_the_gathered_gradients(run_mask):
+    """The slice path (keep_range) and the gathered path give the same gradients (to x and every weight)."""
+    from ditlab.models.attention import KeySplit
+
+    torch.manual_seed(0)
+    attn = Attention(16, 2, qk_norm=True)
+    B, N = 2, 9
+    x = torch.randn(B, N, 16)
+    group = torch.zeros(N, dtype=torch.bool)
+    group[6:] = True
+    mask = None if run_mask is None else torch.rand(B, N, N, generator=torch.Generator().manual_seed(2)) < 0.7
+    w1, w2 = torch.randn(B, N, 16), torch.randn(B, N, 16)
+    grads = []
+    for split in (KeySplit.without_group(group), KeySplit((~group).nonzero().flatten(), group)):
+        xg = x.clone().requires_grad_()
+        attn.zero_grad()
+        full, hidden = attn(xg, mask=mask, split=split)
+        ((full * w1).sum() + (hidden * w2).sum()).backward()
+        grads.append([xg.grad] + [p.grad.clone() for p in attn.parameters()])
+    assert KeySplit.without_group(group).keep_range == (0, 6)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

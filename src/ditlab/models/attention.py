@@ -52,10 +52,24 @@ class AttnBias(NamedTuple):
 class KeySplit(NamedTuple):
     """A group of keys some queries attend to without (``Attention.forward(..., split=...)``): ``keep``, the
     (M',) indices of the other keys; ``sees_all``, (N,) bool, the queries whose "without" output is the full
-    one (e.g. the group's own tokens). Used by ditlab.models.control's tokens_gated."""
+    one (e.g. the group's own tokens). Used by ditlab.models.control's tokens_gated.
+
+    ``keep_range`` (a, b): set (by ``without_group``) when ``keep`` is the range [a, b) and ``sees_all`` is
+    every other query. The second pass then runs on slices of q, k and v (views: no gathered copies kept for
+    the backward, no scatter-add in it) and only for the queries [a, b) that need it."""
 
     keep: torch.Tensor
     sees_all: torch.Tensor
+    keep_range: Optional[tuple[int, int]] = None
+
+    @classmethod
+    def without_group(cls, group: torch.Tensor) -> "KeySplit":
+        """The split that hides the keys ``group`` ((N,) bool) from every other query; the group's own queries
+        see everything. Build it once (it reads ``group`` on the host), not per forward."""
+        keep = (~group).nonzero().flatten()
+        first, last = (int(keep[0]), int(keep[-1])) if len(keep) else (0, -1)
+        contiguous = len(keep) > 0 and last - first + 1 == len(keep)
+        return cls(keep, group, (first, last + 1) if contiguous else None)
 
 
 def check_bias(bias: torch.Tensor, batch: int, num_queries: int, num_keys: int) -> None:
@@ -197,13 +211,23 @@ class Attention(nn.Module):
 
         out, alive = self._attend(q, k, v, mask, B, N)
         if split is not None:
+            def rows(a, n=N):  # (B, 1 or n) or None -> (B, n)
+                return torch.ones(B, n, dtype=torch.bool, device=q.device) if a is None else a.expand(B, n)
+
+            if split.keep_range is not None:  # slices: the queries [a, b) over the keys [a, b)
+                a, b = split.keep_range
+                part_mask = None if mask is None else (mask[..., a:b] if mask.dim() == 2 else mask[:, a:b, a:b])
+                part, part_alive = self._attend(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], part_mask, B, b - a)
+                hidden = torch.cat([out[:, :, :a], part, out[:, :, b:]], dim=2)
+                hidden_alive = None
+                if alive is not None or part_alive is not None:
+                    full_rows = rows(alive)
+                    hidden_alive = torch.cat([full_rows[:, :a], rows(part_alive, b - a), full_rows[:, b:]], dim=1)
+                return self._project(out, alive), self._project(hidden, hidden_alive)
             hidden, hidden_alive = self._attend(q, k.index_select(2, split.keep), v.index_select(2, split.keep),
                                                 None if mask is None else mask[..., split.keep], B, N)
             hidden = torch.where(split.sees_all[:, None], out, hidden)  # (N, 1) over (B, H, N, hd)
             if alive is not None or hidden_alive is not None:
-                def rows(a):  # (B, 1 or N) or None -> (B, N)
-                    return torch.ones(B, N, dtype=torch.bool, device=q.device) if a is None else a.expand(B, N)
-
                 hidden_alive = torch.where(split.sees_all, rows(alive), rows(hidden_alive))
             return self._project(out, alive), self._project(hidden, hidden_alive)
         out = self._project(out, alive)

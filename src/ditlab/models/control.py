@@ -169,8 +169,10 @@ class ConditionedDiT(DiT):
             rows[start:stop] = False  # the condition's own queries see everything
             # Receiving blocks: the keys other than the condition's, and the condition's own rows (which
             # always see every key), for one qkv projection and two unmasked SDPA passes (KeySplit).
-            self.register_buffer("cond_keep", rows.nonzero().flatten(), persistent=False)
-            self.register_buffer("cond_rows", ~rows, persistent=False)
+            split = KeySplit.without_group(~rows)
+            self.register_buffer("cond_keep", split.keep, persistent=False)
+            self.register_buffer("cond_rows", split.sees_all, persistent=False)
+            self.cond_keep_range = split.keep_range  # python ints: the slice path (no class tokens before it)
             # The other blocks: one pass in which no other query sees the condition's keys. A boolean mask,
             # not an AttnBias: no value check (a host sync, a graph break under compile) per block.
             self.register_buffer("cond_hidden", ~(rows[:, None] & ~rows[None, :]), persistent=False)
@@ -252,7 +254,7 @@ class ConditionedDiT(DiT):
                 m = self.cond_hidden.expand(h.shape[0], -1, -1)
                 return m if mask is None else m & (mask if mask.dim() == 3 else mask[:, None, :])
 
-            split = KeySplit(self.cond_keep, self.cond_rows)
+            split = KeySplit(self.cond_keep, self.cond_rows, self.cond_keep_range)
             return super()._block_step(i, block, h, c, index, mask, rope, context, context_mask,
                                        attn_gate=(hidden, split, gate), **kw)
         if st.get("bias") is not None:
