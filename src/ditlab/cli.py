@@ -132,8 +132,9 @@ def _sample(args, info) -> int:
         raise ValueError(f"--out {args.out}: is a folder; `ditlab sample` writes one .npz file: name it "
                          f"(e.g. {out_path / default_samples_path(run, settings, args.seed).name})")
     inputs = SampleInputs(data=args.data, context=context, contexts=contexts, lo_run=args.lo_run,
-                          lo_checkpoint=args.lo_checkpoint, progress=info.is_main and not args.no_progress)
-    conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num)
+                          lo_checkpoint=args.lo_checkpoint)
+    conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num,
+                                                       progress=info.is_main and not args.no_progress)
     amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
     compile_ = {"on": True, "off": False}.get(args.compile, device.type == "cuda" and args.num >= 1000)

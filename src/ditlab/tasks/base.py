@@ -135,9 +135,10 @@ class TaskKind:
 
     The kind's command line lives in its package's ``cli`` module (listed in
     :mod:`ditlab.tasks.commands`): ``add_cli(subparsers)`` adds its own subcommands (``ditlab icl
-    eval`` ...) and ``sample_conditions(run, inputs, num)`` turns the inputs of ``ditlab sample`` (a
-    :class:`SampleInputs`) into conditions for samples 0..num-1, refusing inputs that do not apply
-    (an input that is itself a generator, LIFT's --lo-run, is attached to ``run.task`` instead).
+    eval`` ...) and ``sample_conditions(run, inputs, num, progress=True)`` turns the inputs of ``ditlab
+    sample`` (a :class:`SampleInputs`) into conditions for samples 0..num-1, refusing inputs that do not
+    apply (an input that is itself a generator, LIFT's --lo-run, is attached to ``run.task`` instead);
+    ``progress`` False (--no-progress) keeps the reading of the inputs quiet.
     """
 
     name: str
@@ -173,7 +174,6 @@ class SampleInputs:
     contexts: Optional[tuple[tuple[str, str], ...]] = None  # named context files ((NAME, FILE), ...): data.contexts
     lo_run: Optional[str] = None  # a single-scale run at the low resolution: LIFT --path cascade generates with it
     lo_checkpoint: Optional[str] = None  # which checkpoint of lo_run (as --checkpoint: latest, best, a step name)
-    progress: bool = True  # not an input: whether reading them may show a progress bar (--no-progress)
 
 
 FLAG_OF = {"data": "--data", "context": "--context", "contexts": "--context NAME=FILE", "path": "--path",

@@ -13,7 +13,7 @@ from ditlab.cliargs import add_checkpoint, add_device, finite_float, positive_in
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
-def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True) -> dict:
     """``ditlab sample`` on an ICL run: ``num`` held-out prompts (the run's icl.eval_seed, at the full
     dimension, in network units), one draw of every query y per prompt."""
     from ditlab.tasks.icl.eval import held_out_prompts

@@ -7,7 +7,7 @@ from ditlab.cliargs import positive_int
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
-def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True) -> dict:
     """Conditions of ``ditlab sample`` for samples 0..num-1 of an image run: with a context set, rows
     0..num-1 of ``--context FILE`` and, for a class-conditional model, the file's ``labels`` when it
     has them (otherwise sample i keeps class i mod K)."""

@@ -20,7 +20,7 @@ from ditlab.tasks.base import SampleInputs, refuse_inputs
 from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES, PATH_NEEDS
 
 
-def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True) -> dict:
     """``ditlab sample`` on a LIFT run: none, except for --path lo-oracle, whose low resolution is the
     pooled copy of --data's images, and --path cascade, whose low resolution --lo-run RUN_LO generates
     batch by batch: RUN_LO is loaded, checked and attached to the task (ditlab.tasks.lift.cascade).
@@ -36,7 +36,7 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
         return {}
     from ditlab.tasks.superres.cli import condition_images
 
-    return {"images": condition_images(inputs.data, run.info["image_size"], num, progress=inputs.progress)}
+    return {"images": condition_images(inputs.data, run.info["image_size"], num, progress=progress)}
 
 
 def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: int, seed: int, device,

@@ -15,7 +15,7 @@ from ditlab.cliargs import (SAMPLER_CHOICES, add_cfg_context, add_checkpoint, ad
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
-def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True) -> dict:
     """``ditlab sample`` on a scene run: ``num`` held-out scenes (the run's scene.eval_seed)."""
     from ditlab.tasks.scene.data import load_eval_scenes
 

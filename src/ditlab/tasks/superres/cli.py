@@ -22,7 +22,7 @@ def condition_images(data: str, image_size: int, num: int, flag: str = "--data",
     return images[evaluation_subset(len(images), num)]
 
 
-def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
+def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True) -> dict:
     refuse_inputs("superres", inputs, ("data",))
     if run.cfg.task.cond_mode == "dummy":
         if inputs.data is not None:
@@ -31,7 +31,7 @@ def sample_conditions(run, inputs: SampleInputs, num: int) -> dict:
     if inputs.data is None:
         raise ValueError("this run is a super-resolution model: pass --data DATASET (high-resolution images "
                          "whose downsampled copies are the inputs)")
-    return {"images": condition_images(inputs.data, run.info["image_size"], num, progress=inputs.progress)}
+    return {"images": condition_images(inputs.data, run.info["image_size"], num, progress=progress)}
 
 
 def cmd_psnr(args) -> int:
