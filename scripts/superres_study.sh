@@ -53,12 +53,12 @@ parallel() {  # parallel NFIXED ARG... MODE...: this stage once per mode in chil
     pids+=($!)
     if [ "${#pids[@]}" -ge "$jobs" ]; then
       wait "${pids[0]}"; rc=$?; pids=("${pids[@]:1}")
-      [ "$rc" = 1 ] && failed=1; [ "$rc" = 3 ] && left=1
+      case $rc in 0) ;; 3) left=1 ;; *) failed=1 ;; esac  # a child killed (137) or refused (2) failed too
     fi
   done
   for m in "${pids[@]}"; do
     wait "$m"; rc=$?
-    [ "$rc" = 1 ] && failed=1; [ "$rc" = 3 ] && left=1
+    case $rc in 0) ;; 3) left=1 ;; *) failed=1 ;; esac
   done
   return 0
 }

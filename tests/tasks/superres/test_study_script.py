@@ -43,6 +43,9 @@ if cmd == "train":
     (run / "summary.json").write_text(json.dumps({{"steps": 7, "images_per_s": 1.5, "parameters": 99}}, indent=2))
     print("ditlab: time limit of 1 s reached at step 7")
 elif cmd == "sample":
+    if os.environ.get("STUB_KILL_SHELL") and "sr_cross" in flag("--out"):
+        os.kill(os.getppid(), 9)  # the shell running this mode dies, as under the OOM killer
+        time.sleep(5)
     Path(flag("--out")).write_bytes(b"npz")
     Path(flag("--grid")).write_bytes(b"png")
 elif cmd == "psnr":
@@ -173,3 +176,16 @@ def test_parallel_sample_and_score_run_each_mode_once(study):
     p = run("sample", "test.zip", str(s), *modes, DITLAB_JOBS="3")
     assert p.returncode == 1 and "a unit failed" in p.stderr
     assert len(calls("psnr")) == 6 + 4  # one try per missing PSNR file, none redone by the parent
+
+
+def test_a_child_killed_fails_the_stage(study):
+    """A child that dies (exit 137, not one of the stage's own codes 0 / 1 / 3) fails the stage, in both of
+    parallel()'s wait spots (the first child waited on when the jobs are full, and the rest)."""
+    s, run, calls, _ = study
+    modes = ("tokens", "cross", "branch")
+    assert run("train", "train.zip", str(s), "1", *modes).returncode == 0
+    # two jobs, cross first: cross is waited on when the jobs are full; three jobs: in the final waits
+    for jobs, order in (("2", ("cross", "tokens")), ("3", ("tokens", "cross"))):
+        p = run("sample", "test.zip", str(s), *order, DITLAB_JOBS=jobs, STUB_KILL_SHELL="1")
+        assert p.returncode == 1 and "a unit failed" in p.stderr, (jobs, p.returncode, p.stderr)
+        assert not (s / "sr_cross" / "psnr_cfg1.json").exists()
