@@ -7,6 +7,11 @@
 #                                                                       (cond-scale 1 / 0.8 / 0.5 x CFG 1 / 2), summary
 #   scripts/superres_study.sh collect STUDY DEST                        DEST/superres_study.json + one archive (grids,
 #                                                                       collapse sweeps, logs, run summaries): 2 files
+#   scripts/superres_study.sh all TRAIN_ZIP TEST_ZIP INCEPTION STUDY SECONDS MODE...
+#                                   the whole study: each mode trained, sampled and scored before the next mode's
+#                                   training starts (a mode's results are complete as soon as they can be), then the
+#                                   summary of every mode; no budget unless DITLAB_BUDGET_S is set. On a machine that
+#                                   may be taken back between commands, run it once per mode and `collect` each time.
 # Finished work is skipped (a mode's training once it has summary.json, a sampling once its .npz exists, a
 # score once its .json exists), so a stage can be repeated. Exit code: 0 done, 3 work left (the budget below
 # ran out: run the same command again), 1 a unit failed (the stage's log names it: STUDY/train_MODE.log,
@@ -177,5 +182,16 @@ PY
     tar -czf "$dest/superres_study_files.tgz" -C "$study" $(cd "$study" && ls train_*.log sr_*/summary.json \
       sr_*/config.yaml sr_*/metrics.jsonl sr_*/study.log sr_*/psnr_cfg*.json sr_*/fid_cfg*.json sr_*/grid_cfg*.png \
       sr_*/diagnose/*.json sr_*/diagnose/*.png 2>/dev/null) ;;
-  *) echo "usage: $0 {train|sample|score|collect} ..." >&2; exit 2 ;;
+  all)
+    [ "$#" -ge 6 ] || { echo "usage: $0 all TRAIN_ZIP TEST_ZIP INCEPTION STUDY SECONDS MODE..." >&2; exit 2; }
+    train_zip=$1 test_zip=$2 inception=$3 study=$4 seconds=$5; shift 5
+    export DITLAB_BUDGET_S=${DITLAB_BUDGET_S:-0}
+    for m in "$@"; do
+      bash "$0" train "$train_zip" "$study" "$seconds" "$m" || exit $?
+      bash "$0" sample "$test_zip" "$study" "$m" || exit $?
+      bash "$0" score "$test_zip" "$inception" "$study" "$m" > /dev/null || exit $?
+    done
+    # every unit is done: this only writes the summary of all the modes
+    bash "$0" score "$test_zip" "$inception" "$study" "$@" ;;
+  *) echo "usage: $0 {train|sample|score|collect|all} ..." >&2; exit 2 ;;
 esac

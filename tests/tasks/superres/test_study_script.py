@@ -189,3 +189,23 @@ def test_a_child_killed_fails_the_stage(study):
         p = run("sample", "test.zip", str(s), *order, DITLAB_JOBS=jobs, STUB_KILL_SHELL="1")
         assert p.returncode == 1 and "a unit failed" in p.stderr, (jobs, p.returncode, p.stderr)
         assert not (s / "sr_cross" / "psnr_cfg1.json").exists()
+
+
+def test_all_runs_each_mode_to_the_end_before_the_next_and_writes_one_summary(study):
+    s, run, calls, _ = study
+    p = run("all", "train.zip", "test.zip", "inc.pt", str(s), "1", "tokens", "branch")
+    assert p.returncode == 0, p.stderr
+    order = [(line.split()[0], "branch" if "sr_branch" in line else "tokens" if "sr_tokens" in line else "-")
+             for line in (s.parent / "calls.log").read_text().splitlines()]
+    first_branch = next(i for i, (_, m) in enumerate(order) if m == "branch")
+    assert ("diagnose", "tokens") in order[:first_branch]  # tokens scored before branch trained
+    assert [r["mode"] for r in json.loads((s / "superres_study.json").read_text())] == ["tokens", "branch"]
+    assert len(calls("train")) == 2 and len(calls("sample")) == 4 and len(calls("diagnose")) == 2
+    assert run("all", "train.zip", "test.zip", "inc.pt", str(s), "1").returncode == 2  # no mode
+
+
+def test_all_stops_at_a_failed_unit(study):
+    s, run, calls, fail_flag = study
+    fail_flag.touch()
+    p = run("all", "train.zip", "test.zip", "inc.pt", str(s), "1", "tokens", "branch")
+    assert p.returncode == 1 and len(calls("train")) == 1  # branch is not trained after tokens failed
