@@ -63,6 +63,11 @@ class ContextSet:
     def dim(self) -> int:
         return int(self.embeddings.shape[2])
 
+    @property
+    def full(self) -> bool:
+        """Every row is M real tokens (no padding): a model can attend to it without a mask."""
+        return bool(self.mask.all())
+
     def rows(self, index: torch.Tensor | slice) -> "ContextSet":
         """The rows ``index`` (in that order), without the padding columns no kept row uses."""
         emb, mask = self.embeddings[index], self.mask[index]

@@ -90,13 +90,19 @@ def split_context_drop(context_drop) -> tuple[Optional[torch.Tensor], dict[str, 
 
 
 def drop_context(context, mask, drop, null):
-    """Dropped samples see one learned null element (slot 0) instead of their context set (``null``:
-    the set's learned (1, Dc) null)."""
+    """Dropped samples see the learned null (``null``: the set's (1, Dc) parameter) instead of their context
+    set: with a mask, one null element (slot 0, the rest masked); without one (every token real), the null in
+    every slot and still no mask. Attending to M equal keys and values gives the same output as attending to
+    one (the softmax weights are equal and sum to 1; the null's gradient is the sum of the slots', the same
+    total), up to rounding, so a full-length context set keeps SDPA's mask-free (flash) kernels. One
+    difference: cross-attention dropout (model.cross_attn_dropout) then drops the M slots' weights one by
+    one instead of the single slot's, which has the same mean and a smaller variance."""
     B, M, _ = context.shape
     null = null.to(context.dtype).expand(B, M, -1)
     context = torch.where(drop[:, None, None], null, context)
+    if mask is None:
+        return context, None
     only_first = (torch.arange(M, device=context.device) == 0).expand(B, M)
-    mask = torch.ones(B, M, dtype=torch.bool, device=context.device) if mask is None else mask
     return context, torch.where(drop[:, None], only_first, mask)
 
 

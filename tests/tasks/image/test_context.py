@@ -182,3 +182,86 @@ def test_cfg_context_on_the_unnamed_set_beside_a_label_is_refused():
     check_settings(SampleSettings(cfg_context=(("context", 1.0),)), labelled)  # W_i = 1: no such pass
     alone, _ = make(num_classes=0)
     check_settings(SampleSettings(cfg_context=(("context", 2.0),)), alone)
+
+
+def test_a_context_set_without_padding_reaches_the_model_without_a_mask(monkeypatch):
+    """A full-length context file: the batch has no mask key and the cross-attention runs SDPA with no
+    attn_mask (its flash kernels), dropped rows included; the loss and the guided denoiser equal the masked
+    path's up to rounding (M copies of the null = one null)."""
+    n, m = 4, 3
+    images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
+    data = ImageData(images, torch.zeros(n, dtype=torch.long), ["a"], "mem", names=[str(i) for i in range(n)])
+    emb, mask = padded([m] * n, m)
+    ctx = ContextSet(emb, mask, None, None, "ctx.npz")
+    assert ctx.full and not ContextSet(*padded([m, 1, m, m], m), None, None, "p.npz").full
+    train = ImageTrainData(data, hflip=False, context=ctx).to(torch.device("cpu"))
+    batch = train.batch(torch.arange(n))
+    assert "context_mask" not in batch
+
+    import torch.nn.functional as F
+
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((k.shape[-2], attn_mask is None))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    task, model = make(context_dropout=0.5)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(3)
+    loss_free = task.loss_on_batch(**batch)
+    cross = [free for keys, free in seen if keys == m]
+    assert cross and all(cross)  # every cross-attention call unmasked, though half the rows were dropped
+    torch.manual_seed(3)
+    loss_masked = task.loss_on_batch(**batch, context_mask=mask)
+    assert torch.allclose(loss_free, loss_masked, rtol=1e-5, atol=1e-6)
+
+    seen.clear()
+    x, t = torch.randn(n, 3, 8, 8), torch.rand(n)
+    drop = torch.tensor([True, False, True, False])
+    out = denoised(task, model, x, t, (emb, mask), drop)  # sampling: a full mask is dropped too
+    assert all(free for keys, free in seen if keys == m)
+    xs, ts = {STREAM: x}, {STREAM: t}
+    ref = model(xs, ts, context=emb, context_mask=mask, context_drop=drop)  # the one-null-slot path
+    ref = task.objective.denoised(ref, xs, ts, task.patch_sizes)[STREAM][0]
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(out[0], denoised(task, model, x, t, (emb, mask), ~drop)[0])  # the drop mattered
+
+
+def test_named_sets_full_and_padded_side_by_side(monkeypatch):
+    """Two named sets, one without padding (no mask key, unmasked SDPA) and one with (masked): the loss equals
+    the one with both masks given, up to rounding."""
+    from ditlab.models.dit import ContextSpec
+    import torch.nn.functional as F
+
+    n = 4
+    images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
+    data = ImageData(images, torch.zeros(n, dtype=torch.long), ["a"], "mem", names=[str(i) for i in range(n)])
+    full = ContextSet(*padded([3] * n, 3, seed=1), None, None, "full.npz")
+    part = ContextSet(*padded([2, 5, 1, 4], 5, seed=2), None, None, "part.npz")
+    train = ImageTrainData(data, hflip=False, named={"full": full, "part": part}).to(torch.device("cpu"))
+    batch = train.batch(torch.arange(n))
+    assert "context_mask__full" not in batch and torch.equal(batch["context_mask__part"], part.mask)
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="DiT-S/2", hidden_size=32, depth=2, num_heads=2, num_classes=0)
+    model = build_image_model(cfg, 8, 3, contexts=[ContextSpec("full", D), ContextSpec("part", D)])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    task = ImageTask(model, Objective(FlowSchedule(), "velocity"), context_dropout=0.3,
+                     set_dropout={"full": 0.5, "part": 0.5})
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((k.shape[-2], attn_mask is None))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(5)
+    loss = task.loss_on_batch(**batch)
+    assert {free for keys, free in seen if keys == 3} == {True} and {free for keys, free in seen if keys == 5} == {False}
+    torch.manual_seed(5)
+    loss_masked = task.loss_on_batch(**batch, context_mask__full=full.mask)
+    assert torch.allclose(loss, loss_masked, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,9 @@ Shared by the image and super-resolution tasks. The whole data set moves to the 
 the step has no loader; a batch is a gather, the conversion to [-1, 1] and the optional flip.
 With a context set (data.context_path, image task only) its rows, aligned to the images, live on the
 device too and a batch gathers them with the same indices. Named context sets (data.contexts) likewise,
-in batch keys ``context__NAME`` and ``context_mask__NAME`` (named_keys).
+in batch keys ``context__NAME`` and ``context_mask__NAME`` (named_keys). A set with no padding in any row
+(ContextSet.full) gives no mask key: the model then attends to it without a mask, which lets SDPA use its
+mask-free (flash) kernels (ditlab.models.context_sets.drop_context keeps dropped rows mask-free too).
 """
 from __future__ import annotations
 
@@ -62,23 +64,26 @@ class ImageTrainData:
             if len(context) != self.num_examples:
                 raise ValueError(f"context set {context.source} has {len(context)} rows for {self.num_examples} "
                                  "images; align it with ditlab.data.context_sets.align_to_images")
-            self.context, self.context_mask = context.embeddings, context.mask
+            self.context, self.context_mask = context.embeddings, None if context.full else context.mask
             self.info.update(context_dim=context.dim, context_source=context.source)
         self.named_sets = dict(named or {})  # CPU copies, row i = image i
         self.named = {}  # name -> (embeddings, mask) on the device
         for name, cs in self.named_sets.items():
             if len(cs) != self.num_examples:
                 raise ValueError(f"context set {name!r} ({cs.source}) has {len(cs)} rows for {self.num_examples} images")
-            self.named[name] = (cs.embeddings, cs.mask)
+            self.named[name] = (cs.embeddings, None if cs.full else cs.mask)
         if self.named_sets:
             self.info.update(contexts={n: cs.dim for n, cs in self.named_sets.items()},
                              contexts_source={n: cs.source for n, cs in self.named_sets.items()})
 
     def to(self, device: torch.device) -> "ImageTrainData":
         self.images, self.labels = self.data.images.to(device), self.data.labels.to(device)
+        def on_device(cs: ContextSet):  # (embeddings, mask or None for a set without padding)
+            return cs.embeddings.to(device), None if cs.full else cs.mask.to(device)
+
         if self.context_set is not None:
-            self.context, self.context_mask = self.context_set.embeddings.to(device), self.context_set.mask.to(device)
-        self.named = {n: (cs.embeddings.to(device), cs.mask.to(device)) for n, cs in self.named_sets.items()}
+            self.context, self.context_mask = on_device(self.context_set)
+        self.named = {n: on_device(cs) for n, cs in self.named_sets.items()}
         return self
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,10 +93,14 @@ class ImageTrainData:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         out = {"images": x, "labels": self.labels[idx]}
         if self.context is not None:  # a device gather like the images': no host sync
-            out.update(context=self.context[idx].float(), context_mask=self.context_mask[idx])
+            out["context"] = self.context[idx].float()
+            if self.context_mask is not None:
+                out["context_mask"] = self.context_mask[idx]
         for name, (emb, mask) in self.named.items():
             k, km = named_keys(name)
-            out[k], out[km] = emb[idx].float(), mask[idx]
+            out[k] = emb[idx].float()
+            if mask is not None:
+                out[km] = mask[idx]
         return out
 
 

@@ -77,15 +77,22 @@ def decoded_images(x: torch.Tensor, cond: Conditions) -> dict[str, torch.Tensor]
     return out
 
 
-def context_drop_flags(drop: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-    """Samples that see the learned null context: the dropped ones and those with no real token."""
-    return drop | ~context_mask.any(dim=1)
+def context_drop_flags(drop: torch.Tensor, context_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Samples that see the learned null context: the dropped ones and those with no real token (a mask of
+    None: every token is real)."""
+    return drop if context_mask is None else drop | ~context_mask.any(dim=1)
 
 
-def repeat_context(context: torch.Tensor, mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeddings (B, M, D), mask (B, M)) repeated to the k * B batch of guidance, like repeat_labels."""
+def repeat_context(context: torch.Tensor, mask: Optional[torch.Tensor], batch: int):
+    """(embeddings (B, M, D), mask (B, M) or None) repeated to the k * B batch of guidance, like repeat_labels."""
     k = batch // context.shape[0]
-    return context.repeat(k, 1, 1), mask.repeat(k, 1)
+    return context.repeat(k, 1, 1), None if mask is None else mask.repeat(k, 1)
+
+
+def mask_unless_full(mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """None for a mask with no padding (one host sync, once per sampling batch): the model then attends
+    without a mask, as in training on a context file without padding (tasks/image/data.py)."""
+    return None if bool(mask.all()) else mask
 
 
 class ImageTask:
@@ -155,7 +162,7 @@ class ImageTask:
         noise: torch.Tensor,
         loss_mask: Optional[torch.Tensor] = None,  # (B, N) bool
         context: Optional[torch.Tensor] = None,  # (B, M, D) with a context set
-        context_mask: Optional[torch.Tensor] = None,  # (B, M) bool, True = real token
+        context_mask: Optional[torch.Tensor] = None,  # (B, M) bool, True = real token; None: all real
         context_drop: Optional[torch.Tensor] = None,  # (B,) bool: the learned null context instead
         named: Optional[dict] = None,  # name -> (embeddings, mask, drop flags) of the named sets
     ) -> torch.Tensor:
@@ -178,16 +185,18 @@ class ImageTask:
                       context: Optional[torch.Tensor] = None, context_mask: Optional[torch.Tensor] = None,
                       **named_sets: torch.Tensor) -> torch.Tensor:
         """Per-sample loss (B,) with noise levels, noise, label dropout and context dropout drawn from
-        torch's global RNG (in this order, which resumed runs rely on)."""
+        torch's global RNG (in this order, which resumed runs rely on). A context set's mask may be absent
+        (a set without padding, tasks/image/data.py): every token is real."""
         B = images.shape[0]
         t = self.objective.schedule.sample_time((B,), images.device)
         noise = torch.randn_like(images)
         label_drop = torch.rand(B, device=images.device) < self.label_dropout if self.num_classes else None
         context_drop = None
         if self.context_dim is not None:
-            if context is None or context_mask is None:
+            if context is None:
                 raise ValueError(f"this model cross-attends to a context set: the batch needs context "
-                                 f"(B, M, {self.context_dim}) and context_mask (B, M) (data.context_path)")
+                                 f"(B, M, {self.context_dim}) (data.context_path) and, with padding, "
+                                 "context_mask (B, M)")
             drop_both = torch.rand(B, device=images.device) < self.context_dropout
             if label_drop is not None:
                 label_drop = label_drop | drop_both
@@ -201,10 +210,12 @@ class ImageTask:
             named = {}
             for name in self.named_sets:  # each set alone, after the one-set draws
                 k, km = named_keys(name)
-                if k not in named_sets or km not in named_sets:
-                    raise ValueError(f"this model cross-attends to the context set {name!r}: the batch needs {k}, {km}")
+                if k not in named_sets:
+                    raise ValueError(f"this model cross-attends to the context set {name!r}: the batch needs {k} "
+                                     f"(and, with padding, {km})")
                 alone = torch.rand(B, device=images.device) < self.set_dropout[name]
-                named[name] = (named_sets[k], named_sets[km], context_drop_flags(drop_both | alone, named_sets[km]))
+                m = named_sets.get(km)
+                named[name] = (named_sets[k], m, context_drop_flags(drop_both | alone, m))
         return self.training_loss(images, labels, label_drop, t, noise, context=context, context_mask=context_mask,
                                   context_drop=context_drop, named=named)
 
@@ -262,9 +273,10 @@ class ImageTask:
         labels = cond.get("labels")
         context = None
         if self.context_dim is not None:
-            context = (cond["context"].float(), cond["context_mask"])
+            context = (cond["context"].float(), mask_unless_full(cond["context_mask"]))
 
-        named = {n: (cond[named_keys(n)[0]].float(), cond[named_keys(n)[1]]) for n in self.named_sets}
+        named = {n: (cond[named_keys(n)[0]].float(), mask_unless_full(cond[named_keys(n)[1]]))
+                 for n in self.named_sets}
 
         def denoise(x, t, drop):
             # drop: (B,) every condition, or a dict (ditlab.diffusion.guidance.drop_flags): "all", "context", NAME
