@@ -5,8 +5,13 @@
 #   scripts/lift_study.sh run     TRAIN_ZIP TEST_ZIP INCEPTION STUDY [BUDGET_S] [ablate flags, e.g. --only V --seeds 0 1]
 #                                                                           one slice of the ablation
 #   scripts/lift_study.sh collect STUDY DEST                                results + a tar of grids/heat maps
+#   scripts/lift_study.sh restore TGZ STUDY                                 a collected archive's scores back
 # `run` exits 3 while work is left: call it again (finished runs and scores are skipped). STUDY must
-# survive between commands (a folder under runs/, which git ignores, on a machine that stays warm).
+# survive between commands (a folder under runs/, which git ignores, on a machine that stays warm). A machine
+# can be taken back between two commands: `collect` into $OUT after every `run`; on the next machine, after
+# `ref`, `restore` the last archive and `run` goes on from its scores (a unit not fully scored is trained and
+# scored again whole; the run folders themselves are not restored, so no unit counts as trained without its
+# checkpoint).
 #
 # Budget arithmetic (H100, ~25 min of device time in all, at most 10 min per command):
 #   training  8 variants x (60 s timed + ~30 s data loading, compilation, checkpoint)  ~ 12 min
@@ -39,7 +44,13 @@ case "$stage" in
     mkdir -p "$dest"
     cp "$study"/results.md "$study"/results.csv "$dest"/
     [ -f "$study/results.png" ] && cp "$study/results.png" "$dest"/
-    tar -czf "$dest/lift_study_files.tgz" -C "$study" scores grids $(cd "$study" && ls runs/*/lift_errors.png \
+    # shellcheck disable=SC2046
+    tar -czf "$dest/lift_study_files.tgz" -C "$study" $(cd "$study" && ls -d scores grids runs/*/lift_errors.png \
       runs/*/summary.json runs/*/metrics.jsonl 2>/dev/null) ;;
-  *) echo "usage: $0 {ref|run|collect} ..." >&2; exit 2 ;;
+  restore)
+    tgz=$1 study=$2
+    mkdir -p "$study"
+    tar -xzf "$tgz" -C "$study" scores grids 2>/dev/null || tar -xzf "$tgz" -C "$study" scores
+    echo "{\"restored_scores\": $(find "$study/scores" -name '*.json' | wc -l)}" ;;
+  *) echo "usage: $0 {ref|run|collect|restore} ..." >&2; exit 2 ;;
 esac
