@@ -58,15 +58,18 @@ def test_self_attention_over_12_sequence_lengths_with_rope():
     assert counter.frame_count <= MAX_GRAPHS, f"{counter.frame_count} graphs for {len(LENGTHS)} lengths"
 
 
-def test_dit_with_a_context_set_of_12_lengths():
-    """The whole network, context dropout included (its null element is built with arange(M))."""
+@pytest.mark.parametrize("masked", [True, False], ids=["padded", "full_length"])
+def test_dit_with_a_context_set_of_12_lengths(masked):
+    """The whole network, context dropout included (with a mask its null element is built with arange(M);
+    without one, a full-length set, the null fills every slot)."""
     torch.manual_seed(0)
     model = DiT([StreamSpec("image", 3, 8, 2)], hidden_size=32, depth=2, num_heads=4, context_dim=6).eval()
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter)
     for m in LENGTHS:
         x, t = {"image": torch.randn(2, 3, 8, 8)}, {"image": torch.rand(2)}
-        kw = dict(context=torch.randn(2, m, 6), context_mask=key_padding(m), context_drop=torch.tensor([False, True]))
+        kw = dict(context=torch.randn(2, m, 6), context_mask=key_padding(m) if masked else None,
+                  context_drop=torch.tensor([False, True]))
         torch.testing.assert_close(compiled(x, t, **kw)["image"], model(x, t, **kw)["image"])
     assert counter.frame_count <= MAX_GRAPHS, f"{counter.frame_count} graphs for {len(LENGTHS)} lengths"
 

@@ -14,9 +14,9 @@ from ditlab.tasks.image.data import ImageTrainData
 D = 6
 
 
-def make(num_classes=0, label_dropout=0.0, context_dropout=0.0, perturb=True):
+def make(num_classes=0, label_dropout=0.0, context_dropout=0.0, perturb=True, qk_norm=False):
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="DiT-S/2", hidden_size=32, depth=2, num_heads=2, num_classes=num_classes)
+    cfg = ModelConfig(arch="DiT-S/2", hidden_size=32, depth=2, num_heads=2, num_classes=num_classes, qk_norm=qk_norm)
     model = build_image_model(cfg, 8, 3, context_dim=D)
     if perturb:  # adaLN-Zero starts as the identity (zero output): perturb so outputs depend on the context
         with torch.no_grad():
@@ -207,15 +207,26 @@ def test_a_context_set_without_padding_reaches_the_model_without_a_mask(monkeypa
         seen.append((k.shape[-2], attn_mask is None))
         return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
 
-    task, model = make(context_dropout=0.5)
+    task, model = make(context_dropout=0.5, qk_norm=True)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    torch.manual_seed(3)
-    loss_free = task.loss_on_batch(**batch)
+    drops = []
+    monkeypatch.setattr("ditlab.tasks.image.task.context_drop_flags",
+                        lambda d, m: drops.append(d if m is None else d | ~m.any(dim=1)) or drops[-1])
+
+    def loss_and_null_grad(**extra):
+        model.zero_grad()
+        torch.manual_seed(3)
+        loss = task.loss_on_batch(**batch, **extra)
+        loss.sum().backward()
+        return loss.detach(), model.null_context.grad.clone()
+
+    loss_free, grad_free = loss_and_null_grad()
+    assert 0 < int(drops[-1].sum()) < n  # some rows dropped, some not
     cross = [free for keys, free in seen if keys == m]
-    assert cross and all(cross)  # every cross-attention call unmasked, though half the rows were dropped
-    torch.manual_seed(3)
-    loss_masked = task.loss_on_batch(**batch, context_mask=mask)
+    assert cross and all(cross)  # every cross-attention call unmasked, though rows were dropped
+    loss_masked, grad_masked = loss_and_null_grad(context_mask=mask)
     assert torch.allclose(loss_free, loss_masked, rtol=1e-5, atol=1e-6)
+    assert grad_free.abs().sum() > 0 and torch.allclose(grad_free, grad_masked, rtol=1e-4, atol=1e-7)
 
     seen.clear()
     x, t = torch.randn(n, 3, 8, 8), torch.rand(n)
@@ -259,9 +270,15 @@ def test_named_sets_full_and_padded_side_by_side(monkeypatch):
         return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    torch.manual_seed(5)
+    drops = []
+    monkeypatch.setattr("ditlab.tasks.image.task.context_drop_flags",
+                        lambda d, m: drops.append(d if m is None else d | ~m.any(dim=1)) or drops[-1])
+    torch.manual_seed(7)
     loss = task.loss_on_batch(**batch)
+    assert 0 < int(drops[0].sum()) < n  # the full set: some rows dropped, some not
     assert {free for keys, free in seen if keys == 3} == {True} and {free for keys, free in seen if keys == 5} == {False}
-    torch.manual_seed(5)
+    torch.manual_seed(7)
     loss_masked = task.loss_on_batch(**batch, context_mask__full=full.mask)
     assert torch.allclose(loss, loss_masked, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"context_mask__ful\b.*name no context set"):
+        task.loss_on_batch(**batch, context_mask__ful=full.mask)  # misspelt: not taken for a set without padding

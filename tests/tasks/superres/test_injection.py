@@ -379,3 +379,23 @@ def test_diagnose_collapse_sweeps_cond_scale(tmp_path):
     assert (tmp_path / "collapse_cfg1.0_noise0.0.png").exists() and (tmp_path / "collapse_cfg2.0_noise0.0_cs0.5.png").exists()
     assert json.loads((tmp_path / "collapse.json").read_text())["settings"][3]["cond_scale"] == 0.5
     assert (tmp_path / "collapse.png").exists()
+
+
+def test_cross_attends_to_the_condition_without_a_mask(monkeypatch):
+    """`cross`: the condition's tokens have no padding, so its cross-attention runs SDPA without a mask (the
+    flash kernels) in training, dropped samples (the learned null in every slot) included."""
+    import torch.nn.functional as F
+
+    task, model = make("cross", cond_dropout=0.5)
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((q.shape[-2], k.shape[-2], attn_mask is None))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    task.loss_on_batch(torch.randn(6, 3, 8, 8).clamp(-1, 1), None)
+    cross = [free for nq, nk, free in seen if nq != nk]  # 16 target queries over 4 condition tokens
+    assert cross and all(cross)

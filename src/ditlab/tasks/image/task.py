@@ -89,10 +89,13 @@ def repeat_context(context: torch.Tensor, mask: Optional[torch.Tensor], batch: i
     return context.repeat(k, 1, 1), None if mask is None else mask.repeat(k, 1)
 
 
-def mask_unless_full(mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """None for a mask with no padding (one host sync, once per sampling batch): the model then attends
-    without a mask, as in training on a context file without padding (tasks/image/data.py)."""
-    return None if bool(mask.all()) else mask
+def mask_unless_full(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """None for a mask with no padding, or none given (one host sync per set and sampling batch, outside the
+    sampler's steps): the model then attends without a mask, as in training on a context file without
+    padding (tasks/image/data.py). The decision is per batch of conditions, after ContextSet.rows trimmed
+    their padding columns, so a batch of full rows from a padded file is mask-free too: the same
+    mathematics, a different kernel (rounding-level differences)."""
+    return None if mask is None or bool(mask.all()) else mask
 
 
 class ImageTask:
@@ -187,6 +190,11 @@ class ImageTask:
         """Per-sample loss (B,) with noise levels, noise, label dropout and context dropout drawn from
         torch's global RNG (in this order, which resumed runs rely on). A context set's mask may be absent
         (a set without padding, tasks/image/data.py): every token is real."""
+        expected = {key for name in self.named_sets for key in named_keys(name)}
+        unknown = sorted(set(named_sets) - expected)
+        if unknown:  # a misspelt mask key would otherwise pass for a set without padding
+            raise ValueError(f"batch key(s) {unknown} name no context set of this model (its batch keys for named "
+                             f"sets: {sorted(expected) or 'none'})")
         B = images.shape[0]
         t = self.objective.schedule.sample_time((B,), images.device)
         noise = torch.randn_like(images)
@@ -273,9 +281,9 @@ class ImageTask:
         labels = cond.get("labels")
         context = None
         if self.context_dim is not None:
-            context = (cond["context"].float(), mask_unless_full(cond["context_mask"]))
+            context = (cond["context"].float(), mask_unless_full(cond.get("context_mask")))
 
-        named = {n: (cond[named_keys(n)[0]].float(), mask_unless_full(cond[named_keys(n)[1]]))
+        named = {n: (cond[named_keys(n)[0]].float(), mask_unless_full(cond.get(named_keys(n)[1])))
                  for n in self.named_sets}
 
         def denoise(x, t, drop):
