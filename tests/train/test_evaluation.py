@@ -1,7 +1,6 @@
 """Evaluation during training (train.eval_every / eval_metric) and RUN/checkpoints/best."""
 import json
 import math
-import shutil
 import warnings
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import torch
 from ditlab.cli import main
 from ditlab.config import load_config
 from ditlab.runs import resolve_checkpoint
-from ditlab.train import evaluation
 from ditlab.train.checkpoint import find_best_checkpoint, load_weights, read_best_pointer
 from ditlab.train.evaluation import METRICS, Evaluator, Metric
 from ditlab.train.trainer import Trainer

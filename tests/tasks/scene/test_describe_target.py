@@ -5,7 +5,7 @@ import torch
 
 from ditlab.cli import main
 from ditlab.config import load_config
-from ditlab.tasks.scene.data import describe_targets, make_scene_set
+from ditlab.tasks.scene.data import make_scene_set
 
 from tests.tasks.scene.test_training import TINY
 

@@ -15,7 +15,7 @@ from ditlab.models.dit import DiT, StreamSpec
 from ditlab.tasks.base import SampleSettings
 from ditlab.tasks.image.model import build_image_model
 from ditlab.tasks.image.task import ImageTask
-from ditlab.tasks.superres.model import COND, TARGET, build_superres_model, downsample
+from ditlab.tasks.superres.model import COND, TARGET, build_superres_model
 from ditlab.tasks.superres.task import SuperResTask
 from ditlab.train.checkpoint import save_checkpoint
 from ditlab.train.init_from import init_from
