@@ -5,8 +5,9 @@
 #   scripts/superres_study.sh sample  TEST_ZIP  STUDY MODE...           10k samples on the test set at CFG 1 and 2, PSNR
 #   scripts/superres_study.sh score   TEST_ZIP  INCEPTION STUDY MODE... FID-10k vs the test set, collapse sweep
 #                                                                       (cond-scale 1 / 0.8 / 0.5 x CFG 1 / 2), summary
-#   scripts/superres_study.sh collect STUDY DEST                        DEST/superres_study.json + one archive (grids,
-#                                                                       collapse sweeps, logs, run summaries): 2 files
+#   scripts/superres_study.sh collect STUDY DEST                        DEST/superres_study.json, .md (the table), .png
+#                                                                       (every mode's collapse sweep) + one archive
+#                                                                       (grids, sweeps, logs, run summaries)
 #   scripts/superres_study.sh all TRAIN_ZIP TEST_ZIP INCEPTION STUDY SECONDS MODE...
 #                                   the whole study: each mode trained, sampled and scored before the next mode's
 #                                   training starts (a mode's results are complete as soon as they can be), then the
@@ -166,18 +167,82 @@ for m in sys.argv[2:]:
     if collapse is not None:
         # the verdict (CFG 1, noise 0, W 1) and seed_to_residual per setting; the whole sweep stays in collapse.json
         row["collapse_verdict"] = collapse.get("verdict")
+        row["collapse_threshold"] = collapse.get("threshold")
         row["seed_to_residual"] = {f"cfg{s['cfg']:g}_noise{s['cond_noise']:g}_cs{s.get('cond_scale', 1.0):g}":
                                    s["seed_to_residual"] for s in collapse.get("settings", [])}
     rows.append(row)
 (study / "superres_study.json").write_text(json.dumps(rows, indent=1) + "\n")
 for row in rows:
     print(json.dumps(row))
+
+
+def num(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def pair(row, kind, fmt):
+    return f"{num(row.get(f'{kind}_cfg1'), fmt)} / {num(row.get(f'{kind}_cfg2'), fmt)}"
+
+
+# The same numbers as a table for people (BENCHMARKS.md's layout): seed / residual per condition strength W
+scales = sorted({float(k.rsplit("_cs", 1)[1]) for r in rows for k in r.get("seed_to_residual", {})}, reverse=True)
+
+
+def shares(row, cfg):
+    got = row.get("seed_to_residual", {})
+    return " / ".join(num(got.get(f"cfg{cfg}_noise0_cs{w:g}"), ".2f") for w in scales) or "-"
+
+
+ns = sorted({r["n"] for r in rows if r.get("n")})
+w_head = " / ".join(f"{w:g}" for w in scales) or "-"
+lines = ["| `task.cond_injection` | steps | parameters | PSNR CFG 1 / 2 (dB) | FID CFG 1 / 2 (vs test) | "
+         f"seed / residual at CFG 1: W = {w_head} | at CFG 2 | collapsed |", "|---|---|---|---|---|---|---|---|"]
+for r in rows:
+    collapsed = (r.get("collapse_verdict") or {}).get("collapsed")
+    params = "-" if r.get("parameters") is None else f"{r['parameters'] / 1e6:.1f} M"
+    lines.append(f"| {r['mode']} | {num(r.get('steps'), ',')} | {params} | {pair(r, 'psnr', '.2f')} | "
+                 f"{pair(r, 'fid', '.1f')} | {shares(r, 1)} | {shares(r, 2)} | "
+                 f"{'-' if collapsed is None else ('yes' if collapsed else 'no')} |")
+bilinear = next((r["bilinear_psnr_db"] for r in rows if r.get("bilinear_psnr_db") is not None), None)
+lines += ["", f"Samples per setting: {', '.join(map(str, ns)) or '-'}; bilinear upsampling: {num(bilinear, '.2f')} dB. "
+          "Seed / residual: the share of the samples' spread that the seed moves (diagnose collapse; < its "
+          "threshold = collapsed), at condition noise 0."]
+(study / "superres_study.md").write_text("\n".join(lines) + "\n")
+
+# The collapse sweep of every mode in one figure: the seed's share against W, CFG 1 solid and CFG 2 dashed
+if scales and any(r.get("seed_to_residual") for r in rows):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plt = None
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for i, r in enumerate(rows):
+            got = r.get("seed_to_residual", {})
+            for cfg, style in ((1, "-"), (2, "--")):
+                ys = [got.get(f"cfg{cfg}_noise0_cs{w:g}") for w in scales]
+                pts = [(w, y) for w, y in zip(scales, ys) if y is not None]
+                if pts:
+                    ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{r['mode']} CFG {cfg}")
+        threshold = next((r["collapse_threshold"] for r in rows if r.get("collapse_threshold") is not None), None)
+        if threshold is not None:
+            ax.axhline(threshold, color="grey", linestyle=":", label="collapse threshold")
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel("condition strength W (--cond-scale)")
+        ax.set_ylabel("seed / residual")
+        ax.set_title("The seed's share of the samples' spread")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(study / "superres_study.png", dpi=120)
 PY
     finish ;;
   collect)
     study=$1 dest=$2
     mkdir -p "$dest"
-    cp "$study/superres_study.json" "$dest"/
+    cp "$study/superres_study.json" "$study/superres_study.md" "$dest"/
+    [ -f "$study/superres_study.png" ] && cp "$study/superres_study.png" "$dest"/
     # shellcheck disable=SC2046
     tar -czf "$dest/superres_study_files.tgz" -C "$study" $(cd "$study" && ls train_*.log sr_*/summary.json \
       sr_*/config.yaml sr_*/metrics.jsonl sr_*/study.log sr_*/psnr_cfg*.json sr_*/fid_cfg*.json sr_*/grid_cfg*.png \

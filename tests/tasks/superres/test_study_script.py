@@ -137,14 +137,19 @@ def test_sample_without_a_trained_run_fails(study):
     assert p.returncode == 1 and "no trained run" in p.stderr
 
 
-def test_collect_brings_two_files(study, tmp_path):
+def test_collect_brings_the_summary_table_plot_and_archive(study, tmp_path):
     s, run, _, _ = study
     for stage in (("train", "train.zip", str(s), "1", "tokens"), ("sample", "test.zip", str(s), "tokens"),
                   ("score", "test.zip", "inc.pt", str(s), "tokens")):
         assert run(*stage).returncode == 0
     dest = tmp_path / "dest"
     assert run("collect", str(s), str(dest)).returncode == 0
-    assert sorted(p.name for p in dest.iterdir()) == ["superres_study.json", "superres_study_files.tgz"]
+    assert sorted(p.name for p in dest.iterdir()) == ["superres_study.json", "superres_study.md",
+                                                       "superres_study.png", "superres_study_files.tgz"]
+    table = (dest / "superres_study.md").read_text().splitlines()
+    assert "W = 1 / 0.8" in table[0]  # the stub's sweep: CFG 1 at W 1, CFG 2 at W 0.8
+    assert table[2] == "| tokens | 7 | 0.0 M | 20.50 / 20.50 | 50.2 / 50.2 | 0.50 / - | - / 0.25 | no |"
+    assert "bilinear upsampling: 25.00 dB" in table[4]
     with tarfile.open(dest / "superres_study_files.tgz") as tar:
         names = set(tar.getnames())
     assert {"train_tokens.log", "sr_tokens/summary.json", "sr_tokens/grid_cfg1.png", "sr_tokens/psnr_cfg2.json",
