@@ -78,6 +78,7 @@ class ImageTrainData:
 
     def to(self, device: torch.device) -> "ImageTrainData":
         self.images, self.labels = self.data.images.to(device), self.data.labels.to(device)
+
         def on_device(cs: ContextSet):  # (embeddings, mask or None for a set without padding)
             return cs.embeddings.to(device), None if cs.full else cs.mask.to(device)
 
