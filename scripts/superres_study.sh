@@ -205,11 +205,12 @@ for r in rows:
                  f"{'-' if collapsed is None else ('yes' if collapsed else 'no')} |")
 bilinear = next((r["bilinear_psnr_db"] for r in rows if r.get("bilinear_psnr_db") is not None), None)
 lines += ["", f"Samples per setting: {', '.join(map(str, ns)) or '-'}; bilinear upsampling: {num(bilinear, '.2f')} dB. "
-          "Seed / residual: the share of the samples' spread that the seed moves (diagnose collapse; < its "
-          "threshold = collapsed), at condition noise 0."]
+          "Seed / residual (diagnose collapse, condition noise 0): the samples' across-seed spread over the "
+          "energy of the real detail, E||x - up(down(x))||^2; near 0 every seed invents the same detail (below "
+          "the threshold: collapsed), near 1 the seeds vary as much as real detail does."]
 (study / "superres_study.md").write_text("\n".join(lines) + "\n")
 
-# The collapse sweep of every mode in one figure: the seed's share against W, CFG 1 solid and CFG 2 dashed
+# The collapse sweep of every mode in one figure: seed / residual against W, CFG 1 solid and CFG 2 dashed
 if scales and any(r.get("seed_to_residual") for r in rows):
     try:
         import matplotlib
@@ -231,8 +232,8 @@ if scales and any(r.get("seed_to_residual") for r in rows):
             ax.axhline(threshold, color="grey", linestyle=":", label="collapse threshold")
             ax.set_ylim(bottom=0)
         ax.set_xlabel("condition strength W (--cond-scale)")
-        ax.set_ylabel("seed / residual")
-        ax.set_title("The seed's share of the samples' spread")
+        ax.set_ylabel("across-seed spread / real detail energy")
+        ax.set_title("Does each mode still use its noise?")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(study / "superres_study.png", dpi=120)
