@@ -8,6 +8,9 @@
 #   scripts/superres_study.sh collect STUDY DEST                        DEST/superres_study.json, .md (the table), .png
 #                                                                       (every mode's collapse sweep) + one archive
 #                                                                       (grids, sweeps, logs, run summaries)
+#   scripts/superres_study.sh restore TGZ STUDY                         the finished modes of a collected archive back into
+#                                                                       STUDY (on a fresh machine: their units are then
+#                                                                       skipped and the summary covers them)
 #   scripts/superres_study.sh all TRAIN_ZIP TEST_ZIP INCEPTION STUDY SECONDS MODE...
 #                                   the whole study: each mode trained, sampled and scored before the next mode's
 #                                   training starts (a mode's results are complete as soon as they can be), then the
@@ -248,6 +251,27 @@ PY
     tar -czf "$dest/superres_study_files.tgz" -C "$study" $(cd "$study" && ls train_*.log sr_*/summary.json \
       sr_*/config.yaml sr_*/metrics.jsonl sr_*/study.log sr_*/psnr_cfg*.json sr_*/fid_cfg*.json sr_*/grid_cfg*.png \
       sr_*/diagnose/*.json sr_*/diagnose/*.png 2>/dev/null) ;;
+  restore)
+    # Only modes with every result (PSNR and FID at CFG 1 and 2, the collapse sweep): their summary.json would
+    # otherwise pass for a trained run whose checkpoint is gone, and `sample` would fail on it.
+    tgz=$1 study=$2
+    mkdir -p "$study"
+    python3 - "$tgz" "$study" <<'PY'
+import json, sys, tarfile
+from pathlib import Path, PurePosixPath
+
+tgz, study = sys.argv[1], Path(sys.argv[2])
+NEEDED = ("summary.json", "psnr_cfg1.json", "psnr_cfg2.json", "fid_cfg1.json", "fid_cfg2.json", "diagnose/collapse.json")
+with tarfile.open(tgz) as tar:
+    members = {m.name: m for m in tar.getmembers() if m.isfile()}
+    modes = sorted({PurePosixPath(n).parts[0] for n in members if n.startswith("sr_")})
+    done = [m for m in modes if all(f"{m}/{f}" in members for f in NEEDED)]
+    for name, member in members.items():
+        if PurePosixPath(name).parts[0] in done or (name.startswith("train_") and f"sr_{name[6:-4]}" in done):
+            tar.extract(member, study, filter="data")
+print(json.dumps({"restored": [m[3:] for m in done], "skipped_unfinished": [m[3:] for m in modes if m not in done]}))
+PY
+    ;;
   all)
     [ "$#" -ge 6 ] || { echo "usage: $0 all TRAIN_ZIP TEST_ZIP INCEPTION STUDY SECONDS MODE..." >&2; exit 2; }
     train_zip=$1 test_zip=$2 inception=$3 study=$4 seconds=$5; shift 5
@@ -259,5 +283,5 @@ PY
     done
     # every unit is done: this only writes the summary of all the modes
     bash "$0" score "$test_zip" "$inception" "$study" "$@" ;;
-  *) echo "usage: $0 {train|sample|score|collect|all} ..." >&2; exit 2 ;;
+  *) echo "usage: $0 {train|sample|score|collect|restore|all} ..." >&2; exit 2 ;;
 esac

@@ -214,3 +214,24 @@ def test_all_stops_at_a_failed_unit(study):
     fail_flag.touch()
     p = run("all", "train.zip", "test.zip", "inc.pt", str(s), "1", "tokens", "branch")
     assert p.returncode == 1 and len(calls("train")) == 1  # branch is not trained after tokens failed
+
+
+def test_restore_brings_back_finished_modes_only_and_the_next_stages_skip_them(study, tmp_path):
+    """A machine lost after `collect`: on a fresh one, `restore` puts the finished modes' files back (not a
+    trained-but-unscored mode's summary.json, which would pass for a run whose checkpoint is gone); the stages
+    then skip the restored modes and the summary covers them."""
+    s, run, calls, _ = study
+    assert run("all", "train.zip", "test.zip", "inc.pt", str(s), "1", "tokens").returncode == 0
+    assert run("train", "train.zip", str(s), "1", "branch").returncode == 0  # trained, not sampled or scored
+    dest = tmp_path / "dest"
+    assert run("collect", str(s), str(dest)).returncode == 0
+    fresh = tmp_path / "fresh"
+    p = run("restore", str(dest / "superres_study_files.tgz"), str(fresh))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"restored": ["tokens"], "skipped_unfinished": ["branch"]}
+    assert (fresh / "sr_tokens" / "diagnose" / "collapse.json").exists() and (fresh / "train_tokens.log").exists()
+    assert not (fresh / "sr_branch").exists()
+    before = {cmd: len(calls(cmd)) for cmd in ("train", "sample", "diagnose")}
+    assert run("all", "train.zip", "test.zip", "inc.pt", str(fresh), "1", "tokens", "branch").returncode == 0
+    assert {cmd: len(calls(cmd)) - n for cmd, n in before.items()} == {"train": 1, "sample": 2, "diagnose": 1}
+    assert [r["mode"] for r in json.loads((fresh / "superres_study.json").read_text())] == ["tokens", "branch"]
