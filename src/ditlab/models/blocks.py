@@ -104,9 +104,9 @@ class DiTBlock(nn.Module):
         # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
         # sets: named context sets, name -> (context (B, M, Dc), mask (B, M) bool or None).
         # attn_gate: a gated group of keys (see _self_attention).
-        if self.fast_kernels and not self.cross_sets and not self.fused_unsupported:
+        if self.fast_kernels and not self.fused_unsupported:
             return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv,
-                                       attn_gate)
+                                       attn_gate, sets)
         mod = self.adaLN(c)  # (B, G, num_mod * D)
         if index is not None:
             mod = mod[:, index]  # (B, N, num_mod * D)
@@ -141,21 +141,26 @@ class DiTBlock(nn.Module):
         a_full, a_hidden = self.attn(h, mask=mask, rope=rope, split=split)
         return a_hidden + gate.to(a_hidden.dtype) * (a_full - a_hidden)
 
-    def _forward_fused(self, x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv, attn_gate=None):
+    def _forward_fused(self, x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv, attn_gate=None,
+                       sets=None):
         """The same mathematics with fused kernels: each gate + residual is fused with the next sub-layer's
         LayerNorm + modulate, and the modulation is gathered to tokens inside the kernels (no (B, N, 9D)
-        tensor)."""
+        tensor). The sub-layers run in the eager order: self-attention, the unnamed set's cross-attention,
+        each named set's (CrossSet, its own shift / scale / gate), the MLP."""
         m = AdaLNMods(*self.adaLN(c).chunk(self.num_mod, dim=-1))  # (B, G, D) each
         h = kernels.adaln_modulate(x, m.shift_msa, m.scale_msa, index)
         a = self._self_attention(h, mask, rope, kv_prefix, return_kv, attn_gate)
         if return_kv:
             a, kv = a
+        gate = m.gate_msa  # the gate of the branch output ``a`` not yet added to the residual stream
         if self.has_cross:
-            x, h = kernels.gate_residual_adaln(x, a, m.gate_msa, m.shift_ca, m.scale_ca, index)
-            a = self.cross_attn(h, context=context, mask=context_mask)
-            x, h = kernels.gate_residual_adaln(x, a, m.gate_ca, m.shift_mlp, m.scale_mlp, index)
-        else:
-            x, h = kernels.gate_residual_adaln(x, a, m.gate_msa, m.shift_mlp, m.scale_mlp, index)
+            x, h = kernels.gate_residual_adaln(x, a, gate, m.shift_ca, m.scale_ca, index)
+            a, gate = self.cross_attn(h, context=context, mask=context_mask), m.gate_ca
+        for name, cross in self.cross_sets.items():
+            shift, scale, next_gate = cross.adaLN(c).chunk(3, dim=-1)
+            x, h = kernels.gate_residual_adaln(x, a, gate, shift, scale, index)
+            a, gate = cross.attn(h, context=sets[name][0], mask=sets[name][1]), next_gate
+        x, h = kernels.gate_residual_adaln(x, a, gate, m.shift_mlp, m.scale_mlp, index)
         x = x + kernels.gather_groups(m.gate_mlp, index) * self.mlp(h)  # fused by torch.compile
         return (x, kv) if return_kv else x
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ditlab.models import kernels
-from ditlab.models.dit import AdaLNMods, DiT, DiTBlock, StreamSpec, modulate
+from ditlab.models.dit import AdaLNMods, ContextSpec, DiT, DiTBlock, StreamSpec, modulate
 
 IMG = StreamSpec("image", 3, 8, 2)
 COND = StreamSpec("cond", 3, 4, 2, predict=False, pos_scale=2.0)
@@ -27,7 +27,7 @@ def tiny(streams, hidden=32, heads=4, noise=0.2, injection=None, **kw):
     return model
 
 
-def inputs(streams, batch=2, per_token=False, context_dim=None, labels=False, device="cpu"):
+def inputs(streams, batch=2, per_token=False, context_dim=None, labels=False, named=False, device="cpu"):
     g = torch.Generator().manual_seed(1)
     x = {s.name: torch.randn(batch, *s.shape, generator=g) for s in streams}
     if per_token:
@@ -41,7 +41,14 @@ def inputs(streams, batch=2, per_token=False, context_dim=None, labels=False, de
         kw["context"] = torch.randn(batch, 5, context_dim, generator=g)
         kw["context_mask"] = torch.arange(5)[None] < torch.tensor([[5], [3]])[:batch]
     move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-    return move(x), move(t), move(kw)
+    x, t, kw = move(x), move(t), move(kw)
+    if named:  # the two named sets of CASES["named_sets"]: one padded, one full length (no mask)
+        text_mask = torch.arange(6)[None] < torch.tensor([[6], [2]])[:batch]
+        kw["contexts"] = {"text": (torch.randn(batch, 6, 4, generator=g).to(device), text_mask.to(device)),
+                          "pc": (torch.randn(batch, 7, 3, generator=g).to(device), None)}
+        kw["context_drop"] = {"": torch.tensor([False, True])[:batch].to(device),
+                              "pc": torch.tensor([True, False])[:batch].to(device)}
+    return x, t, kw
 
 
 def old_block_forward(block, x, c, index, mask, rope, context, context_mask):
@@ -92,6 +99,9 @@ CASES = {
     "per_token": (dict(streams=[COND, IMG]), dict(per_token=True)),
     "context": (dict(streams=[IMG], context_dim=6), dict(context_dim=6)),
     "tokens_gated": (dict(streams=[COND, IMG], injection="tokens_gated"), {}),  # two attention passes a block
+    # the unnamed set and two named ones (one in block 1 only), dropped rows included
+    "named_sets": (dict(streams=[IMG], context_dim=6, contexts=[ContextSpec("text", 4), ContextSpec("pc", 3, blocks="1:2")]),
+                   dict(context_dim=6, named=True)),
 }
 
 
@@ -169,3 +179,18 @@ def test_fused_path_prefix_cache(device, per_token):
         cache = model.prefix_cache(x, t, attn_mask=mask)
         cached = model.forward_with_prefix(cache, x, t, attn_mask=mask)["image"]
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_blocks_with_named_sets_take_the_fused_path(monkeypatch):
+    """A block that cross-attends to named sets runs fused too (it used to fall back to the eager path): one
+    fused gate + residual + LayerNorm per sub-layer boundary, each named set's own adaLN chunks included."""
+    mkw, ikw = CASES["named_sets"]
+    model = tiny(**mkw)
+    x, t, kw = inputs(mkw["streams"], **ikw)
+    kernels.set_fast_kernels(model, True)
+    calls = []
+    real = kernels.gate_residual_adaln
+    monkeypatch.setattr(kernels, "gate_residual_adaln", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model(x, t, **kw)
+    # block 0: unnamed cross, text, MLP; block 1: unnamed cross, text, pc, MLP
+    assert len(calls) == 3 + 4
