@@ -228,3 +228,40 @@ def test_sample_out_naming_a_folder_is_an_error(trained_run, tmp_path, capsys):
                  "--out", str(folder)]) == 1
     assert f"--out {folder}: is a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"] and not list(folder.iterdir())
+
+
+def test_fast_kernels_of_a_loaded_run_follow_its_training_and_the_flag(trained_run, tmp_path, capsys, monkeypatch):
+    """A loaded run uses the fused kernels where it trained with them (its in-training evaluations did):
+    load_run asks for "auto" unless the run trained with "off" ("on" becomes "auto", so the run still loads
+    on a CPU); `ditlab sample --fast-kernels` overrides it, and its errors name the flag."""
+    import json
+
+    import ditlab.runs as runs
+
+    asked = []
+    real = runs.configure_fast_kernels
+    monkeypatch.setattr(runs, "configure_fast_kernels", lambda m, mode, dev: asked.append(mode) or real(m, mode, dev))
+    assert runs.load_run(trained_run).cfg.train.fast_kernels == "off" and asked == ["off"]
+    on = tmp_path / "on"
+    shutil_copy(trained_run, on)
+    cfg = yaml.safe_load((on / "config.yaml").read_text())
+    cfg["train"]["fast_kernels"] = "on"
+    (on / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = runs.load_run(on)  # on a CPU: no error, the eager path
+    assert asked[-1] == "auto" and not any(getattr(m, "fast_kernels", False) for m in run.model.modules())
+
+    out = tmp_path / "s.npz"
+    base = ["sample", str(trained_run), "--num", "2", "--steps", "1", "--sampler", "euler", "--out", str(out),
+            "--device", "cpu"]
+    assert main(base + ["--fast-kernels", "on"]) == 1
+    assert "--fast-kernels on needs a CUDA device" in capsys.readouterr().err and not out.exists()
+    assert main(base + ["--fast-kernels", "auto"]) == 0
+    assert main(["bench", "sample", str(trained_run), "-n", "2", "--batch-size", "2", "--steps", "1", "--sampler",
+                 "euler", "--repeats", "1", "--device", "cpu", "--fast-kernels", "off"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fast_kernels"] is False
+
+
+def shutil_copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)

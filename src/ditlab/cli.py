@@ -105,6 +105,10 @@ def _sample(args, info) -> int:
 
     device = rank_device(info, args.device, setting="--device")
     run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device)
+    if args.fast_kernels is not None:
+        from ditlab.models.kernels import configure_fast_kernels
+
+        configure_fast_kernels(run.model, args.fast_kernels, device, name="--fast-kernels")
     if args.path and run.kind != "lift":
         raise ValueError(f"--path applies to task.kind=lift runs; {args.run_dir} is task.kind={run.kind!r}")
     s = run.cfg.sample
@@ -224,8 +228,14 @@ def cmd_bench_sample(args) -> int:
 
     print(json.dumps(bench_sample(args.run_dir, args.num, args.batch_size, args.sampler, args.steps, args.cfg,
                                   args.repeats, args.device, compile=args.compile == "on",
-                                  checkpoint=args.checkpoint, which=args.weights)))
+                                  checkpoint=args.checkpoint, which=args.weights, fast_kernels=args.fast_kernels)))
     return 0
+
+
+def add_fast_kernels(parser) -> None:
+    parser.add_argument("--fast-kernels", choices=["auto", "on", "off"], default=None,
+                        help="the fused adaLN kernels (train.fast_kernels) for this network: auto = where CUDA and "
+                             "Triton are present; default: as the run trained (auto unless it trained with off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the network first; auto = on a GPU for 1,000 samples or more")
+    add_fast_kernels(s)
     s.set_defaults(func=cmd_sample)
 
     c = sub.add_parser("config", help="configuration tools")
@@ -328,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint(bs)
     add_device(bs)
     bs.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the network first")
+    add_fast_kernels(bs)
     bs.set_defaults(func=cmd_bench_sample)
 
     r = sub.add_parser("report", help="write report.md and a loss plot for a run")

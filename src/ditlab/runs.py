@@ -10,6 +10,7 @@ import torch
 
 from ditlab.config import Config, read_saved_config
 from ditlab.diffusion.objectives import build_objective
+from ditlab.models.kernels import configure_fast_kernels
 from ditlab.tasks.registry import build_model, build_task, task_kind
 from ditlab.train.checkpoint import find_best_checkpoint, find_latest_checkpoint, load_weights
 
@@ -90,6 +91,10 @@ def load_run(run_dir: str | Path, which: Optional[str] = None, checkpoint: Optio
         raise RuntimeError(f"weights in {ckpt} do not fit the model of {run_dir / 'config.yaml'}: "
                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device).eval()
+    # The fused adaLN kernels where the run trained with them (its in-training evaluations sampled its EMA with
+    # them too) and this device has them: "on" becomes "auto" here, so a run trained with the kernels still
+    # loads on a CPU. Commands that sample may override it (--fast-kernels).
+    configure_fast_kernels(model, "off" if cfg.train.fast_kernels == "off" else "auto", device)
     run = LoadedRun(cfg, model, build_task(cfg, model, build_objective(cfg.diffusion), training=False), ckpt, info,
                     run_dir)
     hook = task_kind(cfg).open_run

@@ -99,19 +99,30 @@ def gate_residual_adaln(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tenso
     return xnew, y
 
 
-def resolve_fast_kernels(mode: str, device: torch.device | str) -> bool:
+class FastKernelsUnavailable(ValueError, RuntimeError):
+    """``on`` where CUDA or Triton is missing: a setting the user gave (a ValueError, so the command line reports
+    it in one line), and a RuntimeError as it has always been."""
+
+
+def _said(name: str, value: str) -> str:
+    """How a user writes the setting: ``train.fast_kernels=on`` (a config key) or ``--fast-kernels on`` (a flag)."""
+    return f"{name} {value}" if name.startswith("--") else f"{name}={value}"
+
+
+def resolve_fast_kernels(mode: str, device: torch.device | str, name: str = "train.fast_kernels") -> bool:
     """train.fast_kernels for a device: auto -> on where CUDA and Triton are present; on without them
-    is an error naming the key; off -> False (today's eager code path)."""
+    is an error naming the key (``name``: the config key or the flag that gave ``mode``); off -> False
+    (today's eager code path)."""
     if mode not in FAST_KERNEL_MODES:
-        raise ValueError(f"train.fast_kernels must be one of {', '.join(FAST_KERNEL_MODES)}, got {mode!r}")
+        raise ValueError(f"{name} must be one of {', '.join(FAST_KERNEL_MODES)}, got {mode!r}")
     if mode == "off":
         return False
     device = torch.device(device)
     ok = device.type == "cuda" and triton_available()
     if mode == "on" and not ok:
         why = "the device is not CUDA" if device.type != "cuda" else "Triton is not installed"
-        raise RuntimeError(f"train.fast_kernels=on needs a CUDA device and Triton ({why}: device {device}); "
-                           "use train.fast_kernels=auto or off")
+        raise FastKernelsUnavailable(f"{_said(name, 'on')} needs a CUDA device and Triton ({why}: device {device}); "
+                           f"use {_said(name, 'auto')} or off")
     return ok
 
 
@@ -131,15 +142,17 @@ def fused_unsupported(model: torch.nn.Module) -> list[str]:
     return sorted({u for m in model.modules() for u in getattr(m, "fused_unsupported", ())})
 
 
-def configure_fast_kernels(model: torch.nn.Module, mode: str, device: torch.device | str) -> bool:
+def configure_fast_kernels(model: torch.nn.Module, mode: str, device: torch.device | str,
+                           name: str = "train.fast_kernels") -> bool:
     """Resolve train.fast_kernels for ``device`` and set it on ``model``; returns whether it is on.
     A model setting the kernels do not support is an error naming both keys under ``on`` and keeps the
-    eager path under ``auto`` (checked before the device, so the error comes on any machine)."""
+    eager path under ``auto`` (checked before the device, so the error comes on any machine). ``name``: the
+    config key or flag the mode came from, for the messages."""
     unsupported = fused_unsupported(model)
     if unsupported and mode == "on":
-        raise ValueError(f"train.fast_kernels=on: the fused adaLN kernels support only model.norm=layernorm and "
-                         f"model.mlp=gelu, this model has {', '.join(unsupported)}; use train.fast_kernels=auto "
+        raise ValueError(f"{_said(name, 'on')}: the fused adaLN kernels support only model.norm=layernorm and "
+                         f"model.mlp=gelu, this model has {', '.join(unsupported)}; use {_said(name, 'auto')} "
                          "(the eager path for this model) or off")
-    enabled = resolve_fast_kernels(mode, device) and not unsupported
+    enabled = resolve_fast_kernels(mode, device, name) and not unsupported
     set_fast_kernels(model, enabled)
     return enabled
