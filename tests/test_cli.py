@@ -256,6 +256,7 @@ def test_fast_kernels_of_a_loaded_run_follow_its_training_and_the_flag(trained_r
     assert main(base + ["--fast-kernels", "on"]) == 1
     assert "--fast-kernels on needs a CUDA device" in capsys.readouterr().err and not out.exists()
     assert main(base + ["--fast-kernels", "auto"]) == 0
+    assert json.loads(str(np.load(out)["ditlab_meta"]))["fast_kernels"] is False  # the path taken, recorded
     assert main(["bench", "sample", str(trained_run), "-n", "2", "--batch-size", "2", "--steps", "1", "--sampler",
                  "euler", "--repeats", "1", "--device", "cpu", "--fast-kernels", "off"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fast_kernels"] is False
@@ -265,3 +266,13 @@ def shutil_copy(src, dst):
     import shutil
 
     shutil.copytree(src, dst)
+
+
+def test_train_with_fast_kernels_on_without_cuda_is_one_line(tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.zeros((8, 16, 16, 3), dtype=np.uint8), labels=np.arange(8) % 2)
+    code = main(["train", "configs/demo.yaml", f"data.path={data}", f"train.run_dir={tmp_path / 'run'}",
+                 "train.steps=1", "train.batch_size=4", "model.hidden_size=32", "model.depth=1", "model.num_heads=2",
+                 "model.num_classes=2", "train.fast_kernels=on", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "train.fast_kernels=on needs a CUDA device" in err and "Traceback" not in err

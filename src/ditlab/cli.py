@@ -139,6 +139,11 @@ def _sample(args, info) -> int:
                           lo_checkpoint=args.lo_checkpoint)
     conditions = TASK_CLIS[run.kind].sample_conditions(run, inputs, args.num,
                                                        progress=info.is_main and not args.no_progress)
+    cascade = getattr(run.task, "cascade", None)  # LIFT's --lo-run network, loaded by sample_conditions
+    if args.fast_kernels is not None and cascade is not None:
+        from ditlab.models.kernels import configure_fast_kernels
+
+        configure_fast_kernels(cascade.model, args.fast_kernels, device, name="--fast-kernels")
     amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
     compile_ = {"on": True, "off": False}.get(args.compile, device.type == "cuda" and args.num >= 1000)
@@ -167,6 +172,8 @@ def _sample(args, info) -> int:
                 "seed": args.seed, "num": args.num, **settings.describe(),
                 "factor": None, **run.task.sample_meta(settings),
                 "data": args.data, "context": context, "lo_run": args.lo_run,
+                # the kernel path (same mathematics; rounding differs between the two)
+                "fast_kernels": any(getattr(m, "fast_kernels", False) for m in run.model.modules()),
                 **({"lo_checkpoint": str(run.task.cascade.checkpoint)}
                    if getattr(getattr(run.task, "cascade", None), "checkpoint", None) else {}),
                 **({"contexts": dict(contexts)} if contexts else {})}
@@ -232,10 +239,12 @@ def cmd_bench_sample(args) -> int:
     return 0
 
 
-def add_fast_kernels(parser) -> None:
+def add_fast_kernels(parser, lo_run: bool = False) -> None:
+    also = " (and the --lo-run network)" if lo_run else ""
     parser.add_argument("--fast-kernels", choices=["auto", "on", "off"], default=None,
-                        help="the fused adaLN kernels (train.fast_kernels) for this network: auto = where CUDA and "
-                             "Triton are present; default: as the run trained (auto unless it trained with off)")
+                        help=f"the fused adaLN kernels (train.fast_kernels) for the run's network{also}: auto = where "
+                             "CUDA and Triton are present; default: as each run trained (auto unless it trained "
+                             "with off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the network first; auto = on a GPU for 1,000 samples or more")
-    add_fast_kernels(s)
+    add_fast_kernels(s, lo_run=True)
     s.set_defaults(func=cmd_sample)
 
     c = sub.add_parser("config", help="configuration tools")

@@ -46,8 +46,9 @@ def inputs(streams, batch=2, per_token=False, context_dim=None, labels=False, na
         text_mask = torch.arange(6)[None] < torch.tensor([[6], [2]])[:batch]
         kw["contexts"] = {"text": (torch.randn(batch, 6, 4, generator=g).to(device), text_mask.to(device)),
                           "pc": (torch.randn(batch, 7, 3, generator=g).to(device), None)}
-        kw["context_drop"] = {"": torch.tensor([False, True])[:batch].to(device),
-                              "pc": torch.tensor([True, False])[:batch].to(device)}
+        kw["context_drop"] = {"pc": torch.tensor([True, False])[:batch].to(device)}
+        if context_dim:
+            kw["context_drop"][""] = torch.tensor([False, True])[:batch].to(device)
     return x, t, kw
 
 
@@ -102,6 +103,12 @@ CASES = {
     # the unnamed set and two named ones (one in block 1 only), dropped rows included
     "named_sets": (dict(streams=[IMG], context_dim=6, contexts=[ContextSpec("text", 4), ContextSpec("pc", 3, blocks="1:2")]),
                    dict(context_dim=6, named=True)),
+    # named sets alone (no unnamed set: the self-attention's gate feeds the first set), over two streams
+    # (token -> group index) and over per-token noise levels (one group per token)
+    "named_two_streams": (dict(streams=[COND, IMG], contexts=[ContextSpec("text", 4), ContextSpec("pc", 3)]),
+                          dict(named=True)),
+    "named_per_token": (dict(streams=[COND, IMG], contexts=[ContextSpec("text", 4), ContextSpec("pc", 3)]),
+                        dict(named=True, per_token=True)),
 }
 
 

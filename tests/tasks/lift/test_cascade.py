@@ -231,3 +231,22 @@ def test_cascade_in_the_api_errors(runs):
     lift.task.use_cascade(source)
     out = generate(lift.task, lift.model, 2, 0, settings, {"lowres": given})
     assert out["images"].shape == (2, 3, 16, 16)
+
+
+def test_fast_kernels_flag_reaches_the_lo_run_network_too(runs, monkeypatch, capsys):
+    """--fast-kernels applies to both networks of a cascade: `on` on a CPU is refused (naming the flag) for the
+    LIFT run's network, and `off` is set on the attached low-resolution network as well."""
+    import ditlab.models.kernels as kernels
+
+    tmp = runs["tmp"]
+    cascade = ["--path", "cascade", "--lo-run", str(runs["lo"])]
+    assert sample(runs["lift"], tmp / "fk_on.npz", *cascade, "--fast-kernels", "on") == 1
+    assert "--fast-kernels on needs a CUDA device" in capsys.readouterr().err
+    configured = []
+    real = kernels.configure_fast_kernels
+    monkeypatch.setattr(kernels, "configure_fast_kernels",
+                        lambda model, mode, device, name="train.fast_kernels":
+                        configured.append((type(model).__name__, mode, name)) or real(model, mode, device, name))
+    assert sample(runs["lift"], tmp / "fk_off.npz", *cascade, "--fast-kernels", "off") == 0
+    assert [c for c in configured if c[2] == "--fast-kernels"] == [("DiT", "off", "--fast-kernels")] * 2
+    assert read_meta(tmp / "fk_off.npz")["fast_kernels"] is False

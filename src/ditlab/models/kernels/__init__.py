@@ -24,7 +24,7 @@ from ditlab.models.kernels.reference import (adaln_modulate_ref, gate_residual_a
 
 __all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_residual_adaln_ref",
            "gather_groups", "modulate", "triton_available", "resolve_fast_kernels", "configure_fast_kernels",
-           "set_fast_kernels", "fused_unsupported", "FAST_KERNEL_MODES"]
+           "set_fast_kernels", "fused_unsupported", "FAST_KERNEL_MODES", "FastKernelsUnavailable"]
 
 FAST_KERNEL_MODES = ("auto", "on", "off")
 
