@@ -369,7 +369,7 @@ def test_fast_kernels_on_refuses_unsupported_options(option, monkeypatch):
     key = "model." + next(iter(option))
     with pytest.raises(ValueError, match=rf"train\.fast_kernels=on.*{key}"):
         kernels.configure_fast_kernels(m, "on", "cpu")
-    monkeypatch.setattr(kernels, "resolve_fast_kernels", lambda mode, device: mode != "off")  # as on a GPU
+    monkeypatch.setattr(kernels, "resolve_fast_kernels", lambda mode, device, name="train.fast_kernels": mode != "off")  # as on a GPU
     assert kernels.configure_fast_kernels(m, "auto", "cuda") is False
     assert not any(getattr(mod, "fast_kernels", False) for mod in m.modules())
     assert kernels.configure_fast_kernels(build(), "auto", "cuda") is True  # the default model takes them
