@@ -268,9 +268,8 @@ def shutil_copy(src, dst):
     shutil.copytree(src, dst)
 
 
-def test_train_with_fast_kernels_on_without_cuda_is_one_line(tmp_path, capsys):
-    data = tmp_path / "d.npz"
-    np.savez(data, images=np.zeros((8, 16, 16, 3), dtype=np.uint8), labels=np.arange(8) % 2)
+def test_train_with_fast_kernels_on_without_cuda_is_one_line_before_the_data(tmp_path, capsys):
+    data = tmp_path / "missing.npz"  # never read: the setting fails first
     code = main(["train", "configs/demo.yaml", f"data.path={data}", f"train.run_dir={tmp_path / 'run'}",
                  "train.steps=1", "train.batch_size=4", "model.hidden_size=32", "model.depth=1", "model.num_heads=2",
                  "model.num_classes=2", "train.fast_kernels=on", "--no-progress"])

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from ditlab.config import Config, read_saved_config
 from ditlab.configlib import diff_configs, save_config, to_dict
+from ditlab.devices import resolve_device
 from ditlab.diffusion.objectives import build_objective
 from ditlab.generation import preview as generation_preview
 from ditlab.imageio import save_image_grid
-from ditlab.models.kernels import configure_fast_kernels
+from ditlab.models.kernels import configure_fast_kernels, resolve_fast_kernels
 from ditlab.tasks.registry import build_model, build_task, build_train_data, check_kind_options, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, find_latest_checkpoint,
                                      load_checkpoint, restore_rng_state, save_checkpoint, write_best_pointer)
@@ -104,6 +105,8 @@ class Trainer:
                              f"{self.dist.world_size} processes")
         for note in check_training_config(cfg):  # before any data is read
             self._say(note)
+        if cfg.train.fast_kernels == "on":  # a machine without CUDA or Triton: an error before the (slow) data
+            resolve_fast_kernels("on", resolve_device(cfg.train.device))
         # Data first: a bad path or a corrupt image fails before any model or GPU set-up.
         self.data = build_train_data(cfg, self.progress)
         self.device = rank_device(self.dist, cfg.train.device)
