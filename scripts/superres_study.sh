@@ -52,22 +52,24 @@ finish() {
   [ "$left" = 1 ] && { echo "$stage: budget of ${budget} s used up with work left; run the same command again" >&2; exit 3; }
   exit 0
 }
+reap() {  # wait for child PID: its exit 3 is work left, anything but 0 or 3 (1, a refusal 2, killed 137) a failure
+  wait "$1"
+  case $? in 0) ;; 3) left=1 ;; *) failed=1 ;; esac
+}
 parallel() {  # parallel NFIXED ARG... MODE...: this stage once per mode in child processes, $jobs at a time
   local nfixed=$1; shift
-  local fixed=("${@:1:nfixed}") pids=() m rc rest
+  local fixed=("${@:1:nfixed}") pids=() m rest
   for m in "${@:nfixed+1}"; do
     rest=$budget  # a child started late gets what is left of this command's budget
     if [ "$budget" -gt 0 ]; then rest=$((budget - SECONDS)); [ "$rest" -ge 1 ] || { left=1; break; }; fi
     DITLAB_JOBS=1 DITLAB_BUDGET_S=$rest bash "$0" "$stage" "${fixed[@]}" "$m" &
     pids+=($!)
     if [ "${#pids[@]}" -ge "$jobs" ]; then
-      wait "${pids[0]}"; rc=$?; pids=("${pids[@]:1}")
-      case $rc in 0) ;; 3) left=1 ;; *) failed=1 ;; esac  # a child killed (137) or refused (2) failed too
+      reap "${pids[0]}"; pids=("${pids[@]:1}")
     fi
   done
   for m in "${pids[@]}"; do
-    wait "$m"; rc=$?
-    case $rc in 0) ;; 3) left=1 ;; *) failed=1 ;; esac
+    reap "$m"
   done
   return 0
 }
@@ -136,6 +138,11 @@ case $stage in
 import json, sys
 from pathlib import Path
 
+def sweep_key(cfg, cond_scale, cond_noise=0.0):
+    """The key of one collapse-sweep setting in the summary: cfg2_noise0_cs0.8."""
+    return f"cfg{cfg:g}_noise{cond_noise:g}_cs{cond_scale:g}"
+
+
 def last_json(f):
     """The last line of a result file as JSON; None for a missing, empty or broken file."""
     try:
@@ -171,7 +178,7 @@ for m in sys.argv[2:]:
         # the verdict (CFG 1, noise 0, W 1) and seed_to_residual per setting; the whole sweep stays in collapse.json
         row["collapse_verdict"] = collapse.get("verdict")
         row["collapse_threshold"] = collapse.get("threshold")
-        row["seed_to_residual"] = {f"cfg{s['cfg']:g}_noise{s['cond_noise']:g}_cs{s.get('cond_scale', 1.0):g}":
+        row["seed_to_residual"] = {sweep_key(s["cfg"], s.get("cond_scale", 1.0), s["cond_noise"]):
                                    s["seed_to_residual"] for s in collapse.get("settings", [])}
     rows.append(row)
 (study / "superres_study.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -193,7 +200,7 @@ scales = sorted({float(k.rsplit("_cs", 1)[1]) for r in rows for k in r.get("seed
 
 def shares(row, cfg):
     got = row.get("seed_to_residual", {})
-    return " / ".join(num(got.get(f"cfg{cfg}_noise0_cs{w:g}"), ".2f") for w in scales) or "-"
+    return " / ".join(num(got.get(sweep_key(cfg, w)), ".2f") for w in scales) or "-"
 
 
 ns = sorted({r["n"] for r in rows if r.get("n")})
@@ -226,7 +233,7 @@ if scales and any(r.get("seed_to_residual") for r in rows):
         for i, r in enumerate(rows):
             got = r.get("seed_to_residual", {})
             for cfg, style in ((1, "-"), (2, "--")):
-                ys = [got.get(f"cfg{cfg}_noise0_cs{w:g}") for w in scales]
+                ys = [got.get(sweep_key(cfg, w)) for w in scales]
                 pts = [(w, y) for w, y in zip(scales, ys) if y is not None]
                 if pts:
                     ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{r['mode']} CFG {cfg}")

@@ -130,11 +130,10 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     amp = sampling_autocast(dev)
     if run.cfg.task.kind != "image":
         raise ValueError(f"`ditlab bench sample` measures image runs; {run_dir} is task.kind={run.cfg.task.kind!r}")
-    if fast_kernels is not None:
-        from ditlab.models.kernels import configure_fast_kernels
+    from ditlab.models.kernels import configure_fast_kernels, fast_kernels_on
 
+    if fast_kernels is not None:
         configure_fast_kernels(run.model, fast_kernels, dev, name="--fast-kernels")
-    fused = any(getattr(m, "fast_kernels", False) for m in run.model.modules())
     settings = SampleSettings(sampler=sampler, steps=steps, cfg_scale=cfg_scale)
     kwargs = dict(batch_size=batch_size, device=dev, autocast_dtype=amp)
     model = torch.compile(run.model) if compile else run.model
@@ -145,7 +144,7 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     flops = dit_forward_flops(run.model) * nfe * (2 if cfg_scale not in (0.0, 1.0) else 1)
     return {
         "what": "sample", "run": str(run_dir), "checkpoint": str(run.checkpoint), "arch": run.cfg.model.arch, "sampler": sampler, "steps": steps,
-        "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "compile": compile, "fast_kernels": fused, "images_per_s": round(ips, 1),
+        "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "compile": compile, "fast_kernels": fast_kernels_on(run.model), "images_per_s": round(ips, 1),
         "mfu": round(ips * flops / (peak_tflops * 1e12), 4),
         "seconds_per_10k": round(10_000 / ips, 1), **_device_info(dev),
     }

@@ -99,15 +99,14 @@ def _sample(args, info) -> int:
 
     from ditlab.generation import check_settings, generate, sampling_autocast, save_samples, settings_of
     from ditlab.imageio import save_image_grid
+    from ditlab.models.kernels import configure_fast_kernels, fast_kernels_on
     from ditlab.runs import load_run
     from ditlab.tasks.base import SampleInputs
     from ditlab.train.distributed import gather_objects, rank_device, rank_slice
 
     device = rank_device(info, args.device, setting="--device")
     run = load_run(args.run_dir, which=args.weights, checkpoint=args.checkpoint, device=device)
-    if args.fast_kernels is not None:
-        from ditlab.models.kernels import configure_fast_kernels
-
+    if args.fast_kernels is not None:  # before any input is read: `on` without CUDA fails at once
         configure_fast_kernels(run.model, args.fast_kernels, device, name="--fast-kernels")
     if args.path and run.kind != "lift":
         raise ValueError(f"--path applies to task.kind=lift runs; {args.run_dir} is task.kind={run.kind!r}")
@@ -141,8 +140,6 @@ def _sample(args, info) -> int:
                                                        progress=info.is_main and not args.no_progress)
     cascade = getattr(run.task, "cascade", None)  # LIFT's --lo-run network, loaded by sample_conditions
     if args.fast_kernels is not None and cascade is not None:
-        from ditlab.models.kernels import configure_fast_kernels
-
         configure_fast_kernels(cascade.model, args.fast_kernels, device, name="--fast-kernels")
     amp = sampling_autocast(device, args.fp32)
     # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
@@ -173,9 +170,8 @@ def _sample(args, info) -> int:
                 "factor": None, **run.task.sample_meta(settings),
                 "data": args.data, "context": context, "lo_run": args.lo_run,
                 # the kernel path (same mathematics; rounding differs between the two)
-                "fast_kernels": any(getattr(m, "fast_kernels", False) for m in run.model.modules()),
-                **({"lo_checkpoint": str(run.task.cascade.checkpoint)}
-                   if getattr(getattr(run.task, "cascade", None), "checkpoint", None) else {}),
+                "fast_kernels": fast_kernels_on(run.model),
+                **({"lo_checkpoint": str(cascade.checkpoint)} if getattr(cascade, "checkpoint", None) else {}),
                 **({"contexts": dict(contexts)} if contexts else {})}
         out = save_samples(out_path, run.task, outputs, meta)  # atomic
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from ditlab.models.kernels.reference import (adaln_modulate_ref, gate_residual_a
 
 __all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_residual_adaln_ref",
            "gather_groups", "modulate", "triton_available", "resolve_fast_kernels", "configure_fast_kernels",
-           "set_fast_kernels", "fused_unsupported", "FAST_KERNEL_MODES", "FastKernelsUnavailable"]
+           "set_fast_kernels", "fast_kernels_on", "fused_unsupported", "FAST_KERNEL_MODES", "FastKernelsUnavailable"]
 
 FAST_KERNEL_MODES = ("auto", "on", "off")
 
@@ -121,8 +121,8 @@ def resolve_fast_kernels(mode: str, device: torch.device | str, name: str = "tra
     ok = device.type == "cuda" and triton_available()
     if mode == "on" and not ok:
         why = "the device is not CUDA" if device.type != "cuda" else "Triton is not installed"
-        raise FastKernelsUnavailable(f"{_said(name, 'on')} needs a CUDA device and Triton ({why}: device {device}); "
-                           f"use {_said(name, 'auto')} or off")
+        raise FastKernelsUnavailable(f"{_said(name, 'on')} needs a CUDA device and Triton ({why}: device "
+                                     f"{device}); use {_said(name, 'auto')} or off")
     return ok
 
 
@@ -134,6 +134,11 @@ def set_fast_kernels(model: torch.nn.Module, enabled: bool) -> int:
             m.fast_kernels = bool(enabled)
             count += 1
     return count
+
+
+def fast_kernels_on(model: torch.nn.Module) -> bool:
+    """Whether any module of ``model`` takes the fused path (what set_fast_kernels / configure_fast_kernels set)."""
+    return any(getattr(m, "fast_kernels", False) for m in model.modules())
 
 
 def fused_unsupported(model: torch.nn.Module) -> list[str]:
