@@ -134,7 +134,9 @@ class ConditionedDiT(DiT):
         elif injection == "tokens_gated":
             super().__init__(streams, **dit_kwargs)  # the tokens layout; the gates are added below
         else:
-            if dit_kwargs.get("context_dim") is not None:
+            if dit_kwargs.get("context_dim") is not None or dit_kwargs.get("contexts"):
+                # cross rebuilds the blocks outside cond_blocks without cross-attention, and branch / adaln
+                # have no path for the sets: refuse them rather than drop them silently.
                 raise ValueError(f"task.cond_injection={injection} cannot be combined with another context set")
             if len(self_main) != 1:
                 raise ValueError(f"task.cond_injection={injection} needs exactly one predicted stream")

@@ -399,3 +399,15 @@ def test_cross_attends_to_the_condition_without_a_mask(monkeypatch):
     task.loss_on_batch(torch.randn(6, 3, 8, 8).clamp(-1, 1), None)
     cross = [free for nq, nk, free in seen if nq != nk]  # 16 target queries over 4 condition tokens
     assert cross and all(cross)
+
+
+@pytest.mark.parametrize("mode", ["cross", "branch", "adaln"])
+def test_named_context_sets_beside_a_non_token_injection_are_refused_not_dropped(mode):
+    # cross rebuilds the blocks outside cond_blocks without cross-attention and branch / adaln have no path
+    # for named sets: a model given both must fail at construction, not lose the sets silently.
+    from ditlab.models.context_sets import ContextSpec
+    from ditlab.tasks.superres.model import superres_streams
+
+    with pytest.raises(ValueError, match=f"cond_injection={mode} cannot be combined with another context set"):
+        ConditionedDiT(superres_streams(8, 3, "DiT-S/2", 2), COND, mode, cond_blocks="1:2", hidden_size=32, depth=3,
+                       num_heads=2, contexts=[ContextSpec("scene", 8)])
