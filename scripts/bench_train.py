@@ -6,13 +6,15 @@
     python scripts/bench_train.py --arch DiT-S/2 --compile yes --fast-kernels off,on train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes task.kind=superres train.nan_check=log
     python scripts/bench_train.py --arch DiT-S/2 --compile yes --context-tokens 77 train.nan_check=log
+    # the fused blocks' MLP: cuBLAS GEMMs + GELU kernels against GELU in Triton GEMM epilogues (DITLAB_MLP_GEMM)
+    python scripts/bench_train.py --arch DiT-S/2 --compile yes --fast-kernels on --mlp-gemm cublas,triton
     # attention backends of PyTorch SDPA, one row each (issue 17: cuDNN against flash)
     python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile yes --sdpa cudnn,flash,efficient
     # torchao float8 (train.float8; carry torchao's wheel to a GPU machine without it)
     python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile yes --float8 off,tensorwise,rowwise
 
 One JSON line per setting (see ditlab.bench.bench_train), with the task, the fast_kernels and float8
-modes, the SDPA backend and the context-set length added. The same measurement on a real data set:
+modes, the SDPA backend, the fused MLP's GEMMs and the context-set length added. The same measurement on a real data set:
 `ditlab bench train CONFIG`.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ditlab.bench import bench_train, write_random_context, write_random_npz
 from ditlab.config import load_config
+from ditlab.models import kernels
 
 
 SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
@@ -54,6 +57,9 @@ def main():
                    help="comma-separated SDPA backends, one row each, the only one the step may use: cudnn, flash, "
                         "efficient, math (default: PyTorch's choice). The whole row (compilation included) runs "
                         "under torch.nn.attention.sdpa_kernel, so the compiled step is traced with it")
+    p.add_argument("--mlp-gemm", default=None,
+                   help="comma-separated DITLAB_MLP_GEMM values, one row each: cublas, triton (the fused blocks' "
+                        "MLP, so with --fast-kernels on; default: the environment's, else cublas)")
     p.add_argument("--context-tokens", type=int, default=0, help="add a random context set of this many tokens")
     p.add_argument("--context-dim", type=int, default=768)
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -75,11 +81,14 @@ def main():
     fast = values("--fast-kernels", args.fast_kernels, ("auto", "on", "off"))
     fp8 = values("--float8", args.float8, ("off", "tensorwise", "rowwise"))
     sdpa = values("--sdpa", args.sdpa, tuple(SDPA_BACKENDS))
+    mlp_gemm = values("--mlp-gemm", args.mlp_gemm, kernels.MLP_GEMM_MODES)
     compiles = {"yes": [True], "no": [False], "both": [False, True]}[args.compile]
     # scene and icl draw their own data: data.path is an error there (ditlab.tasks.registry.check_kind_options)
     kind = next((o.split("=", 1)[1] for o in reversed(args.overrides) if o.startswith("task.kind=")), "image")
     data_path = [f"data.path={data}"] if kind in ("image", "superres", "lift") else []
-    for arch, c, fk, f8, attn in itertools.product(args.arch, compiles, fast, fp8, sdpa):
+    for arch, c, fk, f8, attn, mg in itertools.product(args.arch, compiles, fast, fp8, sdpa, mlp_gemm):
+        if mg is not None:
+            kernels.MLP_GEMM = mg  # read at trace time; each row below compiles afresh
         mode_overrides = ([] if fk is None else [f"train.fast_kernels={fk}"]) + (
             [] if f8 is None else [f"train.float8={f8}"])
         cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", *data_path,
@@ -94,6 +103,7 @@ def main():
             result = bench_train(cfg, args.warmup, args.steps, args.repeats)
         result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels, sdpa=attn or "auto",
                       adaln_op=os.environ.get("DITLAB_ADALN_OP", "custom_op"),  # the kernels' default
+                      mlp_gemm=kernels.MLP_GEMM,
                       context_tokens=args.context_tokens, overrides=args.overrides)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
             line = json.dumps(result)

@@ -161,7 +161,7 @@ class DiTBlock(nn.Module):
             x, h = kernels.gate_residual_adaln(x, a, gate, shift, scale, index)
             a, gate = cross.attn(h, context=sets[name][0], mask=sets[name][1]), next_gate
         x, h = kernels.gate_residual_adaln(x, a, gate, m.shift_mlp, m.scale_mlp, index)
-        x = x + kernels.gather_groups(m.gate_mlp, index) * self.mlp(h)  # fused by torch.compile
+        x = x + kernels.gather_groups(m.gate_mlp, index) * kernels.gelu_mlp(self.mlp, h)  # fused by torch.compile
         return (x, kv) if return_kv else x
 
 

@@ -3,6 +3,8 @@
     adaln_modulate(x, shift, scale, index)                -> LN(x) * (1 + scale) + shift
     gate_residual_adaln(x, branch, gate, shift, scale, index) -> (x', LN(x') * (1 + scale) + shift),
                                                               x' = x + gate * branch
+    gelu_mlp(mlp, x)                                      -> DiT's MLP; with DITLAB_MLP_GEMM=triton its GELU
+                                                              inside Triton GEMMs (mlp_triton)
 
 Modulation tensors are (B, G, D) (or (B, D), taken as G = 1); token n uses group index[n], or 0 when
 G == 1, or n when G == N (see ``reference``). The Triton path runs for CUDA tensors when Triton is
@@ -15,6 +17,7 @@ mathematics as DiTBlock's eager code.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -23,10 +26,16 @@ from ditlab.models.kernels.reference import (adaln_modulate_ref, gate_residual_a
                                              modulate)
 
 __all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_residual_adaln_ref",
-           "gather_groups", "modulate", "triton_available", "resolve_fast_kernels", "configure_fast_kernels",
-           "set_fast_kernels", "fast_kernels_on", "fused_unsupported", "FAST_KERNEL_MODES", "FastKernelsUnavailable"]
+           "gather_groups", "modulate", "gelu_mlp", "triton_available", "resolve_fast_kernels",
+           "configure_fast_kernels", "set_fast_kernels", "fast_kernels_on", "fused_unsupported", "FAST_KERNEL_MODES",
+           "MLP_GEMM_MODES", "FastKernelsUnavailable"]
 
 FAST_KERNEL_MODES = ("auto", "on", "off")
+# The fused blocks' MLP (measurement only, like the adaln_triton knobs, until a GPU run shows it pays): cublas
+# (cuBLAS GEMMs, GELU and its backward as Inductor kernels) or triton (GELU in the epilogues of Triton GEMMs:
+# ditlab.models.kernels.mlp_triton).
+MLP_GEMM = os.environ.get("DITLAB_MLP_GEMM", "cublas")
+MLP_GEMM_MODES = ("cublas", "triton")
 
 
 def _load_triton() -> bool:
@@ -34,7 +43,7 @@ def _load_triton() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        from ditlab.models.kernels import adaln_triton  # noqa: F401  (registers the ops)
+        from ditlab.models.kernels import adaln_triton, mlp_triton  # noqa: F401  (registers the ops)
     except ImportError:
         return False
     return True
@@ -97,6 +106,19 @@ def gate_residual_adaln(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tenso
     y, xnew, _, _ = torch.ops.ditlab.adaln_fwd(x.contiguous(), branch.contiguous(), gate, shift, scale, index,
                                                _out_dtype(shift))
     return xnew, y
+
+
+def gelu_mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for DiT's GELU MLP (ditlab.models.mlp.Mlp) inside a fused block: with DITLAB_MLP_GEMM=triton on
+    CUDA, one Triton GEMM computes fc1 with the GELU in its epilogue and the backward's fc2 GEMM applies GELU's
+    derivative in its epilogue (mlp_triton); otherwise the module itself."""
+    if MLP_GEMM not in MLP_GEMM_MODES:
+        raise ValueError(f"DITLAB_MLP_GEMM must be one of {', '.join(MLP_GEMM_MODES)}, got {MLP_GEMM!r}")
+    if MLP_GEMM == "triton" and _use_triton(x):
+        from ditlab.models.kernels.mlp_triton import gelu_mlp as fused
+
+        return fused(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
+    return mlp(x)
 
 
 class FastKernelsUnavailable(ValueError, RuntimeError):
