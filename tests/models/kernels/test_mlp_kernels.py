@@ -159,3 +159,18 @@ def test_fused_block_with_the_triton_mlp_matches_the_module(monkeypatch, compile
     assert rel_err(on, off) < 2e-2
     for name in g_off:
         assert rel_err(g_on[name], g_off[name]) < 5e-2, (name, rel_err(g_on[name], g_off[name]))
+
+
+@pytest.mark.skipif(not (HAS_INTERPRETER or HAS_CUDA_TRITON), reason="needs Triton: a CUDA GPU or TRITON_INTERPRET=1")
+def test_ops_pass_opcheck():
+    """Schema, fake (meta) implementations, autograd registration and AOT dispatch: what torch.compile relies on."""
+    dev = "cuda" if HAS_CUDA_TRITON else "cpu"
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(dev)
+
+    args = [t.requires_grad_() for t in (rand(20, 16), rand(48, 16), rand(48), rand(16, 48), rand(16))]
+    torch.library.opcheck(torch.ops.ditlab.gelu_mlp_fwd.default, args)
+    x, w1, _, w2, _ = (t.detach() for t in args)
+    torch.library.opcheck(torch.ops.ditlab.gelu_mlp_bwd.default, (rand(20, 16), x, rand(20, 48), rand(20, 48), w1, w2))

@@ -46,7 +46,8 @@ def _configs():
 
 @triton.jit
 def _tanh(u):
-    # tanh through exp (fp32): saturates cleanly to +-1 where exp over- or underflows.
+    # tanh through exp (fp32); |u| is clamped at 15, where tanh is +-1 in fp32, so exp never overflows.
+    u = tl.minimum(tl.maximum(u, -15.0), 15.0)
     return 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
 
 
@@ -55,13 +56,14 @@ def _tanh(u):
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "MODE"], reset_to_zero=["PART"])
 @triton.jit
 def _gemm_gelu_kernel(A, B, BIAS, PRE, OUT, PART, M, N, s_am, s_ak, s_bk, s_bn, K: tl.constexpr,
-                      MODE: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP_M: tl.constexpr,
+                      MODE: tl.constexpr, IEEE: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP_M: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc = A (M, K) @ B (K, N) in fp32, then
     MODE 0 (forward):  PRE = round(acc + BIAS); OUT = gelu(PRE)
     MODE 1 (backward): OUT = round(round(acc) * gelu'(PRE)); PART[pid_m, :] = column sums of OUT
     PRE, OUT: (M, N) contiguous; PART: (cdiv(M, BLOCK_M), N) fp32. K (the model width) is a compile-time
-    constant: one specialisation per width, and a loop bound Triton's interpreter can iterate over."""
+    constant: one specialisation per width, and a loop bound Triton's interpreter can iterate over. IEEE: fp32
+    inputs multiplied in full fp32, where torch's own fp32 GEMMs would not use TF32."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -80,10 +82,17 @@ def _gemm_gelu_kernel(A, B, BIAS, PRE, OUT, PART, M, N, s_am, s_ak, s_bk, s_bn, 
     b_ptr = B + rk[:, None] * s_bk + rn[None, :] * s_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
-        k_ok = (kt * BLOCK_K + rk) < K
-        a = tl.load(a_ptr, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptr, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc)
+        if K % BLOCK_K == 0:  # every model width of the presets: no mask along K
+            a = tl.load(a_ptr, mask=m_ok[:, None], other=0.0)
+            b = tl.load(b_ptr, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = (kt * BLOCK_K + rk) < K
+            a = tl.load(a_ptr, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptr, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
         a_ptr += BLOCK_K * s_ak
         b_ptr += BLOCK_K * s_bk
     mask = m_ok[:, None] & n_ok[None, :]
@@ -107,6 +116,11 @@ def _gemm_gelu_kernel(A, B, BIAS, PRE, OUT, PART, M, N, s_am, s_ak, s_bk, s_bn, 
         tl.store(PART + pid_m.to(tl.int64) * N + rn, col, mask=n_ok)
 
 
+def _ieee(t: torch.Tensor) -> bool:
+    # fp32 GEMMs follow torch's setting (cuBLAS uses TF32 only where it is allowed); bf16 / fp16 ignore it.
+    return t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+
+
 def _grid(M: int, N: int):
     return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
@@ -125,7 +139,7 @@ def gemm_gelu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple
     h = torch.empty_like(pre)
     _gemm_gelu_kernel[_grid(M, N)](x, w, b if b is not None else x, pre, h, pre, M, N,
                                    x.stride(0), x.stride(1), w.stride(1), w.stride(0), K=K,
-                                   MODE=0, HAS_BIAS=b is not None, GROUP_M=8)
+                                   MODE=0, IEEE=_ieee(x), HAS_BIAS=b is not None, GROUP_M=8)
     return pre, h
 
 
@@ -138,7 +152,7 @@ def gemm_dgelu(dy: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor) -> tuple[t
     part = torch.zeros((_part_rows(M), N), dtype=torch.float32, device=dy.device)
     _gemm_gelu_kernel[_grid(M, N)](dy, w2, dy, pre, dpre, part, M, N,
                                    dy.stride(0), dy.stride(1), w2.stride(0), w2.stride(1), K=K,
-                                   MODE=1, HAS_BIAS=False, GROUP_M=8)
+                                   MODE=1, IEEE=_ieee(dy), HAS_BIAS=False, GROUP_M=8)
     return dpre, part.sum(0)
 
 
