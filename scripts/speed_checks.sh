@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 17's open GPU measurements, one stage per device command (each fits the 10-minute limit), every
+# result written under OUT (the device's $OUT) so that a machine taken back after the call loses nothing:
+#   scripts/speed_checks.sh tests  OUT   the GPU kernel tests (adaLN and the MLP GEMMs), summary in OUT/kernel_tests.txt
+#   scripts/speed_checks.sh mlp    OUT   DITLAB_MLP_GEMM cublas against triton on the fused path under CUDA graphs,
+#                                        DiT-S/2 and DiT-B/2, one process (OUT/mlp_gemm.jsonl, ~8 min)
+#   scripts/speed_checks.sh ctx77  OUT   the 77-token context set, fast path off / on, beside plain DiT-S/2
+#                                        (OUT/ctx77.jsonl, ~6 min)
+#   scripts/speed_checks.sh sample OUT   sampling: eager, compiled, compiled + fused (OUT/bench_sample.jsonl, ~4 min)
+# Run from the repository root with PYTHONPATH=src. Rows are JSON lines of scripts/bench_train.py (img/s, MFU,
+# peak memory; docs/performance.md reads them); compare rows of one call only (one machine, minutes apart).
+set -uo pipefail
+stage=${1:?usage: scripts/speed_checks.sh tests|mlp|ctx77|sample OUT}; out=${2:?OUT folder}
+mkdir -p "$out"
+bench() { python3 scripts/bench_train.py --compile yes --repeats 3 --steps 20 --warmup 25 train.nan_check=log "$@"; }
+case $stage in
+  tests)
+    timeout 400 python3 -m pytest -q -p no:warnings tests/models/kernels > "$out/kernel_tests.txt" 2>&1
+    rc=$?; tail -3 "$out/kernel_tests.txt"; exit $rc ;;
+  mlp)
+    timeout 560 bench --arch DiT-S/2 DiT-B/2 --fast-kernels on --mlp-gemm cublas,triton \
+      train.compile_mode=reduce-overhead --out "$out/mlp_gemm.jsonl" ;;
+  ctx77)
+    timeout 270 bench --arch DiT-S/2 --fast-kernels off,on --context-tokens 77 train.compile_mode=reduce-overhead \
+      --out "$out/ctx77.jsonl"
+    timeout 200 bench --arch DiT-S/2 --fast-kernels on train.compile_mode=reduce-overhead --out "$out/ctx77.jsonl" ;;
+  sample)
+    timeout 500 bash scripts/bench_sample_synthetic.sh DiT-S/2 1.5 > "$out/bench_sample.jsonl" ;;
+  *)
+    echo "unknown stage $stage (tests, mlp, ctx77, sample)" >&2; exit 2 ;;
+esac
