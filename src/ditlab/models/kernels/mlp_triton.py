@@ -34,8 +34,9 @@ GELU_C = 0.044715
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Hopper-sized tiles; the autotuner picks per (M, N, K)
 # on the first call. The interpreter (CPU tests) gets one small config: it runs every program in Python.
+# K is the model width (384 at S/2): only 3-6 steps along K per tile, so deep K tiles are among them.
 _CONFIGS = ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4),
-            (128, 64, 64, 4, 4))
+            (128, 64, 64, 4, 4), (128, 128, 128, 8, 2), (256, 128, 64, 8, 3))
 _INTERP_CONFIGS = ((16, 32, 16, 4, 1),)
 
 
