@@ -257,7 +257,8 @@ def test_class_tokens_are_clean_tokens_of_their_own_group():
     per_token = {"image": t["image"][:, None].expand(2, 16).clone(), "cond": torch.zeros(2, 4)}
     torch.testing.assert_close(m(x, t, labels=y)["image"], m(x, per_token, labels=y)["image"], atol=1e-5, rtol=1e-5)
     c, index = m._conditioning(t, y, None, 2)
-    assert c.shape[1] == 3 and index.tolist() == [0, 0] + [1] * 4 + [2] * 16
+    assert c.shape[1] == 3 and index.index.tolist() == [0, 0] + [1] * 4 + [2] * 16
+    assert index.runs == ((0, 0, 2), (1, 2, 6), (2, 6, 22))  # the same map as runs of consecutive tokens
     torch.testing.assert_close(c[:, 0], F.silu(m.t_embed(torch.zeros(2)) + m.label_embed(y)))
 
 

@@ -18,6 +18,7 @@ from ditlab.models import kernels
 from ditlab.models.attention import Attention
 from ditlab.models.mlp import make_mlp
 from ditlab.models.norms import make_norm
+from ditlab.models.token_groups import gather_groups
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -61,8 +62,7 @@ class CrossSet(nn.Module):
 
     def forward(self, x, c, index, context, context_mask):
         mod = self.adaLN(c)
-        if index is not None:
-            mod = mod[:, index]
+        mod = gather_groups(mod, index)
         shift, scale, gate = mod.chunk(3, dim=-1)
         return x + gate * self.attn(modulate(self.norm(x), shift, scale), context=context, mask=context_mask)
 
@@ -100,7 +100,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False, sets=None,
                 attn_gate=None):
-        # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: (N,) token -> group or None.
+        # x: (B, N, D); c: (B, G, D) SiLU'd conditioning of G groups; index: token -> group, (N,) or a
+        # TokenGroups (the same with its runs: ditlab.models.token_groups), or None.
         # kv_prefix / return_kv: self-attention keys and values of earlier tokens (DiT's prefix caching).
         # sets: named context sets, name -> (context (B, M, Dc), mask (B, M) bool or None).
         # attn_gate: a gated group of keys (see _self_attention).
@@ -108,8 +109,7 @@ class DiTBlock(nn.Module):
             return self._forward_fused(x, c, index, mask, rope, context, context_mask, kv_prefix, return_kv,
                                        attn_gate, sets)
         mod = self.adaLN(c)  # (B, G, num_mod * D)
-        if index is not None:
-            mod = mod[:, index]  # (B, N, num_mod * D)
+        mod = gather_groups(mod, index)  # (B, N or 1, num_mod * D)
         m = AdaLNMods(*mod.chunk(self.num_mod, dim=-1))
         a = self._self_attention(modulate(self.norm1(x), m.shift_msa, m.scale_msa), mask, rope, kv_prefix, return_kv,
                                  attn_gate)
@@ -161,7 +161,7 @@ class DiTBlock(nn.Module):
             x, h = kernels.gate_residual_adaln(x, a, gate, shift, scale, index)
             a, gate = cross.attn(h, context=sets[name][0], mask=sets[name][1]), next_gate
         x, h = kernels.gate_residual_adaln(x, a, gate, m.shift_mlp, m.scale_mlp, index)
-        x = x + kernels.gather_groups(m.gate_mlp, index) * kernels.gelu_mlp(self.mlp, h)  # fused by torch.compile
+        x = x + gather_groups(m.gate_mlp, index) * kernels.gelu_mlp(self.mlp, h)  # fused by torch.compile
         return (x, kv) if return_kv else x
 
 
@@ -180,8 +180,7 @@ class FinalLayer(nn.Module):
         if self.fast_kernels and not self.fused_unsupported:
             return self._forward_fused(x, c, index)
         mod = self.adaLN(c)
-        if index is not None:
-            mod = mod[:, index]
+        mod = gather_groups(mod, index)
         shift, scale = mod.chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 

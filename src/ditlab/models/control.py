@@ -52,6 +52,7 @@ from ditlab.models.dit import DiT
 from ditlab.models.embed import PatchEmbed
 from ditlab.models.mlp import reset_swiglu
 from ditlab.models.streams import StreamSpec, stream_positions, stream_rope
+from ditlab.models.token_groups import TokenGroups, runs_of
 
 INJECTIONS = ("tokens", "tokens_gated", "cross", "branch", "adaln")
 
@@ -301,7 +302,9 @@ class ConditionedDiT(DiT):
         h = torch.cat([hc, ht], dim=1)
         tt = t[target.name]
         if s.dim() == 1 and tt.dim() == 1:
-            times, index = torch.stack([s, tt], dim=1), self.branch_index  # (B, 2): condition, target
+            # (B, 2): condition, target; the two runs of tokens spread the modulation without a gather
+            times = torch.stack([s, tt], dim=1)
+            index = TokenGroups(self.branch_index, runs_of([self.cond_spec.num_tokens, target.num_tokens]))
         else:
             B = low.shape[0]
             times = torch.cat([s[:, None].expand(B, self.cond_spec.num_tokens) if s.dim() == 1 else s,

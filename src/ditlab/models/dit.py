@@ -35,6 +35,7 @@ from ditlab.models.norms import NORM_KINDS
 from ditlab.models.skips import LongSkips
 from ditlab.models.streams import (DIT_ARCHS, DIT_SIZES, PATCH_SIZES, StreamSpec, TokenEmbed,  # noqa: F401
                                    parse_arch, stream_positions, stream_rope, unpatchify)
+from ditlab.models.token_groups import Index, TokenGroups, runs_of, slice_groups
 
 
 def check_options(streams: list[StreamSpec], pos_embed: str, output_init: str, mlp: str, norm: str,
@@ -151,12 +152,15 @@ class DiT(nn.Module):
                 tables.insert(0, (torch.ones(class_tokens, hd2), torch.zeros(class_tokens, hd2)))
             self.register_buffer("rope_cos", torch.cat([c for c, _ in tables]), persistent=False)
             self.register_buffer("rope_sin", torch.cat([s for _, s in tables]), persistent=False)
-        # Token -> stream index, used to gather per-(sample, stream) modulation to tokens.
+        # Token -> stream index, used to spread per-(sample, stream) modulation over the tokens; with its runs of
+        # consecutive tokens (TokenGroups), which spread it without a gather (ditlab.models.token_groups).
         stream_of_token = torch.cat([torch.full((s.num_tokens,), i) for i, s in enumerate(streams)])
         self.register_buffer("stream_of_token", stream_of_token, persistent=False)
+        self._stream_runs = runs_of([s.num_tokens for s in streams])
         if class_tokens:  # sequence position -> conditioning group, group 0 being the class tokens' (t = 0)
             self.register_buffer("group_of_token", torch.cat([torch.zeros(class_tokens, dtype=stream_of_token.dtype),
                                                               stream_of_token + 1]), persistent=False)
+            self._group_runs = runs_of([class_tokens] + [s.num_tokens for s in streams])
 
     @property
     def num_tokens(self) -> int:
@@ -216,10 +220,10 @@ class DiT(nn.Module):
         per_sample = all(t[s.name].dim() == 1 for s in self.streams)
         if per_sample:
             times = torch.stack([t[s.name] for s in self.streams], dim=1)  # (B, S)
-            index = None if len(self.streams) == 1 else self.stream_of_token
+            index = None if len(self.streams) == 1 else TokenGroups(self.stream_of_token, self._stream_runs)
             if K:
                 times = torch.cat([torch.zeros_like(times[:, :1]), times], dim=1)  # (B, 1 + S)
-                index = self.group_of_token
+                index = TokenGroups(self.group_of_token, self._group_runs)
         else:  # at least one stream has per-token noise levels: one group per token
             parts = []
             for s in self.streams:
@@ -370,10 +374,10 @@ class DiT(nn.Module):
         return torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
 
     @staticmethod
-    def _token_index(index, c: torch.Tensor, start: int, end: int) -> Optional[torch.Tensor]:
+    def _token_index(index: Index, c: torch.Tensor, start: int, end: int) -> Index:
         """Token -> conditioning group for the tokens [start, end) of the sequence (None = broadcast)."""
         if index is not None:
-            return index[start:end]
+            return slice_groups(index, start, end)
         if c.shape[1] == 1:
             return None
         return torch.arange(start, end, device=c.device)  # one group per token

@@ -239,3 +239,22 @@ def test_auto_accumulators_follow_the_width(monkeypatch):
     assert not adaln_triton._tile_accumulators(768)
     monkeypatch.setattr(adaln_triton, "BWD_ACC", "row")
     assert not adaln_triton._tile_accumulators(384)
+
+
+@interp
+def test_public_ops_take_token_groups_on_the_triton_path(monkeypatch):
+    """A TokenGroups index (ditlab.models.token_groups: the index with its runs) reaches the Triton kernels as its
+    index tensor; the result equals the reference path's, which spreads the modulation from the runs."""
+    from ditlab.models.token_groups import TokenGroups, runs_of
+
+    x, branch, mod, _ = make_case(2, 20, 40, "sample", torch.float32, "cpu")
+    mod = torch.randn(2, 2, 120, generator=torch.Generator().manual_seed(3))
+    gate, shift, scale = mod.chunk(3, dim=-1)
+    groups = TokenGroups((torch.arange(20) >= 6).long(), runs_of([6, 14]))
+    ref = (kernels.adaln_modulate(x, shift, scale, groups),
+           *kernels.gate_residual_adaln(x, branch, gate, shift, scale, groups))  # CPU: the reference path
+    monkeypatch.setattr(kernels, "_use_triton", lambda t: True)
+    fused = (kernels.adaln_modulate(x, shift, scale, groups), *kernels.gate_residual_adaln(x, branch, gate, shift,
+                                                                                           scale, groups))
+    for a, b in zip(fused, ref):
+        assert rel_err(a, b) < 1e-5

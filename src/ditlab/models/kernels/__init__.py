@@ -24,6 +24,7 @@ import torch
 
 from ditlab.models.kernels.reference import (adaln_modulate_ref, gate_residual_adaln_ref, gather_groups,
                                              modulate)
+from ditlab.models.token_groups import Index, index_tensor
 
 __all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_residual_adaln_ref",
            "gather_groups", "modulate", "gelu_mlp", "triton_available", "resolve_fast_kernels",
@@ -68,8 +69,10 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 
 def _prepare(x, mods, index):
-    """Triton-path arguments: (B, G, D) modulation; a large index gathers to per-token modulation first."""
+    """Triton-path arguments: (B, G, D) modulation; a large index gathers to per-token modulation first. The
+    kernels take the index tensor (of a TokenGroups too: they sum per group without atomics themselves)."""
     mods = [_as_groups(m) for m in mods]
+    index = index_tensor(index)
     if index is not None:
         from ditlab.models.kernels.adaln_triton import MAX_INDEX_GROUPS
 
@@ -87,7 +90,7 @@ def _out_dtype(shift: torch.Tensor) -> torch.dtype:
 
 
 def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                   index: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   index: Index = None) -> torch.Tensor:
     """LayerNorm(x) (no affine, eps 1e-6) * (1 + scale) + shift, fused on CUDA."""
     if not _use_triton(x):
         return adaln_modulate_ref(x, _as_groups(shift), _as_groups(scale), index)
@@ -97,7 +100,7 @@ def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
 
 
 def gate_residual_adaln(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor,
-                        scale: torch.Tensor, index: Optional[torch.Tensor] = None
+                        scale: torch.Tensor, index: Index = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + gate * branch, LayerNorm(that) * (1 + scale) + shift), fused on CUDA."""
     if not _use_triton(x):
