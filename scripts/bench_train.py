@@ -31,7 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ditlab.bench import bench_train, write_random_context, write_random_npz
 from ditlab.config import load_config
-from ditlab.models import kernels
+from ditlab.models import kernels, token_groups
 
 
 SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
@@ -103,7 +103,7 @@ def main():
             result = bench_train(cfg, args.warmup, args.steps, args.repeats)
         result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels, sdpa=attn or "auto",
                       adaln_op=os.environ.get("DITLAB_ADALN_OP", "custom_op"),  # the kernels' default
-                      mlp_gemm=kernels.MLP_GEMM,
+                      mlp_gemm=kernels.MLP_GEMM, token_runs_max=token_groups.MAX_RUNS,
                       context_tokens=args.context_tokens, overrides=args.overrides)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0
             line = json.dumps(result)

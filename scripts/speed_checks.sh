@@ -7,10 +7,13 @@
 #   scripts/speed_checks.sh ctx77  OUT   the 77-token context set, fast path off / on, beside plain DiT-S/2
 #                                        (OUT/ctx77.jsonl, ~6 min)
 #   scripts/speed_checks.sh sample OUT   sampling: eager, compiled, compiled + fused (OUT/bench_sample.jsonl, ~4 min)
+#   scripts/speed_checks.sh streams OUT  superres DiT-S/2, fast path off / on, its modulation spread from the streams'
+#                                        runs against the indexed gather (DITLAB_TOKEN_RUNS_MAX=0, the path before
+#                                        the fourteenth session) (OUT/streams.jsonl, ~8 min)
 # Run from the repository root with PYTHONPATH=src. Rows are JSON lines of scripts/bench_train.py (img/s, MFU,
 # peak memory; docs/performance.md reads them); compare rows of one call only (one machine, minutes apart).
 set -uo pipefail
-stage=${1:?usage: scripts/speed_checks.sh tests|mlp|ctx77|sample OUT}; out=${2:?OUT folder}
+stage=${1:?usage: scripts/speed_checks.sh tests|mlp|ctx77|sample|streams OUT}; out=${2:?OUT folder}
 mkdir -p "$out"
 bench() { python3 scripts/bench_train.py --compile yes --repeats 3 --steps 20 --warmup 25 train.nan_check=log "$@"; }
 case $stage in
@@ -26,6 +29,11 @@ case $stage in
     timeout 200 bench --arch DiT-S/2 --fast-kernels on train.compile_mode=reduce-overhead --out "$out/ctx77.jsonl" ;;
   sample)
     timeout 500 bash scripts/bench_sample_synthetic.sh DiT-S/2 1.5 > "$out/bench_sample.jsonl" ;;
+  streams)
+    for runs in 0 8; do
+      DITLAB_TOKEN_RUNS_MAX=$runs timeout 275 bench --arch DiT-S/2 --fast-kernels off,on task.kind=superres \
+        train.compile_mode=reduce-overhead --out "$out/streams.jsonl"
+    done ;;
   *)
-    echo "unknown stage $stage (tests, mlp, ctx77, sample)" >&2; exit 2 ;;
+    echo "unknown stage $stage (tests, mlp, ctx77, sample, streams)" >&2; exit 2 ;;
 esac

@@ -16,12 +16,14 @@ atomics themselves.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional, Union
 
 import torch
 
 # Beyond this many runs the concatenation of expanded rows stops paying (a scattered map): gather by index.
-MAX_RUNS = 8
+# DITLAB_TOKEN_RUNS_MAX=0 gathers always (the path before the runs; measurement only, e.g. a paired bench).
+MAX_RUNS = int(os.environ.get("DITLAB_TOKEN_RUNS_MAX", "8"))
 
 
 class TokenGroups(NamedTuple):
