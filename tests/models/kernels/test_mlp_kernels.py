@@ -174,3 +174,30 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.ditlab.gelu_mlp_fwd.default, args)
     x, w1, _, w2, _ = (t.detach() for t in args)
     torch.library.opcheck(torch.ops.ditlab.gelu_mlp_bwd.default, (rand(20, 16), x, rand(20, 48), rand(20, 48), w1, w2))
+
+
+@interp
+@pytest.mark.parametrize("case", ["image", "superres", "named_sets"])
+def test_whole_models_through_the_interpreter_with_every_kernel(case, monkeypatch):
+    """The fused path with the Triton kernels for adaLN and the MLP (DITLAB_MLP_GEMM=triton), run through the
+    interpreter on the CPU (the kernels' CUDA gate opened), against the eager model: the integration the GPU tests
+    check, in fp32, so that CI's interpreter runs cover it: shapes, the token -> group map, every gradient."""
+    from tests.models.kernels.test_fused_blocks import CASES, inputs, run_model, tiny
+    from ditlab.models.kernels import adaln_triton  # noqa: F401  (registers the adaLN ops for CPU tensors)
+
+    mkw, ikw = CASES[case]
+    model = tiny(noise=0.02, **mkw)
+    x, t, kw = inputs(mkw["streams"], **ikw)
+    off, g_off = run_model(model, x, t, kw)
+    kernels.set_fast_kernels(model, True)
+    monkeypatch.setattr(kernels, "_use_triton", lambda t: True)
+    monkeypatch.setattr(kernels, "MLP_GEMM", "triton")
+    calls = []
+    real = mlp_triton.gelu_mlp
+    monkeypatch.setattr(mlp_triton, "gelu_mlp", lambda *a: calls.append(1) or real(*a))
+    on, g_on = run_model(model, x, t, kw)
+    assert len(calls) == 2  # both blocks' MLPs took the Triton GEMMs
+    assert rel_err(on, off) < 1e-5
+    assert g_on.keys() == g_off.keys()
+    for name in g_off:
+        assert rel_err(g_on[name], g_off[name]) < 1e-4, (name, rel_err(g_on[name], g_off[name]))
