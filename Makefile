@@ -9,7 +9,13 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: install demo test clean
+# The Triton kernels' logic on a CPU: the same kernels through Triton's interpreter (tests/models/kernels).
+# Triton stays out of .venv's own packages (a CUDA build of torch pins its own Triton); it goes to a folder
+# of its own, on the path for this target only.
+TRITON_SPEC ?= triton==3.6.0
+TRITON_DIR = $(VENV)/triton-interpreter
+
+.PHONY: install demo test test-kernels clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +34,13 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+$(TRITON_DIR)/.installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --target $(TRITON_DIR) "$(TRITON_SPEC)"
+	touch $@
+
+test-kernels: $(TRITON_DIR)/.installed
+	TRITON_INTERPRET=1 PYTHONPATH=$(TRITON_DIR) $(BIN)/python -m pytest tests/models/kernels
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
