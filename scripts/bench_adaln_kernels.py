@@ -4,6 +4,7 @@ against what torch.compile makes of the eager mathematics, over the kernels' til
     python scripts/bench_adaln_kernels.py                          # the DiT-S/2 and DiT-B/2 shapes, bf16
     python scripts/bench_adaln_kernels.py --sweep --out K.jsonl    # also each tile / rows / warps / accumulation /
                                                                    # stages setting, one knob at a time
+    python scripts/bench_adaln_kernels.py --sweep --knobs BWD_LOOP_STAGES   # the sweep over some knobs only
     TRITON_INTERPRET=1 python scripts/bench_adaln_kernels.py --smoke   # CPU: the script's logic, tiny shapes
 
 One JSON line per (shape, kernel, setting): milliseconds (median of --repeats, CUDA events around --iters
@@ -143,8 +144,11 @@ def main():
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sweep", action="store_true", help="each knob (tile, rows, backward warps / accumulation / "
-                   "pipelining stages) varied alone from the defaults: 10 settings")
-    p.add_argument("--grid", action="store_true", help="every combination of the knobs' values: 144 settings (long)")
+                   "launch pipelining stages / row-loop pipelining stages) varied alone from the defaults: 14 "
+                   "settings")
+    p.add_argument("--knobs", default=None, help="comma-separated knobs the sweep varies (default: all), e.g. "
+                   "BWD_LOOP_STAGES or BWD_ACC,BWD_LOOP_STAGES")
+    p.add_argument("--grid", action="store_true", help="every combination of the knobs' values: 576 settings (long)")
     p.add_argument("--no-inductor", action="store_true", help="skip the torch.compile reference rows")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 iteration (CPU through TRITON_INTERPRET=1)")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -156,16 +160,20 @@ def main():
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     shapes = SMOKE_SHAPES if args.smoke else {k: SHAPES[k] for k in (args.shapes or SHAPES)}
     iters, repeats = (1, 1) if args.smoke else (args.iters, args.repeats)
-    knobs = ("TILE", "ROWS_PER_PROGRAM", "BWD_WARPS", "BWD_ACC", "BWD_STAGES")
+    knobs = ("TILE", "ROWS_PER_PROGRAM", "BWD_WARPS", "BWD_ACC", "BWD_STAGES", "BWD_LOOP_STAGES")
     values = {"TILE": [1024, 2048, 4096, 8192], "ROWS_PER_PROGRAM": [32, 64, 128], "BWD_WARPS": [0, 8],
-              "BWD_ACC": ["row", "tile"], "BWD_STAGES": [0, 1, 2]}
+              "BWD_ACC": ["row", "tile"], "BWD_STAGES": [0, 1, 2], "BWD_LOOP_STAGES": [0, 2, 3, 4]}
     default = tuple(getattr(K, k) for k in knobs)
+    varied = args.knobs.split(",") if args.knobs else list(knobs)
+    for k in varied:
+        if k not in knobs:
+            p.error(f"--knobs: {k!r} is not one of {', '.join(knobs)}")
     settings = [default]
     if args.grid:
         settings = list(itertools.product(*(values[k] for k in knobs)))
     elif args.sweep:  # one knob at a time
         settings += [default[:i] + (v,) + default[i + 1:] for i, k in enumerate(knobs) for v in values[k]
-                     if v != default[i]]
+                     if v != default[i] and k in varied]
     if args.smoke and (args.sweep or args.grid):
         settings = settings[:1] + [s for s in settings if s[3] != default[3]][:1]  # the accumulation both ways
     elem = torch.finfo(dtype).bits // 8
@@ -186,7 +194,7 @@ def main():
             for setting in settings:
                 for knob, value in zip(knobs, setting):
                     setattr(K, knob, value)
-                tile, rows, warps, acc, stages = setting
+                tile, rows, warps, acc, stages, loop_stages = setting
                 fwd, bwd = fused_fns(*inputs)
                 for kernel, fn, backward in (("fwd", fwd, False), ("bwd", bwd, True)):
                     if not backward and setting[1:] != settings[0][1:]:
@@ -196,8 +204,8 @@ def main():
                     ms_graph = time_graph_ms(fn, iters, repeats) if device.type == "cuda" else None
                     need = floor_bytes(B, N, D, elem, residual, backward)
                     gpu_ms = ms_graph or ms
-                    knob_fields = {"rows": rows, "bwd_warps": warps, "bwd_acc": acc, "bwd_stages": stages} \
-                        if backward else {}  # the forward depends on the tile alone
+                    knob_fields = {"rows": rows, "bwd_warps": warps, "bwd_acc": acc, "bwd_stages": stages,
+                                   "bwd_loop_stages": loop_stages} if backward else {}  # forward: the tile alone
                     emit({**base, "impl": "fused", "kernel": kernel, "tile": tile, **knob_fields,
                           "gb_basis": "graph" if ms_graph else "launch",
                           "ms": round(ms, 4), "ms_graph": ms_graph and round(ms_graph, 4),

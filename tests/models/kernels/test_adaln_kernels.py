@@ -112,16 +112,19 @@ def test_kernels_gpu(shape, groups, dtype, residual):
 
 
 @gpu
-@pytest.mark.parametrize("acc,stages", [("tile", 0), ("row", 1), ("tile", 2), ("auto", 0)])
+@pytest.mark.parametrize("acc,stages,loop_stages", [("tile", 0, 0), ("row", 1, 0), ("tile", 2, 0), ("auto", 0, 0),
+                                                    ("tile", 0, 2), ("row", 0, 3), ("auto", 0, 4)])
 @pytest.mark.parametrize("groups", ["sample", "streams", "aligned", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 384), (2, 320, 768), (3, 256, 1152)], ids=lambda s: "x".join(map(str, s)))
-def test_kernels_gpu_backward_knobs(shape, groups, acc, stages, monkeypatch):
-    """The backward's measurement knobs (DITLAB_ADALN_BWD_ACC, DITLAB_ADALN_BWD_STAGES) off their defaults, bf16,
-    both ops: whole-tile accumulators with one reduction per flush, and other pipelining depths."""
+def test_kernels_gpu_backward_knobs(shape, groups, acc, stages, loop_stages, monkeypatch):
+    """The backward's measurement knobs (DITLAB_ADALN_BWD_ACC, _BWD_STAGES, _BWD_LOOP_STAGES) off their defaults,
+    bf16, both ops: whole-tile accumulators with one reduction per flush, other pipelining depths, and the row
+    loop pipelined by tl.range."""
     from ditlab.models.kernels import adaln_triton
 
     monkeypatch.setattr(adaln_triton, "BWD_ACC", acc)
     monkeypatch.setattr(adaln_triton, "BWD_STAGES", stages)
+    monkeypatch.setattr(adaln_triton, "BWD_LOOP_STAGES", loop_stages)
     for residual in (False, True):
         check(*shape, groups, torch.bfloat16, "cuda", residual)
 
@@ -183,6 +186,32 @@ def test_opcheck_gpu():
 
 
 # ---- CPU: the same kernels through Triton's interpreter (TRITON_INTERPRET=1), small shapes ----------
+@interp
+@pytest.mark.parametrize("loop_stages", [2, 3])
+@pytest.mark.parametrize("groups", ["sample", "streams", "scattered"])
+def test_kernels_interpreter_pipelined_row_loop(groups, loop_stages, monkeypatch):
+    """DITLAB_ADALN_BWD_LOOP_STAGES: the backward's row loop as tl.range(num_stages=S), several tiles per program."""
+    from ditlab.models.kernels import adaln_triton
+
+    monkeypatch.setattr(adaln_triton, "BWD_LOOP_STAGES", loop_stages)
+    monkeypatch.setattr(adaln_triton, "TILE", 256)
+    test_kernels_interpreter((2, 20, 40), groups, True, "auto", monkeypatch)
+
+
+def test_negative_loop_stages_are_refused(monkeypatch):
+    if not (HAS_INTERPRETER or HAS_CUDA_TRITON):
+        pytest.skip("needs Triton")
+    from ditlab.models.kernels import adaln_triton
+
+    monkeypatch.setattr(adaln_triton, "BWD_LOOP_STAGES", -1)
+    dev = "cuda" if HAS_CUDA_TRITON else "cpu"
+    x, branch, mod, index = make_case(1, 8, 16, "sample", torch.float32, dev)
+    _, shift, scale = mod.chunk(3, dim=-1)
+    y, _, mean, rstd = adaln_triton.adaln_fwd(x, None, None, shift, scale, None, x.dtype)
+    with pytest.raises(ValueError, match="DITLAB_ADALN_BWD_LOOP_STAGES must be >= 0"):
+        adaln_triton.adaln_bwd(x, None, None, scale, None, mean, rstd, y, None, x.dtype, shift.dtype)
+
+
 @interp
 @pytest.mark.parametrize("acc", ["row", "tile", "auto"])
 @pytest.mark.parametrize("groups", ["sample", "token", "streams", "aligned", "scattered"])

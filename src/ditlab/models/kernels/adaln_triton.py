@@ -49,6 +49,10 @@ BWD_ACC_MODES = ("row", "tile", "auto")
 AUTO_TILE_MAX_D = 512
 # Software-pipelining stages of the backward's row loop (0: Triton's default for the launch, 3 on CUDA).
 BWD_STAGES = int(os.environ.get("DITLAB_ADALN_BWD_STAGES", "0"))
+# The launch's num_stages above pipelines only loads that feed a tl.dot, so it never touched this loop (the
+# tenth session measured no change). tl.range(num_stages=S) on the loop itself asks Triton to pipeline its
+# other loads too: S row tiles' loads in flight at once. 0: the plain loop (today's kernel).
+BWD_LOOP_STAGES = int(os.environ.get("DITLAB_ADALN_BWD_LOOP_STAGES", "0"))
 # Beyond this many groups with an index, the modulation is gathered to tokens first (per-token mode).
 MAX_INDEX_GROUPS = 16
 
@@ -110,7 +114,8 @@ def _fold_rows(c, ACC_M: tl.constexpr):
 def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PSH, PSC, PGT,
                       N, D, P, s_gb, s_gg, s_cb, s_cg, G: tl.constexpr,
                       HAS_RES: tl.constexpr, HAS_DXN: tl.constexpr, GMODE: tl.constexpr, ROWS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC_M: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC_M: tl.constexpr,
+                      LOOP_STAGES: tl.constexpr):
     # Partial sums: GMODE 0 / 2 -> PSH[b, p, g, :] (fp32, this program's slot); GMODE 1 -> PSH[b, n, :].
     # Accumulators are [ACC_M, BLOCK_D]: ACC_M = 1 reduces each tile over its rows as it goes (BWD_ACC "row"),
     # ACC_M = BLOCK_M adds whole tiles and reduces once per flush ("tile").
@@ -138,7 +143,7 @@ def _adaln_bwd_kernel(XN, BR, GATE, SCALE, IDX, MEAN, RSTD, DY, DXN, DX, DBR, PS
         sc_row = tl.load(SCALE + b * s_cb + cur_g * s_cg + d, mask=dmask, other=0.0).to(tl.float32)
         if HAS_RES:
             gt_row = tl.load(GATE + b * s_gb + cur_g * s_gg + d, mask=dmask, other=0.0).to(tl.float32)
-    for i in range(0, ROWS, BLOCK_M):
+    for i in tl.range(0, ROWS, BLOCK_M, num_stages=LOOP_STAGES):  # LOOP_STAGES None: the plain loop
         n = n0 + i + tl.arange(0, BLOCK_M)
         nmask = n < N
         mask = nmask[:, None] & dmask[None, :]
@@ -330,6 +335,8 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
         raise ValueError(f"DITLAB_ADALN_BWD_ACC must be one of {', '.join(BWD_ACC_MODES)}, got {BWD_ACC!r}")
     if BWD_STAGES < 0:
         raise ValueError(f"DITLAB_ADALN_BWD_STAGES must be >= 0 (0: Triton's default), got {BWD_STAGES}")
+    if BWD_LOOP_STAGES < 0:
+        raise ValueError(f"DITLAB_ADALN_BWD_LOOP_STAGES must be >= 0 (0: the plain loop), got {BWD_LOOP_STAGES}")
     if ROWS_PER_PROGRAM < 1 or ROWS_PER_PROGRAM & (ROWS_PER_PROGRAM - 1):
         raise ValueError(f"DITLAB_ADALN_ROWS must be a power of two (a program loads its rows' groups at once), "
                          f"got {ROWS_PER_PROGRAM}")
@@ -350,7 +357,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
         mean, rstd, dy, dxn if dxn is not None else dy, dx, dbr if has_res else dx, psh, psc,
         pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G=G if gmode == 2 else 1,
         HAS_RES=has_res, HAS_DXN=dxn is not None, GMODE=gmode, ROWS=rows, BLOCK_M=block_m, BLOCK_D=block_d,
-        ACC_M=block_m if _tile_accumulators(D) else 1, num_warps=num_warps,
+        ACC_M=block_m if _tile_accumulators(D) else 1, LOOP_STAGES=BWD_LOOP_STAGES or None, num_warps=num_warps,
         **({"num_stages": BWD_STAGES} if BWD_STAGES else {}))
 
     def fold(t, dtype):
