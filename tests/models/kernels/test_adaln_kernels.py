@@ -7,8 +7,6 @@ plain LayerNorm + modulate code). None of these tests is timing-based.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,23 +14,7 @@ import torch.nn.functional as F
 from ditlab.models import kernels
 from ditlab.models.kernels.reference import adaln_modulate_ref, gate_residual_adaln_ref
 
-HAS_CUDA_TRITON = kernels.triton_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-try:
-    if INTERPRET:
-        from ditlab.models.kernels import adaln_triton  # noqa: F401  (registers the ops for CPU tensors)
-    HAS_INTERPRETER = INTERPRET
-except ImportError:
-    HAS_INTERPRETER = False
-
-gpu = pytest.mark.skipif(not HAS_CUDA_TRITON, reason="needs a CUDA GPU and Triton")
-interp = pytest.mark.skipif(not HAS_INTERPRETER, reason="needs Triton and TRITON_INTERPRET=1")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+from tests.models.kernels.where import HAS_CUDA_TRITON, HAS_INTERPRETER, gpu, interp, rel_err
 
 
 def make_case(B, N, D, groups, dtype, device, seed=0, strided=True):

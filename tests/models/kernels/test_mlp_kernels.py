@@ -10,31 +10,13 @@ knob's validation and its CPU fallback. None of these tests is timing-based.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from ditlab.models import kernels
 from ditlab.models.mlp import Mlp
 
-HAS_CUDA_TRITON = kernels.triton_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-try:
-    if INTERPRET:
-        from ditlab.models.kernels import mlp_triton  # noqa: F401  (registers the ops for CPU tensors)
-    HAS_INTERPRETER = INTERPRET
-except ImportError:
-    HAS_INTERPRETER = False
-
-gpu = pytest.mark.skipif(not HAS_CUDA_TRITON, reason="needs a CUDA GPU and Triton")
-interp = pytest.mark.skipif(not HAS_INTERPRETER, reason="needs Triton and TRITON_INTERPRET=1")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+from tests.models.kernels.where import HAS_CUDA_TRITON, HAS_INTERPRETER, gpu, interp, rel_err
 
 
 def make_mlp(D: int, H: int, seed: int = 0) -> Mlp:
@@ -182,8 +164,8 @@ def test_whole_models_through_the_interpreter_with_every_kernel(case, monkeypatc
     """The fused path with the Triton kernels for adaLN and the MLP (DITLAB_MLP_GEMM=triton), run through the
     interpreter on the CPU (the kernels' CUDA gate opened), against the eager model: the integration the GPU tests
     check, in fp32, so that CI's interpreter runs cover it: shapes, the token -> group map, every gradient."""
+    from ditlab.models.kernels import mlp_triton
     from tests.models.kernels.test_fused_blocks import CASES, inputs, run_model, tiny
-    from ditlab.models.kernels import adaln_triton  # noqa: F401  (registers the adaLN ops for CPU tensors)
 
     mkw, ikw = CASES[case]
     model = tiny(noise=0.02, **mkw)
