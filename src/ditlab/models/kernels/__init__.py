@@ -44,9 +44,13 @@ def _load_triton() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        from ditlab.models.kernels import adaln_triton, mlp_triton  # noqa: F401  (registers the ops)
+        from ditlab.models.kernels import adaln_triton  # noqa: F401  (registers the ops)
     except ImportError:
         return False
+    try:  # loaded here, outside any compiled region; a failure leaves the adaLN kernels on and raises at use
+        from ditlab.models.kernels import mlp_triton  # noqa: F401
+    except ImportError:
+        pass
     return True
 
 
