@@ -285,6 +285,13 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # 0 disables clipping
     fused: bool = True  # fused AdamW where the device supports it
+    # adamw, or muon: torch.optim.Muon (momentum orthogonalised by Newton-Schulz iterations) for the 2-D weights
+    # of the transformer blocks' linear layers, AdamW (betas, eps above) for every other parameter (embeddings,
+    # biases, final layers, learned nulls). One lr, schedule and weight decay for both: muon_adjust_lr
+    # match_rms_adamw scales Muon's update to AdamW's RMS (Moonshot's rule), so an AdamW lr carries over.
+    name: Literal["adamw", "muon"] = "adamw"
+    muon_momentum: float = 0.95  # optim.name=muon only
+    muon_adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"  # optim.name=muon only
 
 
 @dataclass
@@ -461,6 +468,14 @@ def check_values(cfg: Config, source: str = "") -> None:
         raise ConfigError(f"ema.posthoc_sigma_rels must lie in (0, {12 ** -0.5:.4f}], got {list(sigma_rels)}{where}")
     if len({f"{s:.3f}" for s in sigma_rels}) != len(sigma_rels):  # snapshot file names carry 3 decimals
         raise ConfigError(f"ema.posthoc_sigma_rels must differ in their first 3 decimals, got {list(sigma_rels)}{where}")
+    optim = cfg.optim
+    if optim.name == "adamw" and (optim.muon_momentum != 0.95 or optim.muon_adjust_lr != "match_rms_adamw"):
+        raise ConfigError(f"optim.muon_momentum and optim.muon_adjust_lr apply to optim.name=muon, not adamw{where}")
+    if not 0 <= optim.muon_momentum < 1:
+        raise ConfigError(f"optim.muon_momentum must lie in [0, 1), got {optim.muon_momentum}{where}")
+    if optim.name == "muon" and cfg.train.precision == "fp16":
+        raise ConfigError(f"optim.name=muon with train.precision=fp16: fp16's gradient scaler steps a single torch "
+                          f"optimizer; use train.precision=bf16 or fp32{where}")
     model = cfg.model  # architecture options (ModelConfig)
     if model.class_tokens < 0:
         raise ConfigError(f"model.class_tokens must be >= 0, got {model.class_tokens}{where}")

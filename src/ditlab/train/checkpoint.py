@@ -482,9 +482,19 @@ def _load_optimizer(optimizer, opt_state: dict) -> None:
     guard relies on). The implementation flags and the lr's type stay as built; the lr value, the
     hyperparameters and the moments come from the checkpoint.
     """
+    parts = getattr(optimizer, "parts", None)
+    if isinstance(parts, dict):  # optim.name=muon (ditlab.train.optim.MuonAdamW): each part as an optimizer
+        from ditlab.train.optim import part_state
+
+        for name, part in parts.items():
+            _load_optimizer(part, part_state(opt_state, name))
+        return
     if not isinstance(optimizer, torch.optim.Optimizer):  # some other object with a state_dict
         optimizer.load_state_dict(opt_state)
         return
+    if isinstance(opt_state, dict) and "parts" in opt_state:
+        raise ValueError(f"the file holds a Muon + AdamW state (optim.name=muon, parts {sorted(opt_state['parts'])}); "
+                         "this run's optimizer is a single AdamW (optim.name=adamw)")
     own = [({k: g[k] for k in _OPTIMIZER_IMPL_KEYS if k in g}, g.get("lr")) for g in optimizer.param_groups]
     optimizer.load_state_dict(opt_state)
     for group, (impl, lr) in zip(optimizer.param_groups, own):

@@ -6,12 +6,27 @@ import math
 import torch
 
 
-def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device):
+    """optim.name adamw: one AdamW over every trainable parameter. muon: :class:`MuonAdamW` (Muon for the blocks'
+    matrices, :func:`muon_parameters`; AdamW for the rest)."""
+    if getattr(optim_cfg, "name", "adamw") == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"optim.name=muon needs torch.optim.Muon (torch >= 2.9); this is torch {torch.__version__}")
+        hidden = muon_parameters(model)
+        ids = {id(p) for p in hidden}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        muon = torch.optim.Muon(hidden, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
+                                momentum=optim_cfg.muon_momentum, adjust_lr_fn=optim_cfg.muon_adjust_lr)
+        return MuonAdamW(muon, _adamw(rest, optim_cfg, device))
+    return _adamw([p for p in model.parameters() if p.requires_grad], optim_cfg, device)
+
+
+def _adamw(params: list, optim_cfg, device: torch.device) -> torch.optim.AdamW:
     # Fused AdamW runs the whole update in a few kernels on the GPU; the CPU has no fused version
     # before torch 2.4 and it gives no gain there, so the CPU uses the foreach path.
     fused = optim_cfg.fused and device.type == "cuda"
     return torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
+        params,
         # A device tensor lr lets warm-up change it without a host sync or a recompilation.
         lr=torch.tensor(optim_cfg.lr, device=device) if fused else optim_cfg.lr,
         betas=tuple(optim_cfg.betas),
@@ -20,6 +35,68 @@ def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device) -> 
         fused=fused,
         foreach=None if fused else True,
     )
+
+
+def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters optim.name=muon gives to Muon: the weight matrices of the linear layers inside the
+    transformer blocks (attention, cross-attention, MLP, adaLN modulation; a ControlNet branch's blocks too),
+    the "hidden" matrices of the Muon recipe. Embeddings, the timestep / label MLPs, final layers, biases and
+    learned tokens stay with AdamW."""
+    from ditlab.models.blocks import CrossSet, DiTBlock
+
+    seen, out = set(), []
+    for block in model.modules():
+        if isinstance(block, (DiTBlock, CrossSet)):
+            for layer in block.modules():
+                w = getattr(layer, "weight", None)
+                if (isinstance(layer, torch.nn.Linear) and w is not None and w.requires_grad and w.ndim == 2
+                        and id(w) not in seen):
+                    seen.add(id(w))
+                    out.append(w)
+    if not out:
+        raise ValueError("optim.name=muon: this model has no transformer block with linear layers for Muon")
+    return out
+
+
+class MuonAdamW:
+    """Muon and AdamW stepped together, as one optimizer for the trainer: ``param_groups`` lists both parts' groups
+    (so set_lr reaches both), ``state_dict`` holds both parts by name. Not a torch.optim.Optimizer: it has no
+    ``found_inf`` (torch's Muon cannot skip a step on the device), so the trainer checks non-finite values with a
+    host sync every step under it, and fp16's GradScaler (one torch optimizer) is refused with it."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.parts = {"muon": muon, "adamw": adamw}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for part in self.parts.values() for g in part.param_groups]
+
+    def step(self) -> None:
+        for part in self.parts.values():
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"parts": {name: part.state_dict() for name, part in self.parts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Each part from its own entry (ditlab.train.checkpoint loads the parts one by one, keeping each loading
+        optimizer's implementation settings; this is the plain form)."""
+        for name, part in self.parts.items():
+            part.load_state_dict(part_state(state, name))
+
+
+def part_state(state: dict, name: str) -> dict:
+    """One part's state of a MuonAdamW state dict; a KeyError that says what the file holds instead."""
+    parts = state.get("parts") if isinstance(state, dict) else None
+    if not isinstance(parts, dict) or name not in parts:
+        held = "a single optimizer's state (optim.name=adamw)" if isinstance(state, dict) and "param_groups" in state \
+            else f"parts {sorted(parts) if isinstance(parts, dict) else []}"
+        raise KeyError(f"optim.name=muon needs the {name!r} part of a Muon + AdamW state; the file holds {held}")
+    return parts[name]
 
 
 def lr_at(step: int, optim_cfg, progress: float = 0.0) -> float:
