@@ -285,7 +285,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # 0 disables clipping
     fused: bool = True  # fused AdamW where the device supports it
-    # adamw, or muon: torch.optim.Muon (momentum orthogonalised by Newton-Schulz iterations) for the 2-D weights
+    # adamw, or muon: Muon (torch.optim.Muon's update, batched: ditlab.train.muon) for the 2-D weights
     # of the transformer blocks' linear layers, AdamW (betas, eps above) for every other parameter (embeddings,
     # biases, final layers, learned nulls). One lr, schedule and weight decay for both: muon_adjust_lr
     # match_rms_adamw scales Muon's update to AdamW's RMS (Moonshot's rule), so an AdamW lr carries over.

@@ -104,3 +104,96 @@ def test_the_speedrun_study_has_a_muon_variant():
                                             "speedrun.yaml")))
     assert "optim.name=muon" in spec["variants"]["muon"]["overrides"]
     json.dumps(spec)  # plain data
+
+
+# ---- BatchedMuon: torch.optim.Muon's mathematics, batched per shape, with a device-side skip ---------------
+def _params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(6, 4), (6, 4), (4, 6), (8, 8), (12, 4)]  # wide, tall (transposed for NS), square, two of a shape
+    return [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+
+
+def _grads(params, step):
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(p.shape, generator=g) for p in params]
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon (torch >= 2.9) is the reference")
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("adjust", ["match_rms_adamw", "original"])
+def test_batched_muon_follows_torch_muon(nesterov, adjust):
+    from ditlab.train.muon import BatchedMuon
+
+    ours, ref = _params(), _params()
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust)
+    opt, ref_opt = BatchedMuon(ours, **kw), torch.optim.Muon(ref, **kw)
+    for step in range(4):
+        for ps, o in ((ours, opt), (ref, ref_opt)):
+            for p, g in zip(ps, _grads(ps, step)):
+                p.grad = g
+            o.step()
+    for a, b in zip(ours, ref):  # NS runs in bf16 either way: batched and one-by-one matmuls round differently
+        torch.testing.assert_close(a, b, rtol=0, atol=5e-5)  # the steps moved them by 0.03-0.07
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(opt.state[a]["momentum_buffer"], ref_opt.state[b]["momentum_buffer"])
+
+
+def test_found_inf_skips_the_step_on_the_device_and_keeps_the_buffers():
+    from ditlab.train.muon import BatchedMuon
+
+    params = _params()
+    opt = BatchedMuon(params, lr=0.02, weight_decay=0.1)
+    for p, g in zip(params, _grads(params, 0)):
+        p.grad = g
+    opt.step()  # buffers exist and are non-zero
+    before = [p.detach().clone() for p in params]
+    bufs = [opt.state[p]["momentum_buffer"].clone() for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.found_inf = torch.ones(())
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in zip(params, bufs))
+    # found_inf = 0 is an ordinary step
+    twin = _params()
+    twin_opt = BatchedMuon(twin, lr=0.02, weight_decay=0.1)
+    for p, q, g in zip(twin, params, _grads(params, 0)):
+        p.grad = g
+        p.data.copy_(q)
+    twin_opt.step()
+    for p, q, b in zip(twin, params, bufs):
+        twin_opt.state[p]["momentum_buffer"].copy_(b)
+    grads = _grads(params, 1)
+    for p, q, g in zip(params, twin, grads):
+        p.grad, q.grad = g, g.clone()
+        q.data.copy_(p)
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    twin_opt.step()
+    for a, b in zip(params, twin):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_sync_free_guard_freezes_a_muon_run_from_the_first_bad_step(tiny_data, tmp_path):
+    """The trainer's sync-free guard (train.nan_check=log) with optim.name=muon: both parts skip on the device."""
+    from ditlab.train.trainer import EXIT_NONFINITE
+
+    def sync_free(trainer):  # as tests/train/test_trainer.py's _fused_cpu: the CPU has a fused AdamW too
+        adamw = trainer.optimizer.parts["adamw"]
+        trainer.optimizer.parts["adamw"] = torch.optim.AdamW(
+            [p for g in adamw.param_groups for p in g["params"]], lr=trainer.cfg.optim.lr, fused=True)
+        trainer.sync_free = True
+        return trainer
+
+    ref = sync_free(Trainer(tiny_cfg(tiny_data, tmp_path / "ref", "train.steps=2", "model.attn_dropout=0.0", *MUON),
+                            progress=False))
+    assert ref.run() == 0
+    bad = sync_free(Trainer(tiny_cfg(tiny_data, tmp_path / "bad", "train.steps=10", "train.log_every=5",
+                                     "train.ckpt_every=100", "model.attn_dropout=0.0", "train.nan_check=log", *MUON),
+                            progress=False))
+    original = bad._loss_fn
+    bad._loss_fn = lambda idx: original(idx) * float("nan") if bad.step >= 2 else original(idx)
+    assert bad.run() == EXIT_NONFINITE
+    assert bad.step == 5 and int(bad._first_bad) == 3
+    for a, b in zip(ref.model.parameters(), bad.model.parameters()):
+        assert torch.equal(a, b)

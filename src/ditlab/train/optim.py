@@ -5,18 +5,18 @@ import math
 
 import torch
 
+from ditlab.train.muon import BatchedMuon
+
 
 def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device):
     """optim.name adamw: one AdamW over every trainable parameter. muon: :class:`MuonAdamW` (Muon for the blocks'
-    matrices, :func:`muon_parameters`; AdamW for the rest)."""
+    matrices, :func:`muon_parameters`, batched per shape: ditlab.train.muon; AdamW for the rest)."""
     if getattr(optim_cfg, "name", "adamw") == "muon":
-        if not hasattr(torch.optim, "Muon"):
-            raise ValueError(f"optim.name=muon needs torch.optim.Muon (torch >= 2.9); this is torch {torch.__version__}")
         hidden = muon_parameters(model)
         ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        muon = torch.optim.Muon(hidden, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
-                                momentum=optim_cfg.muon_momentum, adjust_lr_fn=optim_cfg.muon_adjust_lr)
+        muon = BatchedMuon(hidden, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
+                           momentum=optim_cfg.muon_momentum, adjust_lr_fn=optim_cfg.muon_adjust_lr)
         return MuonAdamW(muon, _adamw(rest, optim_cfg, device))
     return _adamw([p for p in model.parameters() if p.requires_grad], optim_cfg, device)
 
@@ -60,12 +60,21 @@ def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 class MuonAdamW:
     """Muon and AdamW stepped together, as one optimizer for the trainer: ``param_groups`` lists both parts' groups
-    (so set_lr reaches both), ``state_dict`` holds both parts by name. Not a torch.optim.Optimizer: it has no
-    ``found_inf`` (torch's Muon cannot skip a step on the device), so the trainer checks non-finite values with a
-    host sync every step under it, and fp16's GradScaler (one torch optimizer) is refused with it."""
+    (so set_lr reaches both), ``state_dict`` holds both parts by name, ``found_inf`` (the sync-free non-finite
+    guard) reaches both. Not a torch.optim.Optimizer: fp16's GradScaler, which steps a single torch optimizer, is
+    refused with it (ditlab.config)."""
 
     def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
         self.parts = {"muon": muon, "adamw": adamw}
+
+    @property
+    def found_inf(self):
+        return self.parts["muon"].found_inf
+
+    @found_inf.setter
+    def found_inf(self, value) -> None:
+        for part in self.parts.values():  # fused AdamW and BatchedMuon skip their update where it is 1
+            part.found_inf = value
 
     @property
     def param_groups(self) -> list[dict]:

@@ -149,11 +149,9 @@ class Trainer:
         self.train_model, self._loss_fn = self._wrap_for_training()  # DDP and torch.compile, as configured
         self.task = build_task(cfg, self.train_model, self.objective)
         # The sync-free guard needs the fused optimizer's found_inf support (CUDA, no GradScaler).
+        # (optim.name=muon: its Muon part takes found_inf too, ditlab.train.muon.)
         self.sync_free = (cfg.train.nan_check == "log" and self.device.type == "cuda" and cfg.optim.fused
-                          and self.scaler is None and cfg.optim.name == "adamw")
-        if cfg.train.nan_check == "log" and cfg.optim.name == "muon" and self.device.type == "cuda":
-            self._say("ditlab: optim.name=muon: non-finite values are checked every step (one host sync a step, "
-                      "as train.nan_check=step): torch's Muon cannot skip an update on the device")
+                          and self.scaler is None)
         self._halt = torch.zeros((), dtype=torch.bool, device=self.device)
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.ema_task = build_task(cfg, self.ema.module, self.objective, training=False)
