@@ -14,7 +14,8 @@
     python scripts/bench_train.py --arch DiT-S/2 DiT-B/2 --compile yes --float8 off,tensorwise,rowwise
 
 One JSON line per setting (see ditlab.bench.bench_train), with the task, the fast_kernels and float8
-modes, the SDPA backend, the fused MLP's GEMMs and the context-set length added. The same measurement on a real data set:
+modes, the optimizer, the SDPA backend, the fused MLP's GEMMs and the context-set length added. The same
+measurement on a real data set:
 `ditlab bench train CONFIG`.
 """
 from __future__ import annotations
@@ -101,7 +102,8 @@ def main():
         torch._dynamo.reset()
         with sdpa_kernel([SDPA_BACKENDS[attn]]) if attn else contextlib.nullcontext():
             result = bench_train(cfg, args.warmup, args.steps, args.repeats)
-        result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels, sdpa=attn or "auto",
+        result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels, optim=cfg.optim.name,
+                      sdpa=attn or "auto",
                       adaln_op=os.environ.get("DITLAB_ADALN_OP", "custom_op"),  # the kernels' default
                       mlp_gemm=kernels.MLP_GEMM, token_runs_max=token_groups.MAX_RUNS,
                       context_tokens=args.context_tokens, overrides=args.overrides)

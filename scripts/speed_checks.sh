@@ -10,13 +10,15 @@
 #   scripts/speed_checks.sh adaln  OUT   the adaLN backward with its row loop pipelined by tl.range (DITLAB_ADALN_BWD_
 #                                        LOOP_STAGES 2 / 3 / 4 against 0), kernels alone at the S/2, B/2 and superres
 #                                        shapes (OUT/adaln_loop.jsonl, ~3 min); if a depth wins, time it end to end
+#   scripts/speed_checks.sh muon   OUT   the training step with optim.name=muon against adamw, DiT-S/2, the speedrun's
+#                                        compile settings (OUT/muon.jsonl, ~4 min): the optimizer's cost per step
 #   scripts/speed_checks.sh streams OUT  superres DiT-S/2, fast path off / on, its modulation spread from the streams'
 #                                        runs against the indexed gather (DITLAB_TOKEN_RUNS_MAX=0, the path before
 #                                        the fourteenth session) (OUT/streams.jsonl, ~8 min)
 # Run from the repository root with PYTHONPATH=src. Rows are JSON lines of scripts/bench_train.py (img/s, MFU,
 # peak memory; docs/performance.md reads them); compare rows of one call only (one machine, minutes apart).
 set -uo pipefail
-stage=${1:?usage: scripts/speed_checks.sh tests|mlp|ctx77|sample|adaln|streams OUT}; out=${2:?OUT folder}
+stage=${1:?usage: scripts/speed_checks.sh tests|mlp|ctx77|sample|adaln|muon|streams OUT}; out=${2:?OUT folder}
 mkdir -p "$out"
 bench() { python3 scripts/bench_train.py --compile yes --repeats 3 --steps 20 --warmup 25 train.nan_check=log "$@"; }
 case $stage in
@@ -35,11 +37,15 @@ case $stage in
   adaln)
     timeout 500 python3 scripts/bench_adaln_kernels.py --shapes S2 B2 superres_S2 --sweep --knobs BWD_LOOP_STAGES \
       --no-inductor --out "$out/adaln_loop.jsonl" ;;
+  muon)
+    for opt in adamw muon; do
+      timeout 270 bench --arch DiT-S/2 optim.name=$opt --out "$out/muon.jsonl"
+    done ;;
   streams)
     for runs in 0 8; do
       DITLAB_TOKEN_RUNS_MAX=$runs timeout 275 bench --arch DiT-S/2 --fast-kernels off,on task.kind=superres \
         train.compile_mode=reduce-overhead --out "$out/streams.jsonl"
     done ;;
   *)
-    echo "unknown stage $stage (tests, mlp, ctx77, sample, adaln, streams)" >&2; exit 2 ;;
+    echo "unknown stage $stage (tests, mlp, ctx77, sample, adaln, muon, streams)" >&2; exit 2 ;;
 esac
