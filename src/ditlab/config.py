@@ -79,6 +79,10 @@ class ModelConfig:
     # False (with class_tokens > 0): the label reaches the network through the class tokens only; adaLN
     # sees the noise level alone.
     label_in_adaln: bool = True
+    # Token routing in training (TREAD; ditlab.models.routing): route_fraction of the tokens, drawn per sample
+    # and step, skip the blocks route_blocks = "A:B" (A .. B-1) and rejoin unchanged; eval runs every token.
+    route_fraction: float = 0.0
+    route_blocks: str = ""
 
 
 @dataclass

@@ -7,7 +7,8 @@ modulation 6 D^2 per conditioning group (one per sample when t is per sample). U
 one 2D -> D projection per token for each of the depth // 2 receiving blocks. A tokens_gated condition
 (ditlab.models.control) adds, per gated block, a second attention over the T - Nc keys other than the
 condition's (2 Q (T - Nc) D, Q = T - Nc queries when those keys are one range and the pass runs on slices,
-all T when it gathers them) and a second output projection (T D^2).
+all T when it gathers them) and a second output projection (T D^2). Token routing in training
+(ditlab.models.routing) runs its span of blocks on the kept tokens only.
 FLOPs = 2 x MACs; a training step costs 3 x the forward (forward + backward of activations and
 weights).
 """
@@ -15,15 +16,18 @@ from __future__ import annotations
 
 from ditlab.models.dit import DiT
 from ditlab.models.mlp import SwiGLU
+from ditlab.models.routing import kept_count
 
 
-def dit_forward_flops(model: DiT, groups: int = 1, context_tokens: int = 0) -> int:
+def dit_forward_flops(model: DiT, groups: int = 1, context_tokens: int = 0, routed: bool = False) -> int:
     """Forward FLOPs per sample.
 
     ``groups``: the streams' conditioning groups per sample (1 for one stream with per-sample t, the
     number of streams for several, the number of tokens for per-token t); the class tokens' own group
     (model.class_tokens > 0) is added here: one more, or one per class token when t is per token.
     ``context_tokens``: the context set length seen by cross-attention (padding included: SDPA computes it).
+    ``routed``: a training forward, whose routed blocks (model.route_fraction, ditlab.models.routing) see only
+    the kept tokens; sampling runs every token through every block.
     """
     D, L = model.hidden_size, model.depth
     K = getattr(model, "num_class_tokens", 0)
@@ -32,14 +36,22 @@ def dit_forward_flops(model: DiT, groups: int = 1, context_tokens: int = 0) -> i
         groups += K if groups >= model.num_tokens > 1 else 1
     mlp = model.blocks[0].mlp
     H = mlp.hidden
-    attn_proj = 4 * T * D * D
-    mlp_macs = (3 if isinstance(mlp, SwiGLU) else 2) * T * D * H
-    scores = 2 * T * T * D
-    mod = groups * model.blocks[0].num_mod * D * D
-    macs = L * (attn_proj + mlp_macs + scores + mod)
-    if model.context_dim is not None:  # cross-attention: q and out projections, k/v of the context, scores
-        M, Dc = context_tokens, model.context_dim
-        macs += L * (2 * T * D * D + 2 * M * Dc * D + 2 * T * M * D)
+    mlp_factor = 3 if isinstance(mlp, SwiGLU) else 2
+    num_mod = model.blocks[0].num_mod
+
+    def block_macs(T: int, groups: int) -> int:
+        macs = 4 * T * D * D + mlp_factor * T * D * H + 2 * T * T * D + groups * num_mod * D * D
+        if model.context_dim is not None:  # cross-attention: q and out projections, k/v of the context, scores
+            M, Dc = context_tokens, model.context_dim
+            macs += 2 * T * D * D + 2 * M * Dc * D + 2 * T * M * D
+        return macs
+
+    spec = getattr(model, "route", None) if routed else None
+    if spec is None:
+        macs = L * block_macs(T, groups)
+    else:  # the span's blocks see the kept tokens, with per-token conditioning rows unless there is one group
+        Tr, span = kept_count(T, spec.fraction), spec.end - spec.start
+        macs = (L - span) * block_macs(T, groups) + span * block_macs(Tr, 1 if groups == 1 else Tr)
     gates = getattr(model, "token_gates", None)
     if gates is not None:
         Nc = model.cond_spec.num_tokens
@@ -57,4 +69,4 @@ def dit_forward_flops(model: DiT, groups: int = 1, context_tokens: int = 0) -> i
 
 
 def train_flops_per_image(model: DiT) -> int:
-    return 3 * dit_forward_flops(model)
+    return 3 * dit_forward_flops(model, routed=True)

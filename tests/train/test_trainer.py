@@ -166,3 +166,16 @@ def test_a_resumed_time_limited_run_gets_the_rest_of_its_budget(tiny_data, tmp_p
     assert 2.0 <= summary["timed_seconds"] < 3.0  # the run's budget, both segments together
     assert second < 2.0 + 1.0  # well under a fresh 2 s budget plus its untimed step
     assert [seg["timed_seconds"] for seg in summary["segments"]][0] == first[-1]["timed_seconds"]
+
+
+def test_a_run_with_token_routing_trains(tiny_data, tmp_path):
+    """model.route_fraction / model.route_blocks (ditlab.models.routing) from the config to the trained model."""
+    from ditlab.models.routing import RouteSpec
+    from ditlab.tasks.image.model import build_image_model
+
+    cfg = load_config(None, ["model.route_fraction=0.5", "model.route_blocks=1:3", "model.depth=4"])
+    assert build_image_model(cfg.model, 32).route == RouteSpec(0.5, 1, 3)
+    run = tmp_path / "r"
+    assert Trainer(tiny_cfg(tiny_data, run, "train.steps=4", "model.route_fraction=0.5", "model.route_blocks=0:1"),
+                   progress=False).run() == 0
+    assert len(losses(run)) == 4 and all(np.isfinite(losses(run)))

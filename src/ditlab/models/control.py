@@ -144,6 +144,9 @@ class ConditionedDiT(DiT):
             if injection == "cross":
                 dit_kwargs["context_dim"] = dit_kwargs.get("hidden_size", 384)
             super().__init__(self_main, **dit_kwargs)
+        if self.route is not None and injection != "tokens":
+            raise ValueError(f"model.route_fraction with task.cond_injection={injection}: token routing needs the "
+                             "plain token sequence (task.cond_injection=tokens)")
         self.injection, self.cond_spec, self.cond_name = injection, self_spec, cond_name
         self.cond_block_ids = tuple(cond_block_range(cond_blocks, self.depth))
         self._pathway: Optional[dict] = None  # per-forward state read by _block_step

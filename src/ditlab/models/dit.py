@@ -35,6 +35,7 @@ from ditlab.models.norms import NORM_KINDS
 from ditlab.models.skips import LongSkips
 from ditlab.models.streams import (DIT_ARCHS, DIT_SIZES, PATCH_SIZES, StreamSpec, TokenEmbed,  # noqa: F401
                                    parse_arch, stream_positions, stream_rope, unpatchify)
+from ditlab.models.routing import parse_route, route, unroute
 from ditlab.models.token_groups import Index, TokenGroups, runs_of, slice_groups
 
 
@@ -84,6 +85,8 @@ class DiT(nn.Module):
         long_skips: bool = False,
         class_tokens: int = 0,
         label_in_adaln: bool = True,
+        route_fraction: float = 0.0,
+        route_blocks: str = "",
     ):
         """``context_dim`` (+ ``cross_attn_dropout``): the unnamed context set in every block, as
         ``contexts=[ContextSpec("", context_dim, cross_attn_dropout)]``; ``contexts``: context sets
@@ -93,7 +96,8 @@ class DiT(nn.Module):
         "swiglu" (ditlab.models.mlp), ``norm`` "layernorm" | "rmsnorm" before every adaLN modulation
         (ditlab.models.norms), ``long_skips`` U-ViT skips (ditlab.models.skips), ``class_tokens`` N > 0
         in-context class tokens and ``label_in_adaln`` whether the label also enters adaLN
-        (ditlab.models.class_tokens)."""
+        (ditlab.models.class_tokens); ``route_fraction`` / ``route_blocks`` token routing in training
+        (ditlab.models.routing)."""
         super().__init__()
         specs = model_context_specs(context_dim, cross_attn_dropout, contexts)
         unnamed = next((cs for cs in specs if cs.name == ""), None)
@@ -134,6 +138,10 @@ class DiT(nn.Module):
                                                for n, cs in self.context_specs.items()})
         # Options off: None, so a default model has exactly today's modules and state-dict keys.
         self.long_skips = LongSkips(depth, hidden_size) if long_skips else None
+        self.route = parse_route(route_fraction, route_blocks, depth)  # token routing in training, or None
+        if self.route is not None and long_skips:
+            raise ValueError("model.route_fraction with model.long_skips: a long skip would join sequences of "
+                             "different lengths across the routed blocks")
         self.class_tokens = ClassTokens(class_tokens, hidden_size) if class_tokens else None
 
         self._register_token_tables(streams, pos_embed, class_tokens)
@@ -334,12 +342,18 @@ class DiT(nn.Module):
         if K:
             h, mask = self._with_class_tokens(h, labels, label_drop, mask)
         kept: list[torch.Tensor] = []  # long skips: the first blocks' outputs
+        spec = self.route if self.training else None  # token routing: training only, every token in eval
+        routed = None
         for i, block in enumerate(self.blocks):
+            if spec is not None and i == spec.start:
+                h, c, index, mask, rope, routed = route(spec, h, c, index, mask, rope)
             if self.long_skips is not None:
                 h = self.long_skips.merge(i, h, kept)
             h = self._block_step(i, block, h, c, index, mask, rope, context, context_mask, sets=sets)
             if self.long_skips is not None:
                 self.long_skips.keep(i, h, kept)
+            if routed is not None and i == spec.end - 1:
+                h, c, index, mask, rope = unroute(routed, h)
 
         return self._outputs(h[:, K:] if K else h, c, index, self.streams, K)
 
@@ -495,4 +509,6 @@ def dit_kwargs(model_cfg) -> dict:
         long_skips=getattr(model_cfg, "long_skips", False),
         class_tokens=getattr(model_cfg, "class_tokens", 0),
         label_in_adaln=getattr(model_cfg, "label_in_adaln", True),
+        route_fraction=getattr(model_cfg, "route_fraction", 0.0),
+        route_blocks=getattr(model_cfg, "route_blocks", ""),
     )
