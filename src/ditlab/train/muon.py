@@ -6,9 +6,9 @@ The mathematics is torch.optim.Muon's (torch >= 2.9), step for step:
     O <- NS5(U): U / ||U||_F in bf16, then ns_steps quintic Newton-Schulz iterations (on U^T when it is tall)
     p <- p * (1 - lr * weight_decay) - adjust(lr, shape) * O
 torch's implementation walks the matrices one by one in Python: five iterations of three matmuls each, per
-matrix, ~60 matrices at DiT-S/2, about 2,000 kernel launches a step, against a ~35 ms GPU step. The blocks of a
-DiT hold a handful of matrix shapes, so here each shape's matrices are stacked and iterated together with
-batched matmuls (a few dozen launches a step).
+matrix. At DiT-S/2 (60 matrices of 5 shapes) that is 1,754 aten ops, i.e. kernel launches, a step, against a ~35
+ms GPU step. The blocks of a DiT hold a handful of matrix shapes, so here each shape's matrices are stacked and
+iterated together with batched matmuls: 298 ops a step (scripts/bench_muon.py, BENCHMARKS.md).
 
 It also honours ``found_inf`` as fused AdamW does: set to a one-element tensor (the trainer's sync-free
 non-finite guard), a 1 makes the step a no-op on the device without a host sync. The gradient is zeroed before

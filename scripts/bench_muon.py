@@ -1,0 +1,75 @@
+"""One Muon step over a DiT's block matrices (optim.name=muon): torch.optim.Muon against ditlab's BatchedMuon.
+
+    python scripts/bench_muon.py --arch DiT-S/2                 # CPU: the op counts (timings mean little there)
+    python scripts/bench_muon.py --arch DiT-S/2 DiT-B/2 --device cuda
+
+Per implementation, one JSON line: the aten ops one step dispatches (each a kernel launch on the GPU; counted
+with a TorchDispatchMode) and the step's time (median of --repeats; on CUDA with synchronisation around it).
+The matrices are the ones optim.name=muon gives Muon (ditlab.train.optim.muon_parameters), random gradients.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ditlab.models.dit import DiT, StreamSpec, parse_arch
+from ditlab.train.muon import BatchedMuon
+from ditlab.train.optim import muon_parameters
+
+
+class OpCount(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", nargs="+", default=["DiT-S/2"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    impls = [("BatchedMuon", BatchedMuon)] + ([("torch.optim.Muon", torch.optim.Muon)]
+                                              if hasattr(torch.optim, "Muon") else [])
+    for arch in args.arch:
+        hidden, depth, heads, patch = parse_arch(arch)
+        torch.manual_seed(0)
+        model = DiT([StreamSpec("image", 3, 32, patch)], hidden_size=hidden, depth=depth, num_heads=heads,
+                    num_classes=10)
+        matrices = muon_parameters(model)
+        for name, cls in impls:
+            params = [torch.nn.Parameter(m.detach().clone().to(device)) for m in matrices]
+            opt = cls(params, lr=1e-3, weight_decay=0.0, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+            for q in params:
+                q.grad = torch.randn_like(q)
+            opt.step()  # the momentum buffers exist from here on
+            counter = OpCount()
+            with counter:
+                opt.step()
+            times = []
+            for _ in range(args.repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(1000 * (time.perf_counter() - t0))
+            print(json.dumps({"arch": arch, "impl": name, "matrices": len(params),
+                              "shapes": len({tuple(q.shape) for q in params}), "aten_ops_per_step": counter.count,
+                              "step_ms": round(statistics.median(times), 3), "device": str(device),
+                              "torch": torch.__version__}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
