@@ -11,7 +11,8 @@
 #                                        LOOP_STAGES 2 / 3 / 4 against 0), kernels alone at the S/2, B/2 and superres
 #                                        shapes (OUT/adaln_loop.jsonl, ~3 min); if a depth wins, time it end to end
 #   scripts/speed_checks.sh muon   OUT   the training step with optim.name=muon against adamw, DiT-S/2, the speedrun's
-#                                        compile settings (OUT/muon.jsonl, ~4 min): the optimizer's cost per step
+#                                        compile settings (OUT/muon.jsonl, ~4 min), and one Muon step alone, torch.optim.Muon
+#                                        against BatchedMuon (OUT/muon_step.jsonl)
 #   scripts/speed_checks.sh streams OUT  superres DiT-S/2, fast path off / on, its modulation spread from the streams'
 #                                        runs against the indexed gather (DITLAB_TOKEN_RUNS_MAX=0, the path before
 #                                        the fourteenth session) (OUT/streams.jsonl, ~8 min)
@@ -38,8 +39,9 @@ case $stage in
     timeout 500 python3 scripts/bench_adaln_kernels.py --shapes S2 B2 superres_S2 --sweep --knobs BWD_LOOP_STAGES \
       --no-inductor --out "$out/adaln_loop.jsonl" ;;
   muon)
+    timeout 60 python3 scripts/bench_muon.py --arch DiT-S/2 DiT-B/2 --device cuda > "$out/muon_step.jsonl"
     for opt in adamw muon; do
-      timeout 270 bench --arch DiT-S/2 optim.name=$opt --out "$out/muon.jsonl"
+      timeout 250 bench --arch DiT-S/2 optim.name=$opt --out "$out/muon.jsonl"
     done ;;
   streams)
     for runs in 0 8; do
