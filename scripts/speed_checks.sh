@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17's open GPU measurements, one stage per device command (each fits the 10-minute limit), every
 # result written under OUT (the device's $OUT) so that a machine taken back after the call loses nothing:
-#   scripts/speed_checks.sh tests  OUT   the GPU kernel tests (adaLN and the MLP GEMMs), summary in OUT/kernel_tests.txt
+#   scripts/speed_checks.sh tests  OUT   the GPU kernel tests (adaLN and the MLP GEMMs) and the token-group spread
+#                                        compiled on the GPU, summary in OUT/kernel_tests.txt
 #   scripts/speed_checks.sh mlp    OUT   DITLAB_MLP_GEMM cublas against triton on the fused path under CUDA graphs,
 #                                        DiT-S/2 and DiT-B/2, one process (OUT/mlp_gemm.jsonl, ~8 min)
 #   scripts/speed_checks.sh ctx77  OUT   the 77-token context set, fast path off / on, beside plain DiT-S/2
@@ -24,7 +25,8 @@ mkdir -p "$out"
 bench() { python3 scripts/bench_train.py --compile yes --repeats 3 --steps 20 --warmup 25 train.nan_check=log "$@"; }
 case $stage in
   tests)
-    timeout 400 python3 -m pytest -q -p no:warnings tests/models/kernels > "$out/kernel_tests.txt" 2>&1
+    timeout 400 python3 -m pytest -q -p no:warnings tests/models/kernels tests/models/test_token_groups.py \
+      > "$out/kernel_tests.txt" 2>&1
     rc=$?; tail -3 "$out/kernel_tests.txt"; exit $rc ;;
   mlp)
     timeout 560 bench --arch DiT-S/2 DiT-B/2 --fast-kernels on --mlp-gemm cublas,triton \

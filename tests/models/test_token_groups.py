@@ -131,3 +131,32 @@ def test_a_multi_stream_model_traces_in_one_graph():
     out.sum().backward()
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fast", [False, True], ids=["eager_blocks", "fused_blocks"])
+def test_compiled_on_the_gpu_the_runs_match_the_gather(fast, monkeypatch):
+    """Inductor on the GPU (the superres study's path): the spread from runs against the indexed gather, forward and
+    gradients, bf16 autocast, the fused adaLN path off and on."""
+    from ditlab.models import kernels
+
+    model = tiny().cuda()
+    kernels.set_fast_kernels(model, fast and kernels.triton_available())
+    x, t = inputs()
+    x, t = {k: v.cuda() for k, v in x.items()}, {k: v.cuda() for k, v in t.items()}
+
+    def run():
+        torch._dynamo.reset()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = torch.compile(model)(x, t)["image"]
+        (out.float() * torch.linspace(-1, 1, out.numel(), device="cuda").view_as(out)).sum().backward()
+        return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    runs, g_runs = run()
+    monkeypatch.setattr(token_groups, "MAX_RUNS", 0)
+    gather, g_gather = run()
+    torch._dynamo.reset()
+    torch.testing.assert_close(runs, gather, rtol=2e-2, atol=2e-3)
+    for name in g_gather:
+        torch.testing.assert_close(g_runs[name], g_gather[name], rtol=5e-2, atol=5e-3, msg=name)
