@@ -25,7 +25,7 @@ mkdir -p "$out"
 bench() { python3 scripts/bench_train.py --compile yes --repeats 3 --steps 20 --warmup 25 train.nan_check=log "$@"; }
 case $stage in
   tests)
-    timeout 400 python3 -m pytest -q -p no:warnings tests/models/kernels tests/models/test_token_groups.py \
+    timeout 400 python3 -m pytest -p no:warnings tests/models/kernels tests/models/test_token_groups.py \
       > "$out/kernel_tests.txt" 2>&1
     rc=$?; tail -3 "$out/kernel_tests.txt"; exit $rc ;;
   mlp)
