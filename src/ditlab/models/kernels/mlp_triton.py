@@ -38,11 +38,12 @@ GELU_C = 0.044715
 _CONFIGS = ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4),
             (128, 64, 64, 4, 4), (128, 128, 128, 8, 2), (256, 128, 64, 8, 3))
 _INTERP_CONFIGS = ((16, 32, 16, 4, 1),)
+CONFIGS = _INTERP_CONFIGS if INTERPRET else _CONFIGS
 
 
 def _configs():
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-            for m, n, k, w, s in (_INTERP_CONFIGS if INTERPRET else _CONFIGS)]
+            for m, n, k, w, s in CONFIGS]
 
 
 @triton.jit
@@ -128,7 +129,7 @@ def _grid(M: int, N: int):
 
 def _part_rows(M: int) -> int:
     # Enough row slots for the smallest BLOCK_M any config may use; unused slots stay zero.
-    smallest = min(c[0] for c in (_INTERP_CONFIGS if INTERPRET else _CONFIGS))
+    smallest = min(c[0] for c in CONFIGS)
     return triton.cdiv(M, smallest)
 
 

@@ -46,6 +46,14 @@ def context_files(cfg) -> list[tuple[str, str]]:
     return out
 
 
+def _tensors(cs: ContextSet, device=None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(embeddings, mask) of a context set, on ``device`` if given; the mask None for a set without padding."""
+    emb, mask = cs.embeddings, None if cs.full else cs.mask
+    if device is not None:
+        emb, mask = emb.to(device), None if mask is None else mask.to(device)
+    return emb, mask
+
+
 class ImageTrainData:
     def __init__(self, data: ImageData, hflip: bool, context: Optional[ContextSet] = None,
                  named: Optional[dict[str, ContextSet]] = None):
@@ -64,27 +72,23 @@ class ImageTrainData:
             if len(context) != self.num_examples:
                 raise ValueError(f"context set {context.source} has {len(context)} rows for {self.num_examples} "
                                  "images; align it with ditlab.data.context_sets.align_to_images")
-            self.context, self.context_mask = context.embeddings, None if context.full else context.mask
+            self.context, self.context_mask = _tensors(context)
             self.info.update(context_dim=context.dim, context_source=context.source)
         self.named_sets = dict(named or {})  # CPU copies, row i = image i
         self.named = {}  # name -> (embeddings, mask) on the device
         for name, cs in self.named_sets.items():
             if len(cs) != self.num_examples:
                 raise ValueError(f"context set {name!r} ({cs.source}) has {len(cs)} rows for {self.num_examples} images")
-            self.named[name] = (cs.embeddings, None if cs.full else cs.mask)
+            self.named[name] = _tensors(cs)
         if self.named_sets:
             self.info.update(contexts={n: cs.dim for n, cs in self.named_sets.items()},
                              contexts_source={n: cs.source for n, cs in self.named_sets.items()})
 
     def to(self, device: torch.device) -> "ImageTrainData":
         self.images, self.labels = self.data.images.to(device), self.data.labels.to(device)
-
-        def on_device(cs: ContextSet):  # (embeddings, mask or None for a set without padding)
-            return cs.embeddings.to(device), None if cs.full else cs.mask.to(device)
-
         if self.context_set is not None:
-            self.context, self.context_mask = on_device(self.context_set)
-        self.named = {n: on_device(cs) for n, cs in self.named_sets.items()}
+            self.context, self.context_mask = _tensors(self.context_set, device)
+        self.named = {n: _tensors(cs, device) for n, cs in self.named_sets.items()}
         return self
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
