@@ -473,7 +473,8 @@ def check_values(cfg: Config, source: str = "") -> None:
     if len({f"{s:.3f}" for s in sigma_rels}) != len(sigma_rels):  # snapshot file names carry 3 decimals
         raise ConfigError(f"ema.posthoc_sigma_rels must differ in their first 3 decimals, got {list(sigma_rels)}{where}")
     optim = cfg.optim
-    if optim.name == "adamw" and (optim.muon_momentum != 0.95 or optim.muon_adjust_lr != "match_rms_adamw"):
+    muon_keys = ("muon_momentum", "muon_adjust_lr")
+    if optim.name == "adamw" and any(getattr(optim, k) != getattr(OptimConfig, k) for k in muon_keys):
         raise ConfigError(f"optim.muon_momentum and optim.muon_adjust_lr apply to optim.name=muon, not adamw{where}")
     if not 0 <= optim.muon_momentum < 1:
         raise ConfigError(f"optim.muon_momentum must lie in [0, 1), got {optim.muon_momentum}{where}")
