@@ -2,10 +2,13 @@
 
     python scripts/bench_muon.py --arch DiT-S/2                 # CPU: the op counts (timings mean little there)
     python scripts/bench_muon.py --arch DiT-S/2 DiT-B/2 --device cuda
+    python scripts/bench_muon.py --agreement      # BatchedMuon against torch.optim.Muon, four steps
 
 Per implementation, one JSON line: the aten ops one step dispatches (each a kernel launch on the GPU; counted
 with a TorchDispatchMode) and the step's time (median of --repeats; on CUDA with synchronisation around it).
 The matrices are the ones optim.name=muon gives Muon (ditlab.train.optim.muon_parameters), random gradients.
+--agreement: the largest difference between the two implementations' weights after four steps from the same
+weights and gradients (tests/train/test_muon.py's case), beside how far the steps moved them, per setting.
 """
 from __future__ import annotations
 
@@ -32,13 +35,36 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def agreement() -> None:
+    from tests.train.test_muon import _grads, _params  # the test's matrices (wide, tall, square) and gradients
+
+    for nesterov in (True, False):
+        for adjust in ("match_rms_adamw", "original"):
+            ours, ref = _params(), _params()
+            start = [q.detach().clone() for q in ours]
+            kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust)
+            opts = [(ours, BatchedMuon(ours, **kw)), (ref, torch.optim.Muon(ref, **kw))]
+            for step in range(4):
+                for params, opt in opts:
+                    for q, g in zip(params, _grads(params, step)):
+                        q.grad = g
+                    opt.step()
+            print(json.dumps({"nesterov": nesterov, "adjust_lr_fn": adjust,
+                              "max_abs_difference": max((a - b).abs().max().item() for a, b in zip(ours, ref)),
+                              "max_abs_move": max((a - b).abs().max().item() for a, b in zip(ours, start)),
+                              "torch": torch.__version__}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", nargs="+", default=["DiT-S/2"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--agreement", action="store_true", help="BatchedMuon against torch.optim.Muon instead (CPU)")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.agreement:
+        return agreement()
     impls = [("BatchedMuon", BatchedMuon)] + ([("torch.optim.Muon", torch.optim.Muon)]
                                               if hasattr(torch.optim, "Muon") else [])
     for arch in args.arch:
