@@ -381,13 +381,75 @@ def test_combination_merges_the_best_compatible_variants_that_beat_the_kept_ones
 
     # warm sets optim.lr as hot did (left out); fused and rms cannot load together (left out); base bars
     combo = combination(spec, final, ranked("hot", "warm", "fused", "rms", "clip", "base"), spec.variants)
-    assert combo.name == "combo_final" and combo.note == "combination of hot + fused + clip"
+    assert combo.name == "combo_final" and combo.note.startswith("combination of hot + fused + clip; left out: "
+                                                                 "warm (sets optim.lr otherwise); rms (")
     assert combo.overrides == ["task.kind=image", "optim.lr=1e-2", "train.fast_kernels=on", "optim.grad_clip=0.5"]
     # only variants ranked above every kept one count: one is not a combination
     assert combination(spec, final, ranked("hot", "base", "clip", "rms"), spec.variants) is None
     assert combination(spec, dataclasses.replace(final, combine=2),
                        ranked("rms", "clip", "hot", "base"), spec.variants).overrides == [
         "task.kind=image", "model.norm=rmsnorm", "optim.grad_clip=0.5"]
+
+
+ROUTED = """\
+config: tiny.yaml
+seeds: [0]
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+stages:
+  screen: {steps: 1}
+  final: {steps: 2, top: 1, combine: 2, keep: [base]}
+variants:
+  base: {overrides: [task.kind=image]}
+  routed: {overrides: [task.kind=image, model.route_fraction=0.5, "model.route_blocks=0:1"]}
+  skips: {overrides: [task.kind=image, model.long_skips=true]}
+  clip: {overrides: [task.kind=image, optim.grad_clip=0.5]}
+"""
+
+
+def test_a_combination_whose_network_cannot_be_built_leaves_the_variant_out(tmp_path, monkeypatch):
+    """Token routing refuses long skips in the DiT's constructor, after every config check has passed: without
+    the build check the combination would fail at the start of its training, and again on every rerun."""
+    from ditlab.experiments.build_check import DataFacts
+    from ditlab.experiments.stages import combination
+
+    data, _ = write_study(tmp_path, monkeypatch, ROUTED, 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    final = spec.stages[1]
+    order = [("routed", 1.0, 1), ("skips", 2.0, 1), ("clip", 3.0, 1), ("base", 4.0, 1)]
+    # without the data facts only the config checks run: the combination that cannot train
+    blind = combination(spec, final, order, spec.variants)
+    assert "model.long_skips=true" in blind.overrides
+    # the facts from the training data (a fresh machine, no trained run)
+    facts = DataFacts(tmp_path / "out", load_data=True)
+    combo = combination(spec, final, order, spec.variants, facts, [f"data.path={data}"])
+    assert combo.overrides == ["task.kind=image", "model.route_fraction=0.5", "model.route_blocks=0:1",
+                               "optim.grad_clip=0.5"]
+    assert combo.note.startswith("combination of routed + clip; left out: skips (model.route_fraction with "
+                                 "model.long_skips")
+    # --plan reads no data: without a trained run it knows no facts, and says nothing it cannot check
+    assert DataFacts(tmp_path / "out")(load_config_of(spec, data)) is None
+
+
+def load_config_of(spec, data):
+    from pathlib import Path
+
+    from ditlab.experiments.ablation import variant_config
+
+    return variant_config(spec, spec.variants[0], 0, Path("unused"), [f"data.path={data}"])
+
+
+def test_data_facts_come_from_a_trained_run_of_the_same_data(tmp_path, monkeypatch):
+    from ditlab.experiments.build_check import DataFacts
+
+    data, net = write_study(tmp_path, monkeypatch, ROUTED, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net) + ["--only", "base", "--stage", "screen"]) == 0
+    cfg = load_config_of(load_ablation(tmp_path / "ablation.yaml"), data)
+    saved = json.loads((out / "screen" / "runs" / "base-s0" / "model.json").read_text())
+    assert DataFacts(out)(cfg) == saved  # no data read: the run's own model.json
+    # data.path may differ between machines; other data options change what the network sees
+    assert DataFacts(out)(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path="elsewhere"))) == saved
+    assert DataFacts(out)(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=16))) is None
 
 
 def test_a_stage_trains_the_combination_and_carries_it_on(tmp_path, monkeypatch):

@@ -66,7 +66,7 @@ def cmd_ablate(args) -> int:
 
     if spec.stages:
         code = run_stages(spec, args.out, lambda plain, out, left: run_one(plain, out, left, ()),
-                          budget_s=args.budget_s, only=args.only, stage_name=args.stage)
+                          budget_s=args.budget_s, only=args.only, stage_name=args.stage, overrides=args.set)
     else:
         code = run_one(spec, args.out, args.budget_s, args.only)
     if code:

@@ -49,6 +49,7 @@ def _block(title: str, spec: AblationSpec, out: Path) -> tuple[list[str], dict]:
 def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
     """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total."""
     from ditlab.experiments.ablation import check_variants
+    from ditlab.experiments.build_check import DataFacts
     from ditlab.experiments.stages import promoted, ranking, stage_complete, stage_spec
 
     out = Path(out)
@@ -64,7 +65,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
             prev_spec = stage_spec(spec, prev, variants)
             if stage_complete(prev_spec, out / prev.name):
                 variants = promoted(spec, stage, ranking(prev_spec, out / prev.name, stage.rank_by),
-                                    prev_spec.variants)
+                                    prev_spec.variants, DataFacts(out))  # facts of trained runs only
             else:
                 variants = None
         if variants is None:  # its variants depend on a ranking not known yet

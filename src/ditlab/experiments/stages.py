@@ -16,9 +16,10 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ditlab.configlib import ConfigError
+from ditlab.experiments.build_check import DataFacts, check_builds
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant, check_stage_evals
 from ditlab.experiments.results import read_scores
 
@@ -62,16 +63,18 @@ def ranking(spec: AblationSpec, out: Path, rank_by: str) -> list[tuple[str, floa
 
 
 def promoted(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]],
-             candidates: Optional[list[Variant]] = None) -> list[Variant]:
+             candidates: Optional[list[Variant]] = None, facts: Optional[DataFacts] = None,
+             extra: Sequence[str] = ()) -> list[Variant]:
     """The variants a stage takes from the ranking of the stage before (whose variants are ``candidates``,
-    default the file's): its top ones, those it keeps, and with ``combine`` their combination."""
+    default the file's): its top ones, those it keeps, and with ``combine`` their combination (see
+    :func:`combination` for ``facts`` and ``extra``)."""
     candidates = list(spec.variants if candidates is None else candidates)
     names = {v for v, _, _ in ranked[:stage.top]} if stage.top else {v for v, _, _ in ranked}
     names |= set(stage.keep)
     known = {v.name for v in candidates}
     chosen = [v for v in candidates if v.name in names] + [v for v in spec.variants
                                                           if v.name in names and v.name not in known]
-    combo = combination(spec, stage, ranked, candidates) if stage.combine else None
+    combo = combination(spec, stage, ranked, candidates, facts, extra) if stage.combine else None
     if combo is not None and all(sorted(v.overrides) != sorted(combo.overrides) for v in chosen):
         chosen.append(combo)
     return chosen
@@ -82,12 +85,17 @@ def override_key(override: str) -> str:
 
 
 def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]],
-                candidates: list[Variant]) -> Optional[Variant]:
+                candidates: list[Variant], facts: Optional[DataFacts] = None,
+                extra: Sequence[str] = ()) -> Optional[Variant]:
     """combo_STAGE: the overrides of the best ``stage.combine`` variants of the ranking that beat every kept
     variant (e.g. the baseline), merged in ranking order. A variant whose override sets a key a better one
-    already set to another value, or whose overrides do not load together with the others (a config error),
-    is left out; None when fewer than two remain. Cascade variants (lo_variant) are not combined."""
+    already set to another value, whose overrides do not load together with the others (a config error, or an
+    option the trainer refuses at start-up), or, given the study's ``facts``, whose network cannot be built
+    with the others' options (ditlab.experiments.build_check) is left out, and the note says why; None when
+    fewer than two remain. Cascade variants (lo_variant) are not combined. ``extra``: the command line's
+    overrides of every variant (--set)."""
     from ditlab.experiments.ablation import variant_config
+    from ditlab.train.trainer import check_training_config
 
     by_name = {v.name: v for v in candidates}
     kept_at = [i for i, (name, _, _) in enumerate(ranked) if name in stage.keep]
@@ -96,25 +104,35 @@ def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float,
     merged: list[str] = []
     keys: dict[str, str] = {}
     used: list[Variant] = []
+    left_out: list[str] = []
     for v in pool:
         if len(used) == stage.combine:
             break
         own = {override_key(o): o for o in v.overrides}
-        if any(k in keys and keys[k] != o for k, o in own.items()):
-            continue  # conflicts with a better variant (e.g. two learning rates)
+        clash = next((k for k, o in own.items() if k in keys and keys[k] != o), None)
+        if clash is not None:  # conflicts with a better variant (e.g. two learning rates)
+            left_out.append(f"{v.name} (sets {clash} otherwise)")
+            continue
         trial = Variant(f"combo_{stage.name}", merged + [o for k, o in own.items() if k not in keys],
                         list(v.paths))
         try:
-            variant_config(spec, trial, spec.seeds[0], Path("unused"), [])
-        except (ConfigError, ValueError):
-            continue  # options that cannot work together
+            cfg = variant_config(spec, trial, spec.seeds[0], Path("unused"), list(extra))
+            check_training_config(cfg)
+            info = facts(cfg) if facts is not None else None
+            if info is not None:
+                check_builds(cfg, info)
+        except (ConfigError, ValueError) as err:  # options that cannot work together
+            left_out.append(f"{v.name} ({str(err).splitlines()[0]})")
+            continue
         merged, used = trial.overrides, used + [v]
         keys.update(own)
     if len(used) < 2:
         return None
     first = used[0]
-    return Variant(f"combo_{stage.name}", merged, list(first.paths),
-                   note=f"combination of {' + '.join(v.name for v in used)}", evals=list(first.evals))
+    note = f"combination of {' + '.join(v.name for v in used)}"
+    if left_out:
+        note += f"; left out: {'; '.join(left_out)}"
+    return Variant(f"combo_{stage.name}", merged, list(first.paths), note=note, evals=list(first.evals))
 
 
 def stage_complete(spec: AblationSpec, out: Path) -> bool:
@@ -127,9 +145,10 @@ def stage_complete(spec: AblationSpec, out: Path) -> bool:
 
 def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path, float], int],
                budget_s: float = 0.0, only: list[str] = (), stage_name: Optional[str] = None,
-               log: Callable[[str], None] = print) -> int:
+               log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> int:
     """Run the stages in order (or only ``stage_name``); ``run_stage(plain_spec, folder, budget_s)`` does one
-    stage's work and returns 0 or EXIT_MORE_TO_DO. Returns 0 when the last stage asked for is complete."""
+    stage's work and returns 0 or EXIT_MORE_TO_DO. Returns 0 when the last stage asked for is complete.
+    ``overrides``: the command line's overrides of every variant (--set), for checking a combination."""
     from ditlab.experiments.ablation import check_variants
 
     out = Path(out)
@@ -141,6 +160,7 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
         if name not in known:
             raise ValueError(f"--only {name}: no such variant; the file has {sorted(known)}")
     check_variants(spec, [])  # fills in default paths, fails early on a bad variant
+    facts = DataFacts(out, load_data=True)  # a combination's network is built before it trains
     start = time.monotonic()
     lines = [f"# Stages of {spec.source.name}", ""]
     variants = [v for v in spec.variants if not only or v.name in only]
@@ -159,7 +179,7 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
                 code = EXIT_MORE_TO_DO
                 break
             ranked = ranking(prev_spec, out / prev.name, stage.rank_by)
-            variants = promoted(spec, stage, ranked, prev_spec.variants)
+            variants = promoted(spec, stage, ranked, prev_spec.variants, facts, overrides)
             lines += _ranking_lines(prev, stage, ranked, variants)
             _write_stages(out, spec, lines)  # now: a stage can run for many device commands
         plain = stage_spec(spec, stage, variants)
