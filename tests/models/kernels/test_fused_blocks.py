@@ -109,11 +109,20 @@ CASES = {
                           dict(named=True)),
     "named_per_token": (dict(streams=[COND, IMG], contexts=[ContextSpec("text", 4), ContextSpec("pc", 3)]),
                         dict(named=True, per_token=True)),
+    # the speedrun's architecture variants, which its combination may train on the fused path (fast_path):
+    # in-context class tokens (one more token group), RoPE + qk-norm, U-ViT long skips, and token routing
+    # (the routed span's blocks see the kept tokens with per-token modulation rows; the draw is seeded)
+    "class_tokens_rope": (dict(streams=[IMG], num_classes=5, class_tokens=2, pos_embed="rope", qk_norm=True),
+                          dict(labels=True)),
+    "long_skips": (dict(streams=[IMG], num_classes=5, long_skips=True), dict(labels=True)),
+    "routed": (dict(streams=[IMG], num_classes=5, class_tokens=2, route_fraction=0.5, route_blocks="1:2"),
+               dict(labels=True)),
 }
 
 
 def run_model(model, x, t, kw):
     model.zero_grad(set_to_none=True)
+    torch.manual_seed(3)  # the same routed tokens (model.route_fraction) on both paths
     out = model(x, t, **kw)["image"]
     (out.float() * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum().backward()
     return out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

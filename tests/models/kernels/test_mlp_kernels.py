@@ -159,7 +159,7 @@ def test_ops_pass_opcheck():
 
 
 @interp
-@pytest.mark.parametrize("case", ["image", "superres", "named_sets"])
+@pytest.mark.parametrize("case", ["image", "superres", "named_sets", "class_tokens_rope", "long_skips", "routed"])
 def test_whole_models_through_the_interpreter_with_every_kernel(case, monkeypatch):
     """The fused path with the Triton kernels for adaLN and the MLP (DITLAB_MLP_GEMM=triton), run through the
     interpreter on the CPU (the kernels' CUDA gate opened), against the eager model: the integration the GPU tests
