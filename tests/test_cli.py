@@ -73,7 +73,7 @@ def test_bench_train_and_sample_json(trained_run, capsys, tmp_path):
     assert main(["bench", "sample", str(trained_run), "-n", "4", "--batch-size", "4", "--steps", "2",
                  "--sampler", "euler", "--repeats", "1", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["nfe"] == 2 and out["images_per_s"] > 0
+    assert out["nfe"] == 2 and out["images_per_s"] > 0 and out["precision"] == "fp32"  # no autocast on the CPU
     first = sorted(p.name for p in (trained_run / "checkpoints").glob("step_*"))[0]
     assert main(["bench", "sample", str(trained_run), "-n", "2", "--batch-size", "2", "--steps", "1",
                  "--sampler", "euler", "--repeats", "1", "--device", "cpu", "--checkpoint", first,

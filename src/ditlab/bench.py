@@ -115,9 +115,10 @@ def bench_train(cfg, warmup: int = 15, steps: int = 20, repeats: int = 5, peak_t
 def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str = "heun", steps: int = 50,
                  cfg_scale: float = 1.0, repeats: int = 3, device: str = "auto",
                  peak_tflops: float = PEAK_TFLOPS, compile: bool = False, checkpoint: str | None = None,
-                 which: str | None = None, fast_kernels: str | None = None) -> dict:
+                 which: str | None = None, fast_kernels: str | None = None, fp32: bool = False) -> dict:
     """Images/s of sampling from a run (noise, every network evaluation, uint8 conversion). ``fast_kernels``
-    (auto | on | off): the fused adaLN kernels; None: as the run trained (ditlab.runs.load_run)."""
+    (auto | on | off): the fused adaLN kernels; None: as the run trained (ditlab.runs.load_run). ``fp32``: no
+    bf16 autocast on a GPU, as `ditlab sample --fp32`."""
     from ditlab.diffusion.paths import single_stream_path
     from ditlab.diffusion.samplers import count_nfe
     from ditlab.runs import load_run
@@ -127,7 +128,7 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
 
     dev = resolve_device(device)
     run = load_run(run_dir, which=which, checkpoint=checkpoint, device=dev)  # --checkpoint / --weights as in sample
-    amp = sampling_autocast(dev)
+    amp = sampling_autocast(dev, fp32)
     if run.cfg.task.kind != "image":
         raise ValueError(f"`ditlab bench sample` measures image runs; {run_dir} is task.kind={run.cfg.task.kind!r}")
     from ditlab.models.kernels import configure_fast_kernels, fast_kernels_on
@@ -144,7 +145,8 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     flops = dit_forward_flops(run.model) * nfe * (2 if cfg_scale not in (0.0, 1.0) else 1)
     return {
         "what": "sample", "run": str(run_dir), "checkpoint": str(run.checkpoint), "arch": run.cfg.model.arch, "sampler": sampler, "steps": steps,
-        "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "compile": compile, "fast_kernels": fast_kernels_on(run.model), "images_per_s": round(ips, 1),
+        "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "compile": compile, "fast_kernels": fast_kernels_on(run.model),
+        "precision": "bf16-autocast" if amp is not None else "fp32", "images_per_s": round(ips, 1),
         "mfu": round(ips * flops / (peak_tflops * 1e12), 4),
         "seconds_per_10k": round(10_000 / ips, 1), **_device_info(dev),
     }

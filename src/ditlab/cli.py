@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, Parser, UsageError, add_cfg_context, add_checkpoint,
-                            add_data, add_device, add_set, finite_float, non_negative_int, positive_int)
+                            add_data, add_device, add_fp32, add_set, finite_float, non_negative_int, positive_int)
 from ditlab.configlib import ConfigError
 from ditlab.eval.cli import add_fid_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
@@ -231,7 +231,8 @@ def cmd_bench_sample(args) -> int:
 
     print(json.dumps(bench_sample(args.run_dir, args.num, args.batch_size, args.sampler, args.steps, args.cfg,
                                   args.repeats, args.device, compile=args.compile == "on",
-                                  checkpoint=args.checkpoint, which=args.weights, fast_kernels=args.fast_kernels)))
+                                  checkpoint=args.checkpoint, which=args.weights, fast_kernels=args.fast_kernels,
+                                  fp32=args.fp32)))
     return 0
 
 
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the checkpoint of --lo-run, as --checkpoint: a step name, 'latest' or 'best' "
                         "(train.eval_every), a checkpoint folder (default: the latest)")
     add_device(s)
-    s.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
+    add_fp32(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the network first; auto = on a GPU for 1,000 samples or more")
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
     add_checkpoint(bs)
     add_device(bs)
+    add_fp32(bs)
     bs.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the network first")
     add_fast_kernels(bs)
     bs.set_defaults(func=cmd_bench_sample)

@@ -97,6 +97,12 @@ def add_device(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
 
 
+def add_fp32(parser) -> None:
+    """Every command that runs a network at sampling time: bf16 autocast on a GPU unless --fp32 (the samplers'
+    own arithmetic is fp32 either way; ditlab.generation.sampling_autocast)."""
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU (the network in fp32)")
+
+
 def add_inception(parser) -> None:
     parser.add_argument("--inception", default=None, metavar="PATH",
                         help="the FID Inception network (TorchScript); default: $DITLAB_INCEPTION, an installed "

@@ -170,9 +170,9 @@ def test_diagnose_collapse_checkpoint_and_weights_are_the_shared_flags(monkeypat
             parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
         return {a.option_strings[0]: (a.default, a.help, a.choices) for a in parser._actions if a.option_strings}
 
-    collapse, sample = options("diagnose", "collapse"), options("sample")
-    for flag in ("--checkpoint", "--weights"):
-        assert collapse[flag] == sample[flag], flag
+    collapse, sample, bench = options("diagnose", "collapse"), options("sample"), options("bench", "sample")
+    for flag in ("--checkpoint", "--weights", "--fp32", "--device"):  # one vocabulary: the same flag, the same help
+        assert collapse[flag] == sample[flag] == bench[flag], flag
 
     seen = {}
 

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, add_checkpoint, add_data, add_device, add_inception,
-                            finite_float, inception_path, positive_int, require_data)
+from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, add_checkpoint, add_data, add_device, add_fp32,
+                            add_inception, finite_float, inception_path, positive_int, require_data)
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -95,7 +95,7 @@ def cmd_diagnose_collapse(args) -> int:
     out = Path(args.out or Path(args.run_dir) / "diagnose")
     out.mkdir(parents=True, exist_ok=True)
     report = collapse_sweep(run, originals, args.num_seeds, args.cfg, args.cond_noise, out, sampler=args.sampler,
-                            steps=args.steps, seed=args.seed, device=device, autocast_dtype=sampling_autocast(device),
+                            steps=args.steps, seed=args.seed, device=device, autocast_dtype=sampling_autocast(device, args.fp32),
                             features=features, threshold=args.threshold, cond_scales=args.cond_scale)
     print(json.dumps(report["verdict"]))
     return 0
@@ -133,6 +133,7 @@ def add_cli(sub) -> None:
     add_checkpoint(dc)
     add_inception(dc)
     add_device(dc)
+    add_fp32(dc)
     dc.add_argument("--out", default=None, help="output folder (default RUN/diagnose)")
     dc.add_argument("--no-progress", action="store_true", help="no progress bars")
     dc.set_defaults(func=cmd_diagnose_collapse)
