@@ -430,6 +430,29 @@ def test_a_combination_whose_network_cannot_be_built_leaves_the_variant_out(tmp_
     assert DataFacts(tmp_path / "out")(load_config_of(spec, data)) is None
 
 
+def test_an_architecture_name_clashes_with_explicit_sizes(tmp_path, monkeypatch):
+    """b2 (model.arch) after deep_narrow (its own width, depth and heads) would train deep_narrow under B/2's
+    name: left out, either way round; the same architecture twice is no clash."""
+    from ditlab.experiments.stages import combination
+
+    write_study(tmp_path, monkeypatch, ROUTED.replace(
+        "  clip:", "  narrow: {overrides: [task.kind=image, model.hidden_size=16, model.num_heads=1]}\n"
+                   "  wide: {overrides: [task.kind=image, model.arch=DiT-B/2]}\n"
+                   "  wide2: {overrides: [task.kind=image, model.arch=DiT-B/2, optim.lr=3e-4]}\n  clip:"), 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    final = spec.stages[1]
+
+    def merged(*names):
+        combo = combination(spec, final, [(n, float(i), 1) for i, n in enumerate(names + ("base",))], spec.variants)
+        return combo.note
+
+    assert merged("narrow", "wide", "clip") == ("combination of narrow + clip; left out: wide (sets "
+                                                "model.hidden_size otherwise)")
+    assert merged("wide", "narrow", "clip").startswith("combination of wide + clip; left out: narrow (sets "
+                                                       "model.hidden_size otherwise)")
+    assert merged("wide", "wide2") == "combination of wide + wide2"
+
+
 def load_config_of(spec, data):
     from pathlib import Path
 

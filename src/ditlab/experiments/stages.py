@@ -84,6 +84,17 @@ def override_key(override: str) -> str:
     return override.partition("=")[0].strip()
 
 
+# Keys that set others in effect: model.arch names a width, depth and head count, which explicit
+# model.hidden_size / depth / num_heads override. Merging b2 (model.arch=DiT-B/2) after deep_narrow (its own
+# width and depth) would train deep_narrow under B/2's name, so the two clash as two learning rates do.
+IMPLIED_KEYS = {"model.arch": ("model.hidden_size", "model.depth", "model.num_heads")}
+
+
+def _touched(keys) -> set[str]:
+    """The keys a set of override keys decides, IMPLIED_KEYS included."""
+    return set(keys).union(*(IMPLIED_KEYS.get(k, ()) for k in keys))
+
+
 def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]],
                 candidates: list[Variant], facts: Optional[DataFacts] = None,
                 extra: Sequence[str] = ()) -> Optional[Variant]:
@@ -110,6 +121,8 @@ def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float,
             break
         own = {override_key(o): o for o in v.overrides}
         clash = next((k for k, o in own.items() if k in keys and keys[k] != o), None)
+        if clash is None:  # a size key against an architecture name (IMPLIED_KEYS), either way round
+            clash = next((k for k in sorted(_touched(own) & _touched(keys)) if (k in own) != (k in keys)), None)
         if clash is not None:  # conflicts with a better variant (e.g. two learning rates)
             left_out.append(f"{v.name} (sets {clash} otherwise)")
             continue
