@@ -275,3 +275,25 @@ def test_train_with_fast_kernels_on_without_cuda_is_one_line_before_the_data(tmp
                  "model.num_classes=2", "train.fast_kernels=on", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and "train.fast_kernels=on needs a CUDA device" in err and "Traceback" not in err
+
+
+def test_every_command_that_samples_speaks_one_vocabulary():
+    """The commands that run a trained network over many batches take the same flags with the same help: where
+    it runs (--device), which weights (--checkpoint, --weights), and the progress bars off (--no-progress)."""
+    import argparse
+
+    from ditlab.cli import build_parser
+
+    def leaf(*path):
+        parser = build_parser()
+        for name in path:
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        return {a.option_strings[-1]: a.help for a in parser._actions if a.option_strings}
+
+    commands = [("sample",), ("diagnose", "collapse"), ("scene", "eval"), ("icl", "eval"), ("lift", "errors")]
+    flags = [leaf(*c) for c in commands]
+    for flag in ("--device", "--checkpoint", "--weights", "--no-progress"):
+        helps = {c: f.get(flag) for c, f in zip(commands, flags)}
+        assert all(h is not None for h in helps.values()), (flag, helps)
+    for flag in ("--device", "--checkpoint", "--weights"):
+        assert len({f[flag] for f in flags}) == 1, flag

@@ -95,9 +95,8 @@ def _split_contexts(values):
 
 def _sample(args, info) -> int:
     import torch
-    from tqdm import tqdm
 
-    from ditlab.generation import check_settings, generate, sampling_autocast, save_samples, settings_of
+    from ditlab.generation import batch_bar, check_settings, generate, sampling_autocast, save_samples, settings_of
     from ditlab.imageio import save_image_grid
     from ditlab.models.kernels import configure_fast_kernels, fast_kernels_on
     from ditlab.runs import load_run
@@ -152,8 +151,7 @@ def _sample(args, info) -> int:
     try:
         outputs = generate(run.task, model, share.stop - share.start, args.seed, settings, mine,
                            batch_size=args.batch_size, start=share.start, device=device, autocast_dtype=amp,
-                           progress=((lambda b: tqdm(b, unit="batch", desc="sampling"))
-                                     if info.is_main and not args.no_progress else None),
+                           progress=batch_bar(info.is_main and not args.no_progress),
                            on_batch=lambda out, idx: done.append(len(idx)))
     except KeyboardInterrupt:
         print(f"\nditlab: interrupted after {sum(done)} of {args.num} samples; nothing was written", file=sys.stderr)

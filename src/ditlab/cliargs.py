@@ -103,6 +103,10 @@ def add_fp32(parser) -> None:
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU (the network in fp32)")
 
 
+def add_no_progress(parser, help: str = "no progress bars") -> None:
+    parser.add_argument("--no-progress", action="store_true", help=help)
+
+
 def add_inception(parser) -> None:
     parser.add_argument("--inception", default=None, metavar="PATH",
                         help="the FID Inception network (TorchScript); default: $DITLAB_INCEPTION, an installed "

@@ -92,6 +92,15 @@ def generate_batch(task, model: torch.nn.Module, indices: torch.Tensor, seed: in
     return {k: v.cpu() for k, v in task.decode(out, cond).items()}
 
 
+def batch_bar(enabled: bool, desc: str = "sampling"):
+    """``generate``'s ``progress``: a tqdm bar over the batches when ``enabled``, else None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return lambda batches: tqdm(batches, unit="batch", desc=desc)
+
+
 def generate(task, model: torch.nn.Module, num: int, seed: int, settings: SampleSettings,
              conditions: Optional[Conditions] = None, batch_size: int = 256, start: int = 0,
              device: torch.device | str = "cpu", autocast_dtype: Optional[torch.dtype] = None,

@@ -45,7 +45,9 @@ def test_train_then_icl_eval_end_to_end(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["icl", "eval", str(run), "--baseline", str(base), "--prompts", "12", "--samples", "6",
                  "--steps", "4", "--bootstrap", "20", "--device", "cpu", "--out", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "sampling" in captured.err  # the progress bar (--no-progress: none)
+    printed = json.loads(captured.out.strip().splitlines()[-1])
     assert set(printed["verdict"]) >= {"error_within_5pct_of_bayes", "coverage_within_3_points", "pass"}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["errors"]) == {"model", "bayes", "least_squares", "3nn", "averaging", "transformer_mse"}

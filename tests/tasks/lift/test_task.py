@@ -165,8 +165,13 @@ def test_cli_train_errors_and_sample_on_paths(tmp_path, capsys):
     assert "ditlab lift errors" in capsys.readouterr().err
     assert main(["lift", "errors", str(run), "--data", str(data), "--levels", "3", "--num", "4", "--steps", "3",
                  "--device", "cpu"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
     assert (run / "lift_errors.npz").exists() and (run / "lift_errors.png").exists() and report["levels"] == 3
+    assert "node errors" in captured.err  # a progress bar over the 16 nodes (--no-progress: none)
+    assert main(["lift", "errors", str(run), "--data", str(data), "--levels", "3", "--num", "4", "--steps", "3",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert "node errors" not in capsys.readouterr().err
     for path in ("dp-hi", "lo-first", "shift:0.5"):
         assert main(["sample", str(run), "--num", "2", "--steps", "3", "--out", str(out), "--path", path]) == 0
         assert np.load(out)["arr_0"].shape == (2, 8, 8, 3)

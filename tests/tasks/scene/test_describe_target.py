@@ -60,7 +60,8 @@ def test_scene_model_with_both_sets_trains_and_samples_through_ditlab_sample(tmp
 
     out = tmp_path / "eval"
     assert main(["scene", "eval", str(run), "--scenes", "2", "--steps", "2", "--figure-scenes", "0",
-                 "--cfg-context", "scene=2", "--cfg-context", "target=3", "--out", str(out)]) == 0
+                 "--cfg-context", "scene=2", "--cfg-context", "target=3", "--out", str(out), "--no-progress"]) == 0
+    assert "unconditional" not in capsys.readouterr().err  # no progress bars
     report = json.loads((out / "eval.json").read_text())
     assert report["cfg_context"] == {"scene": 2.0, "target": 3.0}
     capsys.readouterr()

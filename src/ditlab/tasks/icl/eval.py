@@ -62,7 +62,8 @@ def held_out_prompts(icl, d: int, n_points: int, num: int, seed: int) -> EvalPro
 
 
 @torch.no_grad()
-def diffusion_samples(task: ICLDiffusionTask, prompts: EvalPrompts, s: EvalSettings, device) -> np.ndarray:
+def diffusion_samples(task: ICLDiffusionTask, prompts: EvalPrompts, s: EvalSettings, device,
+                      progress: bool = False) -> np.ndarray:
     """(P, S, N) samples of every query: draw s of prompt p is sample index p * S + s of the one
     generation loop (noise per sample index, so the draws do not depend on the batching), generated
     in chunks of whole prompts."""
@@ -70,7 +71,9 @@ def diffusion_samples(task: ICLDiffusionTask, prompts: EvalPrompts, s: EvalSetti
     per_chunk = max(1, s.batch_size // s.samples)
     P, S = prompts.x.shape[0], s.samples
     out = []
-    for p0 in range(0, P, per_chunk):
+    from tqdm import tqdm
+
+    for p0 in tqdm(range(0, P, per_chunk), unit="chunk", desc="sampling", disable=not progress):
         rows = slice(p0, p0 + per_chunk)
         cond = {"x": prompts.x[rows].repeat_interleave(S, dim=0), "y": prompts.y[rows].repeat_interleave(S, dim=0)}
         n = len(cond["x"])
@@ -134,8 +137,9 @@ def verdict(noisy: bool, errors: dict, bayes_error: np.ndarray, coverage: Option
     return out
 
 
-def evaluate(run, s: EvalSettings, baseline=None, device="cpu") -> dict:
-    """Everything `ditlab icl eval` reports, as one JSON-ready dict (per-k lists, verdict, settings)."""
+def evaluate(run, s: EvalSettings, baseline=None, device="cpu", progress: bool = False) -> dict:
+    """Everything `ditlab icl eval` reports, as one JSON-ready dict (per-k lists, verdict, settings);
+    ``progress``: a bar over the sampling."""
     icl, d, n = run.cfg.icl, run.info["d"], run.info["n_points"]
     if baseline is not None:
         b = baseline.cfg.icl
@@ -150,7 +154,7 @@ def evaluate(run, s: EvalSettings, baseline=None, device="cpu") -> dict:
                    "3nn": bayes.nearest_neighbours(x, y, 3), "averaging": bayes.averaging(x, y)}
     samples = None
     if isinstance(run.task, ICLDiffusionTask):
-        samples = diffusion_samples(run.task, prompts, s, device)
+        samples = diffusion_samples(run.task, prompts, s, device, progress)
         predictions["model"] = samples.mean(1)
     else:
         predictions["model"] = deterministic_predictions(run.task, prompts, s, device)

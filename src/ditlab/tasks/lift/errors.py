@@ -49,9 +49,12 @@ def load_node_errors(path) -> NodeErrors:
 
 @torch.no_grad()
 def measure_node_errors(task, model: torch.nn.Module, images: torch.Tensor, labels, grid: int,
-                        batch_size: int = 256, seed: int = 0, device="cpu") -> NodeErrors:
+                        batch_size: int = 256, seed: int = 0, device="cpu", progress: bool = False) -> NodeErrors:
     """Errors of ``model`` on uint8 ``images`` (N, C, H, W) over the (grid + 1)^2 nodes of the
-    schedule's ``grid``-step sampling grid. ``labels`` (N,) for a class-conditional model (else None)."""
+    schedule's ``grid``-step sampling grid. ``labels`` (N,) for a class-conditional model (else None);
+    ``progress``: a bar over the (batch, node) evaluations."""
+    from tqdm import tqdm
+
     device = torch.device(device)
     levels = task.objective.schedule.time_grid(grid).double().numpy()
     n, N = len(levels), len(images)
@@ -61,6 +64,7 @@ def measure_node_errors(task, model: torch.nn.Module, images: torch.Tensor, labe
     lo_shape = downsample(hi_all[:1], task.factor).shape[1:]
     noise_lo_all = torch.randn((N, *lo_shape), generator=gen)
     sq = {HI: np.zeros((n, n)), LO: np.zeros((n, n))}
+    bar = tqdm(total=-(-N // batch_size) * n * n, unit="node", desc="node errors", disable=not progress)
     for start in range(0, N, batch_size):
         rows = slice(start, start + batch_size)
         x0 = {HI: hi_all[rows].to(device)}
@@ -77,6 +81,8 @@ def measure_node_errors(task, model: torch.nn.Module, images: torch.Tensor, labe
                 pred = denoise(x_t, t, torch.zeros(B, dtype=torch.bool, device=device))
                 for k in (HI, LO):
                     sq[k][i, j] += float(((pred[k][0].float() - x0[k]) ** 2).mean(dim=(1, 2, 3)).sum())
+                bar.update()
+    bar.close()
     dims_hi, dims_lo = int(np.prod(hi_all.shape[1:])), int(np.prod(lo_shape))
     return NodeErrors(levels, sq[HI] / N, sq[LO] / N, dims_hi, dims_lo, N)
 

@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from ditlab.generation import generate
+from ditlab.generation import batch_bar, generate
 from ditlab.tasks.base import SampleSettings
 from ditlab.tasks.scene.data import SceneSet, load_eval_scenes
 from ditlab.tasks.scene.scenes import coverage, sample_surface, surface_distance
@@ -61,16 +61,17 @@ def baseline_points(scenes: SceneSet, k: int, seed: int) -> dict[str, torch.Tens
 
 
 def generate_for_scenes(task, model, scenes: SceneSet, seed: int, settings: SampleSettings, batch_size: int,
-                        device) -> torch.Tensor:
-    """The model's K points for every scene, in batches; scene i uses noise (seed, i) whatever the batch."""
+                        device, progress=None) -> torch.Tensor:
+    """The model's K points for every scene, in batches; scene i uses noise (seed, i) whatever the batch.
+    ``progress``: ditlab.generation.generate's wrapper of the batches (a bar), or None."""
     out = generate(task, model, len(scenes), seed, settings, scenes.conditions() if getattr(task, "describe", False)
                    else {"features": scenes.features, "mask": scenes.mask},
-                   batch_size=batch_size, device=device)
+                   batch_size=batch_size, device=device, progress=progress)
     return out["points"]
 
 
 def evaluate_run(run, num_scenes: int, settings: SampleSettings, seed: int = 0, batch_size: int = 128, device="cpu",
-                 unconditional: bool = True) -> tuple[dict, torch.Tensor, SceneSet]:
+                 unconditional: bool = True, progress: bool = False) -> tuple[dict, torch.Tensor, SceneSet]:
     """Metrics of the model and the baselines on ``num_scenes`` held-out scenes of a loaded run, sampled with
     ``settings`` (guidance scale, per-set compositional guidance, sampler); the unconditional baseline is the
     same sampler with every set dropped (guidance scale 0)."""
@@ -78,13 +79,14 @@ def evaluate_run(run, num_scenes: int, settings: SampleSettings, seed: int = 0, 
     k = int(run.info["num_target_points"])
     scenes = load_eval_scenes(s, num_scenes, pool=1)  # the pool is not used: metrics use the exact surface
     t0 = time.perf_counter()
-    points = generate_for_scenes(run.task, run.model, scenes, seed, settings, batch_size, device)
+    points = generate_for_scenes(run.task, run.model, scenes, seed, settings, batch_size, device,
+                                 batch_bar(progress, "model"))
     seconds = time.perf_counter() - t0
     methods = {"model": points}
     if unconditional:
         methods["unconditional"] = generate_for_scenes(
             run.task, run.model, scenes, seed, dataclasses.replace(settings, cfg_scale=0.0, cfg_context=()),
-            batch_size, device)
+            batch_size, device, batch_bar(progress, "unconditional"))
     methods.update(baseline_points(scenes, k, seed))
     report = {
         "run": str(run.checkpoint), "scenes": num_scenes, "eval_seed": s.eval_seed, "points_per_scene": k,
