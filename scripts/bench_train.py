@@ -39,7 +39,8 @@ SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_
                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
-def main():
+def parse_args(argv=None):
+    """The command line: rows to measure (flags, each a comma list) and config overrides."""
     p = argparse.ArgumentParser()
     p.add_argument("--arch", nargs="+", default=["DiT-S/2", "DiT-B/2"])
     p.add_argument("--batch", type=int, default=256)
@@ -65,7 +66,16 @@ def main():
     p.add_argument("--context-dim", type=int, default=768)
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_intermixed_args()  # overrides may come before and after the flags
+    args = p.parse_intermixed_args(argv)  # overrides may come before and after the flags
+    # ... but --arch takes every word up to the next flag: `--arch DiT-S/2 optim.name=muon` would read the
+    # override as an architecture (the fifteenth session's first muon rows failed so). A word with '=' is an override.
+    args.overrides = [a for a in args.arch if "=" in a] + args.overrides
+    args.arch = [a for a in args.arch if "=" not in a] or p.get_default("arch")
+    return p, args
+
+
+def main():
+    p, args = parse_args()
     num = 4096
     data = write_random_npz(num=num, image_size=args.image_size)
     extra = []

@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-SQRT_2_OVER_PI = 0.7978845608028654
-GELU_C = 0.044715
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)  # Triton reads globals only as constexpr
+GELU_C = tl.constexpr(0.044715)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Hopper-sized tiles; the autotuner picks per (M, N, K)
 # on the first call. The interpreter (CPU tests) gets one small config: it runs every program in Python.

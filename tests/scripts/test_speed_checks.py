@@ -1,0 +1,67 @@
+"""scripts/speed_checks.sh: every stage that times training reaches scripts/bench_train.py, and each command
+line reads as meant (architectures as architectures, overrides as overrides). The fifteenth session lost its
+first GPU calls to both: `timeout N bench` with `bench` a shell function (timeout runs programs, so nothing
+ran), and `--arch DiT-S/2 optim.name=muon` (nargs='+' swallowed the override as an architecture)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCHS = {"DiT-S/2", "DiT-B/2"}
+
+
+@pytest.fixture(scope="module")
+def bench_train():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recorded_commands(tmp_path, stage: str) -> list[list[str]]:
+    """Run the stage with a stand-in python3 on PATH that records its arguments instead of running them."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(log))}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["bash", "scripts/speed_checks.sh", stage, str(tmp_path / "out")], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=60)
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [shlex.split(line) for line in lines if line.startswith("scripts/bench_train.py")]
+
+
+@pytest.mark.parametrize("stage,expect", [
+    ("mlp", {"mlp_gemm": "cublas,triton", "arch": ["DiT-S/2", "DiT-B/2"]}),
+    ("ctx77", {"context_tokens": 77}),
+    ("muon", {"override": "optim.name="}),
+    ("streams", {"override": "task.kind=superres"}),
+])
+def test_each_training_stage_runs_the_bench_with_its_rows(tmp_path, bench_train, stage, expect):
+    calls = recorded_commands(tmp_path, stage)
+    assert calls, f"stage {stage} never ran scripts/bench_train.py"
+    parsed = [bench_train.parse_args(argv[1:])[1] for argv in calls]
+    for args in parsed:
+        assert set(args.arch) <= ARCHS, args.arch
+        assert "train.nan_check=log" in args.overrides
+        assert args.out and args.out.startswith(str(tmp_path / "out"))
+
+    def meets(args):
+        return all(any(o.startswith(value) for o in args.overrides) if key == "override" else
+                   getattr(args, key) == value for key, value in expect.items())
+
+    assert any(meets(args) for args in parsed), [vars(a) for a in parsed]
+
+
+def test_an_override_after_arch_is_an_override(bench_train):
+    _, args = bench_train.parse_args(["--arch", "DiT-S/2", "optim.name=muon", "--repeats", "2"])
+    assert args.arch == ["DiT-S/2"] and args.overrides == ["optim.name=muon"]
+    _, args = bench_train.parse_args(["optim.name=muon"])
+    assert args.arch == ["DiT-S/2", "DiT-B/2"]  # the default
