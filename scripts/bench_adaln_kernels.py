@@ -162,7 +162,7 @@ def main():
     iters, repeats = (1, 1) if args.smoke else (args.iters, args.repeats)
     knobs = ("TILE", "ROWS_PER_PROGRAM", "BWD_WARPS", "BWD_ACC", "BWD_STAGES", "BWD_LOOP_STAGES")
     values = {"TILE": [1024, 2048, 4096, 8192], "ROWS_PER_PROGRAM": [32, 64, 128], "BWD_WARPS": [0, 8],
-              "BWD_ACC": ["row", "tile"], "BWD_STAGES": [0, 1, 2], "BWD_LOOP_STAGES": [0, 2, 3, 4]}
+              "BWD_ACC": ["row", "tile"], "BWD_STAGES": [0, 1, 2], "BWD_LOOP_STAGES": [0, 2, 3, 4, "auto"]}
     default = tuple(getattr(K, k) for k in knobs)
     varied = args.knobs.split(",") if args.knobs else list(knobs)
     for k in varied:

@@ -115,6 +115,7 @@ def main():
         result.update(task=cfg.task.kind, fast_kernels=cfg.train.fast_kernels, optim=cfg.optim.name,
                       sdpa=attn or "auto",
                       adaln_op=os.environ.get("DITLAB_ADALN_OP", "custom_op"),  # the kernels' default
+                      adaln_bwd_loop_stages=os.environ.get("DITLAB_ADALN_BWD_LOOP_STAGES", "0"),
                       mlp_gemm=kernels.MLP_GEMM, token_runs_max=token_groups.MAX_RUNS,
                       context_tokens=args.context_tokens, overrides=args.overrides)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, from rank 0

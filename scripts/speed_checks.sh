@@ -11,6 +11,9 @@
 #   scripts/speed_checks.sh adaln  OUT   the adaLN backward with its row loop pipelined by tl.range (DITLAB_ADALN_BWD_
 #                                        LOOP_STAGES 2 / 3 / 4 against 0), kernels alone at the S/2, B/2 and superres
 #                                        shapes (OUT/adaln_loop.jsonl, ~3 min); if a depth wins, time it end to end
+#   scripts/speed_checks.sh loop   OUT   the same end to end: DITLAB_ADALN_BWD_LOOP_STAGES 0 against auto (each case's
+#                                        winner), fast path on, CUDA graphs, DiT-S/2, DiT-B/2 and superres S/2
+#                                        (OUT/loop.jsonl, ~8 min); if auto pays, make it the default
 #   scripts/speed_checks.sh muon   OUT   the training step with optim.name=muon against adamw, DiT-S/2, the speedrun's
 #                                        compile settings (OUT/muon.jsonl, ~4 min), and one Muon step alone, torch.optim.Muon
 #                                        against BatchedMuon (OUT/muon_step.jsonl)
@@ -20,7 +23,7 @@
 # Run from the repository root with PYTHONPATH=src. Rows are JSON lines of scripts/bench_train.py (img/s, MFU,
 # peak memory; docs/performance.md reads them); compare rows of one call only (one machine, minutes apart).
 set -uo pipefail
-stage=${1:?usage: scripts/speed_checks.sh tests|mlp|ctx77|sample|adaln|muon|streams OUT}; out=${2:?OUT folder}
+stage=${1:?usage: scripts/speed_checks.sh tests|mlp|ctx77|sample|adaln|loop|muon|streams OUT}; out=${2:?OUT folder}
 mkdir -p "$out"
 # An array, not a shell function: `timeout` runs programs, and a function name is none (the fifteenth session's
 # first `mlp` call ended at once with "timeout: failed to run command 'bench'").
@@ -42,6 +45,15 @@ case $stage in
   adaln)
     timeout 500 python3 scripts/bench_adaln_kernels.py --shapes S2 B2 superres_S2 --sweep --knobs BWD_LOOP_STAGES \
       --no-inductor --out "$out/adaln_loop.jsonl" ;;
+  loop)
+    for stages in 0 auto; do
+      DITLAB_ADALN_BWD_LOOP_STAGES=$stages timeout 280 "${bench[@]}" --arch DiT-S/2 DiT-B/2 --fast-kernels on \
+        train.compile_mode=reduce-overhead --out "$out/loop.jsonl"
+    done
+    for stages in 0 auto; do
+      DITLAB_ADALN_BWD_LOOP_STAGES=$stages timeout 140 "${bench[@]}" task.kind=superres --arch DiT-S/2 \
+        --fast-kernels on train.compile_mode=reduce-overhead --out "$out/loop.jsonl"
+    done ;;
   muon)
     timeout 60 python3 scripts/bench_muon.py --arch DiT-S/2 DiT-B/2 --device cuda > "$out/muon_step.jsonl"
     for opt in adamw muon; do
@@ -53,5 +65,5 @@ case $stage in
         train.compile_mode=reduce-overhead --out "$out/streams.jsonl"
     done ;;
   *)
-    echo "unknown stage $stage (tests, mlp, ctx77, sample, adaln, muon, streams)" >&2; exit 2 ;;
+    echo "unknown stage $stage (tests, mlp, ctx77, sample, adaln, loop, muon, streams)" >&2; exit 2 ;;
 esac

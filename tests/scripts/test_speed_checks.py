@@ -42,6 +42,7 @@ def recorded_commands(tmp_path, stage: str) -> list[list[str]]:
     ("mlp", {"mlp_gemm": "cublas,triton", "arch": ["DiT-S/2", "DiT-B/2"]}),
     ("ctx77", {"context_tokens": 77}),
     ("muon", {"override": "optim.name="}),
+    ("loop", {"fast_kernels": "on", "override": "task.kind=superres"}),
     ("streams", {"override": "task.kind=superres"}),
 ])
 def test_each_training_stage_runs_the_bench_with_its_rows(tmp_path, bench_train, stage, expect):

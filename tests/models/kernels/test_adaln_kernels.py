@@ -95,7 +95,7 @@ def test_kernels_gpu(shape, groups, dtype, residual):
 
 @gpu
 @pytest.mark.parametrize("acc,stages,loop_stages", [("tile", 0, 0), ("row", 1, 0), ("tile", 2, 0), ("auto", 0, 0),
-                                                    ("tile", 0, 2), ("row", 0, 3), ("auto", 0, 4)])
+                                                    ("tile", 0, 2), ("row", 0, 3), ("auto", 0, 4), ("auto", 0, "auto")])
 @pytest.mark.parametrize("groups", ["sample", "streams", "aligned", "scattered"])
 @pytest.mark.parametrize("shape", [(1, 77, 384), (2, 320, 768), (3, 256, 1152)], ids=lambda s: "x".join(map(str, s)))
 def test_kernels_gpu_backward_knobs(shape, groups, acc, stages, loop_stages, monkeypatch):
@@ -169,7 +169,7 @@ def test_opcheck_gpu():
 
 # ---- CPU: the same kernels through Triton's interpreter (TRITON_INTERPRET=1), small shapes ----------
 @interp
-@pytest.mark.parametrize("loop_stages", [2, 3])
+@pytest.mark.parametrize("loop_stages", [2, 3, "auto"])
 @pytest.mark.parametrize("groups", ["sample", "streams", "scattered"])
 def test_kernels_interpreter_pipelined_row_loop(groups, loop_stages, monkeypatch):
     """DITLAB_ADALN_BWD_LOOP_STAGES: the backward's row loop as tl.range(num_stages=S), several tiles per program."""
@@ -178,6 +178,19 @@ def test_kernels_interpreter_pipelined_row_loop(groups, loop_stages, monkeypatch
     monkeypatch.setattr(adaln_triton, "BWD_LOOP_STAGES", loop_stages)
     monkeypatch.setattr(adaln_triton, "TILE", 256)
     test_kernels_interpreter((2, 20, 40), groups, True, "auto", monkeypatch)
+
+
+def test_auto_loop_stages_are_the_sweeps_winners(monkeypatch):
+    if not (HAS_INTERPRETER or HAS_CUDA_TRITON):
+        pytest.skip("needs Triton")
+    from ditlab.models.kernels import adaln_triton
+
+    monkeypatch.setattr(adaln_triton, "BWD_LOOP_STAGES", "auto")
+    pick = adaln_triton.loop_stages_for
+    assert (pick(0, True, 384), pick(0, True, 768), pick(0, False, 384), pick(0, False, 768)) == (4, 3, 4, 0)
+    assert (pick(2, True, 384), pick(2, False, 384), pick(1, True, 384)) == (2, 3, 0)
+    monkeypatch.setattr(adaln_triton, "BWD_LOOP_STAGES", 2)
+    assert pick(0, True, 384) == pick(2, False, 768) == 2  # a number is used as given
 
 
 def test_negative_loop_stages_are_refused(monkeypatch):

@@ -51,8 +51,11 @@ AUTO_TILE_MAX_D = 512
 BWD_STAGES = int(os.environ.get("DITLAB_ADALN_BWD_STAGES", "0"))
 # The launch's num_stages above pipelines only loads that feed a tl.dot, so it never touched this loop (the
 # tenth session measured no change). tl.range(num_stages=S) on the loop itself asks Triton to pipeline its
-# other loads too: S row tiles' loads in flight at once. 0: the plain loop (today's kernel).
-BWD_LOOP_STAGES = int(os.environ.get("DITLAB_ADALN_BWD_LOOP_STAGES", "0"))
+# other loads too: S row tiles' loads in flight at once. 0: the plain loop (today's kernel). "auto": per case, the
+# depth that won the kernels-alone sweep (fifteenth session, H100, graph replay, BENCHMARKS.md) - see
+# loop_stages_for; it becomes the default only once an end-to-end pair shows the gain.
+_LOOP_ENV = os.environ.get("DITLAB_ADALN_BWD_LOOP_STAGES", "0")
+BWD_LOOP_STAGES: int | str = _LOOP_ENV if _LOOP_ENV == "auto" else int(_LOOP_ENV)
 # Beyond this many groups with an index, the modulation is gathered to tokens first (per-token mode).
 MAX_INDEX_GROUPS = 16
 
@@ -312,6 +315,21 @@ def _fake_fwd(x, branch, gate, shift, scale, index, out_dtype):
             x.new_empty((B, N), dtype=torch.float32), x.new_empty((B, N), dtype=torch.float32))
 
 
+def loop_stages_for(gmode: int, has_res: bool, D: int) -> int:
+    """The backward's row-loop depth for one call: BWD_LOOP_STAGES, or under "auto" the sweep's winner per case.
+    Kernel alone, against the plain loop: per-sample groups with a residual -20% at D = 384 (4), -17% at D = 768
+    (3); without one -12% at D = 384 (4) and nothing at D = 768 (0); two streams -10% with a residual (2; 3 and 4
+    are slower there) and -10% without (3). Per-token modulation was not measured (0)."""
+    if BWD_LOOP_STAGES != "auto":
+        return BWD_LOOP_STAGES
+    small = D <= AUTO_TILE_MAX_D
+    if gmode == 0:
+        return (4 if small else 3) if has_res else (4 if small else 0)
+    if gmode == 2:
+        return 2 if has_res else 3
+    return 0
+
+
 def _tile_accumulators(D: int) -> bool:
     """Whether the backward adds whole tiles (BWD_ACC tile, or auto at D <= AUTO_TILE_MAX_D)."""
     return BWD_ACC == "tile" or (BWD_ACC == "auto" and D <= AUTO_TILE_MAX_D)
@@ -335,8 +353,9 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
         raise ValueError(f"DITLAB_ADALN_BWD_ACC must be one of {', '.join(BWD_ACC_MODES)}, got {BWD_ACC!r}")
     if BWD_STAGES < 0:
         raise ValueError(f"DITLAB_ADALN_BWD_STAGES must be >= 0 (0: Triton's default), got {BWD_STAGES}")
-    if BWD_LOOP_STAGES < 0:
-        raise ValueError(f"DITLAB_ADALN_BWD_LOOP_STAGES must be >= 0 (0: the plain loop), got {BWD_LOOP_STAGES}")
+    if BWD_LOOP_STAGES != "auto" and BWD_LOOP_STAGES < 0:
+        raise ValueError(f"DITLAB_ADALN_BWD_LOOP_STAGES must be >= 0 (0: the plain loop) or auto, got {BWD_LOOP_STAGES}")
+    loop_stages = loop_stages_for(gmode, has_res, D)
     if ROWS_PER_PROGRAM < 1 or ROWS_PER_PROGRAM & (ROWS_PER_PROGRAM - 1):
         raise ValueError(f"DITLAB_ADALN_ROWS must be a power of two (a program loads its rows' groups at once), "
                          f"got {ROWS_PER_PROGRAM}")
@@ -357,7 +376,7 @@ def adaln_bwd(xn: torch.Tensor, branch: Optional[torch.Tensor], gate: Optional[t
         mean, rstd, dy, dxn if dxn is not None else dy, dx, dbr if has_res else dx, psh, psc,
         pgt if has_res else psh, N, D, P, *_strides(gate), *_strides(scale), G=G if gmode == 2 else 1,
         HAS_RES=has_res, HAS_DXN=dxn is not None, GMODE=gmode, ROWS=rows, BLOCK_M=block_m, BLOCK_D=block_d,
-        ACC_M=block_m if _tile_accumulators(D) else 1, LOOP_STAGES=BWD_LOOP_STAGES or None, num_warps=num_warps,
+        ACC_M=block_m if _tile_accumulators(D) else 1, LOOP_STAGES=loop_stages or None, num_warps=num_warps,
         **({"num_stages": BWD_STAGES} if BWD_STAGES else {}))
 
     def fold(t, dtype):
