@@ -49,8 +49,6 @@ case $stage in
     for stages in 0 auto; do
       DITLAB_ADALN_BWD_LOOP_STAGES=$stages timeout 280 "${bench[@]}" --arch DiT-S/2 DiT-B/2 --fast-kernels on \
         train.compile_mode=reduce-overhead --out "$out/loop.jsonl"
-    done
-    for stages in 0 auto; do
       DITLAB_ADALN_BWD_LOOP_STAGES=$stages timeout 140 "${bench[@]}" task.kind=superres --arch DiT-S/2 \
         --fast-kernels on train.compile_mode=reduce-overhead --out "$out/loop.jsonl"
     done ;;

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, Parser, UsageError, add_cfg_context, add_checkpoint,
-                            add_data, add_device, add_fp32, add_set, finite_float, non_negative_int, positive_int)
+                            add_data, add_device, add_fp32, add_no_progress, add_set, finite_float, non_negative_int,
+                            positive_int)
 from ditlab.configlib import ConfigError
 from ditlab.eval.cli import add_fid_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=2e-4")
     add_set(t)
     t.add_argument("--resume", action="store_true", help="continue the run in train.run_dir from its latest checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to metrics.jsonl)")
+    add_no_progress(t, "no progress bars (logs still go to metrics.jsonl)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate from a run (any task kind) into a samples .npz with its metadata")
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(train.eval_every), a checkpoint folder (default: the latest)")
     add_device(s)
     add_fp32(s)
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(s, "no progress bar")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the network first; auto = on a GPU for 1,000 samples or more")
     add_fast_kernels(s, lo_run=True)

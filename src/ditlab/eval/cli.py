@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from ditlab.cliargs import Parser, UsageError, add_device, add_inception, positive_int
+from ditlab.cliargs import Parser, UsageError, add_device, add_inception, add_no_progress, positive_int
 
 __all__ = ["add_fid_parser", "cmd_fid", "main"]
 
@@ -80,7 +80,7 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
                    help="reference statistics cache (default $XDG_CACHE_HOME/ditlab/fid/refs); only when the "
                         "statistics are computed from a data set, not with a statistics file as --ref")
     f.add_argument("--json", default=None, metavar="OUT.json", help="also write the result line to this file")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(f)
     f.set_defaults(func=cmd_fid)
     return f
 

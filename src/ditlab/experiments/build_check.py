@@ -19,8 +19,10 @@ from typing import Optional
 
 import torch
 
-# Data options that differ between machines without changing what the data tells the network.
-_MACHINE_DATA_KEYS = ("path",)
+from ditlab.experiments.ablation import MACHINE_KEYS
+
+# Data options that differ between machines without changing what the data tells the network (data.path).
+_MACHINE_DATA_KEYS = tuple(k.partition(".")[2] for k in MACHINE_KEYS if k.startswith("data."))
 
 
 def _data_key(cfg) -> str:

@@ -70,9 +70,9 @@ def diffusion_samples(task: ICLDiffusionTask, prompts: EvalPrompts, s: EvalSetti
     settings = SampleSettings(sampler=s.sampler, steps=s.steps, eta=s.eta)
     per_chunk = max(1, s.batch_size // s.samples)
     P, S = prompts.x.shape[0], s.samples
-    out = []
     from tqdm import tqdm
 
+    out = []
     for p0 in tqdm(range(0, P, per_chunk), unit="chunk", desc="sampling", disable=not progress):
         rows = slice(p0, p0 + per_chunk)
         cond = {"x": prompts.x[rows].repeat_interleave(S, dim=0), "y": prompts.y[rows].repeat_interleave(S, dim=0)}

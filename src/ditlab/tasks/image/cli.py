@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ditlab.cliargs import positive_int
+from ditlab.cliargs import add_no_progress, positive_int
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -106,11 +106,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--dim", type=positive_int, default=64, help="embedding width D")
     demo.add_argument("--seed", type=int, default=0, help="seeds the word embeddings and the caption templates")
     demo.add_argument("--image-size", type=positive_int, default=None, help="as data.image_size (for folders of mixed sizes)")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar while decoding the images")
+    add_no_progress(demo, "no progress bar while decoding the images")
     demo.set_defaults(func=cmd_context_make_demo)
     check = csub.add_parser("check", help="validate a context file, and its alignment to a data set")
     check.add_argument("file", help="the context file (.npz) to validate")
     check.add_argument("dataset", nargs="?", default=None, help="also check that every image of this data set has a row")
     check.add_argument("--image-size", type=positive_int, default=None, help="as data.image_size (for folders of mixed sizes)")
-    check.add_argument("--no-progress", action="store_true", help="no progress bar while decoding the images")
+    add_no_progress(check, "no progress bar while decoding the images")
     check.set_defaults(func=cmd_context_check)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, add_checkpoint, add_data, add_device, add_fp32,
-                            add_inception, finite_float, inception_path, positive_int, require_data)
+                            add_inception, add_no_progress, finite_float, inception_path, positive_int, require_data)
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -108,7 +108,7 @@ def add_cli(sub) -> None:
     add_data(ps, "the data set the samples were conditioned on", old=("--ref",))
     ps.add_argument("--factor", type=positive_int, default=None,
                     help="downsampling factor (default: the one recorded in the samples file)")
-    ps.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(ps)
     ps.set_defaults(func=cmd_psnr)
 
     d = sub.add_parser("diagnose", help="diagnostics of trained runs")
@@ -135,5 +135,5 @@ def add_cli(sub) -> None:
     add_device(dc)
     add_fp32(dc)
     dc.add_argument("--out", default=None, help="output folder (default RUN/diagnose)")
-    dc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(dc)
     dc.set_defaults(func=cmd_diagnose_collapse)
