@@ -279,7 +279,8 @@ def test_train_with_fast_kernels_on_without_cuda_is_one_line_before_the_data(tmp
 
 def test_every_command_that_samples_speaks_one_vocabulary():
     """The commands that run a trained network over many batches take the same flags with the same help: where
-    it runs (--device), which weights (--checkpoint, --weights), and the progress bars off (--no-progress)."""
+    it runs (--device), which weights (--checkpoint, --weights), its precision (--fp32: bf16 autocast on a GPU
+    otherwise, as in the in-training evaluation) and the progress bars off (--no-progress)."""
     import argparse
 
     from ditlab.cli import build_parser
@@ -292,8 +293,8 @@ def test_every_command_that_samples_speaks_one_vocabulary():
 
     commands = [("sample",), ("diagnose", "collapse"), ("scene", "eval"), ("icl", "eval"), ("lift", "errors")]
     flags = [leaf(*c) for c in commands]
-    for flag in ("--device", "--checkpoint", "--weights", "--no-progress"):
+    for flag in ("--device", "--checkpoint", "--weights", "--fp32", "--no-progress"):
         helps = {c: f.get(flag) for c, f in zip(commands, flags)}
         assert all(h is not None for h in helps.values()), (flag, helps)
-    for flag in ("--device", "--checkpoint", "--weights"):
+    for flag in ("--device", "--checkpoint", "--weights", "--fp32"):
         assert len({f[flag] for f in flags}) == 1, flag

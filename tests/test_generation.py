@@ -46,3 +46,21 @@ def test_cfg_needs_conditional_model():
     t = ImageTask(model, Objective(FlowSchedule(), "velocity"))
     with pytest.raises(ValueError, match="class-conditional"):
         generate(t, model, 2, 0, SampleSettings(cfg_scale=3.0, steps=2))
+
+
+def test_precision_names_and_contexts():
+    """Reports name the network's precision the way bench rows do; None means fp32 (no autocast at all)."""
+    import torch
+
+    from ditlab.generation import autocast_context, precision_name, sampling_autocast
+
+    assert precision_name(None) == "fp32" and precision_name(torch.bfloat16) == "bf16-autocast"
+    assert precision_name(torch.float16) == "fp16-autocast"
+    assert sampling_autocast(torch.device("cpu")) is None  # the CPU never autocasts
+    assert sampling_autocast(torch.device("cuda"), fp32=True) is None
+    assert sampling_autocast(torch.device("cuda")) is torch.bfloat16
+    w = torch.randn(4, 4)
+    with autocast_context("cpu", torch.bfloat16):
+        assert (w @ w).dtype == torch.bfloat16
+    with autocast_context("cpu", None):
+        assert (w @ w).dtype == torch.float32

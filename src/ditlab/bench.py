@@ -122,7 +122,7 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     from ditlab.diffusion.paths import single_stream_path
     from ditlab.diffusion.samplers import count_nfe
     from ditlab.runs import load_run
-    from ditlab.generation import generate, sampling_autocast
+    from ditlab.generation import generate, precision_name, sampling_autocast
     from ditlab.devices import resolve_device
     from ditlab.tasks.base import SampleSettings
 
@@ -146,7 +146,7 @@ def bench_sample(run_dir, num: int = 1024, batch_size: int = 256, sampler: str =
     return {
         "what": "sample", "run": str(run_dir), "checkpoint": str(run.checkpoint), "arch": run.cfg.model.arch, "sampler": sampler, "steps": steps,
         "nfe": nfe, "cfg_scale": cfg_scale, "num": num, "batch": batch_size, "compile": compile, "fast_kernels": fast_kernels_on(run.model),
-        "precision": "bf16-autocast" if amp is not None else "fp32", "images_per_s": round(ips, 1),
+        "precision": precision_name(amp), "images_per_s": round(ips, 1),
         "mfu": round(ips * flops / (peak_tflops * 1e12), 4),
         "seconds_per_10k": round(10_000 / ips, 1), **_device_info(dev),
     }

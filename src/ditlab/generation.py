@@ -31,6 +31,19 @@ def sampling_autocast(device: torch.device, fp32: bool = False) -> Optional[torc
     return torch.bfloat16 if device.type == "cuda" and not fp32 else None
 
 
+def autocast_context(device: torch.device | str, autocast_dtype: Optional[torch.dtype]):
+    """The network calls' precision: autocast to ``autocast_dtype``, or nothing when it is None."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+
+
+def precision_name(autocast_dtype: Optional[torch.dtype]) -> str:
+    """How reports name the precision the network ran in: 'bf16-autocast' or 'fp32'."""
+    if autocast_dtype is None:
+        return "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast_dtype, str(autocast_dtype)) + "-autocast"
+
+
 def check_settings(settings: SampleSettings, task) -> None:
     """Sampler settings that no task can use, named by their flags."""
     if settings.sampler not in SAMPLERS:
@@ -76,7 +89,7 @@ def generate_batch(task, model: torch.nn.Module, indices: torch.Tensor, seed: in
     device = torch.device(device)
 
     def precision():
-        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        return autocast_context(device, autocast_dtype)
 
     rng = PerSampleRNG(seed, indices.tolist(), device)
     cond = task.batch_conditions(indices.to(device), {k: v.to(device) for k, v in given.items()})

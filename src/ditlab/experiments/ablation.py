@@ -299,12 +299,13 @@ class AblationRunner:
             raise RuntimeError(f"training {unit.name} stopped with exit code {code} (see {run_dir}/metrics.jsonl)")
 
     def measure_errors(self, unit: Unit, run, run_dir: Path) -> None:
+        from ditlab.generation import sampling_autocast
         from ditlab.tasks.lift.cli import lift_node_errors
 
         e = self.spec.errors
         self.log(f"ditlab ablate: per-node errors of {unit.name} ({e.grid + 1}^2 nodes x {e.num} images)")
         lift_node_errors(run, run_dir, self.errors_data, e.grid, e.num, e.batch_size, e.seed, self.device,
-                         self.spec.sample.steps)
+                         self.spec.sample.steps, autocast_dtype=sampling_autocast(self.device))  # its sampling's
 
     def score(self, unit: Unit, run, run_dir: Path, path: str, lo_dir: Path | None = None, eval_name: str = "",
               sample=None) -> None:

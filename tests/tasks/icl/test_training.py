@@ -51,6 +51,7 @@ def test_train_then_icl_eval_end_to_end(tmp_path, capsys):
     assert set(printed["verdict"]) >= {"error_within_5pct_of_bayes", "coverage_within_3_points", "pass"}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["errors"]) == {"model", "bayes", "least_squares", "3nn", "averaging", "transformer_mse"}
+    assert summary["precision"] == "fp32"  # the CPU has no autocast; a GPU runs bf16 unless --fp32
     assert len(summary["errors"]["bayes"]["mean"]) == 5 and len(summary["calibration"]["coverage_exact"]["0.9"]) == 5
     for name in ("summary.md", "error_vs_k.png", "coverage_vs_k.png"):
         assert (out / name).stat().st_size > 0

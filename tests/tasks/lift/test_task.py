@@ -113,6 +113,21 @@ def test_schedule_shift_reaches_training_and_sampling():
     assert images.shape == (2, 3, 8, 8) and images.dtype == torch.uint8
 
 
+def test_node_errors_run_the_network_in_the_precision_asked_for():
+    """`ditlab lift errors` measures in the sampling's precision (bf16 autocast on a GPU unless --fp32): the
+    autocast reaches the network (the errors move) and changes them only by rounding."""
+    from ditlab.tasks.lift.errors import measure_node_errors
+
+    task, model = make()
+    model.eval()
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    fp32 = measure_node_errors(task, model, images, None, 3, batch_size=2)
+    bf16 = measure_node_errors(task, model, images, None, 3, batch_size=2, autocast_dtype=torch.bfloat16)
+    assert not np.array_equal(fp32.mse_hi, bf16.mse_hi)
+    np.testing.assert_allclose(bf16.mse_hi[:-1, :-1], fp32.mse_hi[:-1, :-1], rtol=0.05)
+    np.testing.assert_allclose(bf16.mse_lo[:-1, :-1], fp32.mse_lo[:-1, :-1], rtol=0.05)
+
+
 def test_sampling_returns_high_resolution_per_sample_on_every_path():
     from ditlab.tasks.lift.errors import measure_node_errors
     from ditlab.generation import generate

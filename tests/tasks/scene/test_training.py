@@ -59,6 +59,7 @@ def test_train_then_scene_eval_from_the_command_line(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads((out / "eval.json").read_text())
     assert report["scenes"] == 3 and report["cfg_scale"] == 1.5 and report["sampler"] == "euler"
+    assert report["precision"] == "fp32"  # the CPU has no autocast; a GPU runs bf16 unless --fp32
     methods = {"model", "unconditional", "ground_truth", "scene_points", "target_box", "nearest_scene_point"}
     assert set(report["metrics"]) == methods and set(printed) == methods | {"out"}
     for m in report["metrics"].values():

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ditlab.cliargs import add_checkpoint, add_device, add_no_progress, finite_float, positive_int
+from ditlab.cliargs import add_checkpoint, add_device, add_fp32, add_no_progress, finite_float, positive_int
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
 
@@ -25,6 +25,7 @@ def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True
 
 def cmd_icl_eval(args) -> int:
     from ditlab.devices import resolve_device
+    from ditlab.generation import sampling_autocast
     from ditlab.tasks.icl.eval import EvalSettings, evaluate
     from ditlab.tasks.icl.report import write_report
     from ditlab.runs import load_run
@@ -46,7 +47,8 @@ def cmd_icl_eval(args) -> int:
         bootstrap=args.bootstrap)
     if settings.samples < 2:
         raise ValueError(f"--samples must be >= 2 (intervals and variances need several draws), got {settings.samples}")
-    report = evaluate(run, settings, baseline, device, progress=not args.no_progress)
+    report = evaluate(run, settings, baseline, device, progress=not args.no_progress,
+                      autocast_dtype=sampling_autocast(device, args.fp32))
     files = write_report(report, Path(args.out or Path(args.run_dir) / "icl_eval"))
     print(json.dumps({"verdict": report["verdict"], "files": {k: str(v) for k, v in files.items()}}))
     return 0
@@ -70,6 +72,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive_int, default=8192, help="sequences per network call")
     e.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the bands")
     add_device(e)
+    add_fp32(e)
     add_no_progress(e)
     e.add_argument("--out", default=None, help="output folder (default RUN/icl_eval)")
     e.set_defaults(func=cmd_icl_eval)

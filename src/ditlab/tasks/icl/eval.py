@@ -22,7 +22,7 @@ import torch
 
 from ditlab.tasks.icl import bayes as bayes
 from ditlab.tasks.icl import metrics as metrics
-from ditlab.generation import generate
+from ditlab.generation import autocast_context, generate, precision_name
 from ditlab.tasks.base import SampleSettings
 from ditlab.tasks.icl.task import ICLDiffusionTask, ICLRegressionTask
 from ditlab.tasks.icl.data import draw_prompts, y_scale
@@ -63,7 +63,7 @@ def held_out_prompts(icl, d: int, n_points: int, num: int, seed: int) -> EvalPro
 
 @torch.no_grad()
 def diffusion_samples(task: ICLDiffusionTask, prompts: EvalPrompts, s: EvalSettings, device,
-                      progress: bool = False) -> np.ndarray:
+                      progress: bool = False, autocast_dtype=None) -> np.ndarray:
     """(P, S, N) samples of every query: draw s of prompt p is sample index p * S + s of the one
     generation loop (noise per sample index, so the draws do not depend on the batching), generated
     in chunks of whole prompts."""
@@ -77,18 +77,22 @@ def diffusion_samples(task: ICLDiffusionTask, prompts: EvalPrompts, s: EvalSetti
         rows = slice(p0, p0 + per_chunk)
         cond = {"x": prompts.x[rows].repeat_interleave(S, dim=0), "y": prompts.y[rows].repeat_interleave(S, dim=0)}
         n = len(cond["x"])
-        draws = generate(task, task.model, n, s.seed, settings, cond, batch_size=n, start=p0 * S, device=device)
+        draws = generate(task, task.model, n, s.seed, settings, cond, batch_size=n, start=p0 * S, device=device,
+                         autocast_dtype=autocast_dtype)
         out.append(draws["y_sampled"].reshape(n // S, S, -1).double().numpy())
     return np.concatenate(out)
 
 
 @torch.no_grad()
-def deterministic_predictions(task: ICLRegressionTask, prompts: EvalPrompts, s: EvalSettings, device) -> np.ndarray:
+def deterministic_predictions(task: ICLRegressionTask, prompts: EvalPrompts, s: EvalSettings, device,
+                              autocast_dtype=None) -> np.ndarray:
     out = []
     for start in range(0, prompts.x.shape[0], s.batch_size):
         x = prompts.x[start : start + s.batch_size].to(device)
         y = prompts.y[start : start + s.batch_size].to(device)
-        out.append(task.predict(task.model, x, y).cpu().double().numpy())
+        with autocast_context(device, autocast_dtype):
+            pred = task.predict(task.model, x, y)
+        out.append(pred.float().cpu().double().numpy())
     return np.concatenate(out)
 
 
@@ -137,9 +141,10 @@ def verdict(noisy: bool, errors: dict, bayes_error: np.ndarray, coverage: Option
     return out
 
 
-def evaluate(run, s: EvalSettings, baseline=None, device="cpu", progress: bool = False) -> dict:
+def evaluate(run, s: EvalSettings, baseline=None, device="cpu", progress: bool = False, autocast_dtype=None) -> dict:
     """Everything `ditlab icl eval` reports, as one JSON-ready dict (per-k lists, verdict, settings);
-    ``progress``: a bar over the sampling."""
+    ``progress``: a bar over the sampling; ``autocast_dtype``: the networks' precision (None: fp32; `ditlab icl
+    eval` passes bf16 on a GPU unless --fp32, the precision of `ditlab sample` and of the in-training evaluation)."""
     icl, d, n = run.cfg.icl, run.info["d"], run.info["n_points"]
     if baseline is not None:
         b = baseline.cfg.icl
@@ -154,12 +159,12 @@ def evaluate(run, s: EvalSettings, baseline=None, device="cpu", progress: bool =
                    "3nn": bayes.nearest_neighbours(x, y, 3), "averaging": bayes.averaging(x, y)}
     samples = None
     if isinstance(run.task, ICLDiffusionTask):
-        samples = diffusion_samples(run.task, prompts, s, device, progress)
+        samples = diffusion_samples(run.task, prompts, s, device, progress, autocast_dtype)
         predictions["model"] = samples.mean(1)
     else:
-        predictions["model"] = deterministic_predictions(run.task, prompts, s, device)
+        predictions["model"] = deterministic_predictions(run.task, prompts, s, device, autocast_dtype)
     if baseline is not None:
-        predictions["transformer_mse"] = deterministic_predictions(baseline.task, prompts, s, device)
+        predictions["transformer_mse"] = deterministic_predictions(baseline.task, prompts, s, device, autocast_dtype)
 
     rng = np.random.default_rng(s.seed)
     sq = {name: (p - y) ** 2 for name, p in predictions.items()}
@@ -171,7 +176,8 @@ def evaluate(run, s: EvalSettings, baseline=None, device="cpu", progress: bool =
     ratio = np.where(no_ratio, np.nan, sq["model"].mean(0) / np.where(no_ratio, 1.0, bayes_error))
     ratio_lo, ratio_hi = np.where(no_ratio, np.nan, ratio_lo), np.where(no_ratio, np.nan, ratio_hi)
     report = {"run": str(run.checkpoint), "d": d, "n_points": n, "tau": icl.tau, "sigma": icl.sigma,
-              "noisy": icl.sigma > 0, "settings": asdict(s), "k": list(range(n)), "errors": errors,
+              "noisy": icl.sigma > 0, "settings": asdict(s),
+              "precision": precision_name(autocast_dtype), "k": list(range(n)), "errors": errors,
               "error_ratio_to_bayes": {"mean": ratio.tolist(),
                                        "lo": ratio_lo.tolist(), "hi": ratio_hi.tolist()},
               "exact_predictive_variance": var.mean(0).tolist()}

@@ -22,7 +22,7 @@ def markdown_summary(r: dict) -> str:
     lines = [f"# In-context regression eval: d = {r['d']}, {r['n_points']} points, tau = {r['tau']}, "
              f"sigma = {r['sigma']}", "",
              f"Run `{r['run']}`; {r['settings']['prompts']} prompts, {r['settings']['samples']} samples each, "
-             f"{r['settings']['sampler']} {r['settings']['steps']} steps. Errors are squared errors / (tau^2 d).",
+             f"{r['settings']['sampler']} {r['settings']['steps']} steps, {r.get('precision', 'fp32')}. Errors are squared errors / (tau^2 d).",
              "", "## Verdict", ""]
     lines += [f"- {k}: {v}" for k, v in r["verdict"].items()]
     if r.get("calibration"):

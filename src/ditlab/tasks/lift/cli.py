@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ditlab.cliargs import (DeprecatedAlias, add_checkpoint, add_data, add_device, add_no_progress, positive_int,
-                            require_data)
+from ditlab.cliargs import (DeprecatedAlias, add_checkpoint, add_data, add_device, add_fp32, add_no_progress,
+                            positive_int, require_data)
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 from ditlab.tasks.lift.paths import DP_PATHS, PATH_NAMES, PATH_NEEDS
 
@@ -41,9 +41,10 @@ def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True
 
 
 def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: int, seed: int, device,
-                     steps: int, out_png=None, progress: bool = False):
+                     steps: int, out_png=None, progress: bool = False, autocast_dtype=None):
     """Measure, save (RUN/lift_errors.npz) and draw the error grid of a loaded LIFT run, with its
-    diagonal and dp-* paths at ``steps`` steps drawn on the heat maps. Returns (errors, npz path, png path)."""
+    diagonal and dp-* paths at ``steps`` steps drawn on the heat maps, the network in ``autocast_dtype`` (None:
+    fp32). Returns (errors, npz path, png path)."""
     from ditlab.data import evaluation_subset, load_image_data
     from ditlab.tasks.lift.errors import measure_node_errors, plot_node_errors, save_node_errors
     from ditlab.tasks.lift.model import ERRORS_FILE
@@ -60,7 +61,7 @@ def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: i
         if labels is None:
             raise ValueError(f"{run_dir} is class-conditional but --data {data} has no labels")
     errors = measure_node_errors(run.task, run.model, images.images[pick], labels, grid, batch_size, seed, device,
-                                 progress)
+                                 progress, autocast_dtype)
     npz = save_node_errors(Path(run_dir) / ERRORS_FILE, errors)
     run.task.use_errors(errors)
     paths = {name: run.task.path(steps, name) for name in ("diagonal",) + DP_PATHS}
@@ -71,6 +72,7 @@ def lift_node_errors(run, run_dir, data: str, grid: int, num: int, batch_size: i
 
 def cmd_lift_errors(args) -> int:
     from ditlab.devices import resolve_device
+    from ditlab.generation import sampling_autocast
     from ditlab.runs import load_run
 
     device = resolve_device(args.device)
@@ -79,7 +81,8 @@ def cmd_lift_errors(args) -> int:
     steps = args.steps or run.cfg.sample.steps
     data = require_data(args, "held-out images the error grid is measured on")
     errors, npz, png = lift_node_errors(run, args.run_dir, data, grid, args.num, args.batch_size, args.seed,
-                                        device, steps, args.out, progress=not args.no_progress)
+                                        device, steps, args.out, progress=not args.no_progress,
+                                        autocast_dtype=sampling_autocast(device, args.fp32))
     print(json.dumps({"errors": str(npz), "heatmap": str(png), "levels": grid, "images": errors.num_images}))
     return 0
 
@@ -120,6 +123,7 @@ def add_cli(subparsers):
     e.add_argument("--out", default=None, help="heat map PNG (default RUN/lift_errors.png)")
     e.add_argument("--png", dest="out", action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
     add_device(e)
+    add_fp32(e)
     add_no_progress(e)
     e.set_defaults(func=cmd_lift_errors)
     p = sub.add_parser("paths", help="print every sampling path's (t_hi, t_lo) rows (JSON lines; 'needs' names what "

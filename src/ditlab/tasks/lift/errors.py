@@ -49,11 +49,15 @@ def load_node_errors(path) -> NodeErrors:
 
 @torch.no_grad()
 def measure_node_errors(task, model: torch.nn.Module, images: torch.Tensor, labels, grid: int,
-                        batch_size: int = 256, seed: int = 0, device="cpu", progress: bool = False) -> NodeErrors:
+                        batch_size: int = 256, seed: int = 0, device="cpu", progress: bool = False,
+                        autocast_dtype=None) -> NodeErrors:
     """Errors of ``model`` on uint8 ``images`` (N, C, H, W) over the (grid + 1)^2 nodes of the
     schedule's ``grid``-step sampling grid. ``labels`` (N,) for a class-conditional model (else None);
-    ``progress``: a bar over the (batch, node) evaluations."""
+    ``progress``: a bar over the (batch, node) evaluations; ``autocast_dtype``: the network's precision (None:
+    fp32), that of the sampling the planned paths serve."""
     from tqdm import tqdm
+
+    from ditlab.generation import autocast_context
 
     device = torch.device(device)
     levels = task.objective.schedule.time_grid(grid).double().numpy()
@@ -78,7 +82,8 @@ def measure_node_errors(task, model: torch.nn.Module, images: torch.Tensor, labe
                      LO: torch.full((B,), float(levels[j]), device=device)}
                 x_t = {k: task.objective.noised(x0[k], noise[k], t[k].view(-1, 1, 1, 1), task.objective.schedule_of(k))
                        for k in (HI, LO)}
-                pred = denoise(x_t, t, torch.zeros(B, dtype=torch.bool, device=device))
+                with autocast_context(device, autocast_dtype):
+                    pred = denoise(x_t, t, torch.zeros(B, dtype=torch.bool, device=device))
                 for k in (HI, LO):
                     sq[k][i, j] += float(((pred[k][0].float() - x0[k]) ** 2).mean(dim=(1, 2, 3)).sum())
                 bar.update()

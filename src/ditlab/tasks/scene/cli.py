@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ditlab.cliargs import (SAMPLER_CHOICES, add_cfg_context, add_checkpoint, add_device, add_no_progress,
+from ditlab.cliargs import (SAMPLER_CHOICES, add_cfg_context, add_checkpoint, add_device, add_fp32, add_no_progress,
                             finite_float, non_negative_int, positive_int)
 from ditlab.tasks.base import SampleInputs, refuse_inputs
 
@@ -27,7 +27,7 @@ def sample_conditions(run, inputs: SampleInputs, num: int, progress: bool = True
 
 def cmd_scene_eval(args) -> int:
     from ditlab.devices import resolve_device
-    from ditlab.generation import check_settings, settings_of
+    from ditlab.generation import check_settings, sampling_autocast, settings_of
     from ditlab.tasks.scene.eval import evaluate_run
     from ditlab.runs import load_run
     from ditlab.tasks.scene.plot import save_figure, scene_figure
@@ -44,7 +44,8 @@ def cmd_scene_eval(args) -> int:
     sampler, steps, cfg_scale = settings.sampler, settings.steps, settings.cfg_scale
     num = args.scenes or run.cfg.scene.eval_scenes
     report, points, scenes = evaluate_run(run, num, settings, args.seed, args.batch_size, device,
-                                          unconditional=not args.no_unconditional, progress=not args.no_progress)
+                                          unconditional=not args.no_unconditional, progress=not args.no_progress,
+                                          autocast_dtype=sampling_autocast(device, args.fp32))
     out = Path(args.out) if args.out else Path(args.run_dir) / "scene_eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -78,6 +79,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--figure-scenes", type=non_negative_int, default=6, help="scenes drawn in scenes.png (0: no figure)")
     add_checkpoint(e)
     add_device(e)
+    add_fp32(e)
     add_no_progress(e)
     e.add_argument("--out", default=None, help="output folder for eval.json and scenes.png (default RUN/scene_eval)")
     e.set_defaults(func=cmd_scene_eval)

@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from ditlab.generation import batch_bar, generate
+from ditlab.generation import batch_bar, generate, precision_name
 from ditlab.tasks.base import SampleSettings
 from ditlab.tasks.scene.data import SceneSet, load_eval_scenes
 from ditlab.tasks.scene.scenes import coverage, sample_surface, surface_distance
@@ -61,17 +61,19 @@ def baseline_points(scenes: SceneSet, k: int, seed: int) -> dict[str, torch.Tens
 
 
 def generate_for_scenes(task, model, scenes: SceneSet, seed: int, settings: SampleSettings, batch_size: int,
-                        device, progress=None) -> torch.Tensor:
+                        device, progress=None, autocast_dtype=None) -> torch.Tensor:
     """The model's K points for every scene, in batches; scene i uses noise (seed, i) whatever the batch.
-    ``progress``: ditlab.generation.generate's wrapper of the batches (a bar), or None."""
+    ``progress``: ditlab.generation.generate's wrapper of the batches (a bar), or None; ``autocast_dtype``: the
+    network's precision (None: fp32)."""
     out = generate(task, model, len(scenes), seed, settings, scenes.conditions() if getattr(task, "describe", False)
                    else {"features": scenes.features, "mask": scenes.mask},
-                   batch_size=batch_size, device=device, progress=progress)
+                   batch_size=batch_size, device=device, progress=progress, autocast_dtype=autocast_dtype)
     return out["points"]
 
 
 def evaluate_run(run, num_scenes: int, settings: SampleSettings, seed: int = 0, batch_size: int = 128, device="cpu",
-                 unconditional: bool = True, progress: bool = False) -> tuple[dict, torch.Tensor, SceneSet]:
+                 unconditional: bool = True, progress: bool = False,
+                 autocast_dtype=None) -> tuple[dict, torch.Tensor, SceneSet]:
     """Metrics of the model and the baselines on ``num_scenes`` held-out scenes of a loaded run, sampled with
     ``settings`` (guidance scale, per-set compositional guidance, sampler); the unconditional baseline is the
     same sampler with every set dropped (guidance scale 0)."""
@@ -80,19 +82,19 @@ def evaluate_run(run, num_scenes: int, settings: SampleSettings, seed: int = 0, 
     scenes = load_eval_scenes(s, num_scenes, pool=1)  # the pool is not used: metrics use the exact surface
     t0 = time.perf_counter()
     points = generate_for_scenes(run.task, run.model, scenes, seed, settings, batch_size, device,
-                                 batch_bar(progress, "model"))
+                                 batch_bar(progress, "model"), autocast_dtype)
     seconds = time.perf_counter() - t0
     methods = {"model": points}
     if unconditional:
         methods["unconditional"] = generate_for_scenes(
             run.task, run.model, scenes, seed, dataclasses.replace(settings, cfg_scale=0.0, cfg_context=()),
-            batch_size, device, batch_bar(progress, "unconditional"))
+            batch_size, device, batch_bar(progress, "unconditional"), autocast_dtype)
     methods.update(baseline_points(scenes, k, seed))
     report = {
         "run": str(run.checkpoint), "scenes": num_scenes, "eval_seed": s.eval_seed, "points_per_scene": k,
         "sampler": settings.sampler, "steps": settings.steps, "cfg_scale": settings.cfg_scale,
         **({"cfg_context": dict(settings.cfg_context)} if settings.cfg_context else {}), "seed": seed,
-        "coverage_radius": s.coverage_radius, "generation_seconds": seconds,
+        "precision": precision_name(autocast_dtype), "coverage_radius": s.coverage_radius, "generation_seconds": seconds,
         "metrics": {name: point_metrics(p, scenes, s.coverage_radius) for name, p in methods.items()},
     }
     return report, points, scenes
