@@ -256,7 +256,8 @@ def test_fast_kernels_of_a_loaded_run_follow_its_training_and_the_flag(trained_r
     assert main(base + ["--fast-kernels", "on"]) == 1
     assert "--fast-kernels on needs a CUDA device" in capsys.readouterr().err and not out.exists()
     assert main(base + ["--fast-kernels", "auto"]) == 0
-    assert json.loads(str(np.load(out)["ditlab_meta"]))["fast_kernels"] is False  # the path taken, recorded
+    meta = json.loads(str(np.load(out)["ditlab_meta"]))
+    assert meta["fast_kernels"] is False and meta["precision"] == "fp32"  # the path taken, recorded
     assert main(["bench", "sample", str(trained_run), "-n", "2", "--batch-size", "2", "--steps", "1", "--sampler",
                  "euler", "--repeats", "1", "--device", "cpu", "--fast-kernels", "off"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fast_kernels"] is False

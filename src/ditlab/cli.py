@@ -97,7 +97,8 @@ def _split_contexts(values):
 def _sample(args, info) -> int:
     import torch
 
-    from ditlab.generation import batch_bar, check_settings, generate, sampling_autocast, save_samples, settings_of
+    from ditlab.generation import (batch_bar, check_settings, generate, precision_name, sampling_autocast, save_samples,
+                                   settings_of)
     from ditlab.imageio import save_image_grid
     from ditlab.models.kernels import configure_fast_kernels, fast_kernels_on
     from ditlab.runs import load_run
@@ -169,7 +170,7 @@ def _sample(args, info) -> int:
                 "factor": None, **run.task.sample_meta(settings),
                 "data": args.data, "context": context, "lo_run": args.lo_run,
                 # the kernel path (same mathematics; rounding differs between the two)
-                "fast_kernels": fast_kernels_on(run.model),
+                "fast_kernels": fast_kernels_on(run.model), "precision": precision_name(amp),
                 **({"lo_checkpoint": str(cascade.checkpoint)} if getattr(cascade, "checkpoint", None) else {}),
                 **({"contexts": dict(contexts)} if contexts else {})}
         out = save_samples(out_path, run.task, outputs, meta)  # atomic

@@ -137,7 +137,7 @@ def test_diagnose_collapse_cli(tmp_path, capsys):
     verdict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(verdict) == {"collapsed", "at", "seed_to_residual"}
     report = json.loads((tmp_path / "diag" / "collapse.json").read_text())
-    assert len(report["settings"]) == 4 and report["residual_energy"] > 0
+    assert len(report["settings"]) == 4 and report["residual_energy"] > 0 and report["precision"] == "fp32"
     assert (tmp_path / "diag" / "collapse.png").exists()
     assert (tmp_path / "diag" / "collapse_cfg2.0_noise0.3.png").exists()
     assert {r["cond_scale"] for r in report["settings"]} == {1.0}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ditlab.eval.collapse import spread_stats
 from ditlab.imageio import save_image_grid
-from ditlab.generation import generate
+from ditlab.generation import generate, precision_name
 from ditlab.tasks.base import SampleSettings
 
 
@@ -58,7 +58,8 @@ def collapse_sweep(run, originals: torch.Tensor, seeds: int, cfg_scales, cond_no
                 rows.append(row)
     plain = next((r for r in rows if r["cfg"] == 1.0 and r["cond_noise"] == 0.0 and r["cond_scale"] == 1.0),
                  rows[0])
-    report = {"conditions": M, "seeds": K, "sampler": sampler, "steps": steps, "residual_energy": residual,
+    report = {"conditions": M, "seeds": K, "sampler": sampler, "steps": steps,
+              "precision": precision_name(autocast_dtype), "residual_energy": residual,
               "threshold": threshold, "settings": rows,
               "verdict": {"collapsed": plain["seed_to_residual"] < threshold, "at": {"cfg": plain["cfg"],
                           "cond_noise": plain["cond_noise"], "cond_scale": plain["cond_scale"]},
