@@ -159,3 +159,24 @@ def test_cli_reports_a_file_error_with_the_file_and_the_suggestion(tmp_path, cap
     assert main(["config", "show", str(path)]) == 1
     err = capsys.readouterr().err
     assert "unknown key 'train.lr'" in err and "did you mean 'optim.lr'" in err and str(path) in err
+
+
+# ---- an option that does not apply is an error, never silently ignored --------------------------------------
+@pytest.mark.parametrize("overrides, fragments, fixed", [
+    (["ema.posthoc_every=100"], ["ema.posthoc_every=100 applies to post-hoc EMA", "ema.posthoc_sigma_rels is empty"],
+     ["ema.posthoc_every=100", "ema.posthoc_sigma_rels=[0.05, 0.1]"]),
+    (["optim.min_lr_ratio=0.1"], ["optim.min_lr_ratio=0.1 applies to optim.decay=cosine or linear",
+                                  "optim.decay=constant"],
+     ["optim.min_lr_ratio=0.1", "optim.decay=cosine"]),
+])
+def test_an_option_its_switch_leaves_unread_is_an_error(tmp_path, overrides, fragments, fixed):
+    """From the command line and from a file alike; with its feature on, the same value loads."""
+    msg = error_of(ditcfg.load_config, None, overrides)
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+    path = tmp_path / "unread.yaml"
+    path.write_text("".join(as_yaml(o) for o in overrides))
+    assert without_source(error_of(ditcfg.load_config, str(path))) == without_source(msg)
+    ditcfg.load_config(None, fixed)
+    # at their defaults the keys are never an error, whatever the switch
+    ditcfg.load_config(None, ["ema.posthoc_every=0", "optim.min_lr_ratio=0.0", "optim.decay=constant"])

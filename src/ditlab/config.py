@@ -472,10 +472,18 @@ def check_values(cfg: Config, source: str = "") -> None:
         raise ConfigError(f"ema.posthoc_sigma_rels must lie in (0, {12 ** -0.5:.4f}], got {list(sigma_rels)}{where}")
     if len({f"{s:.3f}" for s in sigma_rels}) != len(sigma_rels):  # snapshot file names carry 3 decimals
         raise ConfigError(f"ema.posthoc_sigma_rels must differ in their first 3 decimals, got {list(sigma_rels)}{where}")
+    if cfg.ema.posthoc_every and not sigma_rels:
+        raise ConfigError(f"ema.posthoc_every={cfg.ema.posthoc_every} applies to post-hoc EMA, which is off "
+                          f"(ema.posthoc_sigma_rels is empty): set the widths, e.g. ema.posthoc_sigma_rels=[0.05, 0.1], "
+                          f"or leave ema.posthoc_every at 0{where}")
     optim = cfg.optim
     muon_keys = ("muon_momentum", "muon_adjust_lr")
     if optim.name == "adamw" and any(getattr(optim, k) != getattr(OptimConfig, k) for k in muon_keys):
         raise ConfigError(f"optim.muon_momentum and optim.muon_adjust_lr apply to optim.name=muon, not adamw{where}")
+    if optim.decay == "constant" and optim.min_lr_ratio != OptimConfig.min_lr_ratio:
+        raise ConfigError(f"optim.min_lr_ratio={optim.min_lr_ratio} applies to optim.decay=cosine or linear (the lr it "
+                          f"decays to); with optim.decay=constant the lr stays optim.lr: choose a decay or leave "
+                          f"optim.min_lr_ratio at {OptimConfig.min_lr_ratio}{where}")
     if not 0 <= optim.muon_momentum < 1:
         raise ConfigError(f"optim.muon_momentum must lie in [0, 1), got {optim.muon_momentum}{where}")
     if optim.name == "muon" and cfg.train.precision == "fp16":

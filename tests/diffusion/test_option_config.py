@@ -46,6 +46,27 @@ def test_bad_values_name_the_key(overrides, key):
         load_config(overrides=overrides)
 
 
+@pytest.mark.parametrize("overrides,message,applies", [
+    (["diffusion.min_snr_gamma=2"], "diffusion.min_snr_gamma=2 applies to diffusion.loss_weighting=min_snr only",
+     ["diffusion.loss_weighting=min_snr"]),
+    (FLOW + ["diffusion.schedule=cosine"], "diffusion.schedule=cosine .* applies to diffusion.process=ddpm only",
+     ["diffusion.process=ddpm", "diffusion.prediction=eps"]),
+    (FLOW + ["diffusion.logit_normal_mean=-0.5"], "diffusion.logit_normal_mean=-0.5 applies to diffusion.process=flow "
+     "with diffusion.time_sampling=logit_normal only .* diffusion.time_sampling=uniform",
+     ["diffusion.time_sampling=logit_normal"]),
+    (["diffusion.time_sampling=logit_normal", "diffusion.logit_normal_std=1.5"],  # DDPM draws integer steps
+     r"diffusion.logit_normal_std=1.5 applies .* \(got diffusion.process=ddpm", FLOW),
+])
+def test_an_option_the_objective_does_not_read_is_an_error(overrides, message, applies):
+    """A non-default value that this process / weighting / time sampling never reads is an error naming the key;
+    the combination that reads it loads, and the keys at their defaults never fail."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+    load_config(overrides=overrides + applies)
+    load_config(overrides=FLOW + ["diffusion.schedule=linear", "diffusion.min_snr_gamma=5",
+                                  "diffusion.logit_normal_mean=0", "diffusion.logit_normal_std=1"])
+
+
 def test_bad_choice_names_the_key():
     with pytest.raises(ConfigError, match=r"diffusion\.loss_weighting"):
         load_config(overrides=["diffusion.loss_weighting=snr"])

@@ -93,3 +93,52 @@ def test_image_cond_dropout_without_a_context_set_is_an_error_and_the_sr_preset_
     # docs/superres.md's stage-1 image run from the superres preset
     check_kind_options(load_config("configs/cifar10_sr.yaml", ["task.kind=image", "task.cond_dropout=0",
                                                                "task.cond_noise_max=0", "task.cond_noise_sample=0"]))
+
+
+# ---- options a kind reads only with another option on: set without it, an error before any data -------------
+@pytest.mark.parametrize("overrides, message, applies", [
+    (["task.kind=image", "model.cross_attn_dropout=0.1"],
+     r"model.cross_attn_dropout=0.1 is the dropout of the unnamed context set \(data.context_path\); this run has none",
+     ["data.context_path=c.npz"]),
+    (["task.kind=image", "model.cross_attn_dropout=0.1", "data.contexts=[text=t.npz]",
+      "model.contexts=[{name: text, dim: 4}]"],  # a named set has its own cross_attn_dropout
+     "model.cross_attn_dropout=0.1 is the dropout of the unnamed context set", ["data.context_path=c.npz"]),
+    (["task.kind=superres", "model.cross_attn_dropout=0.1"],
+     r"model.cross_attn_dropout=0.1 applies to a superres run with task.cond_injection=cross \(.*\); "
+     "task.cond_injection=tokens has no cross-attention",
+     ["task.cond_injection=cross"]),
+    (["task.kind=lift", "model.cross_attn_dropout=0.1"],
+     "model.cross_attn_dropout=0.1 applies to task.kind image or superres or scene; this run is task.kind=lift", None),
+    (["task.kind=icl", "model.cross_attn_dropout=0.1"],
+     "model.cross_attn_dropout=0.1 applies to task.kind image or superres or scene; this run is task.kind=icl", None),
+    (["task.kind=superres", "task.dummy_prob=0.3"],
+     "task.dummy_prob=0.3 applies to task.cond_mode=dummy .* only, got task.cond_mode=real", ["task.cond_mode=dummy"]),
+    (["task.kind=superres", "task.dummy_prob=0.3", "task.dummy_kind=zeros"],
+     "task.dummy_prob=0.3, task.dummy_kind=zeros apply to task.cond_mode=dummy", ["task.cond_mode=dummy"]),
+    (["task.kind=lift", "lift.mix_lo_noise=0.3"],
+     "lift.mix_lo_noise=0.3 applies to lift.train_mode=mixture only, got lift.train_mode=independent",
+     ["lift.train_mode=mixture"]),
+    (["task.kind=lift", "lift.train_mode=clean_lo", "lift.beta=0"],
+     r"lift.beta=0.0 weighs the low-resolution loss, which lift.train_mode=clean_lo does not have",
+     ["lift.train_mode=independent"]),
+])
+def test_an_option_whose_feature_is_off_is_an_error(overrides, message, applies):
+    from ditlab.config import load_config
+    from ditlab.tasks.registry import check_kind_options
+
+    with pytest.raises(ValueError, match=message):
+        check_kind_options(load_config(None, overrides))
+    if applies is not None:  # with the feature on, the same value is read: no error
+        check_kind_options(load_config(None, overrides + applies))
+
+
+def test_options_whose_feature_is_off_pass_at_their_defaults():
+    from ditlab.config import load_config
+    from ditlab.tasks.registry import check_kind_options
+
+    check_kind_options(load_config(None, ["task.kind=scene", "model.cross_attn_dropout=0.1"]))  # the scene's set
+    for kind in ("image", "superres", "lift", "icl"):
+        check_kind_options(load_config(None, [f"task.kind={kind}", "model.cross_attn_dropout=0", "task.dummy_prob=0.15",
+                                              "task.dummy_kind=noise", "lift.mix_lo_noise=0.15", "lift.beta=1"]))
+    check_kind_options(load_config(None, ["task.kind=lift", "lift.train_mode=clean_lo", "lift.beta=1"]))
+    check_kind_options(load_config(None, ["task.kind=image", "lift.train_mode=clean_lo", "lift.beta=0"]))  # lift: unread

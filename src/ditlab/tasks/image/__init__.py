@@ -25,6 +25,10 @@ def _check_config(cfg):
         raise ValueError(f"task.cond_dropout={cfg.task.cond_dropout} drops an image run's context sets (with the "
                          "label); this run has none (data.context_path, data.contexts): use model.label_dropout for "
                          "the label's CFG dropout, or set task.cond_dropout=0")
+    if cfg.model.cross_attn_dropout and not cfg.data.context_path:
+        raise ValueError(f"model.cross_attn_dropout={cfg.model.cross_attn_dropout} is the dropout of the unnamed context "
+                         "set (data.context_path); this run has none: a named set of model.contexts takes its own "
+                         "cross_attn_dropout there, e.g. model.contexts=[{name: text, cross_attn_dropout: 0.1}]")
 
 
 def _task(cfg, model, objective, training):
@@ -38,4 +42,5 @@ def _task(cfg, model, objective, training):
 
 KIND = TaskKind("image", _train_data, _model, _task, shape_keys=("model.contexts", "data.contexts"),
                 check_config=_check_config,
-                reads=("task.cond_dropout", "model.contexts", "data.contexts", "data.context_path", *IMAGE_DATA_KEYS))
+                reads=("task.cond_dropout", "model.contexts", "model.cross_attn_dropout", "data.contexts",
+                       "data.context_path", *IMAGE_DATA_KEYS))

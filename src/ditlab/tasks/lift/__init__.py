@@ -14,6 +14,20 @@ def _model(cfg, info):
     return build_lift_model(cfg.model, info["image_size"], info["channels"], cfg.task.factor)
 
 
+def _check_config(cfg):
+    from ditlab.config import LiftConfig
+
+    lift = cfg.lift
+    mixed = [f"lift.{k}={getattr(lift, k)}" for k in ("mix_lo_ahead", "mix_independent", "mix_lo_noise", "mix_hi_noise")
+             if getattr(lift, k) != getattr(LiftConfig, k)]
+    if mixed and lift.train_mode != "mixture":
+        raise ValueError(f"{', '.join(mixed)} {'apply' if len(mixed) > 1 else 'applies'} to lift.train_mode=mixture "
+                         f"only, got lift.train_mode={lift.train_mode}")
+    if lift.train_mode == "clean_lo" and lift.beta != LiftConfig.beta:
+        raise ValueError(f"lift.beta={lift.beta} weighs the low-resolution loss, which lift.train_mode=clean_lo does "
+                         "not have (t_lo = 0: the clean stream carries no loss); leave lift.beta at 1")
+
+
 def _task(cfg, model, objective, training):
     from ditlab.tasks.lift.task import LiftTask
 
@@ -24,4 +38,5 @@ def _open_run(run):
     run.task.load_errors(run.run_dir)  # RUN/lift_errors.npz, when measured: the dp-* paths plan on it
 
 
-KIND = TaskKind("lift", _train_data, _model, _task, open_run=_open_run, reads=IMAGE_DATA_KEYS)
+KIND = TaskKind("lift", _train_data, _model, _task, open_run=_open_run, reads=IMAGE_DATA_KEYS,
+                check_config=_check_config)

@@ -27,4 +27,4 @@ def _task(cfg, model, objective, training):
 
 KIND = TaskKind("scene", _train_data, _model, _task,
                 shape_keys=("scene.num_target_points", "scene.fourier_bands", "scene.describe_target", "model.contexts"),
-                reads=("task.cond_dropout", "model.contexts"))
+                reads=("task.cond_dropout", "model.contexts", "model.cross_attn_dropout"))
