@@ -450,6 +450,12 @@ POSITIVE_KEYS = (("train", "steps"), ("train", "batch_size"), ("train", "log_eve
 NON_NEGATIVE_RATES = (("optim", "lr"), ("optim", "weight_decay"))
 
 
+def off_default(section, prefix: str, names) -> list[str]:
+    """'prefix.name=value' for each of ``names`` that ``section`` (a config dataclass) sets off its default: the
+    options that a check of "applies only with ..." names (an option at its default is never an error)."""
+    return [f"{prefix}.{n}={getattr(section, n)}" for n in names if getattr(section, n) != getattr(type(section), n)]
+
+
 def check_values(cfg: Config, source: str = "") -> None:
     import math
 
@@ -478,7 +484,7 @@ def check_values(cfg: Config, source: str = "") -> None:
                           f"or leave ema.posthoc_every at 0{where}")
     optim = cfg.optim
     muon_keys = ("muon_momentum", "muon_adjust_lr")
-    if optim.name == "adamw" and any(getattr(optim, k) != getattr(OptimConfig, k) for k in muon_keys):
+    if optim.name == "adamw" and off_default(optim, "optim", muon_keys):
         raise ConfigError(f"optim.muon_momentum and optim.muon_adjust_lr apply to optim.name=muon, not adamw{where}")
     if optim.decay == "constant" and optim.min_lr_ratio != OptimConfig.min_lr_ratio:
         raise ConfigError(f"optim.min_lr_ratio={optim.min_lr_ratio} applies to optim.decay=cosine or linear (the lr it "

@@ -88,19 +88,17 @@ def generate_batch(task, model: torch.nn.Module, indices: torch.Tensor, seed: in
     """
     device = torch.device(device)
 
-    def precision():
-        return autocast_context(device, autocast_dtype)
-
     rng = PerSampleRNG(seed, indices.tolist(), device)
     cond = task.batch_conditions(indices.to(device), {k: v.to(device) for k, v in given.items()})
-    with precision():  # a start that itself generates (LIFT's cascade: the low resolution) does so in it
+    # a start that itself generates (LIFT's cascade: the low resolution) does so in the batch's precision
+    with autocast_context(device, autocast_dtype):
         x, path = task.start(rng, settings, cond)
     path = shift_path(path, settings.time_shift)  # the identity at the default 1
     # Per stream: a stream may follow its own schedule (LIFT's shifted low resolution).
     schedules = {name: task.objective.schedule_of(name) for name in path.streams}
     denoiser = guided(task.denoiser(model, cond), settings.cfg_scale, settings.cfg_interval, schedules,
                       context_scales=dict(settings.cfg_context) or None)
-    with precision():
+    with autocast_context(device, autocast_dtype):
         out = sample(denoiser, x, path, schedules, rng, method=settings.sampler, eta=settings.eta)
     return {k: v.cpu() for k, v in task.decode(out, cond).items()}
 

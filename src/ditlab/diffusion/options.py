@@ -26,19 +26,22 @@ def diffusion_problem(cfg) -> Optional[str]:
         return f"diffusion.loss_t_min must be in (0, 1), got {d.loss_t_min}"
     if not _positive(d.min_snr_gamma):
         return f"diffusion.min_snr_gamma must be a finite number > 0, got {d.min_snr_gamma}"
-    if d.loss_weighting != "min_snr" and d.min_snr_gamma != 5.0:
+    default = type(d)  # the dataclass: its class attributes are the defaults (a default is never an error)
+    if d.loss_weighting != "min_snr" and d.min_snr_gamma != default.min_snr_gamma:
         return (f"diffusion.min_snr_gamma={d.min_snr_gamma:g} applies to diffusion.loss_weighting=min_snr only (got "
-                f"diffusion.loss_weighting={d.loss_weighting}); set diffusion.loss_weighting=min_snr or leave it at 5")
-    if d.schedule != "linear" and flow:
+                f"diffusion.loss_weighting={d.loss_weighting}); set diffusion.loss_weighting=min_snr or leave it at "
+                f"{default.min_snr_gamma:g}")
+    if d.schedule != default.schedule and flow:
         return (f"diffusion.schedule={d.schedule} (the DDPM betas) applies to diffusion.process=ddpm only (got "
-                f"diffusion.process={d.process}: the flow path is x_t = (1 - t) x0 + t eps); leave it at linear")
+                f"diffusion.process={d.process}: the flow path is x_t = (1 - t) x0 + t eps); leave it at "
+                f"{default.schedule}")
     logit_normal = flow and d.time_sampling == "logit_normal"
-    for key, value, default in (("diffusion.logit_normal_mean", d.logit_normal_mean, 0.0),
-                                ("diffusion.logit_normal_std", d.logit_normal_std, 1.0)):
-        if value != default and not logit_normal:
-            return (f"{key}={value:g} applies to diffusion.process=flow with diffusion.time_sampling=logit_normal "
-                    f"only (got diffusion.process={d.process}, diffusion.time_sampling={d.time_sampling}); "
-                    f"leave it at {default:g}")
+    for name in ("logit_normal_mean", "logit_normal_std"):
+        value, unset = getattr(d, name), getattr(default, name)
+        if value != unset and not logit_normal:
+            return (f"diffusion.{name}={value:g} applies to diffusion.process=flow with diffusion.time_sampling="
+                    f"logit_normal only (got diffusion.process={d.process}, diffusion.time_sampling={d.time_sampling}); "
+                    f"leave it at {unset:g}")
     for key, value in (("diffusion.time_shift", d.time_shift), ("sample.time_shift", s.time_shift)):
         if not _positive(value):
             return f"{key} must be a finite number > 0, got {value}"

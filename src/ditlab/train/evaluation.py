@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ditlab.data.subset import evaluation_subset
-from ditlab.generation import generate, settings_of
+from ditlab.generation import autocast_context, generate, settings_of
 from ditlab.tasks.registry import build_train_data
 from ditlab.train.checkpoint import capture_rng_state, restore_rng_state
 
@@ -64,7 +64,7 @@ class EvalContext:
     state: dict = field(default_factory=dict)  # a metric's set-up (e.g. FID's network and reference)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        return autocast_context(self.device, self.amp_dtype)
 
     def originals(self, num: Optional[int] = None) -> torch.Tensor:
         """uint8 (N, C, H, W) CPU held-out images (image-like kinds)."""

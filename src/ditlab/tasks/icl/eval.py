@@ -92,7 +92,7 @@ def deterministic_predictions(task: ICLRegressionTask, prompts: EvalPrompts, s: 
         y = prompts.y[start : start + s.batch_size].to(device)
         with autocast_context(device, autocast_dtype):
             pred = task.predict(task.model, x, y)
-        out.append(pred.float().cpu().double().numpy())
+        out.append(pred.cpu().double().numpy())
     return np.concatenate(out)
 
 

@@ -15,11 +15,10 @@ def _model(cfg, info):
 
 
 def _check_config(cfg):
-    from ditlab.config import LiftConfig
+    from ditlab.config import LiftConfig, off_default
 
     lift = cfg.lift
-    mixed = [f"lift.{k}={getattr(lift, k)}" for k in ("mix_lo_ahead", "mix_independent", "mix_lo_noise", "mix_hi_noise")
-             if getattr(lift, k) != getattr(LiftConfig, k)]
+    mixed = off_default(lift, "lift", ("mix_lo_ahead", "mix_independent", "mix_lo_noise", "mix_hi_noise"))
     if mixed and lift.train_mode != "mixture":
         raise ValueError(f"{', '.join(mixed)} {'apply' if len(mixed) > 1 else 'applies'} to lift.train_mode=mixture "
                          f"only, got lift.train_mode={lift.train_mode}")

@@ -15,13 +15,13 @@ def _model(cfg, info):
 
 
 def _check_config(cfg):
-    from ditlab.config import TaskConfig
+    from ditlab.config import off_default
 
     t = cfg.task
     if t.branch_blocks and t.cond_injection != "branch":
         raise ValueError(f"task.branch_blocks={t.branch_blocks} applies to task.cond_injection=branch only, got "
                          f"task.cond_injection={t.cond_injection}")
-    dummy = [f"task.{k}={getattr(t, k)}" for k in ("dummy_prob", "dummy_kind") if getattr(t, k) != getattr(TaskConfig, k)]
+    dummy = off_default(t, "task", ("dummy_prob", "dummy_kind"))
     if dummy and t.cond_mode != "dummy":
         raise ValueError(f"{', '.join(dummy)} {'apply' if len(dummy) > 1 else 'applies'} to task.cond_mode=dummy "
                          f"(dummy-condition pretraining) only, got task.cond_mode={t.cond_mode}")
