@@ -168,6 +168,8 @@ def test_cli_reports_a_file_error_with_the_file_and_the_suggestion(tmp_path, cap
     (["optim.min_lr_ratio=0.1"], ["optim.min_lr_ratio=0.1 applies to optim.decay=cosine or linear",
                                   "optim.decay=constant"],
      ["optim.min_lr_ratio=0.1", "optim.decay=cosine"]),
+    (["train.init_weights=model"], ["train.init_weights=model applies to two-stage training", "train.init_from=RUN"],
+     ["train.init_weights=model", "train.init_from=runs/unconditional"]),
 ])
 def test_an_option_its_switch_leaves_unread_is_an_error(tmp_path, overrides, fragments, fixed):
     """From the command line and from a file alike; with its feature on, the same value loads."""

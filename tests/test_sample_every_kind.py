@@ -15,8 +15,9 @@ import pytest
 from ditlab.cli import main
 
 TINY = ["model.hidden_size=16", "model.depth=1", "model.num_heads=2", "train.steps=2", "train.batch_size=4",
-        "train.device=cpu", "train.sample_every=0", "train.log_every=1", "diffusion.num_timesteps=50"]
-ICL = ["task.kind=icl", "icl.d=3", "icl.n_points=5", "icl.d_start=0", "icl.eval_prompts=4"]
+        "train.device=cpu", "train.sample_every=0", "train.log_every=1"]
+# icl_small is the one DDPM preset here: its T (a flow run refuses diffusion.num_timesteps)
+ICL = ["task.kind=icl", "icl.d=3", "icl.n_points=5", "icl.d_start=0", "icl.eval_prompts=4", "diffusion.num_timesteps=50"]
 SCENE = ["scene.num_scenes=8", "scene.num_target_points=6", "scene.points_per_object=[4,8]", "scene.eval_scenes=8",
          "scene.target_pool=16"]
 

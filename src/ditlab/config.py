@@ -482,6 +482,10 @@ def check_values(cfg: Config, source: str = "") -> None:
         raise ConfigError(f"ema.posthoc_every={cfg.ema.posthoc_every} applies to post-hoc EMA, which is off "
                           f"(ema.posthoc_sigma_rels is empty): set the widths, e.g. ema.posthoc_sigma_rels=[0.05, 0.1], "
                           f"or leave ema.posthoc_every at 0{where}")
+    if cfg.train.init_weights != TrainConfig.init_weights and not cfg.train.init_from:
+        raise ConfigError(f"train.init_weights={cfg.train.init_weights} applies to two-stage training: set "
+                          f"train.init_from=RUN (the run whose weights to start from) or leave train.init_weights at "
+                          f"{TrainConfig.init_weights}{where}")
     optim = cfg.optim
     muon_keys = ("muon_momentum", "muon_adjust_lr")
     if optim.name == "adamw" and off_default(optim, "optim", muon_keys):
@@ -500,6 +504,10 @@ def check_values(cfg: Config, source: str = "") -> None:
         raise ConfigError(f"model.class_tokens must be >= 0, got {model.class_tokens}{where}")
     if model.class_tokens and model.num_classes <= 0:
         raise ConfigError(f"model.class_tokens={model.class_tokens} needs model.num_classes > 0{where}")
+    if model.num_classes <= 0 and model.label_dropout != ModelConfig.label_dropout:
+        raise ConfigError(f"model.label_dropout={model.label_dropout} drops the class label, and this model has none "
+                          f"(model.num_classes=0); for a context set's CFG drop use task.cond_dropout or the set's "
+                          f"cfg_dropout, or leave model.label_dropout at {ModelConfig.label_dropout}{where}")
     if not model.label_in_adaln and not model.class_tokens:
         raise ConfigError(f"model.label_in_adaln=false needs model.class_tokens > 0 (the label would reach the "
                           f"network nowhere){where}")

@@ -40,6 +40,8 @@ def test_valid_combinations_load():
     (FLOW + ["diffusion.time_shift=-1"], "diffusion.time_shift"),
     (["sample.time_shift=3"], "sample.time_shift"),  # DDPM
     (FLOW + ["sample.time_shift=0"], "sample.time_shift"),
+    (["sample.eta=1.5"], "sample.eta"),
+    (["sample.eta=-0.1"], "sample.eta"),
 ])
 def test_bad_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -54,8 +56,15 @@ def test_bad_values_name_the_key(overrides, key):
     (FLOW + ["diffusion.logit_normal_mean=-0.5"], "diffusion.logit_normal_mean=-0.5 applies to diffusion.process=flow "
      "with diffusion.time_sampling=logit_normal only .* diffusion.time_sampling=uniform",
      ["diffusion.time_sampling=logit_normal"]),
-    (["diffusion.time_sampling=logit_normal", "diffusion.logit_normal_std=1.5"],  # DDPM draws integer steps
-     r"diffusion.logit_normal_std=1.5 applies .* \(got diffusion.process=ddpm", FLOW),
+    (["diffusion.logit_normal_std=1.5"],  # DDPM draws integer steps
+     r"diffusion.logit_normal_std=1.5 applies .* \(got diffusion.process=ddpm", FLOW + ["diffusion.time_sampling=logit_normal"]),
+    (["diffusion.time_sampling=logit_normal"], "diffusion.time_sampling=logit_normal applies to diffusion.process=flow only",
+     FLOW),
+    (FLOW + ["diffusion.num_timesteps=50"], "diffusion.num_timesteps=50 .* applies to diffusion.process=ddpm only",
+     ["diffusion.process=ddpm", "diffusion.prediction=eps"]),
+    # Once only the first training preview failed on it, mid-run.
+    (["sample.sampler=heun", "sample.eta=0.5"], "sample.eta=0.5 applies to sample.sampler=ddim only",
+     ["sample.sampler=ddim"]),
 ])
 def test_an_option_the_objective_does_not_read_is_an_error(overrides, message, applies):
     """A non-default value that this process / weighting / time sampling never reads is an error naming the key;

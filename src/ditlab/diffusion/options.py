@@ -35,6 +35,13 @@ def diffusion_problem(cfg) -> Optional[str]:
         return (f"diffusion.schedule={d.schedule} (the DDPM betas) applies to diffusion.process=ddpm only (got "
                 f"diffusion.process={d.process}: the flow path is x_t = (1 - t) x0 + t eps); leave it at "
                 f"{default.schedule}")
+    if d.time_sampling != default.time_sampling and not flow:
+        return (f"diffusion.time_sampling={d.time_sampling} applies to diffusion.process=flow only (got diffusion."
+                f"process={d.process}: DDPM draws integer steps uniformly); leave it at {default.time_sampling}")
+    if d.num_timesteps != default.num_timesteps and flow:
+        return (f"diffusion.num_timesteps={d.num_timesteps} (DDPM's T) applies to diffusion.process=ddpm only (got "
+                f"diffusion.process={d.process}: flow time is continuous; the sampler's grid is sample.steps); "
+                f"leave it at {default.num_timesteps}")
     logit_normal = flow and d.time_sampling == "logit_normal"
     for name in ("logit_normal_mean", "logit_normal_std"):
         value, unset = getattr(d, name), getattr(default, name)
@@ -42,6 +49,12 @@ def diffusion_problem(cfg) -> Optional[str]:
             return (f"diffusion.{name}={value:g} applies to diffusion.process=flow with diffusion.time_sampling="
                     f"logit_normal only (got diffusion.process={d.process}, diffusion.time_sampling={d.time_sampling}); "
                     f"leave it at {unset:g}")
+    if not 0.0 <= s.eta <= 1.0:
+        return f"sample.eta must be in [0, 1] (0 deterministic DDIM, 1 the DDPM posterior), got {s.eta}"
+    if s.eta != 0.0 and s.sampler != "ddim":
+        # Caught here, not at the first training preview that samples with it.
+        return (f"sample.eta={s.eta:g} applies to sample.sampler=ddim only (got sample.sampler={s.sampler}); "
+                f"leave it at 0")
     for key, value in (("diffusion.time_shift", d.time_shift), ("sample.time_shift", s.time_shift)):
         if not _positive(value):
             return f"{key} must be a finite number > 0, got {value}"
