@@ -58,7 +58,7 @@ class ModelConfig:
     output_init: Literal["zero", "xavier"] = "zero"
     # Class-conditional when > 0 (a learned null label is added for classifier-free guidance).
     num_classes: int = 0
-    # Probability of replacing the label with the null label during training (CFG dropout).
+    # Probability of replacing the label with the null label during training (CFG dropout); needs num_classes > 0.
     label_dropout: float = 0.1
     # Named context sets beside the unnamed one (data.context_path, the scene's point cloud), each with its
     # own cross-attention per block (ContextSetConfig). E.g. [{name: text, cfg_dropout: 0.1, blocks: middle}].
@@ -102,8 +102,9 @@ class DiffusionConfig:
     loss_weighting: Literal["none", "min_snr"] = "none"
     min_snr_gamma: float = 5.0
     schedule: Literal["linear", "cosine"] = "linear"  # DDPM betas
-    num_timesteps: int = 1000  # DDPM T
-    # Flow matching: how training t is drawn (uniform on (0, 1) or logit-normal(mean, std)).
+    num_timesteps: int = 1000  # DDPM T (process=ddpm only)
+    # Flow matching: how training t is drawn (uniform on (0, 1) or logit-normal(mean, std)); DDPM draws its
+    # integer steps uniformly and refuses logit_normal.
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
@@ -406,7 +407,7 @@ class SampleConfig:
     # Guide only where the noise-to-signal ratio sigma/alpha lies in (lo, hi], e.g. [0.28, 5.42]
     # (Kynkaanniemi et al. 2024); None guides at every step.
     cfg_interval: Optional[tuple[float, float]] = None
-    eta: float = 0.0
+    eta: float = 0.0  # DDIM's eta in [0, 1] (0 deterministic, 1 the DDPM posterior): sample.sampler=ddim only
     grid_size: int = 64
     seed: int = 0
 
