@@ -41,7 +41,8 @@ case $stage in
       --out "$out/ctx77.jsonl"
     timeout 200 "${bench[@]}" --arch DiT-S/2 --fast-kernels on train.compile_mode=reduce-overhead --out "$out/ctx77.jsonl" ;;
   sample)
-    timeout 500 bash scripts/bench_sample_synthetic.sh DiT-S/2 1.5 > "$out/bench_sample.jsonl" ;;
+    # eager is known (33 img/s on an H100, 2026-11-22 and 2026-12-06): the question is fused against compiled
+    timeout 500 bash scripts/bench_sample_synthetic.sh DiT-S/2 1.5 fused,compiled > "$out/bench_sample.jsonl" ;;
   adaln)
     timeout 500 python3 scripts/bench_adaln_kernels.py --shapes S2 B2 superres_S2 --sweep --knobs BWD_LOOP_STAGES \
       --no-inductor --out "$out/adaln_loop.jsonl" ;;

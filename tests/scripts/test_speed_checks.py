@@ -66,3 +66,31 @@ def test_an_override_after_arch_is_an_override(bench_train):
     assert args.arch == ["DiT-S/2"] and args.overrides == ["optim.name=muon"]
     _, args = bench_train.parse_args(["optim.name=muon"])
     assert args.arch == ["DiT-S/2", "DiT-B/2"]  # the default
+
+
+def sample_rows(tmp_path, *args: str):
+    """The `ditlab bench sample` commands of scripts/bench_sample_synthetic.sh, with python3 recording them."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(log))}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    lines = log.read_text().splitlines() if log.exists() else []
+    return done, [shlex.split(line) for line in lines if line.startswith("-m ditlab bench sample")]
+
+
+def test_the_sample_stage_times_compiled_against_fused_and_skips_eager(tmp_path):
+    """The seventeenth session's call ran out of time in the known eager row, before the fused one."""
+    done, calls = sample_rows(tmp_path, "scripts/speed_checks.sh", "sample", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert [("--compile=on" in c, "--fast-kernels=on" in c) for c in calls] == [(True, True), (True, False)]
+
+
+def test_bench_sample_synthetic_rows(tmp_path):
+    done, calls = sample_rows(tmp_path, "scripts/bench_sample_synthetic.sh")
+    assert done.returncode == 0 and len(calls) == 3 and "--compile=off" in calls[0]  # all three by default
+    (tmp_path / "bad").mkdir()
+    done, calls = sample_rows(tmp_path / "bad", "scripts/bench_sample_synthetic.sh", "DiT-S/2", "1.5", "eager,bogus")
+    assert done.returncode == 2 and "unknown row 'bogus'" in done.stderr and not calls
