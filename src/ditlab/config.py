@@ -336,7 +336,9 @@ class TrainConfig:
     deterministic: bool = False
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU uses fp32
     compile: bool = False
-    # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
+    # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", ... Deliberately not an
+    # error with compile=false (unlike the other unread options): `train.compile=false` over a preset or an
+    # ablation (`--set`, e.g. a CPU dry run) must turn compilation off for every variant, whatever its mode.
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     # Fused Triton adaLN kernels in the DiT blocks (ditlab.models.kernels): "auto" uses them where CUDA and
     # Triton are present, "off" keeps the eager code path, "on" requires them. Off by default: on one H200
