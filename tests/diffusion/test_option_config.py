@@ -62,6 +62,9 @@ def test_bad_values_name_the_key(overrides, key):
      FLOW),
     (FLOW + ["diffusion.num_timesteps=50"], "diffusion.num_timesteps=50 .* applies to diffusion.process=ddpm only",
      ["diffusion.process=ddpm", "diffusion.prediction=eps"]),
+    (FLOW + ["diffusion.loss_t_min=0.1"], "diffusion.loss_t_min=0.1 clamps t where a flow x0 prediction",
+     ["diffusion.prediction=x0"]),
+    (["diffusion.prediction=x0", "diffusion.loss_t_min=0.1"], r"\(got diffusion.process=ddpm", FLOW + ["diffusion.prediction=x0"]),
     # Once only the first training preview failed on it, mid-run.
     (["sample.sampler=heun", "sample.eta=0.5"], "sample.eta=0.5 applies to sample.sampler=ddim only",
      ["sample.sampler=ddim"]),

@@ -27,6 +27,11 @@ def diffusion_problem(cfg) -> Optional[str]:
     if not _positive(d.min_snr_gamma):
         return f"diffusion.min_snr_gamma must be a finite number > 0, got {d.min_snr_gamma}"
     default = type(d)  # the dataclass: its class attributes are the defaults (a default is never an error)
+    if d.loss_t_min != default.loss_t_min and not (flow and d.prediction == "x0"):
+        # Read only where a flow x0 prediction is divided by t: its eps for the samplers and the velocity loss.
+        return (f"diffusion.loss_t_min={d.loss_t_min:g} clamps t where a flow x0 prediction is divided by it, and "
+                f"this run has none (got diffusion.process={d.process}, diffusion.prediction={d.prediction}); "
+                f"leave it at {default.loss_t_min:g}")
     if d.loss_weighting != "min_snr" and d.min_snr_gamma != default.min_snr_gamma:
         return (f"diffusion.min_snr_gamma={d.min_snr_gamma:g} applies to diffusion.loss_weighting=min_snr only (got "
                 f"diffusion.loss_weighting={d.loss_weighting}); set diffusion.loss_weighting=min_snr or leave it at "
