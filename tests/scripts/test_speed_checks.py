@@ -24,18 +24,25 @@ def bench_train():
     return module
 
 
-def recorded_commands(tmp_path, stage: str) -> list[list[str]]:
-    """Run the stage with a stand-in python3 on PATH that records its arguments instead of running them."""
+def run_recording_python(tmp_path, *args: str):
+    """Run `bash ARGS` with a stand-in python3 on PATH that records its arguments instead of running them:
+    (the finished process, every recorded python3 command line split into words)."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir()
     fake = bin_dir / "python3"
     fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(log))}\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    subprocess.run(["bash", "scripts/speed_checks.sh", stage, str(tmp_path / "out")], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=60)
+    done = subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     lines = log.read_text().splitlines() if log.exists() else []
-    return [shlex.split(line) for line in lines if line.startswith("scripts/bench_train.py")]
+    return done, [shlex.split(line) for line in lines]
+
+
+def recorded_commands(tmp_path, stage: str) -> list[list[str]]:
+    """The scripts/bench_train.py command lines of a speed_checks.sh stage."""
+    done, calls = run_recording_python(tmp_path, "scripts/speed_checks.sh", stage, str(tmp_path / "out"))
+    done.check_returncode()
+    return [c for c in calls if c[:1] == ["scripts/bench_train.py"]]
 
 
 @pytest.mark.parametrize("stage,expect", [
@@ -69,16 +76,9 @@ def test_an_override_after_arch_is_an_override(bench_train):
 
 
 def sample_rows(tmp_path, *args: str):
-    """The `ditlab bench sample` commands of scripts/bench_sample_synthetic.sh, with python3 recording them."""
-    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
-    bin_dir.mkdir()
-    fake = bin_dir / "python3"
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(log))}\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    lines = log.read_text().splitlines() if log.exists() else []
-    return done, [shlex.split(line) for line in lines if line.startswith("-m ditlab bench sample")]
+    """The `ditlab bench sample` command lines that `bash ARGS` runs (scripts/bench_sample_synthetic.sh)."""
+    done, calls = run_recording_python(tmp_path, *args)
+    return done, [c for c in calls if c[:4] == ["-m", "ditlab", "bench", "sample"]]
 
 
 def test_the_sample_stage_times_compiled_against_fused_and_skips_eager(tmp_path):
