@@ -170,6 +170,8 @@ def test_cli_reports_a_file_error_with_the_file_and_the_suggestion(tmp_path, cap
      ["optim.min_lr_ratio=0.1", "optim.decay=cosine"]),
     (["train.init_weights=model"], ["train.init_weights=model applies to two-stage training", "train.init_from=RUN"],
      ["train.init_weights=model", "train.init_from=runs/unconditional"]),
+    (["model.label_dropout=0.2"], ["model.label_dropout=0.2 drops the class label", "(model.num_classes=0)"],
+     ["model.label_dropout=0.2", "model.num_classes=10"]),
 ])
 def test_an_option_its_switch_leaves_unread_is_an_error(tmp_path, overrides, fragments, fixed):
     """From the command line and from a file alike; with its feature on, the same value loads."""
@@ -181,4 +183,5 @@ def test_an_option_its_switch_leaves_unread_is_an_error(tmp_path, overrides, fra
     assert without_source(error_of(ditcfg.load_config, str(path))) == without_source(msg)
     ditcfg.load_config(None, fixed)
     # at their defaults the keys are never an error, whatever the switch
-    ditcfg.load_config(None, ["ema.posthoc_every=0", "optim.min_lr_ratio=0.0", "optim.decay=constant"])
+    ditcfg.load_config(None, ["ema.posthoc_every=0", "optim.min_lr_ratio=0.0", "optim.decay=constant",
+                              "train.init_weights=ema", "model.label_dropout=0.1"])

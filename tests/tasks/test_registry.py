@@ -121,6 +121,11 @@ def test_image_cond_dropout_without_a_context_set_is_an_error_and_the_sr_preset_
     (["task.kind=lift", "lift.train_mode=clean_lo", "lift.beta=0"],
      r"lift.beta=0.0 weighs the low-resolution loss, which lift.train_mode=clean_lo does not have",
      ["lift.train_mode=independent"]),
+    (["task.kind=icl", "icl.curriculum_every=5"],
+     r"icl.curriculum_every=5 sets the curriculum's growth, and the curriculum is off .*leave it at the default",
+     ["icl.points_start=2"]),
+    (["task.kind=icl", "icl.d_inc=2", "icl.points_inc=4"],
+     "icl.d_inc=2, icl.points_inc=4 set the curriculum's growth, and the curriculum is off", ["icl.d_start=1"]),
 ])
 def test_an_option_whose_feature_is_off_is_an_error(overrides, message, applies):
     from ditlab.config import load_config
@@ -142,3 +147,4 @@ def test_options_whose_feature_is_off_pass_at_their_defaults():
                                               "task.dummy_kind=noise", "lift.mix_lo_noise=0.15", "lift.beta=1"]))
     check_kind_options(load_config(None, ["task.kind=lift", "lift.train_mode=clean_lo", "lift.beta=1"]))
     check_kind_options(load_config(None, ["task.kind=image", "lift.train_mode=clean_lo", "lift.beta=0"]))  # lift: unread
+    check_kind_options(load_config(None, ["task.kind=icl", "icl.d_inc=1", "icl.points_inc=2", "icl.curriculum_every=2000"]))
