@@ -30,7 +30,9 @@ mkdir -p "$out"
 bench=(python3 scripts/bench_train.py --compile yes --repeats 3 --steps 20 --warmup 25 train.nan_check=log)
 case $stage in
   tests)
-    timeout 570 python3 -m pytest -p no:warnings tests/models/kernels tests/models/test_token_groups.py \
+    # the whole-model GPU tests first: they take ~1 min, and the kernel tests alone outlast the 570 s
+    timeout 570 python3 -m pytest -p no:warnings tests/models/test_token_groups.py tests/models/test_attention_reliability.py \
+      tests/models/kernels \
       > "$out/kernel_tests.txt" 2>&1
     rc=$?; tail -3 "$out/kernel_tests.txt"; exit $rc ;;
   mlp)

@@ -158,5 +158,11 @@ def test_compiled_on_the_gpu_the_runs_match_the_gather(fast, monkeypatch):
     gather, g_gather = run()
     torch._dynamo.reset()
     torch.testing.assert_close(runs, gather, rtol=2e-2, atol=2e-3)
+    # Gradients in norm, not element by element: the two graphs fuse and order their bf16 reductions differently,
+    # and a bias gradient sums over every token, so its elements near zero carry noise of the gradient's scale
+    # (H100, 2026-12-06: patch_embed's bias differed by up to 0.012 at a scale of 4.8, while each path was 0.016
+    # from the fp32 gradient). A wrong spread is off by the gradient's whole size.
     for name in g_gather:
-        torch.testing.assert_close(g_runs[name], g_gather[name], rtol=5e-2, atol=5e-3, msg=name)
+        a, b = g_runs[name].double(), g_gather[name].double()
+        diff, scale = (a - b).norm().item(), b.norm().item()
+        assert diff <= 2e-2 * scale + 1e-4, f"{name}: gradients differ by {diff:.3g} in norm, at a norm of {scale:.3g}"
