@@ -36,7 +36,9 @@ add log(W) to
 the attention logits of every query towards the condition tokens (W = 0: the condition is masked out,
 exactly the unconditional layout of a task.cond_mode=dummy model). W = 1 is the plain forward.
 A dropped condition (``stream_drop``, classifier-free guidance): tokens use the stream's learned null
-tokens, cross the context set's learned null (DiT's context_drop), branch and adaln add nothing.
+tokens, cross the context set's learned null (DiT's context_drop), branch and adaln add nothing. W applies
+to the rows that hold the condition only: a dropped row is the same for every W, so guidance extrapolates
+from one unconditional prediction whatever the condition strength.
 """
 from __future__ import annotations
 
@@ -55,6 +57,17 @@ from ditlab.models.streams import StreamSpec, stream_positions, stream_rope
 from ditlab.models.token_groups import TokenGroups, runs_of
 
 INJECTIONS = ("tokens", "tokens_gated", "cross", "branch", "adaln")
+
+
+def _row_scale(scale: float, drop: Optional[torch.Tensor]):
+    """The condition strength W per row: a (B,) float tensor where W is 1 on the rows whose condition is dropped
+    (``drop``, classifier-free guidance's unconditional half), or the float W when no row is dropped. A dropped
+    row holds the learned null, not the condition: W scales the condition's contribution, so the unconditional
+    prediction that guidance extrapolates from stays the same for every W (branch and adaln add nothing to a
+    dropped row for any W already)."""
+    if drop is None or scale == 1.0:
+        return scale
+    return torch.where(drop, torch.ones((), device=drop.device), torch.full((), scale, device=drop.device))
 
 
 def cond_block_range(spec: str, depth: int, key: str = "task.cond_blocks") -> range:
@@ -251,10 +264,11 @@ class ConditionedDiT(DiT):
         st = self._pathway
         if st is None:
             return super()._block_step(i, block, h, c, index, mask, rope, context, context_mask, **kw)
-        if "gate_scale" in st:  # tokens_gated
+        if "gate_scale" in st:  # tokens_gated; the scale is 1.0 or (B, 1, 1) per row
             gate = self.token_gates[str(i)] if str(i) in self.token_gates else None
-            if gate is not None and st["gate_scale"] != 1.0:
-                gate = gate * st["gate_scale"]
+            gate_scale = st["gate_scale"]
+            if gate is not None and not (isinstance(gate_scale, float) and gate_scale == 1.0):
+                gate = gate * gate_scale
 
             def hidden():  # (B, N, N) bool, True = visible; built only for the blocks without a gate
                 m = self.cond_hidden.expand(h.shape[0], -1, -1)
@@ -267,9 +281,10 @@ class ConditionedDiT(DiT):
             mask = AttnBias(mask, st["bias"])
         if st.get("c_add") is not None and i in self.cond_block_ids:
             c = c + st["c_add"]
-        scale = st.get("cross_scale", 1.0)
-        if scale != 1.0 and getattr(block, "has_cross", False):
-            handle = block.cross_attn.register_forward_hook(lambda mod, args, out: out * scale)
+        scale = st.get("cross_scale")  # a float or (B, 1, 1) per row; absent at W = 1
+        if scale is not None and getattr(block, "has_cross", False):
+            handle = block.cross_attn.register_forward_hook(
+                lambda mod, args, out: out * (scale.to(out.dtype) if torch.is_tensor(scale) else scale))
             try:
                 h = super()._block_step(i, block, h, c, index, mask, rope, context, context_mask, **kw)
             finally:
@@ -288,12 +303,16 @@ class ConditionedDiT(DiT):
         finally:
             self._pathway = None
 
-    def _tokens_bias(self, batch: int, scale: float, device) -> torch.Tensor:
-        """(B, N) additive key bias: log(scale) on the condition tokens' columns, 0 elsewhere."""
+    def _tokens_bias(self, batch: int, scale: float, device, drop: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, N) additive key bias: log(scale) on the condition tokens' columns, 0 elsewhere and on the rows
+        whose condition is dropped (``drop``, (B,) bool: they hold the null tokens; see _row_scale)."""
         start, stop = self._cond_columns()
         col = torch.zeros(self.num_class_tokens + self.num_tokens, device=device)
         col[start:stop] = math.log(scale) if scale > 0 else float("-inf")
-        return col.expand(batch, -1)
+        bias = col.expand(batch, -1)
+        if drop is not None:
+            bias = torch.where(drop.to(device)[:, None], torch.zeros((), device=device), bias)
+        return bias
 
     def _branch(self, x, t, low, s, labels, label_drop) -> dict[int, torch.Tensor]:
         """Branch block outputs on the target tokens, through the zero linears: block -> (B, N_t, D)."""
@@ -363,14 +382,17 @@ class ConditionedDiT(DiT):
         args = dict(labels=labels, label_drop=label_drop, token_mask=token_mask, context=context,
                     context_mask=context_mask, stream_drop=stream_drop, context_drop=context_drop,
                     attn_mask=attn_mask, **kwargs)
-        if self.injection == "tokens_gated":
-            return self._run({"gate_scale": scale}, x, t, **args)
-        if self.injection == "tokens":
-            if scale == 1.0:
+        if self.injection in ("tokens", "tokens_gated"):
+            if scale == 1.0 and self.injection == "tokens":
                 return super().forward(x, t, **args)  # today's path, bitwise
             B = next(iter(x.values())).shape[0]
-            return self._run({"bias": self._tokens_bias(B, scale, self.null_tokens[self.cond_name].device)}, x, t,
-                             **args)
+            drop = (stream_drop or {}).get(self.cond_name)  # DiT itself swaps in the null tokens of these rows
+            if self.injection == "tokens_gated":
+                rows = _row_scale(scale, drop)
+                return self._run({"gate_scale": rows if isinstance(rows, float) else rows[:, None, None]}, x, t,
+                                 **args)
+            return self._run({"bias": self._tokens_bias(B, scale, self.null_tokens[self.cond_name].device, drop)},
+                             x, t, **args)
 
         x, t, low, s, drop = self._take_condition(x, t, token_mask, stream_drop, args)
         B = low.shape[0]
@@ -381,7 +403,8 @@ class ConditionedDiT(DiT):
             level = s if s.dim() == 1 else s.mean(dim=1)
             ctx = self.cond_embed(low) + self.pos_cond.to(low.dtype) + self.t_embed(level)[:, None]
             args.update(context=ctx, context_mask=None, context_drop=drop)
-            state = None if scale == 1.0 else {"cross_scale": scale}
+            rows = _row_scale(scale, drop)
+            state = None if scale == 1.0 else {"cross_scale": rows if isinstance(rows, float) else rows[:, None, None]}
             return self._run(state, x, t, **args)
 
         if scale == 0.0:  # the unconditional pathway: nothing added

@@ -250,6 +250,25 @@ def test_cond_scale_zero_is_the_unconditional_pathway(mode):
     assert not torch.allclose(y1, yh) and not torch.allclose(yh, want)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("w", [0.5, 0.0, 2.0])
+def test_cond_scale_leaves_the_dropped_rows_alone(mode, w):
+    """Guidance's unconditional rows (the condition dropped to its null) are the same for every W: W scales
+    the condition, and guidance extrapolates from one unconditional prediction. (tokens, tokens_gated and cross
+    scaled the null's contribution too until the eighteenth session.)"""
+    _, model = make(mode, seed=21)
+    model.eval()
+    x, t = inputs()
+    drop = torch.tensor([True, False, True])
+    with torch.no_grad():
+        plain = model(x, t, stream_drop={COND: drop})[TARGET]
+        scaled = model(x, t, stream_drop={COND: drop}, cond_scale=w)[TARGET]
+    torch.testing.assert_close(scaled[drop], plain[drop], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(scaled[1], plain[1], atol=1e-4)
+    alone = model({k: v[1:2] for k, v in x.items()}, {k: v[1:2] for k, v in t.items()}, cond_scale=w)[TARGET]
+    torch.testing.assert_close(scaled[1:2], alone, atol=1e-6, rtol=1e-5)  # the kept row: W as without a drop
+
+
 def test_cond_blocks_selects_the_blocks_that_receive_the_condition():
     # adaln, middle third of 6 blocks = blocks 2 and 3: only they see a different conditioning vector
     _, model = make("adaln", depth=6, seed=14, cond_blocks="middle")
