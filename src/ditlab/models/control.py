@@ -387,6 +387,8 @@ class ConditionedDiT(DiT):
                 return super().forward(x, t, **args)  # today's path, bitwise
             B = next(iter(x.values())).shape[0]
             drop = (stream_drop or {}).get(self.cond_name)  # DiT itself swaps in the null tokens of these rows
+            if drop is not None and (drop.dtype != torch.bool or tuple(drop.shape) != (B,)):
+                drop = None  # malformed: DiT's own check rejects it with the message that names it
             if self.injection == "tokens_gated":
                 rows = _row_scale(scale, drop)
                 return self._run({"gate_scale": rows if isinstance(rows, float) else rows[:, None, None]}, x, t,

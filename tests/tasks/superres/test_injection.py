@@ -269,6 +269,14 @@ def test_cond_scale_leaves_the_dropped_rows_alone(mode, w):
     torch.testing.assert_close(scaled[1:2], alone, atol=1e-6, rtol=1e-5)  # the kept row: W as without a drop
 
 
+@pytest.mark.parametrize("mode", ["tokens", "tokens_gated"])
+def test_a_malformed_drop_with_cond_scale_gets_the_models_own_error(mode):
+    _, model = make(mode)
+    x, t = inputs()
+    with pytest.raises(TypeError, match=r"stream_drop\['lowres'\] must be boolean"):
+        model(x, t, stream_drop={COND: torch.tensor([1, 0, 1])}, cond_scale=0.5)
+
+
 def test_cond_blocks_selects_the_blocks_that_receive_the_condition():
     # adaln, middle third of 6 blocks = blocks 2 and 3: only they see a different conditioning vector
     _, model = make("adaln", depth=6, seed=14, cond_blocks="middle")
