@@ -60,14 +60,15 @@ INJECTIONS = ("tokens", "tokens_gated", "cross", "branch", "adaln")
 
 
 def _row_scale(scale: float, drop: Optional[torch.Tensor]):
-    """The condition strength W per row: a (B,) float tensor where W is 1 on the rows whose condition is dropped
-    (``drop``, classifier-free guidance's unconditional half), or the float W when no row is dropped. A dropped
-    row holds the learned null, not the condition: W scales the condition's contribution, so the unconditional
-    prediction that guidance extrapolates from stays the same for every W (branch and adaln add nothing to a
-    dropped row for any W already)."""
+    """The condition strength W per row, to multiply (B, N, D) outputs: a (B, 1, 1) float tensor where W is 1 on
+    the rows whose condition is dropped (``drop``, classifier-free guidance's unconditional half), or the float
+    W when no row is dropped (and at W = 1). A dropped row holds the learned null, not the condition: W scales
+    the condition's contribution, so the unconditional prediction that guidance extrapolates from stays the same
+    for every W (branch and adaln add nothing to a dropped row for any W already)."""
     if drop is None or scale == 1.0:
         return scale
-    return torch.where(drop, torch.ones((), device=drop.device), torch.full((), scale, device=drop.device))
+    rows = torch.where(drop, torch.ones((), device=drop.device), torch.full((), scale, device=drop.device))
+    return rows[:, None, None]
 
 
 def cond_block_range(spec: str, depth: int, key: str = "task.cond_blocks") -> range:
@@ -390,9 +391,7 @@ class ConditionedDiT(DiT):
             if drop is not None and (drop.dtype != torch.bool or tuple(drop.shape) != (B,)):
                 drop = None  # malformed: DiT's own check rejects it with the message that names it
             if self.injection == "tokens_gated":
-                rows = _row_scale(scale, drop)
-                return self._run({"gate_scale": rows if isinstance(rows, float) else rows[:, None, None]}, x, t,
-                                 **args)
+                return self._run({"gate_scale": _row_scale(scale, drop)}, x, t, **args)
             return self._run({"bias": self._tokens_bias(B, scale, self.null_tokens[self.cond_name].device, drop)},
                              x, t, **args)
 
@@ -405,8 +404,7 @@ class ConditionedDiT(DiT):
             level = s if s.dim() == 1 else s.mean(dim=1)
             ctx = self.cond_embed(low) + self.pos_cond.to(low.dtype) + self.t_embed(level)[:, None]
             args.update(context=ctx, context_mask=None, context_drop=drop)
-            rows = _row_scale(scale, drop)
-            state = None if scale == 1.0 else {"cross_scale": rows if isinstance(rows, float) else rows[:, None, None]}
+            state = None if scale == 1.0 else {"cross_scale": _row_scale(scale, drop)}
             return self._run(state, x, t, **args)
 
         if scale == 0.0:  # the unconditional pathway: nothing added
