@@ -3,9 +3,11 @@
 # commands of at most 10 minutes; every command continues where the previous one stopped.
 #   scripts/speedrun_study.sh ref     TRAIN_ZIP INCEPTION STUDY              STUDY/ref_train.npz (FID reference, 50k)
 #   scripts/speedrun_study.sh run     TRAIN_ZIP INCEPTION STUDY [SECONDS] [ablate flags...]
-#                                     one slice: new work starts only in the first SECONDS - 150 s (default 570),
-#                                     and at SECONDS a SIGTERM stops a training at a checkpoint (resumed next time
-#                                     with the rest of its time budget); exit 3 = run it again
+#                                     one slice (default 570 s): a unit (train + score) starts only when it should
+#                                     end by SECONDS - 100 s, judged by the last unit's time (the first unit's
+#                                     scoring is what the 100 s are for); at SECONDS a SIGTERM stops a training at
+#                                     a checkpoint (resumed next time with the rest of its time budget); exit 3 =
+#                                     run it again
 #   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
 #                                                                            DEST/speedrun_study_files.tgz
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
@@ -24,7 +26,7 @@ case "$stage" in
     code=0
     timeout -s TERM -k 20 "$seconds" python3 -m ditlab ablate configs/ablations/speedrun.yaml --out "$study" \
       --ref "$study/ref_train.npz" --inception "$inception" --set data.path="$train" \
-      --budget-s $((seconds > 300 ? seconds - 150 : seconds / 2)) "$@" || code=$?
+      --budget-s $((seconds > 300 ? seconds - 100 : seconds / 2)) "$@" || code=$?
     [ "$code" = 124 ] && code=3  # stopped by the timeout: more to do
     echo "{\"scored\": $(find "$study" -path '*/scores/*.json' | wc -l), \"exit\": $code}"
     exit "$code" ;;

@@ -165,3 +165,52 @@ def test_shipped_lift_plan_is_valid_and_flops_match():
     f_flops, _ = flops(by_name["baseline_flops"])
     assert abs(p_base / p_lift - 1) < 0.02  # equal parameters
     assert abs(f_flops / f_lift - 1) < 0.03  # equal FLOPs
+
+
+class FakeClock:
+    """The runner's clock (ditlab.experiments.ablation's ``time``): every training takes ``train_s`` seconds."""
+
+    def __init__(self, train_s: float):
+        self.now, self.train_s = 0.0, train_s
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def fake_clock(monkeypatch, train_s: float) -> FakeClock:
+    import ditlab.experiments.ablation as ablation_module
+
+    clock = FakeClock(train_s)
+    real_train = AblationRunner.train
+
+    def timed_train(self, unit, run_dir):
+        real_train(self, unit, run_dir)
+        clock.now += clock.train_s
+
+    monkeypatch.setattr(ablation_module, "time", clock)
+    monkeypatch.setattr(AblationRunner, "train", timed_train)
+    return clock
+
+
+def test_a_unit_trained_past_the_budget_is_still_scored(study, monkeypatch):
+    """Its run lives on this machine only: stopping between its training and its scores would throw the training
+    away when the machine goes back (the archive a study carries holds scores)."""
+    tmp_path, args = study
+    fake_clock(monkeypatch, train_s=100.0)
+    assert main(args + ["--budget-s", "50"]) == 3
+    out = tmp_path / "out"
+    assert (out / "scores" / "single-s0__default.json").exists()
+    assert not (out / "runs" / "joint-s0").exists()  # 100 s in: past the budget, no new unit
+
+
+def test_a_unit_that_would_end_past_the_budget_does_not_start(study, monkeypatch):
+    """The last unit's time is the next one's estimate: 100 s in with a 150 s budget, a unit that took 100 s
+    is not started (the old rule, "start no new work after the budget", would have started it)."""
+    tmp_path, args = study
+    fake_clock(monkeypatch, train_s=100.0)
+    assert main(args + ["--budget-s", "150"]) == 3
+    out = tmp_path / "out"
+    assert (out / "scores" / "single-s0__default.json").exists() and not (out / "runs" / "joint-s0").exists()
+    assert main(args + ["--budget-s", "250"]) == 0  # a fresh invocation: its own clock, nothing to go by yet
+    assert {p.name for p in (out / "scores").glob("*.json")} == {
+        "single-s0__default.json", "joint-s0__diagonal.json", "joint-s0__dp-hi.json"}

@@ -156,6 +156,7 @@ class AblationRunner:
         self.device = resolve_device(device)
         self.budget_s, self.log = budget_s, log
         self.start = time.monotonic()
+        self.last_unit_s = 0.0  # how long the last unit trained and scored here took: the next one's estimate
         check_variants(spec, self.overrides)
         names = {v.name for v in spec.variants}
         for name in only:
@@ -168,8 +169,14 @@ class AblationRunner:
         return all(self.score_file(unit, p, e).exists() for p, e, _ in self.spec.scores_of(unit.variant))
 
     # ---- the loop -------------------------------------------------------------------------------
-    def out_of_time(self) -> bool:
-        return self.budget_s > 0 and time.monotonic() - self.start > self.budget_s
+    def out_of_time(self, need_s: float = 0.0) -> bool:
+        """Whether work expected to take ``need_s`` seconds would end after --budget-s."""
+        return self.budget_s > 0 and time.monotonic() - self.start + need_s > self.budget_s
+
+    def expected_unit_s(self, unit: Unit, run_dir: Path) -> float:
+        """How long training and scoring ``unit`` should take: the last such unit's time in this invocation, and
+        at least the unit's own training time limit (the first unit has nothing else to go by)."""
+        return max(self.last_unit_s, float(self.run_config(unit, run_dir).train.time_limit or 0.0))
 
     def run(self) -> int:
         """Do every unit not done yet; returns 0 when all are done, EXIT_MORE_TO_DO otherwise."""
@@ -193,9 +200,14 @@ class AblationRunner:
         todo = [x for x in self.spec.scores_of(unit.variant) if not self.score_file(unit, x[0], x[1]).exists()]
         if not todo:
             return True
-        if not (run_dir / "summary.json").exists():
-            if self.out_of_time():
+        trained_here = not (run_dir / "summary.json").exists()
+        if trained_here:
+            # A unit starts only when it should finish within the budget; once trained, it is scored whole
+            # whatever the clock says: its run lives on this machine only, and scores are what a study keeps
+            # across machines (a unit trained but not scored is trained again on the next one).
+            if self.out_of_time(self.expected_unit_s(unit, run_dir)):
                 return False
+            unit_start = time.monotonic()
             # Scores of an earlier training of this unit (restored onto a fresh machine whose run is gone) would
             # sit beside scores of the new one in one row: the unit is scored again from its new training.
             stale = [f for f in (self.score_file(unit, p, e) for p, e, _ in self.spec.scores_of(unit.variant))
@@ -209,7 +221,7 @@ class AblationRunner:
             self.train(unit, run_dir)
         runs: dict[str, object] = {}  # checkpoint name ("" = the run's latest) -> the loaded run
         for path, eval_name, sample in todo:
-            if self.out_of_time():
+            if not trained_here and self.out_of_time():
                 return False
             lo_dir = None
             if path == "cascade":  # the low-resolution run of the same seed (trained here under --only)
@@ -217,7 +229,7 @@ class AblationRunner:
                 lo_dir = self.out / "runs" / lo_unit.name
                 if not (lo_dir / "summary.json").exists():
                     self.train(lo_unit, lo_dir)
-                    if self.out_of_time():
+                    if not trained_here and self.out_of_time():
                         return False
             checkpoint = self._posthoc_checkpoint(run_dir, sample)
             if checkpoint not in runs:
@@ -228,6 +240,8 @@ class AblationRunner:
             if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
                 self.measure_errors(unit, run, run_dir)
             self.score(unit, run, run_dir, path, lo_dir, eval_name, sample)
+        if trained_here:
+            self.last_unit_s = time.monotonic() - unit_start
         return True
 
     def run_config(self, unit: Unit, run_dir: Path):
