@@ -64,3 +64,43 @@ def test_precision_names_and_contexts():
         assert (w @ w).dtype == torch.bfloat16
     with autocast_context("cpu", None):
         assert (w @ w).dtype == torch.float32
+
+
+class Compiled(torch.nn.Module):
+    """What a recording torch.compile returns: the network, wrapped (it runs the same)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+@pytest.fixture
+def record_compile(monkeypatch):
+    """torch.compile replaced by a recorder (compiling on this CPU machine would take minutes)."""
+    calls = []
+
+    def fake(model, *args, **kwargs):
+        calls.append(model)
+        return Compiled(model)
+
+    monkeypatch.setattr(torch, "compile", fake)
+    return calls
+
+
+def test_compile_for_sampling_follows_the_one_rule(record_compile):
+    """`--compile auto`: on a GPU for 1,000 samples or more; on / off whatever the device; a bad value is named."""
+    from ditlab.generation import compile_for_sampling
+
+    net = torch.nn.Linear(2, 2)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
+    assert compile_for_sampling(net, gpu, 999) is net
+    assert isinstance(compile_for_sampling(net, gpu, 1000), Compiled)
+    assert compile_for_sampling(net, cpu, 10**6) is net
+    assert isinstance(compile_for_sampling(net, cpu, 1, "on"), Compiled)
+    assert compile_for_sampling(net, "cuda:1", 10**6, "off") is net
+    assert len(record_compile) == 2
+    with pytest.raises(ValueError, match="--compile 'yes'"):
+        compile_for_sampling(net, cpu, 1, "yes")

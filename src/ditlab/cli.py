@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ditlab.cliargs import (SAMPLER_CHOICES, DeprecatedAlias, Parser, UsageError, add_cfg_context, add_checkpoint,
-                            add_data, add_device, add_fp32, add_no_progress, add_set, finite_float, non_negative_int,
-                            positive_int)
+                            add_compile, add_data, add_device, add_fp32, add_no_progress, add_set, finite_float,
+                            non_negative_int, positive_int)
 from ditlab.configlib import ConfigError
 from ditlab.eval.cli import add_fid_parser
 from ditlab.experiments.ablate_cli import add_ablate_parser
@@ -97,8 +97,8 @@ def _split_contexts(values):
 def _sample(args, info) -> int:
     import torch
 
-    from ditlab.generation import (batch_bar, check_settings, generate, precision_name, sampling_autocast, save_samples,
-                                   settings_of)
+    from ditlab.generation import (batch_bar, check_settings, compile_for_sampling, generate, precision_name,
+                                   sampling_autocast, save_samples, settings_of)
     from ditlab.imageio import save_image_grid
     from ditlab.models.kernels import configure_fast_kernels, fast_kernels_on
     from ditlab.runs import load_run
@@ -143,9 +143,7 @@ def _sample(args, info) -> int:
     if args.fast_kernels is not None and cascade is not None:
         configure_fast_kernels(cascade.model, args.fast_kernels, device, name="--fast-kernels")
     amp = sampling_autocast(device, args.fp32)
-    # Compiling costs ~30 s once and made 10k samples 3.5x faster on an H100 (BENCHMARKS.md).
-    compile_ = {"on": True, "off": False}.get(args.compile, device.type == "cuda" and args.num >= 1000)
-    model = torch.compile(run.model) if compile_ else run.model
+    model = compile_for_sampling(run.model, device, args.num, args.compile)
     # Sample i depends only on (seed, i): a rank's share [start, stop) gives the same samples as one process.
     share = rank_slice(info, args.num)
     mine = {k: v[share] for k, v in conditions.items()}
@@ -308,8 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(s)
     add_fp32(s)
     add_no_progress(s, "no progress bar")
-    s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the network first; auto = on a GPU for 1,000 samples or more")
+    add_compile(s)
     add_fast_kernels(s, lo_run=True)
     s.set_defaults(func=cmd_sample)
 

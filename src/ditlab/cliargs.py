@@ -103,6 +103,12 @@ def add_fp32(parser) -> None:
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU (the network in fp32)")
 
 
+def add_compile(parser) -> None:
+    """Every command that generates many samples: the network compiled first (ditlab.generation.compile_for_sampling)."""
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="torch.compile the network for sampling; auto = on a GPU for 1,000 samples or more")
+
+
 def add_no_progress(parser, help: str = "no progress bars") -> None:
     parser.add_argument("--no-progress", action="store_true", help=help)
 

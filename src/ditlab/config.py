@@ -390,6 +390,8 @@ class TrainConfig:
     #   icl_error_ratio  icl; lower. Worst |error / Bayes error - 1| over k on eval_num held-out prompts.
     # Held-out examples: data.eval_path, else a seeded subset of the training images; scene draws them
     # from scene.eval_seed, icl from its own seed. Evaluation never touches the training RNG or data order.
+    # With train.compile on a GPU and eval_num >= 1,000, its sampling is compiled too (`ditlab sample --compile
+    # auto`'s rule; the first evaluation pays the compilation, ~30 s).
     eval_every: int = 0
     eval_metric: Literal["loss", "fid", "psnr", "collapse", "icl_error_ratio"] = "loss"
     eval_num: int = 256

@@ -214,3 +214,35 @@ def test_a_unit_that_would_end_past_the_budget_does_not_start(study, monkeypatch
     assert main(args + ["--budget-s", "250"]) == 0  # a fresh invocation: its own clock, nothing to go by yet
     assert {p.name for p in (out / "scores").glob("*.json")} == {
         "single-s0__default.json", "joint-s0__diagonal.json", "joint-s0__dp-hi.json"}
+
+
+def test_compile_on_samples_through_one_compiled_network_per_run(study, monkeypatch):
+    """--compile on (the default on a GPU): each run is compiled once for all its paths, and its samples are the
+    eager ones (the recorder's wrapper runs the same network: the scores agree to the bit)."""
+    from tests.test_generation import Compiled
+
+    import ditlab.experiments.ablation as ablation_module
+    import ditlab.generation as generation_module
+
+    tmp_path, args = study
+    compiled, used = [], []
+
+    def fake_compile(model, *a, **k):
+        compiled.append(model)
+        return Compiled(model)
+
+    real_generate = generation_module.generate
+
+    def recording_generate(task, model, *a, **k):
+        used.append(type(model).__name__)
+        return real_generate(task, model, *a, **k)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(generation_module, "generate", recording_generate)
+    assert main(args + ["--compile", "on", "--out", str(tmp_path / "on")]) == 0
+    assert len(compiled) == 2 and used == ["Compiled"] * 3  # single: default; joint: diagonal, dp-hi
+    assert main(args + ["--out", str(tmp_path / "auto")]) == 0  # auto on the CPU: eager
+    assert len(compiled) == 2 and len(used) == 6 and "Compiled" not in used[3:]
+    for name in ("single-s0__default.json", "joint-s0__diagonal.json", "joint-s0__dp-hi.json"):
+        on, auto = (json.loads((tmp_path / d / "scores" / name).read_text())["fid"] for d in ("on", "auto"))
+        assert on == auto

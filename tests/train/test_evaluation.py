@@ -342,3 +342,22 @@ def test_other_config_errors(tmp_path, extra, message):
     cfg = load_config(None, ["train.device=cpu", "train.eval_every=2", f"train.run_dir={tmp_path / 'r'}", *extra])
     with pytest.raises(ValueError, match=message):
         Trainer(cfg, progress=False)
+
+
+@pytest.mark.parametrize("compile_step, when", [("true", "auto"), ("false", "off")])
+def test_evaluation_samples_compiled_by_the_sample_commands_rule(tiny_data, tmp_path, monkeypatch, compile_step,
+                                                                 when):
+    """With train.compile the evaluation's generation follows `ditlab sample --compile auto` (a long run's FID-10k
+    every few thousand steps, eagerly, would cost more than its training); without it, nothing is compiled."""
+    import ditlab.train.evaluation as evaluation_module
+
+    calls = []
+
+    def recorder(model, device, num, how):
+        calls.append((str(device), num, how))
+        return model
+
+    monkeypatch.setattr(evaluation_module, "compile_for_sampling", recorder)
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.steps=2", "train.eval_every=2", f"train.compile={compile_step}")
+    Trainer(cfg, progress=False)  # builds the evaluator; torch.compile itself is lazy, nothing compiles here
+    assert calls == [("cpu", 16, when)]

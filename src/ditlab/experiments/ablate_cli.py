@@ -4,7 +4,7 @@
 
     ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz [--inception PATH] \
         [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...] \
-        [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME]
+        [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME] [--compile auto|on|off]
     ditlab ablate ABLATION.yaml --out DIR --plan        # what is done and what is left, nothing runs
 
 --gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
@@ -32,9 +32,9 @@ def cmd_ablate(args) -> int:
         from ditlab.experiments.plan import describe_plan
 
         if (args.stage is not None or args.seeds or args.gpus is not None or args.devices or args.budget_s
-                or args.device is not None):
+                or args.device is not None or args.compile != "auto"):
             raise ValueError("ablate: --plan takes the file, --out and --only; --stage, --seeds, --gpus, --devices, "
-                             "--device and --budget-s apply to running it")
+                             "--device, --compile and --budget-s apply to running it")
         print("\n".join(describe_plan(spec, args.out, args.only)))
         return 0
     if not args.ref:
@@ -57,11 +57,12 @@ def cmd_ablate(args) -> int:
         nonlocal scorer
         if parallel:  # one worker process per device
             return run_parallel(plain, out, args.ref, args.inception, devices, overrides=args.set,
-                                errors_data=args.data or "", budget_s=budget_s, only=only)
+                                errors_data=args.data or "", budget_s=budget_s, only=only,
+                                sampling_compile=args.compile)
         # one device (--gpus 1, --devices cuda:1): the sequential runner on it; one scorer for every stage
         scorer = scorer or FidScorer(args.ref, args.inception, device)
         runner = AblationRunner(plain, out, scorer, overrides=args.set, errors_data=args.data or "",
-                                device=device, budget_s=budget_s, only=only)
+                                device=device, budget_s=budget_s, only=only, sampling_compile=args.compile)
         return runner.run()
 
     if spec.stages:
@@ -76,7 +77,7 @@ def cmd_ablate(args) -> int:
 
 
 def add_ablate_parser(subparsers):
-    from ditlab.cliargs import add_data, add_device, add_inception
+    from ditlab.cliargs import add_compile, add_data, add_device, add_inception
 
     a = subparsers.add_parser("ablate", help="train, sample and FID-score every variant of an ablation file "
                                              "(resumable; results.md, results.csv, results.png)")
@@ -89,12 +90,15 @@ def add_ablate_parser(subparsers):
                    help="an override for every variant, e.g. data.path=DATA (repeatable)")
     add_data(a, "held-out images for the dp-* paths' error grid and the lo-oracle path", old=("--errors-data",))
     a.add_argument("--budget-s", type=float, default=0.0,
-                   help="start no (variant, seed) unit that would end after this many seconds, judged by the last unit's time (at least its training time limit); a unit trained by this command is always scored whole. 0: no limit; exit code 3 = more to do")
+                   help="start no (variant, seed) unit that would end after this many seconds, judged by the last "
+                        "unit's time (at least its training time limit); a unit trained by this command is always "
+                        "scored whole. 0: no limit; exit code 3 = more to do")
     a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
     a.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "
                         "and averaged in the tables)")
     add_device(a)
+    add_compile(a)
     a.set_defaults(device=None)  # None: auto; a --device beside --gpus / --devices must be one of theirs
     a.add_argument("--gpus", type=int, default=None, metavar="N",
                    help="one worker process per GPU (cuda:0..N-1), each training one (variant, seed) at a time "

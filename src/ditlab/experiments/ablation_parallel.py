@@ -51,7 +51,7 @@ def parse_devices(gpus: int | None, devices: str | None) -> list[str] | None:
 
 
 def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, inception, overrides,
-            errors_data, start: float) -> None:
+            errors_data, sampling_compile: str, start: float) -> None:
     """One device's loop: build the scorer and runner, then do the jobs the parent sends until None."""
     import torch
 
@@ -66,7 +66,7 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
     try:
         scorer = FidScorer(ref, inception, device)
         runner = AblationRunner(spec, out, scorer, overrides=overrides, errors_data=errors_data, device=device,
-                                budget_s=0.0, log=lambda m: print(f"[{device} #{wid}] {m}", flush=True))
+                                budget_s=0.0, sampling_compile=sampling_compile, log=lambda m: print(f"[{device} #{wid}] {m}", flush=True))
     except BaseException:
         results.put(("error", wid, None, traceback.format_exc()))
         return
@@ -272,7 +272,7 @@ class _Scheduler:
 
 
 def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str], overrides: list[str] = (),
-                 errors_data: str = "", budget_s: float = 0.0, only: list[str] = (),
+                 errors_data: str = "", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
                  log: Callable[[str], None] = print) -> int:
     """Do every unit not done yet on the devices; 0 when all are done, EXIT_MORE_TO_DO otherwise."""
     from ditlab.experiments.ablation import EXIT_MORE_TO_DO, AblationRunner
@@ -282,7 +282,7 @@ def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str],
                           budget_s=budget_s, only=only, log=log)  # checks the variants; the units in order
     out = Path(out)
     scheduler = _Scheduler(spec, out, plan, {v.name: v for v in spec.variants}, devices,
-                           (ref, inception, list(overrides), errors_data), budget_s, log)
+                           (ref, inception, list(overrides), errors_data, sampling_compile), budget_s, log)
     try:
         scheduler.loop()
     finally:
