@@ -10,6 +10,12 @@ to go back, and a trained run was lost. This script measures the working tree an
                                                          # on the device: copy into /root/cache, join what is
                                                          # whole; exit 3 if the named file is not whole yet
 
+The other way, a file bigger than one call brings back (a run folder to go on with in a later session):
+
+    python3 scripts/gpu_stage.py give /root/run.tar $OUT --call K    # on the device: call K's share of the parts
+    python3 scripts/gpu_stage.py gather DIR1 DIR2 ... --out run.tar  # here: the calls' $OUT folders, joined
+    python3 scripts/gpu_stage.py prepare run.tar ...                 # and staged again for the next machine
+
 `prepare` lays the inputs end to end and cuts the stream into folders of at most (64 MiB - working tree -
 margin) bytes, so the number of calls is the least possible; a file split across folders becomes numbered
 parts. Each folder has the whole manifest (name, size, sha256 of every file and its parts), so `take` in any
@@ -29,6 +35,10 @@ MIB = 1 << 20
 CARRY_LIMIT = 64 * MIB
 MANIFEST = "stage_manifest.json"
 MANIFEST_ROOM = 64 * 1024  # bytes of every folder's capacity kept for its copy of the manifest
+# What one device call brings back: at most 8 files of 16 MiB, 64 MiB in all; `give` sends parts of 15 MiB, four
+# a call, and its manifest (docs: the device tool's limits).
+GIVE_PART = 15 * MIB
+GIVE_PARTS_PER_CALL = 4
 
 
 def default_inputs(shared: Path) -> list[Path]:
@@ -235,6 +245,83 @@ def join(name: str, entry: dict, cache: Path) -> str | None:
     return None
 
 
+def give_manifest_name(name: str) -> str:
+    return f"{name}.give.json"
+
+
+def give(args) -> int:
+    """Write call ``--call``'s share of FILE's parts (GIVE_PARTS_PER_CALL of GIVE_PART bytes) and the manifest
+    (size and sha256 of the file and of every part) into DEST. Exit 2 past the last call."""
+    src, dest = Path(args.file), Path(args.dest)
+    if not src.is_file():
+        sys.exit(f"gpu_stage: give: {src} not found")
+    size = src.stat().st_size
+    parts = [(offset, min(GIVE_PART, size - offset)) for offset in range(0, size, GIVE_PART)] or [(0, 0)]
+    calls = -(-len(parts) // GIVE_PARTS_PER_CALL)
+    if not 1 <= args.call <= calls:
+        print(f"gpu_stage: give: --call {args.call}: {src.name} ({size / MIB:.1f} MiB) takes calls 1 to {calls}",
+              file=sys.stderr)
+        return 2
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = {"name": src.name, "size": size, "sha256": sha256(src), "calls": calls, "parts": []}
+    first = (args.call - 1) * GIVE_PARTS_PER_CALL
+    with open(src, "rb") as f:
+        for index, (offset, length) in enumerate(parts):
+            f.seek(offset)
+            data = f.read(length)
+            part = f"{src.name}.give{index:03d}"
+            manifest["parts"].append({"name": part, "size": length, "sha256": hashlib.sha256(data).hexdigest()})
+            if first <= index < first + GIVE_PARTS_PER_CALL:
+                (dest / part).write_bytes(data)
+    (dest / give_manifest_name(src.name)).write_text(json.dumps(manifest, indent=1))
+    left = f"; next: --call {args.call + 1}" if args.call < calls else "; that was the last"
+    print(f"{src.name}: parts {first} to {min(first + GIVE_PARTS_PER_CALL, len(parts)) - 1} of {len(parts)} in "
+          f"{dest} (call {args.call} of {calls}{left})")
+    return 0
+
+
+def gather(args) -> int:
+    """Join the parts that ``give`` wrote into the calls' folders (any order; each holds the manifest): every
+    part's size and sha256 and the whole file's are checked; the file is written atomically. Exit 3 and name
+    the calls still missing when a part is not there, 1 when a part or the whole is corrupt."""
+    dirs = [Path(d) for d in args.dirs]
+    manifests = sorted({m for d in dirs for m in d.glob("*.give.json")})
+    names = {json.loads(m.read_text())["name"] for m in manifests}
+    if len(names) != 1:
+        sys.exit(f"gpu_stage: gather: the folders hold the manifests of {sorted(names) or 'no file'}; "
+                 "give them the folders of one file's calls")
+    manifest = json.loads(manifests[0].read_text())
+    found = {p.name: p for d in dirs for p in d.glob(f"{manifest['name']}.give*") if not p.name.endswith(".json")}
+    missing = [i for i, part in enumerate(manifest["parts"]) if part["name"] not in found]
+    if missing:
+        calls = sorted({i // GIVE_PARTS_PER_CALL + 1 for i in missing})
+        print(f"gpu_stage: gather: {manifest['name']}: {len(missing)} of {len(manifest['parts'])} parts missing "
+              f"(give --call {', '.join(map(str, calls))})", file=sys.stderr)
+        return 3
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    whole = hashlib.sha256()
+    with open(tmp, "wb") as f_out:
+        for part in manifest["parts"]:
+            data = found[part["name"]].read_bytes()
+            if len(data) != part["size"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
+                f_out.close()
+                tmp.unlink()
+                print(f"gpu_stage: gather: {found[part['name']]}: size or sha256 differs from the manifest's "
+                      f"(bring that call back again)", file=sys.stderr)
+                return 1
+            whole.update(data)
+            f_out.write(data)
+    if whole.hexdigest() != manifest["sha256"]:
+        tmp.unlink()
+        print(f"gpu_stage: gather: {manifest['name']}: the joined file's sha256 differs from the manifest's",
+              file=sys.stderr)
+        return 1
+    tmp.replace(out)
+    print(f"{out}: joined from {len(manifest['parts'])} parts ({manifest['size'] / MIB:.1f} MiB, checksum ok)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -252,8 +339,16 @@ def main(argv=None) -> int:
     pt.add_argument("--need", nargs="+", default=[], metavar="FILE",
                     help="exit 3 unless these files (joined names, e.g. cifar10-train.zip) are whole afterwards, "
                          "so `take ... --need X && train ...` does not start without its data")
+    pg = sub.add_parser("give", help="on the device: one call's share of a big file's parts, into $OUT")
+    pg.add_argument("file")
+    pg.add_argument("dest", help="the folder whose files the call brings back ($OUT)")
+    pg.add_argument("--call", type=int, required=True, metavar="K",
+                    help="1, 2, ...: which share (exit 2 past the last)")
+    pj = sub.add_parser("gather", help="here: join the parts that `give` brought back over several calls")
+    pj.add_argument("dirs", nargs="+", help="the calls' folders (where their files landed)")
+    pj.add_argument("--out", required=True, help="the joined file")
     args = p.parse_args(argv)
-    return prepare(args) if args.command == "prepare" else take(args)
+    return {"prepare": prepare, "take": take, "give": give, "gather": gather}[args.command](args)
 
 
 if __name__ == "__main__":

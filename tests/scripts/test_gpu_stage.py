@@ -134,3 +134,35 @@ def test_a_working_tree_too_big_to_stage_beside_is_an_error(stage, repo, shared,
     monkeypatch.setattr(stage, "CARRY_LIMIT", 3100)
     with pytest.raises(SystemExit, match="working tree"):
         stage.main(["prepare", "--repo", str(repo), "--shared", str(shared)])
+
+
+def test_give_over_several_calls_and_gather_rebuild_the_file(tmp_path, stage, monkeypatch, capsys):
+    """A file bigger than one call brings back: each call writes its share of the parts (never more than the
+    call may return), gather joins them in any order of folders, and names the calls still missing."""
+    monkeypatch.setattr(stage, "GIVE_PART", 1000)
+    monkeypatch.setattr(stage, "GIVE_PARTS_PER_CALL", 2)
+    src = tmp_path / "run.tar"
+    src.write_bytes(os.urandom(4500))  # 5 parts: calls 1, 2, 3
+    outs = [tmp_path / f"out{k}" for k in (1, 2, 3)]
+    for k, out in enumerate(outs, start=1):
+        assert stage.main(["give", str(src), str(out), "--call", str(k)]) == 0
+        files = sorted(p.name for p in out.iterdir())
+        assert len(files) <= 3 and "run.tar.give.json" in files  # two parts and the manifest
+    assert stage.main(["give", str(src), str(tmp_path / "out4"), "--call", "4"]) == 2
+    joined = tmp_path / "joined.tar"
+    assert stage.main(["gather", str(outs[2]), str(outs[0]), "--out", str(joined)]) == 3
+    assert "give --call 2" in capsys.readouterr().err and not joined.exists()
+    assert stage.main(["gather", str(outs[2]), str(outs[0]), str(outs[1]), "--out", str(joined)]) == 0
+    assert joined.read_bytes() == src.read_bytes()
+
+
+def test_gather_refuses_a_corrupt_part(tmp_path, stage, monkeypatch, capsys):
+    monkeypatch.setattr(stage, "GIVE_PART", 1000)
+    src = tmp_path / "run.tar"
+    src.write_bytes(os.urandom(2500))
+    out = tmp_path / "out"
+    assert stage.main(["give", str(src), str(out), "--call", "1"]) == 0
+    part = out / "run.tar.give001"
+    part.write_bytes(b"x" + part.read_bytes()[1:])
+    assert stage.main(["gather", str(out), "--out", str(tmp_path / "joined")]) == 1
+    assert "run.tar.give001" in capsys.readouterr().err and not (tmp_path / "joined").exists()
