@@ -337,6 +337,37 @@ def test_plan_says_what_is_done_and_what_is_left(tmp_path, monkeypatch, capsys):
     assert "--ref" in capsys.readouterr().err
 
 
+def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
+    """The rates are medians over the timed scores (a training's set-up counted once however many scores it
+    has); a run to train costs its time limit plus the set-up, a score its samples at the per-sample rate. An
+    untrained unit owes all its scores again (a restored study retrains it); untimed scores are left out."""
+    from ditlab.experiments.plan import _count, describe_plan, measured_rates
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "ablation.yaml").write_text(EVALS.replace("budget: {steps: 2}", "budget: {time_limit: 100}"))
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])  # fills in each variant's default path, as describe_plan does
+    out = tmp_path / "out"
+    (out / "scores").mkdir(parents=True)
+    (out / "runs" / "single-s0").mkdir(parents=True)
+    (out / "runs" / "single-s0" / "summary.json").write_text("{}")
+    timed = {"variant": "single", "seed": 0, "train_wall_seconds": 130.0, "train_seconds": 100.0,
+             "num_samples": 6}
+    for name, sample_s, fid_s in (("e3", 4.0, 2.0), ("h2", 10.0, 2.0)):  # 1 s and 2 s a sample
+        (out / "scores" / f"single-s0__default__{name}.json").write_text(
+            json.dumps({**timed, "sample_seconds": sample_s, "fid_seconds": fid_s}))
+    (out / "scores" / "only_e3-s0__default__e3.json").write_text(  # no timings: an older score; and untrained
+        json.dumps({"variant": "only_e3", "seed": 0, "num_samples": 6, "sample_seconds": 99.0}))
+    assert measured_rates(tmp_path / "nowhere") is None
+    rates = measured_rates(out)
+    assert rates == {"setup_s": 30.0, "per_sample_s": 1.5, "scores": 2}
+    counts = _count(spec, out, rates)
+    assert counts["to_train"] == 1 and counts["scored"] == 3
+    assert counts["left_s"] == pytest.approx(100 + 30 + 6 * 1.5)  # only_e3: train again, score its one eval
+    total = describe_plan(spec, out)[-1]
+    assert "about 2 min of device time at the rates of the 2 timed scores so far (30 s of set-up" in total
+
+
 def test_stages_run_on_parallel_workers(tmp_path, monkeypatch):
     """A staged study through --devices cpu,cpu (the --gpus N path): the same stages, folders and ranking."""
     data, net = write_study(tmp_path, monkeypatch, STAGES, 8)

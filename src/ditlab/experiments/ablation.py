@@ -349,8 +349,10 @@ class AblationRunner:
         sample_s = time.monotonic() - t0  # the cascade: both models (the low resolution is generated per batch)
         out = self.score_file(unit, path, eval_name)
         save_image_grid(images[:64], self.out / "grids" / out.with_suffix(".png").name)
+        t0 = time.monotonic()
         fid = self.scorer.fid(images)
         record = self._record(unit, run, run_dir, path, eval_name, s, fid, walked, lo_nfe, sample_s)
+        record["fid_seconds"] = round(time.monotonic() - t0, 2)
         if path == "cascade":
             record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
         write_json_atomic(out, record)
@@ -395,6 +397,8 @@ class AblationRunner:
             "time_shift": s.time_shift, "ema_sigma_rel": getattr(s, "ema_sigma_rel", 0.0),
             "sample_seed": s.seed, "sample_seconds": round(sample_s, 2),
             "train_steps": summary["steps"], "train_seconds": round(summary.get("timed_seconds", 0.0), 1),
+            # the whole training's wall time (compilation, untimed steps, saves): what --plan's estimate needs
+            "train_wall_seconds": round(summary.get("wall_seconds", 0.0), 1),
             "train_images": summary["steps"] * run.cfg.train.batch_size,
             "params": sum(p.numel() for p in model.parameters()),
             "gflops_per_image": dit_forward_flops(model, groups=len(model.streams)) / 1e9,

@@ -4,9 +4,16 @@ A study spread over many device sessions needs to know, before a machine is take
 per stage (or for the whole file without stages), the runs trained, the runs trained but not fully scored,
 the runs still to train with their training budget, and the scores left. A later stage whose ranking is not
 known yet (the stage before it is incomplete) is shown with the most runs it can take.
+
+Once some scores carry their timings (``train_wall_seconds``, ``sample_seconds``, ``fid_seconds``), the total
+also estimates the device time left at the rates measured so far: per run to train its time limit plus the
+median set-up (wall minus timed training), per score its samples at the median seconds per sample (sampling
+and FID). The rates are those of the machine that measured them, and ignore NFE differences between evals.
 """
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
@@ -16,28 +23,55 @@ def _budget(b) -> str:
     return f"{b.time_limit:g} s" if b.time_limit else f"{b.steps} steps"
 
 
-def _count(spec: AblationSpec, out: Path) -> dict:
-    """Runs and scores of a plain ablation in ``out``."""
+def measured_rates(out: Path) -> dict | None:
+    """The median set-up seconds of a training (wall minus timed) and seconds per scored sample (sampling and
+    FID), from every score file under ``out`` that carries its timings; None before any does."""
+    setup, per_sample, trainings = [], [], set()
+    for path in sorted(out.glob("**/scores/*.json")):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a file being written by a running study: the rates do without it
+        if not {"train_wall_seconds", "fid_seconds", "sample_seconds", "num_samples"} <= r.keys():
+            continue
+        key = (path.parent.parent, r.get("variant"), r.get("seed"))  # a training once, whatever its scores
+        if key not in trainings and r["train_wall_seconds"] > 0:
+            trainings.add(key)
+            setup.append(max(0.0, r["train_wall_seconds"] - r.get("train_seconds", 0.0)))
+        per_sample.append((r["sample_seconds"] + r["fid_seconds"]) / max(1, r["num_samples"]))
+    if not per_sample:
+        return None
+    return {"setup_s": statistics.median(setup) if setup else 0.0, "per_sample_s": statistics.median(per_sample),
+            "scores": len(per_sample)}
+
+
+def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
+    """Runs and scores of a plain ablation in ``out``, and (with ``rates``) the device seconds left."""
     from ditlab.experiments.ablation import score_path
 
-    counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0}
+    counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0, "left_s": 0.0}
     for seed in spec.seeds:
         for v in spec.variants:
             name = f"{v.name}-s{seed}"
-            owed = [(p, e) for p, e, _ in spec.scores_of(v)]
-            done = sum(score_path(out, name, p, e).exists() for p, e in owed)
+            owed = [(p, e, sample) for p, e, sample in spec.scores_of(v)]
+            missing = [sample for p, e, sample in owed if not score_path(out, name, p, e).exists()]
             trained = (out / "runs" / name / "summary.json").exists()
             counts["runs"] += 1
             counts["scores"] += len(owed)
-            counts["scored"] += done
+            counts["scored"] += len(owed) - len(missing)
             counts["trained"] += trained
             counts["to_train"] += not trained
-            counts["partly_scored"] += trained and done < len(owed)
+            counts["partly_scored"] += trained and bool(missing)
+            if rates:
+                if not trained:  # a restored study has no runs: its unscored units are trained again
+                    missing = [sample for _, _, sample in owed]
+                    counts["left_s"] += spec.budget.time_limit + rates["setup_s"]
+                counts["left_s"] += sum((sample or spec.sample).num for sample in missing) * rates["per_sample_s"]
     return counts
 
 
-def _block(title: str, spec: AblationSpec, out: Path) -> tuple[list[str], dict]:
-    c = _count(spec, out)
+def _block(title: str, spec: AblationSpec, out: Path, rates: dict | None) -> tuple[list[str], dict]:
+    c = _count(spec, out, rates)
     samples = {s.num for _, s in (spec.evals or {"": spec.sample}).items()}
     line = (f"{title}: {_budget(spec.budget)} per run, seeds {spec.seeds}, {len(spec.variants)} variants -> "
             f"{c['runs']} runs: {c['trained']} trained ({c['partly_scored']} with scores left), {c['to_train']} to "
@@ -54,10 +88,11 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
+    rates = measured_rates(out)
     variants: list[Variant] | None = [v for v in spec.variants if not only or v.name in only]
     if not spec.stages:
-        lines, c = _block("ablation", _with(spec, variants), out)
-        return lines + [_total([(c, spec.budget.time_limit)])]
+        lines, c = _block("ablation", _with(spec, variants), out, rates)
+        return lines + [_total([(c, spec.budget.time_limit)], rates)]
     lines, totals = [], []
     for i, stage in enumerate(spec.stages):
         if i > 0 and variants is not None:
@@ -72,10 +107,10 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
             lines.append(f"stage {stage.name}: {_budget(stage.budget)} per run, seeds {stage.seeds}: waits for the "
                          f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds")
             continue
-        block, c = _block(f"stage {stage.name}", stage_spec(spec, stage, variants), out / stage.name)
+        block, c = _block(f"stage {stage.name}", stage_spec(spec, stage, variants), out / stage.name, rates)
         lines += block
         totals.append((c, stage.budget.time_limit))
-    return lines + [_total(totals)]
+    return lines + [_total(totals, rates)]
 
 
 def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:
@@ -91,9 +126,15 @@ def _most(stage: Stage, spec: AblationSpec) -> int:
     return min(len(spec.variants), (stage.top or len(spec.variants)) + len(stage.keep)) + bool(stage.combine)
 
 
-def _total(parts: list[tuple[dict, float]]) -> str:
+def _total(parts: list[tuple[dict, float]], rates: dict | None = None) -> str:
     runs = sum(c["to_train"] for c, _ in parts)
     seconds = sum(c["to_train"] * limit for c, limit in parts)
     scores = sum(c["scores"] - c["scored"] for c, _ in parts)
     timed = f" ({seconds / 60:.0f} min of timed training, plus set-up per run)" if seconds else ""
-    return f"left in the known stages: {runs} trainings{timed}, {scores} scores"
+    line = f"left in the known stages: {runs} trainings{timed}, {scores} scores"
+    if rates and (runs or scores):
+        left = sum(c["left_s"] for c, _ in parts)
+        line += (f"; about {left / 60:.0f} min of device time at the rates of the {rates['scores']} timed scores "
+                 f"so far ({rates['setup_s']:.0f} s of set-up a training, {rates['per_sample_s'] * 1000:.1f} ms a "
+                 "sample with its FID), on the machine that measured them")
+    return line
