@@ -11,6 +11,10 @@
 #   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
 #                                                                            DEST/speedrun_study_files.tgz
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
+#   scripts/speedrun_study.sh pack    STUDY TAR                              the runs stopped at a checkpoint,
+#                                                                            to go on on another machine
+#   scripts/speedrun_study.sh unpack  TAR STUDY                              (the long stage outlasts a session:
+#                                                                            docs/speedrun.md)
 # STUDY must survive between commands (a folder under /root on a machine that stays warm, ../shared/GPU.md);
 # before a machine goes back, `collect` into $OUT; on the next machine, `restore` the archive (carried in
 # an ignored folder) and `run` goes on from the scores it holds (a unit not fully scored is trained
@@ -49,5 +53,30 @@ case "$stage" in
     tar -xzf "$tgz" -C "$study" --wildcards '*/scores/*' '*/grids/*' 2>/dev/null ||
       tar -xzf "$tgz" -C "$study" --wildcards '*/scores/*'
     echo "{\"restored_scores\": $(find "$study" -path '*/scores/*.json' | wc -l)}" ;;
-  *) echo "usage: $0 {ref|run|collect|restore} ..." >&2; exit 2 ;;
+  pack)
+    # Every run folder stopped at a checkpoint (checkpoints/latest, no summary.json) with its latest checkpoint
+    # and the one `best` names, not the older ones rotation keeps; everything else of the run (config, metrics,
+    # TensorBoard, ema_snapshots/ for post-hoc EMA) whole. Bring TAR back with `gpu_stage.py give`; `ditlab
+    # ablate` resumes such a folder with the rest of its time budget.
+    study=$1 tar=$2
+    list=$(mktemp)
+    (cd "$study" && for run in */runs/*/; do
+      run=${run%/}
+      { [ -f "$run/summary.json" ] || [ ! -f "$run/checkpoints/latest" ]; } && continue
+      find "$run" -path "$run/checkpoints/step_*" -prune -o -type f -print
+      find "$run/checkpoints/$(cat "$run/checkpoints/latest")" -type f
+      best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' \
+        "$run/checkpoints/best" 2>/dev/null || true)
+      if [ -n "$best" ] && [ -d "$run/checkpoints/$best" ]; then find "$run/checkpoints/$best" -type f; fi
+    done) | sort -u > "$list"
+    if [ ! -s "$list" ]; then echo "pack: no run in $study stopped at a checkpoint" >&2; rm -f "$list"; exit 1; fi
+    tar -cf "$tar" -C "$study" -T "$list"
+    rm -f "$list"
+    echo "{\"packed\": \"$tar\", \"runs\": $(tar -tf "$tar" | cut -d/ -f1-3 | sort -u | wc -l), \"mib\": $(( $(stat -c %s "$tar") >> 20 ))}" ;;
+  unpack)
+    tar=$1 study=$2
+    mkdir -p "$study"
+    tar -xf "$tar" -C "$study"
+    echo "{\"unpacked\": $(tar -tf "$tar" | cut -d/ -f1-3 | sort -u | wc -l)}" ;;
+  *) echo "usage: $0 {ref|run|collect|restore|pack|unpack} ..." >&2; exit 2 ;;
 esac

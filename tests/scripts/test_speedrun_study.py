@@ -1,0 +1,59 @@
+"""scripts/speedrun_study.sh pack / unpack: a run stopped at a checkpoint travels to another machine with its
+latest checkpoint and its best one, not the older ones rotation keeps; finished runs and runs without a
+checkpoint stay behind (the long stage outlasts one session's device time: docs/speedrun.md)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def study_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "speedrun_study.sh"), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_pack_takes_the_stopped_runs_latest_and_best_checkpoints_and_unpack_restores_them(tmp_path):
+    study = tmp_path / "study"
+    run = study / "long" / "runs" / "best_recipe-s0"
+    write(run / "config.yaml", "train: {time_limit: 1800}\n")
+    write(run / "metrics.jsonl", '{"step": 3}\n')
+    write(run / "ema_snapshots" / "step_00000003_sr0.050.safetensors", "snapshot")
+    for step in (1, 2, 3):
+        write(run / "checkpoints" / f"step_0000000{step}" / "state.pt", f"state {step}")
+    write(run / "checkpoints" / "latest", "step_00000003\n")
+    write(run / "checkpoints" / "best", json.dumps({"checkpoint": "step_00000002", "value": 7.5}) + "\n")
+    finished = study / "final" / "runs" / "baseline-s0"
+    write(finished / "summary.json", "{}")
+    write(finished / "checkpoints" / "latest", "step_00000009\n")
+    write(study / "screen" / "runs" / "tshift2-s0" / "metrics.jsonl", "{}\n")  # stopped before a checkpoint
+
+    packed = tmp_path / "long.tar"
+    done = study_script("pack", str(study), str(packed))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["runs"] == 1
+    with tarfile.open(packed) as tar:
+        names = set(tar.getnames())
+    prefix = "long/runs/best_recipe-s0/"
+    kept = ("config.yaml", "metrics.jsonl", "ema_snapshots/step_00000003_sr0.050.safetensors", "checkpoints/latest",
+            "checkpoints/best", "checkpoints/step_00000002/state.pt", "checkpoints/step_00000003/state.pt")
+    assert names == {prefix + n for n in kept}  # not step_00000001, nothing of the other runs
+
+    other = tmp_path / "elsewhere"
+    assert study_script("unpack", str(packed), str(other)).returncode == 0
+    for name in names:
+        assert (other / name).read_bytes() == (study / name).read_bytes()
+
+
+def test_pack_with_nothing_stopped_is_an_error(tmp_path):
+    write(tmp_path / "study" / "screen" / "runs" / "a-s0" / "summary.json", "{}")
+    done = study_script("pack", str(tmp_path / "study"), str(tmp_path / "x.tar"))
+    assert done.returncode == 1 and "no run" in done.stderr and not (tmp_path / "x.tar").exists()
