@@ -134,7 +134,8 @@ def _total(parts: list[tuple[dict, float]], rates: dict | None = None) -> str:
     line = f"left in the known stages: {runs} trainings{timed}, {scores} scores"
     if rates and (runs or scores):
         left = sum(c["left_s"] for c, _ in parts)
-        line += (f"; about {left / 60:.0f} min of device time at the rates of the {rates['scores']} timed scores "
+        about = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+        line += (f"; about {about} of device time at the rates of the {rates['scores']} timed scores "
                  f"so far ({rates['setup_s']:.0f} s of set-up a training, {rates['per_sample_s'] * 1000:.1f} ms a "
                  "sample with its FID), on the machine that measured them")
     return line
