@@ -365,7 +365,7 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
     assert counts["to_train"] == 1 and counts["scored"] == 3
     assert counts["left_s"] == pytest.approx(100 + 30 + 6 * 1.5)  # only_e3: train again, score its one eval
     total = describe_plan(spec, out)[-1]
-    assert "about 139 s of device time at the rates of the 2 timed scores so far (30 s of set-up" in total
+    assert "about 2 min of device time at the rates of the 2 timed scores so far (30 s of set-up" in total
 
 
 def test_stages_run_on_parallel_workers(tmp_path, monkeypatch):
