@@ -36,10 +36,11 @@ case "$stage" in
     exit "$code" ;;
   collect)
     # Two files (a device call returns only a few): stages.md, and one archive of every stage's results
-    # table / csv / plots, score files, grids, run summaries and metrics. The results tables also go to stdout.
+    # table / csv / plots, score files, grids, failure records, run summaries and metrics. The results tables
+    # also go to stdout.
     study=$1 dest=$(mkdir -p "$2" && cd "$2" && pwd)  # absolute: tar runs inside STUDY
     cp "$study"/stages.md "$dest"/ 2>/dev/null || true
-    files=$(cd "$study" && ls -d stages.md */results.md */results.csv */results*.png */scores */grids \
+    files=$(cd "$study" && ls -d stages.md */results.md */results.csv */results*.png */scores */grids */failed \
       */runs/*/summary.json */runs/*/metrics.jsonl 2>/dev/null || true)
     if [ -n "$files" ]; then (cd "$study" && tar -czf "$dest/speedrun_study_files.tgz" $files); else
       echo "collect: nothing in $study yet"; fi

@@ -2,6 +2,7 @@
 without retraining, stopping on its time budget, and the shipped LIFT plan's configs."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -246,3 +247,54 @@ def test_compile_on_samples_through_one_compiled_network_per_run(study, monkeypa
     for name in ("single-s0__default.json", "joint-s0__diagonal.json", "joint-s0__dp-hi.json"):
         on, auto = (json.loads((tmp_path / d / "scores" / name).read_text())["fid"] for d in ("on", "auto"))
         assert on == auto
+
+
+BROKEN = SPEC.replace("variants:\n", "variants:\n  broken: {overrides: [task.kind=image, model.route_fraction=0.5, "
+                                    "'model.route_blocks=\"0:5\"']}\n")  # first: the others come after it
+
+
+@pytest.mark.parametrize("workers", [[], ["--devices", "cpu,cpu"]], ids=["sequential", "parallel"])
+def test_a_failing_unit_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys, workers):
+    """A variant the network refuses (blocks 0:5 of a 1-block network) fails at its training: it is recorded with
+    its error, the units after it are still trained and scored, results.md names it, the exit code is 1. The next
+    invocation tries it again last (after the others), and once it works its record goes."""
+    data, net = write_study(tmp_path, monkeypatch, BROKEN, 8)
+    out = tmp_path / "out"
+    args = ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--ref", str(data), "--inception",
+            str(net), "--set", f"data.path={data}", "--data", str(data), "--device", "cpu", *workers]
+    if workers:
+        args.remove("--device")
+        args.remove("cpu")
+    assert main(args) == 1
+    record = json.loads((out / "failed" / "broken-s0.json").read_text())
+    assert "route_blocks" in record["error"] and "Traceback" in record["traceback"]
+    assert {p.name for p in (out / "scores").glob("*.json")} == {
+        "single-s0__default.json", "joint-s0__diagonal.json", "joint-s0__dp-hi.json"}
+    assert "Failed (" in (out / "results.md").read_text() and "broken-s0: " in (out / "results.md").read_text()
+    assert "1 unit(s) failed: broken-s0" in capsys.readouterr().err
+
+    # Fixed in the file: the next invocation trains it (last) and its record goes.
+    (tmp_path / "ablation.yaml").write_text(BROKEN.replace('"0:5"', '"0:1"'))
+    shutil.rmtree(out / "runs" / "broken-s0", ignore_errors=True)
+    assert main(args) == 0
+    assert not (out / "failed" / "broken-s0.json").exists() and (out / "scores" / "broken-s0__default.json").exists()
+    assert "Failed (" not in (out / "results.md").read_text()
+
+
+def test_units_that_failed_before_go_last(study, monkeypatch):
+    import ditlab.experiments.ablation as ablation_module
+
+    tmp_path, args = study
+    out = tmp_path / "out"
+    ablation_module.write_json_atomic(ablation_module.failure_path(out, "single-s0"),
+                                      {"variant": "single", "seed": 0, "error": "RuntimeError: out of memory"})
+    order = []
+    real_train = AblationRunner.train
+
+    def recording_train(self, unit, run_dir):
+        order.append(unit.name)
+        real_train(self, unit, run_dir)
+
+    monkeypatch.setattr(AblationRunner, "train", recording_train)
+    assert main(args) == 0
+    assert order == ["joint-s0", "single-s0"] and not (out / "failed" / "single-s0.json").exists()

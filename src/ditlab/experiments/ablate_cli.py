@@ -14,7 +14,8 @@ A file with ``stages:`` runs them in order, each in OUT/STAGE (ditlab.experiment
 only that one (the stages before it must be complete).
 
 Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
-command again: finished work is skipped).
+command again: finished work is skipped), 1 when only units that failed are left (OUT/failed/ says why; the
+other units went on).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 def cmd_ablate(args) -> int:
     import dataclasses
 
-    from ditlab.experiments.ablation import AblationRunner, FidScorer
+    from ditlab.experiments.ablation import EXIT_MORE_TO_DO, AblationRunner, FidScorer
     from ditlab.experiments.ablation_parallel import parse_devices, run_parallel
     from ditlab.experiments.ablation_spec import load_ablation
     from ditlab.experiments.stages import run_stages
@@ -70,7 +71,7 @@ def cmd_ablate(args) -> int:
                           budget_s=args.budget_s, only=args.only, stage_name=args.stage, overrides=args.set)
     else:
         code = run_one(spec, args.out, args.budget_s, args.only)
-    if code:
+    if code == EXIT_MORE_TO_DO:
         print(f"ditlab ablate: --budget-s {args.budget_s:g} s used up with work left; run the same command again",
               flush=True)
     return code

@@ -9,12 +9,19 @@ invocation skips what is done and continues; `--budget-s` stops starting new uni
                                      (the cascade path samples VARIANT's lo_variant run of the same seed first)
     OUT/scores/VARIANT-sSEED__PATH[__EVAL].json              one scored (variant, seed, path, eval)
     OUT/grids/VARIANT-sSEED__PATH[__EVAL].png                its first 64 samples
+    OUT/failed/VARIANT-sSEED.json    a unit whose training or scoring raised: the error and its traceback
     OUT/results.md, results.csv, results.png                 rewritten after every invocation
 
 A run directory without summary.json was interrupted. With a checkpoint (a run stopped by SIGTERM or
 SIGINT saves one: `timeout -s TERM` around a device command) it resumes from it with what is left of its
 time budget (the training clock counts the earlier segments); without one it is trained again from the
 start. A training stopped by a signal ends the invocation with exit code 3 (run the same command again).
+
+A unit that fails (an exception in its training or scoring: a variant the network refuses, a GPU out of memory)
+is recorded in OUT/failed/ and the other units go on: one broken variant does not stop a study that runs
+unattended over many device commands. A failed unit is tried again last, in every later invocation, and its
+record goes once it succeeds; while one stays failed the invocation ends with exit code 1 and a later stage
+does not start (its ranking would silently lack the variant).
 """
 from __future__ import annotations
 
@@ -22,7 +29,9 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +44,7 @@ from ditlab.experiments.ablation_spec import AblationSpec, Variant
 from ditlab.experiments.results import write_results
 
 EXIT_MORE_TO_DO = 3  # the budget ran out with units left: run the same command again
+EXIT_UNITS_FAILED = 1  # every unit but the failed ones (OUT/failed/) is done
 STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # Trainer.run after a signal (it saved a checkpoint)
 
 
@@ -44,6 +54,11 @@ MACHINE_KEYS = ("data.path", "train.eval_ref", "train.run_dir", "train.device")
 
 class TrainingStopped(Exception):
     """A training run stopped by SIGTERM / SIGINT after saving its checkpoint: the study resumes next time."""
+
+
+class StudyChanged(ValueError):
+    """The file asks for another configuration than a run of the study was trained with: an error for the
+    whole study (its comparisons would mix two configurations), never recorded as one unit's failure."""
 
 
 @dataclass
@@ -59,6 +74,11 @@ class Unit:
 
 def path_slug(path: str) -> str:
     return path.replace(":", "_")
+
+
+def failure_path(out: Path, unit_name: str) -> Path:
+    """OUT/failed/VARIANT-sSEED.json: the last failure of a unit (gone once the unit succeeds)."""
+    return Path(out) / "failed" / f"{unit_name}.json"
 
 
 def score_path(out: Path, unit_name: str, path: str, eval_name: str = "") -> Path:
@@ -181,20 +201,64 @@ class AblationRunner:
         return max(self.last_unit_s, float(self.run_config(unit, run_dir).train.time_limit or 0.0))
 
     def run(self) -> int:
-        """Do every unit not done yet; returns 0 when all are done, EXIT_MORE_TO_DO otherwise."""
-        complete = True
-        for unit in self.units:
+        """Do every unit not done yet, the ones that failed before last; 0 when all are done, EXIT_MORE_TO_DO
+        when the budget or a signal stopped the invocation first, EXIT_UNITS_FAILED when only failed units are
+        left."""
+        failed_before = {u.name for u in self.units if failure_path(self.out, u.name).exists()}
+        stopped = False
+        for unit in sorted(self.units, key=lambda u: u.name in failed_before):  # stable: the order otherwise
             try:
-                done = self._do_unit(unit)
+                done = self.attempt(unit)
             except TrainingStopped as stop:
                 self.log(f"ditlab ablate: {stop}")
                 done = False
-            if not done:
-                complete = False
+            if done is False:
+                stopped = True
                 break
         paths = write_results(self.out, self.spec, self.scorer.describe())
         self.log(f"ditlab ablate: wrote {', '.join(str(p) for p in paths)}")
-        return 0 if complete else EXIT_MORE_TO_DO
+        return self.exit_code(stopped)
+
+    def attempt(self, unit: Unit) -> bool | None:
+        """``_do_unit``, with a failure recorded (OUT/failed/) instead of raised: True when the unit is done, False
+        when the budget stopped it, None when it failed. A signal's TrainingStopped still propagates."""
+        try:
+            done = self._do_unit(unit)
+        except (TrainingStopped, StudyChanged):
+            raise
+        except Exception as err:
+            path = failure_path(self.out, unit.name)
+            write_json_atomic(path, {"variant": unit.variant.name, "seed": unit.seed,
+                                     "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            print(f"ditlab ablate: {unit.name} FAILED ({type(err).__name__}: {err}); recorded in {path}; the other "
+                  "units go on, and it is tried again last next time", file=sys.stderr, flush=True)
+            if self.device.type == "cuda":  # what the failed training or sampling held
+                import gc
+
+                gc.collect()
+                torch.cuda.empty_cache()
+            return None
+        if done:
+            failure_path(self.out, unit.name).unlink(missing_ok=True)
+        return done
+
+    def failed_units(self) -> list[str]:
+        return [u.name for u in self.units if failure_path(self.out, u.name).exists() and not self.unit_done(u)]
+
+    def exit_code(self, stopped: bool) -> int:
+        """EXIT_MORE_TO_DO when the invocation stopped early, else EXIT_UNITS_FAILED (naming them) or 0."""
+        if stopped:
+            return EXIT_MORE_TO_DO
+        failed = self.failed_units()
+        if failed:
+            print(f"ditlab ablate: {len(failed)} unit(s) failed: "
+                  + "; ".join(f"{name} ({json.loads(failure_path(self.out, name).read_text())['error']})"
+                              for name in failed)
+                  + f". Fix them (or drop them from the file) and run the same command again ({self.out}/failed/)",
+                  file=sys.stderr, flush=True)
+            return EXIT_UNITS_FAILED
+        return 0
 
     def _do_unit(self, unit: Unit) -> bool:
         run_dir = self.out / "runs" / unit.name
@@ -265,9 +329,10 @@ class AblationRunner:
                    if k not in MACHINE_KEYS}
         if changed:
             listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-            raise ValueError(f"variant {unit.variant.name}: its run {run_dir} was trained with another configuration "
-                             f"than the file (and --set) now give ({listing}); restore them, or delete that run "
-                             f"and its scores ({self.out / 'scores'}/{unit.name}__*) to train it again")
+            raise StudyChanged(f"variant {unit.variant.name}: its run {run_dir} was trained with another "
+                               f"configuration than the file (and --set) now give ({listing}); restore them, or "
+                               f"delete that run and its scores ({self.out / 'scores'}/{unit.name}__*) to train it "
+                               "again")
 
     # ---- the three kinds of work ---------------------------------------------------------------
     def train(self, unit: Unit, run_dir: Path) -> None:

@@ -66,7 +66,8 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
     try:
         scorer = FidScorer(ref, inception, device)
         runner = AblationRunner(spec, out, scorer, overrides=overrides, errors_data=errors_data, device=device,
-                                budget_s=0.0, sampling_compile=sampling_compile, log=lambda m: print(f"[{device} #{wid}] {m}", flush=True))
+                                budget_s=0.0, sampling_compile=sampling_compile,
+                                log=lambda m: print(f"[{device} #{wid}] {m}", flush=True))
     except BaseException:
         results.put(("error", wid, None, traceback.format_exc()))
         return
@@ -101,7 +102,7 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
                     runner.train(unit, run_dir)
                 done = True
             else:
-                done = runner._do_unit(unit)
+                done = runner.attempt(unit)  # None: failed, recorded in OUT/failed/; the study goes on
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         except TrainingStopped as stop:  # a signal stopped the training at a checkpoint: resumed next time
@@ -150,8 +151,11 @@ class _Scheduler:
         return (self.out / "runs" / Unit(self.by_name[variant], seed).name / "summary.json").exists()
 
     def _pending_jobs(self) -> list[tuple]:
+        from ditlab.experiments.ablation import failure_path
+
         pending: list[tuple] = []
-        for u in self.plan.units:
+        # the units that failed before go last, as in the sequential runner
+        for u in sorted(self.plan.units, key=lambda u: failure_path(self.out, u.name).exists()):
             if self.plan.unit_done(u):
                 continue
             lo = u.variant.lo_variant
@@ -236,7 +240,7 @@ class _Scheduler:
             self.describe = self.describe or payload
         elif kind == "done":
             w["job"] = None
-            if not payload:
+            if payload is False:  # stopped by a signal: more to do (None: failed and recorded, the study goes on)
                 self.complete = False
         else:  # "error": the worker's traceback; stop handing out work
             w["job"] = None
@@ -274,8 +278,9 @@ class _Scheduler:
 def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str], overrides: list[str] = (),
                  errors_data: str = "", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
                  log: Callable[[str], None] = print) -> int:
-    """Do every unit not done yet on the devices; 0 when all are done, EXIT_MORE_TO_DO otherwise."""
-    from ditlab.experiments.ablation import EXIT_MORE_TO_DO, AblationRunner
+    """Do every unit not done yet on the devices; 0 when all are done, EXIT_MORE_TO_DO when stopped early, 1 when
+    only failed units (OUT/failed/) are left."""
+    from ditlab.experiments.ablation import AblationRunner
     from ditlab.experiments.results import write_results
 
     plan = AblationRunner(spec, out, scorer=None, overrides=overrides, errors_data=errors_data, device="cpu",
@@ -292,4 +297,4 @@ def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str],
     complete = scheduler.complete and not scheduler.pending
     paths = write_results(out, spec, scheduler.describe)
     log(f"ditlab ablate: wrote {', '.join(str(p) for p in paths)}")
-    return 0 if complete else EXIT_MORE_TO_DO
+    return plan.exit_code(stopped=not complete)

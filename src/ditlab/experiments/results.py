@@ -105,8 +105,26 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
                if not any(_key(r) == (v.name, p, e) for r in records)]
     if missing:
         lines += ["", f"Not scored yet: {', '.join(f'{v}/{p}' + (f'/{e}' if e else '') for v, p, e in missing)}."]
+    failed = _failures(path.parent, spec)
+    if failed:
+        lines += ["", "Failed (failed/UNIT.json has the traceback; tried again last by the next invocation): "
+                  + "; ".join(f"{name}: {error}" for name, error in failed) + "."]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _failures(out: Path, spec) -> list[tuple[str, str]]:
+    """(unit name, error) of the units of ``spec`` recorded in OUT/failed/ (ditlab.experiments.ablation)."""
+    names = {v.name for v in spec.variants}
+    found = []
+    for f in sorted((out / "failed").glob("*.json")):
+        try:
+            record = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("variant") in names:
+            found.append((f.stem, str(record.get("error", "?")).splitlines()[0][:300]))
+    return found
 
 
 def _settings(s) -> str:

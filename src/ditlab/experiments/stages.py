@@ -160,7 +160,8 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
                budget_s: float = 0.0, only: list[str] = (), stage_name: Optional[str] = None,
                log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> int:
     """Run the stages in order (or only ``stage_name``); ``run_stage(plain_spec, folder, budget_s)`` does one
-    stage's work and returns 0 or EXIT_MORE_TO_DO. Returns 0 when the last stage asked for is complete.
+    stage's work and returns 0, EXIT_MORE_TO_DO or 1 (units failed: the next stage waits for them). Returns 0
+    when the last stage asked for is complete.
     ``overrides``: the command line's overrides of every variant (--set), for checking a combination."""
     from ditlab.experiments.ablation import check_variants
 
