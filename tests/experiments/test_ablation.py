@@ -272,6 +272,8 @@ def test_a_failing_unit_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, 
         "single-s0__default.json", "joint-s0__diagonal.json", "joint-s0__dp-hi.json"}
     assert "Failed (" in (out / "results.md").read_text() and "broken-s0: " in (out / "results.md").read_text()
     assert "1 unit(s) failed: broken-s0" in capsys.readouterr().err
+    assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--plan"]) == 0
+    assert "; 1 failed (see" in capsys.readouterr().out
 
     # Fixed in the file: the next invocation trains it (last) and its record goes.
     (tmp_path / "ablation.yaml").write_text(BROKEN.replace('"0:5"', '"0:1"'))

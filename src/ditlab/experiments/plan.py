@@ -47,9 +47,10 @@ def measured_rates(out: Path) -> dict | None:
 
 def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
     """Runs and scores of a plain ablation in ``out``, and (with ``rates``) the device seconds left."""
-    from ditlab.experiments.ablation import score_path
+    from ditlab.experiments.ablation import failure_path, score_path
 
-    counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0, "left_s": 0.0}
+    counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0, "failed": 0,
+              "left_s": 0.0}
     for seed in spec.seeds:
         for v in spec.variants:
             name = f"{v.name}-s{seed}"
@@ -62,6 +63,7 @@ def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
             counts["trained"] += trained
             counts["to_train"] += not trained
             counts["partly_scored"] += trained and bool(missing)
+            counts["failed"] += bool(missing) and failure_path(out, name).exists()
             if rates:
                 if not trained:  # a restored study has no runs: its unscored units are trained again
                     missing = [sample for _, _, sample in owed]
@@ -76,7 +78,7 @@ def _block(title: str, spec: AblationSpec, out: Path, rates: dict | None) -> tup
     line = (f"{title}: {_budget(spec.budget)} per run, seeds {spec.seeds}, {len(spec.variants)} variants -> "
             f"{c['runs']} runs: {c['trained']} trained ({c['partly_scored']} with scores left), {c['to_train']} to "
             f"train; scores {c['scored']}/{c['scores']} (FID-{'/'.join(str(n) for n in sorted(samples))}) "
-            f"in {out}")
+            f"in {out}" + (f"; {c['failed']} failed (see {out / 'failed'})" if c["failed"] else ""))
     return [line], c
 
 
