@@ -32,6 +32,8 @@ case "$stage" in
       --ref "$study/ref_train.npz" --inception "$inception" --set data.path="$train" \
       --budget-s $((seconds > 300 ? seconds - 100 : seconds / 2)) "$@" || code=$?
     [ "$code" = 124 ] && code=3  # stopped by the timeout: more to do
+    # what is left, and about how long it takes at the rates measured so far (the reply shows the output's end)
+    python3 -m ditlab ablate configs/ablations/speedrun.yaml --out "$study" --plan 2>&1 | tail -n 1 || true
     echo "{\"scored\": $(find "$study" -path '*/scores/*.json' | wc -l), \"exit\": $code}"
     exit "$code" ;;
   collect)
