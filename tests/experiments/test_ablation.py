@@ -300,3 +300,20 @@ def test_units_that_failed_before_go_last(study, monkeypatch):
     monkeypatch.setattr(AblationRunner, "train", recording_train)
     assert main(args) == 0
     assert order == ["joint-s0", "single-s0"] and not (out / "failed" / "single-s0.json").exists()
+
+
+def test_the_first_unit_is_judged_by_the_studys_timed_scores(study, monkeypatch):
+    """With no unit timed in this invocation, the estimate is the training limit (none here: a steps budget) plus
+    the set-up and the samples (two scores of 6) at the rates of the study's timed scores."""
+    tmp_path, args = study
+    assert main(args + ["--only", "single"]) == 0  # scored: its record carries its timings
+    score = tmp_path / "out" / "scores" / "single-s0__default.json"
+    record = json.loads(score.read_text())
+    record.update(train_wall_seconds=50.0, train_seconds=0.0, sample_seconds=6.0, fid_seconds=0.0)  # 1 s / sample
+    score.write_text(json.dumps(record))
+    from ditlab.experiments.ablation_spec import load_ablation
+
+    runner = AblationRunner(load_ablation(tmp_path / "ablation.yaml"), tmp_path / "out", scorer=None,
+                            device="cpu", budget_s=150.0)
+    unit = next(u for u in runner.units if u.variant.name == "joint")
+    assert runner.expected_unit_s(unit, tmp_path / "out" / "runs" / unit.name) == pytest.approx(50 + 2 * 6)

@@ -341,7 +341,8 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
     """The rates are medians over the timed scores (a training's set-up counted once however many scores it
     has); a run to train costs its time limit plus the set-up, a score its samples at the per-sample rate. An
     untrained unit owes all its scores again (a restored study retrains it); untimed scores are left out."""
-    from ditlab.experiments.plan import _count, describe_plan, measured_rates
+    from ditlab.experiments.plan import _count, describe_plan
+    from ditlab.experiments.timings import measured_rates
 
     (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
     (tmp_path / "ablation.yaml").write_text(EVALS.replace("budget: {steps: 2}", "budget: {time_limit: 100}"))

@@ -179,6 +179,7 @@ class AblationRunner:
         self._compiled: tuple = (None, None)  # (the loaded run, its compiled network): one at a time
         self.start = time.monotonic()
         self.last_unit_s = 0.0  # how long the last unit trained and scored here took: the next one's estimate
+        self.rates = self._rates()  # the study's measured set-up and per-sample seconds (None: nothing timed yet)
         check_variants(spec, self.overrides)
         names = {v.name for v in spec.variants}
         for name in only:
@@ -197,8 +198,23 @@ class AblationRunner:
 
     def expected_unit_s(self, unit: Unit, run_dir: Path) -> float:
         """How long training and scoring ``unit`` should take: the last such unit's time in this invocation, and
-        at least the unit's own training time limit (the first unit has nothing else to go by)."""
-        return max(self.last_unit_s, float(self.run_config(unit, run_dir).train.time_limit or 0.0))
+        at least its training time limit plus, at the rates the study's timed scores measured, its set-up and
+        its samples (without them the first unit of an invocation has only its time limit to go by)."""
+        estimate = float(self.run_config(unit, run_dir).train.time_limit or 0.0)
+        if self.rates:
+            samples = sum((sample or self.spec.sample).num for _, _, sample in self.spec.scores_of(unit.variant))
+            estimate += self.rates["setup_s"] + samples * self.rates["per_sample_s"]
+        return max(self.last_unit_s, estimate)
+
+    def _rates(self) -> dict | None:
+        """measured_rates of this folder, or of the whole study when this is one stage of it (the stages'
+        folders sit beside stages.md) and has no timed score yet."""
+        from ditlab.experiments.timings import measured_rates
+
+        rates = measured_rates(self.out)
+        if rates is None and (self.out.parent / "stages.md").exists():
+            rates = measured_rates(self.out.parent)
+        return rates
 
     def run(self) -> int:
         """Do every unit not done yet, the ones that failed before last; 0 when all are done, EXIT_MORE_TO_DO
