@@ -62,18 +62,11 @@ def test_pack_with_nothing_stopped_is_an_error(tmp_path):
 def test_run_passes_the_budget_and_ends_with_the_plan(tmp_path):
     """`run TRAIN INC STUDY 570`: ablate with --budget-s 470 (100 s for the first unit's scoring), then --plan's
     last line, so that a device call's reply shows what is left."""
-    import os
-    import shlex
+    from tests.scripts.test_speed_checks import run_recording_python
 
-    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
-    bin_dir.mkdir()
-    fake = bin_dir / "python3"
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(log))}\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "scripts/speedrun_study.sh", "run", "train.zip", "inc.pt", str(tmp_path / "s"),
-                           "570", "--compile", "off"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done, calls = run_recording_python(tmp_path, "scripts/speedrun_study.sh", "run", "train.zip", "inc.pt",
+                                       str(tmp_path / "s"), "570", "--compile", "off")
     assert done.returncode == 0, done.stderr
-    ablate, plan = [shlex.split(line) for line in log.read_text().splitlines()]
+    ablate, plan = calls
     assert ablate[ablate.index("--budget-s") + 1] == "470" and ablate[-2:] == ["--compile", "off"]
     assert plan[-1] == "--plan" and json.loads(done.stdout.splitlines()[-1]) == {"scored": 0, "exit": 0}
