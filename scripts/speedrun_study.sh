@@ -5,9 +5,10 @@
 #   scripts/speedrun_study.sh run     TRAIN_ZIP INCEPTION STUDY [SECONDS] [ablate flags...]
 #                                     one slice (default 570 s): a unit (train + score) starts only when it should
 #                                     end by SECONDS - 100 s, judged by the last unit's time (the first unit's
-#                                     scoring is what the 100 s are for); at SECONDS a SIGTERM stops a training at
-#                                     a checkpoint (resumed next time with the rest of its time budget); exit 3 =
-#                                     run it again
+#                                     scoring is what the 100 s are for), or, when it is longer than that (the
+#                                     final and long stages), as the command's first; at SECONDS a SIGTERM stops a
+#                                     training at a checkpoint (resumed next time with the rest of its time
+#                                     budget; finished scores are kept); exit 3 = run it again
 #   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
 #                                                                            DEST/speedrun_study_files.tgz
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back

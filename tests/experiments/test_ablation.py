@@ -217,6 +217,46 @@ def test_a_unit_that_would_end_past_the_budget_does_not_start(study, monkeypatch
         "single-s0__default.json", "joint-s0__diagonal.json", "joint-s0__dp-hi.json"}
 
 
+def _time_the_single_unit(tmp_path, args, setup_s: float) -> None:
+    """Score ``single`` and give its record the timings of a training with ``setup_s`` s of set-up and 1 s a sample."""
+    assert main(args + ["--only", "single"]) == 0
+    score = tmp_path / "out" / "scores" / "single-s0__default.json"
+    record = json.loads(score.read_text())
+    record.update(train_wall_seconds=setup_s, train_seconds=0.0, sample_seconds=6.0, fid_seconds=0.0)
+    score.write_text(json.dumps(record))
+
+
+def test_a_unit_longer_than_the_whole_budget_starts_first(study, monkeypatch):
+    """A unit expected to outlast --budget-s itself (a 420-s run and its scores in slices of 490 s) would never
+    start: it starts when it is an invocation's first work; once an invocation has worked, it waits."""
+    tmp_path, args = study
+    _time_the_single_unit(tmp_path, args, setup_s=500.0)  # joint: 500 s of set-up + 12 samples > 150 s
+    runner = AblationRunner(load_ablation(tmp_path / "ablation.yaml"), tmp_path / "out", scorer=None,
+                            device="cpu", budget_s=150.0)
+    joint = next(u for u in runner.units if u.variant.name == "joint")
+    need = runner.expected_unit_s(joint, tmp_path / "out" / "runs" / joint.name)
+    assert need == pytest.approx(512) and runner._starts_anyway(need)
+    runner.worked = True
+    assert not runner._starts_anyway(need) and not runner._starts_anyway(100.0)
+    assert main(args + ["--budget-s", "150"]) == 0  # the restored single is skipped: joint is the first work
+    assert (tmp_path / "out" / "scores" / "joint-s0__dp-hi.json").exists()
+
+
+def test_a_resumed_unit_is_expected_to_train_only_the_rest_of_its_time(tmp_path, monkeypatch):
+    """A run stopped at a checkpoint after 60 of its 100 timed seconds is expected to need the other 40."""
+    from ditlab.train.checkpoint import save_checkpoint
+
+    write_study(tmp_path, monkeypatch, SPEC.replace("budget: {steps: 2}", "budget: {time_limit: 100}"), 8)
+    runner = AblationRunner(load_ablation(tmp_path / "ablation.yaml"), tmp_path / "out", scorer=None,
+                            device="cpu", budget_s=1000.0)
+    unit = runner.units[0]
+    run_dir = tmp_path / "out" / "runs" / unit.name
+    assert runner.expected_unit_s(unit, run_dir) == pytest.approx(100)
+    save_checkpoint(run_dir, 7, torch.nn.Linear(2, 2), state={"segments": [
+        {"timed_seconds": 45.0}, {"timed_seconds": 15.0}, {"timed_seconds": None}]})
+    assert runner.expected_unit_s(unit, run_dir) == pytest.approx(40)
+
+
 def test_compile_on_samples_through_one_compiled_network_per_run(study, monkeypatch):
     """--compile on (the default on a GPU): each run is compiled once for all its paths, and its samples are the
     eager ones (the recorder's wrapper runs the same network: the scores agree to the bit)."""
@@ -306,12 +346,7 @@ def test_the_first_unit_is_judged_by_the_studys_timed_scores(study, monkeypatch)
     """With no unit timed in this invocation, the estimate is the training limit (none here: a steps budget) plus
     the set-up and the samples (two scores of 6) at the rates of the study's timed scores."""
     tmp_path, args = study
-    assert main(args + ["--only", "single"]) == 0  # scored: its record carries its timings
-    score = tmp_path / "out" / "scores" / "single-s0__default.json"
-    record = json.loads(score.read_text())
-    record.update(train_wall_seconds=50.0, train_seconds=0.0, sample_seconds=6.0, fid_seconds=0.0)  # 1 s / sample
-    score.write_text(json.dumps(record))
-    from ditlab.experiments.ablation_spec import load_ablation
+    _time_the_single_unit(tmp_path, args, setup_s=50.0)
 
     runner = AblationRunner(load_ablation(tmp_path / "ablation.yaml"), tmp_path / "out", scorer=None,
                             device="cpu", budget_s=150.0)

@@ -289,3 +289,14 @@ def test_killed_mid_save(tmp_path, at):
     torch.testing.assert_close(fresh.weight, model.weight)
     save_checkpoint(tmp_path, 30, model)  # the next save clears the dead one's temp folder
     assert not [p for p in ckdirs(tmp_path) if p.startswith(".")]
+
+
+def test_timed_seconds_trained_sums_the_latest_checkpoints_segments(tmp_path):
+    """What a resumed time-limited run has used of its limit; an untimed segment counts 0, no checkpoint 0."""
+    assert ckpt.timed_seconds_trained(tmp_path / "run") == 0.0
+    save_checkpoint(tmp_path / "run", 3, nn.Linear(2, 2), state={"segments": [{"timed_seconds": 2.5}]})
+    save_checkpoint(tmp_path / "run", 5, nn.Linear(2, 2), state={"segments": [
+        {"timed_seconds": 2.5}, {"timed_seconds": 4.0}, {"timed_seconds": None}]})
+    assert ckpt.timed_seconds_trained(tmp_path / "run") == pytest.approx(6.5)
+    save_checkpoint(tmp_path / "old", 1, nn.Linear(2, 2))  # saved before segments were recorded
+    assert ckpt.timed_seconds_trained(tmp_path / "old") == 0.0

@@ -92,8 +92,10 @@ def add_ablate_parser(subparsers):
     add_data(a, "held-out images for the dp-* paths' error grid and the lo-oracle path", old=("--errors-data",))
     a.add_argument("--budget-s", type=float, default=0.0,
                    help="start no (variant, seed) unit that would end after this many seconds, judged by the last "
-                        "unit's time (at least its training time limit); a unit trained by this command is always "
-                        "scored whole. 0: no limit; exit code 3 = more to do")
+                        "unit's time (at least what is left of its training time limit); a unit trained by this "
+                        "command is always scored whole; a unit longer than the whole budget starts only as the "
+                        "command's first work (stop it with a signal: it resumes next time). 0: no limit; exit code "
+                        "3 = more to do")
     a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
     a.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "

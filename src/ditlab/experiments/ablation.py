@@ -179,6 +179,7 @@ class AblationRunner:
         self._compiled: tuple = (None, None)  # (the loaded run, its compiled network): one at a time
         self.start = time.monotonic()
         self.last_unit_s = 0.0  # how long the last unit trained and scored here took: the next one's estimate
+        self.worked = False  # whether this invocation has trained or scored anything yet
         self.rates = self._rates()  # the study's measured set-up and per-sample seconds (None: nothing timed yet)
         check_variants(spec, self.overrides)
         names = {v.name for v in spec.variants}
@@ -198,13 +199,29 @@ class AblationRunner:
 
     def expected_unit_s(self, unit: Unit, run_dir: Path) -> float:
         """How long training and scoring ``unit`` should take: the last such unit's time in this invocation, and
-        at least its training time limit plus, at the rates the study's timed scores measured, its set-up and
-        its samples (without them the first unit of an invocation has only its time limit to go by)."""
+        at least what is left of its training time limit (all of it unless an earlier invocation stopped it at
+        a checkpoint) plus, at the rates the study's timed scores measured, its set-up and its samples (without
+        them the first unit of an invocation has only its time limit to go by)."""
+        from ditlab.train.checkpoint import CheckpointError, timed_seconds_trained
+
         estimate = float(self.run_config(unit, run_dir).train.time_limit or 0.0)
+        if estimate and run_dir.exists():
+            try:
+                estimate = max(0.0, estimate - timed_seconds_trained(run_dir))
+            except CheckpointError:
+                pass  # no valid checkpoint: train() starts it again from the beginning
         if self.rates:
             samples = sum((sample or self.spec.sample).num for _, _, sample in self.spec.scores_of(unit.variant))
             estimate += self.rates["setup_s"] + samples * self.rates["per_sample_s"]
         return max(self.last_unit_s, estimate)
+
+    def _starts_anyway(self, need_s: float) -> bool:
+        """Whether a unit expected to take ``need_s`` s starts although it ends after --budget-s: when it is
+        longer than the whole budget (it would never start: a 420-s run and its scores in slices of 490 s)
+        and this invocation has done nothing yet. Its training goes on until the invocation is stopped
+        (scripts/speedrun_study.sh's timeout: a signal, a checkpoint) and the next invocation resumes it with
+        the rest of its time; its finished scores are kept and the next one scores the rest."""
+        return need_s > self.budget_s and not self.worked
 
     def _rates(self) -> dict | None:
         """measured_rates of this folder, or of the whole study when this is one stage of it (the stages'
@@ -287,8 +304,9 @@ class AblationRunner:
             # A unit starts only when it should finish within the budget; once trained, it is scored whole
             # whatever the clock says: its run lives on this machine only, and scores are what a study keeps
             # across machines (a unit trained but not scored is trained again on the next one).
-            if self.out_of_time(self.expected_unit_s(unit, run_dir)):
+            if self.out_of_time(need := self.expected_unit_s(unit, run_dir)) and not self._starts_anyway(need):
                 return False
+            self.worked = True
             unit_start = time.monotonic()
             # Scores of an earlier training of this unit (restored onto a fresh machine whose run is gone) would
             # sit beside scores of the new one in one row: the unit is scored again from its new training.
@@ -321,6 +339,7 @@ class AblationRunner:
                 self._need_errors_data(unit, path)
             if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
                 self.measure_errors(unit, run, run_dir)
+            self.worked = True
             self.score(unit, run, run_dir, path, lo_dir, eval_name, sample)
         if trained_here:
             self.last_unit_s = time.monotonic() - unit_start
