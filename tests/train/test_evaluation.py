@@ -103,6 +103,35 @@ def test_best_follows_the_metric_survives_rotation_and_resume(tiny_data, tmp_pat
     assert step_dirs(run) == ["step_00000004", "step_00000010"]
 
 
+class Killed(BaseException):
+    """The process killed during an evaluation (a signal's grace period ran out)."""
+
+
+def test_an_evaluation_killed_midway_is_done_again_on_resume(tiny_data, tmp_path, monkeypatch):
+    """An eval step saves before it evaluates: the run resumes at that step, and its evaluation, which never
+    logged a value, runs before training goes on (at the training seconds of that step), so that the
+    time-to-metric curve keeps its point; an evaluation that did log is not repeated."""
+    calls = []
+
+    def fake(ctx):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise Killed
+        return float(len(calls))
+
+    monkeypatch.setitem(METRICS, "loss", Metric(fake, None, higher_is_better=False))
+    run = tmp_path / "r"
+    with pytest.raises(Killed):
+        train(tiny_data, run, 6, "train.eval_every=2")
+    assert evals(run) == {2: 1.0} and step_dirs(run)[-1] == "step_00000004"
+    train(tiny_data, run, 6, "train.eval_every=2", resume=True)
+    assert evals(run) == {2: 1.0, 4: 3.0, 6: 4.0} and len(calls) == 4
+    seconds = {r["step"]: r["eval/train_seconds"] for r in records(run) if "eval/train_seconds" in r}
+    assert seconds[2] <= seconds[4] <= seconds[6]
+    train(tiny_data, run, 8, "train.eval_every=2", resume=True)  # resumed at 6, evaluated: not again
+    assert evals(run) == {2: 1.0, 4: 3.0, 6: 4.0, 8: 5.0}
+
+
 def test_higher_is_better_metrics_and_nan():
     psnr = Evaluator.__new__(Evaluator)
     psnr.metric = METRICS["psnr"]

@@ -421,6 +421,29 @@ class Trainer:
         barrier(self.dist)
         return value
 
+    def _evaluation_pending(self) -> bool:
+        """Whether this run resumed at an evaluation step whose evaluation never logged its value: an eval step
+        saves before it evaluates, so a process killed during the evaluation (a signal's grace period is
+        shorter than a FID) resumes from that step. The evaluation is done again first, so that no point of
+        a time-to-metric curve goes missing. The same answer on every rank (rank 0 has the log)."""
+        every = self.cfg.train.eval_every
+        if not (every and self.step and self.step % every == 0):
+            return False
+        pending = self.evaluator is not None and not self._logged_evaluation(self.step)
+        return any_rank(self.dist, [pending], self.device)[0]
+
+    def _logged_evaluation(self, step: int) -> bool:
+        key = f"eval/{self.evaluator.name}"
+        with open(self.logger.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("step") == step and key in record:
+                    return True
+        return False
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Train to train.steps; returns the process exit code (0, 128 + signal, or 2 on NaN)."""
@@ -433,6 +456,10 @@ class Trainer:
         self._segment_start = (t_start, start_step)
         self.clock = TrainingClock(cfg.time_limit, cfg.untimed_steps, self.device,
                                    offset=self._earlier_timed_seconds())
+        if self._evaluation_pending():
+            self._say(f"ditlab: the evaluation at step {self.step} did not finish before the run stopped; "
+                      "doing it before training goes on")
+            self.evaluate()  # the clock has not started: its seconds are the checkpoint's, as they were then
         with StopRequest() as stop:
             while self.step < cfg.steps:
                 try:
