@@ -118,6 +118,10 @@ def test_bad_evals_stages_and_thresholds_are_named(tmp_path):
     bad("stages: {runs: {}}\nvariants: {v: {}}\n", "stage name")
     bad("time_to_fid: [10]\nvariants: {v: {}}\n", "time_to_fid needs FID during training")
     bad("budget: {eval_every: -1}\nvariants: {v: {}}\n", "budget")
+    bad("stages: {s: {skip: [w]}}\nvariants: {v: {}}\n", "stages.s.skip: 'w' is not a variant")
+    bad("stages: {s: {skip: [w]}}\nvariants: {v: {}, w: {}}\n", "'w' is kept by no later stage")
+    bad("stages: {s: {skip: [v, w]}, t: {keep: [v, w]}}\nvariants: {v: {}, w: {}}\n", "leaves no variant")
+    bad("stages: {s: {}, t: {keep: [w], skip: [w]}}\nvariants: {v: {}, w: {}}\n", "both kept and skipped")
 
 
 def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
@@ -147,6 +151,23 @@ def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
     stages_md = (out / "stages.md").read_text()
     assert "## screen -> final" in stages_md and "| 1 | " + ranked[0][0] in stages_md
     assert (out / "screen" / "results.md").exists() and (out / "final" / "results.md").exists()
+
+
+def test_a_skipped_variant_is_not_screened_and_joins_where_it_is_kept(tmp_path, monkeypatch):
+    """``skip`` on the first stage: the variant is neither trained nor ranked there; the final stage's keep
+    takes it in beside the ranking's best (a question only the longer budget answers, e.g. EMA lengths)."""
+    data, net = write_study(tmp_path, monkeypatch, STAGES.replace(
+        "screen: {steps: 1}", "screen: {steps: 1, skip: [cold]}").replace("keep: [base]", "keep: [base, cold]"), 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    assert sorted(p.name for p in (out / "screen" / "runs").iterdir()) == ["base-s0", "hot-s0"]
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    ranked = ranking(stage_spec(spec, spec.stages[0], spec.variants), out / "screen", "")
+    assert sorted(v for v, _, _ in ranked) == ["base", "hot"]
+    assert sorted(p.name for p in (out / "final" / "runs").iterdir()) == sorted(
+        f"{v}-s{s}" for v in {ranked[0][0], "base", "cold"} for s in (0, 1))
+    assert "| screen | 1 steps | 0 | all but cold |" in (out / "stages.md").read_text()
 
 
 STAGE_EVALS = """\
@@ -339,8 +360,8 @@ def test_plan_says_what_is_done_and_what_is_left(tmp_path, monkeypatch, capsys):
 
 def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
     """The rates are medians over the timed scores (a training's set-up counted once however many scores it
-    has); a run to train costs its time limit plus the set-up, a score its samples at the per-sample rate. An
-    untrained unit owes all its scores again (a restored study retrains it); untimed scores are left out."""
+    has); a run to train costs its time limit plus the set-up, a score its samples at the per-sample rate. A
+    unit with all its scores is done, its run here or not (a restored study); untimed scores are left out."""
     from ditlab.experiments.plan import _count, describe_plan
     from ditlab.experiments.timings import measured_rates
 
@@ -357,14 +378,18 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
     for name, sample_s, fid_s in (("e3", 4.0, 2.0), ("h2", 10.0, 2.0)):  # 1 s and 2 s a sample
         (out / "scores" / f"single-s0__default__{name}.json").write_text(
             json.dumps({**timed, "sample_seconds": sample_s, "fid_seconds": fid_s}))
-    (out / "scores" / "only_e3-s0__default__e3.json").write_text(  # no timings: an older score; and untrained
+    restored = out / "scores" / "only_e3-s0__default__e3.json"
+    restored.write_text(  # no timings: an older score; its run is not here (restored), and it is its only score
         json.dumps({"variant": "only_e3", "seed": 0, "num_samples": 6, "sample_seconds": 99.0}))
     assert measured_rates(tmp_path / "nowhere") is None
     rates = measured_rates(out)
     assert rates == {"setup_s": 30.0, "per_sample_s": 1.5, "scores": 2}
     counts = _count(spec, out, rates)
-    assert counts["to_train"] == 1 and counts["scored"] == 3
-    assert counts["left_s"] == pytest.approx(100 + 30 + 6 * 1.5)  # only_e3: train again, score its one eval
+    assert counts["to_train"] == 0 and counts["trained"] == 2 and counts["scored"] == 3 and counts["left_s"] == 0
+    restored.unlink()
+    counts = _count(spec, out, rates)
+    assert counts["to_train"] == 1 and counts["scored"] == 2
+    assert counts["left_s"] == pytest.approx(100 + 30 + 6 * 1.5)  # only_e3: train, score its one eval
     total = describe_plan(spec, out)[-1]
     assert "about 2 min of device time at the rates of the 2 timed scores so far (30 s of set-up" in total
 

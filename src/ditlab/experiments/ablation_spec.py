@@ -30,7 +30,9 @@ ema_sigma_rel: the post-hoc EMA of that width, reconstructed from the run's snap
 eval_num for FID during training) with its training seeds; the first trains every variant, a later one
 the ``top`` variants of the stage before it (mean FID over seeds on ``rank_by``, an eval name, default
 the first; the best path counts) plus those in ``keep``; ``combine: K`` also trains combo_STAGE, the
-overrides of the best K variants that beat every kept one, merged. Each stage has its own folder OUT/STAGE.
+overrides of the best K variants that beat every kept one, merged. ``skip: [NAME]`` leaves variants out of a
+stage (on the first, only ones a later stage keeps: e.g. EMA lengths, which a screen's short budget would
+misjudge). Each stage has its own folder OUT/STAGE.
 Without ``stages`` the ``budget`` section is the one budget.
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
@@ -108,6 +110,9 @@ class Stage:
     # the evals this stage scores ([]: every variant's own); e.g. screen on the guided FID alone and compare
     # samplers only on the longer runs
     evals: list[str] = field(default_factory=list)
+    # variants this stage does not train: a question only a later stage's budget answers (a later stage's keep
+    # takes such a variant in without a ranking)
+    skip: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -294,7 +299,7 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not str(name).replace("_", "").replace("-", "").isalnum() or name in ("runs", "scores", "grids"):
             raise ConfigError(f"stage name {name!r} in {source}: letters, digits, '-' and '_', not runs/scores/grids "
                               "(it names a folder)")
-        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "evals"}
+        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "evals", "skip"}
         bad = sorted(set(st) - budget_keys - stage_keys)
         if bad:
             raise ConfigError(f"unknown key {where}.{bad[0]} in {source}; valid: "
@@ -329,5 +334,18 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if stages and rank_by and stages[-1].evals and rank_by not in stages[-1].evals:
             raise ConfigError(f"{where}.rank_by: {rank_by!r} ranks stage {stages[-1].name}, which scores only "
                               f"{', '.join(stages[-1].evals)} (in {source})")
-        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, st_evals))
+        skip = _str_list(st.get("skip"), f"{where}.skip", source)
+        for k in skip:
+            if k not in names:
+                raise ConfigError(f"{where}.skip: {k!r} is not a variant of {source} (variants: {', '.join(names)})")
+            if k in keep:
+                raise ConfigError(f"{where}: {k!r} is both kept and skipped (in {source})")
+        if skip and set(skip) >= set(names):
+            raise ConfigError(f"{where}.skip leaves no variant to train (in {source})")
+        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, st_evals, skip))
+    for i, stage in enumerate(stages):
+        never = [k for k in stage.skip if not any(k in later.keep for later in stages[i + 1:])]
+        if i == 0 and never:
+            raise ConfigError(f"stages.{stage.name}.skip: {never[0]!r} is kept by no later stage, so it would never "
+                              f"train; drop it from the variants instead (in {source})")
     return stages

@@ -33,7 +33,8 @@ def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
             name = f"{v.name}-s{seed}"
             owed = [(p, e, sample) for p, e, sample in spec.scores_of(v)]
             missing = [sample for p, e, sample in owed if not score_path(out, name, p, e).exists()]
-            trained = (out / "runs" / name / "summary.json").exists()
+            # a unit with every score is done, also where its run is not here (a restored study holds scores)
+            trained = (out / "runs" / name / "summary.json").exists() or not missing
             counts["runs"] += 1
             counts["scores"] += len(owed)
             counts["scored"] += len(owed) - len(missing)
@@ -41,7 +42,7 @@ def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
             counts["to_train"] += not trained
             counts["partly_scored"] += trained and bool(missing)
             counts["failed"] += bool(missing) and failure_path(out, name).exists()
-            if rates:
+            if rates and missing:
                 if not trained:  # a restored study has no runs: its unscored units are trained again
                     missing = [sample for _, _, sample in owed]
                     counts["left_s"] += spec.budget.time_limit + rates["setup_s"]

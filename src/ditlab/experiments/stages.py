@@ -27,10 +27,11 @@ EXIT_MORE_TO_DO = 3
 
 
 def stage_spec(spec: AblationSpec, stage: Stage, variants: list[Variant]) -> AblationSpec:
-    """The plain ablation a stage runs: its budget, seeds and variants; sample.num and every eval's num
-    from the stage when it sets one; only the stage's evals when it names some (each variant keeps those of
-    its own evals that the stage scores; one left with none is an error naming both)."""
+    """The plain ablation a stage runs: its budget, seeds and variants (less its ``skip``); sample.num and every
+    eval's num from the stage when it sets one; only the stage's evals when it names some (each variant keeps
+    those of its own evals that the stage scores; one left with none is an error naming both)."""
     sample, evals = spec.sample, spec.evals
+    variants = [v for v in variants if v.name not in stage.skip]
     names = {v.name for v in variants}
     # A variant's lo_variant must be in the stage's list (its run generates the cascade's low resolution).
     variants = variants + [v for v in spec.variants if v.name not in names
@@ -244,6 +245,7 @@ def _stage_table(spec: AblationSpec) -> list[str]:
     lines = ["## Stages", "", "| stage | budget | seeds | variants | results |", "|---|---|---|---|---|"]
     for st in spec.stages:
         lines.append(f"| {st.name} | {_budget_text(st)} | {', '.join(map(str, st.seeds))} | "
-                     f"{'top ' + str(st.top) if st.top else 'all'}{' + ' + ', '.join(st.keep) if st.keep else ''} | "
+                     f"{'top ' + str(st.top) if st.top else 'all'}{' + ' + ', '.join(st.keep) if st.keep else ''}"
+                     f"{' but ' + ', '.join(st.skip) if st.skip else ''} | "
                      f"[{st.name}/results.md]({st.name}/results.md) |")
     return lines
