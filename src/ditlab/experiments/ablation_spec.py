@@ -343,9 +343,10 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if skip and set(skip) >= set(names):
             raise ConfigError(f"{where}.skip leaves no variant to train (in {source})")
         stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, st_evals, skip))
-    for i, stage in enumerate(stages):
-        never = [k for k in stage.skip if not any(k in later.keep for later in stages[i + 1:])]
-        if i == 0 and never:
-            raise ConfigError(f"stages.{stage.name}.skip: {never[0]!r} is kept by no later stage, so it would never "
-                              f"train; drop it from the variants instead (in {source})")
+    # A variant the first stage skips trains only where a later stage keeps it (a later stage's skip only
+    # narrows what the ranking promotes).
+    never = [k for k in (stages[0].skip if stages else []) if not any(k in st.keep for st in stages[1:])]
+    if never:
+        raise ConfigError(f"stages.{stages[0].name}.skip: {never[0]!r} is kept by no later stage, so it would never "
+                          f"train; drop it from the variants instead (in {source})")
     return stages
