@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from ditlab.devices import device_name
 from ditlab.flops import dit_forward_flops, train_flops_per_image
 
 PEAK_TFLOPS = 798.0
@@ -51,8 +52,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _device_info(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"device": name, "torch": torch.__version__}
+    return {"device": device_name(device), "torch": torch.__version__}
 
 
 def _timed(fn, repeats: int, device: torch.device) -> list[float]:

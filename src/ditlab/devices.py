@@ -1,11 +1,12 @@
-"""Turning a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``) into a ``torch.device``."""
+"""Turning a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``) into a ``torch.device``, and naming the
+machine a measurement ran on."""
 from __future__ import annotations
 
 from typing import Union
 
 import torch
 
-__all__ = ["DeviceError", "resolve_device"]
+__all__ = ["DeviceError", "device_name", "resolve_device"]
 
 
 class DeviceError(RuntimeError, ValueError):
@@ -31,3 +32,9 @@ def resolve_device(name: Union[str, torch.device, None] = "auto", *, setting: st
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"{setting}={name!r} but CUDA is not available on this machine")
     return device
+
+
+def device_name(device: Union[str, torch.device]) -> str:
+    """What a timed result ran on: the GPU's name ("NVIDIA H100 80GB HBM3") or "cpu"."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -85,6 +85,7 @@ def test_runs_scores_and_resumes_without_retraining(study, monkeypatch):
     assert rows[0]["nfe"] == rows[1]["nfe"] == "3"
     table = (out / "results.md").read_text()
     assert "| joint | dp-hi |" in table and "Not scored yet" not in table and (out / "results.png").exists()
+    assert "Machine: cpu." in table  # each score records where it was trained and sampled
     assert (out / "runs" / "joint-s0" / "lift_errors.png").exists()
     assert (out / "grids" / "joint-s0__dp-hi.png").exists()
 

@@ -19,3 +19,21 @@ def test_seeds_with_different_step_counts_show_each(tmp_path):
     out = write_markdown(tmp_path / "results.md", spec, [_record(0, 10.0, 313), _record(1, 12.0, 313)], {})
     row = next(line for line in out.read_text().splitlines() if line.startswith("| v |"))
     assert "| 313 | 80,128 |" in row
+
+
+def test_the_machines_of_the_scores_are_named(tmp_path):
+    """One machine is named; two are a warning with their counts (a time budget buys other step counts on each);
+    scores from before the machine was recorded are counted apart, not as a machine."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1]\nvariants: {v: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def text(*machines):
+        records = [{**_record(i, 10.0, 300), **({"machine": m} if m else {})} for i, m in enumerate(machines)]
+        return write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+
+    assert "Machine: GPU A.\n" in text("GPU A", "GPU A")
+    assert "Machine: GPU A (1 older score did not record it)." in text("GPU A", None)
+    warned = text("GPU A", "GPU B", None)
+    assert "**Scores from more than one machine**: GPU A (1 score), GPU B (1 score) (1 older score" in warned
+    assert "Machine" not in text(None, None)

@@ -484,6 +484,7 @@ class AblationRunner:
     def _record(self, unit: Unit, run, run_dir: Path, path: str, eval_name: str, s, fid: float, walked,
                 lo_nfe: int, sample_s: float) -> dict:
         """The score file's content: the FID, the sample settings, the run's training and size, its FID curve."""
+        from ditlab.devices import device_name
         from ditlab.diffusion.samplers import count_nfe
         from ditlab.flops import dit_forward_flops
 
@@ -503,6 +504,9 @@ class AblationRunner:
             "params": sum(p.numel() for p in model.parameters()),
             "gflops_per_image": dit_forward_flops(model, groups=len(model.streams)) / 1e9,
             "task": run.cfg.task.kind, "overrides": unit.variant.overrides, "note": unit.variant.note,
+            # trained and scored here (a unit is never split between machines): a time budget buys another
+            # number of steps on another kind, so results.md names the machines of its scores
+            "machine": device_name(self.device), "torch": torch.__version__,
         }
         curve = eval_curve(run_dir)
         if curve:  # FID during training: (training seconds, step, FID) and the first time it reached each threshold

@@ -89,6 +89,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
     ]
     if spec.evals:
         lines += ["", "Evals: " + "; ".join(f"**{name}** {_settings(e)}" for name, e in spec.evals.items()) + "."]
+    lines += _machine_lines(records)
     times = [f"{x:g}" for x in spec.time_to_fid] if any(r.get("eval_curve") for r in records) else []
     if times:
         lines += ["", f"Time to FID: training seconds (evaluation excluded) until the FID of {b.eval_num} samples "
@@ -111,6 +112,25 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
                   + "; ".join(f"{name}: {error}" for name, error in failed) + "."]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _machine_lines(records: list[dict]) -> list[str]:
+    """Where the scores were trained and sampled: one machine named, or a warning naming each with its count
+    (a time budget buys a different number of steps on each: compare within one). Scores written before the
+    machine was recorded are counted apart, not as another machine."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.get("machine"):
+            counts[r["machine"]] = counts.get(r["machine"], 0) + 1
+    unknown = sum(not r.get("machine") for r in records)
+    older = f" ({unknown} older score{'s' if unknown > 1 else ''} did not record it)" if unknown else ""
+    if not counts:
+        return []
+    if len(counts) == 1:
+        return ["", f"Machine: {next(iter(counts))}{older}."]
+    listing = ", ".join(f"{name} ({n} score{'s' if n > 1 else ''})" for name, n in sorted(counts.items()))
+    return ["", f"**Scores from more than one machine**: {listing}{older}. A time budget buys a different number "
+                "of steps on each; compare variants within one machine (the train steps column shows it)."]
 
 
 def _failures(out: Path, spec) -> list[tuple[str, str]]:
