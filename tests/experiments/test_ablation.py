@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ditlab.cli import main
 from ditlab.configlib import ConfigError
-from ditlab.experiments.ablation import AblationRunner, check_variants
+from ditlab.experiments.ablation import AblationRunner, Invocation, check_variants
 from ditlab.experiments.ablation_spec import load_ablation
 
 from tests.eval.helpers import save_scripted
@@ -237,8 +237,16 @@ def test_a_unit_longer_than_the_whole_budget_starts_first(study, monkeypatch):
     joint = next(u for u in runner.units if u.variant.name == "joint")
     need = runner.expected_unit_s(joint, tmp_path / "out" / "runs" / joint.name)
     assert need == pytest.approx(512) and runner._starts_anyway(need)
-    runner.worked = True
+    runner.invocation.worked = True
     assert not runner._starts_anyway(need) and not runner._starts_anyway(100.0)
+    # A later stage's runner has what is left of the command's budget: "longer than the budget" is the whole
+    # command's (300 s would fit a fresh command: it waits for one), and a stage before it that worked counts.
+    command = Invocation(budget_s=490.0)
+    later = AblationRunner(load_ablation(tmp_path / "ablation.yaml"), tmp_path / "out", scorer=None, device="cpu",
+                           budget_s=100.0, invocation=command)
+    assert not later._starts_anyway(300.0) and later._starts_anyway(600.0)
+    command.worked = True
+    assert not later._starts_anyway(600.0)
     assert main(args + ["--budget-s", "150"]) == 0  # the restored single is skipped: joint is the first work
     assert (tmp_path / "out" / "scores" / "joint-s0__dp-hi.json").exists()
 

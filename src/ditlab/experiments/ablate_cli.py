@@ -23,7 +23,7 @@ from __future__ import annotations
 def cmd_ablate(args) -> int:
     import dataclasses
 
-    from ditlab.experiments.ablation import EXIT_MORE_TO_DO, AblationRunner, FidScorer
+    from ditlab.experiments.ablation import EXIT_MORE_TO_DO, AblationRunner, FidScorer, Invocation
     from ditlab.experiments.ablation_parallel import parse_devices, run_parallel
     from ditlab.experiments.ablation_spec import load_ablation
     from ditlab.experiments.stages import run_stages
@@ -53,6 +53,7 @@ def cmd_ablate(args) -> int:
     parallel = devices is not None and len(devices) > 1
     device = devices[0] if devices and not parallel else (args.device or "auto")
     scorer = None
+    invocation = Invocation(args.budget_s)  # shared by the stages' runners: "longer than the budget" starts first
 
     def run_one(plain, out, budget_s, only) -> int:
         nonlocal scorer
@@ -63,7 +64,8 @@ def cmd_ablate(args) -> int:
         # one device (--gpus 1, --devices cuda:1): the sequential runner on it; one scorer for every stage
         scorer = scorer or FidScorer(args.ref, args.inception, device)
         runner = AblationRunner(plain, out, scorer, overrides=args.set, errors_data=args.data or "",
-                                device=device, budget_s=budget_s, only=only, sampling_compile=args.compile)
+                                device=device, budget_s=budget_s, only=only, sampling_compile=args.compile,
+                                invocation=invocation)
         return runner.run()
 
     if spec.stages:

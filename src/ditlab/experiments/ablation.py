@@ -34,7 +34,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -165,10 +165,18 @@ def order_variants(variants: list[Variant]) -> list[Variant]:
     return out
 
 
+@dataclass
+class Invocation:
+    """One `ditlab ablate` command: its --budget-s, and whether it has trained or scored anything yet (a staged
+    study runs one AblationRunner per stage, each with what is left of the budget)."""
+    budget_s: float = 0.0
+    worked: bool = False
+
+
 class AblationRunner:
     def __init__(self, spec: AblationSpec, out, scorer, overrides: list[str] = (), errors_data: str = "",
                  device: str = "auto", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, invocation: Optional["Invocation"] = None):
         from ditlab.devices import resolve_device
 
         self.spec, self.out, self.scorer = spec, Path(out), scorer
@@ -179,7 +187,9 @@ class AblationRunner:
         self._compiled: tuple = (None, None)  # (the loaded run, its compiled network): one at a time
         self.start = time.monotonic()
         self.last_unit_s = 0.0  # how long the last unit trained and scored here took: the next one's estimate
-        self.worked = False  # whether this invocation has trained or scored anything yet
+        # the command this runner is part of (one per stage of a staged study): its whole budget, and whether an
+        # earlier stage's runner has worked
+        self.invocation = invocation or Invocation(budget_s)
         self.rates = self._rates()  # the study's measured set-up and per-sample seconds (None: nothing timed yet)
         check_variants(spec, self.overrides)
         names = {v.name for v in spec.variants}
@@ -217,11 +227,11 @@ class AblationRunner:
 
     def _starts_anyway(self, need_s: float) -> bool:
         """Whether a unit expected to take ``need_s`` s starts although it ends after --budget-s: when it is
-        longer than the whole budget (it would never start: a 420-s run and its scores in slices of 490 s)
-        and this invocation has done nothing yet. Its training goes on until the invocation is stopped
+        longer than the command's whole budget (it would never start: a 420-s run and its scores in slices of
+        490 s) and the command has done nothing yet (in no stage). Its training goes on until the invocation is stopped
         (scripts/speedrun_study.sh's timeout: a signal, a checkpoint) and the next invocation resumes it with
         the rest of its time; its finished scores are kept and the next one scores the rest."""
-        return need_s > self.budget_s and not self.worked
+        return need_s > self.invocation.budget_s and not self.invocation.worked
 
     def _rates(self) -> dict | None:
         """measured_rates of this folder, or of the whole study when this is one stage of it (the stages'
@@ -306,7 +316,7 @@ class AblationRunner:
             # across machines (a unit trained but not scored is trained again on the next one).
             if self.out_of_time(need := self.expected_unit_s(unit, run_dir)) and not self._starts_anyway(need):
                 return False
-            self.worked = True
+            self.invocation.worked = True
             unit_start = time.monotonic()
             # Scores of an earlier training of this unit (restored onto a fresh machine whose run is gone) would
             # sit beside scores of the new one in one row: the unit is scored again from its new training.
@@ -339,7 +349,7 @@ class AblationRunner:
                 self._need_errors_data(unit, path)
             if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
                 self.measure_errors(unit, run, run_dir)
-            self.worked = True
+            self.invocation.worked = True
             self.score(unit, run, run_dir, path, lo_dir, eval_name, sample)
         if trained_here:
             self.last_unit_s = time.monotonic() - unit_start
