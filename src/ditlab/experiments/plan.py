@@ -31,7 +31,7 @@ def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
     for seed in spec.seeds:
         for v in spec.variants:
             name = f"{v.name}-s{seed}"
-            owed = [(p, e, sample) for p, e, sample in spec.scores_of(v)]
+            owed = list(spec.scores_of(v))  # (path, eval, sample settings)
             missing = [sample for p, e, sample in owed if not score_path(out, name, p, e).exists()]
             # a unit with every score is done, also where its run is not here (a restored study holds scores)
             trained = (out / "runs" / name / "summary.json").exists() or not missing

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 CSV_COLUMNS = ("variant", "seed", "path", "eval", "fid", "nfe", "sampler", "steps", "cfg_scale", "cfg_interval",
@@ -118,10 +119,7 @@ def _machine_lines(records: list[dict]) -> list[str]:
     """Where the scores were trained and sampled: one machine named, or a warning naming each with its count
     (a time budget buys a different number of steps on each: compare within one). Scores written before the
     machine was recorded are counted apart, not as another machine."""
-    counts: dict[str, int] = {}
-    for r in records:
-        if r.get("machine"):
-            counts[r["machine"]] = counts.get(r["machine"], 0) + 1
+    counts = Counter(r["machine"] for r in records if r.get("machine"))
     unknown = sum(not r.get("machine") for r in records)
     older = f" ({unknown} older score{'s' if unknown > 1 else ''} did not record it)" if unknown else ""
     if not counts:

@@ -27,6 +27,7 @@ from ditlab.diffusion.objectives import build_objective
 from ditlab.generation import preview as generation_preview
 from ditlab.imageio import save_image_grid
 from ditlab.models.kernels import configure_fast_kernels, resolve_fast_kernels
+from ditlab.report import read_metrics
 from ditlab.tasks.registry import build_model, build_task, build_train_data, check_kind_options, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, find_latest_checkpoint,
                                      load_checkpoint, restore_rng_state, save_checkpoint, write_best_pointer)
@@ -433,16 +434,8 @@ class Trainer:
         return any_rank(self.dist, [pending], self.device)[0]
 
     def _logged_evaluation(self, step: int) -> bool:
-        key = f"eval/{self.evaluator.name}"
-        with open(self.logger.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("step") == step and key in record:
-                    return True
-        return False
+        key = f"eval/{self.evaluator.name}"  # the log was truncated at the resumed step: no torn line is left
+        return any(r.get("step") == step and key in r for r in read_metrics(self.run_dir))
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
