@@ -302,3 +302,17 @@ def test_every_command_that_samples_speaks_one_vocabulary():
         assert all(h is not None for h in helps.values()), (flag, helps)
     for flag in ("--device", "--checkpoint", "--weights", "--fp32"):
         assert len({f[flag] for f in flags}) == 1, flag
+
+
+def test_the_compile_flag_offers_what_sampling_accepts():
+    """cliargs keeps its --compile choices as a literal (the CLI layer imports no torch to build its parser);
+    they must stay those ditlab.generation.compile_for_sampling understands."""
+    import argparse
+
+    from ditlab.cliargs import add_compile
+    from ditlab.generation import COMPILE_CHOICES
+
+    parser = argparse.ArgumentParser()
+    add_compile(parser)
+    action = next(a for a in parser._actions if a.dest == "compile")
+    assert tuple(action.choices) == COMPILE_CHOICES
