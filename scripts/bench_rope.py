@@ -36,6 +36,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ditlab.devices import device_name
 from ditlab.models.attention import apply_rope
 from ditlab.models.embed import rope_2d
 
@@ -43,19 +44,19 @@ SHAPES = {"S2": (256, 256, 384, 6), "B2": (256, 256, 768, 12)}  # (B, N, D, head
 SMOKE_SHAPES = {"tiny": (2, 16, 32, 2)}
 
 
-def rope_function():
-    class Rotate(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, cos, sin):
-            ctx.save_for_backward(cos, sin)
-            return apply_rope(x, cos, sin)
+class RotateWithRotationBackward(torch.autograd.Function):
+    """The library's rotation, whose backward is the rotation of the gradient by -angle (a rotation's transpose)
+    instead of autograd's backward of unbind and stack."""
 
-        @staticmethod
-        def backward(ctx, grad):
-            cos, sin = ctx.saved_tensors
-            return apply_rope(grad, cos, -sin), None, None
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return apply_rope(x, cos, sin)
 
-    return Rotate.apply
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return apply_rope(grad, cos, -sin), None, None
 
 
 def rope_pairswap(x, cos, sin):
@@ -94,7 +95,7 @@ def half_permutation(head_dim: int) -> torch.Tensor:
     return torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
 
 
-VARIANTS = {"library": apply_rope, "function": rope_function(), "pairswap": rope_pairswap,
+VARIANTS = {"library": apply_rope, "function": RotateWithRotationBackward.apply, "pairswap": rope_pairswap,
             "activation_dtype": rope_activation_dtype, "complex": rope_complex, "rotate_half": rope_rotate_half,
             "none": rope_none}
 
@@ -176,6 +177,9 @@ def bench(shapes: dict, variants: list[str], device, dtype, compile_: bool, iter
         ref_outs, ref_grad = run_once(qk_step(apply_rope, heads), *args)
         for name in variants:
             step = qk_step(VARIANTS[name], heads)
+            # Every variant is the same code object with another closure: without a reset, Dynamo would count
+            # them as recompilations of one function and run those past its cache limit eagerly.
+            torch._dynamo.reset()
             fn = torch.compile(step, dynamic=False) if compile_ else step
             run_args = args
             if name == "rotate_half":
@@ -185,7 +189,8 @@ def bench(shapes: dict, variants: list[str], device, dtype, compile_: bool, iter
                             [g[..., order] for g in grads])
             outs, grad = run_once(fn, *run_args)  # compiles here
             row = {"shape": shape_name, "B": B, "N": N, "D": D, "heads": heads, "variant": name,
-                   "dtype": str(dtype).removeprefix("torch."), "compiled": compile_}
+                   "dtype": str(dtype).removeprefix("torch."), "compiled": compile_,
+                   "machine": device_name(device), "torch": torch.__version__}
             row.update(differences(name, outs, grad, ref_outs, ref_grad, heads))
             times = time_ms(fn, run_args, iters, repeats, device)
             row["ms"] = round(statistics.median(times), 4)
