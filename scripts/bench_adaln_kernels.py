@@ -20,9 +20,10 @@ import argparse
 import itertools
 import json
 import statistics
-import time
 
 import torch
+
+from ditlab.bench import time_calls_ms
 
 SHAPES = {  # name: (B, N, D, groups): groups "sample" (G = 1), or "streams" (two contiguous streams, an index)
     "S2": (256, 256, 384, "sample"),
@@ -58,25 +59,6 @@ def floor_bytes(B, N, D, elem: int, residual: bool, backward: bool) -> int:
     return (6 if residual else 3) * U  # x' (+ branch), dy (+ dx') in; dx (+ dbranch) out
 
 
-def time_ms(fn, iters: int, repeats: int, device) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            out.append(start.elapsed_time(end) / iters)
-        else:
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            out.append((time.perf_counter() - t) * 1e3 / iters)
-    return out
-
-
 def time_graph_ms(fn, iters: int, repeats: int) -> float | None:
     """GPU time per call with the host out of the way: ``iters`` calls captured in one CUDA graph, replayed.
     None when the calls cannot be captured."""
@@ -94,7 +76,7 @@ def time_graph_ms(fn, iters: int, repeats: int) -> float | None:
     except Exception as e:  # noqa: BLE001  (a measurement that cannot be taken is reported, not fatal)
         print(json.dumps({"graph_capture_failed": str(e)[:200]}), flush=True)
         return None
-    return statistics.median(time_ms(graph.replay, 1, repeats, torch.device("cuda"))) / iters
+    return statistics.median(time_calls_ms(graph.replay, 1, repeats, torch.device("cuda"))) / iters
 
 
 def fused_fns(x, branch, gate, shift, scale, index):
@@ -200,7 +182,7 @@ def main():
                     if not backward and setting[1:] != settings[0][1:]:
                         continue  # the forward depends on the tile alone: once per tile
                     fn()  # compile this setting's kernel
-                    ms = statistics.median(time_ms(fn, iters, repeats, device))
+                    ms = statistics.median(time_calls_ms(fn, iters, repeats, device))
                     ms_graph = time_graph_ms(fn, iters, repeats) if device.type == "cuda" else None
                     need = floor_bytes(B, N, D, elem, residual, backward)
                     gpu_ms = ms_graph or ms
@@ -215,7 +197,7 @@ def main():
                 for kernel, fn, backward in (("fwd", fwd, False), ("bwd", bwd, True)):
                     for _ in range(3):  # compile, then warm
                         fn()
-                    ms = statistics.median(time_ms(fn, iters, repeats, device))
+                    ms = statistics.median(time_calls_ms(fn, iters, repeats, device))
                     # autograd.grad cannot be captured in a CUDA graph, and a failed capture leaves the CUDA
                     # generator unusable for the rest of the process (measured on the H200): no graph time for
                     # the reference backward, so compare the backward on launch time ("ms") alone.

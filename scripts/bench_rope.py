@@ -31,11 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from ditlab.bench import time_calls_ms
 from ditlab.devices import device_name
 from ditlab.models.attention import apply_rope
 from ditlab.models.embed import rope_2d
@@ -149,25 +149,6 @@ def differences(name: str, outs, grad, ref_outs, ref_grad, heads: int) -> dict:
             "max_abs_diff_grad": float((grad - ref_grad).float().abs().max())}
 
 
-def time_ms(fn, args, iters: int, repeats: int, device) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                run_once(fn, *args)
-            end.record()
-            torch.cuda.synchronize()
-            out.append(start.elapsed_time(end) / iters)
-        else:
-            t = time.perf_counter()
-            for _ in range(iters):
-                run_once(fn, *args)
-            out.append((time.perf_counter() - t) * 1e3 / iters)
-    return out
-
-
 def bench(shapes: dict, variants: list[str], device, dtype, compile_: bool, iters: int, repeats: int):
     for shape_name, (B, N, D, heads) in shapes.items():
         args = make_inputs(B, N, D, heads, dtype, device)
@@ -192,7 +173,7 @@ def bench(shapes: dict, variants: list[str], device, dtype, compile_: bool, iter
                    "dtype": str(dtype).removeprefix("torch."), "compiled": compile_,
                    "machine": device_name(device), "torch": torch.__version__}
             row.update(differences(name, outs, grad, ref_outs, ref_grad, heads))
-            times = time_ms(fn, run_args, iters, repeats, device)
+            times = time_calls_ms(lambda: run_once(fn, *run_args), iters, repeats, device)
             row["ms"] = round(statistics.median(times), 4)
             print(json.dumps(row), flush=True)
             yield row

@@ -316,3 +316,22 @@ def test_the_compile_flag_offers_what_sampling_accepts():
     add_compile(parser)
     action = next(a for a in parser._actions if a.dest == "compile")
     assert tuple(action.choices) == COMPILE_CHOICES
+
+
+def test_time_calls_ms_gives_one_time_per_repeat_of_the_calls():
+    """ditlab.bench.time_calls_ms (the kernel benches' timer): each value is the mean of ``iters`` calls."""
+    import time
+
+    import torch
+
+    from ditlab.bench import time_calls_ms
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.01)
+
+    times = time_calls_ms(slow, iters=3, repeats=2, device=torch.device("cpu"))
+    assert len(calls) == 6 and len(times) == 2
+    assert all(9.0 <= t < 200.0 for t in times)  # ~10 ms per call, not per repeat of three

@@ -66,6 +66,27 @@ def _timed(fn, repeats: int, device: torch.device) -> list[float]:
     return times
 
 
+def time_calls_ms(fn, iters: int, repeats: int, device: torch.device) -> list[float]:
+    """Milliseconds per call of ``fn``, one value per repeat of ``iters`` calls: CUDA events around the calls on a
+    GPU (the kernels' time, the host's only where it stalls them), the wall clock on the CPU."""
+    out = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            out.append(start.elapsed_time(end) / iters)
+        else:
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            out.append((time.perf_counter() - t) * 1e3 / iters)
+    return out
+
+
 def bench_train(cfg, warmup: int = 15, steps: int = 20, repeats: int = 5, peak_tflops: float = PEAK_TFLOPS) -> dict:
     """Images/s of the full training step (forward, loss, backward, clip, AdamW, EMA).
 

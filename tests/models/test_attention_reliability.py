@@ -11,9 +11,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +18,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ditlab.models.attention import Attention
 from ditlab.models.dit import DiT, StreamSpec
+
+from tests.script_modules import load_script
 
 # Backends that exist on the CPU build; efficient and cuDNN attention are CUDA-only.
 CPU_BACKENDS = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}
@@ -47,11 +46,7 @@ class FlippedMask(torch.nn.Module):
 
 def gpu_script():
     """scripts/reliability_gpu.py as a module: the GPU tests run the same checks as the script."""
-    path = Path(__file__).resolve().parents[2] / "scripts" / "reliability_gpu.py"
-    spec = importlib.util.spec_from_file_location("reliability_gpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reliability_gpu")
 
 
 def token_dit(n: int, seed: int = 0) -> DiT:

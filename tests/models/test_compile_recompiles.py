@@ -8,15 +8,14 @@ which keeps this CPU test to a few seconds; Inductor on the GPU is in scripts/re
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
 from ditlab.models.attention import Attention
 from ditlab.models.dit import DiT, StreamSpec
+
+from tests.script_modules import load_script
 
 LENGTHS = range(5, 17)  # 12 lengths
 MAX_GRAPHS = 2
@@ -101,9 +100,6 @@ def test_the_counter_sees_recompiles():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_inductor_over_12_context_lengths():
-    path = Path(__file__).resolve().parents[2] / "scripts" / "reliability_gpu.py"
-    spec = importlib.util.spec_from_file_location("reliability_gpu", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("reliability_gpu")
     result = script.check_compile_lengths(torch.device("cuda"), "inductor")
     assert result["passed"], result

@@ -1,20 +1,14 @@
 """scripts/bench_rope.py: every way it times of writing RoPE computes the library's rotation (outputs and the
 gradient of the qkv projection), so its GPU timings compare like with like."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.script_modules import load_script
 
 
 @pytest.fixture(scope="module")
 def bench_rope():
-    spec = importlib.util.spec_from_file_location("bench_rope", ROOT / "scripts" / "bench_rope.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_rope")
 
 
 def test_every_variant_matches_the_library_rotation(bench_rope):

@@ -2,23 +2,20 @@
 byte for byte (including ../shared's own .part.aa/.part.ab pieces, joined into one file)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.script_modules import load_script
+
 INCEPTION = "inception-fid-torchscript.pt"
 
 
 @pytest.fixture
 def stage(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_stage", ROOT / "scripts" / "gpu_stage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("gpu_stage")
     # Byte-sized carries: the tree is ~3 kB, each folder gets 4,000 bytes of parts beside 2,000 of manifest.
     monkeypatch.setattr(module, "MIB", 1)
     monkeypatch.setattr(module, "MANIFEST_ROOM", 2000)

@@ -4,7 +4,6 @@ first GPU calls to both: `timeout N bench` with `bench` a shell function (timeou
 ran), and `--arch DiT-S/2 optim.name=muon` (nargs='+' swallowed the override as an architecture)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import subprocess
@@ -12,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.script_modules import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 ARCHS = {"DiT-S/2", "DiT-B/2"}
 
 
 @pytest.fixture(scope="module")
 def bench_train():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_train")
 
 
 def run_recording_python(tmp_path, *args: str):

@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import inspect
 import io
 import json
@@ -58,6 +57,8 @@ from ditlab.train.checkpoint import (
 from ditlab.train.data_order import EpochSampler
 from ditlab.train.ema import EMA
 from ditlab.train.trainer import Trainer
+
+from tests.script_modules import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -755,11 +756,7 @@ def test_state_with_pickled_code_is_refused(tmp_path):
 
 
 def gpu_script():
-    path = REPO / "scripts" / "reliability_gpu.py"
-    spec = importlib.util.spec_from_file_location("reliability_gpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reliability_gpu")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
