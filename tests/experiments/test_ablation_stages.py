@@ -598,3 +598,26 @@ def test_a_worker_on_a_numbered_gpu_trains_on_it(tmp_path, monkeypatch):
     runner.device = torch.device("cpu")
     runner.train(Unit(spec.variants[0], 0), tmp_path / "out" / "runs" / "y")
     assert seen == ["cuda:3", "auto"]
+
+
+def test_plan_previews_whom_a_waiting_stage_would_take(tmp_path):
+    """Before the screen ends, --plan names whom the final stage would take on the ranking so far: the best
+    first with their FID, then the kept variants not ranked yet."""
+    from ditlab.experiments.plan import describe_plan
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "ablation.yaml").write_text(STAGES)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    out = tmp_path / "out"
+    scores = out / "screen" / "scores"
+    scores.mkdir(parents=True)
+    assert "would take" not in describe_plan(spec, out)[1]  # nothing ranked: nothing to say
+    for name, fid in (("hot", 3.0), ("cold", 7.0)):
+        (scores / f"{name}-s0__default.json").write_text(
+            json.dumps({"variant": name, "seed": 0, "path": "default", "fid": fid}))
+    line = describe_plan(spec, out)[1]
+    assert line.startswith("stage final: 2 steps per run, seeds [0, 1]: waits for the stage before it")
+    assert line.endswith("; with the 2 of 3 variants ranked so far it would take hot (3.00), base")
+    (scores / "base-s0__default.json").write_text(
+        json.dumps({"variant": "base", "seed": 0, "path": "default", "fid": 1.0}))
+    assert "would take" not in describe_plan(spec, out)[1]  # the screen is complete: the stage is known

@@ -3,7 +3,8 @@
 A study spread over many device sessions needs to know, before a machine is taken, how much work is left:
 per stage (or for the whole file without stages), the runs trained, the runs trained but not fully scored,
 the runs still to train with their training budget, and the scores left. A later stage whose ranking is not
-known yet (the stage before it is incomplete) is shown with the most runs it can take.
+known yet (the stage before it is incomplete) is shown with the most runs it can take, and whom it would take
+if the stage before it ended now (its ranking so far, the kept variants, the combination).
 
 Once some scores carry their timings (``train_wall_seconds``, ``sample_seconds``, ``fid_seconds``), the total
 also estimates the device time left at the rates measured so far: per run to train its time limit plus the
@@ -75,22 +76,43 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
         return lines + [_total([(c, spec.budget.time_limit)], rates)]
     lines, totals = [], []
     for i, stage in enumerate(spec.stages):
+        preview = ""
         if i > 0 and variants is not None:
             prev = spec.stages[i - 1]
             prev_spec = stage_spec(spec, prev, variants)
+            ranked = ranking(prev_spec, out / prev.name, stage.rank_by)
+            facts = DataFacts(out)  # facts of trained runs only: --plan reads no data
             if stage_complete(prev_spec, out / prev.name):
-                variants = promoted(spec, stage, ranking(prev_spec, out / prev.name, stage.rank_by),
-                                    prev_spec.variants, DataFacts(out))  # facts of trained runs only
+                variants = promoted(spec, stage, ranked, prev_spec.variants, facts)
             else:
+                preview = _preview(spec, stage, ranked, prev_spec, facts)
                 variants = None
         if variants is None:  # its variants depend on a ranking not known yet
             lines.append(f"stage {stage.name}: {_budget(stage.budget)} per run, seeds {stage.seeds}: waits for the "
-                         f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds")
+                         f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds"
+                         + preview)
             continue
         block, c = _block(f"stage {stage.name}", stage_spec(spec, stage, variants), out / stage.name, rates)
         lines += block
         totals.append((c, stage.budget.time_limit))
     return lines + [_total(totals, rates)]
+
+
+def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: AblationSpec, facts) -> str:
+    """Whom ``stage`` would take if the stage before it ended now: the ranking of its variants scored so far
+    (a study spread over sessions wants to know where it is heading before the last unit is scored)."""
+    from ditlab.experiments.stages import promoted
+
+    if not ranked:
+        return ""
+    chosen = {v.name: v for v in promoted(spec, stage, ranked, prev_spec.variants, facts)}
+    fid = {name: f for name, f, _ in ranked}
+    parts = [f"{name} ({fid[name]:.2f})" for name, _, _ in ranked if name in chosen]  # best first
+    combo = f"combo_{stage.name}"
+    parts += [name for name in chosen if name not in fid and name != combo]  # kept, not ranked yet
+    parts += [f"{combo} ({chosen[combo].note})"] if combo in chosen else []
+    return (f"; with the {len(ranked)} of {len(prev_spec.variants)} variants ranked so far it would take "
+            f"{', '.join(parts)}")
 
 
 def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:
