@@ -12,7 +12,7 @@
 #   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
 #                                                                            DEST/speedrun_study_files.tgz
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
-#   scripts/speedrun_study.sh pack    STUDY TAR                              the runs stopped at a checkpoint,
+#   scripts/speedrun_study.sh pack    STUDY TAR [--with-best]                the runs stopped at a checkpoint,
 #                                                                            to go on on another machine
 #   scripts/speedrun_study.sh unpack  TAR STUDY                              (the long stage outlasts a session:
 #                                                                            docs/speedrun.md)
@@ -58,20 +58,27 @@ case "$stage" in
       tar -xzf "$tgz" -C "$study" --wildcards '*/scores/*'
     echo "{\"restored_scores\": $(find "$study" -path '*/scores/*.json' | wc -l)}" ;;
   pack)
-    # Every run folder stopped at a checkpoint (checkpoints/latest, no summary.json) with its latest checkpoint
-    # and the one `best` names, not the older ones rotation keeps; everything else of the run (config, metrics,
-    # TensorBoard, ema_snapshots/ for post-hoc EMA) whole. Bring TAR back with `gpu_stage.py give`; `ditlab
-    # ablate` resumes such a folder with the rest of its time budget.
-    study=$1 tar=$2
+    # Every run folder stopped at a checkpoint (checkpoints/latest, no summary.json) with its latest checkpoint,
+    # not the older ones rotation keeps; everything else of the run (config, metrics, TensorBoard,
+    # ema_snapshots/ for post-hoc EMA) whole. The checkpoint `best` names (the best in-training FID) only with
+    # --with-best or when it is the latest: the study scores a run's latest checkpoint and reads its time to
+    # FID from metrics.jsonl, and a second S/2 training state doubles the carry (~520 MB more). Without it the
+    # pointer stays behind too, and the resumed run's next evaluation starts a new best. Bring TAR back with
+    # `gpu_stage.py give`; `ditlab ablate` resumes such a folder with the rest of its time budget.
+    study=$1 tar=$2 with_best=${3:-}
+    if [ -n "$with_best" ] && [ "$with_best" != --with-best ]; then
+      echo "pack: unknown option $with_best (the one option is --with-best)" >&2; exit 2; fi
     list=$(mktemp)
     (cd "$study" && for run in */runs/*/; do
       run=${run%/}
       { [ -f "$run/summary.json" ] || [ ! -f "$run/checkpoints/latest" ]; } && continue
-      find "$run" -path "$run/checkpoints/step_*" -prune -o -type f -print
-      find "$run/checkpoints/$(cat "$run/checkpoints/latest")" -type f
+      latest=$(cat "$run/checkpoints/latest")
+      find "$run" -path "$run/checkpoints/step_*" -prune -o -path "$run/checkpoints/best" -prune -o -type f -print
+      find "$run/checkpoints/$latest" -type f
       best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' \
         "$run/checkpoints/best" 2>/dev/null || true)
-      if [ -n "$best" ] && [ -d "$run/checkpoints/$best" ]; then find "$run/checkpoints/$best" -type f; fi
+      if [ -n "$best" ] && [ -d "$run/checkpoints/$best" ] && { [ -n "$with_best" ] || [ "$best" = "$latest" ]; }; then
+        echo "$run/checkpoints/best"; find "$run/checkpoints/$best" -type f; fi
     done) | sort -u > "$list"
     if [ ! -s "$list" ]; then echo "pack: no run in $study stopped at a checkpoint" >&2; rm -f "$list"; exit 1; fi
     tar -cf "$tar" -C "$study" -T "$list"

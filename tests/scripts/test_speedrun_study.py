@@ -1,6 +1,7 @@
 """scripts/speedrun_study.sh pack / unpack: a run stopped at a checkpoint travels to another machine with its
-latest checkpoint and its best one, not the older ones rotation keeps; finished runs and runs without a
-checkpoint stay behind (the long stage outlasts one session's device time: docs/speedrun.md)."""
+latest checkpoint (and its best one with --with-best, or when the best is the latest), not the older ones
+rotation keeps; finished runs and runs without a checkpoint stay behind (the long stage outlasts one session's
+device time: docs/speedrun.md)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def test_pack_takes_the_stopped_runs_latest_and_best_checkpoints_and_unpack_restores_them(tmp_path):
+def test_pack_takes_the_stopped_runs_latest_checkpoint_and_the_best_on_request_and_unpack_restores_them(tmp_path):
     study = tmp_path / "study"
     run = study / "long" / "runs" / "best_recipe-s0"
     write(run / "config.yaml", "train: {time_limit: 1800}\n")
@@ -36,21 +37,30 @@ def test_pack_takes_the_stopped_runs_latest_and_best_checkpoints_and_unpack_rest
     write(finished / "checkpoints" / "latest", "step_00000009\n")
     write(study / "screen" / "runs" / "tshift2-s0" / "metrics.jsonl", "{}\n")  # stopped before a checkpoint
 
-    packed = tmp_path / "long.tar"
-    done = study_script("pack", str(study), str(packed))
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["runs"] == 1
-    with tarfile.open(packed) as tar:
-        names = set(tar.getnames())
     prefix = "long/runs/best_recipe-s0/"
-    kept = ("config.yaml", "metrics.jsonl", "ema_snapshots/step_00000003_sr0.050.safetensors", "checkpoints/latest",
-            "checkpoints/best", "checkpoints/step_00000002/state.pt", "checkpoints/step_00000003/state.pt")
-    assert names == {prefix + n for n in kept}  # not step_00000001, nothing of the other runs
+    common = ("config.yaml", "metrics.jsonl", "ema_snapshots/step_00000003_sr0.050.safetensors", "checkpoints/latest",
+              "checkpoints/step_00000003/state.pt")
+    for flags, kept in (((), common),  # the best (step 2) and its pointer stay behind: half the carry
+                        (("--with-best",), common + ("checkpoints/best", "checkpoints/step_00000002/state.pt"))):
+        packed = tmp_path / "long.tar"
+        done = study_script("pack", str(study), str(packed), *flags)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["runs"] == 1
+        with tarfile.open(packed) as tar:
+            names = set(tar.getnames())
+        assert names == {prefix + n for n in kept}  # not step_00000001, nothing of the other runs
 
     other = tmp_path / "elsewhere"
     assert study_script("unpack", str(packed), str(other)).returncode == 0
     for name in names:
         assert (other / name).read_bytes() == (study / name).read_bytes()
+
+    # a best that is the latest travels with it, pointer included
+    write(run / "checkpoints" / "best", json.dumps({"checkpoint": "step_00000003", "value": 7.0}) + "\n")
+    assert study_script("pack", str(study), str(packed)).returncode == 0
+    with tarfile.open(packed) as tar:
+        assert set(tar.getnames()) == {prefix + n for n in common + ("checkpoints/best",)}
+    assert study_script("pack", str(study), str(packed), "--best").returncode == 2  # a typo is an error
 
 
 def test_pack_with_nothing_stopped_is_an_error(tmp_path):
