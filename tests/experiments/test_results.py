@@ -37,3 +37,23 @@ def test_the_machines_of_the_scores_are_named(tmp_path):
     warned = text("GPU A", "GPU B", None)
     assert "**Scores from more than one machine**: GPU A (1 score), GPU B (1 score) (1 older score" in warned
     assert "Machine" not in text(None, None)
+
+
+def test_the_plot_marks_each_training_seed(tmp_path, monkeypatch):
+    """results.png: a bar per pair at the seeds' mean, and a point per seed where there are several."""
+    import matplotlib.axes
+
+    from ditlab.experiments.results import plot_results
+
+    points = []
+    real_scatter = matplotlib.axes.Axes.scatter
+
+    def scatter(self, x, y, *a, **k):
+        points.extend(zip(x, y))
+        return real_scatter(self, x, y, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    one_seed = {**_record(0, 9.0, 300), "variant": "w"}
+    path = plot_results(tmp_path / "results.png", [_record(0, 10.0, 313), _record(1, 12.0, 398), one_seed])
+    assert path.stat().st_size > 0
+    assert sorted(points) == [(10.0, 0), (12.0, 0)]  # v's two seeds on its bar; w's single value is its bar

@@ -183,6 +183,8 @@ def plot_curves(path: Path, records: list[dict]) -> Path:
 
 
 def plot_results(path: Path, records: list[dict]) -> Path:
+    """A bar per (variant, path / eval): the mean FID over the training seeds, their standard deviation as the
+    error bar and each seed's value as a point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,6 +196,11 @@ def plot_results(path: Path, records: list[dict]) -> Path:
     errs = [statistics.stdev([r["fid"] for r in rs]) if len(rs) > 1 else 0.0 for _, _, rs in groups]
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(labels), 1) + 1.2), constrained_layout=True)
     ax.barh(range(len(labels)), means, xerr=errs, color="tab:blue")
+    # each training seed's own value: with two seeds a standard deviation says little, the two points more
+    seeds = [(r["fid"], i) for i, (_, _, rs) in enumerate(groups) if len(rs) > 1 for r in rs]
+    if seeds:
+        ax.scatter(*zip(*seeds), color="black", s=12, zorder=3, label="each training seed")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("FID (lower is better)")
