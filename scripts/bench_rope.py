@@ -1,7 +1,7 @@
 """Where RoPE's cost in a training step comes from, and which way of writing it is cheapest under torch.compile.
 
     python scripts/bench_rope.py                    # the DiT-S/2 and DiT-B/2 attention shapes, bf16, on the GPU
-    python scripts/bench_rope.py --shapes S2 --variants library function pairswap none   # a part (each compiles)
+    python scripts/bench_rope.py --shapes S2 --variants pairs pairs_swapped none   # a part (each compiles)
     python scripts/bench_rope.py --smoke            # CPU: tiny shapes, eager; the script's logic and equivalences
 
 Why: on an H100 a compiled DiT-S/2 step with 2-D RoPE spends 48.6 ms on the GPU against 42.2 ms with sin-cos
@@ -13,14 +13,13 @@ how its backward is written.
 Each variant takes the qkv projection's output (B, N, 3D), as the model does, splits q and k into heads, applies
 the qk RMSNorm and the rotation; the timed step is the compiled forward and its backward (CUDA events). One JSON
 line per (shape, variant): ms per step (median of --repeats), and the largest difference of the outputs and of the
-input gradient against the library's ``ditlab.models.attention.apply_rope``. Variants:
+input gradient against the library's default form (``ditlab.models.rotary.rotate_pairs``). Variants:
 
-- ``library``: ditlab.models.attention.apply_rope as it is (pairs (2i, 2i+1) unbound, rotated in fp32, stacked).
-- ``function``: the same forward in a torch.autograd.Function whose backward is the rotation by -angle (what
-  the transpose of a rotation is), instead of the backward of unbind and stack.
-- ``pairswap``: x * cos + swap(x) * sin with (N, hd) tables, swap exchanging each pair (a flip of a size-2 dim).
-- ``activation_dtype``: the library's formula without the fp32 upcast (bf16 arithmetic: not bit-identical).
-- ``complex``: a complex multiply of the pairs (view_as_complex), as torchtitan writes it.
+- ``pairs``, ``pairs_swapped``, ``transposed_backward``: the library's forms (ditlab.models.rotary.FORMS; the
+  one a training step uses is picked by ``DITLAB_ROPE_FORM``, so scripts/profile_train.py measures each whole).
+- ``activation_dtype``: the ``pairs`` formula without the fp32 upcast (bf16 arithmetic: not bit-identical).
+- ``complex``: a complex multiply of the pairs (view_as_complex), as torchtitan writes it (Inductor does not
+  generate code for complex operators: expect it slow).
 - ``rotate_half``: pairs (i, i + hd/2) instead of (2i, 2i+1) (the GPT-NeoX layout): the same model up to a fixed
   permutation of the head channels, not the same function of a trained checkpoint; its differences are taken
   after that permutation.
@@ -37,34 +36,11 @@ import torch.nn.functional as F
 
 from ditlab.bench import time_calls_ms
 from ditlab.devices import device_name
-from ditlab.models.attention import apply_rope
 from ditlab.models.embed import rope_2d
+from ditlab.models.rotary import FORMS, rotate_pairs
 
 SHAPES = {"S2": (256, 256, 384, 6), "B2": (256, 256, 768, 12)}  # (B, N, D, heads): 32x32 images in 2x2 patches
 SMOKE_SHAPES = {"tiny": (2, 16, 32, 2)}
-
-
-class RotateWithRotationBackward(torch.autograd.Function):
-    """The library's rotation, whose backward is the rotation of the gradient by -angle (a rotation's transpose)
-    instead of autograd's backward of unbind and stack."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return apply_rope(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return apply_rope(grad, cos, -sin), None, None
-
-
-def rope_pairswap(x, cos, sin):
-    cos2 = cos.repeat_interleave(2, dim=-1)  # (N, hd): each pair's angle twice
-    sin2 = torch.stack((-sin, sin), dim=-1).flatten(-2)  # (N, hd): -sin for the pair's first, +sin for its second
-    xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x[2i+1], x[2i])
-    return (xf * cos2 + swapped * sin2).type_as(x)
 
 
 def rope_activation_dtype(x, cos, sin):
@@ -95,8 +71,7 @@ def half_permutation(head_dim: int) -> torch.Tensor:
     return torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
 
 
-VARIANTS = {"library": apply_rope, "function": RotateWithRotationBackward.apply, "pairswap": rope_pairswap,
-            "activation_dtype": rope_activation_dtype, "complex": rope_complex, "rotate_half": rope_rotate_half,
+VARIANTS = {**FORMS, "activation_dtype": rope_activation_dtype, "complex": rope_complex, "rotate_half": rope_rotate_half,
             "none": rope_none}
 
 
@@ -155,7 +130,7 @@ def bench(shapes: dict, variants: list[str], device, dtype, compile_: bool, iter
         qkv, wq, wk, cos, sin, grads = args
         if "rotate_half" in variants:  # rotate_half sees the same model: its q / k channels in the halves order
             order = half_permutation(D // heads).to(device)
-        ref_outs, ref_grad = run_once(qk_step(apply_rope, heads), *args)
+        ref_outs, ref_grad = run_once(qk_step(rotate_pairs, heads), *args)
         for name in variants:
             step = qk_step(VARIANTS[name], heads)
             # Every variant is the same code object with another closure: without a reset, Dynamo would count

@@ -26,10 +26,10 @@ def test_every_variant_matches_the_library_rotation(bench_rope):
 def test_the_comparison_would_see_a_wrong_rotation(bench_rope):
     """The check is not vacuous: the rotation by the opposite angle differs from the library's."""
     args = bench_rope.make_inputs(2, 16, 32, 2, torch.float32, torch.device("cpu"))
-    ref_outs, ref_grad = bench_rope.run_once(bench_rope.qk_step(bench_rope.apply_rope, 2), *args)
-    wrong = bench_rope.qk_step(lambda x, cos, sin: bench_rope.apply_rope(x, cos, -sin), 2)
+    ref_outs, ref_grad = bench_rope.run_once(bench_rope.qk_step(bench_rope.rotate_pairs, 2), *args)
+    wrong = bench_rope.qk_step(lambda x, cos, sin: bench_rope.rotate_pairs(x, cos, -sin), 2)
     outs, grad = bench_rope.run_once(wrong, *args)
-    diffs = bench_rope.differences("library", outs, grad, ref_outs, ref_grad, 2)
+    diffs = bench_rope.differences("pairs", outs, grad, ref_outs, ref_grad, 2)
     assert diffs["max_abs_diff_out"] > 1e-2 and diffs["max_abs_diff_grad"] > 1e-2
 
 

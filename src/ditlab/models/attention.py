@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ditlab.models.rotary import apply_rope
+
 
 def check_mask(mask: torch.Tensor, batch: int, num_queries: int, num_keys: int, name: str = "mask") -> None:
     """Reject masks that would silently change meaning: non-boolean or mis-shaped."""
@@ -81,13 +83,6 @@ def check_bias(bias: torch.Tensor, batch: int, num_queries: int, num_keys: int) 
                          f"({batch}, {num_queries}, {num_keys})")
     if bool((bias.isnan() | (bias == float("inf"))).any()):
         raise ValueError("attention bias must be finite or -inf (masked); it holds NaN or +inf")
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of the head dimension. x: (B, H, N, hd); cos, sin: (N, hd/2)."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, N, hd/2) each
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
 
 
 class HeadRMSNorm(nn.RMSNorm):
