@@ -532,13 +532,17 @@ def test_data_facts_come_from_a_trained_run_of_the_same_data(tmp_path, monkeypat
     assert DataFacts(out)(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=16))) is None
 
 
-def test_a_stage_trains_the_combination_and_carries_it_on(tmp_path, monkeypatch):
+def test_a_stage_trains_the_combination_first_and_carries_it_on(tmp_path, monkeypatch, capsys):
     data, net = write_study(tmp_path, monkeypatch, COMBINE.replace("  fused: {overrides: [task.kind=image, "
                                                                    "train.fast_kernels=on]}\n", ""), 8)
     out = tmp_path / "out"
     assert main(_args(tmp_path, data, net)) == 0
     runs = sorted(p.name for p in (out / "final" / "runs").iterdir())
     assert "combo_final-s0" in runs and len(runs) == 2  # the best of the screen and the combination
+    log = capsys.readouterr().out
+    final_log = log[log.index("stage final"):]
+    trained = [line.split()[3] for line in final_log.splitlines() if line.startswith("ditlab ablate: training ")]
+    assert trained[0] == "combo_final-s0" and len(trained) == 2  # the result the stage is for, first
     record = json.loads((out / "final" / "scores" / "combo_final-s0__default.json").read_text())
     assert record["note"].startswith("combination of ") and record["train_steps"] == 2
     stages_md = (out / "stages.md").read_text()

@@ -153,11 +153,13 @@ def check_lo_variant(spec: AblationSpec, v: Variant, cfg, extra: list[str]) -> N
 
 
 def order_variants(variants: list[Variant]) -> list[Variant]:
-    """The file's order, except that a cascade's lo_variant moves just before the first variant that needs
-    it (its run must exist before the cascade is sampled)."""
+    """The training order: a stage's combination first (the result the stage is for: a study spread over
+    many sessions learns it soonest), then the file's order, except that a cascade's lo_variant moves just
+    before the first variant that needs it (its run must exist before the cascade is sampled). The results
+    tables keep the file's order."""
     by_name = {v.name: v for v in variants}
     out: list[Variant] = []
-    for v in variants:
+    for v in sorted(variants, key=lambda v: not v.combined_from):  # stable: the file's order otherwise
         if v.lo_variant and by_name[v.lo_variant] not in out:
             out.append(by_name[v.lo_variant])
         if v not in out:

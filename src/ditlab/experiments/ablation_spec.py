@@ -92,6 +92,8 @@ class Variant:
     note: str = ""
     lo_variant: str = ""  # the variant whose run supplies the low resolution of the cascade path
     evals: list[str] = field(default_factory=list)  # names of AblationSpec.evals it is scored on ([]: all)
+    # a stage's combination (ditlab.experiments.stages.combination): the variants whose overrides it merges
+    combined_from: list[str] = field(default_factory=list)
 
 
 @dataclass

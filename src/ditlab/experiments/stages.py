@@ -146,7 +146,8 @@ def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float,
     note = f"combination of {' + '.join(v.name for v in used)}"
     if left_out:
         note += f"; left out: {'; '.join(left_out)}"
-    return Variant(f"combo_{stage.name}", merged, list(first.paths), note=note, evals=list(first.evals))
+    return Variant(f"combo_{stage.name}", merged, list(first.paths), note=note, evals=list(first.evals),
+                   combined_from=[v.name for v in used])
 
 
 def stage_complete(spec: AblationSpec, out: Path) -> bool:
