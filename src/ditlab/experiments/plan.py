@@ -108,9 +108,8 @@ def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: Ablation
     chosen = {v.name: v for v in promoted(spec, stage, ranked, prev_spec.variants, facts)}
     fid = {name: f for name, f, _ in ranked}
     parts = [f"{name} ({fid[name]:.2f})" for name, _, _ in ranked if name in chosen]  # best first
-    combo = f"combo_{stage.name}"
-    parts += [name for name in chosen if name not in fid and name != combo]  # kept, not ranked yet
-    parts += [f"{combo} ({chosen[combo].note})"] if combo in chosen else []
+    parts += [v.name for v in chosen.values() if v.name not in fid and not v.combined_from]  # kept, not ranked yet
+    parts += [f"{v.name} ({v.note})" for v in chosen.values() if v.combined_from]
     return (f"; with the {len(ranked)} of {len(prev_spec.variants)} variants ranked so far it would take "
             f"{', '.join(parts)}")
 
