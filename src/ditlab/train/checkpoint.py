@@ -435,15 +435,19 @@ def find_latest_checkpoint(run_dir) -> Path | None:
     return None
 
 
+def timed_seconds_of(segments: list[dict]) -> float:
+    """Timed training seconds of a run's segments (state["segments"]): what a resumed time-limited run has
+    used of train.time_limit. Segments saved before they recorded their time count 0."""
+    return float(sum(seg.get("timed_seconds") or 0.0 for seg in segments))
+
+
 def timed_seconds_trained(run_dir) -> float:
-    """Timed training seconds behind a run's latest checkpoint (the sum over its segments, what a resumed
-    time-limited run has used of train.time_limit); 0 without a checkpoint or for one saved before segments
-    recorded their time. Reads the state memory-mapped: the optimizer's moments are not loaded."""
+    """Timed training seconds behind a run's latest checkpoint (:func:`timed_seconds_of` its segments); 0
+    without a checkpoint. Reads the state memory-mapped: the optimizer's moments are not loaded."""
     folder = find_latest_checkpoint(run_dir)
     if folder is None:
         return 0.0
-    segments = _read_state(folder / STATE_FILE, mmap=True).get("segments") or []
-    return float(sum(seg.get("timed_seconds") or 0.0 for seg in segments))
+    return timed_seconds_of(_read_state(folder / STATE_FILE, mmap=True).get("segments") or [])
 
 
 def _resolve(path_or_run_dir) -> Path:

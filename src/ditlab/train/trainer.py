@@ -30,7 +30,8 @@ from ditlab.models.kernels import configure_fast_kernels, resolve_fast_kernels
 from ditlab.report import read_metrics
 from ditlab.tasks.registry import build_model, build_task, build_train_data, check_kind_options, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, find_latest_checkpoint,
-                                     load_checkpoint, restore_rng_state, save_checkpoint, write_best_pointer)
+                                     load_checkpoint, restore_rng_state, save_checkpoint, timed_seconds_of,
+                                     write_best_pointer)
 from ditlab.train.clock import TrainingClock
 from ditlab.train.data_order import EpochSampler
 from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_distributed, mean_over_ranks,
@@ -557,8 +558,8 @@ class Trainer:
 
     def _earlier_timed_seconds(self) -> float:
         """Timed seconds of the segments before this one: a resumed time-limited run gets what is left of
-        train.time_limit, not a new budget. Segments saved before this was recorded count 0."""
-        return sum(seg.get("timed_seconds") or 0.0 for seg in self.segments)
+        train.time_limit, not a new budget."""
+        return timed_seconds_of(self.segments)
 
     def _log(self, gnorm: torch.Tensor, bar) -> None:
         loss_sum, n, t0 = self._window
