@@ -15,8 +15,12 @@ the qk RMSNorm and the rotation; the timed step is the compiled forward and its 
 line per (shape, variant): ms per step (median of --repeats), and the largest difference of the outputs and of the
 input gradient against the library's default form (``ditlab.models.rotary.rotate_pairs``). Variants:
 
-- ``pairs``, ``pairs_swapped``, ``transposed_backward``: the library's forms (ditlab.models.rotary.FORMS; the
-  one a training step uses is picked by ``DITLAB_ROPE_FORM``, so scripts/profile_train.py measures each whole).
+- ``pairs``: the library's rotation (``ditlab.models.rotary.apply_rope``).
+- ``pairs_swapped``: x * cos + swap(x) * sin with (N, hd) tables, swap exchanging each pair's two elements (no
+  unbind / stack, so its backward is the same elementwise form).
+- ``transposed_backward``: ``pairs`` forward, its backward written as the rotation of the gradient by the opposite
+  angle (a rotation's transpose). These two were library forms in the twenty-first session; measured in the
+  whole step on an H100 (twenty-second), neither changed it (BENCHMARKS.md), so only the bench keeps them.
 - ``activation_dtype``: the ``pairs`` formula without the fp32 upcast (bf16 arithmetic: not bit-identical).
 - ``complex``: a complex multiply of the pairs (view_as_complex), as torchtitan writes it (Inductor does not
   generate code for complex operators: expect it slow).
@@ -37,10 +41,34 @@ import torch.nn.functional as F
 from ditlab.bench import time_calls_ms
 from ditlab.devices import device_name
 from ditlab.models.embed import rope_2d
-from ditlab.models.rotary import FORMS, rotate_pairs
+from ditlab.models.rotary import apply_rope as rotate_pairs
 
 SHAPES = {"S2": (256, 256, 384, 6), "B2": (256, 256, 768, 12)}  # (B, N, D, heads): 32x32 images in 2x2 patches
 SMOKE_SHAPES = {"tiny": (2, 16, 32, 2)}
+
+
+def rope_pairs_swapped(x, cos, sin):
+    cos2 = cos.repeat_interleave(2, dim=-1)  # (N, hd): each pair's angle twice
+    sin2 = torch.stack((-sin, sin), dim=-1).flatten(-2)  # (N, hd): -sin for a pair's first element, +sin its second
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x[2i+1], x[2i])
+    return (xf * cos2 + swapped * sin2).type_as(x)
+
+
+class _RotateTransposedBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return rotate_pairs(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return rotate_pairs(grad, cos, -sin), None, None  # the tables are buffers: no gradient
+
+
+def rope_transposed_backward(x, cos, sin):
+    return _RotateTransposedBackward.apply(x, cos, sin)
 
 
 def rope_activation_dtype(x, cos, sin):
@@ -71,7 +99,8 @@ def half_permutation(head_dim: int) -> torch.Tensor:
     return torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
 
 
-VARIANTS = {**FORMS, "activation_dtype": rope_activation_dtype, "complex": rope_complex, "rotate_half": rope_rotate_half,
+VARIANTS = {"pairs": rotate_pairs, "pairs_swapped": rope_pairs_swapped, "transposed_backward": rope_transposed_backward,
+            "activation_dtype": rope_activation_dtype, "complex": rope_complex, "rotate_half": rope_rotate_half,
             "none": rope_none}
 
 
