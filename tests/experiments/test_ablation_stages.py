@@ -242,12 +242,17 @@ def test_shipped_speedrun_plan_is_valid():
 
     spec = load_ablation("configs/ablations/speedrun.yaml")
     check_variants(spec, [])
-    assert [s.name for s in spec.stages] == ["screen", "final", "long"]
-    assert spec.stages[1].seeds == [0, 1] and "baseline" in spec.stages[1].keep
-    assert spec.stages[2].budget.eval_every > 0 and spec.time_to_fid == [10, 7, 5]
+    assert [s.name for s in spec.stages] == ["screen", "stack", "final", "long"]
+    screen_, stack, final, long = spec.stages
+    assert final.seeds == [0, 1] and "baseline" in final.keep
+    assert long.budget.eval_every > 0 and spec.time_to_fid == [10, 7, 5]
     # screen on the eval that ranks; the long stage's FID-50k only on the headline pair
-    assert spec.stages[0].evals == ["cfg"] and spec.stages[1].rank_by == "cfg"
-    assert spec.stages[2].evals == ["cfg", "nocfg"]
+    assert screen_.evals == ["cfg"] and final.rank_by == "cfg"
+    assert long.evals == ["cfg", "nocfg"]
+    # the stacking round repeats the screen's budget and sampling, so the best and the baseline keep their scores
+    assert stack.stack and stack.top == 1 and stack.keep == ["baseline"]
+    assert (stack.budget, stack.seeds, stack.num, stack.evals) == (screen_.budget, screen_.seeds, screen_.num,
+                                                                   screen_.evals)
     screen = stage_spec(spec, spec.stages[0], spec.variants)
     assert all([e for _, e, _ in screen.scores_of(v)] == ["cfg"] for v in screen.variants)
     assert all(e.sampler in SAMPLERS and e.steps * 2 - 1 <= 100 for e in spec.evals.values())
@@ -625,3 +630,108 @@ def test_plan_previews_whom_a_waiting_stage_would_take(tmp_path):
     (scores / "base-s0__default.json").write_text(
         json.dumps({"variant": "base", "seed": 0, "path": "default", "fid": 1.0}))
     assert "would take" not in describe_plan(spec, out)[1]  # the screen is complete: the stage is known
+
+
+def test_stacking_puts_each_runner_up_on_the_best_alone(tmp_path, monkeypatch):
+    """``stack: K``: BEST+X for the next K variants that beat the kept ones and merge with the best; a runner-up
+    that sets the best's key otherwise, or that the best already holds, is named as not stacked."""
+    from ditlab.experiments.stages import stacked
+
+    write_study(tmp_path, monkeypatch, COMBINE + "  hot_rms: {overrides: [task.kind=image, optim.lr=1e-2, "
+                "model.norm=rmsnorm]}\n", 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    again = dataclasses.replace(spec.stages[1], keep=["base"], stack=2, top=1, combine=0)
+
+    def ranked(*names):
+        return [(n, float(i), 1) for i, n in enumerate(names)]
+
+    made, why = stacked(spec, again, ranked("hot", "warm", "clip", "rms", "fused", "base"), spec.variants)
+    assert [v.name for v in made] == ["hot+clip", "hot+rms"]  # the next two that merge; fused comes too late
+    assert made[0].overrides == ["task.kind=image", "optim.lr=1e-2", "optim.grad_clip=0.5"]
+    assert made[0].combined_from == ["hot", "clip"] and made[0].note == "hot with clip"
+    assert why == ["warm (sets optim.lr otherwise)"]
+    made, why = stacked(spec, again, ranked("hot", "hot_rms", "clip", "base"), spec.variants)
+    assert [v.name for v in made] == ["hot+clip"] and why == ["hot_rms (with hot it is hot_rms again)"]
+    assert stacked(spec, again, ranked("hot", "base", "clip"), spec.variants) == ([], [])  # clip loses to base
+    assert stacked(spec, again, ranked("base", "hot", "clip"), spec.variants) == ([], [])  # the best is kept
+    chosen = promoted(spec, again, ranked("hot", "warm", "clip", "rms", "base"), spec.variants)
+    assert [v.name for v in chosen] == ["base", "hot", "hot+clip", "hot+rms"]
+
+
+STACKED = """\
+config: tiny.yaml
+seeds: [0]
+overrides: [task.kind=image]
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+stages:
+  screen: {steps: 1}
+  again: {steps: 1, top: 1, stack: 1}
+  final: {steps: 2, top: 1}
+variants:
+  hot: {overrides: [optim.lr=1e-2]}
+  clip: {overrides: [optim.grad_clip=0.5]}
+  xavier: {overrides: [model.output_init=xavier]}
+"""
+
+
+def test_a_second_round_at_the_same_budget_takes_the_scores_it_has(tmp_path, monkeypatch, capsys):
+    """A stacking round at the screen's budget trains only its new variant: the best's score is taken from the
+    screen (marked, and not counted twice in the device-time rates); the stage after ranks all of them."""
+    from ditlab.experiments.timings import measured_rates
+
+    data, net = write_study(tmp_path, monkeypatch, STACKED, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    assert "stage again takes 1 scores of the same budget from screen" in capsys.readouterr().out
+    ranked = [line.split("|")[2].strip() for line in (out / "stages.md").read_text().split("## screen -> again")[1]
+              .split("##")[0].splitlines() if line.startswith("| 1 |")]
+    best = ranked[0]
+    runs = [p.name for p in (out / "again" / "runs").iterdir()]
+    assert len(runs) == 1 and runs[0].startswith(f"{best}+") and runs[0].endswith("-s0")  # only the new one
+    carried = json.loads((out / "again" / "scores" / f"{best}-s0__default.json").read_text())
+    assert carried["carried_from"] == "screen"
+    assert carried["fid"] == json.loads((out / "screen" / "scores" / f"{best}-s0__default.json").read_text())["fid"]
+    stacked_record = json.loads((out / "again" / "scores" / f"{runs[0]}__default.json").read_text())
+    assert "carried_from" not in stacked_record and len(stacked_record["overrides"]) == 2  # the two merged
+    assert "stacked on the best: " + runs[0][:-3] in (out / "stages.md").read_text()
+    assert len(list((out / "final" / "runs").iterdir())) == 1  # the final ranks the round's three
+    assert len(list(out.glob("**/scores/*.json"))) == 6
+    assert measured_rates(out)["scores"] == 5  # the carried copy is the screen's measurement, counted once
+
+
+def test_only_whole_units_are_carried(tmp_path):
+    """A unit's scores come from one training: where the later stage owes an eval the earlier one did not score,
+    or another seed, nothing of that unit is carried (the runner would train it again and drop the copies)."""
+    from ditlab.experiments.stages import carried_scores
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    text = """\
+config: tiny.yaml
+seeds: [0]
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+evals: {a: {}, b: {steps: 3}}
+stages:
+  screen: {steps: 1, evals: [a]}
+  again: {steps: 1, top: 1, seeds: [0, 1]}
+variants:
+  x: {overrides: [optim.lr=1e-2]}
+"""
+    (tmp_path / "ablation.yaml").write_text(text)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    out = tmp_path / "out"
+    screen = stage_spec(spec, spec.stages[0], spec.variants)
+    (out / "screen" / "scores").mkdir(parents=True)
+    (out / "screen" / "scores" / "x-s0__default__a.json").write_text("{}")
+    again = stage_spec(spec, spec.stages[1], spec.variants)
+    assert carried_scores(screen, out / "screen", again, out / "again") == []  # b is owed too
+    narrowed = stage_spec(spec, dataclasses.replace(spec.stages[1], evals=["a"]), spec.variants)
+    pairs = carried_scores(screen, out / "screen", narrowed, out / "again")
+    assert [(s.name, d.relative_to(out).as_posix()) for s, d in pairs] == [
+        ("x-s0__default__a.json", "again/scores/x-s0__default__a.json")]  # seed 0 only: seed 1 never trained
+    longer = stage_spec(spec, dataclasses.replace(spec.stages[1], evals=["a"], budget=dataclasses.replace(
+        spec.stages[1].budget, steps=2)), spec.variants)
+    assert carried_scores(screen, out / "screen", longer, out / "again") == []  # another budget
+    pairs[0][1].parent.mkdir(parents=True)
+    pairs[0][1].write_text("{}")
+    assert carried_scores(screen, out / "screen", narrowed, out / "again") == []  # already there

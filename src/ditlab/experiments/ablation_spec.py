@@ -30,7 +30,10 @@ ema_sigma_rel: the post-hoc EMA of that width, reconstructed from the run's snap
 eval_num for FID during training) with its training seeds; the first trains every variant, a later one
 the ``top`` variants of the stage before it (mean FID over seeds on ``rank_by``, an eval name, default
 the first; the best path counts) plus those in ``keep``; ``combine: K`` also trains combo_STAGE, the
-overrides of the best K variants that beat every kept one, merged. ``skip: [NAME]`` leaves variants out of a
+overrides of the best K variants that beat every kept one, merged; ``stack: K`` trains the best variant with
+each of the next K that beat every kept one, one at a time (BEST+X), and a stage whose budget, seeds and sample
+settings equal the stage before's takes the scores of the variants both train from there instead of training
+them again (a second screen round at the screen's budget costs only its new variants). ``skip: [NAME]`` leaves variants out of a
 stage (on the first, only ones a later stage keeps: e.g. EMA lengths, which a screen's short budget would
 misjudge). Each stage has its own folder OUT/STAGE.
 Without ``stages`` the ``budget`` section is the one budget.
@@ -109,6 +112,9 @@ class Stage:
     # > 0: also train combo_STAGE, the overrides of the best `combine` variants of the stage before that beat
     # every kept variant, merged (ditlab.experiments.stages.combination)
     combine: int = 0
+    # > 0: also train BEST+X, the best variant of the stage before with the overrides of each of the next
+    # `stack` that beat every kept variant (ditlab.experiments.stages.stacked)
+    stack: int = 0
     # the evals this stage scores ([]: every variant's own); e.g. screen on the guided FID alone and compare
     # samplers only on the longer runs
     evals: list[str] = field(default_factory=list)
@@ -301,7 +307,7 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not str(name).replace("_", "").replace("-", "").isalnum() or name in ("runs", "scores", "grids"):
             raise ConfigError(f"stage name {name!r} in {source}: letters, digits, '-' and '_', not runs/scores/grids "
                               "(it names a folder)")
-        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "evals", "skip"}
+        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "stack", "evals", "skip"}
         bad = sorted(set(st) - budget_keys - stage_keys)
         if bad:
             raise ConfigError(f"unknown key {where}.{bad[0]} in {source}; valid: "
@@ -329,6 +335,10 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not isinstance(combine, int) or combine < 0 or (i == 0 and combine) or combine == 1:
             raise ConfigError(f"{where}.combine must be 0 or an integer >= 2, and not on the first stage (it merges the "
                               f"best variants of the stage before) (in {source})")
+        stack = st.get("stack", 0)
+        if not isinstance(stack, int) or isinstance(stack, bool) or stack < 0 or (i == 0 and stack):
+            raise ConfigError(f"{where}.stack must be an integer >= 0, and not on the first stage (it stacks the best "
+                              f"variant of the stage before with each of the next ones) (in {source})")
         st_evals = _str_list(st.get("evals"), f"{where}.evals", source)
         for e in st_evals:
             if e not in evals:
@@ -344,7 +354,7 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
                 raise ConfigError(f"{where}: {k!r} is both kept and skipped (in {source})")
         if skip and set(skip) >= set(names):
             raise ConfigError(f"{where}.skip leaves no variant to train (in {source})")
-        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, st_evals, skip))
+        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, stack, st_evals, skip))
     # A variant the first stage skips trains only where a later stage keeps it (a later stage's skip only
     # narrows what the ranking promotes).
     never = [k for k in (stages[0].skip if stages else []) if not any(k in st.keep for st in stages[1:])]

@@ -23,8 +23,9 @@ def _budget(b) -> str:
     return f"{b.time_limit:g} s" if b.time_limit else f"{b.steps} steps"
 
 
-def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
-    """Runs and scores of a plain ablation in ``out``, and (with ``rates``) the device seconds left."""
+def _count(spec: AblationSpec, out: Path, rates: dict | None = None, carried: frozenset = frozenset()) -> dict:
+    """Runs and scores of a plain ablation in ``out``, and (with ``rates``) the device seconds left; a score in
+    ``carried`` (to be taken from the stage before) counts as written."""
     from ditlab.experiments.ablation import failure_path, score_path
 
     counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0, "failed": 0,
@@ -33,7 +34,8 @@ def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
         for v in spec.variants:
             name = f"{v.name}-s{seed}"
             owed = list(spec.scores_of(v))  # (path, eval, sample settings)
-            missing = [sample for p, e, sample in owed if not score_path(out, name, p, e).exists()]
+            missing = [sample for p, e, sample in owed
+                       if not score_path(out, name, p, e).exists() and score_path(out, name, p, e) not in carried]
             # a unit with every score is done, also where its run is not here (a restored study holds scores)
             trained = (out / "runs" / name / "summary.json").exists() or not missing
             counts["runs"] += 1
@@ -51,8 +53,9 @@ def _count(spec: AblationSpec, out: Path, rates: dict | None = None) -> dict:
     return counts
 
 
-def _block(title: str, spec: AblationSpec, out: Path, rates: dict | None) -> tuple[list[str], dict]:
-    c = _count(spec, out, rates)
+def _block(title: str, spec: AblationSpec, out: Path, rates: dict | None,
+           carried: frozenset = frozenset()) -> tuple[list[str], dict]:
+    c = _count(spec, out, rates, carried)
     samples = {s.num for _, s in (spec.evals or {"": spec.sample}).items()}
     line = (f"{title}: {_budget(spec.budget)} per run, seeds {spec.seeds}, {len(spec.variants)} variants -> "
             f"{c['runs']} runs: {c['trained']} trained ({c['partly_scored']} with scores left), {c['to_train']} to "
@@ -65,7 +68,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
     """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total."""
     from ditlab.experiments.ablation import check_variants
     from ditlab.experiments.build_check import DataFacts
-    from ditlab.experiments.stages import promoted, ranking, stage_complete, stage_spec
+    from ditlab.experiments.stages import carried_scores, promoted, ranking, stage_complete, stage_spec
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
@@ -76,7 +79,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
         return lines + [_total([(c, spec.budget.time_limit)], rates)]
     lines, totals = [], []
     for i, stage in enumerate(spec.stages):
-        preview = ""
+        preview, carried = "", frozenset()
         if i > 0 and variants is not None:
             prev = spec.stages[i - 1]
             prev_spec = stage_spec(spec, prev, variants)
@@ -84,6 +87,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
             facts = DataFacts(out)  # facts of trained runs only: --plan reads no data
             if stage_complete(prev_spec, out / prev.name):
                 variants = promoted(spec, stage, ranked, prev_spec.variants, facts)
+                carried = frozenset(dst for _, dst in carried_scores(
+                    prev_spec, out / prev.name, stage_spec(spec, stage, variants), out / stage.name))
             else:
                 preview = _preview(spec, stage, ranked, prev_spec, facts)
                 variants = None
@@ -92,7 +97,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
                          f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds"
                          + preview)
             continue
-        block, c = _block(f"stage {stage.name}", stage_spec(spec, stage, variants), out / stage.name, rates)
+        block, c = _block(f"stage {stage.name}", stage_spec(spec, stage, variants), out / stage.name, rates, carried)
         lines += block
         totals.append((c, stage.budget.time_limit))
     return lines + [_total(totals, rates)]
@@ -109,7 +114,7 @@ def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: Ablation
     fid = {name: f for name, f, _ in ranked}
     parts = [f"{name} ({fid[name]:.2f})" for name, _, _ in ranked if name in chosen]  # best first
     parts += [v.name for v in chosen.values() if v.name not in fid and not v.combined_from]  # kept, not ranked yet
-    parts += [f"{v.name} ({v.note})" for v in chosen.values() if v.combined_from]
+    parts += [f"{v.name} ({v.note})" for v in chosen.values() if v.combined_from]  # combination, stacks
     return (f"; with the {len(ranked)} of {len(prev_spec.variants)} variants ranked so far it would take "
             f"{', '.join(parts)}")
 
@@ -124,7 +129,8 @@ def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:
 
 
 def _most(stage: Stage, spec: AblationSpec) -> int:
-    return min(len(spec.variants), (stage.top or len(spec.variants)) + len(stage.keep)) + bool(stage.combine)
+    return (min(len(spec.variants), (stage.top or len(spec.variants)) + len(stage.keep)) + bool(stage.combine)
+            + stage.stack)
 
 
 def _total(parts: list[tuple[dict, float]], rates: dict | None = None) -> str:

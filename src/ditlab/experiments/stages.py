@@ -65,20 +65,69 @@ def ranking(spec: AblationSpec, out: Path, rank_by: str) -> list[tuple[str, floa
 
 def promoted(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]],
              candidates: Optional[list[Variant]] = None, facts: Optional[DataFacts] = None,
-             extra: Sequence[str] = ()) -> list[Variant]:
+             extra: Sequence[str] = (), left_out: Optional[list[str]] = None) -> list[Variant]:
     """The variants a stage takes from the ranking of the stage before (whose variants are ``candidates``,
-    default the file's): its top ones, those it keeps, and with ``combine`` their combination (see
-    :func:`combination` for ``facts`` and ``extra``)."""
+    default the file's): its top ones, those it keeps, with ``combine`` their combination and with ``stack`` the
+    best stacked with each runner-up (see :func:`combination` and :func:`stacked` for ``facts`` and ``extra``);
+    a made variant whose overrides equal one already taken is not taken twice. ``left_out`` (when given)
+    receives why runners-up were not stacked."""
     candidates = list(spec.variants if candidates is None else candidates)
     names = {v for v, _, _ in ranked[:stage.top]} if stage.top else {v for v, _, _ in ranked}
     names |= set(stage.keep)
     known = {v.name for v in candidates}
     chosen = [v for v in candidates if v.name in names] + [v for v in spec.variants
                                                           if v.name in names and v.name not in known]
-    combo = combination(spec, stage, ranked, candidates, facts, extra) if stage.combine else None
-    if combo is not None and all(sorted(v.overrides) != sorted(combo.overrides) for v in chosen):
-        chosen.append(combo)
+    made = []
+    if stage.combine:
+        made += [v for v in [combination(spec, stage, ranked, candidates, facts, extra)] if v is not None]
+    if stage.stack:
+        stacks, why = stacked(spec, stage, ranked, candidates, facts, extra)
+        made += stacks
+        if left_out is not None:
+            left_out += why
+    for v in made:
+        if all(sorted(v.overrides) != sorted(c.overrides) for c in chosen):
+            chosen.append(v)
     return chosen
+
+
+def carried_scores(prev: AblationSpec, prev_out: Path, spec: AblationSpec, out: Path) -> list[tuple[Path, Path]]:
+    """(score file of the stage before, the same score's file in this stage) for every score this stage owes
+    that the stage before already has with the same training and sampling: the same budget, the variant's
+    overrides and paths, the training seed and the eval's sample settings (a second round at the first's
+    budget takes its variants' scores instead of training them again). Only those not in ``out`` yet, and only
+    for a (variant, seed) whose every score can be had so: a unit's scores come from one training, and the runner
+    trains a unit with a score missing again and drops its other scores."""
+    from ditlab.experiments.ablation import score_path
+
+    if prev.budget != spec.budget:
+        return []
+    before = {v.name: v for v in prev.variants}
+    pairs = []
+    for v in spec.variants:
+        old = before.get(v.name)
+        if old is None or old.overrides != v.overrides or old.paths != v.paths:
+            continue
+        settings = dict(prev.evals_of(old))
+        for seed in sorted(set(spec.seeds) & set(prev.seeds)):
+            unit = [(score_path(prev_out, f"{v.name}-s{seed}", path, e), score_path(out, f"{v.name}-s{seed}", path, e),
+                     settings.get(e) == sample) for path, e, sample in spec.scores_of(v)]
+            if any(dst.exists() for _, dst, _ in unit):  # scored here (or carried before): not mixed with others
+                continue
+            if all(same and src.exists() for src, _, same in unit):
+                pairs += [(src, dst) for src, dst, _ in unit]
+    return pairs
+
+
+def carry_scores(pairs: list[tuple[Path, Path]], from_stage: str) -> None:
+    """Write each carried score into this stage, marked with the stage it was measured in (the device-time
+    rates count each measurement once: ditlab.experiments.timings)."""
+    import json
+
+    from ditlab.experiments.ablation import write_json_atomic
+
+    for src, dst in pairs:
+        write_json_atomic(dst, {**json.loads(src.read_text()), "carried_from": from_stage})
 
 
 def override_key(override: str) -> str:
@@ -100,25 +149,71 @@ def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float,
                 candidates: list[Variant], facts: Optional[DataFacts] = None,
                 extra: Sequence[str] = ()) -> Optional[Variant]:
     """combo_STAGE: the overrides of the best ``stage.combine`` variants of the ranking that beat every kept
-    variant (e.g. the baseline), merged in ranking order. A variant whose override sets a key a better one
-    already set to another value, whose overrides do not load together with the others (a config error, or an
-    option the trainer refuses at start-up), or, given the study's ``facts``, whose network cannot be built
-    with the others' options (ditlab.experiments.build_check) is left out, and the note says why; None when
-    fewer than two remain. Cascade variants (lo_variant) are not combined. ``extra``: the command line's
-    overrides of every variant (--set)."""
-    from ditlab.experiments.ablation import variant_config
-    from ditlab.train.trainer import check_training_config
+    variant (e.g. the baseline), merged in ranking order (see :func:`merged` for what is left out and why);
+    None when fewer than two remain. ``extra``: the command line's overrides of every variant (--set)."""
+    pool = _mergeable(stage, ranked, candidates)
+    used, overrides, left_out = merged(spec, f"combo_{stage.name}", pool, stage.combine, facts, extra)
+    if len(used) < 2:
+        return None
+    note = f"combination of {' + '.join(v.name for v in used)}"
+    if left_out:
+        note += f"; left out: {'; '.join(left_out)}"
+    return Variant(f"combo_{stage.name}", overrides, list(used[0].paths), note=note, evals=list(used[0].evals),
+                   combined_from=[v.name for v in used])
 
+
+def stacked(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, int]], candidates: list[Variant],
+            facts: Optional[DataFacts] = None, extra: Sequence[str] = ()) -> tuple[list[Variant], list[str]]:
+    """BEST+X for the ranking's best variant and each of the next ``stage.stack`` variants that beat every kept
+    one and merge with it (see :func:`merged`): one change at a time on top of the leader, for a leader far
+    ahead of the rest, whose lead a combination of several changes could hide. Returns the variants and the
+    reasons those left out were left out."""
+    pool = _mergeable(stage, ranked, candidates)
+    if not pool or pool[0].name != ranked[0][0]:  # the best is a kept variant (or has no overrides): no leader
+        return [], []
+    best, out, left_out = pool[0], [], []
+    for other in pool[1:]:
+        if len(out) == stage.stack:
+            break
+        name = f"{best.name}+{other.name}"
+        used, overrides, why = merged(spec, name, [best, other], 2, facts, extra)
+        if len(used) < 2:
+            left_out += why
+            continue
+        same = next((v.name for v in (best, other) if sorted(v.overrides) == sorted(overrides)), None)
+        if same is not None:  # one variant's overrides hold the other's: nothing new to train
+            left_out.append(f"{other.name} (with {best.name} it is {same} again)")
+            continue
+        out.append(Variant(name, overrides, list(best.paths), note=f"{best.name} with {other.name}",
+                           evals=list(best.evals), combined_from=[best.name, other.name]))
+    return out, left_out
+
+
+def _mergeable(stage: Stage, ranked: list[tuple[str, float, int]], candidates: list[Variant]) -> list[Variant]:
+    """The ranking's variants above every kept one, best first, that have overrides to merge (cascade variants,
+    lo_variant, are not merged)."""
     by_name = {v.name: v for v in candidates}
     kept_at = [i for i, (name, _, _) in enumerate(ranked) if name in stage.keep]
     better = ranked[:min(kept_at)] if kept_at else ranked
-    pool = [by_name[n] for n, _, _ in better if n in by_name and by_name[n].overrides and not by_name[n].lo_variant]
-    merged: list[str] = []
+    return [by_name[n] for n, _, _ in better if n in by_name and by_name[n].overrides and not by_name[n].lo_variant]
+
+
+def merged(spec: AblationSpec, name: str, pool: list[Variant], most: int, facts: Optional[DataFacts] = None,
+           extra: Sequence[str] = ()) -> tuple[list[Variant], list[str], list[str]]:
+    """The overrides of up to ``most`` variants of ``pool``, merged in order: (the variants used, the merged
+    overrides, why each other one was left out). A variant whose override sets a key a better one already set to
+    another value, whose overrides do not load together with the others (a config error, or an option the
+    trainer refuses at start-up), or, given the study's ``facts``, whose network cannot be built with the
+    others' options (ditlab.experiments.build_check) is left out."""
+    from ditlab.experiments.ablation import variant_config
+    from ditlab.train.trainer import check_training_config
+
+    overrides: list[str] = []
     keys: dict[str, str] = {}
     used: list[Variant] = []
     left_out: list[str] = []
     for v in pool:
-        if len(used) == stage.combine:
+        if len(used) == most:
             break
         own = {override_key(o): o for o in v.overrides}
         clash = next((k for k, o in own.items() if k in keys and keys[k] != o), None)
@@ -127,8 +222,7 @@ def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float,
         if clash is not None:  # conflicts with a better variant (e.g. two learning rates)
             left_out.append(f"{v.name} (sets {clash} otherwise)")
             continue
-        trial = Variant(f"combo_{stage.name}", merged + [o for k, o in own.items() if k not in keys],
-                        list(v.paths))
+        trial = Variant(name, overrides + [o for k, o in own.items() if k not in keys], list(v.paths))
         try:
             cfg = variant_config(spec, trial, spec.seeds[0], Path("unused"), list(extra))
             check_training_config(cfg)
@@ -138,16 +232,9 @@ def combination(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float,
         except (ConfigError, ValueError) as err:  # options that cannot work together
             left_out.append(f"{v.name} ({str(err).splitlines()[0]})")
             continue
-        merged, used = trial.overrides, used + [v]
+        overrides, used = trial.overrides, used + [v]
         keys.update(own)
-    if len(used) < 2:
-        return None
-    first = used[0]
-    note = f"combination of {' + '.join(v.name for v in used)}"
-    if left_out:
-        note += f"; left out: {'; '.join(left_out)}"
-    return Variant(f"combo_{stage.name}", merged, list(first.paths), note=note, evals=list(first.evals),
-                   combined_from=[v.name for v in used])
+    return used, overrides, left_out
 
 
 def stage_complete(spec: AblationSpec, out: Path) -> bool:
@@ -195,12 +282,19 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
                 code = EXIT_MORE_TO_DO
                 break
             ranked = ranking(prev_spec, out / prev.name, stage.rank_by)
-            variants = promoted(spec, stage, ranked, prev_spec.variants, facts, overrides)
-            lines += _ranking_lines(prev, stage, ranked, variants)
+            not_stacked: list[str] = []
+            variants = promoted(spec, stage, ranked, prev_spec.variants, facts, overrides, not_stacked)
+            lines += _ranking_lines(prev, stage, ranked, variants, not_stacked)
             _write_stages(out, spec, lines)  # now: a stage can run for many device commands
         plain = stage_spec(spec, stage, variants)
         if stage_name is not None and stage.name != stage_name:
             continue  # an earlier stage: only its ranking is needed
+        if i > 0:
+            carried = carried_scores(prev_spec, out / prev.name, plain, folder)
+            if carried:
+                carry_scores(carried, prev.name)
+                log(f"ditlab ablate: stage {stage.name} takes {len(carried)} scores of the same budget from "
+                    f"{prev.name}")
         left = 0.0
         if budget_s > 0:
             left = budget_s - (time.monotonic() - start)
@@ -227,16 +321,20 @@ def _budget_text(stage: Stage) -> str:
     return text + (f", FID-{b.eval_num} every {b.eval_every} steps" if b.eval_every else "")
 
 
-def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant]) -> list[str]:
+def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not_stacked: list[str]) -> list[str]:
     taken = {v.name for v in chosen}
     combo = next((v for v in chosen if v.name == f"combo_{stage.name}"), None)
-    lines = [f"## {prev.name} -> {stage.name}", "",
-             f"Ranked by the mean FID over seeds ({prev.name}/results.md); {stage.name} takes "
-             f"{'the top ' + str(stage.top) if stage.top else 'every variant'}"
-             f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}"
-             + (f", and trains {combo.name}: the {combo.note} ({' '.join(combo.overrides)})" if combo else
-                ("; no combination (fewer than 2 compatible variants beat the kept ones)" if stage.combine else ""))
-             + ".", "",
+    stacks = [v for v in chosen if v.combined_from and v is not combo]
+    text = (f"Ranked by the mean FID over seeds ({prev.name}/results.md); {stage.name} takes "
+            f"{'the top ' + str(stage.top) if stage.top else 'every variant'}"
+            f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}"
+            + (f", and trains {combo.name}: the {combo.note} ({' '.join(combo.overrides)})" if combo else
+               ("; no combination (fewer than 2 compatible variants beat the kept ones)" if stage.combine else "")))
+    if stage.stack:
+        text += (f"; stacked on the best: {', '.join(v.name for v in stacks)}" if stacks else
+                 "; nothing stacked (the best is kept, or no runner-up beats the kept ones and merges with it)")
+        text += f" (not stacked: {'; '.join(not_stacked)})" if not_stacked else ""
+    lines = [f"## {prev.name} -> {stage.name}", "", text + ".", "",
              "| rank | variant | FID | seeds | goes on |", "|---|---|---|---|---|"]
     lines += [f"| {i + 1} | {v} | {f:.2f} | {n} | {'yes' if v in taken else ''} |" for i, (v, f, n) in enumerate(ranked)]
     return lines + [""]
@@ -247,6 +345,7 @@ def _stage_table(spec: AblationSpec) -> list[str]:
     for st in spec.stages:
         lines.append(f"| {st.name} | {_budget_text(st)} | {', '.join(map(str, st.seeds))} | "
                      f"{'top ' + str(st.top) if st.top else 'all'}{' + ' + ', '.join(st.keep) if st.keep else ''}"
+                     f"{f' + the best with each of the next {st.stack}' if st.stack else ''}"
                      f"{' but ' + ', '.join(st.skip) if st.skip else ''} | "
                      f"[{st.name}/results.md]({st.name}/results.md) |")
     return lines

@@ -18,6 +18,8 @@ def measured_rates(out: Path) -> dict | None:
             continue  # a file being written by a running study: the rates do without it
         if not {"train_wall_seconds", "fid_seconds", "sample_seconds", "num_samples"} <= r.keys():
             continue
+        if r.get("carried_from"):  # a copy of an earlier stage's score (ditlab.experiments.stages.carry_scores)
+            continue
         key = (path.parent.parent, r.get("variant"), r.get("seed"))  # a training once, whatever its scores
         if key not in trainings and r["train_wall_seconds"] > 0:
             trainings.add(key)
