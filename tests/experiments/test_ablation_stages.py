@@ -253,6 +253,9 @@ def test_shipped_speedrun_plan_is_valid():
     assert stack.stack and stack.top == 1 and stack.keep == ["baseline"]
     assert (stack.budget, stack.seeds, stack.num, stack.evals) == (screen_.budget, screen_.seeds, screen_.num,
                                                                    screen_.evals)
+    # sampler and guidance settings on the final's best, the post-hoc EMA widths on the stack round's best
+    assert "heun50_cfg" in final.best_evals and "posthoc_ema" in final.keep
+    assert next(v for v in spec.variants if v.name == "posthoc_ema").on_best
     screen = stage_spec(spec, spec.stages[0], spec.variants)
     assert all([e for _, e, _ in screen.scores_of(v)] == ["cfg"] for v in screen.variants)
     assert all(e.sampler in SAMPLERS and e.steps * 2 - 1 <= 100 for e in spec.evals.values())
@@ -735,3 +738,71 @@ variants:
     pairs[0][1].parent.mkdir(parents=True)
     pairs[0][1].write_text("{}")
     assert carried_scores(screen, out / "screen", narrowed, out / "again") == []  # already there
+
+
+ON_BEST = """\
+config: tiny.yaml
+seeds: [0]
+sample: {num: 6, seed: 3, sampler: euler, steps: 2, batch_size: 4}
+evals: {a: {}, b: {steps: 3}, c: {steps: 4}}
+stages:
+  screen: {steps: 1, evals: [a], skip: [snap]}
+  final: {steps: 2, top: 2, keep: [base, snap], best_evals: [c]}
+  long: {steps: 3, top: 1}
+variants:
+  base: {evals: [a, b]}
+  hot: {overrides: [optim.lr=1e-2], evals: [a, b]}
+  clip: {overrides: [optim.grad_clip=0.5], evals: [a, b]}
+  snap: {overrides: [optim.grad_clip=0.9], evals: [a, c], on_best: true}
+"""
+
+
+def test_kept_changes_ride_on_the_best_and_best_evals_widen_it_for_one_stage(tmp_path):
+    """``on_best``: a kept variant trains as BEST+NAME (its overrides merged onto the best's) with its own evals,
+    or as itself where the best is the file's base or the two clash; ``best_evals`` scores the best on more evals
+    in that stage only."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "ablation.yaml").write_text(ON_BEST)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    final = spec.stages[1]
+
+    def ranked(*names):
+        return [(n, float(i), 1) for i, n in enumerate(names)]
+
+    chosen = {v.name: v for v in promoted(spec, final, ranked("hot", "clip", "base"))}
+    assert set(chosen) == {"hot", "clip", "base", "hot+snap"}
+    on_best = chosen["hot+snap"]
+    assert on_best.overrides == ["optim.lr=1e-2", "optim.grad_clip=0.9"] and on_best.evals == ["a", "c"]
+    assert on_best.note == "snap on hot" and not on_best.combined_from
+    assert chosen["hot"].evals == ["a", "b", "c"] and chosen["hot"].base_evals == ["a", "b"]
+    assert chosen["clip"].evals == ["a", "b"]
+    assert on_best.on_best_of == "hot"
+    # the next stage takes the best with its own evals again, and never the measurement on it, whatever its rank
+    long = promoted(spec, spec.stages[2], ranked("hot+snap", "hot", "clip"), list(chosen.values()))
+    assert [(v.name, v.evals) for v in long] == [("hot", ["a", "b"])]
+    # a best that sets the kept change's key otherwise, or that is the file's base: the kept variant as it is
+    why: list[str] = []
+    chosen = {v.name for v in promoted(spec, final, ranked("clip", "hot", "base"), left_out=why)}
+    assert chosen == {"clip", "hot", "base", "snap"}
+    assert why == ["snap not on clip: snap (sets optim.grad_clip otherwise)"]
+    assert {v.name for v in promoted(spec, final, ranked("base", "hot", "clip"))} == {"base", "hot", "snap"}
+
+
+def test_bad_best_evals_and_on_best_are_named(tmp_path):
+    refused(tmp_path, "evals: {a: {}}\nstages: {s: {best_evals: [a]}}\nvariants: {v: {}}\n", "not on the first stage")
+    refused(tmp_path, "evals: {a: {}}\nstages: {s: {}, t: {best_evals: [z]}}\nvariants: {v: {}}\n",
+            "stages.t.best_evals: 'z' is not in evals")
+    refused(tmp_path, "evals: {a: {}, b: {}}\nstages: {s: {}, t: {evals: [a], best_evals: [b]}}\nvariants: {v: {}}\n",
+            "not among the stage's evals")
+    refused(tmp_path, "variants: {v: {on_best: maybe}}\n", "variants.v.on_best must be true or false")
+
+
+def test_the_combination_trains_first_before_variants_stacked_in_an_earlier_stage():
+    from ditlab.experiments.ablation import order_variants
+    from ditlab.experiments.ablation_spec import Variant
+
+    stacked = Variant("a+b", ["x=1", "y=2"], combined_from=["a", "b"])
+    combo = Variant("combo_final", ["x=1", "y=2", "z=3"], combined_from=["a+b", "c"])
+    order = order_variants([Variant("base"), stacked, Variant("c", ["z=3"]), combo])
+    assert [v.name for v in order] == ["combo_final", "base", "a+b", "c"]

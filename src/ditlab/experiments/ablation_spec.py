@@ -33,7 +33,9 @@ the first; the best path counts) plus those in ``keep``; ``combine: K`` also tra
 overrides of the best K variants that beat every kept one, merged; ``stack: K`` trains the best variant with
 each of the next K that beat every kept one, one at a time (BEST+X), and a stage whose budget, seeds and sample
 settings equal the stage before's takes the scores of the variants both train from there instead of training
-them again (a second screen round at the screen's budget costs only its new variants). ``skip: [NAME]`` leaves variants out of a
+them again (a second screen round at the screen's budget costs only its new variants); ``best_evals: [EVAL]``
+scores the best variant of the stage before on these evals too, and a kept variant with ``on_best: true`` is
+trained as a change to that best (BEST+NAME: its overrides merged onto the best's). ``skip: [NAME]`` leaves variants out of a
 stage (on the first, only ones a later stage keeps: e.g. EMA lengths, which a screen's short budget would
 misjudge). Each stage has its own folder OUT/STAGE.
 Without ``stages`` the ``budget`` section is the one budget.
@@ -97,6 +99,15 @@ class Variant:
     evals: list[str] = field(default_factory=list)  # names of AblationSpec.evals it is scored on ([]: all)
     # a stage's combination (ditlab.experiments.stages.combination): the variants whose overrides it merges
     combined_from: list[str] = field(default_factory=list)
+    # a change to whatever leads: where a stage keeps this variant, it trains the best variant of the stage
+    # before with these overrides merged in (BEST+NAME), e.g. post-hoc EMA snapshots of the leading recipe
+    on_best: bool = False
+    # set on BEST+NAME (the best of the stage before with an on_best variant's change): the best's name. A
+    # measurement on the leading recipe, not a candidate: later stages do not promote it by its rank
+    on_best_of: str = ""
+    # the variant's own evals where a stage widened them for its best (Stage.best_evals); the next stage
+    # takes the variant with these again
+    base_evals: Optional[list[str]] = None
 
 
 @dataclass
@@ -115,6 +126,9 @@ class Stage:
     # > 0: also train BEST+X, the best variant of the stage before with the overrides of each of the next
     # `stack` that beat every kept variant (ditlab.experiments.stages.stacked)
     stack: int = 0
+    # evals the best variant of the stage before is also scored on (sampler settings, guidance scales: swept on
+    # the leading model, at no extra training)
+    best_evals: list[str] = field(default_factory=list)
     # the evals this stage scores ([]: every variant's own); e.g. screen on the guided FID alone and compare
     # samplers only on the longer runs
     evals: list[str] = field(default_factory=list)
@@ -217,16 +231,19 @@ def load_ablation(path) -> AblationSpec:
     variants = []
     for name, v in variants_raw.items():
         v = v or {}
-        bad = sorted(set(v) - {"overrides", "paths", "note", "lo_variant", "evals"})
+        bad = sorted(set(v) - {"overrides", "paths", "note", "lo_variant", "evals", "on_best"})
         if bad:
             raise ConfigError(f"unknown key variants.{name}.{bad[0]} in {source}; valid: evals, lo_variant, note, "
-                              "overrides, paths")
+                              "on_best, overrides, paths")
+        if not isinstance(v.get("on_best", False), bool):
+            raise ConfigError(f"variants.{name}.on_best must be true or false (in {source})")
         if not str(name).replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"variant name {name!r} in {source}: use letters, digits, '-' and '_' (it names folders)")
         variants.append(Variant(str(name), _str_list(v.get("overrides"), f"variants.{name}.overrides", source),
                                 _str_list(v.get("paths"), f"variants.{name}.paths", source), str(v.get("note", "")),
                                 str(v.get("lo_variant") or ""),
-                                _str_list(v.get("evals"), f"variants.{name}.evals", source)))
+                                _str_list(v.get("evals"), f"variants.{name}.evals", source),
+                                on_best=v.get("on_best", False)))
     names = [v.name for v in variants]
     for v in variants:
         if v.lo_variant and (v.lo_variant not in names or v.lo_variant == v.name):
@@ -307,7 +324,7 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not str(name).replace("_", "").replace("-", "").isalnum() or name in ("runs", "scores", "grids"):
             raise ConfigError(f"stage name {name!r} in {source}: letters, digits, '-' and '_', not runs/scores/grids "
                               "(it names a folder)")
-        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "stack", "evals", "skip"}
+        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "stack", "best_evals", "evals", "skip"}
         bad = sorted(set(st) - budget_keys - stage_keys)
         if bad:
             raise ConfigError(f"unknown key {where}.{bad[0]} in {source}; valid: "
@@ -343,6 +360,16 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         for e in st_evals:
             if e not in evals:
                 raise ConfigError(f"{where}.evals: {e!r} is not in evals: of {source}")
+        best_evals = _str_list(st.get("best_evals"), f"{where}.best_evals", source)
+        for e in best_evals:
+            if e not in evals:
+                raise ConfigError(f"{where}.best_evals: {e!r} is not in evals: of {source}")
+            if st_evals and e not in st_evals:
+                raise ConfigError(f"{where}.best_evals: {e!r} is not among the stage's evals ({', '.join(st_evals)}), "
+                                  f"so it would not be scored (in {source})")
+        if best_evals and i == 0:
+            raise ConfigError(f"{where}.best_evals: not on the first stage (it widens the evals of the best variant "
+                              f"of the stage before) (in {source})")
         if stages and rank_by and stages[-1].evals and rank_by not in stages[-1].evals:
             raise ConfigError(f"{where}.rank_by: {rank_by!r} ranks stage {stages[-1].name}, which scores only "
                               f"{', '.join(stages[-1].evals)} (in {source})")
@@ -354,7 +381,8 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
                 raise ConfigError(f"{where}: {k!r} is both kept and skipped (in {source})")
         if skip and set(skip) >= set(names):
             raise ConfigError(f"{where}.skip leaves no variant to train (in {source})")
-        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, stack, st_evals, skip))
+        stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, stack, best_evals, st_evals,
+                            skip))
     # A variant the first stage skips trains only where a later stage keeps it (a later stage's skip only
     # narrows what the ranking promotes).
     never = [k for k in (stages[0].skip if stages else []) if not any(k in st.keep for st in stages[1:])]

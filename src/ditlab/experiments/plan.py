@@ -113,8 +113,10 @@ def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: Ablation
     chosen = {v.name: v for v in promoted(spec, stage, ranked, prev_spec.variants, facts)}
     fid = {name: f for name, f, _ in ranked}
     parts = [f"{name} ({fid[name]:.2f})" for name, _, _ in ranked if name in chosen]  # best first
-    parts += [v.name for v in chosen.values() if v.name not in fid and not v.combined_from]  # kept, not ranked yet
-    parts += [f"{v.name} ({v.note})" for v in chosen.values() if v.combined_from]  # combination, stacks
+    in_file = {v.name for v in spec.variants}
+    new = [v for v in chosen.values() if v.name not in fid]
+    parts += [v.name for v in new if v.name in in_file]  # kept, not ranked yet
+    parts += [f"{v.name} ({v.note})" for v in new if v.name not in in_file]  # the combination, stacks, on the best
     return (f"; with the {len(ranked)} of {len(prev_spec.variants)} variants ranked so far it would take "
             f"{', '.join(parts)}")
 

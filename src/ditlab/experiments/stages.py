@@ -69,14 +69,28 @@ def promoted(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, in
     """The variants a stage takes from the ranking of the stage before (whose variants are ``candidates``,
     default the file's): its top ones, those it keeps, with ``combine`` their combination and with ``stack`` the
     best stacked with each runner-up (see :func:`combination` and :func:`stacked` for ``facts`` and ``extra``);
-    a made variant whose overrides equal one already taken is not taken twice. ``left_out`` (when given)
-    receives why runners-up were not stacked."""
-    candidates = list(spec.variants if candidates is None else candidates)
+    a made variant whose overrides equal one already taken is not taken twice. With ``best_evals`` the best
+    variant is also scored on those evals, and a kept variant marked ``on_best`` is trained on top of the best
+    (:func:`on_the_best`). ``left_out`` (when given) receives why runners-up were not stacked, or a kept
+    variant not put on the best."""
+    candidates = [dataclasses.replace(v, evals=v.base_evals, base_evals=None) if v.base_evals is not None else v
+                  for v in (spec.variants if candidates is None else candidates)]  # a stage's widening ends there
+    measurements = {v.name for v in candidates if v.on_best_of}  # BEST+NAME: its score ranks, it is not promoted
+    ranked = [r for r in ranked if r[0] not in measurements]
     names = {v for v, _, _ in ranked[:stage.top]} if stage.top else {v for v, _, _ in ranked}
     names |= set(stage.keep)
     known = {v.name for v in candidates}
     chosen = [v for v in candidates if v.name in names] + [v for v in spec.variants
                                                           if v.name in names and v.name not in known]
+    best = next((v for v in chosen if ranked and v.name == ranked[0][0]), None)
+    if best is not None:
+        chosen = [on_the_best(spec, v, best, facts, extra, left_out) if v.on_best and v.name in stage.keep else v
+                  for v in chosen]
+        if stage.best_evals:
+            own = best.evals or list(spec.evals)
+            wide = dataclasses.replace(best, evals=own + [e for e in stage.best_evals if e not in own],
+                                       base_evals=list(best.evals))
+            chosen = [wide if v is best else v for v in chosen]
     made = []
     if stage.combine:
         made += [v for v in [combination(spec, stage, ranked, candidates, facts, extra)] if v is not None]
@@ -89,6 +103,23 @@ def promoted(spec: AblationSpec, stage: Stage, ranked: list[tuple[str, float, in
         if all(sorted(v.overrides) != sorted(c.overrides) for c in chosen):
             chosen.append(v)
     return chosen
+
+
+def on_the_best(spec: AblationSpec, variant: Variant, best: Variant, facts: Optional[DataFacts] = None,
+                extra: Sequence[str] = (), left_out: Optional[list[str]] = None) -> Variant:
+    """BEST+NAME: ``variant``'s overrides (a change, e.g. post-hoc EMA snapshots) merged onto the best variant's,
+    scored on ``variant``'s evals; ``variant`` itself where the best has no overrides (it is the file's base) or
+    where the two do not merge (:func:`merged`; the reason goes to ``left_out``)."""
+    if not best.overrides or best.name == variant.name:
+        return variant
+    name = f"{best.name}+{variant.name}"
+    used, overrides, why = merged(spec, name, [best, variant], 2, facts, extra)
+    if len(used) < 2:
+        if left_out is not None:
+            left_out += [f"{variant.name} not on {best.name}: {'; '.join(why)}"]
+        return variant
+    return Variant(name, overrides, list(best.paths), note=f"{variant.name} on {best.name}", evals=list(variant.evals),
+                   on_best_of=best.name)
 
 
 def carried_scores(prev: AblationSpec, prev_out: Path, spec: AblationSpec, out: Path) -> list[tuple[Path, Path]]:
@@ -323,6 +354,7 @@ def _budget_text(stage: Stage) -> str:
 
 def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not_stacked: list[str]) -> list[str]:
     taken = {v.name for v in chosen}
+    taken_before = {name for name, _, _ in ranked} | set(stage.keep)  # the variants not made by this stage
     combo = next((v for v in chosen if v.name == f"combo_{stage.name}"), None)
     stacks = [v for v in chosen if v.combined_from and v is not combo]
     text = (f"Ranked by the mean FID over seeds ({prev.name}/results.md); {stage.name} takes "
@@ -333,7 +365,13 @@ def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not
     if stage.stack:
         text += (f"; stacked on the best: {', '.join(v.name for v in stacks)}" if stacks else
                  "; nothing stacked (the best is kept, or no runner-up beats the kept ones and merges with it)")
-        text += f" (not stacked: {'; '.join(not_stacked)})" if not_stacked else ""
+    on_best = [v.name for v in chosen if v.name not in taken_before and not v.combined_from]
+    if on_best:
+        text += f"; kept on the best: {', '.join(on_best)}"
+    if stage.best_evals and ranked:
+        text += f"; the best, {ranked[0][0]}, is also scored on {', '.join(stage.best_evals)}"
+    if not_stacked:
+        text += f" (left out: {'; '.join(not_stacked)})"
     lines = [f"## {prev.name} -> {stage.name}", "", text + ".", "",
              "| rank | variant | FID | seeds | goes on |", "|---|---|---|---|---|"]
     lines += [f"| {i + 1} | {v} | {f:.2f} | {n} | {'yes' if v in taken else ''} |" for i, (v, f, n) in enumerate(ranked)]
