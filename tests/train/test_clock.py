@@ -36,3 +36,16 @@ def test_a_resumed_clock_counts_the_earlier_segments():
     assert not clock.tick(0) and not clock.tick(1)
     time.sleep(0.03)
     assert clock.tick(2)  # 0.08 + 0.03 >= 0.1: the run's budget, not a new one
+
+
+def test_the_clock_stands_still_inside_paused():
+    """What an evaluation reads after its own work is the training time at which it began: the time-to-FID
+    curve's seconds (read after the FID is computed) must not include that evaluation's duration."""
+    clock = TrainingClock(limit=0.0, untimed=0, device=torch.device("cpu"))
+    clock.tick(0)
+    time.sleep(0.05)
+    with clock.paused():
+        at_start = clock.elapsed()
+        time.sleep(0.2)  # the evaluation
+        assert clock.elapsed() == at_start
+    assert at_start < clock.elapsed() < at_start + 0.1  # running again, without the 0.2 s

@@ -24,6 +24,7 @@ class TrainingClock:
         self.start_step = 0
         self.timed_steps = 0
         self.excluded = 0.0  # seconds spent inside paused()
+        self._paused_at: float | None = None  # inside paused(): when it began (the clock reads that moment)
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -43,10 +44,13 @@ class TrainingClock:
         return False
 
     def used(self) -> float:
-        """Timed seconds so far by the host clock (no device sync), earlier segments included."""
+        """Timed seconds so far by the host clock (no device sync), earlier segments included. Inside
+        :meth:`paused` the clock stands still: an evaluation that reads it after its own work (the seconds of a
+        time-to-FID curve) gets the training time at which it began, not that plus its own duration."""
         if self.start is None:
             return self.offset
-        return self.offset + time.perf_counter() - self.start - self.excluded
+        now = time.perf_counter() if self._paused_at is None else self._paused_at
+        return self.offset + now - self.start - self.excluded
 
     def elapsed(self) -> float:
         if self.start is not None:
@@ -61,9 +65,10 @@ class TrainingClock:
             yield
             return
         self._sync()
-        t0 = time.perf_counter()
+        t0 = self._paused_at = time.perf_counter()
         try:
             yield
         finally:
             self._sync()
+            self._paused_at = None
             self.excluded += time.perf_counter() - t0
