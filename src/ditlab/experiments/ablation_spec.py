@@ -97,7 +97,7 @@ class Variant:
     note: str = ""
     lo_variant: str = ""  # the variant whose run supplies the low resolution of the cascade path
     evals: list[str] = field(default_factory=list)  # names of AblationSpec.evals it is scored on ([]: all)
-    # a stage's combination (ditlab.experiments.stages.combination): the variants whose overrides it merges
+    # a stage's combination (ditlab.experiments.promotion.combination): the variants whose overrides it merges
     combined_from: list[str] = field(default_factory=list)
     # a change to whatever leads: where a stage keeps this variant, it trains the best variant of the stage
     # before with these overrides merged in (BEST+NAME), e.g. post-hoc EMA snapshots of the leading recipe
@@ -121,10 +121,10 @@ class Stage:
     keep: list[str] = field(default_factory=list)  # variants always taken (e.g. the baseline)
     num: int = 0  # samples per score in this stage (0: the sample section's), e.g. FID-5k to screen
     # > 0: also train combo_STAGE, the overrides of the best `combine` variants of the stage before that beat
-    # every kept variant, merged (ditlab.experiments.stages.combination)
+    # every kept variant, merged (ditlab.experiments.promotion.combination)
     combine: int = 0
     # > 0: also train BEST+X, the best variant of the stage before with the overrides of each of the next
-    # `stack` that beat every kept variant (ditlab.experiments.stages.stacked)
+    # `stack` that beat every kept variant (ditlab.experiments.promotion.stacked)
     stack: int = 0
     # evals the best variant of the stage before is also scored on (sampler settings, guidance scales: swept on
     # the leading model, at no extra training)

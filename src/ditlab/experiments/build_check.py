@@ -1,6 +1,6 @@
 """Whether a variant's network can be built, without training it: for the combination a stage merges.
 
-A combination (``combine:``, ditlab.experiments.stages) merges the overrides of the best variants of the stage
+A combination (``combine:``, ditlab.experiments.promotion) merges the overrides of the best variants of the stage
 before. Each of them trained alone, but options can refuse each other only once the network is built (token
 routing refuses U-ViT long skips, for example, in the DiT's constructor): a combination that passes the config
 checks could still fail at the start of its training, and a stage whose unit fails at start-up fails again on

@@ -68,7 +68,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
     """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total."""
     from ditlab.experiments.ablation import check_variants
     from ditlab.experiments.build_check import DataFacts
-    from ditlab.experiments.stages import carried_scores, promoted, ranking, stage_complete, stage_spec
+    from ditlab.experiments.promotion import promoted
+    from ditlab.experiments.stages import carried_scores, ranking, stage_complete, stage_spec
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
@@ -106,7 +107,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
 def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: AblationSpec, facts) -> str:
     """Whom ``stage`` would take if the stage before it ended now: the ranking of its variants scored so far
     (a study spread over sessions wants to know where it is heading before the last unit is scored)."""
-    from ditlab.experiments.stages import promoted
+    from ditlab.experiments.promotion import promoted
 
     if not ranked:
         return ""
