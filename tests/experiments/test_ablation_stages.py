@@ -236,7 +236,7 @@ def test_time_to_fid_from_fid_during_training(tmp_path, monkeypatch):
 
 def test_shipped_speedrun_plan_is_valid():
     """configs/ablations/speedrun.yaml: every variant's overrides are real trainer keys, every eval a real
-    sampler setting, and the stages chain (screen -> final -> long)."""
+    sampler setting, and the stages chain (screen -> stack -> final -> long)."""
     from pathlib import Path
 
     from ditlab.diffusion.samplers import SAMPLERS
