@@ -434,8 +434,9 @@ def test_data_facts_come_from_a_trained_run_of_the_same_data(tmp_path, monkeypat
 
 
 def test_a_stage_trains_the_combination_first_and_carries_it_on(tmp_path, monkeypatch, capsys):
-    data, net = write_study(tmp_path, monkeypatch, COMBINE.replace("  fused: {overrides: [task.kind=image, "
-                                                                   "train.fast_kernels=on]}\n", ""), 8)
+    # changes on independent keys, none holding another: whatever the stand-in ranking, the best two merge
+    data, net = write_study(tmp_path, monkeypatch, STACKED.replace("  again: {steps: 1, top: 1, stack: 1}\n", "")
+                            .replace("final: {steps: 2, top: 1}", "final: {steps: 2, top: 1, combine: 2}"), 8)
     out = tmp_path / "out"
     assert main(_args(tmp_path, data, net)) == 0
     runs = sorted(p.name for p in (out / "final" / "runs").iterdir())

@@ -106,7 +106,7 @@ def test_an_architecture_name_clashes_with_explicit_sizes(tmp_path, monkeypatch)
                                                 "model.hidden_size otherwise)")
     assert merged("wide", "narrow", "clip").startswith("combination of wide + clip; left out: narrow (sets "
                                                        "model.hidden_size otherwise)")
-    assert merged("wide", "wide2") == "combination of wide + wide2"
+    assert merged("wide2", "wide") == "combination of wide2 + wide"  # (wide below wide2 would be a lost change)
 
 
 def load_config_of(spec, data):
@@ -185,3 +185,24 @@ def test_kept_changes_ride_on_the_best_and_best_evals_widen_it_for_one_stage(tmp
     assert chosen == {"clip", "hot", "base", "snap"}
     assert why == ["snap not on clip: snap (sets optim.grad_clip otherwise)"]
     assert {v.name for v in promoted(spec, final, ranked("base", "hot", "clip"))} == {"base", "hot", "snap"}
+
+
+def test_a_change_that_lost_on_top_of_the_best_is_not_merged_back(tmp_path, monkeypatch):
+    """After a stacking round, BEST+X ranked below BEST says X did not help on top of BEST: the combination of the
+    top ones leaves it out (it would otherwise bring X back in through the merge)."""
+    from ditlab.experiments.ablation_spec import Variant
+
+    write_study(tmp_path, monkeypatch, COMBINE, 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    final = dataclasses.replace(spec.stages[1], keep=["base"], combine=3)
+    hot_clip = Variant("hot+clip", ["task.kind=image", "optim.lr=1e-2", "optim.grad_clip=0.5"],
+                       combined_from=["hot", "clip"])
+    hot_rms = Variant("hot+rms", ["task.kind=image", "optim.lr=1e-2", "model.norm=rmsnorm"],
+                      combined_from=["hot", "rms"])
+    candidates = spec.variants + [hot_clip, hot_rms]
+    combo = combination(spec, final, ranked("hot+rms", "hot", "hot+clip", "base"), candidates)
+    assert combo.overrides == ["task.kind=image", "optim.lr=1e-2", "model.norm=rmsnorm"]
+    assert combo.note == "combination of hot+rms + hot; left out: hot+clip (ranked below hot, which it extends)"
+    # where the stack helped, it is merged
+    combo = combination(spec, final, ranked("hot+rms", "hot+clip", "hot", "base"), candidates)
+    assert combo.overrides == ["task.kind=image", "optim.lr=1e-2", "model.norm=rmsnorm", "optim.grad_clip=0.5"]

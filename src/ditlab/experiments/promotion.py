@@ -102,10 +102,19 @@ def combination(spec: AblationSpec, stage: Stage, ranked: Ranking,
                 candidates: list[Variant], facts: Optional[DataFacts] = None,
                 extra: Sequence[str] = ()) -> Optional[Variant]:
     """combo_STAGE: the overrides of the best ``stage.combine`` variants of the ranking that beat every kept
-    variant (e.g. the baseline), merged in ranking order (see :func:`merged` for what is left out and why);
-    None when fewer than two remain. ``extra``: the command line's overrides of every variant (--set)."""
-    pool = _mergeable(stage, ranked, candidates)
-    used, overrides, left_out = merged(spec, f"combo_{stage.name}", pool, stage.combine, facts, extra)
+    variant (e.g. the baseline), merged in ranking order (see :func:`merged` for what is left out and why); a
+    variant ranked below one whose overrides it extends (BEST+X below BEST: X did not help there) is left out
+    too. None when fewer than two remain. ``extra``: the command line's overrides of every variant (--set)."""
+    pool, left_out = [], []
+    for v in _mergeable(stage, ranked, candidates):
+        # a change that lost on top of a better variant (a stack BEST+X ranked below BEST) is not merged back in
+        under = next((u for u in pool if set(u.overrides) < set(v.overrides)), None)
+        if under is not None:
+            left_out.append(f"{v.name} (ranked below {under.name}, which it extends)")
+        else:
+            pool.append(v)
+    used, overrides, clashes = merged(spec, f"combo_{stage.name}", pool, stage.combine, facts, extra)
+    left_out += clashes
     if len(used) < 2:
         return None
     note = f"combination of {' + '.join(v.name for v in used)}"
