@@ -4,6 +4,9 @@
     python scripts/bench_muon.py --arch DiT-S/2 DiT-B/2 --device cuda
     python scripts/bench_muon.py --agreement      # BatchedMuon against torch.optim.Muon, four steps
 
+BatchedMuon is timed eager and with its per-shape update compiled (optim.muon_compile: default, and
+reduce-overhead, i.e. CUDA graphs, on a GPU); the compiled ones after three warm-up steps (compilation).
+
 Per implementation, one JSON line: the aten ops one step dispatches (each a kernel launch on the GPU; counted
 with a TorchDispatchMode) and the step's time (median of --repeats; on CUDA with synchronisation around it).
 The matrices are the ones optim.name=muon gives Muon (ditlab.train.optim.muon_parameters), random gradients.
@@ -65,23 +68,32 @@ def main():
     device = torch.device(args.device)
     if args.agreement:
         return agreement()
-    impls = [("BatchedMuon", BatchedMuon)] + ([("torch.optim.Muon", torch.optim.Muon)]
-                                              if hasattr(torch.optim, "Muon") else [])
+    # (name, optimizer class, extra kwargs); the compiled updates (optim.muon_compile) compile at their first step
+    impls = [("BatchedMuon", BatchedMuon, {}), ("BatchedMuon compile=default", BatchedMuon, {"compile": "default"})]
+    if device.type == "cuda":  # CUDA graphs
+        impls.append(("BatchedMuon compile=reduce-overhead", BatchedMuon, {"compile": "reduce-overhead"}))
+    if hasattr(torch.optim, "Muon"):
+        impls.append(("torch.optim.Muon", torch.optim.Muon, {}))
     for arch in args.arch:
         hidden, depth, heads, patch = parse_arch(arch)
         torch.manual_seed(0)
         model = DiT([StreamSpec("image", 3, 32, patch)], hidden_size=hidden, depth=depth, num_heads=heads,
                     num_classes=10)
         matrices = muon_parameters(model)
-        for name, cls in impls:
+        for name, cls, extra in impls:
+            torch._dynamo.reset()
             params = [torch.nn.Parameter(m.detach().clone().to(device)) for m in matrices]
-            opt = cls(params, lr=1e-3, weight_decay=0.0, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+            opt = cls(params, lr=1e-3, weight_decay=0.0, momentum=0.95, adjust_lr_fn="match_rms_adamw", **extra)
             for q in params:
                 q.grad = torch.randn_like(q)
-            opt.step()  # the momentum buffers exist from here on
-            counter = OpCount()
-            with counter:
-                opt.step()
+            for _ in range(3 if extra else 1):
+                opt.step()  # the momentum buffers exist from here on (and the compiled graphs, recorded)
+            ops = None
+            if not extra:  # a dispatch mode does not see inside compiled kernels: eager implementations only
+                counter = OpCount()
+                with counter:
+                    opt.step()
+                ops = counter.count
             times = []
             for _ in range(args.repeats):
                 if device.type == "cuda":
@@ -92,7 +104,7 @@ def main():
                     torch.cuda.synchronize()
                 times.append(1000 * (time.perf_counter() - t0))
             print(json.dumps({"arch": arch, "impl": name, "matrices": len(params),
-                              "shapes": len({tuple(q.shape) for q in params}), "aten_ops_per_step": counter.count,
+                              "shapes": len({tuple(q.shape) for q in params}), "aten_ops_per_step": ops,
                               "step_ms": round(statistics.median(times), 3), "device": str(device),
                               "torch": torch.__version__}), flush=True)
 

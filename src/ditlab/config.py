@@ -297,6 +297,9 @@ class OptimConfig:
     name: Literal["adamw", "muon"] = "adamw"
     muon_momentum: float = 0.95  # optim.name=muon only
     muon_adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"  # optim.name=muon only
+    # optim.name=muon only: torch.compile Muon's per-shape update (momentum + Newton-Schulz; "off" keeps it eager;
+    # the same mathematics, bf16 rounding aside): fewer kernel launches (ditlab.train.muon, scripts/bench_muon.py)
+    muon_compile: Literal["off", "default", "reduce-overhead"] = "off"
 
 
 @dataclass
@@ -492,9 +495,10 @@ def check_values(cfg: Config, source: str = "") -> None:
                           f"train.init_from=RUN (the run whose weights to start from) or leave train.init_weights at "
                           f"{TrainConfig.init_weights}{where}")
     optim = cfg.optim
-    muon_keys = ("muon_momentum", "muon_adjust_lr")
+    muon_keys = ("muon_momentum", "muon_adjust_lr", "muon_compile")
     if optim.name == "adamw" and off_default(optim, "optim", muon_keys):
-        raise ConfigError(f"optim.muon_momentum and optim.muon_adjust_lr apply to optim.name=muon, not adamw{where}")
+        raise ConfigError(f"optim.muon_momentum, optim.muon_adjust_lr and optim.muon_compile apply to optim.name=muon, "
+                          f"not adamw{where}")
     if optim.decay == "constant" and optim.min_lr_ratio != OptimConfig.min_lr_ratio:
         raise ConfigError(f"optim.min_lr_ratio={optim.min_lr_ratio} applies to optim.decay=cosine or linear (the lr it "
                           f"decays to); with optim.decay=constant the lr stays optim.lr: choose a decay or leave "

@@ -16,7 +16,8 @@ def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device):
         ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         muon = BatchedMuon(hidden, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
-                           momentum=optim_cfg.muon_momentum, adjust_lr_fn=optim_cfg.muon_adjust_lr)
+                           momentum=optim_cfg.muon_momentum, adjust_lr_fn=optim_cfg.muon_adjust_lr,
+                           compile=getattr(optim_cfg, "muon_compile", "off"))
         return MuonAdamW(muon, _adamw(rest, optim_cfg, device))
     return _adamw([p for p in model.parameters() if p.requires_grad], optim_cfg, device)
 
