@@ -13,7 +13,7 @@ how its backward is written.
 Each variant takes the qkv projection's output (B, N, 3D), as the model does, splits q and k into heads, applies
 the qk RMSNorm and the rotation; the timed step is the compiled forward and its backward (CUDA events). One JSON
 line per (shape, variant): ms per step (median of --repeats), and the largest difference of the outputs and of the
-input gradient against the library's default form (``ditlab.models.rotary.rotate_pairs``). Variants:
+input gradient against the library's rotation (``ditlab.models.rotary.apply_rope``). Variants:
 
 - ``pairs``: the library's rotation (``ditlab.models.rotary.apply_rope``).
 - ``pairs_swapped``: x * cos + swap(x) * sin with (N, hd) tables, swap exchanging each pair's two elements (no

@@ -31,11 +31,9 @@ variants:
 
 
 def test_combination_merges_the_best_compatible_variants_that_beat_the_kept_ones(tmp_path, monkeypatch):
-
     write_study(tmp_path, monkeypatch, COMBINE, 8)
     spec = load_ablation(tmp_path / "ablation.yaml")
     final = dataclasses.replace(spec.stages[1], keep=["base"], combine=3)
-
 
     # warm sets optim.lr as hot did (left out); fused and rms cannot load together (left out); base bars
     combo = combination(spec, final, ranked("hot", "warm", "fused", "rms", "clip", "base"), spec.variants)
@@ -126,7 +124,6 @@ def test_stacking_puts_each_runner_up_on_the_best_alone(tmp_path, monkeypatch):
     spec = load_ablation(tmp_path / "ablation.yaml")
     again = dataclasses.replace(spec.stages[1], keep=["base"], stack=2, top=1, combine=0)
 
-
     made, why = stacked(spec, again, ranked("hot", "warm", "clip", "rms", "fused", "base"), spec.variants)
     assert [v.name for v in made] == ["hot+clip", "hot+rms"]  # the next two that merge; fused comes too late
     assert made[0].overrides == ["task.kind=image", "optim.lr=1e-2", "optim.grad_clip=0.5"]
@@ -167,7 +164,6 @@ def test_kept_changes_ride_on_the_best_and_best_evals_widen_it_for_one_stage(tmp
     check_variants(spec, [])
     final = spec.stages[1]
 
-
     chosen = {v.name: v for v in promoted(spec, final, ranked("hot", "clip", "base"))}
     assert set(chosen) == {"hot", "clip", "base", "hot+snap"}
     on_best = chosen["hot+snap"]
@@ -206,3 +202,23 @@ def test_a_change_that_lost_on_top_of_the_best_is_not_merged_back(tmp_path, monk
     # where the stack helped, it is merged
     combo = combination(spec, final, ranked("hot+rms", "hot+clip", "hot", "base"), candidates)
     assert combo.overrides == ["task.kind=image", "optim.lr=1e-2", "model.norm=rmsnorm", "optim.grad_clip=0.5"]
+
+
+def test_stages_md_names_the_best_promoted_found_even_below_a_measurement(tmp_path):
+    """OUT/stages.md's sentence for a stage names the variants it made (kept on the best, stacked) and the best
+    whose evals it widened: the best promoted() found, not a measurement on it that happened to rank first."""
+    from ditlab.experiments.stages import _ranking_lines
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "ablation.yaml").write_text(ON_BEST)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    final, long = spec.stages[1], spec.stages[2]
+    chosen = promoted(spec, final, ranked("hot", "clip", "base"))
+    text = _ranking_lines(spec.stages[0], final, ranked("hot", "clip", "base"), chosen, [])[2]
+    assert "kept on the best: hot+snap" in text and "the best, hot, is also scored on c" in text
+    # the next stage: the measurement ranked first is not the best, and nothing there is made by that stage
+    widened = dataclasses.replace(long, best_evals=["c"])
+    again = promoted(spec, widened, ranked("hot+snap", "clip", "hot"), chosen)
+    text = _ranking_lines(final, widened, ranked("hot+snap", "clip", "hot"), again, [])[2]
+    assert "the best, clip, is also scored on c" in text and "kept on the best" not in text

@@ -35,7 +35,7 @@ def _count(spec: AblationSpec, out: Path, rates: dict | None = None, carried: fr
             name = f"{v.name}-s{seed}"
             owed = list(spec.scores_of(v))  # (path, eval, sample settings)
             missing = [sample for p, e, sample in owed
-                       if not score_path(out, name, p, e).exists() and score_path(out, name, p, e) not in carried]
+                       if (f := score_path(out, name, p, e)) not in carried and not f.exists()]
             # a unit with every score is done, also where its run is not here (a restored study holds scores)
             trained = (out / "runs" / name / "summary.json").exists() or not missing
             counts["runs"] += 1

@@ -191,9 +191,9 @@ def _budget_text(stage: Stage) -> str:
 
 def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not_stacked: list[str]) -> list[str]:
     taken = {v.name for v in chosen}
-    taken_before = {name for name, _, _ in ranked} | set(stage.keep)  # the variants not made by this stage
-    combo = next((v for v in chosen if v.name == f"combo_{stage.name}"), None)
-    stacks = [v for v in chosen if v.combined_from and v is not combo]
+    made = [v for v in chosen if v.name not in {name for name, _, _ in ranked} | set(stage.keep)]  # by this stage
+    combo = next((v for v in made if v.name == f"combo_{stage.name}"), None)
+    stacks = [v for v in made if v.combined_from and v is not combo]
     text = (f"Ranked by the mean FID over seeds ({prev.name}/results.md); {stage.name} takes "
             f"{'the top ' + str(stage.top) if stage.top else 'every variant'}"
             f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}"
@@ -202,11 +202,12 @@ def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not
     if stage.stack:
         text += (f"; stacked on the best: {', '.join(v.name for v in stacks)}" if stacks else
                  "; nothing stacked (the best is kept, or no runner-up beats the kept ones and merges with it)")
-    on_best = [v.name for v in chosen if v.name not in taken_before and not v.combined_from]
+    on_best = [v.name for v in made if v.on_best_of]
     if on_best:
         text += f"; kept on the best: {', '.join(on_best)}"
-    if stage.best_evals and ranked:
-        text += f"; the best, {ranked[0][0]}, is also scored on {', '.join(stage.best_evals)}"
+    widened = next((v.name for v in chosen if v.base_evals is not None), None)  # the best, as promoted() found it
+    if widened:
+        text += f"; the best, {widened}, is also scored on {', '.join(stage.best_evals)}"
     if not_stacked:
         text += f" (left out: {'; '.join(not_stacked)})"
     lines = [f"## {prev.name} -> {stage.name}", "", text + ".", "",
