@@ -3,6 +3,7 @@
     python scripts/bench_muon.py --arch DiT-S/2                 # CPU: the op counts (timings mean little there)
     python scripts/bench_muon.py --arch DiT-S/2 DiT-B/2 --device cuda
     python scripts/bench_muon.py --agreement      # BatchedMuon against torch.optim.Muon, four steps
+    python scripts/bench_muon.py --compile-agreement   # optim.muon_compile=default against the eager update
 
 BatchedMuon is timed eager and with its per-shape update compiled (optim.muon_compile: default, and
 reduce-overhead, i.e. CUDA graphs, on a GPU); the compiled ones after three warm-up steps (compilation).
@@ -58,16 +59,46 @@ def agreement() -> None:
                               "torch": torch.__version__}), flush=True)
 
 
+def compile_agreement() -> None:
+    """The compiled update (optim.muon_compile=default) against the eager one over three steps, the second skipped
+    (found_inf), as tests/train/test_muon.py runs them; beside it what a wrong formula would give (no weight decay,
+    no Nesterov look-ahead): the largest difference over the matrices, relative to how far the eager steps moved
+    them."""
+    from tests.train.test_muon import _grads, _params
+
+    def run(**kw):
+        params = _params()
+        opt = BatchedMuon(params, **{"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9, **kw})
+        for step in range(3):
+            for q, g in zip(params, _grads(params, step)):
+                q.grad = g if step != 1 else torch.full_like(q, float("nan"))
+            opt.found_inf = torch.tensor(1.0 if step == 1 else 0.0)
+            opt.step()
+        return params
+
+    eager, start = run(), _params()
+    for name, kw in (("compile=default", {"compile": "default"}), ("weight_decay=0", {"weight_decay": 0.0}),
+                     ("nesterov=False", {"nesterov": False})):
+        other = run(**kw)
+        rel = max(float((a - b).abs().max() / (a - s).abs().max()) for a, b, s in zip(eager, other, start))
+        print(json.dumps({"against_eager": name, "max_difference_over_move": round(rel, 4),
+                          "torch": torch.__version__}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", nargs="+", default=["DiT-S/2"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--agreement", action="store_true", help="BatchedMuon against torch.optim.Muon instead (CPU)")
+    p.add_argument("--compile-agreement", action="store_true",
+                   help="the compiled update against the eager one, beside two wrong formulas, instead (CPU)")
     args = p.parse_args()
     device = torch.device(args.device)
     if args.agreement:
         return agreement()
+    if args.compile_agreement:
+        return compile_agreement()
     # (name, optimizer class, extra kwargs); the compiled updates (optim.muon_compile) compile at their first step
     impls = [("BatchedMuon", BatchedMuon, {}), ("BatchedMuon compile=default", BatchedMuon, {"compile": "default"})]
     if device.type == "cuda":  # CUDA graphs

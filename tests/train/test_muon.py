@@ -225,7 +225,8 @@ def test_the_compiled_update_follows_the_eager_one_and_skips_as_it():
     for a, b, s in zip(eager, compiled, start):
         # bf16 Newton-Schulz whose steps Inductor fuses and rounds elsewhere: five quintic iterations amplify
         # bf16's 2**-8 to up to 4% of the move here (measured); a wrong formula is off by far more (measured on
-        # these matrices: without the weight decay 78%, without Nesterov's look-ahead 44%)
+        # these matrices by scripts/bench_muon.py --compile-agreement: without the weight decay 78%, without
+        # Nesterov's look-ahead 44%)
         move = (a - s).abs().max()
         assert (a - b).abs().max() <= 0.1 * move, ((a - b).abs().max(), move)
         torch.testing.assert_close(opts[0][1].state[a]["momentum_buffer"], opts[1][1].state[b]["momentum_buffer"])
