@@ -20,7 +20,9 @@
 # before a machine goes back, `collect` into $OUT; on the next machine, `restore` the archive (carried in
 # an ignored folder) and `run` goes on from the scores it holds (a unit not fully scored is trained
 # and scored again whole).
-# Extra flags go to `ditlab ablate`, e.g. --stage screen, --only baseline, --gpus 8 on a machine with 8 GPUs.
+# Extra flags go to `ditlab ablate`, e.g. --stage screen, --only baseline, --gpus 8 on a machine with 8 GPUs,
+# --machine-left-s S (the device session's time left, less staging and collect: a final-stage unit spans
+# calls, and one that cannot end before the machine goes back is not started).
 set -euo pipefail
 stage=$1; shift
 case "$stage" in

@@ -251,6 +251,36 @@ def test_a_unit_longer_than_the_whole_budget_starts_first(study, monkeypatch):
     assert (tmp_path / "out" / "scores" / "joint-s0__dp-hi.json").exists()
 
 
+def test_no_unit_starts_that_would_outlast_the_machine(study, monkeypatch, capsys):
+    """A unit longer than --budget-s goes on over several commands, but its run lives on the machine: with less
+    --machine-left-s than its expected time it does not start (it would be trained for nothing: its scores come
+    from one training); with enough left it starts as before."""
+    tmp_path, args = study
+    _time_the_single_unit(tmp_path, args, setup_s=500.0)  # joint: 500 s of set-up + 12 samples
+    fake_clock(monkeypatch, train_s=0.0)
+    capsys.readouterr()
+    assert main(args + ["--budget-s", "150", "--machine-left-s", "400"]) == 3
+    assert not (tmp_path / "out" / "runs" / "joint-s0").exists()
+    assert "joint-s0 not started: it should take ~512 s and the machine has 400 s left" in capsys.readouterr().out
+    assert main(args + ["--budget-s", "150", "--machine-left-s", "600"]) == 0
+    assert (tmp_path / "out" / "scores" / "joint-s0__dp-hi.json").exists()
+
+
+def test_machine_left_counts_from_the_command_start(monkeypatch):
+    import ditlab.experiments.ablation as ablation_module
+
+    clock = FakeClock(0.0)
+    monkeypatch.setattr(ablation_module, "time", clock)
+    command = Invocation(budget_s=490.0, machine_left_s=600.0)
+    assert not command.machine_ends_before(600.0) and command.machine_ends_before(601.0)
+    clock.now = 250.0  # an earlier stage of the same command worked for 250 s
+    assert command.machine_left_now() == pytest.approx(350.0)
+    assert not command.machine_ends_before(350.0) and command.machine_ends_before(351.0)
+    clock.now = 700.0
+    assert command.machine_left_now() > 0 and command.machine_ends_before(0.0)  # run out: never "no end"
+    assert Invocation(budget_s=490.0).machine_left_now() == 0.0 and not Invocation().machine_ends_before(1e9)
+
+
 def test_a_resumed_unit_is_expected_to_train_only_the_rest_of_its_time(tmp_path, monkeypatch):
     """A run stopped at a checkpoint after 60 of its 100 timed seconds is expected to need the other 40."""
     from ditlab.train.checkpoint import save_checkpoint

@@ -100,6 +100,13 @@ def test_budget_keeps_its_meaning(study):
     assert not (tmp_path / "out" / "runs").exists()
 
 
+def test_machine_left_reaches_the_workers(study):
+    """--machine-left-s holds in every worker: with the machine's time spent, no worker starts a unit."""
+    tmp_path, args = study
+    assert main(args("out") + ["--devices", "cpu,cpu", "--machine-left-s", "1e-6"]) == 3
+    assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_only_the_cascade_variant_trains_its_lo_run_first(study):
     tmp_path, args = study
     assert main(args("par") + ["--devices", "cpu,cpu", "--only", "joint"]) == 0

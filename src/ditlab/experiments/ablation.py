@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -175,6 +175,21 @@ class Invocation:
     study runs one AblationRunner per stage, each with what is left of the budget)."""
     budget_s: float = 0.0
     worked: bool = False
+    # --machine-left-s: how long the machine (and the runs that live on it) lasts from this command's start; 0:
+    # no end. A unit longer than --budget-s goes on over several commands, but not past the machine's end:
+    # its training would be lost with the machine, and its scores with it (a unit is scored from one training).
+    machine_left_s: float = 0.0
+    started: float = field(default_factory=lambda: time.monotonic())
+
+    def machine_left_now(self) -> float:
+        """What is left of --machine-left-s now (0: no end; never 0 once it has run out)."""
+        if not self.machine_left_s:
+            return 0.0
+        return max(self.machine_left_s - (time.monotonic() - self.started), 1e-3)
+
+    def machine_ends_before(self, need_s: float) -> bool:
+        """Whether work expected to take ``need_s`` seconds from now would outlast the machine."""
+        return self.machine_left_s > 0 and time.monotonic() - self.started + need_s > self.machine_left_s
 
 
 class AblationRunner:
@@ -319,6 +334,11 @@ class AblationRunner:
             # whatever the clock says: its run lives on this machine only, and scores are what a study keeps
             # across machines (a unit trained but not scored is trained again on the next one).
             if self.out_of_time(need := self.expected_unit_s(unit, run_dir)) and not self._starts_anyway(need):
+                return False
+            if self.invocation.machine_ends_before(need):
+                self.log(f"ditlab ablate: {unit.name} not started: it should take ~{need:.0f} s and the machine has "
+                         f"{self.invocation.machine_left_now():.0f} s left (--machine-left-s); it starts on the next "
+                         "machine")
                 return False
             self.invocation.worked = True
             unit_start = time.monotonic()

@@ -51,11 +51,11 @@ def parse_devices(gpus: int | None, devices: str | None) -> list[str] | None:
 
 
 def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, inception, overrides,
-            errors_data, sampling_compile: str, start: float) -> None:
+            errors_data, sampling_compile: str, start: float, machine_left_s: float = 0.0) -> None:
     """One device's loop: build the scorer and runner, then do the jobs the parent sends until None."""
     import torch
 
-    from ditlab.experiments.ablation import AblationRunner, FidScorer, TrainingStopped, Unit
+    from ditlab.experiments.ablation import AblationRunner, FidScorer, Invocation, TrainingStopped, Unit
 
     if device == "cpu":
         torch.set_num_threads(threads)  # as the sequential runner's process: the same results, bitwise
@@ -72,6 +72,7 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
         results.put(("error", wid, None, traceback.format_exc()))
         return
     runner.start = start  # the parent's clock (CLOCK_MONOTONIC is system-wide): --budget-s as sequentially
+    runner.invocation = Invocation(machine_left_s=machine_left_s, started=start)  # --machine-left-s likewise
     results.put(("ready", wid, None, scorer.describe()))
     kill = os.environ.get(KILL_ENV, "")
     if kill:
@@ -124,13 +125,13 @@ class _Scheduler:
     """
 
     def __init__(self, spec, out: Path, plan, by_name: dict, devices: list[str], worker_args: tuple,
-                 budget_s: float, log: Callable[[str], None]):
+                 budget_s: float, log: Callable[[str], None], machine_left_s: float = 0.0):
         import multiprocessing as mp
 
         import torch
 
         self.out, self.plan, self.by_name, self.budget_s, self.log = out, plan, by_name, budget_s, log
-        self.spec, self.worker_args = spec, worker_args
+        self.spec, self.worker_args, self.machine_left_s = spec, worker_args, machine_left_s
         self.ctx = mp.get_context("spawn")
         self.results = self.ctx.Queue()
         self.threads = torch.get_num_threads()
@@ -176,7 +177,8 @@ class _Scheduler:
         wid, self.next_id = self.next_id, self.next_id + 1
         jobs = self.ctx.Queue()
         p = self.ctx.Process(target=_worker, args=(wid, device, self.threads, jobs, self.results, self.spec,
-                                                   str(self.out), *self.worker_args, self.plan.start), daemon=True)
+                                                   str(self.out), *self.worker_args, self.plan.start,
+                                                   self.machine_left_s), daemon=True)
         p.start()
         self.workers[wid] = {"device": device, "proc": p, "jobs": jobs, "job": None, "ready": False}
 
@@ -203,13 +205,16 @@ class _Scheduler:
             w["jobs"].put(job + (self.budget_s,))
 
     def finished(self) -> bool:
-        """Nothing running and nothing that can start; a job that can never start is a failure."""
+        """Nothing running and nothing that can start; a job that can never start is a failure, unless a job it
+        waits for was stopped (a signal, --machine-left-s): then it waits for the next command."""
         if self.busy() or self.describe is None:
             return False
         if self.failure or not self.pending or self.plan.out_of_time():
             return True
         if any(self.ready(j) for j in self.pending):
             return False
+        if not self.complete:
+            return True
         self.failure = f"jobs left that can never start: {self.pending}"
         return True
 
@@ -277,8 +282,8 @@ class _Scheduler:
 
 def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str], overrides: list[str] = (),
                  errors_data: str = "", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
-                 log: Callable[[str], None] = print) -> int:
-    """Do every unit not done yet on the devices; 0 when all are done, EXIT_MORE_TO_DO when stopped early, 1 when
+                 log: Callable[[str], None] = print, machine_left_s: float = 0.0) -> int:
+    """Do every unit not done yet on the devices (a worker starts no unit that would outlast --machine-left-s); 0 when all are done, EXIT_MORE_TO_DO when stopped early, 1 when
     only failed units (OUT/failed/) are left."""
     from ditlab.experiments.ablation import AblationRunner
     from ditlab.experiments.results import write_results
@@ -287,7 +292,8 @@ def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str],
                           budget_s=budget_s, only=only, log=log)  # checks the variants; the units in order
     out = Path(out)
     scheduler = _Scheduler(spec, out, plan, {v.name: v for v in spec.variants}, devices,
-                           (ref, inception, list(overrides), errors_data, sampling_compile), budget_s, log)
+                           (ref, inception, list(overrides), errors_data, sampling_compile), budget_s, log,
+                           machine_left_s)
     try:
         scheduler.loop()
     finally:
