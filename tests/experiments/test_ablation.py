@@ -262,6 +262,10 @@ def test_no_unit_starts_that_would_outlast_the_machine(study, monkeypatch, capsy
     assert main(args + ["--budget-s", "150", "--machine-left-s", "400"]) == 3
     assert not (tmp_path / "out" / "runs" / "joint-s0").exists()
     assert "joint-s0 not started: it should take ~512 s and the machine has 400 s left" in capsys.readouterr().out
+    # A unit too long for the machine does not stop the command: a shorter one after it may fit (single: 506 s).
+    assert main(args + ["--budget-s", "150", "--machine-left-s", "510", "--seeds", "0", "1"]) == 3
+    assert (tmp_path / "out" / "scores" / "single-s1__default.json").exists()
+    assert not any((tmp_path / "out" / "runs" / f"joint-s{seed}").exists() for seed in (0, 1))
     assert main(args + ["--budget-s", "150", "--machine-left-s", "600"]) == 0
     assert (tmp_path / "out" / "scores" / "joint-s0__dp-hi.json").exists()
 

@@ -206,6 +206,7 @@ class AblationRunner:
         self._compiled: tuple = (None, None)  # (the loaded run, its compiled network): one at a time
         self.start = time.monotonic()
         self.last_unit_s = 0.0  # how long the last unit trained and scored here took: the next one's estimate
+        self.outlasting_machine: set[str] = set()  # units not started for --machine-left-s
         # the command this runner is part of (one per stage of a staged study): its whole budget, and whether an
         # earlier stage's runner has worked
         self.invocation = invocation or Invocation(budget_s)
@@ -276,6 +277,8 @@ class AblationRunner:
                 done = False
             if done is False:
                 stopped = True
+                if unit.name in self.outlasting_machine:
+                    continue  # a shorter unit after it may still fit before the machine's end
                 break
         paths = write_results(self.out, self.spec, self.scorer.describe())
         self.log(f"ditlab ablate: wrote {', '.join(str(p) for p in paths)}")
@@ -336,6 +339,7 @@ class AblationRunner:
             if self.out_of_time(need := self.expected_unit_s(unit, run_dir)) and not self._starts_anyway(need):
                 return False
             if self.invocation.machine_ends_before(need):
+                self.outlasting_machine.add(unit.name)
                 self.log(f"ditlab ablate: {unit.name} not started: it should take ~{need:.0f} s and the machine has "
                          f"{self.invocation.machine_left_now():.0f} s left (--machine-left-s); it starts on the next "
                          "machine")
