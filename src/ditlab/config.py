@@ -300,6 +300,10 @@ class OptimConfig:
     # optim.name=muon only: torch.compile Muon's per-shape update (momentum + Newton-Schulz; "off" keeps it eager;
     # the same mathematics, bf16 rounding aside): fewer kernel launches (ditlab.train.muon, scripts/bench_muon.py)
     muon_compile: Literal["off", "default", "reduce-overhead"] = "off"
+    # optim.name=muon only: orthogonalise each map of a stacked layer on its own (attention's q, k, v; the adaLN
+    # modulation's chunks; SwiGLU's gate and value: ditlab.models.stacked) instead of the fused matrix whole, with
+    # each map's own lr scale. false: the fused matrix is one matrix to Muon (the study's muon variants)
+    muon_split: bool = False
 
 
 @dataclass
@@ -495,10 +499,10 @@ def check_values(cfg: Config, source: str = "") -> None:
                           f"train.init_from=RUN (the run whose weights to start from) or leave train.init_weights at "
                           f"{TrainConfig.init_weights}{where}")
     optim = cfg.optim
-    muon_keys = ("muon_momentum", "muon_adjust_lr", "muon_compile")
+    muon_keys = ("muon_momentum", "muon_adjust_lr", "muon_compile", "muon_split")
     if optim.name == "adamw" and off_default(optim, "optim", muon_keys):
-        raise ConfigError(f"optim.muon_momentum, optim.muon_adjust_lr and optim.muon_compile apply to optim.name=muon, "
-                          f"not adamw{where}")
+        raise ConfigError(f"optim.muon_momentum, optim.muon_adjust_lr, optim.muon_compile and optim.muon_split apply "
+                          f"to optim.name=muon, not adamw{where}")
     if optim.decay == "constant" and optim.min_lr_ratio != OptimConfig.min_lr_ratio:
         raise ConfigError(f"optim.min_lr_ratio={optim.min_lr_ratio} applies to optim.decay=cosine or linear (the lr it "
                           f"decays to); with optim.decay=constant the lr stays optim.lr: choose a decay or leave "

@@ -124,6 +124,8 @@ def test_bad_evals_stages_and_thresholds_are_named(tmp_path):
     bad("stages: {s: {skip: [w]}}\nvariants: {v: {}, w: {}}\n", "'w' is kept by no later stage")
     bad("stages: {s: {skip: [v, w]}, t: {keep: [v, w]}}\nvariants: {v: {}, w: {}}\n", "leaves no variant")
     bad("stages: {s: {}, t: {keep: [w], skip: [w]}}\nvariants: {v: {}, w: {}}\n", "both kept and skipped")
+    bad("stages: {s: {}, t: {top: 1, leave_one_out: true}}\nvariants: {v: {}}\n", "stages.t.leave_one_out")
+    bad("stages: {s: {}, t: {top: 1, combine: 2, leave_one_out: 1}}\nvariants: {v: {}}\n", "stages.t.leave_one_out")
 
 
 def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
@@ -625,3 +627,25 @@ def test_the_combination_trains_first_before_variants_stacked_in_an_earlier_stag
     combo = Variant("combo_final", ["x=1", "y=2", "z=3"], combined_from=["a+b", "c"])
     order = order_variants([Variant("base"), stacked, Variant("c", ["z=3"]), combo])
     assert [v.name for v in order] == ["combo_final", "base", "a+b", "c"]
+
+
+def test_the_muon_split_ablation_repeats_the_stack_rounds_conditions():
+    """configs/ablations/muon_split.yaml compares with the stack round's muon+lr2e3 score: the same overrides, budget,
+    seed and sample settings, and `split` differs by optim.muon_split alone."""
+    from pathlib import Path
+
+    from ditlab.experiments.ablation import variant_config
+
+    plan, split = load_ablation("configs/ablations/speedrun.yaml"), load_ablation("configs/ablations/muon_split.yaml")
+    check_variants(plan, [])
+    check_variants(split, [])
+    stack = stage_spec(plan, plan.stages[1], plan.variants)
+    assert (split.budget, split.seeds, split.sample) == (stack.budget, stack.seeds, stack.sample)
+    assert stack.evals_of(stack.variants[0]) == [("cfg", stack.sample)]  # the stack round scored the plain sample
+    whole, with_split = (variant_config(split, v, 0, Path("u"), []) for v in split.variants)
+    muon = next(v for v in plan.variants if v.name == "muon")
+    lr2e3 = next(v for v in plan.variants if v.name == "lr2e3")
+    pair = dataclasses.replace(muon, overrides=muon.overrides + lr2e3.overrides)  # the stack round's muon+lr2e3
+    paired = variant_config(stack, pair, 0, Path("u"), [])
+    assert whole == paired
+    assert dataclasses.replace(with_split, optim=dataclasses.replace(with_split.optim, muon_split=False)) == whole

@@ -222,3 +222,34 @@ def test_stages_md_names_the_best_promoted_found_even_below_a_measurement(tmp_pa
     again = promoted(spec, widened, ranked("hot+snap", "clip", "hot"), chosen)
     text = _ranking_lines(final, widened, ranked("hot+snap", "clip", "hot"), again, [])[2]
     assert "the best, clip, is also scored on c" in text and "kept on the best" not in text
+
+
+def test_leave_one_out_trains_the_combination_without_each_of_its_variants(tmp_path, monkeypatch):
+    """leave_one_out: combo_STAGE_without_NAME for each merged variant, the others merged as the combination merged
+    them; a combination of two leaves the other variant itself (taken once). stages.md names them."""
+    from ditlab.experiments.stages import _ranking_lines
+
+    write_study(tmp_path, monkeypatch, COMBINE, 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    final = dataclasses.replace(spec.stages[1], keep=["base"], combine=3, leave_one_out=True)
+    order = ranked("hot", "clip", "rms", "base")
+    chosen = promoted(spec, final, order)
+    by_name = {v.name: v for v in chosen}
+    assert sorted(by_name) == ["base", "combo_final", "combo_final_without_clip", "combo_final_without_hot",
+                               "combo_final_without_rms", "hot"]
+    assert by_name["combo_final"].overrides == ["task.kind=image", "optim.lr=1e-2", "optim.grad_clip=0.5",
+                                                "model.norm=rmsnorm"]
+    assert by_name["combo_final_without_hot"].overrides == ["task.kind=image", "optim.grad_clip=0.5",
+                                                            "model.norm=rmsnorm"]
+    assert by_name["combo_final_without_clip"].overrides == ["task.kind=image", "optim.lr=1e-2", "model.norm=rmsnorm"]
+    assert by_name["combo_final_without_rms"].note == "combo_final without rms"
+    assert by_name["combo_final_without_rms"].combined_from == ["hot", "clip"]
+    text = _ranking_lines(spec.stages[0], final, order, chosen, [])[2]
+    assert ("the combination without each of its variants: combo_final_without_hot, combo_final_without_clip, "
+            "combo_final_without_rms") in text and "stacked" not in text
+    # two merged: each left out leaves the other one, a variant of the ranking (hot is the top one already)
+    two = promoted(spec, dataclasses.replace(final, combine=2), order)
+    assert sorted(v.name for v in two) == ["base", "clip", "combo_final", "hot"]
+    # without the key nothing more is trained
+    assert "combo_final_without_hot" not in {v.name for v in promoted(spec, spec.stages[1], order)}

@@ -94,6 +94,7 @@ def test_resuming_with_the_other_optimizer_is_an_error_that_says_so(tiny_data, t
 @pytest.mark.parametrize("overrides,message", [
     (["optim.muon_momentum=0.9"], "apply to optim.name=muon"),
     (["optim.muon_compile=default"], "apply to optim.name=muon"),
+    (["optim.muon_split=true"], "apply to optim.name=muon"),
     (["optim.name=muon", "optim.muon_compile=max-autotune"], "optim.muon_compile"),
     (["optim.name=muon", "optim.muon_momentum=1.0"], "must lie in \\[0, 1\\)"),
     (["optim.name=muon", "train.precision=fp16"], "fp16's gradient scaler"),
@@ -233,3 +234,51 @@ def test_the_compiled_update_follows_the_eager_one_and_skips_as_it():
     assert all(torch.isfinite(p).all() for p in compiled)
     with pytest.raises(ValueError, match="compile must be one of"):
         BatchedMuon(_params(), compile="fast")
+
+
+def test_split_orthogonalises_each_stacked_map_as_a_matrix_of_its_own():
+    """optim.muon_split: a (3A, B) parameter of three stacked maps steps exactly as three (A, B) parameters do
+    (same batch, same bf16 rounding: bitwise), each with its own shape's lr scale; without it, as one matrix."""
+    from ditlab.train.muon import BatchedMuon
+
+    torch.manual_seed(0)
+    fused = torch.nn.Parameter(torch.randn(12, 5))
+    alone = [torch.nn.Parameter(m.detach().clone()) for m in fused.detach().chunk(3)]
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9)
+    split, three = BatchedMuon([fused], parts={fused: 3}, **kw), BatchedMuon(alone, **kw)
+    whole_p = torch.nn.Parameter(fused.detach().clone())
+    whole = BatchedMuon([whole_p], **kw)
+    for step in range(3):
+        g = torch.randn(12, 5, generator=torch.Generator().manual_seed(step))
+        fused.grad, whole_p.grad = g.clone(), g.clone()
+        for p, gi in zip(alone, g.chunk(3)):
+            p.grad = gi.clone()
+        for o in (split, three, whole):
+            o.step()
+    assert torch.equal(fused.detach(), torch.cat([p.detach() for p in alone]))
+    assert torch.equal(split.state[fused]["momentum_buffer"],
+                       torch.cat([three.state[p]["momentum_buffer"] for p in alone]))
+    assert (fused - whole_p).abs().max() > 1e-3  # the whole matrix orthogonalised at once is another update
+    with pytest.raises(ValueError, match="cannot hold 5 maps"):
+        BatchedMuon([fused], parts={fused: 5}, **kw)
+    with pytest.raises(ValueError, match="does not train"):
+        BatchedMuon(alone, parts={fused: 3}, **kw)
+
+
+def test_the_stacked_layers_name_their_maps():
+    """muon_matrices: q, k, v (3), the adaLN modulation's chunks (6; 9 with cross-attention), SwiGLU's gate and
+    value (2), cross-attention's k, v (2); plain layers 1. optim.muon_split hands them to Muon."""
+    from ditlab.train.optim import muon_matrices
+
+    torch.manual_seed(0)
+    model = DiT([StreamSpec("image", 3, 8, 2)], hidden_size=32, depth=1, num_heads=2, num_classes=4, mlp="swiglu",
+                context_dim=16)
+    names = {id(p): n for n, p in model.named_parameters()}
+    parts = {names[id(w)]: k for w, k in muon_matrices(model)}
+    assert parts == {"blocks.0.attn.qkv.weight": 3, "blocks.0.attn.proj.weight": 1, "blocks.0.adaLN.weight": 9,
+                     "blocks.0.cross_attn.q.weight": 1, "blocks.0.cross_attn.kv.weight": 2,
+                     "blocks.0.cross_attn.proj.weight": 1, "blocks.0.mlp.gate_value.weight": 2,
+                     "blocks.0.mlp.out.weight": 1}
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3, muon_split=True), torch.device("cpu"))
+    assert sorted(opt.parts["muon"]._parts.values()) == [2, 2, 3, 9]
+    assert build_optimizer(model, OptimConfig(name="muon", lr=1e-3), torch.device("cpu")).parts["muon"]._parts == {}

@@ -159,8 +159,9 @@ def order_variants(variants: list[Variant]) -> list[Variant]:
     tables keep the file's order."""
     by_name = {v.name: v for v in variants}
     out: list[Variant] = []
-    # combo_STAGE is the combination (ditlab.experiments.promotion.combination); a stacked variant (BEST+X) also has
-    # combined_from, and reaches later stages as one of their ranked variants, not as what they are for
+    # combo_STAGE is the combination (ditlab.experiments.promotion.combination), combo_STAGE_without_NAME its
+    # leave-one-out variants (right after it); a stacked variant (BEST+X) also has combined_from, and reaches later
+    # stages as one of their ranked variants, not as what they are for
     for v in sorted(variants, key=lambda v: not (v.combined_from and v.name.startswith("combo_"))):  # stable
         if v.lo_variant and by_name[v.lo_variant] not in out:
             out.append(by_name[v.lo_variant])

@@ -33,7 +33,9 @@ the first; the best path counts) plus those in ``keep``; ``combine: K`` also tra
 overrides of the best K variants that beat every kept one, merged; ``stack: K`` trains the best variant with
 each of the next K that beat every kept one, one at a time (BEST+X), and a stage whose budget, seeds and sample
 settings equal the stage before's takes the scores of the variants both train from there instead of training
-them again (a second screen round at the screen's budget costs only its new variants); ``best_evals: [EVAL]``
+them again (a second screen round at the screen's budget costs only its new variants); ``leave_one_out: true``
+(with ``combine``) also trains the combination without each of its variants, combo_STAGE_without_NAME (what each
+merged change adds to the others); ``best_evals: [EVAL]``
 scores the best variant of the stage before on these evals too, and a kept variant with ``on_best: true`` is
 trained as a change to that best (BEST+NAME: its overrides merged onto the best's). ``skip: [NAME]`` leaves variants out of a
 stage (on the first, only ones a later stage keeps: e.g. EMA lengths, which a screen's short budget would
@@ -135,6 +137,9 @@ class Stage:
     # variants this stage does not train: a question only a later stage's budget answers (a later stage's keep
     # takes such a variant in without a ranking)
     skip: list[str] = field(default_factory=list)
+    # with combine: also train the combination without each of its variants (combo_STAGE_without_NAME): what
+    # each merged change adds to the others at this stage's budget (ditlab.experiments.promotion.leave_one_out)
+    leave_one_out: bool = False
 
 
 @dataclass
@@ -324,7 +329,8 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
         if not str(name).replace("_", "").replace("-", "").isalnum() or name in ("runs", "scores", "grids"):
             raise ConfigError(f"stage name {name!r} in {source}: letters, digits, '-' and '_', not runs/scores/grids "
                               "(it names a folder)")
-        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "stack", "best_evals", "evals", "skip"}
+        stage_keys = {"seeds", "top", "rank_by", "keep", "num", "combine", "stack", "best_evals", "evals", "skip",
+                      "leave_one_out"}
         bad = sorted(set(st) - budget_keys - stage_keys)
         if bad:
             raise ConfigError(f"unknown key {where}.{bad[0]} in {source}; valid: "
@@ -381,8 +387,12 @@ def _stages(raw, seeds: list[int], names: list[str], evals: dict, source: Path) 
                 raise ConfigError(f"{where}: {k!r} is both kept and skipped (in {source})")
         if skip and set(skip) >= set(names):
             raise ConfigError(f"{where}.skip leaves no variant to train (in {source})")
+        leave_one_out = st.get("leave_one_out", False)
+        if not isinstance(leave_one_out, bool) or (leave_one_out and not combine):
+            raise ConfigError(f"{where}.leave_one_out must be true or false, and true only with combine (it leaves "
+                              f"each combined variant out of the combination) (in {source})")
         stages.append(Stage(str(name), budget, st_seeds, top, rank_by, keep, num, combine, stack, best_evals, st_evals,
-                            skip))
+                            skip, leave_one_out))
     # A variant the first stage skips trains only where a later stage keeps it (a later stage's skip only
     # narrows what the ranking promotes).
     never = [k for k in (stages[0].skip if stages else []) if not any(k in st.keep for st in stages[1:])]

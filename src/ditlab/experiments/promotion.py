@@ -1,7 +1,8 @@
 """Who a later stage of a staged ablation takes (ditlab.experiments.stages): the top of the stage before's
 ranking, the variants it keeps, and the variants made from them.
 
-- ``combine: K``: combo_STAGE, the overrides of the best K variants that beat every kept one, merged.
+- ``combine: K``: combo_STAGE, the overrides of the best K variants that beat every kept one, merged; with
+  ``leave_one_out`` also that combination without each of them (combo_STAGE_without_NAME).
 - ``stack: K``: BEST+X, the best variant with each of the next K alone (greedy forward selection: a leader far
   ahead is combined with one change at a time before a combination of several is trusted).
 - ``on_best``: a kept variant that is a change to whatever leads (e.g. post-hoc EMA snapshots) trains as
@@ -54,7 +55,11 @@ def promoted(spec: AblationSpec, stage: Stage, ranked: Ranking,
             chosen = [wide if v is best else v for v in chosen]
     made = []
     if stage.combine:
-        made += [v for v in [combination(spec, stage, ranked, candidates, facts, extra)] if v is not None]
+        combo = combination(spec, stage, ranked, candidates, facts, extra)
+        if combo is not None:
+            made.append(combo)
+            if stage.leave_one_out:
+                made += leave_one_out(spec, combo, candidates, extra)
     if stage.stack:
         stacks, why = stacked(spec, stage, ranked, candidates, facts, extra)
         made += stacks
@@ -122,6 +127,27 @@ def combination(spec: AblationSpec, stage: Stage, ranked: Ranking,
         note += f"; left out: {'; '.join(left_out)}"
     return Variant(f"combo_{stage.name}", overrides, list(used[0].paths), note=note, evals=list(used[0].evals),
                    combined_from=[v.name for v in used])
+
+
+def leave_one_out(spec: AblationSpec, combo: Variant, candidates: list[Variant],
+                  extra: Sequence[str] = ()) -> list[Variant]:
+    """combo_STAGE_without_NAME for each variant NAME the combination merged: the others' overrides merged as
+    the combination merged them (a combination of two leaves the other variant itself, under its own name). What
+    each change adds on top of the rest is the combination's FID against this one's, at the same budget and
+    seeds; a change ranked into the combination on one short run can thus be dropped from the recipe."""
+    by_name = {v.name: v for v in candidates}
+    used = [by_name[n] for n in combo.combined_from]
+    out = []
+    for gone in used:
+        rest = [v for v in used if v is not gone]
+        if len(rest) == 1:
+            out.append(rest[0])
+            continue
+        name = f"{combo.name}_without_{gone.name}"
+        kept, overrides, _ = merged(spec, name, rest, len(rest), None, extra)  # they merged once: they merge again
+        out.append(Variant(name, overrides, list(combo.paths), note=f"{combo.name} without {gone.name}",
+                           evals=list(combo.evals), combined_from=[v.name for v in kept]))
+    return out
 
 
 def stacked(spec: AblationSpec, stage: Stage, ranked: Ranking, candidates: list[Variant],

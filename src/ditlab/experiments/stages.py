@@ -193,7 +193,8 @@ def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not
     taken = {v.name for v in chosen}
     made = [v for v in chosen if v.name not in {name for name, _, _ in ranked} | set(stage.keep)]  # by this stage
     combo = next((v for v in made if v.name == f"combo_{stage.name}"), None)
-    stacks = [v for v in made if v.combined_from and v is not combo]
+    without = [v for v in made if v.name.startswith(f"combo_{stage.name}_without_")]  # leave_one_out
+    stacks = [v for v in made if v.combined_from and v is not combo and v not in without]
     text = (f"Ranked by the mean FID over seeds ({prev.name}/results.md); {stage.name} takes "
             f"{'the top ' + str(stage.top) if stage.top else 'every variant'}"
             f"{' and keeps ' + ', '.join(stage.keep) if stage.keep else ''}"
@@ -202,6 +203,9 @@ def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not
     if stage.stack:
         text += (f"; stacked on the best: {', '.join(v.name for v in stacks)}" if stacks else
                  "; nothing stacked (the best is kept, or no runner-up beats the kept ones and merges with it)")
+    if stage.leave_one_out and combo:
+        text += (f"; and the combination without each of its variants: {', '.join(v.name for v in without)}"
+                 if without else "; leave_one_out: each variant without the others is taken already")
     on_best = [v.name for v in made if v.on_best_of]
     if on_best:
         text += f"; kept on the best: {', '.join(on_best)}"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ditlab.models.rotary import apply_rope
+from ditlab.models.stacked import stacked_linear
 
 
 def check_mask(mask: torch.Tensor, batch: int, num_queries: int, num_keys: int, name: str = "mask") -> None:
@@ -156,9 +157,9 @@ class Attention(nn.Module):
         kv_dim = dim if kv_dim is None else kv_dim
         if self.is_cross:
             self.q = nn.Linear(dim, dim, bias=bias)
-            self.kv = nn.Linear(kv_dim, 2 * dim, bias=bias)
+            self.kv = stacked_linear(kv_dim, dim, 2, bias=bias)  # k, v
         else:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+            self.qkv = stacked_linear(dim, dim, 3, bias=bias)  # q, k, v
         self.q_norm = HeadRMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = HeadRMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=bias)

@@ -18,6 +18,7 @@ from ditlab.models import kernels
 from ditlab.models.attention import Attention
 from ditlab.models.mlp import make_mlp
 from ditlab.models.norms import make_norm
+from ditlab.models.stacked import stacked_linear
 from ditlab.models.token_groups import gather_groups
 
 
@@ -58,7 +59,7 @@ class CrossSet(nn.Module):
         super().__init__()
         self.norm = make_norm(norm, dim)
         self.attn = Attention(dim, heads, kv_dim=context_dim, dropout=dropout, qk_norm=qk_norm)
-        self.adaLN = nn.Linear(dim, 3 * dim)
+        self.adaLN = stacked_linear(dim, dim, 3)
 
     def forward(self, x, c, index, context, context_mask):
         mod = self.adaLN(c)
@@ -88,7 +89,7 @@ class DiTBlock(nn.Module):
         self.norm2 = make_norm(norm, dim)
         self.mlp = make_mlp(mlp, dim, mlp_ratio)
         self.num_mod = 9 if self.has_cross else 6
-        self.adaLN = nn.Linear(dim, self.num_mod * dim)
+        self.adaLN = stacked_linear(dim, dim, self.num_mod)
         # Named context sets (name -> (width, cross-attention dropout)); empty: no state-dict keys.
         self.cross_sets = nn.ModuleDict({name: CrossSet(dim, heads, d, p, qk_norm, norm)
                                          for name, (d, p) in (sets or {}).items()})
@@ -171,7 +172,7 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch_size: int, channels: int, norm: str = "layernorm"):
         super().__init__()
         self.norm = make_norm(norm, dim)
-        self.adaLN = nn.Linear(dim, 2 * dim)
+        self.adaLN = stacked_linear(dim, dim, 2)
         self.linear = nn.Linear(dim, patch_size * patch_size * channels)
         self.fast_kernels = False  # fused LayerNorm + modulate (ditlab.models.kernels)
         self.fused_unsupported = unsupported_by_fused_kernels("gelu", norm)

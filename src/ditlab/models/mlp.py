@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ditlab.models.stacked import stacked_linear
+
 MLP_KINDS = ("gelu", "swiglu")
 SWIGLU_MULTIPLE = 8  # hidden widths that are multiples of 8 keep bf16 GEMMs on tensor-core friendly shapes
 
@@ -43,7 +45,7 @@ class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.gate_value = nn.Linear(dim, 2 * hidden)
+        self.gate_value = stacked_linear(dim, hidden, 2)
         self.out = nn.Linear(hidden, dim)
 
     def reset_xavier(self) -> None:

@@ -10,6 +10,11 @@ matrix. At DiT-S/2 (60 matrices of 5 shapes) that is 1,754 aten ops, i.e. kernel
 ms GPU step. The blocks of a DiT hold a handful of matrix shapes, so here each shape's matrices are stacked and
 iterated together with batched matmuls: 298 ops a step (scripts/bench_muon.py, BENCHMARKS.md).
 
+``parts`` (optim.muon_split) names the parameters that stack several maps by output rows (attention's q, k, v;
+the adaLN modulation's chunks: ditlab.models.stacked): each map is then a matrix of its own, orthogonalised and
+lr-scaled by its own shape, batched with every other matrix of that shape. Without it a fused matrix is one
+matrix, as torch.optim.Muon sees it.
+
 It also honours ``found_inf`` as fused AdamW does: set to a one-element tensor (the trainer's sync-free
 non-finite guard), a 1 makes the step a no-op on the device without a host sync. The gradient is zeroed before
 it reaches the buffer (so a NaN cannot), the buffer's update and the parameter's are multiplied by 0.
@@ -77,7 +82,7 @@ class BatchedMuon(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = 5, eps: float = 1e-7, adjust_lr_fn: str = "match_rms_adamw",
-                 compile: str = "off"):
+                 compile: str = "off", parts: Optional[dict] = None):
         if adjust_lr_fn not in ADJUST_LR:
             raise ValueError(f"adjust_lr_fn must be one of {', '.join(ADJUST_LR)}, got {adjust_lr_fn!r}")
         if not 0 <= momentum < 1:
@@ -92,6 +97,17 @@ class BatchedMuon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.ndim != 2:
                     raise ValueError(f"Muon trains 2-D matrices only, got a parameter of shape {tuple(p.shape)}")
+        # id(parameter) -> how many maps it stacks by rows (a parameter not named: 1); not in the state dict: the
+        # model's structure and optim.muon_split give it again on resume
+        self._parts: dict[int, int] = {}
+        named = {id(p) for group in self.param_groups for p in group["params"]}
+        for p, k in (parts or {}).items():
+            if id(p) not in named:
+                raise ValueError(f"parts names a parameter of shape {tuple(p.shape)} that this optimizer does not "
+                                 "train")
+            if not isinstance(k, int) or k < 1 or p.shape[0] % k:
+                raise ValueError(f"a parameter of shape {tuple(p.shape)} cannot hold {k} maps stacked by rows")
+            self._parts[id(p)] = k
         self.found_inf: Optional[torch.Tensor] = None
 
     @torch.no_grad()
@@ -102,15 +118,17 @@ class BatchedMuon(torch.optim.Optimizer):
                 loss = closure()
         skip = self.found_inf
         for group in self.param_groups:
-            by_shape: dict[tuple, list[torch.Tensor]] = {}
+            by_shape: dict[tuple, list[torch.Tensor]] = {}  # the shape of one map -> the parameters of such maps
             for p in group["params"]:
                 if p.grad is not None:
-                    by_shape.setdefault(tuple(p.shape), []).append(p)
+                    by_shape.setdefault((p.shape[0] // self._parts.get(id(p), 1), p.shape[1]), []).append(p)
             for shape, params in by_shape.items():
                 self._step_shape(group, shape, params, skip)
         return loss
 
     def _step_shape(self, group: dict, shape: tuple, params: list[torch.Tensor], skip: Optional[torch.Tensor]):
+        """The step of every map of shape ``shape`` in ``params`` (a parameter's maps: its (k, A, B) view; k = 1
+        for a plain matrix, so that the stack is torch.stack of the parameters, as before optim.muon_split)."""
         lr, mu = float(group["lr"]), group["momentum"]
         bufs = []
         for p in params:
@@ -118,15 +136,20 @@ class BatchedMuon(torch.optim.Optimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bufs.append(state["momentum_buffer"])
-        G = torch.stack([p.grad for p in params])
-        B = torch.stack(bufs)
+
+        def maps(tensors: list[torch.Tensor]) -> list[torch.Tensor]:  # views: writing one writes its parameter
+            return [m for t in tensors for m in t.view(-1, *shape).unbind(0)]
+
+        G = torch.stack([m for p in params for m in p.grad.reshape(-1, *shape).unbind(0)])
+        buf_maps = maps(bufs)
+        B = torch.stack(buf_maps)
         bad = skip.reshape(()).to(torch.bool) if skip is not None else None
         B, O = self._update(G, B, mu, group["nesterov"], group["ns_steps"], group["eps"], bad)
-        torch._foreach_copy_(bufs, list(B.unbind(0)))
+        torch._foreach_copy_(buf_maps, list(B.unbind(0)))
         O = O.to(params[0].dtype)
         decay = 1 - lr * group["weight_decay"]
         if bad is not None:
             decay = 1 - lr * group["weight_decay"] * (~bad).to(B.dtype)  # a 0-d tensor: 1 on a skipped step
         if not (isinstance(decay, float) and decay == 1.0):
             torch._foreach_mul_(params, decay)
-        torch._foreach_add_(params, list(O.unbind(0)), alpha=-adjusted_lr(lr, shape, group["adjust_lr_fn"]))
+        torch._foreach_add_(maps(params), list(O.unbind(0)), alpha=-adjusted_lr(lr, shape, group["adjust_lr_fn"]))

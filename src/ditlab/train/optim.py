@@ -12,12 +12,15 @@ def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device):
     """optim.name adamw: one AdamW over every trainable parameter. muon: :class:`MuonAdamW` (Muon for the blocks'
     matrices, :func:`muon_parameters`, batched per shape: ditlab.train.muon; AdamW for the rest)."""
     if getattr(optim_cfg, "name", "adamw") == "muon":
-        hidden = muon_parameters(model)
+        matrices = muon_matrices(model)
+        hidden = [w for w, _ in matrices]
         ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        # optim.muon_split: each map of a stacked layer (q, k, v; the adaLN chunks; gate and value) on its own
+        parts = {w: k for w, k in matrices if k > 1} if getattr(optim_cfg, "muon_split", False) else None
         muon = BatchedMuon(hidden, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
                            momentum=optim_cfg.muon_momentum, adjust_lr_fn=optim_cfg.muon_adjust_lr,
-                           compile=getattr(optim_cfg, "muon_compile", "off"))
+                           compile=getattr(optim_cfg, "muon_compile", "off"), parts=parts)
         return MuonAdamW(muon, _adamw(rest, optim_cfg, device))
     return _adamw([p for p in model.parameters() if p.requires_grad], optim_cfg, device)
 
@@ -43,7 +46,14 @@ def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     transformer blocks (attention, cross-attention, MLP, adaLN modulation; a ControlNet branch's blocks too),
     the "hidden" matrices of the Muon recipe. Embeddings, the timestep / label MLPs, final layers, biases and
     learned tokens stay with AdamW."""
+    return [w for w, _ in muon_matrices(model)]
+
+
+def muon_matrices(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, int]]:
+    """:func:`muon_parameters`, each with the number of maps its layer stacks (ditlab.models.stacked: 3 for
+    q, k, v, the adaLN modulation's chunk count, 2 for SwiGLU's gate and value; 1 for a plain layer)."""
     from ditlab.models.blocks import CrossSet, DiTBlock
+    from ditlab.models.stacked import output_parts
 
     seen, out = set(), []
     for block in model.modules():
@@ -53,7 +63,7 @@ def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
                 if (isinstance(layer, torch.nn.Linear) and w is not None and w.requires_grad and w.ndim == 2
                         and id(w) not in seen):
                     seen.add(id(w))
-                    out.append(w)
+                    out.append((w, output_parts(layer)))
     if not out:
         raise ValueError("optim.name=muon: this model has no transformer block with linear layers for Muon")
     return out
