@@ -205,7 +205,7 @@ def _ranking_lines(prev: Stage, stage: Stage, ranked, chosen: list[Variant], not
                  "; nothing stacked (the best is kept, or no runner-up beats the kept ones and merges with it)")
     if stage.leave_one_out and combo:
         text += (f"; and the combination without each of its variants: {', '.join(v.name for v in without)}"
-                 if without else "; leave_one_out: each variant without the others is taken already")
+                 if without else "; the combination without each of its variants is a variant taken already")
     on_best = [v.name for v in made if v.on_best_of]
     if on_best:
         text += f"; kept on the best: {', '.join(on_best)}"
