@@ -57,3 +57,23 @@ def test_the_plot_marks_each_training_seed(tmp_path, monkeypatch):
     path = plot_results(tmp_path / "results.png", [_record(0, 10.0, 313), _record(1, 12.0, 398), one_seed])
     assert path.stat().st_size > 0
     assert sorted(points) == [(10.0, 0), (12.0, 0)]  # v's two seeds on its bar; w's single value is its bar
+
+
+def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
+    """combo_final_without_X against combo_final on the same path / eval and seeds: without - with, per seed; a
+    seed only one of them has is left out of the pairing; no such variants, no table."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1]\nvariants: {combo_final: {}, "
+                                     "combo_final_without_lr: {}, combo_final_without_swiglu: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def rec(variant, seed, fid):
+        return {**_record(seed, fid, 300), "variant": variant}
+
+    records = [rec("combo_final", 0, 7.0), rec("combo_final", 1, 7.4), rec("combo_final_without_lr", 0, 9.0),
+               rec("combo_final_without_lr", 1, 9.8), rec("combo_final_without_swiglu", 0, 6.9)]
+    text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+    assert "| lr | default | 7.20 | 9.40 | +2.20 (+2.00, +2.40) | 2 |" in text
+    assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1 |" in text  # seed 1 of it not scored yet: seed 0 only
+    plain = write_markdown(tmp_path / "results.md", load_ablation(tmp_path / "a.yaml"), records[:2], {}).read_text()
+    assert "leave one out" not in plain

@@ -4,7 +4,8 @@ results.csv has one row per score; results.md a table of FID per (variant, path,
 training seeds with each seed's value when there are several; results.png a bar chart of it. Runs that
 measured FID during training (budget eval_every) add time-to-FID columns (the training seconds at which the
 in-training FID first reached each of the file's time_to_fid values; mean over the seeds that reached it)
-and results_curves.png, FID against training time.
+and results_curves.png, FID against training time. A stage that trained a combination without each of its
+variants (leave_one_out: combo_STAGE_without_NAME) adds a table of what each change adds, paired by seed.
 """
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
         cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], _fmt_count(rs, "train_steps"),
                  _fmt_count(rs, "train_images"), f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _leave_one_out_lines(spec, records)
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
                if not any(_key(r) == (v.name, p, e) for r in records)]
     if missing:
@@ -113,6 +115,38 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
                   + "; ".join(f"{name}: {error}" for name, error in failed) + "."]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
+    """For each variant COMBO_without_NAME of the file (ditlab.experiments.promotion.leave_one_out) and each
+    (path, eval) both it and COMBO have scores of, the FID without NAME minus the combination's, paired by training
+    seed (the seeds both have): positive means NAME helps on top of the rest. Empty without such variants."""
+    names = [v.name for v in spec.variants]
+    fids: dict[tuple[str, str, str], dict[int, float]] = {}
+    for r in records:
+        fids.setdefault(_key(r), {})[r["seed"]] = r["fid"]
+    rows = []
+    for name in names:
+        combo = next((b for b in names if name.startswith(f"{b}_without_")), None)
+        if combo is None:
+            continue
+        gone = name[len(combo) + len("_without_"):]
+        for (variant, p, e), without in fids.items():
+            with_it = fids.get((combo, p, e), {})
+            seeds = sorted(set(without) & set(with_it))
+            if variant != name or not seeds:
+                continue
+            diffs = [without[s] - with_it[s] for s in seeds]
+            each = f" ({', '.join(f'{d:+.2f}' for d in diffs)})" if len(diffs) > 1 else ""
+            rows.append(f"| {gone} | {f'{p} / {e}' if e else p} | {statistics.mean(with_it[s] for s in seeds):.2f} | "
+                        f"{statistics.mean(without[s] for s in seeds):.2f} | {statistics.mean(diffs):+.2f}{each} | "
+                        f"{len(seeds)} |")
+    if not rows:
+        return []
+    return ["", "What each change of a combination adds (leave one out): the FID without it minus the "
+                "combination's, paired by training seed; positive: the change helps on top of the others.", "",
+            "| left out | path | with it | without it | without - with (each seed) | seeds |",
+            "|---|---|---|---|---|---|", *rows]
 
 
 def _machine_lines(records: list[dict]) -> list[str]:
