@@ -8,7 +8,9 @@
 #                                     scoring is what the 100 s are for), or, when it is longer than that (the
 #                                     final and long stages), as the command's first; at SECONDS a SIGTERM stops a
 #                                     training at a checkpoint (resumed next time with the rest of its time
-#                                     budget; finished scores are kept); exit 3 = run it again
+#                                     budget; finished scores are kept), and no score starts that it would cut
+#                                     off (--deadline-s SECONDS - 10: the next command scores it); exit 3 = run
+#                                     it again
 #   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
 #                                                                            DEST/speedrun_study_files.tgz
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
@@ -33,7 +35,7 @@ case "$stage" in
     code=0
     timeout -s TERM -k 20 "$seconds" python3 -m ditlab ablate configs/ablations/speedrun.yaml --out "$study" \
       --ref "$study/ref_train.npz" --inception "$inception" --set data.path="$train" \
-      --budget-s $((seconds > 300 ? seconds - 100 : seconds / 2)) "$@" || code=$?
+      --budget-s $((seconds > 300 ? seconds - 100 : seconds / 2)) --deadline-s $((seconds - 10)) "$@" || code=$?
     [ "$code" = 124 ] && code=3  # stopped by the timeout: more to do
     # what is left, and about how long it takes at the rates measured so far (the reply shows the output's end)
     python3 -m ditlab ablate configs/ablations/speedrun.yaml --out "$study" --plan 2>&1 | tail -n 1 || true

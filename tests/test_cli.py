@@ -217,15 +217,21 @@ def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monke
     assert main(base + ["--devices", "cpu,cpu", "--device", "cpu"]) == 0  # agrees with the workers: accepted
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--device", "cpu"]) == 1
-    assert "--device, --compile, --budget-s and --machine-left-s apply to running it" in capsys.readouterr().err
+    refused = "--device, --compile, --budget-s, --machine-left-s and --deadline-s apply to running it"
+    assert refused in capsys.readouterr().err
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--compile", "on"]) == 1
-    assert "--compile, --budget-s and --machine-left-s apply to running it" in capsys.readouterr().err
+    assert "--compile, --budget-s, --machine-left-s and --deadline-s apply to running it" in capsys.readouterr().err
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--machine-left-s", "900"]) == 1
-    assert "--machine-left-s apply to running it" in capsys.readouterr().err
+    assert refused in capsys.readouterr().err
     assert main(base + ["--machine-left-s", "-5"]) == 1
     assert "--machine-left-s -5: seconds" in capsys.readouterr().err
+    assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
+                 "--deadline-s", "500"]) == 1
+    assert refused in capsys.readouterr().err
+    assert main(base + ["--deadline-s", "-1"]) == 1
+    assert "--deadline-s -1: seconds" in capsys.readouterr().err
 
 
 def test_sample_out_naming_a_folder_is_an_error(trained_run, tmp_path, capsys):

@@ -270,6 +270,25 @@ def test_no_unit_starts_that_would_outlast_the_machine(study, monkeypatch, capsy
     assert (tmp_path / "out" / "scores" / "joint-s0__dp-hi.json").exists()
 
 
+def test_no_score_starts_that_the_deadline_would_cut_off(study, monkeypatch, capsys):
+    """--deadline-s (the timeout around a device call): a trained unit's next score, expected from the study's rate
+    per sample plus loading its run, does not start when the command would be stopped first; the run stays and
+    the next command scores it without training it again."""
+    tmp_path, args = study
+    _time_the_single_unit(tmp_path, args, setup_s=0.0)  # 1 s a sample: joint's scores ~6 s each, +30 s to load
+    fake_clock(monkeypatch, train_s=100.0)
+    capsys.readouterr()
+    assert main(args + ["--deadline-s", "130"]) == 3  # trained by 100 s; 100 + 36 > 130
+    out = capsys.readouterr().out
+    assert "joint-s0 diagonal / default not started: it should take ~36 s and the command is stopped in 30 s" in out
+    assert (tmp_path / "out" / "runs" / "joint-s0" / "summary.json").exists()
+    assert not list((tmp_path / "out" / "scores").glob("joint-s0*"))
+    assert main(args + ["--deadline-s", "40"]) == 0  # a fresh command: 36 s, then 6 s (its run loaded) by 42 s
+    assert "is trained again" not in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "out" / "scores").glob("joint-s0*")} == {
+        "joint-s0__diagonal.json", "joint-s0__dp-hi.json"}
+
+
 def test_machine_left_counts_from_the_command_start(monkeypatch):
     import ditlab.experiments.ablation as ablation_module
 

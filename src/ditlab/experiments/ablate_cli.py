@@ -4,7 +4,8 @@
 
     ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz [--inception PATH] \
         [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...] \
-        [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME] [--compile auto|on|off] [--machine-left-s SECONDS]
+        [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME] [--compile auto|on|off] [--machine-left-s SECONDS] \
+        [--deadline-s SECONDS]
     ditlab ablate ABLATION.yaml --out DIR --plan        # what is done and what is left, nothing runs
 
 --gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
@@ -33,9 +34,9 @@ def cmd_ablate(args) -> int:
         from ditlab.experiments.plan import describe_plan
 
         if (args.stage is not None or args.seeds or args.gpus is not None or args.devices or args.budget_s
-                or args.device is not None or args.compile != "auto" or args.machine_left_s):
+                or args.device is not None or args.compile != "auto" or args.machine_left_s or args.deadline_s):
             raise ValueError("ablate: --plan takes the file, --out and --only; --stage, --seeds, --gpus, --devices, "
-                             "--device, --compile, --budget-s and --machine-left-s apply to running it")
+                             "--device, --compile, --budget-s, --machine-left-s and --deadline-s apply to running it")
         print("\n".join(describe_plan(spec, args.out, args.only)))
         return 0
     if not args.ref:
@@ -55,15 +56,19 @@ def cmd_ablate(args) -> int:
     scorer = None
     if args.machine_left_s < 0:
         raise ValueError(f"ablate: --machine-left-s {args.machine_left_s:g}: seconds (0: the machine does not end)")
-    # shared by the stages' runners: "longer than the budget" starts first, never past the machine's end
-    invocation = Invocation(args.budget_s, machine_left_s=args.machine_left_s)
+    if args.deadline_s < 0:
+        raise ValueError(f"ablate: --deadline-s {args.deadline_s:g}: seconds (0: the command is not stopped)")
+    # shared by the stages' runners: "longer than the budget" starts first, never past the machine's end, and no
+    # score starts that the command's deadline would cut off
+    invocation = Invocation(args.budget_s, machine_left_s=args.machine_left_s, deadline_s=args.deadline_s)
 
     def run_one(plain, out, budget_s, only) -> int:
         nonlocal scorer
         if parallel:  # one worker process per device
             return run_parallel(plain, out, args.ref, args.inception, devices, overrides=args.set,
                                 errors_data=args.data or "", budget_s=budget_s, only=only,
-                                sampling_compile=args.compile, machine_left_s=invocation.machine_left_now())
+                                sampling_compile=args.compile, machine_left_s=invocation.machine_left_now(),
+                                deadline_s=invocation.deadline_left_now())
         # one device (--gpus 1, --devices cuda:1): the sequential runner on it; one scorer for every stage
         scorer = scorer or FidScorer(args.ref, args.inception, device)
         runner = AblationRunner(plain, out, scorer, overrides=args.set, errors_data=args.data or "",
@@ -105,6 +110,10 @@ def add_ablate_parser(subparsers):
                    help="how long the machine lasts from now (e.g. a device session's time left): no unit starts "
                         "that should not be trained and scored within it, even one longer than --budget-s that "
                         "would go on over several commands (its run lives on this machine only). 0: no end")
+    a.add_argument("--deadline-s", type=float, default=0.0, metavar="SECONDS",
+                   help="when this command will be stopped (e.g. the timeout around a device call): no score starts "
+                        "that should not be written by then, judged by the study's measured rate per sample; the "
+                        "trained run stays and the next command scores it (exit code 3). 0: no deadline")
     a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
     a.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "

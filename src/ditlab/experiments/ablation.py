@@ -44,6 +44,7 @@ from ditlab.experiments.ablation_spec import AblationSpec, Variant
 from ditlab.experiments.results import write_results
 
 EXIT_MORE_TO_DO = 3  # the budget ran out with units left: run the same command again
+SCORE_LOAD_S = 30.0  # loading a run and compiling its sampler, before its first score (~20-35 s on an H100)
 EXIT_UNITS_FAILED = 1  # every unit but the failed ones (OUT/failed/) is done
 STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # Trainer.run after a signal (it saved a checkpoint)
 
@@ -180,7 +181,21 @@ class Invocation:
     # no end. A unit longer than --budget-s goes on over several commands, but not past the machine's end:
     # its training would be lost with the machine, and its scores with it (a unit is scored from one training).
     machine_left_s: float = 0.0
+    # --deadline-s: when the command itself will be stopped (a device call's timeout), from its start; 0: never. No
+    # score starts that should not be written by then: its run stays on the machine for the next command, where a
+    # score cut off by the signal would have been lost half-sampled.
+    deadline_s: float = 0.0
     started: float = field(default_factory=lambda: time.monotonic())
+
+    def deadline_left_now(self) -> float:
+        """What is left of --deadline-s now (0: no deadline; never 0 once it has passed)."""
+        if not self.deadline_s:
+            return 0.0
+        return max(self.deadline_s - (time.monotonic() - self.started), 1e-3)
+
+    def deadline_before(self, need_s: float) -> bool:
+        """Whether work expected to take ``need_s`` seconds from now would end after --deadline-s."""
+        return self.deadline_s > 0 and time.monotonic() - self.started + need_s > self.deadline_s
 
     def machine_left_now(self) -> float:
         """What is left of --machine-left-s now (0: no end; never 0 once it has run out)."""
@@ -245,6 +260,12 @@ class AblationRunner:
             samples = sum((sample or self.spec.sample).num for _, _, sample in self.spec.scores_of(unit.variant))
             estimate += self.rates["setup_s"] + samples * self.rates["per_sample_s"]
         return max(self.last_unit_s, estimate)
+
+    def expected_score_s(self, sample, loading: bool) -> float:
+        """How long one score should take at the study's measured rate per sample (sampling and FID), with
+        SCORE_LOAD_S more when its run is not loaded and compiled yet."""
+        num = (sample or self.spec.sample).num
+        return num * self.rates["per_sample_s"] + (SCORE_LOAD_S if loading else 0.0)
 
     def _starts_anyway(self, need_s: float) -> bool:
         """Whether a unit expected to take ``need_s`` s starts although it ends after --budget-s: when it is
@@ -371,6 +392,12 @@ class AblationRunner:
                     if not trained_here and self.out_of_time():
                         return False
             checkpoint = self._posthoc_checkpoint(run_dir, sample)
+            if self.rates and self.invocation.deadline_before(
+                    need := self.expected_score_s(sample, loading=checkpoint not in runs)):
+                self.log(f"ditlab ablate: {unit.name} {path} / {eval_name or 'default'} not started: it should take "
+                         f"~{need:.0f} s and the command is stopped in {self.invocation.deadline_left_now():.0f} s "
+                         "(--deadline-s); the next command scores it")
+                return False
             if checkpoint not in runs:
                 runs[checkpoint] = self._load(run_dir, checkpoint or None)
             run = runs[checkpoint]

@@ -51,7 +51,8 @@ def parse_devices(gpus: int | None, devices: str | None) -> list[str] | None:
 
 
 def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, inception, overrides,
-            errors_data, sampling_compile: str, start: float, machine_left_s: float = 0.0) -> None:
+            errors_data, sampling_compile: str, start: float, machine_left_s: float = 0.0,
+            deadline_s: float = 0.0) -> None:
     """One device's loop: build the scorer and runner, then do the jobs the parent sends until None."""
     import torch
 
@@ -72,7 +73,8 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
         results.put(("error", wid, None, traceback.format_exc()))
         return
     runner.start = start  # the parent's clock (CLOCK_MONOTONIC is system-wide): --budget-s as sequentially
-    runner.invocation = Invocation(machine_left_s=machine_left_s, started=start)  # --machine-left-s likewise
+    # --machine-left-s and --deadline-s likewise
+    runner.invocation = Invocation(machine_left_s=machine_left_s, deadline_s=deadline_s, started=start)
     results.put(("ready", wid, None, scorer.describe()))
     kill = os.environ.get(KILL_ENV, "")
     if kill:
@@ -125,13 +127,15 @@ class _Scheduler:
     """
 
     def __init__(self, spec, out: Path, plan, by_name: dict, devices: list[str], worker_args: tuple,
-                 budget_s: float, log: Callable[[str], None], machine_left_s: float = 0.0):
+                 budget_s: float, log: Callable[[str], None], machine_left_s: float = 0.0,
+                 deadline_s: float = 0.0):
         import multiprocessing as mp
 
         import torch
 
         self.out, self.plan, self.by_name, self.budget_s, self.log = out, plan, by_name, budget_s, log
-        self.spec, self.worker_args, self.machine_left_s = spec, worker_args, machine_left_s
+        self.spec, self.worker_args = spec, worker_args
+        self.machine_left_s, self.deadline_s = machine_left_s, deadline_s
         self.ctx = mp.get_context("spawn")
         self.results = self.ctx.Queue()
         self.threads = torch.get_num_threads()
@@ -178,7 +182,7 @@ class _Scheduler:
         jobs = self.ctx.Queue()
         p = self.ctx.Process(target=_worker, args=(wid, device, self.threads, jobs, self.results, self.spec,
                                                    str(self.out), *self.worker_args, self.plan.start,
-                                                   self.machine_left_s), daemon=True)
+                                                   self.machine_left_s, self.deadline_s), daemon=True)
         p.start()
         self.workers[wid] = {"device": device, "proc": p, "jobs": jobs, "job": None, "ready": False}
 
@@ -282,10 +286,10 @@ class _Scheduler:
 
 def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str], overrides: list[str] = (),
                  errors_data: str = "", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
-                 log: Callable[[str], None] = print, machine_left_s: float = 0.0) -> int:
+                 log: Callable[[str], None] = print, machine_left_s: float = 0.0, deadline_s: float = 0.0) -> int:
     """Do every unit not done yet on the devices (a worker starts no unit that would outlast ``machine_left_s``,
-    --machine-left-s); 0 when all are done, EXIT_MORE_TO_DO when stopped early, 1 when only failed units
-    (OUT/failed/) are left."""
+    --machine-left-s, and no score that ``deadline_s`` would cut off); 0 when all are done, EXIT_MORE_TO_DO when
+    stopped early, 1 when only failed units (OUT/failed/) are left."""
     from ditlab.experiments.ablation import AblationRunner
     from ditlab.experiments.results import write_results
 
@@ -294,7 +298,7 @@ def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str],
     out = Path(out)
     scheduler = _Scheduler(spec, out, plan, {v.name: v for v in spec.variants}, devices,
                            (ref, inception, list(overrides), errors_data, sampling_compile), budget_s, log,
-                           machine_left_s)
+                           machine_left_s, deadline_s)
     try:
         scheduler.loop()
     finally:
