@@ -253,3 +253,13 @@ def test_leave_one_out_trains_the_combination_without_each_of_its_variants(tmp_p
     assert sorted(v.name for v in two) == ["base", "clip", "combo_final", "hot"]
     # without the key nothing more is trained
     assert "combo_final_without_hot" not in {v.name for v in promoted(spec, spec.stages[1], order)}
+
+
+def test_plan_counts_the_leave_one_out_variants_a_waiting_stage_may_take(tmp_path, monkeypatch):
+    from ditlab.experiments.plan import _most
+
+    write_study(tmp_path, monkeypatch, COMBINE, 8)
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    final = dataclasses.replace(spec.stages[1], keep=["base"], combine=3)
+    assert _most(final, spec) == 1 + 1 + 1  # the top one, the kept one, the combination
+    assert _most(dataclasses.replace(final, leave_one_out=True), spec) == 1 + 1 + 1 + 3  # and three without one

@@ -133,7 +133,7 @@ def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:
 
 def _most(stage: Stage, spec: AblationSpec) -> int:
     return (min(len(spec.variants), (stage.top or len(spec.variants)) + len(stage.keep)) + bool(stage.combine)
-            + stage.stack)
+            + (stage.combine if stage.leave_one_out else 0) + stage.stack)
 
 
 def _total(parts: list[tuple[dict, float]], rates: dict | None = None) -> str:
