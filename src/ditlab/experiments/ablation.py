@@ -392,8 +392,11 @@ class AblationRunner:
                     if not trained_here and self.out_of_time():
                         return False
             checkpoint = self._posthoc_checkpoint(run_dir, sample)
-            if self.rates and self.invocation.deadline_before(
-                    need := self.expected_score_s(sample, loading=checkpoint not in runs)):
+            need = self.expected_score_s(sample, loading=checkpoint not in runs) if self.rates else 0.0
+            # a score expected to outlast the whole deadline still starts as the command's first work (the estimate
+            # may be long; refused, it would never start)
+            longer = need > self.invocation.deadline_s and not self.invocation.worked
+            if self.rates and self.invocation.deadline_before(need) and not longer:
                 self.log(f"ditlab ablate: {unit.name} {path} / {eval_name or 'default'} not started: it should take "
                          f"~{need:.0f} s and the command is stopped in {self.invocation.deadline_left_now():.0f} s "
                          "(--deadline-s); the next command scores it")
