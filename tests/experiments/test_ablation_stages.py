@@ -402,8 +402,10 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
     counts = _count(spec, out, rates)
     assert counts["to_train"] == 1 and counts["scored"] == 2
     assert counts["left_s"] == pytest.approx(100 + 30 + 6 * 1.5)  # only_e3: train, score its one eval
-    total = describe_plan(spec, out)[-1]
-    assert "about 2 min of device time at the rates of the 2 timed scores so far (30 s of set-up" in total
+    lines = describe_plan(spec, out)
+    assert "about 2 min of device time at the rates of the 2 timed scores so far (30 s of set-up" in lines[-1]
+    # the units left, in the runner's order, each with its seconds: what --machine-left-s judges
+    assert lines[-2] == "  next units, in the runner's order, at the measured rates: only_e3-s0 ~139 s"
 
 
 def test_stages_run_on_parallel_workers(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ Once some scores carry their timings (``train_wall_seconds``, ``sample_seconds``
 also estimates the device time left at the rates measured so far: per run to train its time limit plus the
 median set-up (wall minus timed training), per score its samples at the median seconds per sample (sampling
 and FID). The rates are those of the machine that measured them, and ignore NFE differences between evals.
+The stage being worked on also lists its next units in the runner's order with each one's seconds.
 """
 from __future__ import annotations
 
@@ -76,7 +77,9 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
     rates = measured_rates(out)
     variants: list[Variant] | None = [v for v in spec.variants if not only or v.name in only]
     if not spec.stages:
-        lines, c = _block("ablation", _with(spec, variants), out, rates)
+        plain = _with(spec, variants)
+        lines, c = _block("ablation", plain, out, rates)
+        lines += _next_units(plain, out, rates) if rates else []
         return lines + [_total([(c, spec.budget.time_limit)], rates)]
     lines, totals = [], []
     for i, stage in enumerate(spec.stages):
@@ -98,10 +101,41 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
                          f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds"
                          + preview)
             continue
-        block, c = _block(f"stage {stage.name}", stage_spec(spec, stage, variants), out / stage.name, rates, carried)
+        plain = stage_spec(spec, stage, variants)
+        block, c = _block(f"stage {stage.name}", plain, out / stage.name, rates, carried)
         lines += block
+        if rates and not any(t[0]["scores"] > t[0]["scored"] for t in totals):  # the stage the runner works on
+            lines += _next_units(plain, out / stage.name, rates, carried)
         totals.append((c, stage.budget.time_limit))
     return lines + [_total(totals, rates)]
+
+
+def _next_units(spec: AblationSpec, out: Path, rates: dict, carried: frozenset = frozenset(),
+                most: int = 8) -> list[str]:
+    """The next units in the runner's order with the seconds each should take at the measured rates (training
+    and set-up where its run is not here, then its missing scores): what a device session of S seconds can hold,
+    and what --machine-left-s will judge."""
+    from ditlab.experiments.ablation import order_variants, score_path
+
+    units = []
+    for seed in spec.seeds:
+        for v in order_variants(spec.variants):
+            name = f"{v.name}-s{seed}"
+            owed = list(spec.scores_of(v))
+            missing = [sample for p, e, sample in owed
+                       if (f := score_path(out, name, p, e)) not in carried and not f.exists()]
+            if not missing:
+                continue
+            seconds = 0.0
+            if not (out / "runs" / name / "summary.json").exists():  # trained again, every score with it
+                missing = [sample for _, _, sample in owed]
+                seconds += spec.budget.time_limit + rates["setup_s"]
+            seconds += sum((sample or spec.sample).num for sample in missing) * rates["per_sample_s"]
+            units.append(f"{name} ~{seconds:.0f} s")
+    if not units:
+        return []
+    more = f" and {len(units) - most} more" if len(units) > most else ""
+    return [f"  next units, in the runner's order, at the measured rates: {', '.join(units[:most])}{more}"]
 
 
 def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: AblationSpec, facts) -> str:
