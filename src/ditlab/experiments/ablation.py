@@ -44,9 +44,9 @@ from ditlab.experiments.ablation_spec import AblationSpec, Variant
 from ditlab.experiments.results import write_results
 
 EXIT_MORE_TO_DO = 3  # the budget ran out with units left: run the same command again
-SCORE_LOAD_S = 30.0  # loading a run and compiling its sampler, before its first score (~20-35 s on an H100)
 EXIT_UNITS_FAILED = 1  # every unit but the failed ones (OUT/failed/) is done
 STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # Trainer.run after a signal (it saved a checkpoint)
+SCORE_LOAD_S = 30.0  # loading a run and compiling its sampler, before its first score (~20-35 s on an H100)
 
 
 # Config keys that name files on one machine: a study continued on another machine passes other paths.

@@ -24,33 +24,46 @@ def _budget(b) -> str:
     return f"{b.time_limit:g} s" if b.time_limit else f"{b.steps} steps"
 
 
-def _count(spec: AblationSpec, out: Path, rates: dict | None = None, carried: frozenset = frozenset()) -> dict:
-    """Runs and scores of a plain ablation in ``out``, and (with ``rates``) the device seconds left; a score in
-    ``carried`` (to be taken from the stage before) counts as written."""
-    from ditlab.experiments.ablation import failure_path, score_path
+def _units(spec: AblationSpec, out: Path, rates: dict | None = None, carried: frozenset = frozenset()):
+    """Per (variant, seed) unit of a plain ablation in ``out``, in the runner's order: (name, scores owed, scores
+    missing, trained, device seconds left at ``rates`` or 0). A score in ``carried`` (to be taken from the stage
+    before) counts as written."""
+    from ditlab.experiments.ablation import order_variants, score_path
 
-    counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0, "failed": 0,
-              "left_s": 0.0}
     for seed in spec.seeds:
-        for v in spec.variants:
+        for v in order_variants(spec.variants):
             name = f"{v.name}-s{seed}"
             owed = list(spec.scores_of(v))  # (path, eval, sample settings)
             missing = [sample for p, e, sample in owed
                        if (f := score_path(out, name, p, e)) not in carried and not f.exists()]
             # a unit with every score is done, also where its run is not here (a restored study holds scores)
             trained = (out / "runs" / name / "summary.json").exists() or not missing
-            counts["runs"] += 1
-            counts["scores"] += len(owed)
-            counts["scored"] += len(owed) - len(missing)
-            counts["trained"] += trained
-            counts["to_train"] += not trained
-            counts["partly_scored"] += trained and bool(missing)
-            counts["failed"] += bool(missing) and failure_path(out, name).exists()
+            seconds = 0.0
             if rates and missing:
-                if not trained:  # a restored study has no runs: its unscored units are trained again
-                    missing = [sample for _, _, sample in owed]
-                    counts["left_s"] += spec.budget.time_limit + rates["setup_s"]
-                counts["left_s"] += sum((sample or spec.sample).num for sample in missing) * rates["per_sample_s"]
+                to_score = missing
+                if not trained:  # a restored study has no runs: its unscored units are trained again, all scores
+                    seconds += spec.budget.time_limit + rates["setup_s"]
+                    to_score = [sample for _, _, sample in owed]
+                seconds += sum((sample or spec.sample).num for sample in to_score) * rates["per_sample_s"]
+            yield name, owed, missing, trained, seconds
+
+
+def _count(spec: AblationSpec, out: Path, rates: dict | None = None, carried: frozenset = frozenset()) -> dict:
+    """Runs and scores of a plain ablation in ``out``, and (with ``rates``) the device seconds left; a score in
+    ``carried`` (to be taken from the stage before) counts as written."""
+    from ditlab.experiments.ablation import failure_path
+
+    counts = {"runs": 0, "trained": 0, "partly_scored": 0, "to_train": 0, "scores": 0, "scored": 0, "failed": 0,
+              "left_s": 0.0}
+    for name, owed, missing, trained, seconds in _units(spec, out, rates, carried):
+        counts["runs"] += 1
+        counts["scores"] += len(owed)
+        counts["scored"] += len(owed) - len(missing)
+        counts["trained"] += trained
+        counts["to_train"] += not trained
+        counts["partly_scored"] += trained and bool(missing)
+        counts["failed"] += bool(missing) and failure_path(out, name).exists()
+        counts["left_s"] += seconds
     return counts
 
 
@@ -115,23 +128,8 @@ def _next_units(spec: AblationSpec, out: Path, rates: dict, carried: frozenset =
     """The next units in the runner's order with the seconds each should take at the measured rates (training
     and set-up where its run is not here, then its missing scores): what a device session of S seconds can hold,
     and what --machine-left-s will judge."""
-    from ditlab.experiments.ablation import order_variants, score_path
-
-    units = []
-    for seed in spec.seeds:
-        for v in order_variants(spec.variants):
-            name = f"{v.name}-s{seed}"
-            owed = list(spec.scores_of(v))
-            missing = [sample for p, e, sample in owed
-                       if (f := score_path(out, name, p, e)) not in carried and not f.exists()]
-            if not missing:
-                continue
-            seconds = 0.0
-            if not (out / "runs" / name / "summary.json").exists():  # trained again, every score with it
-                missing = [sample for _, _, sample in owed]
-                seconds += spec.budget.time_limit + rates["setup_s"]
-            seconds += sum((sample or spec.sample).num for sample in missing) * rates["per_sample_s"]
-            units.append(f"{name} ~{seconds:.0f} s")
+    units = [f"{name} ~{seconds:.0f} s" for name, _, missing, _, seconds in _units(spec, out, rates, carried)
+             if missing]
     if not units:
         return []
     more = f" and {len(units) - most} more" if len(units) > most else ""
