@@ -524,12 +524,10 @@ def check_values(cfg: Config, source: str = "") -> None:
     if not model.label_in_adaln and not model.class_tokens:
         raise ConfigError(f"model.label_in_adaln=false needs model.class_tokens > 0 (the label would reach the "
                           f"network nowhere){where}")
-    unfused = [f"model.{k}={getattr(model, k)}" for k, base in (("norm", "layernorm"), ("mlp", "gelu"))
-               if getattr(model, k) != base]
-    if unfused and cfg.train.fast_kernels == "on":
-        raise ConfigError(f"train.fast_kernels=on: the fused adaLN kernels support only model.norm=layernorm and "
-                          f"model.mlp=gelu, got {', '.join(unfused)}; use train.fast_kernels=auto (eager for "
-                          f"this model) or off{where}")
+    if model.norm != "layernorm" and cfg.train.fast_kernels == "on":
+        raise ConfigError(f"train.fast_kernels=on: the fused adaLN kernels support only model.norm=layernorm, "
+                          f"got model.norm={model.norm}; use train.fast_kernels=auto (eager for this model) or "
+                          f"off{where}")
     from ditlab.diffusion.options import diffusion_problem
 
     problem = diffusion_problem(cfg)  # the diffusion.* / sample.* options that cannot work together

@@ -26,11 +26,10 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-def unsupported_by_fused_kernels(mlp: str, norm: str) -> tuple[str, ...]:
-    """The ``model.*`` settings the fused adaLN path (ditlab.models.kernels) was not written for: its kernels
-    compute LayerNorm, and the block's fused path was written and measured for DiT's GELU MLP only."""
-    return tuple(f"model.{key}={value}" for key, value, base in (("norm", norm, "layernorm"), ("mlp", mlp, "gelu"))
-                 if value != base)
+def unsupported_by_fused_kernels(norm: str) -> tuple[str, ...]:
+    """The ``model.*`` settings the fused adaLN path (ditlab.models.kernels) cannot compute: its kernels compute
+    LayerNorm. Either MLP (GELU or SwiGLU) runs between the kernels as its own module (``kernels.block_mlp``)."""
+    return (f"model.norm={norm}",) if norm != "layernorm" else ()
 
 
 class AdaLNMods(NamedTuple):
@@ -97,7 +96,7 @@ class DiTBlock(nn.Module):
         self.fast_kernels = False
         # What the fused kernels cannot compute: configure_fast_kernels refuses train.fast_kernels=on for
         # these settings and keeps the eager path on auto.
-        self.fused_unsupported = unsupported_by_fused_kernels(mlp, norm)
+        self.fused_unsupported = unsupported_by_fused_kernels(norm)
 
     def forward(self, x, c, index, mask, rope, context, context_mask, kv_prefix=None, return_kv=False, sets=None,
                 attn_gate=None):
@@ -162,7 +161,7 @@ class DiTBlock(nn.Module):
             x, h = kernels.gate_residual_adaln(x, a, gate, shift, scale, index)
             a, gate = cross.attn(h, context=sets[name][0], mask=sets[name][1]), next_gate
         x, h = kernels.gate_residual_adaln(x, a, gate, m.shift_mlp, m.scale_mlp, index)
-        x = x + gather_groups(m.gate_mlp, index) * kernels.gelu_mlp(self.mlp, h)  # fused by torch.compile
+        x = x + gather_groups(m.gate_mlp, index) * kernels.block_mlp(self.mlp, h)  # fused by torch.compile
         return (x, kv) if return_kv else x
 
 
@@ -175,7 +174,7 @@ class FinalLayer(nn.Module):
         self.adaLN = stacked_linear(dim, dim, 2)
         self.linear = nn.Linear(dim, patch_size * patch_size * channels)
         self.fast_kernels = False  # fused LayerNorm + modulate (ditlab.models.kernels)
-        self.fused_unsupported = unsupported_by_fused_kernels("gelu", norm)
+        self.fused_unsupported = unsupported_by_fused_kernels(norm)
 
     def forward(self, x, c, index):
         if self.fast_kernels and not self.fused_unsupported:

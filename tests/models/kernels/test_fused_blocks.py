@@ -115,6 +115,8 @@ CASES = {
     "class_tokens_rope": (dict(streams=[IMG], num_classes=5, class_tokens=2, pos_embed="rope", qk_norm=True),
                           dict(labels=True)),
     "long_skips": (dict(streams=[IMG], num_classes=5, long_skips=True), dict(labels=True)),
+    # the combination of the speedrun's final stage: SwiGLU (its own module between the kernels) + long skips
+    "swiglu_long_skips": (dict(streams=[IMG], num_classes=5, mlp="swiglu", long_skips=True), dict(labels=True)),
     "routed": (dict(streams=[IMG], num_classes=5, class_tokens=2, route_fraction=0.5, route_blocks="1:2"),
                dict(labels=True)),
 }

@@ -96,10 +96,21 @@ def test_knob_is_validated_and_falls_back_to_the_module_off_cuda(monkeypatch):
     x = torch.randn(2, 5, 8)
     monkeypatch.setattr(kernels, "MLP_GEMM", "cutlass")
     with pytest.raises(ValueError, match="DITLAB_MLP_GEMM must be one of cublas, triton, got 'cutlass'"):
-        kernels.gelu_mlp(mlp, x)
+        kernels.block_mlp(mlp, x)
     for mode in kernels.MLP_GEMM_MODES:  # on the CPU both are the module itself, exactly
         monkeypatch.setattr(kernels, "MLP_GEMM", mode)
-        torch.testing.assert_close(kernels.gelu_mlp(mlp, x), mlp(x), rtol=0, atol=0)
+        torch.testing.assert_close(kernels.block_mlp(mlp, x), mlp(x), rtol=0, atol=0)
+
+
+def test_swiglu_never_takes_the_gelu_gemms(monkeypatch):
+    """DITLAB_MLP_GEMM=triton is GELU's epilogue: a SwiGLU stays its own module even where the Triton GEMMs run."""
+    from ditlab.models.mlp import make_mlp as make_block_mlp
+
+    swiglu = make_block_mlp("swiglu", 8, 4.0)
+    x = torch.randn(2, 5, 8)
+    monkeypatch.setattr(kernels, "MLP_GEMM", "triton")
+    monkeypatch.setattr(kernels, "_use_triton", lambda t: True)
+    torch.testing.assert_close(kernels.block_mlp(swiglu, x), swiglu(x), rtol=0, atol=0)
 
 
 # ---- GPU ------------------------------------------------------------------------------------------------
@@ -159,7 +170,8 @@ def test_ops_pass_opcheck():
 
 
 @interp
-@pytest.mark.parametrize("case", ["image", "superres", "named_sets", "class_tokens_rope", "long_skips", "routed"])
+@pytest.mark.parametrize("case", ["image", "superres", "named_sets", "class_tokens_rope", "long_skips", "routed",
+                                  "swiglu_long_skips"])
 def test_whole_models_through_the_interpreter_with_every_kernel(case, monkeypatch):
     """The fused path with the Triton kernels for adaLN and the MLP (DITLAB_MLP_GEMM=triton), run through the
     interpreter on the CPU (the kernels' CUDA gate opened), against the eager model: the integration the GPU tests
@@ -178,7 +190,8 @@ def test_whole_models_through_the_interpreter_with_every_kernel(case, monkeypatc
     real = mlp_triton.gelu_mlp
     monkeypatch.setattr(mlp_triton, "gelu_mlp", lambda *a: calls.append(1) or real(*a))
     on, g_on = run_model(model, x, t, kw)
-    assert len(calls) == 2  # both blocks' MLPs took the Triton GEMMs
+    # both blocks' GELU MLPs took the Triton GEMMs; a SwiGLU stays its own module between the adaLN kernels
+    assert len(calls) == (0 if mkw.get("mlp") == "swiglu" else 2)
     assert rel_err(on, off) < 1e-5
     assert g_on.keys() == g_off.keys()
     for name in g_off:

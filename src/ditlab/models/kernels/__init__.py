@@ -3,8 +3,9 @@
     adaln_modulate(x, shift, scale, index)                -> LN(x) * (1 + scale) + shift
     gate_residual_adaln(x, branch, gate, shift, scale, index) -> (x', LN(x') * (1 + scale) + shift),
                                                               x' = x + gate * branch
-    gelu_mlp(mlp, x)                                      -> DiT's MLP; with DITLAB_MLP_GEMM=triton its GELU
-                                                              inside Triton GEMMs (mlp_triton)
+    block_mlp(mlp, x)                                     -> the block's MLP (GELU or SwiGLU); with
+                                                              DITLAB_MLP_GEMM=triton DiT's GELU inside Triton
+                                                              GEMMs (mlp_triton)
 
 Modulation tensors are (B, G, D) (or (B, D), taken as G = 1); token n uses group index[n], or 0 when
 G == 1, or n when G == N (see ``reference``). The Triton path runs for CUDA tensors when Triton is
@@ -24,10 +25,11 @@ import torch
 
 from ditlab.models.kernels.reference import (adaln_modulate_ref, gate_residual_adaln_ref, gather_groups,
                                              modulate)
+from ditlab.models.mlp import Mlp
 from ditlab.models.token_groups import Index, index_tensor
 
 __all__ = ["adaln_modulate", "gate_residual_adaln", "adaln_modulate_ref", "gate_residual_adaln_ref",
-           "gather_groups", "modulate", "gelu_mlp", "triton_available", "resolve_fast_kernels",
+           "gather_groups", "modulate", "block_mlp", "triton_available", "resolve_fast_kernels",
            "configure_fast_kernels", "set_fast_kernels", "fast_kernels_on", "fused_unsupported", "FAST_KERNEL_MODES",
            "MLP_GEMM_MODES", "FastKernelsUnavailable"]
 
@@ -115,13 +117,15 @@ def gate_residual_adaln(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tenso
     return xnew, y
 
 
-def gelu_mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``mlp(x)`` for DiT's GELU MLP (ditlab.models.mlp.Mlp) inside a fused block: with DITLAB_MLP_GEMM=triton on
+def block_mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` inside a fused block. For DiT's GELU MLP (ditlab.models.mlp.Mlp) with DITLAB_MLP_GEMM=triton on
     CUDA, one Triton GEMM computes fc1 with the GELU in its epilogue and the backward's fc2 GEMM applies GELU's
-    derivative in its epilogue (mlp_triton); otherwise the module itself."""
+    derivative in its epilogue (mlp_triton). Every other case is the module itself: a SwiGLU's silu(gate) *
+    value is one elementwise kernel under torch.compile, and a GEMM epilogue for it would meet the GELU one's
+    result at K = 384 (slower than cuBLAS, BENCHMARKS.md)."""
     if MLP_GEMM not in MLP_GEMM_MODES:
         raise ValueError(f"DITLAB_MLP_GEMM must be one of {', '.join(MLP_GEMM_MODES)}, got {MLP_GEMM!r}")
-    if MLP_GEMM == "triton" and _use_triton(x):
+    if MLP_GEMM == "triton" and isinstance(mlp, Mlp) and _use_triton(x):
         from ditlab.models.kernels.mlp_triton import gelu_mlp as fused
 
         return fused(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
@@ -184,8 +188,8 @@ def configure_fast_kernels(model: torch.nn.Module, mode: str, device: torch.devi
     config key or flag the mode came from, for the messages."""
     unsupported = fused_unsupported(model)
     if unsupported and mode == "on":
-        raise ValueError(f"{_said(name, 'on')}: the fused adaLN kernels support only model.norm=layernorm and "
-                         f"model.mlp=gelu, this model has {', '.join(unsupported)}; use {_said(name, 'auto')} "
+        raise ValueError(f"{_said(name, 'on')}: the fused adaLN kernels support only model.norm=layernorm, "
+                         f"this model has {', '.join(unsupported)}; use {_said(name, 'auto')} "
                          "(the eager path for this model) or off")
     enabled = resolve_fast_kernels(mode, device, name) and not unsupported
     set_fast_kernels(model, enabled)
