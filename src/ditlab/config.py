@@ -304,6 +304,10 @@ class OptimConfig:
     # modulation's chunks; SwiGLU's gate and value: ditlab.models.stacked) instead of the fused matrix whole, with
     # each map's own lr scale. false: the fused matrix is one matrix to Muon (the study's muon variants)
     muon_split: bool = False
+    # optim.name=muon only: the Muon part's peak lr; null: optim.lr (one lr for both parts, which
+    # muon_adjust_lr=match_rms_adamw is made for). Warm-up and decay scale it as they scale optim.lr (the
+    # ratio muon_lr / optim.lr holds all run long), and Muon's decoupled weight decay takes it, as in torch.optim.Muon
+    muon_lr: Optional[float] = None
 
 
 @dataclass
@@ -499,10 +503,14 @@ def check_values(cfg: Config, source: str = "") -> None:
                           f"train.init_from=RUN (the run whose weights to start from) or leave train.init_weights at "
                           f"{TrainConfig.init_weights}{where}")
     optim = cfg.optim
-    muon_keys = ("muon_momentum", "muon_adjust_lr", "muon_compile", "muon_split")
-    if optim.name == "adamw" and off_default(optim, "optim", muon_keys):
-        raise ConfigError(f"optim.muon_momentum, optim.muon_adjust_lr, optim.muon_compile and optim.muon_split apply "
-                          f"to optim.name=muon, not adamw{where}")
+    muon_keys = ("muon_momentum", "muon_adjust_lr", "muon_compile", "muon_split", "muon_lr")
+    muon_only = off_default(optim, "optim", muon_keys) if optim.name == "adamw" else []
+    if muon_only:
+        raise ConfigError(f"{', '.join(muon_only)}: optim.{', optim.'.join(muon_keys)} apply to optim.name=muon, "
+                          f"not adamw{where}")
+    if optim.muon_lr is not None and not (optim.muon_lr > 0 and optim.lr > 0):
+        raise ConfigError(f"optim.muon_lr must be > 0 with optim.lr > 0 (the schedule scales it by muon_lr / lr), got "
+                          f"optim.muon_lr={optim.muon_lr}, optim.lr={optim.lr}{where}")
     if optim.decay == "constant" and optim.min_lr_ratio != OptimConfig.min_lr_ratio:
         raise ConfigError(f"optim.min_lr_ratio={optim.min_lr_ratio} applies to optim.decay=cosine or linear (the lr it "
                           f"decays to); with optim.decay=constant the lr stays optim.lr: choose a decay or leave "

@@ -631,23 +631,25 @@ def test_the_combination_trains_first_before_variants_stacked_in_an_earlier_stag
     assert [v.name for v in order] == ["combo_final", "base", "a+b", "c"]
 
 
-def test_the_muon_split_ablation_repeats_the_stack_rounds_conditions():
-    """configs/ablations/muon_split.yaml compares with the stack round's muon+lr2e3 score: the same overrides, budget,
-    seed and sample settings, and `split` differs by optim.muon_split alone."""
+def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
+    """configs/ablations/muon_options.yaml compares with the stack round's muon+lr2e3 score: the same overrides,
+    budget, seed and sample settings; `split` differs by optim.muon_split alone, `muon_lr4e3` by optim.muon_lr."""
     from pathlib import Path
 
     from ditlab.experiments.ablation import variant_config
 
-    plan, split = load_ablation("configs/ablations/speedrun.yaml"), load_ablation("configs/ablations/muon_split.yaml")
+    plan, split = load_ablation("configs/ablations/speedrun.yaml"), load_ablation("configs/ablations/muon_options.yaml")
     check_variants(plan, [])
     check_variants(split, [])
     stack = stage_spec(plan, plan.stages[1], plan.variants)
     assert (split.budget, split.seeds, split.sample) == (stack.budget, stack.seeds, stack.sample)
     assert stack.evals_of(stack.variants[0]) == [("cfg", stack.sample)]  # the stack round scored the plain sample
-    whole, with_split = (variant_config(split, v, 0, Path("u"), []) for v in split.variants)
+    whole, with_split, muon_lr = (variant_config(split, v, 0, Path("u"), []) for v in split.variants)
     muon = next(v for v in plan.variants if v.name == "muon")
     lr2e3 = next(v for v in plan.variants if v.name == "lr2e3")
     pair = dataclasses.replace(muon, overrides=muon.overrides + lr2e3.overrides)  # the stack round's muon+lr2e3
     paired = variant_config(stack, pair, 0, Path("u"), [])
     assert whole == paired
     assert dataclasses.replace(with_split, optim=dataclasses.replace(with_split.optim, muon_split=False)) == whole
+    assert (muon_lr.optim.lr, muon_lr.optim.muon_lr) == (2e-3, 4e-3)
+    assert dataclasses.replace(muon_lr, optim=dataclasses.replace(muon_lr.optim, muon_lr=None)) == whole

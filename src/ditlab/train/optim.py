@@ -18,10 +18,12 @@ def build_optimizer(model: torch.nn.Module, optim_cfg, device: torch.device):
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         # optim.muon_split: each map of a stacked layer (q, k, v; the adaLN chunks; gate and value) on its own
         parts = {w: k for w, k in matrices if k > 1} if getattr(optim_cfg, "muon_split", False) else None
-        muon = BatchedMuon(hidden, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
+        muon_lr = getattr(optim_cfg, "muon_lr", None)
+        ratio = 1.0 if muon_lr is None else muon_lr / optim_cfg.lr  # optim.muon_lr: the schedule keeps the ratio
+        muon = BatchedMuon(hidden, lr=optim_cfg.lr * ratio, weight_decay=optim_cfg.weight_decay,
                            momentum=optim_cfg.muon_momentum, adjust_lr_fn=optim_cfg.muon_adjust_lr,
                            compile=getattr(optim_cfg, "muon_compile", "off"), parts=parts)
-        return MuonAdamW(muon, _adamw(rest, optim_cfg, device))
+        return MuonAdamW(muon, _adamw(rest, optim_cfg, device), muon_lr_ratio=ratio)
     return _adamw([p for p in model.parameters() if p.requires_grad], optim_cfg, device)
 
 
@@ -71,12 +73,19 @@ def muon_matrices(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, int]
 
 class MuonAdamW:
     """Muon and AdamW stepped together, as one optimizer for the trainer: ``param_groups`` lists both parts' groups
-    (so set_lr reaches both), ``state_dict`` holds both parts by name, ``found_inf`` (the sync-free non-finite
-    guard) reaches both. Not a torch.optim.Optimizer: fp16's GradScaler, which steps a single torch optimizer, is
-    refused with it (ditlab.config)."""
+    (so set_lr reaches both: Muon's at ``muon_lr_ratio`` times the scheduled lr, optim.muon_lr / optim.lr),
+    ``state_dict`` holds both parts by name, ``found_inf`` (the sync-free non-finite guard) reaches both. Not a
+    torch.optim.Optimizer: fp16's GradScaler, which steps a single torch optimizer, is refused with it
+    (ditlab.config)."""
 
-    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer, muon_lr_ratio: float = 1.0):
         self.parts = {"muon": muon, "adamw": adamw}
+        self.muon_lr_ratio = muon_lr_ratio
+
+    def set_lr(self, lr: float) -> None:
+        """The scheduled lr (optim.lr's) for AdamW's groups, times ``muon_lr_ratio`` for Muon's."""
+        set_lr(self.parts["adamw"], lr)
+        set_lr(self.parts["muon"], lr * self.muon_lr_ratio)
 
     @property
     def found_inf(self):
@@ -132,6 +141,11 @@ def lr_at(step: int, optim_cfg, progress: float = 0.0) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to ``lr`` (a device tensor lr is filled in place); an optimizer with its own
+    ``set_lr`` (MuonAdamW: optim.muon_lr) spreads it over its parts."""
+    if not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "set_lr"):
+        optimizer.set_lr(lr)
+        return
     for group in optimizer.param_groups:
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(lr)

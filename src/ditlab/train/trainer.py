@@ -366,6 +366,11 @@ class Trainer:
     def current_lr(self) -> float:
         return lr_at(self.step, self.cfg.optim, self.run_fraction())
 
+    def _muon_lr(self) -> dict:
+        """``lr_muon`` for the log where optim.muon_lr gives Muon's part its own lr (``lr`` is optim.lr's)."""
+        muon_lr = getattr(self.cfg.optim, "muon_lr", None)
+        return {} if muon_lr is None else {"lr_muon": self.current_lr() * muon_lr / self.cfg.optim.lr}
+
     def check_finite(self) -> None:
         """Raise for a non-finite step caught by the sync-free guard (one host sync)."""
         if self.sync_free and bool(self._halt):
@@ -567,6 +572,7 @@ class Trainer:
             loss_sum = mean_over_ranks(self.dist, torch.as_tensor(loss_sum, device=self.device))
         self.last_loss = float(loss_sum) / n  # the one host sync of a logging interval
         metrics = {"loss": self.last_loss, "grad_norm": float(gnorm), "lr": self.current_lr(),
+                   **self._muon_lr(),
                    "images_per_s": n * self.cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9),
                    "epoch": self.order.epoch}
         self.logger.log(self.step, metrics)
