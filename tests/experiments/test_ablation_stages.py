@@ -312,6 +312,54 @@ def test_a_training_stopped_by_sigterm_resumes_in_the_next_invocation(tmp_path, 
     assert summary["steps"] == 4 and [s["end_step"] for s in summary["segments"]] == [2, 4]
 
 
+def test_a_stopped_run_carried_to_another_machine_resumes_there(tmp_path, monkeypatch, capsys):
+    """The long stage's carry (docs/speedrun.md): a run stopped by SIGTERM at a checkpoint, packed with
+    speedrun_study.sh, unpacked into another study folder beside other copies of the data and the FID reference
+    (another machine's paths), resumes there with the rest of its steps, keeps the FID curve measured before the
+    stop, and is scored."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    import ditlab.train.trainer as trainer_module
+
+    data, net = write_study(tmp_path, monkeypatch, TIMED.replace("steps: 3, eval_every: 1", "steps: 4, eval_every: 1"), 8)
+    original = trainer_module.Trainer.train_step
+
+    def step_then_sigterm(self):
+        result = original(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    def ablate(study, data):
+        return main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(study / "long"), "--ref", str(data),
+                     "--inception", str(net), "--set", f"data.path={data}", "--device", "cpu"])
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_sigterm)
+    here = tmp_path / "here"
+    assert ablate(here, data) == 3
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", original)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "speedrun_study.sh"
+    tar, there = tmp_path / "long.tar", tmp_path / "there"
+    for args in (("pack", str(here), str(tar)), ("unpack", str(tar), str(there))):
+        done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    (tmp_path / "elsewhere").mkdir()
+    moved = shutil.copy(data, tmp_path / "elsewhere" / "d.npz")
+    shutil.rmtree(here)  # the first machine is gone
+    capsys.readouterr()
+    assert ablate(there, moved) == 0
+    assert "resuming it from step_00000002" in capsys.readouterr().out
+    run = there / "long" / "runs" / "single-s0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and [s["end_step"] for s in summary["segments"]] == [2, 4]
+    score = json.loads((there / "long" / "scores" / "single-s0__default.json").read_text())
+    assert [step for _, step, _ in score["eval_curve"]] == [1, 2, 3, 4]  # before the stop and after it
+
+
 POSTHOC = """\
 config: tiny.yaml
 seeds: [0]
