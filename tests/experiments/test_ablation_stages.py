@@ -250,9 +250,11 @@ def test_shipped_speedrun_plan_is_valid():
     screen_, stack, final, long = spec.stages
     assert final.seeds == [0, 1] and "baseline" in final.keep
     assert long.budget.eval_every > 0 and spec.time_to_fid == [10, 7, 5]
-    # screen on the eval that ranks; the long stage's FID-50k only on the headline pair
+    # screen on the eval that ranks; the long stage's end scores on the headline pair
     assert screen_.evals == ["cfg"] and final.rank_by == "cfg"
     assert long.evals == ["cfg", "nocfg"]
+    # the long run fits one session's 30 device minutes: 15 of training, evaluations off the clock
+    assert long.budget.time_limit <= 900 and long.num == long.budget.eval_num == 10_000
     # the stacking round repeats the screen's budget and sampling, so the best and the baseline keep their scores
     assert stack.stack and stack.top == 1 and stack.keep == ["baseline"]
     assert (stack.budget, stack.seeds, stack.num, stack.evals) == (screen_.budget, screen_.seeds, screen_.num,
@@ -443,7 +445,7 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
         json.dumps({"variant": "only_e3", "seed": 0, "num_samples": 6, "sample_seconds": 99.0}))
     assert measured_rates(tmp_path / "nowhere") is None
     rates = measured_rates(out)
-    assert rates == {"setup_s": 30.0, "per_sample_s": 1.5, "scores": 2}
+    assert rates == {"setup_s": 30.0, "per_sample_s": 1.5, "scores": 2, "steps_per_s": 0.0, "variant_steps_per_s": {}}
     counts = _count(spec, out, rates)
     assert counts["to_train"] == 0 and counts["trained"] == 2 and counts["scored"] == 3 and counts["left_s"] == 0
     restored.unlink()
@@ -454,6 +456,41 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
     assert "about 2 min of device time at the rates of the 2 timed scores so far (30 s of set-up" in lines[-1]
     # the units left, in the runner's order, each with its seconds: what --machine-left-s judges
     assert lines[-2] == "  next units, in the runner's order, at the measured rates: only_e3-s0 ~139 s"
+
+
+def test_the_estimates_count_the_fid_evaluations_during_training(tmp_path):
+    """A budget with FID during training (the long stage's eval_every): a run costs its evaluations too, one per
+    eval_every steps at the variant's measured steps per second (the study's median for a variant not timed yet),
+    eval_num samples each at the per-sample rate; --plan and the runner's unit estimate (what --machine-left-s
+    judges) agree."""
+    from ditlab.experiments.ablation import AblationRunner
+    from ditlab.experiments.plan import _count
+    from ditlab.experiments.timings import measured_rates, training_eval_s
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "ablation.yaml").write_text(EVALS.replace("budget: {steps: 2}",
+                                                          "budget: {time_limit: 100, eval_every: 100, eval_num: 4}"))
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    out = tmp_path / "out"
+    (out / "scores").mkdir(parents=True)
+    for name, steps in (("e3", 500), ("h2", 500)):  # 5 steps a timed second, 1.5 s a sample
+        (out / "scores" / f"single-s0__default__{name}.json").write_text(json.dumps(
+            {"variant": "single", "seed": 0, "train_wall_seconds": 130.0, "train_seconds": 100.0, "train_steps": steps,
+             "num_samples": 6, "sample_seconds": 7.0, "fid_seconds": 2.0}))
+    rates = measured_rates(out)
+    assert (rates["steps_per_s"], rates["variant_steps_per_s"]) == (5.0, {"single": 5.0})
+    # 500 steps in 100 s: 5 evaluations of 4 samples; a variant's own rate first; at most the budget's steps
+    assert training_eval_s(rates, "only_e3", 100, 10**6, 100, 4) == pytest.approx(5 * 4 * 1.5)
+    assert training_eval_s({**rates, "variant_steps_per_s": {"fast": 10.0}}, "fast", 100, 10**6, 100, 4) == \
+        pytest.approx(10 * 4 * 1.5)
+    assert training_eval_s(rates, "single", 100, 250, 100, 4) == pytest.approx(2 * 4 * 1.5)
+    assert training_eval_s(rates, "single", 100, 10**6, 0, 4) == 0.0
+    expected = 100 + 30 + 5 * 4 * 1.5 + 6 * 1.5  # only_e3: train, evaluate during training, score its one eval
+    assert _count(spec, out, rates)["left_s"] == pytest.approx(expected)
+    runner = AblationRunner(spec, out, scorer=None, device="cpu")
+    unit = next(u for u in runner.units if u.variant.name == "only_e3")
+    assert runner.expected_unit_s(unit, out / "runs" / unit.name) == pytest.approx(expected)
 
 
 def test_stages_run_on_parallel_workers(tmp_path, monkeypatch):

@@ -246,8 +246,9 @@ class AblationRunner:
     def expected_unit_s(self, unit: Unit, run_dir: Path) -> float:
         """How long training and scoring ``unit`` should take: the last such unit's time in this invocation, and
         at least what is left of its training time limit (all of it unless an earlier invocation stopped it at
-        a checkpoint) plus, at the rates the study's timed scores measured, its set-up and its samples (without
-        them the first unit of an invocation has only its time limit to go by)."""
+        a checkpoint) plus, at the rates the study's timed scores measured, its set-up, its samples and its FID
+        evaluations during training (without them the first unit of an invocation has only its time limit to go
+        by)."""
         from ditlab.train.checkpoint import CheckpointError, timed_seconds_trained
 
         estimate = float(self.run_config(unit, run_dir).train.time_limit or 0.0)
@@ -257,8 +258,12 @@ class AblationRunner:
             except CheckpointError:
                 pass  # no valid checkpoint: train() starts it again from the beginning
         if self.rates:
+            from ditlab.experiments.timings import training_eval_s
+
             samples = sum((sample or self.spec.sample).num for _, _, sample in self.spec.scores_of(unit.variant))
-            estimate += self.rates["setup_s"] + samples * self.rates["per_sample_s"]
+            b = self.spec.budget  # FID during training (the long stage's time-to-FID curve): off the clock
+            estimate += (self.rates["setup_s"] + samples * self.rates["per_sample_s"]
+                         + training_eval_s(self.rates, unit.variant.name, estimate, b.steps, b.eval_every, b.eval_num))
         return max(self.last_unit_s, estimate)
 
     def expected_score_s(self, sample, loading: bool) -> float:

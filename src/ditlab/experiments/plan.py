@@ -8,8 +8,8 @@ if the stage before it ended now (its ranking so far, the kept variants, the com
 
 Once some scores carry their timings (``train_wall_seconds``, ``sample_seconds``, ``fid_seconds``), the total
 also estimates the device time left at the rates measured so far: per run to train its time limit plus the
-median set-up (wall minus timed training), per score its samples at the median seconds per sample (sampling
-and FID). The rates are those of the machine that measured them, and ignore NFE differences between evals.
+median set-up (wall minus timed training) and its FID evaluations during training (train.eval_every, at the
+variant's measured steps per second), per score its samples at the median seconds per sample (sampling and FID). The rates are those of the machine that measured them, and ignore NFE differences between evals.
 The stage being worked on also lists its next units in the runner's order with each one's seconds.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
-from ditlab.experiments.timings import measured_rates
+from ditlab.experiments.timings import measured_rates, training_eval_s
 
 
 def _budget(b) -> str:
@@ -42,7 +42,9 @@ def _units(spec: AblationSpec, out: Path, rates: dict | None = None, carried: fr
             if rates and missing:
                 to_score = missing
                 if not trained:  # a restored study has no runs: its unscored units are trained again, all scores
-                    seconds += spec.budget.time_limit + rates["setup_s"]
+                    b = spec.budget
+                    seconds += b.time_limit + rates["setup_s"] + training_eval_s(rates, v.name, b.time_limit, b.steps,
+                                                                                 b.eval_every, b.eval_num)
                     to_score = [sample for _, _, sample in owed]
                 seconds += sum((sample or spec.sample).num for sample in to_score) * rates["per_sample_s"]
             yield name, owed, missing, trained, seconds
