@@ -9,7 +9,8 @@ if the stage before it ended now (its ranking so far, the kept variants, the com
 Once some scores carry their timings (``train_wall_seconds``, ``sample_seconds``, ``fid_seconds``), the total
 also estimates the device time left at the rates measured so far: per run to train its time limit plus the
 median set-up (wall minus timed training) and its FID evaluations during training (train.eval_every, at the
-variant's measured steps per second), per score its samples at the median seconds per sample (sampling and FID). The rates are those of the machine that measured them, and ignore NFE differences between evals.
+variant's measured steps per second), per score its samples at the median seconds per sample (sampling and
+FID). The rates are those of the machine that measured them, and ignore NFE differences between evals.
 The stage being worked on also lists its next units in the runner's order with each one's seconds.
 """
 from __future__ import annotations
