@@ -203,6 +203,27 @@ def test_a_stage_scores_only_its_evals(tmp_path, monkeypatch):
     assert spec.stages[0].evals == ["e2"] and spec.stages[1].evals == []
 
 
+def test_the_curve_ends_with_the_runs_score_when_it_measures_the_same(tmp_path, monkeypatch):
+    """eval_every seldom lands on a run's last step: the score of the eval that FID during training used (the first),
+    with as many samples, is the curve's last point, in every score of the run (time to FID reads it too)."""
+    spec = EVALS.replace("budget: {steps: 2}", "budget: {steps: 4, eval_every: 3, eval_num: 6}")
+    data, net = write_study(tmp_path, monkeypatch, spec + "time_to_fid: [1000000]\n", 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net) + ["--only", "single"]) == 0
+    e3, h2 = (json.loads((out / "scores" / f"single-s0__default__{e}.json").read_text()) for e in ("e3", "h2"))
+    assert [c[1] for c in e3["eval_curve"]] == [3, 4]  # step 3 during training, step 4 the end's score
+    assert e3["eval_curve"][-1][2] == e3["fid"] and e3["curve_end_from_score"]
+    assert e3["eval_curve"][-1][0] >= e3["eval_curve"][0][0]  # the training clock's seconds at the end
+    assert h2["eval_curve"] == e3["eval_curve"]  # the same curve in the run's other score
+    # another sample count than the evaluations during training: the curve stays theirs
+    (tmp_path / "ablation.yaml").write_text(spec.replace("eval_num: 6", "eval_num: 4") + "time_to_fid: [1000000]\n")
+    other = tmp_path / "other"
+    args = _args(tmp_path, data, net)
+    assert main(args[:2] + ["--out", str(other)] + args[4:] + ["--only", "single"]) == 0
+    record = json.loads((other / "scores" / "single-s0__default__e3.json").read_text())
+    assert [c[1] for c in record["eval_curve"]] == [3] and "curve_end_from_score" not in record
+
+
 def test_bad_stage_evals_are_named(tmp_path):
     def bad(text, match):  # at load: not when the stage is reached
         refused(tmp_path, "evals: {e: {}, f: {steps: 3}}\n" + text, match)

@@ -584,9 +584,30 @@ class AblationRunner:
         }
         curve = eval_curve(run_dir)
         if curve:  # FID during training: (training seconds, step, FID) and the first time it reached each threshold
+            end = self._curve_end(unit, path, eval_name, s, fid, summary)
+            if end and end[1] > curve[-1][1]:  # the run's end, which eval_every seldom lands on
+                curve.append(end)
+                record["curve_end_from_score"] = True
             record["eval_curve"] = curve
             record["time_to_fid"] = {f"{x:g}": time_to(curve, x) for x in self.spec.time_to_fid}
         return record
+
+    def _curve_end(self, unit: Unit, path: str, eval_name: str, s, fid: float, summary: dict) -> list | None:
+        """[training seconds, step, FID] at the run's end from the score of the eval whose settings FID during
+        training used (the variant's first, variant_config) on the task's default path (what those evaluations
+        sample), where it drew as many samples as they did (an FID of another sample count has another bias): this
+        score, or that eval's score file when this is another eval. None where there is no such score (yet)."""
+        first_name, first = self.spec.evals_of(unit.variant)[0]
+        if path != "default" or first.num != self.spec.budget.eval_num:
+            return None
+        if eval_name == first_name:
+            value = fid
+        else:
+            try:
+                value = json.loads(self.score_file(unit, path, first_name).read_text())["fid"]
+            except (OSError, ValueError, KeyError):
+                return None
+        return [round(float(summary.get("timed_seconds", 0.0)), 2), int(summary["steps"]), float(value)]
 
     # ---- helpers --------------------------------------------------------------------------------
     def _sampling_model(self, run, num: int) -> torch.nn.Module:
