@@ -634,6 +634,12 @@ def test_plan_previews_whom_a_waiting_stage_would_take(tmp_path):
     line = describe_plan(spec, out)[1]
     assert line.startswith("stage final: 2 steps per run, seeds [0, 1]: waits for the stage before it")
     assert line.endswith("; with the 2 of 3 variants ranked so far it would take hot (3.00), base")
+    # once scores carry timings: one run's device seconds, for the best so far (what a session must hold)
+    (scores / "hot-s0__default.json").write_text(json.dumps(
+        {"variant": "hot", "seed": 0, "path": "default", "fid": 3.0, "train_wall_seconds": 20.0,
+         "train_seconds": 5.0, "train_steps": 1, "num_samples": 6, "sample_seconds": 5.0, "fid_seconds": 1.0}))
+    line = next(x for x in describe_plan(spec, out) if x.startswith("stage final"))  # 15 s of set-up, 4 samples at 1 s
+    assert line.endswith("it would take hot (3.00), base; a run of hot ~19 s at the measured rates")
     (scores / "base-s0__default.json").write_text(
         json.dumps({"variant": "base", "seed": 0, "path": "default", "fid": 1.0}))
     assert "would take" not in describe_plan(spec, out)[1]  # the screen is complete: the stage is known

@@ -113,9 +113,10 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
                 preview = _preview(spec, stage, ranked, prev_spec, facts)
                 variants = None
         if variants is None:  # its variants depend on a ranking not known yet
+            one = _one_run(spec, stage, ranked, prev_spec, out, rates) if preview and rates else ""
             lines.append(f"stage {stage.name}: {_budget(stage.budget)} per run, seeds {stage.seeds}: waits for the "
                          f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds"
-                         + preview)
+                         + preview + one)
             continue
         plain = stage_spec(spec, stage, variants)
         block, c = _block(f"stage {stage.name}", plain, out / stage.name, rates, carried)
@@ -137,6 +138,21 @@ def _next_units(spec: AblationSpec, out: Path, rates: dict, carried: frozenset =
         return []
     more = f" and {len(units) - most} more" if len(units) > most else ""
     return [f"  next units, in the runner's order, at the measured rates: {', '.join(units[:most])}{more}"]
+
+
+def _one_run(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: AblationSpec, out: Path,
+             rates: dict) -> str:
+    """For a waiting stage: the device seconds of one of its runs at the measured rates (training, set-up, FID
+    during training, its scores), for the variant ranked first so far: whether a device session can hold it."""
+    from ditlab.experiments.stages import stage_spec
+
+    best = next((v for v in prev_spec.variants if v.name == ranked[0][0]), None)
+    if best is None:
+        return ""
+    plain = stage_spec(spec, stage, [best])
+    seconds = next((s for name, _, _, _, s in _units(plain, out / stage.name, rates) if name.startswith(best.name)),
+                   0.0)
+    return f"; a run of {best.name} ~{seconds:.0f} s at the measured rates" if seconds else ""
 
 
 def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: AblationSpec, facts) -> str:
