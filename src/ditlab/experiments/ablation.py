@@ -187,25 +187,31 @@ class Invocation:
     deadline_s: float = 0.0
     started: float = field(default_factory=lambda: time.monotonic())
 
-    def deadline_left_now(self) -> float:
-        """What is left of --deadline-s now (0: no deadline; never 0 once it has passed)."""
-        if not self.deadline_s:
+    def _left_now(self, limit_s: float) -> float:
+        """What is left now of a limit counted from the command's start (0: no limit; never 0 once it has passed)."""
+        if not limit_s:
             return 0.0
-        return max(self.deadline_s - (time.monotonic() - self.started), 1e-3)
+        return max(limit_s - (time.monotonic() - self.started), 1e-3)
+
+    def _past(self, limit_s: float, need_s: float) -> bool:
+        """Whether work expected to take ``need_s`` seconds from now would end after such a limit."""
+        return limit_s > 0 and time.monotonic() - self.started + need_s > limit_s
+
+    def deadline_left_now(self) -> float:
+        """What is left of --deadline-s now (0: no deadline)."""
+        return self._left_now(self.deadline_s)
 
     def deadline_before(self, need_s: float) -> bool:
         """Whether work expected to take ``need_s`` seconds from now would end after --deadline-s."""
-        return self.deadline_s > 0 and time.monotonic() - self.started + need_s > self.deadline_s
+        return self._past(self.deadline_s, need_s)
 
     def machine_left_now(self) -> float:
-        """What is left of --machine-left-s now (0: no end; never 0 once it has run out)."""
-        if not self.machine_left_s:
-            return 0.0
-        return max(self.machine_left_s - (time.monotonic() - self.started), 1e-3)
+        """What is left of --machine-left-s now (0: no end)."""
+        return self._left_now(self.machine_left_s)
 
     def machine_ends_before(self, need_s: float) -> bool:
         """Whether work expected to take ``need_s`` seconds from now would outlast the machine."""
-        return self.machine_left_s > 0 and time.monotonic() - self.started + need_s > self.machine_left_s
+        return self._past(self.machine_left_s, need_s)
 
 
 class AblationRunner:

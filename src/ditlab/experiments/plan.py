@@ -150,8 +150,8 @@ def _one_run(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: Ablation
     if best is None:
         return ""
     plain = stage_spec(spec, stage, [best])
-    seconds = next((s for name, _, _, _, s in _units(plain, out / stage.name, rates) if name.startswith(best.name)),
-                   0.0)
+    unit = f"{best.name}-s{plain.seeds[0]}"  # its first seed's unit (a cascade's low-resolution run is another)
+    seconds = next((s for name, _, _, _, s in _units(plain, out / stage.name, rates) if name == unit), 0.0)
     return f"; a run of {best.name} ~{seconds:.0f} s at the measured rates" if seconds else ""
 
 
