@@ -49,8 +49,9 @@ class DataFacts:
 
     def _from_runs(self, key: str) -> Optional[dict]:
         from ditlab.config import read_saved_config
+        from ditlab.experiments.study_files import study_files
 
-        for facts in sorted(self.out.glob("**/runs/*/model.json")):
+        for facts in study_files(self.out, "runs/*/model.json"):
             try:
                 if _data_key(read_saved_config(facts.parent / "config.yaml")) == key:
                     return json.loads(facts.read_text())

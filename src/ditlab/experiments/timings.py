@@ -6,6 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
+from ditlab.experiments.study_files import study_files
+
 
 def measured_rates(out: Path) -> dict | None:
     """The median set-up seconds of a training (wall minus timed), seconds per scored sample (sampling and
@@ -14,7 +16,7 @@ def measured_rates(out: Path) -> dict | None:
     that carries its timings; None before any does."""
     setup, per_sample, trainings = [], [], set()
     rate, by_variant = [], {}
-    for path in sorted(out.glob("**/scores/*.json")):
+    for path in study_files(out, "scores/*.json"):
         try:
             r = json.loads(path.read_text())
         except (OSError, ValueError):
