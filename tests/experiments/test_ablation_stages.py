@@ -441,10 +441,39 @@ def test_plan_says_what_is_done_and_what_is_left(tmp_path, monkeypatch, capsys):
     assert "--ref" in capsys.readouterr().err
 
 
+def test_a_score_records_whether_its_sampling_compiled_the_network(tmp_path, monkeypatch):
+    """The first score of a loaded run compiles its sampler (under --compile), the run's next scores reuse it:
+    the score files say which, so that the study's rates keep the compilation apart (experiments.timings)."""
+    import torch
+
+    import ditlab.generation as generation
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper: another module, the same numbers
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "compile_for_sampling", lambda model, device, num, when: Compiled(model))
+    data, net = write_study(tmp_path, monkeypatch, EVALS, 8)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net)) == 0
+    compiled = {p.stem: json.loads(p.read_text())["sampler_compiled"] for p in (out / "scores").glob("*.json")}
+    assert compiled == {"single-s0__default__e3": True, "single-s0__default__h2": False,
+                        "only_e3-s0__default__e3": True}
+    monkeypatch.setattr(generation, "compile_for_sampling", lambda model, device, num, when: model)  # not compiled
+    (out / "scores" / "only_e3-s0__default__e3.json").unlink()
+    assert main(_args(tmp_path, data, net)) == 0
+    assert json.loads((out / "scores" / "only_e3-s0__default__e3.json").read_text())["sampler_compiled"] is False
+
+
 def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
-    """The rates are medians over the timed scores (a training's set-up counted once however many scores it
-    has); a run to train costs its time limit plus the set-up, a score its samples at the per-sample rate. A
-    unit with all its scores is done, its run here or not (a restored study); untimed scores are left out."""
+    """The rates come from the timed scores (a training's set-up counted once however many scores it has); a
+    run to train costs its time limit plus the set-up, a score its samples' network passes and FID, and each run
+    scored one compilation of its sampler (ditlab.experiments.timings, tests/experiments/test_timings.py). A unit
+    with all its scores is done, its run here or not (a restored study); untimed scores are left out."""
     from ditlab.experiments.plan import _count, describe_plan
     from ditlab.experiments.timings import measured_rates
 
@@ -457,33 +486,39 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
     (out / "runs" / "single-s0").mkdir(parents=True)
     (out / "runs" / "single-s0" / "summary.json").write_text("{}")
     timed = {"variant": "single", "seed": 0, "train_wall_seconds": 130.0, "train_seconds": 100.0,
-             "num_samples": 6}
-    for name, sample_s, fid_s in (("e3", 4.0, 2.0), ("h2", 10.0, 2.0)):  # 1 s and 2 s a sample
+             "num_samples": 6, "nfe": 3, "cfg_scale": 1.0, "fid_seconds": 3.0}
+    # 0.5 s a sample per network pass (6 samples x 3 NFE), 0.5 s a sample for FID; h2 compiled its sampler: 20 s
+    for name, sample_s, compiled in (("e3", 9.0, False), ("h2", 29.0, True)):
         (out / "scores" / f"single-s0__default__{name}.json").write_text(
-            json.dumps({**timed, "sample_seconds": sample_s, "fid_seconds": fid_s}))
+            json.dumps({**timed, "sample_seconds": sample_s, "sampler_compiled": compiled}))
     restored = out / "scores" / "only_e3-s0__default__e3.json"
     restored.write_text(  # no timings: an older score; its run is not here (restored), and it is its only score
         json.dumps({"variant": "only_e3", "seed": 0, "num_samples": 6, "sample_seconds": 99.0}))
     assert measured_rates(tmp_path / "nowhere") is None
     rates = measured_rates(out)
-    assert rates == {"setup_s": 30.0, "per_sample_s": 1.5, "scores": 2, "steps_per_s": 0.0, "variant_steps_per_s": {}}
+    assert rates == {"setup_s": 30.0, "pass_s": 0.5, "compile_s": 20.0, "fid_s": 0.5, "scores": 2,
+                     "steps_per_s": 0.0, "variant_steps_per_s": {}}
     counts = _count(spec, out, rates)
     assert counts["to_train"] == 0 and counts["trained"] == 2 and counts["scored"] == 3 and counts["left_s"] == 0
     restored.unlink()
     counts = _count(spec, out, rates)
     assert counts["to_train"] == 1 and counts["scored"] == 2
-    assert counts["left_s"] == pytest.approx(100 + 30 + 6 * 1.5)  # only_e3: train, score its one eval
+    # only_e3: train, score its one eval (6 samples x (3 passes x 0.5 + 0.5)), compile its sampler
+    assert counts["left_s"] == pytest.approx(100 + 30 + 6 * 2.0 + 20)
     lines = describe_plan(spec, out)
-    assert "about 2 min of device time at the rates of the 2 timed scores so far (30 s of set-up" in lines[-1]
+    assert lines[-1].endswith(
+        "about 3 min of device time at the rates of the 2 timed scores so far (30 s of set-up a training, 500.000 ms "
+        "a sample per network pass and 500.00 ms for its FID, 20 s to compile a run's sampler), on the machine that "
+        "measured them")
     # the units left, in the runner's order, each with its seconds: what --machine-left-s judges
-    assert lines[-2] == "  next units, in the runner's order, at the measured rates: only_e3-s0 ~139 s"
+    assert lines[-2] == "  next units, in the runner's order, at the measured rates: only_e3-s0 ~162 s"
 
 
 def test_the_estimates_count_the_fid_evaluations_during_training(tmp_path):
     """A budget with FID during training (the long stage's eval_every): a run costs its evaluations too, one per
     eval_every steps at the variant's measured steps per second (the study's median for a variant not timed yet),
-    eval_num samples each at the per-sample rate; --plan and the runner's unit estimate (what --machine-left-s
-    judges) agree."""
+    eval_num samples each with the settings of the variant's first eval, and one compilation of the sampler;
+    --plan and the runner's unit estimate (what --machine-left-s judges) agree."""
     from ditlab.experiments.ablation import AblationRunner
     from ditlab.experiments.plan import _count
     from ditlab.experiments.timings import measured_rates, training_eval_s
@@ -495,18 +530,22 @@ def test_the_estimates_count_the_fid_evaluations_during_training(tmp_path):
     check_variants(spec, [])
     out = tmp_path / "out"
     (out / "scores").mkdir(parents=True)
-    for name, steps in (("e3", 500), ("h2", 500)):  # 5 steps a timed second, 1.5 s a sample
+    for name, steps in (("e3", 500), ("h2", 500)):  # 5 steps a timed second; 0.4 s a pass, 0.3 s an FID a sample
         (out / "scores" / f"single-s0__default__{name}.json").write_text(json.dumps(
             {"variant": "single", "seed": 0, "train_wall_seconds": 130.0, "train_seconds": 100.0, "train_steps": steps,
-             "num_samples": 6, "sample_seconds": 7.0, "fid_seconds": 2.0}))
+             "num_samples": 6, "nfe": 3, "sample_seconds": 7.2, "fid_seconds": 1.8, "sampler_compiled": False}))
     rates = measured_rates(out)
     assert (rates["steps_per_s"], rates["variant_steps_per_s"]) == (5.0, {"single": 5.0})
+    assert rates["pass_s"] == pytest.approx(0.4) and rates["compile_s"] is None  # nothing compiled (the CPU's)
+    e3 = spec.evals["e3"]  # euler, 3 steps: 3 passes a sample, 1.5 s with its FID
     # 500 steps in 100 s: 5 evaluations of 4 samples; a variant's own rate first; at most the budget's steps
-    assert training_eval_s(rates, "only_e3", 100, 10**6, 100, 4) == pytest.approx(5 * 4 * 1.5)
-    assert training_eval_s({**rates, "variant_steps_per_s": {"fast": 10.0}}, "fast", 100, 10**6, 100, 4) == \
+    assert training_eval_s(rates, "only_e3", 100, 10**6, 100, 4, e3) == pytest.approx(5 * 4 * 1.5)
+    assert training_eval_s({**rates, "variant_steps_per_s": {"fast": 10.0}}, "fast", 100, 10**6, 100, 4, e3) == \
         pytest.approx(10 * 4 * 1.5)
-    assert training_eval_s(rates, "single", 100, 250, 100, 4) == pytest.approx(2 * 4 * 1.5)
-    assert training_eval_s(rates, "single", 100, 10**6, 0, 4) == 0.0
+    assert training_eval_s(rates, "single", 100, 250, 100, 4, e3) == pytest.approx(2 * 4 * 1.5)
+    assert training_eval_s(rates, "single", 100, 10**6, 0, 4, e3) == 0.0
+    assert training_eval_s({**rates, "compile_s": 20.0}, "single", 100, 10**6, 100, 4, e3) == \
+        pytest.approx(5 * 4 * 1.5 + 20)  # the first evaluation compiles the sampler
     expected = 100 + 30 + 5 * 4 * 1.5 + 6 * 1.5  # only_e3: train, evaluate during training, score its one eval
     assert _count(spec, out, rates)["left_s"] == pytest.approx(expected)
     runner = AblationRunner(spec, out, scorer=None, device="cpu")
@@ -637,8 +676,10 @@ def test_plan_previews_whom_a_waiting_stage_would_take(tmp_path):
     # once scores carry timings: one run's device seconds, for the best so far (what a session must hold)
     (scores / "hot-s0__default.json").write_text(json.dumps(
         {"variant": "hot", "seed": 0, "path": "default", "fid": 3.0, "train_wall_seconds": 20.0,
-         "train_seconds": 5.0, "train_steps": 1, "num_samples": 6, "sample_seconds": 5.0, "fid_seconds": 1.0}))
-    line = next(x for x in describe_plan(spec, out) if x.startswith("stage final"))  # 15 s of set-up, 4 samples at 1 s
+         "train_seconds": 5.0, "train_steps": 1, "num_samples": 6, "nfe": 2, "sample_seconds": 5.0,
+         "fid_seconds": 1.0}))
+    # 15 s of set-up, 4 samples at 1 s (euler, 2 steps: 2 passes a sample at 5/12 s, its FID 1/6 s)
+    line = next(x for x in describe_plan(spec, out) if x.startswith("stage final"))
     assert line.endswith("it would take hot (3.00), base; a run of hot ~19 s at the measured rates")
     (scores / "base-s0__default.json").write_text(
         json.dumps({"variant": "base", "seed": 0, "path": "default", "fid": 1.0}))

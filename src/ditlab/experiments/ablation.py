@@ -46,7 +46,9 @@ from ditlab.experiments.results import write_results
 EXIT_MORE_TO_DO = 3  # the budget ran out with units left: run the same command again
 EXIT_UNITS_FAILED = 1  # every unit but the failed ones (OUT/failed/) is done
 STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # Trainer.run after a signal (it saved a checkpoint)
-SCORE_LOAD_S = 30.0  # loading a run and compiling its sampler, before its first score (~20-35 s on an H100)
+# loading a run and compiling its sampler, before its first score (~20-60 s on an H100): the estimate until the
+# study's scores have measured it (ditlab.experiments.timings)
+SCORE_LOAD_S = 30.0
 
 
 # Config keys that name files on one machine: a study continued on another machine passes other paths.
@@ -264,19 +266,22 @@ class AblationRunner:
             except CheckpointError:
                 pass  # no valid checkpoint: train() starts it again from the beginning
         if self.rates:
-            from ditlab.experiments.timings import training_eval_s
+            from ditlab.experiments.timings import scores_s, training_eval_s
 
-            samples = sum((sample or self.spec.sample).num for _, _, sample in self.spec.scores_of(unit.variant))
+            samples = [sample or self.spec.sample for _, _, sample in self.spec.scores_of(unit.variant)]
             b = self.spec.budget  # FID during training (the long stage's time-to-FID curve): off the clock
-            estimate += (self.rates["setup_s"] + samples * self.rates["per_sample_s"]
-                         + training_eval_s(self.rates, unit.variant.name, estimate, b.steps, b.eval_every, b.eval_num))
+            first = self.spec.evals_of(unit.variant)[0][1]  # the settings FID during training samples with
+            estimate += (self.rates["setup_s"] + scores_s(self.rates, samples)
+                         + training_eval_s(self.rates, unit.variant.name, estimate, b.steps, b.eval_every, b.eval_num,
+                                           first))
         return max(self.last_unit_s, estimate)
 
     def expected_score_s(self, sample, loading: bool) -> float:
-        """How long one score should take at the study's measured rate per sample (sampling and FID), with
-        SCORE_LOAD_S more when its run is not loaded and compiled yet."""
-        num = (sample or self.spec.sample).num
-        return num * self.rates["per_sample_s"] + (SCORE_LOAD_S if loading else 0.0)
+        """How long one score should take at the study's measured rates (ditlab.experiments.timings.score_s), with
+        its sampler's compilation when its run is not loaded yet (SCORE_LOAD_S until the study has measured it)."""
+        from ditlab.experiments.timings import score_s
+
+        return score_s(self.rates, sample or self.spec.sample, compiling=loading, compile_default_s=SCORE_LOAD_S)
 
     def _starts_anyway(self, need_s: float) -> bool:
         """Whether a unit expected to take ``need_s`` s starts although it ends after --budget-s: when it is
@@ -519,8 +524,11 @@ class AblationRunner:
         label = f"{path}{f' / {eval_name}' if eval_name else ''}"
         self.log(f"ditlab ablate: sampling {unit.name} on {label} ({s.num} samples)")
         t0 = time.monotonic()
+        compiles = self._compiled[0] is not run  # this sampling compiles the network (under --compile)
         try:
-            images = generate(run.task, self._sampling_model(run, s.num), s.num, s.seed, settings, conditions,
+            network = self._sampling_model(run, s.num)
+            compiles = compiles and network is not run.model
+            images = generate(run.task, network, s.num, s.seed, settings, conditions,
                               batch_size=s.batch_size, device=self.device,
                               autocast_dtype=sampling_autocast(self.device))["images"]
         finally:
@@ -533,6 +541,7 @@ class AblationRunner:
         fid = self.scorer.fid(images)
         record = self._record(unit, run, run_dir, path, eval_name, s, fid, walked, lo_nfe, sample_s)
         record["fid_seconds"] = round(time.monotonic() - t0, 2)
+        record["sampler_compiled"] = compiles  # its sample_seconds hold the compilation (ditlab.experiments.timings)
         if path == "cascade":
             record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
         write_json_atomic(out, record)

@@ -9,8 +9,9 @@ if the stage before it ended now (its ranking so far, the kept variants, the com
 Once some scores carry their timings (``train_wall_seconds``, ``sample_seconds``, ``fid_seconds``), the total
 also estimates the device time left at the rates measured so far: per run to train its time limit plus the
 median set-up (wall minus timed training) and its FID evaluations during training (train.eval_every, at the
-variant's measured steps per second), per score its samples at the median seconds per sample (sampling and
-FID). The rates are those of the machine that measured them, and ignore NFE differences between evals.
+variant's measured steps per second), per score its samples' network passes (NFE, doubled by guidance) and
+FID, and per network loaded its sampler's compilation (ditlab.experiments.timings). The rates are those of the
+machine that measured them.
 The stage being worked on also lists its next units in the runner's order with each one's seconds.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
-from ditlab.experiments.timings import measured_rates, training_eval_s
+from ditlab.experiments.timings import describe_rates, measured_rates, scores_s, training_eval_s
 
 
 def _budget(b) -> str:
@@ -44,10 +45,10 @@ def _units(spec: AblationSpec, out: Path, rates: dict | None = None, carried: fr
                 to_score = missing
                 if not trained:  # a restored study has no runs: its unscored units are trained again, all scores
                     b = spec.budget
-                    seconds += b.time_limit + rates["setup_s"] + training_eval_s(rates, v.name, b.time_limit, b.steps,
-                                                                                 b.eval_every, b.eval_num)
+                    seconds += b.time_limit + rates["setup_s"] + training_eval_s(
+                        rates, v.name, b.time_limit, b.steps, b.eval_every, b.eval_num, spec.evals_of(v)[0][1])
                     to_score = [sample for _, _, sample in owed]
-                seconds += sum((sample or spec.sample).num for sample in to_score) * rates["per_sample_s"]
+                seconds += scores_s(rates, [sample or spec.sample for sample in to_score])
             yield name, owed, missing, trained, seconds
 
 
@@ -197,6 +198,5 @@ def _total(parts: list[tuple[dict, float]], rates: dict | None = None) -> str:
         left = sum(c["left_s"] for c, _ in parts)
         about = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
         line += (f"; about {about} of device time at the rates of the {rates['scores']} timed scores "
-                 f"so far ({rates['setup_s']:.0f} s of set-up a training, {rates['per_sample_s'] * 1000:.1f} ms a "
-                 "sample with its FID), on the machine that measured them")
+                 f"so far ({describe_rates(rates)}), on the machine that measured them")
     return line

@@ -1,5 +1,15 @@
 """The rates a study has measured so far, from its score files: what ``ditlab ablate --plan`` estimates the device
-time left with, and what the runner judges a unit's length by before it has timed one itself."""
+time left with, and what the runner judges a unit's length by before it has timed one itself.
+
+A score's sampling time is modelled as its samples times its network passes per sample (the sampler's NFE, twice
+that under classifier-free guidance, which doubles the batch) at one measured rate, plus, for the first score of a
+loaded run, the compilation of its sampler (ditlab.generation.compile_for_sampling; 20-60 s on an H100, against
+~25 s for 10,000 unguided Heun-25 samples). Before this model the rate was the median of seconds per sample over
+all scores, compilation included: the screen's scores (5,000 samples, one per run, each compiling) made a final
+stage unit of two FID-10k scores look ~110 s longer than it took, and an unguided score cost as much as a guided
+one. Guidance within an interval (cfg_interval) guides only some steps, so the model overestimates those a little
+(measured: a guided Heun-25 score in (0.28, 5.42] took 1.83x the unguided one, the model says 2x).
+"""
 from __future__ import annotations
 
 import json
@@ -9,16 +19,39 @@ from pathlib import Path
 from ditlab.experiments.study_files import study_files
 
 
+def expected_nfe(sampler: str, steps: int) -> int:
+    """Network evaluations of ``steps`` steps of ``sampler`` on one stream: Heun's last step to t = 0 is an Euler
+    step (ditlab.diffusion.samplers.count_nfe counts a walked path exactly)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def passes_per_sample(nfe: int, cfg_scale: float) -> int:
+    """Network passes one sample costs: guidance (a scale other than 0 or 1) runs the conditional and the
+    unconditional model as one batch of twice the rows."""
+    return nfe * (1 if cfg_scale in (0.0, 1.0) else 2)
+
+
+def _sample_passes(sample) -> int:
+    return passes_per_sample(expected_nfe(sample.sampler, sample.steps), sample.cfg_scale)
+
+
 def measured_rates(out: Path) -> dict | None:
-    """The median set-up seconds of a training (wall minus timed), seconds per scored sample (sampling and
-    FID) and training steps per timed second (the study's median, ``steps_per_s``, and each variant's,
-    ``variant_steps_per_s``: FID during training is every so many steps), from every score file under ``out``
-    that carries its timings; None before any does."""
-    setup, per_sample, trainings = [], [], set()
-    rate, by_variant = [], {}
+    """What the study's score files under ``out`` (those carrying their timings) measured; None before any does:
+
+    - ``setup_s``: the median set-up seconds of a training (its wall minus its timed seconds);
+    - ``pass_s``: seconds per network pass of one sample, the median over the scores that did not compile their
+      sampler (over all scores while there is none: compilation is then inside the rate, as it is for scores
+      written before they recorded it, where a training's first score written counts as the compiling one);
+    - ``compile_s``: the median extra seconds of a score that compiled its sampler (None without both kinds);
+    - ``fid_s``: FID seconds per sample;
+    - ``steps_per_s`` and ``variant_steps_per_s``: training steps per timed second, the study's median and each
+      variant's (FID during training is every so many steps)."""
+    setup, rate, by_variant = [], [], {}
+    scores_by_training: dict[tuple, list[tuple[float, dict]]] = {}
     for path in study_files(out, "scores/*.json"):
         try:
             r = json.loads(path.read_text())
+            written = path.stat().st_mtime
         except (OSError, ValueError):
             continue  # a file being written by a running study: the rates do without it
         if not {"train_wall_seconds", "fid_seconds", "sample_seconds", "num_samples"} <= r.keys():
@@ -26,26 +59,67 @@ def measured_rates(out: Path) -> dict | None:
         if r.get("carried_from"):  # a copy of an earlier stage's score (ditlab.experiments.stages.carry_scores)
             continue
         key = (path.parent.parent, r.get("variant"), r.get("seed"))  # a training once, whatever its scores
-        if key not in trainings and r["train_wall_seconds"] > 0:
-            trainings.add(key)
+        if key not in scores_by_training and r["train_wall_seconds"] > 0:
             setup.append(max(0.0, r["train_wall_seconds"] - r.get("train_seconds", 0.0)))
             if r.get("train_seconds", 0.0) > 0 and r.get("train_steps"):
                 rate.append(r["train_steps"] / r["train_seconds"])
                 by_variant.setdefault(r.get("variant"), []).append(rate[-1])
-        per_sample.append((r["sample_seconds"] + r["fid_seconds"]) / max(1, r["num_samples"]))
-    if not per_sample:
+        scores_by_training.setdefault(key, []).append((written, r))
+    if not scores_by_training:
         return None
-    return {"setup_s": statistics.median(setup) if setup else 0.0, "per_sample_s": statistics.median(per_sample),
-            "scores": len(per_sample), "steps_per_s": statistics.median(rate) if rate else 0.0,
+    warm, cold, fid = [], [], []
+    for scores in scores_by_training.values():
+        first_written = min(scores, key=lambda s: (s[0], s[1].get("eval", "")))[1]
+        for _, r in scores:
+            compiled = r.get("sampler_compiled", r is first_written)
+            num = max(1, r["num_samples"])
+            passes = num * passes_per_sample(r.get("nfe") or 1, r.get("cfg_scale", 1.0))
+            (cold if compiled else warm).append((r["sample_seconds"], passes))
+            fid.append(r["fid_seconds"] / num)
+    pass_s = statistics.median(s / p for s, p in (warm or cold))
+    compile_s = statistics.median(max(0.0, s - p * pass_s) for s, p in cold) if warm and cold else None
+    return {"setup_s": statistics.median(setup) if setup else 0.0, "pass_s": pass_s, "compile_s": compile_s,
+            "fid_s": statistics.median(fid), "scores": len(fid),
+            "steps_per_s": statistics.median(rate) if rate else 0.0,
             "variant_steps_per_s": {v: statistics.median(r) for v, r in by_variant.items()}}
 
 
-def training_eval_s(rates: dict, variant: str, seconds: float, steps: int, eval_every: int, eval_num: int) -> float:
+def score_s(rates: dict, sample, compiling: bool = False, compile_default_s: float = 0.0) -> float:
+    """Device seconds of one score with ``sample``'s settings (num, sampler, steps, cfg_scale): its samples'
+    network passes and their FID at the measured rates, plus the sampler's compilation when ``compiling`` (the
+    measured ``compile_s``, or ``compile_default_s`` while the study has not measured it)."""
+    seconds = sample.num * (_sample_passes(sample) * rates["pass_s"] + rates["fid_s"])
+    if compiling:
+        seconds += rates["compile_s"] if rates.get("compile_s") is not None else compile_default_s
+    return seconds
+
+
+def scores_s(rates: dict, samples: list) -> float:
+    """Device seconds of scoring one run on ``samples`` (one per score): each score, and one compilation of the
+    sampler per network loaded: the run's EMA, and each post-hoc EMA width (``ema_sigma_rel``) another."""
+    networks = {getattr(s, "ema_sigma_rel", 0.0) for s in samples}
+    return sum(score_s(rates, s) for s in samples) + len(networks) * (rates.get("compile_s") or 0.0)
+
+
+def training_eval_s(rates: dict, variant: str, seconds: float, steps: int, eval_every: int, eval_num: int,
+                    sample) -> float:
     """Device seconds of the FID evaluations during ``seconds`` of timed training (train.eval_every: one every
-    ``eval_every`` steps, ``eval_num`` samples each, off the training clock), at the variant's measured steps per
-    second (the study's median where the variant has none yet), at most ``steps`` steps; 0 without
-    evaluations or a measured rate."""
+    ``eval_every`` steps, ``eval_num`` samples each with ``sample``'s sampler, steps and guidance, off the training
+    clock, the sampler compiled at the first), at the variant's measured steps per second (the study's median where
+    the variant has none yet), at most ``steps`` steps; 0 without evaluations or a measured rate."""
     if not eval_every or seconds <= 0:
         return 0.0
     per_s = rates.get("variant_steps_per_s", {}).get(variant) or rates.get("steps_per_s", 0.0)
-    return int(min(steps, per_s * seconds) // eval_every) * eval_num * rates["per_sample_s"]
+    evaluations = int(min(steps, per_s * seconds) // eval_every)
+    if not evaluations:
+        return 0.0
+    per_eval = eval_num * (_sample_passes(sample) * rates["pass_s"] + rates["fid_s"])
+    return evaluations * per_eval + (rates.get("compile_s") or 0.0)
+
+
+def describe_rates(rates: dict) -> str:
+    """The rates in words, for --plan's total."""
+    compiling = (f", {rates['compile_s']:.0f} s to compile a run's sampler" if rates.get("compile_s") is not None
+                 else ", compilation inside the rate")
+    return (f"{rates['setup_s']:.0f} s of set-up a training, {rates['pass_s'] * 1000:.3f} ms a sample per network "
+            f"pass and {rates['fid_s'] * 1000:.2f} ms for its FID{compiling}")

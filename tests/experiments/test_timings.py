@@ -1,0 +1,81 @@
+"""ditlab.experiments.timings: the model of a score's device time that --plan and --machine-left-s judge by."""
+import json
+import os
+
+import pytest
+
+from ditlab.diffusion.samplers import SAMPLERS, count_nfe
+from ditlab.diffusion.schedules import FlowSchedule
+from ditlab.diffusion.paths import single_stream_path
+from ditlab.experiments.ablation_spec import SampleSpec
+from ditlab.experiments.timings import (describe_rates, expected_nfe, measured_rates, passes_per_sample, score_s,
+                                        scores_s)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("steps", [1, 2, 25])
+def test_the_expected_nfe_is_what_the_sampler_counts_on_a_walked_path(sampler, steps):
+    path = single_stream_path("image", FlowSchedule().time_grid(steps))
+    assert expected_nfe(sampler, steps) == count_nfe(path, sampler)
+
+
+def test_guidance_doubles_the_passes_except_at_scales_0_and_1():
+    assert passes_per_sample(49, 1.0) == passes_per_sample(49, 0.0) == 49
+    assert passes_per_sample(49, 2.5) == passes_per_sample(49, -1.0) == 98
+
+
+def _score(folder, name, compiled=None, mtime=None, **fields):
+    record = {"variant": "v", "seed": 0, "train_wall_seconds": 130.0, "train_seconds": 100.0, "num_samples": 100,
+              "nfe": 10, "cfg_scale": 1.0, "fid_seconds": 1.0, **fields}
+    if compiled is not None:
+        record["sampler_compiled"] = compiled
+    path = folder / "scores" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_compilation_is_measured_apart_from_the_rate(tmp_path):
+    """A guided score costs twice the passes of an unguided one at the same NFE; the score that compiled its
+    sampler gives the compilation's seconds, not a slower rate (before, the median of seconds per sample, with
+    every compilation inside it, made a two-score unit ~110 s too long on an H100)."""
+    _score(tmp_path, "v-s0__default__nocfg", compiled=False, sample_seconds=2.0)  # 100 x 10 passes: 2 ms a pass
+    _score(tmp_path, "v-s0__default__cfg", compiled=True, cfg_scale=2.5, sample_seconds=4.0 + 30.0)
+    rates = measured_rates(tmp_path)
+    assert rates["pass_s"] == pytest.approx(0.002) and rates["compile_s"] == pytest.approx(30.0)
+    assert rates["fid_s"] == pytest.approx(0.01) and rates["scores"] == 2
+    guided = SampleSpec(num=1000, sampler="heun", steps=25, cfg_scale=2.5)
+    unguided = SampleSpec(num=1000, sampler="heun", steps=25)
+    assert score_s(rates, guided) == pytest.approx(1000 * (98 * 0.002 + 0.01))
+    assert score_s(rates, unguided) == pytest.approx(1000 * (49 * 0.002 + 0.01))
+    assert score_s(rates, unguided, compiling=True) == pytest.approx(score_s(rates, unguided) + 30.0)
+    # one compilation per network scored: the run's EMA, and each post-hoc EMA width another
+    posthoc = SampleSpec(num=1000, sampler="heun", steps=25, ema_sigma_rel=0.1)
+    assert scores_s(rates, [guided, unguided]) == pytest.approx(score_s(rates, guided) + score_s(rates, unguided) + 30)
+    assert scores_s(rates, [guided, unguided, posthoc]) == pytest.approx(
+        score_s(rates, guided) + score_s(rates, unguided) + score_s(rates, posthoc) + 60)
+    assert "30 s to compile a run's sampler" in describe_rates(rates)
+
+
+def test_without_a_score_that_reused_its_sampler_the_compilation_stays_in_the_rate(tmp_path):
+    """Scores that all compiled (one per run, as a screen's): their median is the rate, and the compilation has
+    no measure of its own: the runner then adds its default for loading a run (ablation.SCORE_LOAD_S)."""
+    _score(tmp_path, "a-s0__default", compiled=True, sample_seconds=12.0, variant="a")
+    _score(tmp_path, "b-s0__default", compiled=True, sample_seconds=22.0, variant="b")
+    rates = measured_rates(tmp_path)
+    assert rates["pass_s"] == pytest.approx(0.017) and rates["compile_s"] is None
+    one = SampleSpec(num=100, sampler="euler", steps=10)
+    assert score_s(rates, one, compiling=True, compile_default_s=30.0) == pytest.approx(100 * (10 * 0.017 + 0.01) + 30)
+    assert "compilation inside the rate" in describe_rates(rates)
+
+
+def test_older_scores_count_their_trainings_first_written_score_as_the_compiling_one(tmp_path):
+    """Scores written before they recorded ``sampler_compiled``: a training's first score written (by file time,
+    which the study archives keep) compiled the sampler, its later ones reused it."""
+    _score(tmp_path, "v-s0__default__nocfg", sample_seconds=2.0, mtime=2_000_000)
+    _score(tmp_path, "v-s0__default__cfg", cfg_scale=2.5, sample_seconds=4.0 + 25.0, mtime=1_000_000)
+    _score(tmp_path, "w-s0__default__cfg", variant="w", cfg_scale=2.5, sample_seconds=4.0 + 35.0, mtime=3_000_000)
+    rates = measured_rates(tmp_path)
+    assert rates["pass_s"] == pytest.approx(0.002) and rates["compile_s"] == pytest.approx(30.0)  # median of 25, 35
