@@ -806,3 +806,31 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     assert dataclasses.replace(with_split, optim=dataclasses.replace(with_split.optim, muon_split=False)) == whole
     assert (muon_lr.optim.lr, muon_lr.optim.muon_lr) == (2e-3, 4e-3)
     assert dataclasses.replace(muon_lr, optim=dataclasses.replace(muon_lr.optim, muon_lr=None)) == whole
+
+
+def test_the_headline_ablation_runs_the_preset_with_its_own_sampler():
+    """configs/ablations/speedrun_headline.yaml trains the preset as shipped (no overrides) for its own time limit
+    and scores it with the preset's sample section, guided, and unguided: when the preset's recipe or sampler
+    changes, the headline cannot quietly measure another."""
+    from pathlib import Path
+
+    from ditlab.config import load_config
+    from ditlab.experiments.ablation import variant_config
+
+    headline = load_ablation("configs/ablations/speedrun_headline.yaml")
+    check_variants(headline, [])
+    preset = load_config("configs/cifar10_speedrun.yaml", [])
+    assert [v.name for v in headline.variants] == ["preset"] and not headline.variants[0].overrides
+    assert not headline.overrides and headline.seeds == [0, 1]
+    assert headline.budget.time_limit == preset.train.time_limit
+    (guided_name, guided), (plain_name, plain) = headline.evals_of(headline.variants[0])
+    assert (guided_name, plain_name) == ("cfg", "nocfg")
+    s = preset.sample
+    assert (guided.sampler, guided.steps, guided.cfg_scale, tuple(guided.cfg_interval)) == (
+        s.sampler, s.steps, s.cfg_scale, tuple(s.cfg_interval))
+    assert (plain.sampler, plain.steps, plain.cfg_scale, plain.cfg_interval) == (s.sampler, s.steps, 1.0, None)
+    assert guided.num == plain.num == 10000
+    trained = variant_config(headline, headline.variants[0], 0, Path("u"), [])
+    assert (trained.model, trained.diffusion, trained.optim, trained.ema) == (
+        preset.model, preset.diffusion, preset.optim, preset.ema)  # the recipe as shipped
+    assert (trained.train.time_limit, trained.train.batch_size) == (preset.train.time_limit, preset.train.batch_size)
