@@ -22,7 +22,7 @@ variants:
   small: {overrides: [task.kind=image, data.image_size=8], paths: [default]}
   single: {overrides: [task.kind=image], paths: [default]}
 """
-TIMING = ("sample_seconds", "train_seconds", "train_wall_seconds", "fid_seconds")
+TIMING = ("sample_seconds", "train_seconds", "train_wall_seconds", "fid_seconds", "load_seconds")
 
 
 @pytest.fixture

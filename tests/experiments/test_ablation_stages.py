@@ -463,6 +463,8 @@ def test_a_score_records_whether_its_sampling_compiled_the_network(tmp_path, mon
     compiled = {p.stem: json.loads(p.read_text())["sampler_compiled"] for p in (out / "scores").glob("*.json")}
     assert compiled == {"single-s0__default__e3": True, "single-s0__default__h2": False,
                         "only_e3-s0__default__e3": True}
+    loads = {p.stem: json.loads(p.read_text())["load_seconds"] for p in (out / "scores").glob("*.json")}
+    assert loads["single-s0__default__e3"] > 0 and loads["single-s0__default__h2"] == 0  # loaded for e3 already
     monkeypatch.setattr(generation, "compile_for_sampling", lambda model, device, num, when: model)  # not compiled
     (out / "scores" / "only_e3-s0__default__e3.json").unlink()
     assert main(_args(tmp_path, data, net)) == 0
@@ -496,8 +498,8 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
         json.dumps({"variant": "only_e3", "seed": 0, "num_samples": 6, "sample_seconds": 99.0}))
     assert measured_rates(tmp_path / "nowhere") is None
     rates = measured_rates(out)
-    assert rates == {"setup_s": 30.0, "pass_s": 0.5, "compile_s": 20.0, "fid_s": 0.5, "scores": 2,
-                     "steps_per_s": 0.0, "variant_steps_per_s": {}}
+    assert rates == {"setup_s": 30.0, "pass_s": 0.5, "compile_s": 20.0, "load_s": None, "posthoc_load_s": None,
+                     "fid_s": 0.5, "scores": 2, "steps_per_s": 0.0, "variant_steps_per_s": {}}
     counts = _count(spec, out, rates)
     assert counts["to_train"] == 0 and counts["trained"] == 2 and counts["scored"] == 3 and counts["left_s"] == 0
     restored.unlink()

@@ -50,7 +50,7 @@ def test_compilation_is_measured_apart_from_the_rate(tmp_path):
     unguided = SampleSpec(num=1000, sampler="heun", steps=25)
     assert score_s(rates, guided) == pytest.approx(1000 * (98 * 0.002 + 0.01))
     assert score_s(rates, unguided) == pytest.approx(1000 * (49 * 0.002 + 0.01))
-    assert score_s(rates, unguided, compiling=True) == pytest.approx(score_s(rates, unguided) + 30.0)
+    assert score_s(rates, unguided, loading=True) == pytest.approx(score_s(rates, unguided) + 30.0)
     # one compilation per network scored: the run's EMA, and each post-hoc EMA width another
     posthoc = SampleSpec(num=1000, sampler="heun", steps=25, ema_sigma_rel=0.1)
     assert scores_s(rates, [guided, unguided]) == pytest.approx(score_s(rates, guided) + score_s(rates, unguided) + 30)
@@ -67,7 +67,7 @@ def test_without_a_score_that_reused_its_sampler_the_compilation_stays_in_the_ra
     rates = measured_rates(tmp_path)
     assert rates["pass_s"] == pytest.approx(0.017) and rates["compile_s"] is None
     one = SampleSpec(num=100, sampler="euler", steps=10)
-    assert score_s(rates, one, compiling=True, compile_default_s=30.0) == pytest.approx(100 * (10 * 0.017 + 0.01) + 30)
+    assert score_s(rates, one, loading=True, default_load_s=30.0) == pytest.approx(100 * (10 * 0.017 + 0.01) + 30)
     assert "compilation inside the rate" in describe_rates(rates)
 
 
@@ -79,3 +79,26 @@ def test_older_scores_count_their_trainings_first_written_score_as_the_compiling
     _score(tmp_path, "w-s0__default__cfg", variant="w", cfg_scale=2.5, sample_seconds=4.0 + 35.0, mtime=3_000_000)
     rates = measured_rates(tmp_path)
     assert rates["pass_s"] == pytest.approx(0.002) and rates["compile_s"] == pytest.approx(30.0)  # median of 25, 35
+
+
+def test_loading_a_network_and_reconstructing_a_posthoc_width_are_measured_apart(tmp_path):
+    """A score that loaded its network records how long that took (``load_seconds``, 0 when it was loaded): a run's
+    EMA and a post-hoc EMA width (reconstructed from snapshots first) have their own medians, and each network a
+    unit scores costs its load and a compilation once."""
+    _score(tmp_path, "v-s0__default__cfg", compiled=True, cfg_scale=2.5, sample_seconds=4.0 + 30.0, load_seconds=2.0)
+    _score(tmp_path, "v-s0__default__nocfg", compiled=False, sample_seconds=2.0, load_seconds=0.0)
+    _score(tmp_path, "v-s0__default__pe10", compiled=True, sample_seconds=2.0 + 30.0, load_seconds=12.0,
+           ema_sigma_rel=0.1)
+    rates = measured_rates(tmp_path)
+    assert (rates["load_s"], rates["posthoc_load_s"], rates["compile_s"]) == (2.0, 12.0, pytest.approx(30.0))
+    plain = SampleSpec(num=100, sampler="euler", steps=10)
+    posthoc = SampleSpec(num=100, sampler="euler", steps=10, ema_sigma_rel=0.1)
+    assert score_s(rates, plain, loading=True) == pytest.approx(score_s(rates, plain) + 2 + 30)
+    assert score_s(rates, posthoc, loading=True) == pytest.approx(score_s(rates, posthoc) + 12 + 30)
+    assert scores_s(rates, [plain, plain, posthoc]) == pytest.approx(
+        2 * score_s(rates, plain) + score_s(rates, posthoc) + (2 + 30) + (12 + 30))
+    assert describe_rates(rates).endswith("30 s to compile a run's sampler, 2 s to load it (12 s for a post-hoc EMA "
+                                          "width)")
+    # without post-hoc loads measured, a width is expected to load like the run's EMA
+    (tmp_path / "scores" / "v-s0__default__pe10.json").unlink()
+    assert measured_rates(tmp_path)["posthoc_load_s"] == 2.0

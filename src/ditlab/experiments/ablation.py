@@ -278,10 +278,11 @@ class AblationRunner:
 
     def expected_score_s(self, sample, loading: bool) -> float:
         """How long one score should take at the study's measured rates (ditlab.experiments.timings.score_s), with
-        its sampler's compilation when its run is not loaded yet (SCORE_LOAD_S until the study has measured it)."""
+        loading its network and compiling its sampler when it is not loaded yet (SCORE_LOAD_S until the study has
+        measured them)."""
         from ditlab.experiments.timings import score_s
 
-        return score_s(self.rates, sample or self.spec.sample, compiling=loading, compile_default_s=SCORE_LOAD_S)
+        return score_s(self.rates, sample or self.spec.sample, loading=loading, default_load_s=SCORE_LOAD_S)
 
     def _starts_anyway(self, need_s: float) -> bool:
         """Whether a unit expected to take ``need_s`` s starts although it ends after --budget-s: when it is
@@ -407,7 +408,7 @@ class AblationRunner:
                     self.train(lo_unit, lo_dir)
                     if not trained_here and self.out_of_time():
                         return False
-            checkpoint = self._posthoc_checkpoint(run_dir, sample)
+            checkpoint = _checkpoint_name(sample)
             need = self.expected_score_s(sample, loading=checkpoint not in runs) if self.rates else 0.0
             # a score expected to outlast the whole deadline still starts as the command's first work (the estimate
             # may be long; refused, it would never start)
@@ -417,15 +418,19 @@ class AblationRunner:
                          f"~{need:.0f} s and the command is stopped in {self.invocation.deadline_left_now():.0f} s "
                          "(--deadline-s); the next command scores it")
                 return False
+            load_s = 0.0  # reconstructing a post-hoc EMA, loading the network: timed for the study's estimates
             if checkpoint not in runs:
+                t0 = time.monotonic()
+                self._posthoc_checkpoint(run_dir, sample)
                 runs[checkpoint] = self._load(run_dir, checkpoint or None)
+                load_s = time.monotonic() - t0
             run = runs[checkpoint]
             if path in DP_PATHS or path == "lo-oracle":
                 self._need_errors_data(unit, path)
             if path in DP_PATHS and not (run_dir / "lift_errors.npz").exists():
                 self.measure_errors(unit, run, run_dir)
             self.invocation.worked = True
-            self.score(unit, run, run_dir, path, lo_dir, eval_name, sample)
+            self.score(unit, run, run_dir, path, lo_dir, eval_name, sample, load_s)
         if trained_here:
             self.last_unit_s = time.monotonic() - unit_start
         return True
@@ -509,9 +514,10 @@ class AblationRunner:
                          self.spec.sample.steps, autocast_dtype=sampling_autocast(self.device))  # its sampling's
 
     def score(self, unit: Unit, run, run_dir: Path, path: str, lo_dir: Path | None = None, eval_name: str = "",
-              sample=None) -> None:
+              sample=None, load_s: float = 0.0) -> None:
         """Generate ``sample.num`` images of ``run`` on ``path`` with one eval's settings, FID them, and write the
-        score file (atomically: a half-written score never counts as done) and a grid of the first 64."""
+        score file (atomically: a half-written score never counts as done) and a grid of the first 64.
+        ``load_s``: the seconds its network took to load (and reconstruct) just before, 0 when it was loaded."""
         from ditlab.generation import generate, sampling_autocast
         from ditlab.imageio import save_image_grid
         from ditlab.tasks.base import SampleSettings
@@ -542,6 +548,7 @@ class AblationRunner:
         record = self._record(unit, run, run_dir, path, eval_name, s, fid, walked, lo_nfe, sample_s)
         record["fid_seconds"] = round(time.monotonic() - t0, 2)
         record["sampler_compiled"] = compiles  # its sample_seconds hold the compilation (ditlab.experiments.timings)
+        record["load_seconds"] = round(load_s, 2)
         if path == "cascade":
             record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
         write_json_atomic(out, record)
@@ -648,20 +655,17 @@ class AblationRunner:
 
         return load_run(run_dir, device=self.device, checkpoint=checkpoint)
 
-    def _posthoc_checkpoint(self, run_dir: Path, sample) -> str:
-        """An eval with ema_sigma_rel: the post-hoc EMA checkpoint of that width (reconstructed from the run's
-        snapshots, as `ditlab ema`, once); "" for the run's own latest checkpoint."""
+    def _posthoc_checkpoint(self, run_dir: Path, sample) -> None:
+        """An eval with ema_sigma_rel: its post-hoc EMA checkpoint (_checkpoint_name), reconstructed from the run's
+        snapshots as `ditlab ema` does, once."""
         sigma_rel = getattr(sample, "ema_sigma_rel", 0.0)
-        if not sigma_rel:
-            return ""
-        from ditlab.train.posthoc_ema import posthoc_checkpoint_name, reconstruct
+        if not sigma_rel or (run_dir / "checkpoints" / _checkpoint_name(sample)).exists():
+            return
+        from ditlab.train.posthoc_ema import reconstruct
 
-        name = posthoc_checkpoint_name(sigma_rel)
-        if not (run_dir / "checkpoints" / name).exists():
-            fit = reconstruct(run_dir, [sigma_rel])[0]
-            self.log(f"ditlab ablate: post-hoc EMA sigma_rel {sigma_rel:g} of {run_dir.name} from "
-                     f"{len(fit.snapshots)} snapshots (relative fit error {fit.fit_error:.1e})")
-        return name
+        fit = reconstruct(run_dir, [sigma_rel])[0]
+        self.log(f"ditlab ablate: post-hoc EMA sigma_rel {sigma_rel:g} of {run_dir.name} from "
+                 f"{len(fit.snapshots)} snapshots (relative fit error {fit.fit_error:.1e})")
 
     def _need_errors_data(self, unit: Unit, path: str) -> None:
         if not self.errors_data:
@@ -676,6 +680,17 @@ class AblationRunner:
             raise ValueError(f"--data {self.errors_data} holds {len(data.images)} images; lo-oracle needs "
                              f"{num} (sample.num)")
         return data.images[evaluation_subset(len(data.images), num)]  # all classes, as `ditlab sample --data`
+
+
+def _checkpoint_name(sample) -> str:
+    """The checkpoint an eval samples: "" for the run's latest, the post-hoc EMA checkpoint of its width for one
+    with ema_sigma_rel (AblationRunner._posthoc_checkpoint makes it)."""
+    sigma_rel = getattr(sample, "ema_sigma_rel", 0.0)
+    if not sigma_rel:
+        return ""
+    from ditlab.train.posthoc_ema import posthoc_checkpoint_name
+
+    return posthoc_checkpoint_name(sigma_rel)
 
 
 def write_json_atomic(path: Path, record: dict) -> None:

@@ -3,8 +3,9 @@ time left with, and what the runner judges a unit's length by before it has time
 
 A score's sampling time is modelled as its samples times its network passes per sample (the sampler's NFE, twice
 that under classifier-free guidance, which doubles the batch) at one measured rate, plus, for the first score of a
-loaded run, the compilation of its sampler (ditlab.generation.compile_for_sampling; 20-60 s on an H100, against
-~25 s for 10,000 unguided Heun-25 samples). Before this model the rate was the median of seconds per sample over
+network, loading it (a post-hoc EMA width is reconstructed from the run's snapshots first) and compiling its
+sampler (ditlab.generation.compile_for_sampling; 20-60 s on an H100, against ~25 s for 10,000 unguided Heun-25
+samples). Before this model the rate was the median of seconds per sample over
 all scores, compilation included: the screen's scores (5,000 samples, one per run, each compiling) made a final
 stage unit of two FID-10k scores look ~110 s longer than it took, and an unguided score cost as much as a guided
 one. Guidance within an interval (cfg_interval) guides only some steps, so the model overestimates those a little
@@ -43,6 +44,9 @@ def measured_rates(out: Path) -> dict | None:
       sampler (over all scores while there is none: compilation is then inside the rate, as it is for scores
       written before they recorded it, where a training's first score written counts as the compiling one);
     - ``compile_s``: the median extra seconds of a score that compiled its sampler (None without both kinds);
+    - ``load_s`` and ``posthoc_load_s``: the median seconds of loading a run's network before its first score, and
+      of reconstructing and loading a post-hoc EMA width (``load_seconds``, recorded since the twenty-fifth
+      session; None before any);
     - ``fid_s``: FID seconds per sample;
     - ``steps_per_s`` and ``variant_steps_per_s``: training steps per timed second, the study's median and each
       variant's (FID during training is every so many steps)."""
@@ -67,10 +71,12 @@ def measured_rates(out: Path) -> dict | None:
         scores_by_training.setdefault(key, []).append((written, r))
     if not scores_by_training:
         return None
-    warm, cold, fid = [], [], []
+    warm, cold, fid, loads, posthoc_loads = [], [], [], [], []
     for scores in scores_by_training.values():
         first_written = min(scores, key=lambda s: (s[0], s[1].get("eval", "")))[1]
         for _, r in scores:
+            if r.get("load_seconds"):  # 0: its network was loaded for an earlier score
+                (posthoc_loads if r.get("ema_sigma_rel") else loads).append(r["load_seconds"])
             compiled = r.get("sampler_compiled", r is first_written)
             num = max(1, r["num_samples"])
             passes = num * passes_per_sample(r.get("nfe") or 1, r.get("cfg_scale", 1.0))
@@ -78,27 +84,39 @@ def measured_rates(out: Path) -> dict | None:
             fid.append(r["fid_seconds"] / num)
     pass_s = statistics.median(s / p for s, p in (warm or cold))
     compile_s = statistics.median(max(0.0, s - p * pass_s) for s, p in cold) if warm and cold else None
+    load_s = statistics.median(loads) if loads else None
     return {"setup_s": statistics.median(setup) if setup else 0.0, "pass_s": pass_s, "compile_s": compile_s,
+            "load_s": load_s, "posthoc_load_s": statistics.median(posthoc_loads) if posthoc_loads else load_s,
             "fid_s": statistics.median(fid), "scores": len(fid),
             "steps_per_s": statistics.median(rate) if rate else 0.0,
             "variant_steps_per_s": {v: statistics.median(r) for v, r in by_variant.items()}}
 
 
-def score_s(rates: dict, sample, compiling: bool = False, compile_default_s: float = 0.0) -> float:
+def network_s(rates: dict, sample, default_s: float = 0.0) -> float:
+    """Device seconds of getting the network ``sample`` scores ready before its first score: loading it (a post-hoc
+    EMA width reconstructed first) and compiling its sampler, as measured; ``default_s`` while the study has
+    measured neither."""
+    load = rates.get("posthoc_load_s") if getattr(sample, "ema_sigma_rel", 0.0) else rates.get("load_s")
+    if load is None and rates.get("compile_s") is None:
+        return default_s
+    return (load or 0.0) + (rates.get("compile_s") or 0.0)
+
+
+def score_s(rates: dict, sample, loading: bool = False, default_load_s: float = 0.0) -> float:
     """Device seconds of one score with ``sample``'s settings (num, sampler, steps, cfg_scale): its samples'
-    network passes and their FID at the measured rates, plus the sampler's compilation when ``compiling`` (the
-    measured ``compile_s``, or ``compile_default_s`` while the study has not measured it)."""
+    network passes and their FID at the measured rates, plus getting its network ready when ``loading``
+    (network_s, ``default_load_s`` while the study has not measured it)."""
     seconds = sample.num * (_sample_passes(sample) * rates["pass_s"] + rates["fid_s"])
-    if compiling:
-        seconds += rates["compile_s"] if rates.get("compile_s") is not None else compile_default_s
-    return seconds
+    return seconds + (network_s(rates, sample, default_load_s) if loading else 0.0)
 
 
 def scores_s(rates: dict, samples: list) -> float:
-    """Device seconds of scoring one run on ``samples`` (one per score): each score, and one compilation of the
-    sampler per network loaded: the run's EMA, and each post-hoc EMA width (``ema_sigma_rel``) another."""
-    networks = {getattr(s, "ema_sigma_rel", 0.0) for s in samples}
-    return sum(score_s(rates, s) for s in samples) + len(networks) * (rates.get("compile_s") or 0.0)
+    """Device seconds of scoring one run on ``samples`` (one per score): each score, and each network it loads
+    (the run's EMA, and each post-hoc EMA width another) made ready once."""
+    first = {}
+    for s in samples:
+        first.setdefault(getattr(s, "ema_sigma_rel", 0.0), s)
+    return sum(score_s(rates, s) for s in samples) + sum(network_s(rates, s) for s in first.values())
 
 
 def training_eval_s(rates: dict, variant: str, seconds: float, steps: int, eval_every: int, eval_num: int,
@@ -121,5 +139,9 @@ def describe_rates(rates: dict) -> str:
     """The rates in words, for --plan's total."""
     compiling = (f", {rates['compile_s']:.0f} s to compile a run's sampler" if rates.get("compile_s") is not None
                  else ", compilation inside the rate")
+    if rates.get("load_s") is not None:
+        compiling += f", {rates['load_s']:.0f} s to load it"
+    if rates.get("posthoc_load_s") is not None and rates.get("posthoc_load_s") != rates.get("load_s"):
+        compiling += f" ({rates['posthoc_load_s']:.0f} s for a post-hoc EMA width)"
     return (f"{rates['setup_s']:.0f} s of set-up a training, {rates['pass_s'] * 1000:.3f} ms a sample per network "
             f"pass and {rates['fid_s'] * 1000:.2f} ms for its FID{compiling}")
