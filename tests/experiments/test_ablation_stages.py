@@ -836,3 +836,16 @@ def test_the_headline_ablation_runs_the_preset_with_its_own_sampler():
     assert (trained.model, trained.diffusion, trained.optim, trained.ema) == (
         preset.model, preset.diffusion, preset.optim, preset.ema)  # the recipe as shipped
     assert (trained.train.time_limit, trained.train.batch_size) == (preset.train.time_limit, preset.train.batch_size)
+
+
+def test_the_study_builds_on_its_pinned_base_and_the_preset_inherits_it():
+    """The recipe search trains configs/speedrun_v1.yaml plus each variant's overrides, whatever the preset later
+    becomes; the preset (configs/cifar10_speedrun.yaml) is that file plus the winner's changes (none yet)."""
+    from pathlib import Path
+
+    import yaml
+
+    for name in ("speedrun", "muon_options"):
+        assert Path(load_ablation(f"configs/ablations/{name}.yaml").config).name == "speedrun_v1.yaml", name
+    preset = yaml.safe_load(Path("configs/cifar10_speedrun.yaml").read_text())
+    assert preset["base"] == "speedrun_v1.yaml"
