@@ -5,11 +5,11 @@ A score's sampling time is modelled as its samples times its network passes per 
 that under classifier-free guidance, which doubles the batch) at one measured rate, plus, for the first score of a
 network, loading it (a post-hoc EMA width is reconstructed from the run's snapshots first) and compiling its
 sampler (ditlab.generation.compile_for_sampling; 20-60 s on an H100, against ~25 s for 10,000 unguided Heun-25
-samples). Before this model the rate was the median of seconds per sample over
-all scores, compilation included: the screen's scores (5,000 samples, one per run, each compiling) made a final
-stage unit of two FID-10k scores look ~110 s longer than it took, and an unguided score cost as much as a guided
-one. Guidance within an interval (cfg_interval) guides only some steps, so the model overestimates those a little
-(measured: a guided Heun-25 score in (0.28, 5.42] took 1.83x the unguided one, the model says 2x).
+samples). Before this model the rate was the median of seconds per sample over all scores, compilation included:
+the screen's scores (5,000 samples, one per run, each compiling) made a final stage unit of two FID-10k scores look
+~110 s longer than it took, and an unguided score cost as much as a guided one. Guidance within an interval
+(cfg_interval) guides only some steps, so the model overestimates those a little (measured: a guided Heun-25 score
+in (0.28, 5.42] took 1.83x the unguided one, the model says 2x).
 """
 from __future__ import annotations
 
