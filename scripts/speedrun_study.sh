@@ -14,6 +14,8 @@
 #   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
 #                                                                            DEST/speedrun_study_files.tgz
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
+#   scripts/speedrun_study.sh merge   OLD.tgz NEW.tgz OUT.tgz                the archive to commit after a session:
+#                                                                            NEW, with OLD's runs that NEW lacks
 #   scripts/speedrun_study.sh pack    STUDY TAR [--with-best]                the runs stopped at a checkpoint,
 #                                                                            to go on on another machine
 #   scripts/speedrun_study.sh unpack  TAR STUDY                              (the long stage outlasts a session:
@@ -93,5 +95,36 @@ case "$stage" in
     mkdir -p "$study"
     tar -xf "$tar" -C "$study"
     echo "{\"unpacked\": $(tar -tf "$tar" | cut -d/ -f1-3 | sort -u | wc -l)}" ;;
-  *) echo "usage: $0 {ref|run|collect|restore|pack|unpack} ..." >&2; exit 2 ;;
+  merge)
+    # After a session, on the developer's machine: the archive to commit. NEW (this session's last collect) holds
+    # every score, the restored ones too, but only the runs trained on its machine; OLD's run summaries and metrics
+    # are added for the runs NEW lacks. OLD's scores are never taken: one NEW lacks was dropped because its unit was
+    # trained again. Grids and plots are left out (every tracked byte counts against a device call's carry); file
+    # times are kept (the study's estimates read which score of a training was written first).
+    old=$1 new=$2 out=$3
+    python3 - "$old" "$new" "$out" <<'PY'
+import io, json, re, sys, tarfile
+old_path, new_path, out_path = sys.argv[1:]
+def members(path):
+    with tarfile.open(path) as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+def key(m):
+    return m.name[2:] if m.name.startswith("./") else m.name
+run_of = re.compile(r"^([^/]+/runs/[^/]+)/")
+new = [(m, d) for m, d in members(new_path) if m.isfile()]
+have = {key(m) for m, _ in new}
+new_runs = {run_of.match(k).group(1) for k in have if run_of.match(k)}
+added = [(m, d) for m, d in members(old_path) if m.isfile() and run_of.match(key(m))
+         and run_of.match(key(m)).group(1) not in new_runs and key(m) not in have]
+with tarfile.open(out_path, "w:gz") as out:
+    for m, data in sorted(new + added, key=lambda md: key(md[0])):
+        if key(m).endswith(".png"):
+            continue
+        m.name = key(m)
+        out.addfile(m, io.BytesIO(data))
+scores = sum(1 for m, _ in new if "/scores/" in key(m) and key(m).endswith(".json"))
+print(json.dumps({"merged": out_path, "scores": scores, "runs_from_old": len({run_of.match(key(m)).group(1) for m, _ in added})}))
+PY
+    ;;
+  *) echo "usage: $0 {ref|run|collect|restore|merge|pack|unpack} ..." >&2; exit 2 ;;
 esac

@@ -80,3 +80,45 @@ def test_run_passes_the_budget_and_ends_with_the_plan(tmp_path):
     ablate, plan = calls
     assert ablate[ablate.index("--budget-s") + 1] == "470" and ablate[-2:] == ["--compile", "off"]
     assert plan[-1] == "--plan" and json.loads(done.stdout.splitlines()[-1]) == {"scored": 0, "exit": 0}
+
+
+def _archive(path: Path, files: dict[str, tuple[str, int]]) -> None:
+    """A collect-like archive: {name: (text, mtime)}."""
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, (text, mtime) in files.items():
+            info = tarfile.TarInfo(f"./{name}")
+            data = text.encode()
+            info.size, info.mtime = len(data), mtime
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_merge_keeps_the_new_archive_and_adds_the_old_runs_it_lacks(tmp_path):
+    """`merge OLD NEW OUT` (the archive committed after a session): NEW's files whole; OLD's run summaries and
+    metrics only for runs NEW does not have; none of OLD's scores (NEW holds the restored ones, and one it lacks was
+    dropped when its unit was trained again); no grids or plots; file times kept."""
+    old, new, out = tmp_path / "old.tgz", tmp_path / "new.tgz", tmp_path / "out.tgz"
+    _archive(old, {"screen/scores/a-s0__default.json": ('{"fid": 1}', 100),
+                   "screen/runs/a-s0/summary.json": ("old a", 100),
+                   "final/scores/c-s0__default__cfg.json": ('{"fid": 7.2}', 110),   # c trained again since
+                   "final/scores/c-s0__default__nocfg.json": ('{"fid": 9.9}', 111),  # ... and dropped then
+                   "final/runs/c-s0/summary.json": ("old c", 110),
+                   "screen/grids/a-s0__default.png": ("png", 100)})
+    _archive(new, {"screen/scores/a-s0__default.json": ('{"fid": 1}', 100),      # restored
+                   "final/scores/c-s0__default__cfg.json": ('{"fid": 7.0}', 200),  # the new training's
+                   "final/runs/c-s0/summary.json": ("new c", 190),
+                   "final/results.md": ("table", 201),
+                   "final/results.png": ("png", 201)})
+    done = study_script("merge", str(old), str(new), str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"merged": str(out), "scores": 2, "runs_from_old": 1}
+    with tarfile.open(out) as tar:
+        got = {m.name: (tar.extractfile(m).read().decode(), m.mtime) for m in tar.getmembers()}
+    assert got == {"screen/scores/a-s0__default.json": ('{"fid": 1}', 100),
+                   "screen/runs/a-s0/summary.json": ("old a", 100),
+                   "final/scores/c-s0__default__cfg.json": ('{"fid": 7.0}', 200),
+                   "final/runs/c-s0/summary.json": ("new c", 190),
+                   "final/results.md": ("table", 201)}
+    restored = study_script("restore", str(out), str(tmp_path / "study"))  # what the next machine does with it
+    assert json.loads(restored.stdout) == {"restored_scores": 2}
