@@ -530,10 +530,8 @@ class AblationRunner:
         label = f"{path}{f' / {eval_name}' if eval_name else ''}"
         self.log(f"ditlab ablate: sampling {unit.name} on {label} ({s.num} samples)")
         t0 = time.monotonic()
-        compiles = self._compiled[0] is not run  # this sampling compiles the network (under --compile)
         try:
-            network = self._sampling_model(run, s.num)
-            compiles = compiles and network is not run.model
+            network, compiles = self._sampling_model(run, s.num)  # compiles: sample_s holds the compilation
             images = generate(run.task, network, s.num, s.seed, settings, conditions,
                               batch_size=s.batch_size, device=self.device,
                               autocast_dtype=sampling_autocast(self.device))["images"]
@@ -547,7 +545,7 @@ class AblationRunner:
         fid = self.scorer.fid(images)
         record = self._record(unit, run, run_dir, path, eval_name, s, fid, walked, lo_nfe, sample_s)
         record["fid_seconds"] = round(time.monotonic() - t0, 2)
-        record["sampler_compiled"] = compiles  # its sample_seconds hold the compilation (ditlab.experiments.timings)
+        record["sampler_compiled"] = compiles  # for the study's estimates (ditlab.experiments.timings)
         record["load_seconds"] = round(load_s, 2)
         if path == "cascade":
             record.update(lo_run=str(lo_dir), lo_nfe=lo_nfe)
@@ -632,20 +630,22 @@ class AblationRunner:
         return [round(float(summary.get("timed_seconds", 0.0)), 2), int(summary["steps"]), float(value)]
 
     # ---- helpers --------------------------------------------------------------------------------
-    def _sampling_model(self, run, num: int) -> torch.nn.Module:
-        """The network that generates ``num`` samples of ``run``: compiled once per loaded run under --compile
-        (on a GPU by default: eager sampling was 3.5x slower on an H100), which its other evals reuse."""
+    def _sampling_model(self, run, num: int) -> tuple[torch.nn.Module, bool]:
+        """The network that generates ``num`` samples of ``run``, and whether it is compiled for this call: once
+        per loaded run under --compile (on a GPU by default: eager sampling was 3.5x slower on an H100), which its
+        other evals reuse. The compilation itself happens in the first sampling call."""
         from ditlab.generation import compile_for_sampling
 
         if self._compiled[0] is run:
-            return self._compiled[1]
-        model = compile_for_sampling(run.model, self.device, num, self.sampling_compile)  # compiles on first call
-        if model is not run.model:
-            # The graphs of the runs scored before belong to networks that are gone; without a reset they fill
-            # dynamo's per-function cache and later runs would sample eagerly.
-            torch._dynamo.reset()
-            self._compiled = (run, model)
-        return model
+            return self._compiled[1], False
+        model = compile_for_sampling(run.model, self.device, num, self.sampling_compile)
+        if model is run.model:
+            return model, False
+        # The graphs of the runs scored before belong to networks that are gone; without a reset they fill
+        # dynamo's per-function cache and later runs would sample eagerly.
+        torch._dynamo.reset()
+        self._compiled = (run, model)
+        return model, True
 
     def score_file(self, unit: Unit, path: str, eval_name: str = "") -> Path:
         return score_path(self.out, unit.name, path, eval_name)

@@ -10,8 +10,8 @@ Once some scores carry their timings (``train_wall_seconds``, ``sample_seconds``
 also estimates the device time left at the rates measured so far: per run to train its time limit plus the
 median set-up (wall minus timed training) and its FID evaluations during training (train.eval_every, at the
 variant's measured steps per second), per score its samples' network passes (NFE, doubled by guidance) and
-FID, and per network scored its loading and its sampler's compilation (ditlab.experiments.timings). The rates are those of the
-machine that measured them.
+FID, and per network scored its loading and its sampler's compilation (ditlab.experiments.timings). The rates
+are those of the machine that measured them.
 The stage being worked on also lists its next units in the runner's order with each one's seconds.
 """
 from __future__ import annotations
