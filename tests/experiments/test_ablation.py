@@ -86,6 +86,9 @@ def test_runs_scores_and_resumes_without_retraining(study, monkeypatch):
     table = (out / "results.md").read_text()
     assert "| joint | dp-hi |" in table and "Not scored yet" not in table and (out / "results.png").exists()
     assert "Machine: cpu." in table  # each score records where it was trained and sampled
+    # --set data.path says where the data lies, not what is trained: no recipe override to state
+    assert all(json.loads(p.read_text())["command_overrides"] == [] for p in (out / "scores").glob("*.json"))
+    assert "--set" not in table
     assert (out / "runs" / "joint-s0" / "lift_errors.png").exists()
     assert (out / "grids" / "joint-s0__dp-hi.png").exists()
 
@@ -290,6 +293,25 @@ def test_no_score_starts_that_the_deadline_would_cut_off(study, monkeypatch, cap
     assert "is trained again" not in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "out" / "scores").glob("joint-s0*")} == {
         "joint-s0__diagonal.json", "joint-s0__dp-hi.json"}
+
+
+def test_before_any_timed_score_the_deadline_judges_by_the_runs_training_speed(study, monkeypatch, capsys):
+    """A fresh folder (a headline run) has no timed score to go by: the first score is priced from the run's own
+    training (timings.training_prior) plus SCORE_LOAD_S for loading it, and a deadline too near holds it for the next
+    command. Before, it started whatever the deadline, and the call's timeout cut it off (twenty-sixth session)."""
+    tmp_path, args = study
+    fake_clock(monkeypatch, train_s=100.0)
+    capsys.readouterr()
+    assert main(args + ["--only", "single", "--deadline-s", "120"]) == 3  # trained by 100 s; 30 s + passes > 20
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "runs" / "single-s0" / "summary.json").read_text())
+    per_pass = summary["timed_seconds"] / (3 * summary["steps"] * 4)  # TINY's batch of 4
+    need = 30.0 + 6 * 3 * per_pass  # SPEC: 6 samples, Euler 3 steps, unguided
+    assert (f"single-s0 default / default not started: it should take ~{need:.0f} s and the command is stopped "
+            "in 20 s") in out
+    assert not list((tmp_path / "out" / "scores").glob("*.json"))
+    assert main(args + ["--only", "single", "--deadline-s", "120"]) == 0  # the next command's first work
+    assert "is trained again" not in capsys.readouterr().out
 
 
 def test_machine_left_counts_from_the_command_start(monkeypatch):

@@ -1,4 +1,6 @@
 """The results table of `ditlab ablate`: one row per (variant, path, eval), seeds pooled."""
+import csv
+
 from ditlab.experiments.ablation_spec import load_ablation
 from ditlab.experiments.results import write_markdown
 
@@ -77,3 +79,40 @@ def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
     assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1 |" in text  # seed 1 of it not scored yet: seed 0 only
     plain = write_markdown(tmp_path / "results.md", load_ablation(tmp_path / "a.yaml"), records[:2], {}).read_text()
     assert "leave one out" not in plain
+
+
+def test_the_command_lines_overrides_are_stated(tmp_path):
+    """ditlab ablate --set changes every variant's recipe: results.md says which (one line), warns when the scores
+    were made with different ones (their rows compare different recipes), and counts older scores apart; the csv
+    has them as a command line writes them."""
+    from ditlab.experiments.results import write_csv
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1, 2]\nvariants: {v: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def records(*sets):
+        return [{**_record(i, 10.0, 300), **({"command_overrides": list(s)} if s is not None else {})}
+                for i, s in enumerate(sets)]
+
+    def text(*sets):
+        return write_markdown(tmp_path / "results.md", spec, records(*sets), {}).read_text()
+
+    muon = ("optim.name=muon", "optim.lr=2e-3")
+    assert "Every variant with the command line's overrides (--set): `optim.name=muon` `optim.lr=2e-3`.\n" in text(
+        muon, muon)
+    assert "(1 older score did not record them)." in text(muon, muon, None)
+    warned = text(muon, (), muon)
+    assert ("**Scores made with different command-line overrides (--set)**: none (1 score); `optim.name=muon` "
+            "`optim.lr=2e-3` (2 scores).") in warned
+    assert "--set" not in text((), ()) and "--set" not in text(None, None)
+    path = write_csv(tmp_path / "results.csv", records(muon, ()))
+    rows = list(csv.DictReader(path.open()))
+    assert [r["command_overrides"] for r in rows] == ["optim.name=muon optim.lr=2e-3", ""]
+
+
+def test_recipe_overrides_leave_out_where_the_data_lies():
+    from ditlab.experiments.ablation import recipe_overrides
+
+    assert recipe_overrides(["data.path=/x.zip", "optim.lr=2e-3", " train.device = cuda:1", "model.mlp=swiglu"]) == [
+        "optim.lr=2e-3", "model.mlp=swiglu"]

@@ -9,7 +9,7 @@ from ditlab.diffusion.schedules import FlowSchedule
 from ditlab.diffusion.paths import single_stream_path
 from ditlab.experiments.ablation_spec import SampleSpec
 from ditlab.experiments.timings import (describe_rates, expected_nfe, measured_rates, passes_per_sample, score_s,
-                                        scores_s)
+                                        scores_s, training_prior)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -102,3 +102,17 @@ def test_loading_a_network_and_reconstructing_a_posthoc_width_are_measured_apart
     # without post-hoc loads measured, a width is expected to load like the run's EMA
     (tmp_path / "scores" / "v-s0__default__pe10.json").unlink()
     assert measured_rates(tmp_path)["posthoc_load_s"] == 2.0
+
+
+def test_before_any_timed_score_a_pass_is_priced_at_a_third_of_a_trained_image():
+    """A fresh folder (a headline run) has no timed score: a training step is a forward and a backward pass, so a
+    sampling pass of one sample is priced at a third of a trained image's seconds. The H200's headline run (9,958
+    steps of 256 in 420.7 s) timed its passes at 70% of that: the prior errs on the safe side."""
+    prior = training_prior(420.7, 9958 * 256)
+    assert prior["pass_s"] == pytest.approx(5.5e-5, rel=0.01)
+    guided = SampleSpec(num=10000, sampler="heun", steps=25, cfg_scale=2.5)
+    assert score_s(prior, guided) == pytest.approx(10000 * 98 * 5.5e-5, rel=0.01)  # ~54 s, FID and loading apart
+    assert score_s(prior, guided, loading=True, default_load_s=30.0) == pytest.approx(score_s(prior, guided) + 30.0)
+    measured_pass_s = 38.4e-6  # measured_rates of that folder's ten scores
+    assert measured_pass_s < prior["pass_s"]
+    assert training_prior(0.0, 100) is None and training_prior(10.0, 0) is None

@@ -55,6 +55,12 @@ SCORE_LOAD_S = 30.0
 MACHINE_KEYS = ("data.path", "train.eval_ref", "train.run_dir", "train.device")
 
 
+def recipe_overrides(overrides) -> list[str]:
+    """The command line's overrides (--set) that change what is trained: all but those of MACHINE_KEYS, which
+    differ between machines of one study."""
+    return [o for o in overrides if o.split("=", 1)[0].strip() not in MACHINE_KEYS]
+
+
 class TrainingStopped(Exception):
     """A training run stopped by SIGTERM / SIGINT after saving its checkpoint: the study resumes next time."""
 
@@ -276,13 +282,29 @@ class AblationRunner:
                                            first))
         return max(self.last_unit_s, estimate)
 
-    def expected_score_s(self, sample, loading: bool) -> float:
-        """How long one score should take at the study's measured rates (ditlab.experiments.timings.score_s), with
-        loading its network and compiling its sampler when it is not loaded yet (SCORE_LOAD_S until the study has
-        measured them)."""
+    def expected_score_s(self, sample, loading: bool, rates: dict | None = None) -> float:
+        """How long one score should take at the study's measured rates (ditlab.experiments.timings.score_s), or at
+        ``rates`` when given, with loading its network and compiling its sampler when it is not loaded yet
+        (SCORE_LOAD_S until the study has measured them)."""
         from ditlab.experiments.timings import score_s
 
-        return score_s(self.rates, sample or self.spec.sample, loading=loading, default_load_s=SCORE_LOAD_S)
+        return score_s(rates or self.rates, sample or self.spec.sample, loading=loading, default_load_s=SCORE_LOAD_S)
+
+    def score_rates(self, unit: Unit, run_dir: Path) -> dict | None:
+        """The rates to judge ``unit``'s next score by against --deadline-s: the study's measured ones, or before
+        it has timed a score, a prior from the run's own training speed (timings.training_prior). Without either,
+        None: the score starts whatever the deadline (a headline's first score was cut off so, twenty-sixth
+        session)."""
+        if self.rates:
+            return self.rates
+        from ditlab.experiments.timings import training_prior
+
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+            images = int(summary["steps"]) * self.run_config(unit, run_dir).train.batch_size
+            return training_prior(float(summary.get("timed_seconds", 0.0)), images)
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _starts_anyway(self, need_s: float) -> bool:
         """Whether a unit expected to take ``need_s`` s starts although it ends after --budget-s: when it is
@@ -409,11 +431,12 @@ class AblationRunner:
                     if not trained_here and self.out_of_time():
                         return False
             checkpoint = _checkpoint_name(sample)
-            need = self.expected_score_s(sample, loading=checkpoint not in runs) if self.rates else 0.0
+            rates = self.score_rates(unit, run_dir) if self.invocation.deadline_s else None
+            need = self.expected_score_s(sample, loading=checkpoint not in runs, rates=rates) if rates else 0.0
             # a score expected to outlast the whole deadline still starts as the command's first work (the estimate
             # may be long; refused, it would never start)
             longer = need > self.invocation.deadline_s and not self.invocation.worked
-            if self.rates and self.invocation.deadline_before(need) and not longer:
+            if rates and self.invocation.deadline_before(need) and not longer:
                 self.log(f"ditlab ablate: {unit.name} {path} / {eval_name or 'default'} not started: it should take "
                          f"~{need:.0f} s and the command is stopped in {self.invocation.deadline_left_now():.0f} s "
                          "(--deadline-s); the next command scores it")
@@ -598,6 +621,8 @@ class AblationRunner:
             "params": sum(p.numel() for p in model.parameters()),
             "gflops_per_image": dit_forward_flops(model, groups=len(model.streams)) / 1e9,
             "task": run.cfg.task.kind, "overrides": unit.variant.overrides, "note": unit.variant.note,
+            # --set of every variant (the recipe's, not where the data lies: check_unchanged holds the run to them)
+            "command_overrides": recipe_overrides(self.overrides),
             # trained and scored here (a unit is never split between machines): a time budget buys another
             # number of steps on another kind, so results.md names the machines of its scores
             "machine": device_name(self.device), "torch": torch.__version__,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 CSV_COLUMNS = ("variant", "seed", "path", "eval", "fid", "nfe", "sampler", "steps", "cfg_scale", "cfg_interval",
                "num_samples", "sample_seed", "train_steps", "train_images", "train_seconds", "params",
-               "gflops_per_image", "task", "note")
+               "gflops_per_image", "task", "overrides", "command_overrides", "machine", "note")
+LIST_COLUMNS = ("overrides", "command_overrides")  # written space-separated, as on a command line
 
 
 def read_scores(out: Path, spec) -> list[dict]:
@@ -71,7 +72,8 @@ def _fmt_count(rs: list[dict], key: str) -> str:
 def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
     """One row per score; time_to_fid_X columns (training seconds, empty: never) for the file's thresholds."""
     extra = [f"time_to_fid_{x:g}" for x in time_to_fid]
-    rows = [{**r, **{c: r.get("time_to_fid", {}).get(c[len("time_to_fid_"):]) for c in extra}} for r in records]
+    rows = [{**r, **{c: r.get("time_to_fid", {}).get(c[len("time_to_fid_"):]) for c in extra},
+             **{c: " ".join(r[c]) for c in LIST_COLUMNS if c in r}} for r in records]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS + tuple(extra), extrasaction="ignore")
         w.writeheader()
@@ -92,6 +94,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
     if spec.evals:
         lines += ["", "Evals: " + "; ".join(f"**{name}** {_settings(e)}" for name, e in spec.evals.items()) + "."]
     lines += _machine_lines(records)
+    lines += _command_override_lines(records)
     times = [f"{x:g}" for x in spec.time_to_fid] if any(r.get("eval_curve") for r in records) else []
     if times:
         lines += ["", f"Time to FID: training seconds (evaluation excluded) until the FID of {b.eval_num} samples "
@@ -163,6 +166,27 @@ def _machine_lines(records: list[dict]) -> list[str]:
     listing = ", ".join(f"{name} ({n} score{'s' if n > 1 else ''})" for name, n in sorted(counts.items()))
     return ["", f"**Scores from more than one machine**: {listing}{older}. A time budget buys a different number "
                 "of steps on each; compare variants within one machine (the train steps column shows it)."]
+
+
+def _command_override_lines(records: list[dict]) -> list[str]:
+    """The recipe overrides the command line gave every variant (``ditlab ablate --set``, recorded in each score
+    as ``command_overrides``): one line when all scores had the same, a warning naming each set with its count when
+    they differ (the scores then compare different recipes), nothing when none had any. Scores written before
+    they were recorded are counted apart."""
+    sets = Counter(tuple(r["command_overrides"]) for r in records if "command_overrides" in r)
+    unknown = sum("command_overrides" not in r for r in records)
+    older = f" ({unknown} older score{'s' if unknown > 1 else ''} did not record them)" if unknown else ""
+    if not sets or list(sets) == [()]:
+        return []
+
+    def words(overrides: tuple) -> str:
+        return " ".join(f"`{o}`" for o in overrides) or "none"
+
+    if len(sets) == 1:
+        return ["", f"Every variant with the command line's overrides (--set): {words(next(iter(sets)))}{older}."]
+    listing = "; ".join(f"{words(o)} ({n} score{'s' if n > 1 else ''})" for o, n in sorted(sets.items()))
+    return ["", f"**Scores made with different command-line overrides (--set)**: {listing}{older}. Their rows "
+                "compare different recipes."]
 
 
 def _failures(out: Path, spec) -> list[tuple[str, str]]:

@@ -92,6 +92,18 @@ def measured_rates(out: Path) -> dict | None:
             "variant_steps_per_s": {v: statistics.median(r) for v, r in by_variant.items()}}
 
 
+def training_prior(timed_seconds: float, images: int) -> dict | None:
+    """Rates to judge a run's scores by before the study has timed any score (a fresh folder, such as a headline's):
+    a network pass of one sample at a third of the run's timed seconds per trained image (a training step is a
+    forward pass and a backward pass of about twice its cost), with FID, loading and compiling left to the caller's
+    default. On the safe side: at DiT-S/2 the timed pass took 0.77x this on an H100 and 0.70x on an H200
+    (twenty-sixth session). None without a timed training."""
+    if timed_seconds <= 0 or images <= 0:
+        return None
+    return {"setup_s": 0.0, "pass_s": timed_seconds / (3 * images), "compile_s": None, "load_s": None,
+            "posthoc_load_s": None, "fid_s": 0.0, "scores": 0, "steps_per_s": 0.0, "variant_steps_per_s": {}}
+
+
 def network_s(rates: dict, sample, default_s: float = 0.0) -> float:
     """Device seconds of getting the network ``sample`` scores ready before its first score: loading it (a post-hoc
     EMA width reconstructed first) and compiling its sampler, as measured; ``default_s`` while the study has
