@@ -838,14 +838,57 @@ def test_the_headline_ablation_runs_the_preset_with_its_own_sampler():
     assert (trained.train.time_limit, trained.train.batch_size) == (preset.train.time_limit, preset.train.batch_size)
 
 
+def test_the_time_to_fid_ablation_is_the_long_stage_on_the_preset():
+    """configs/ablations/speedrun_time_to_fid.yaml measures the issue's time to quality on the preset as shipped
+    with the study's long-stage settings (900 s, FID-10k every 4,000 steps with the guided eval, the same
+    thresholds) and scores its end with the preset's sampler, guided and not: it can run on the issue's H200 before
+    the final stage ends, and cannot quietly drift from the long stage it stands in for."""
+    from pathlib import Path
+
+    from ditlab.config import load_config
+    from ditlab.experiments.ablation import variant_config
+
+    ttf = load_ablation("configs/ablations/speedrun_time_to_fid.yaml")
+    check_variants(ttf, [])
+    study = load_ablation("configs/ablations/speedrun.yaml")
+    long = next(st for st in study.stages if st.name == "long")
+    preset = load_config("configs/cifar10_speedrun.yaml", [])
+    assert [v.name for v in ttf.variants] == ["preset"] and not ttf.variants[0].overrides and not ttf.overrides
+    assert ttf.seeds == [0] and ttf.time_to_fid == study.time_to_fid == [10, 7, 5]
+    b = ttf.budget
+    assert (b.time_limit, b.eval_every, b.eval_num) == (long.budget.time_limit, long.budget.eval_every,
+                                                        long.budget.eval_num) == (900, 4000, 10000)
+    (guided_name, guided), (plain_name, plain) = ttf.evals_of(ttf.variants[0])
+    assert (guided_name, plain_name) == ("cfg", "nocfg") == tuple(long.evals)
+    s = preset.sample
+    assert (guided.sampler, guided.steps, guided.cfg_scale, tuple(guided.cfg_interval)) == (
+        s.sampler, s.steps, s.cfg_scale, tuple(s.cfg_interval))
+    assert (plain.cfg_scale, plain.cfg_interval, guided.num, plain.num) == (1.0, None, 10000, 10000)
+    trained = variant_config(ttf, ttf.variants[0], 0, Path("u"), [])
+    assert (trained.model, trained.diffusion, trained.optim, trained.ema) == (
+        preset.model, preset.diffusion, preset.optim, preset.ema)
+    assert (trained.train.time_limit, trained.train.eval_every, trained.train.eval_num) == (900, 4000, 10000)
+
+
 def test_the_study_builds_on_its_pinned_base_and_the_preset_inherits_it():
     """The recipe search trains configs/speedrun_v1.yaml plus each variant's overrides, whatever the preset later
-    becomes; the preset (configs/cifar10_speedrun.yaml) is that file plus the winner's changes (none yet)."""
+    becomes; the preset (configs/cifar10_speedrun.yaml) is that file plus the final stage's leading combination
+    (combo_final's overrides, the stack round's best three: Muon, lr 2e-3, SwiGLU, long skips) on the fast path, and
+    nothing else: what the headline measured on the H200 with those given as --set (twenty-sixth session)."""
     from pathlib import Path
 
     import yaml
+
+    from ditlab.config import load_config
+    from ditlab.configlib import diff_configs
 
     for name in ("speedrun", "muon_options"):
         assert Path(load_ablation(f"configs/ablations/{name}.yaml").config).name == "speedrun_v1.yaml", name
     preset = yaml.safe_load(Path("configs/cifar10_speedrun.yaml").read_text())
     assert preset["base"] == "speedrun_v1.yaml"
+    combination = ["optim.name=muon", "optim.lr=2.0e-3", "model.mlp=swiglu", "model.long_skips=true"]
+    study = load_ablation("configs/ablations/speedrun.yaml")
+    fast_path = next(v for v in study.variants if v.name == "fast_path").overrides
+    assert fast_path == ["train.fast_kernels=auto", "train.compile_mode=reduce-overhead"]
+    assert not diff_configs(load_config("configs/cifar10_speedrun.yaml", []),
+                            load_config("configs/speedrun_v1.yaml", combination + fast_path))
