@@ -318,3 +318,48 @@ def test_the_stacked_layers_name_their_maps():
     opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3, muon_split=True), torch.device("cpu"))
     assert sorted(opt.parts["muon"]._parts.values()) == [2, 2, 3, 9]
     assert build_optimizer(model, OptimConfig(name="muon", lr=1e-3), torch.device("cpu")).parts["muon"]._parts == {}
+
+
+def _ddp_worker(rank: int, world: int, port: int, results):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial weights on both ranks
+        model = DiT([StreamSpec("image", 3, 8, 2)], hidden_size=32, depth=4, num_heads=2, num_classes=4,
+                    mlp="swiglu", long_skips=True)
+        with torch.no_grad():  # leave the adaLN-Zero start, so that every block's matrices get gradients
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        start = torch.cat([p.detach().flatten() for p in model.parameters()])
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = build_optimizer(model, OptimConfig(name="muon", lr=2e-3), torch.device("cpu"))
+        torch.manual_seed(100 + rank)  # each rank its own batch, as a DistributedSampler gives
+        for _ in range(3):
+            x = torch.randn(4, 3, 8, 8)
+            out = ddp({"image": x}, {"image": torch.rand(4)}, labels=torch.randint(0, 4, (4,)))["image"]
+            (out - x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        results[rank] = (start, torch.cat([p.detach().flatten() for p in model.parameters()]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_ddp_muon_keeps_the_ranks_weights_equal():
+    """The speedrun preset trains with Muon, SwiGLU and long skips; under DDP (two gloo ranks, a batch each) the
+    averaged gradients give both ranks the same Newton-Schulz update, so their weights stay bitwise equal: no
+    rank-local state or randomness in the optimizer."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    (start0, end0), (start1, end1) = results[0], results[1]
+    assert torch.equal(start0, start1) and torch.equal(end0, end1)
+    assert not torch.equal(start0, end0)
