@@ -24,7 +24,8 @@ if [ -n "${DDP_VARIANTS:-}" ]; then  # what the 1.85x of the first measurement l
 fi
 [ -n "${BENCH_ONLY:-}" ] && { cat "$out"/bench_*.jsonl; exit 0; }
 rm -rf "$run"
-timeout 200 $trun -m ditlab train configs/cifar10_speedrun.yaml data.path="$data" train.run_dir="$run" \
+# speedrun_v1.yaml: the recipe BENCHMARKS.md's DDP rows trained (the preset moved on in the twenty-sixth session)
+timeout 200 $trun -m ditlab train configs/speedrun_v1.yaml data.path="$data" train.run_dir="$run" \
   train.time_limit=60 train.log_every=100 --no-progress > "$out/train.log" 2>&1; echo "train (2 GPUs): $?"
 s="sample $run -n 5000 --steps 10 --seed 0 --batch-size 1250 --compile off"
 timeout 100 python3 -m ditlab $s --out "$out/s1.npz" > "$out/sample.log" 2>&1; echo "sample 1 GPU: $?"
