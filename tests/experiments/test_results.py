@@ -99,7 +99,7 @@ def test_the_command_lines_overrides_are_stated(tmp_path):
         return write_markdown(tmp_path / "results.md", spec, records(*sets), {}).read_text()
 
     muon = ("optim.name=muon", "optim.lr=2e-3")
-    assert "Every variant with the command line's overrides (--set): `optim.name=muon` `optim.lr=2e-3`.\n" in text(
+    assert "Overrides from the command line (--set), on every variant: `optim.name=muon` `optim.lr=2e-3`.\n" in text(
         muon, muon)
     assert "(1 older score did not record them)." in text(muon, muon, None)
     warned = text(muon, (), muon)

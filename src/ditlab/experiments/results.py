@@ -183,7 +183,7 @@ def _command_override_lines(records: list[dict]) -> list[str]:
         return " ".join(f"`{o}`" for o in overrides) or "none"
 
     if len(sets) == 1:
-        return ["", f"Every variant with the command line's overrides (--set): {words(next(iter(sets)))}{older}."]
+        return ["", f"Overrides from the command line (--set), on every variant: {words(next(iter(sets)))}{older}."]
     listing = "; ".join(f"{words(o)} ({n} score{'s' if n > 1 else ''})" for o, n in sorted(sets.items()))
     return ["", f"**Scores made with different command-line overrides (--set)**: {listing}{older}. Their rows "
                 "compare different recipes."]
