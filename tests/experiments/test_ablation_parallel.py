@@ -107,6 +107,22 @@ def test_machine_left_reaches_the_workers(study):
     assert not (tmp_path / "out" / "runs").exists()
 
 
+def test_rates_from_reach_the_scheduler(study):
+    """--rates-from judges the workers' units too: another folder whose trainings took 10^6 s of set-up says a unit
+    cannot end within --machine-left-s 1000, so none starts (without it, a fresh folder has no estimate)."""
+    import json
+
+    tmp_path, args = study
+    other = tmp_path / "other" / "scores"
+    other.mkdir(parents=True)
+    other.joinpath("single-s0__default.json").write_text(json.dumps(
+        {"variant": "single", "seed": 0, "train_wall_seconds": 1e6, "train_seconds": 1.0, "train_steps": 2,
+         "num_samples": 6, "nfe": 3, "sample_seconds": 1.0, "fid_seconds": 0.1}))
+    code = main(args("out") + ["--devices", "cpu,cpu", "--machine-left-s", "1000", "--rates-from",
+                               str(other.parent)])
+    assert code == 3 and not (tmp_path / "out" / "runs").exists()
+
+
 def test_only_the_cascade_variant_trains_its_lo_run_first(study):
     tmp_path, args = study
     assert main(args("par") + ["--devices", "cpu,cpu", "--only", "joint"]) == 0

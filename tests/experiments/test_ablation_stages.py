@@ -555,6 +555,55 @@ def test_the_estimates_count_the_fid_evaluations_during_training(tmp_path):
     assert runner.expected_unit_s(unit, out / "runs" / unit.name) == pytest.approx(expected)
 
 
+def test_rates_from_another_folder_judge_a_folder_that_has_timed_nothing(tmp_path, capsys):
+    """--rates-from DIR: a fresh folder (a headline's, a time-to-FID run's) has no timed score, so --plan had no
+    estimate and --machine-left-s judged its first unit by the time limit alone (not its FID evaluations during
+    training, set-up or scores). Another folder's timed scores stand in until the folder has its own."""
+    from ditlab.cli import main
+    from ditlab.experiments.ablation import AblationRunner
+    from ditlab.experiments.plan import _count, describe_plan
+    from ditlab.experiments.timings import load_rates_from, measured_rates
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "ablation.yaml").write_text(EVALS.replace("budget: {steps: 2}",
+                                                          "budget: {time_limit: 100, eval_every: 100, eval_num: 4}"))
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])
+    timed = {"variant": "single", "seed": 0, "train_wall_seconds": 130.0, "train_seconds": 100.0, "train_steps": 500,
+             "num_samples": 6, "nfe": 3, "sample_seconds": 7.2, "fid_seconds": 1.8, "sampler_compiled": False}
+    other = tmp_path / "other"
+    (other / "scores").mkdir(parents=True)
+    for name in ("e3", "h2"):  # 30 s of set-up, 5 steps a second, 0.4 s a pass and 0.3 s of FID a sample
+        (other / "scores" / f"single-s0__default__{name}.json").write_text(json.dumps(timed))
+    rates = load_rates_from(other)
+    assert rates == {**measured_rates(other), "source": str(other)}
+    out = tmp_path / "out"
+    # single: e3 (Euler 3 steps) and h2 (Heun 2 steps), 3 network passes a sample each; only_e3: e3
+    single = 100 + 30 + 5 * 4 * (3 * 0.4 + 0.3) + 6 * (3 * 0.4 + 0.3) * 2  # train, 5 evaluations, e3 and h2
+    only_e3 = 100 + 30 + 5 * 4 * (3 * 0.4 + 0.3) + 6 * (3 * 0.4 + 0.3)
+    assert _count(spec, out, rates)["left_s"] == pytest.approx(single + only_e3)
+    assert describe_plan(spec, out)[-1].endswith("3 scores")  # no estimate of its own
+    lines = describe_plan(spec, out, rates_from=rates)
+    assert f"at the rates of the 2 timed scores under {other} (--rates-from)" in lines[-1]
+    assert lines[-2] == f"  next units, in the runner's order, at the measured rates: single-s0 ~{single:.0f} s, " \
+                        f"only_e3-s0 ~{only_e3:.0f} s"
+    runner = AblationRunner(spec, out, scorer=None, device="cpu", rates_from=rates)
+    unit = next(u for u in runner.units if u.variant.name == "single")
+    assert runner.rates is rates and runner.expected_unit_s(unit, out / "runs" / unit.name) == pytest.approx(single)
+    # its own timed scores, once it has some, come first
+    (out / "scores").mkdir(parents=True)
+    (out / "scores" / "single-s0__default__e3.json").write_text(json.dumps({**timed, "sample_seconds": 14.4}))
+    assert AblationRunner(spec, out, scorer=None, device="cpu", rates_from=rates).rates == measured_rates(out)
+    assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "fresh"), "--plan",
+                 "--rates-from", str(other)]) == 0
+    assert "(--rates-from)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--rates-from .*nowhere: no such folder"):
+        load_rates_from(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="--rates-from .*empty: no timed score file under it"):
+        load_rates_from(tmp_path / "empty")
+
+
 def test_stages_run_on_parallel_workers(tmp_path, monkeypatch):
     """A staged study through --devices cpu,cpu (the --gpus N path): the same stages, folders and ranking."""
     data, net = write_study(tmp_path, monkeypatch, STAGES, 8)

@@ -5,8 +5,8 @@
     ditlab ablate configs/ablations/lift.yaml --out runs/lift_study --ref STATS.npz [--inception PATH] \
         [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...] \
         [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME] [--compile auto|on|off] [--machine-left-s SECONDS] \
-        [--deadline-s SECONDS]
-    ditlab ablate ABLATION.yaml --out DIR --plan        # what is done and what is left, nothing runs
+        [--deadline-s SECONDS] [--rates-from DIR]
+    ditlab ablate ABLATION.yaml --out DIR --plan [--rates-from DIR]   # what is done and what is left, nothing runs
 
 --gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
 (ditlab.experiments.ablation_parallel); the results are the sequential runner's.
@@ -30,14 +30,20 @@ def cmd_ablate(args) -> int:
     from ditlab.experiments.stages import run_stages
 
     spec = load_ablation(args.ablation)
+    rates_from = None
+    if args.rates_from is not None:
+        from ditlab.experiments.timings import load_rates_from
+
+        rates_from = load_rates_from(args.rates_from)
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 
         if (args.stage is not None or args.seeds or args.gpus is not None or args.devices or args.budget_s
                 or args.device is not None or args.compile != "auto" or args.machine_left_s or args.deadline_s):
-            raise ValueError("ablate: --plan takes the file, --out and --only; --stage, --seeds, --gpus, --devices, "
-                             "--device, --compile, --budget-s, --machine-left-s and --deadline-s apply to running it")
-        print("\n".join(describe_plan(spec, args.out, args.only)))
+            raise ValueError("ablate: --plan takes the file, --out, --only and --rates-from; --stage, --seeds, "
+                             "--gpus, --devices, --device, --compile, --budget-s, --machine-left-s and --deadline-s "
+                             "apply to running it")
+        print("\n".join(describe_plan(spec, args.out, args.only, rates_from)))
         return 0
     if not args.ref:
         raise ValueError("ablate: --ref STATS_OR_DATASET is required (the FID reference of every score)")
@@ -68,12 +74,12 @@ def cmd_ablate(args) -> int:
             return run_parallel(plain, out, args.ref, args.inception, devices, overrides=args.set,
                                 errors_data=args.data or "", budget_s=budget_s, only=only,
                                 sampling_compile=args.compile, machine_left_s=invocation.machine_left_now(),
-                                deadline_s=invocation.deadline_left_now())
+                                deadline_s=invocation.deadline_left_now(), rates_from=rates_from)
         # one device (--gpus 1, --devices cuda:1): the sequential runner on it; one scorer for every stage
         scorer = scorer or FidScorer(args.ref, args.inception, device)
         runner = AblationRunner(plain, out, scorer, overrides=args.set, errors_data=args.data or "",
                                 device=device, budget_s=budget_s, only=only, sampling_compile=args.compile,
-                                invocation=invocation)
+                                invocation=invocation, rates_from=rates_from)
         return runner.run()
 
     if spec.stages:
@@ -114,6 +120,10 @@ def add_ablate_parser(subparsers):
                    help="when this command will be stopped (e.g. the timeout around a device call): no score starts "
                         "that should not be written by then, judged by the study's measured rate per sample; the "
                         "trained run stays and the next command scores it (exit code 3). 0: no deadline")
+    a.add_argument("--rates-from", default=None, metavar="DIR",
+                   help="while --out has no timed score of its own, judge times (--plan's estimate, --budget-s, "
+                        "--machine-left-s, --deadline-s) by the timed score files under DIR: another study's folder "
+                        "or a collected archive restored there, best measured on the same kind of machine")
     a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
     a.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "

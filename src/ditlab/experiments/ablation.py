@@ -225,7 +225,8 @@ class Invocation:
 class AblationRunner:
     def __init__(self, spec: AblationSpec, out, scorer, overrides: list[str] = (), errors_data: str = "",
                  device: str = "auto", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
-                 log: Callable[[str], None] = print, invocation: Optional["Invocation"] = None):
+                 log: Callable[[str], None] = print, invocation: Optional["Invocation"] = None,
+                 rates_from: dict | None = None):
         from ditlab.devices import resolve_device
 
         self.spec, self.out, self.scorer = spec, Path(out), scorer
@@ -240,6 +241,8 @@ class AblationRunner:
         # the command this runner is part of (one per stage of a staged study): its whole budget, and whether an
         # earlier stage's runner has worked
         self.invocation = invocation or Invocation(budget_s)
+        # --rates-from: another folder's measured rates, for a folder that has timed nothing yet (load_rates_from)
+        self.rates_from = rates_from
         self.rates = self._rates()  # the study's measured set-up and per-sample seconds (None: nothing timed yet)
         check_variants(spec, self.overrides)
         names = {v.name for v in spec.variants}
@@ -316,13 +319,13 @@ class AblationRunner:
 
     def _rates(self) -> dict | None:
         """measured_rates of this folder, or of the whole study when this is one stage of it (the stages'
-        folders sit beside stages.md) and has no timed score yet."""
+        folders sit beside stages.md) and has no timed score yet, or else --rates-from's."""
         from ditlab.experiments.timings import measured_rates
 
         rates = measured_rates(self.out)
         if rates is None and (self.out.parent / "stages.md").exists():
             rates = measured_rates(self.out.parent)
-        return rates
+        return rates or self.rates_from
 
     def run(self) -> int:
         """Do every unit not done yet, the ones that failed before last; 0 when all are done, EXIT_MORE_TO_DO

@@ -82,7 +82,7 @@ def _block(title: str, spec: AblationSpec, out: Path, rates: dict | None,
     return [line], c
 
 
-def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
+def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dict | None = None) -> list[str]:
     """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total."""
     from ditlab.experiments.ablation import check_variants
     from ditlab.experiments.build_check import DataFacts
@@ -91,7 +91,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = ()) -> list[str]:
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
-    rates = measured_rates(out)
+    rates = measured_rates(out) or rates_from  # --rates-from: another folder's, while OUT has timed nothing
     variants: list[Variant] | None = [v for v in spec.variants if not only or v.name in only]
     if not spec.stages:
         plain = _with(spec, variants)
@@ -197,6 +197,7 @@ def _total(parts: list[tuple[dict, float]], rates: dict | None = None) -> str:
     if rates and (runs or scores):
         left = sum(c["left_s"] for c, _ in parts)
         about = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+        where = f"under {rates['source']} (--rates-from)" if rates.get("source") else "so far"
         line += (f"; about {about} of device time at the rates of the {rates['scores']} timed scores "
-                 f"so far ({describe_rates(rates)}), on the machine that measured them")
+                 f"{where} ({describe_rates(rates)}), on the machine that measured them")
     return line

@@ -92,6 +92,21 @@ def measured_rates(out: Path) -> dict | None:
             "variant_steps_per_s": {v: statistics.median(r) for v, r in by_variant.items()}}
 
 
+def load_rates_from(folder) -> dict:
+    """``ditlab ablate --rates-from DIR``: the rates DIR's timed score files measured (another study, or a collected
+    archive restored there, best of the same machine kind), for a folder that has timed nothing yet: a headline's or
+    a time-to-FID run's, whose first unit --machine-left-s and --deadline-s would otherwise judge by its time limit
+    alone. ``source`` names DIR in --plan's total. A clear error when DIR holds no timed score."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"ablate: --rates-from {folder}: no such folder")
+    rates = measured_rates(folder)
+    if rates is None:
+        raise ValueError(f"ablate: --rates-from {folder}: no timed score file under it (scores/*.json with "
+                         "train_wall_seconds, sample_seconds and fid_seconds, as `ditlab ablate` writes them)")
+    return {**rates, "source": str(folder)}
+
+
 def training_prior(timed_seconds: float, images: int) -> dict | None:
     """Rates to judge a run's scores by before the study has timed any score (a fresh folder, such as a headline's):
     a network pass of one sample at a third of the run's timed seconds per trained image (a training step is a
