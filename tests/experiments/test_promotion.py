@@ -245,12 +245,18 @@ def test_leave_one_out_trains_the_combination_without_each_of_its_variants(tmp_p
     assert by_name["combo_final_without_clip"].overrides == ["task.kind=image", "optim.lr=1e-2", "model.norm=rmsnorm"]
     assert by_name["combo_final_without_rms"].note == "combo_final without rms"
     assert by_name["combo_final_without_rms"].combined_from == ["hot", "clip"]
+    assert {n: v.left_out_of for n, v in by_name.items() if v.left_out_of} == {  # what results.md pairs
+        "combo_final_without_hot": ("combo_final", "hot"), "combo_final_without_clip": ("combo_final", "clip"),
+        "combo_final_without_rms": ("combo_final", "rms")}
     text = _ranking_lines(spec.stages[0], final, order, chosen, [])[2]
     assert ("the combination without each of its variants: combo_final_without_hot, combo_final_without_clip, "
             "combo_final_without_rms") in text and "stacked" not in text
     # two merged: each left out leaves the other one, a variant of the ranking (hot is the top one already)
     two = promoted(spec, dataclasses.replace(final, combine=2), order)
     assert sorted(v.name for v in two) == ["base", "clip", "combo_final", "hot"]
+    # ... and is that leave-one-out too, taken once: the combination without clip is hot, without hot is clip
+    assert {v.name: v.left_out_of for v in two} == {"base": None, "combo_final": None,
+                                                    "hot": ("combo_final", "clip"), "clip": ("combo_final", "hot")}
     # without the key nothing more is trained
     assert "combo_final_without_hot" not in {v.name for v in promoted(spec, spec.stages[1], order)}
 

@@ -63,11 +63,18 @@ def test_the_plot_marks_each_training_seed(tmp_path, monkeypatch):
 
 def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
     """combo_final_without_X against combo_final on the same path / eval and seeds: without - with, per seed; a
-    seed only one of them has is left out of the pairing; no such variants, no table."""
+    seed only one of them has is left out of the pairing; no such variants, no table. The pairs come from
+    Variant.left_out_of (what promotion.leave_one_out made), not from the names: a file's own variant named
+    A_without_B is no leave-one-out."""
+    import dataclasses
+
     (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
     (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1]\nvariants: {combo_final: {}, "
                                      "combo_final_without_lr: {}, combo_final_without_swiglu: {}}\n")
-    spec = load_ablation(tmp_path / "a.yaml")
+    named_only = load_ablation(tmp_path / "a.yaml")
+    spec = dataclasses.replace(named_only, variants=[
+        dataclasses.replace(v, left_out_of=("combo_final", v.name.split("_without_")[1]) if "_without_" in v.name
+                            else None) for v in named_only.variants])
 
     def rec(variant, seed, fid):
         return {**_record(seed, fid, 300), "variant": variant}
@@ -77,8 +84,9 @@ def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
     text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
     assert "| lr | default | 7.20 | 9.40 | +2.20 (+2.00, +2.40) | 2 |" in text
     assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1 |" in text  # seed 1 of it not scored yet: seed 0 only
-    plain = write_markdown(tmp_path / "results.md", load_ablation(tmp_path / "a.yaml"), records[:2], {}).read_text()
+    plain = write_markdown(tmp_path / "results.md", spec, records[:2], {}).read_text()
     assert "leave one out" not in plain
+    assert "leave one out" not in write_markdown(tmp_path / "results.md", named_only, records, {}).read_text()
 
 
 def test_the_command_lines_overrides_are_stated(tmp_path):

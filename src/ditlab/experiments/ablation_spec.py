@@ -110,6 +110,9 @@ class Variant:
     # the variant's own evals where a stage widened them for its best (Stage.best_evals); the next stage
     # takes the variant with these again
     base_evals: Optional[list[str]] = None
+    # set on a combination without one of its changes (promotion.leave_one_out): (the combination's name, the
+    # change left out); results.md's leave-one-out table pairs the two by it, not by the name
+    left_out_of: Optional[tuple[str, str]] = None
 
 
 @dataclass

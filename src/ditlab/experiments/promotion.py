@@ -66,8 +66,11 @@ def promoted(spec: AblationSpec, stage: Stage, ranked: Ranking,
         if left_out is not None:
             left_out += why
     for v in made:
-        if all(sorted(v.overrides) != sorted(c.overrides) for c in chosen):
+        same = next((i for i, c in enumerate(chosen) if sorted(v.overrides) == sorted(c.overrides)), None)
+        if same is None:
             chosen.append(v)
+        elif v.left_out_of and not chosen[same].left_out_of:  # a variant taken anyway is also a leave-one-out
+            chosen[same] = dataclasses.replace(chosen[same], left_out_of=v.left_out_of)
     return chosen
 
 
@@ -141,12 +144,13 @@ def leave_one_out(spec: AblationSpec, combo: Variant, candidates: list[Variant],
     for gone in used:
         rest = [v for v in used if v is not gone]
         if len(rest) == 1:
-            out.append(rest[0])
+            out.append(dataclasses.replace(rest[0], left_out_of=(combo.name, gone.name)))
             continue
         name = f"{combo.name}_without_{gone.name}"
         kept, overrides, _ = merged(spec, name, rest, len(rest), None, extra)  # they merged once: they merge again
         out.append(Variant(name, overrides, list(combo.paths), note=f"{combo.name} without {gone.name}",
-                           evals=list(combo.evals), combined_from=[v.name for v in kept]))
+                           evals=list(combo.evals), combined_from=[v.name for v in kept],
+                           left_out_of=(combo.name, gone.name)))
     return out
 
 

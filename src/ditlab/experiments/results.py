@@ -121,23 +121,22 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
 
 
 def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
-    """For each variant COMBO_without_NAME of the file (ditlab.experiments.promotion.leave_one_out) and each
-    (path, eval) both it and COMBO have scores of, the FID without NAME minus the combination's, paired by training
-    seed (the seeds both have): positive means NAME helps on top of the rest. Empty without such variants."""
-    names = [v.name for v in spec.variants]
+    """For each variant of the file that is a combination without one of its changes (``Variant.left_out_of``, set
+    by ditlab.experiments.promotion.leave_one_out) and each (path, eval) both it and the combination have scores of,
+    the FID without the change minus the combination's, paired by training seed (the seeds both have): positive
+    means the change helps on top of the rest. Empty without such variants."""
     fids: dict[tuple[str, str, str], dict[int, float]] = {}
     for r in records:
         fids.setdefault(_key(r), {})[r["seed"]] = r["fid"]
     rows = []
-    for name in names:
-        combo = next((b for b in names if name.startswith(f"{b}_without_")), None)
-        if combo is None:
+    for v in spec.variants:
+        if not v.left_out_of:
             continue
-        gone = name[len(combo) + len("_without_"):]
+        combo, gone = v.left_out_of
         for (variant, p, e), without in fids.items():
             with_it = fids.get((combo, p, e), {})
             seeds = sorted(set(without) & set(with_it))
-            if variant != name or not seeds:
+            if variant != v.name or not seeds:
                 continue
             diffs = [without[s] - with_it[s] for s in seeds]
             each = f" ({', '.join(f'{d:+.2f}' for d in diffs)})" if len(diffs) > 1 else ""
