@@ -285,16 +285,16 @@ class AblationRunner:
                                            first))
         return max(self.last_unit_s, estimate)
 
-    def expected_score_s(self, sample, loading: bool, rates: dict | None = None) -> float:
-        """How long one score should take at the study's measured rates (ditlab.experiments.timings.score_s), or at
-        ``rates`` when given, with loading its network and compiling its sampler when it is not loaded yet
-        (SCORE_LOAD_S until the study has measured them)."""
+    def expected_score_s(self, sample, loading: bool, rates: dict) -> float:
+        """How long one score should take at ``rates`` (score_rates; ditlab.experiments.timings.score_s), with
+        loading its network and compiling its sampler when it is not loaded yet (SCORE_LOAD_S until the study has
+        measured them)."""
         from ditlab.experiments.timings import score_s
 
-        return score_s(rates or self.rates, sample or self.spec.sample, loading=loading, default_load_s=SCORE_LOAD_S)
+        return score_s(rates, sample or self.spec.sample, loading=loading, default_load_s=SCORE_LOAD_S)
 
     def score_rates(self, unit: Unit, run_dir: Path) -> dict | None:
-        """The rates to judge ``unit``'s next score by against --deadline-s: the study's measured ones, or before
+        """The rates to judge ``unit``'s scores by against --deadline-s: the study's measured ones, or before
         it has timed a score, a prior from the run's own training speed (timings.training_prior). Without either,
         None: the score starts whatever the deadline (a headline's first score was cut off so, twenty-sixth
         session)."""
@@ -422,6 +422,7 @@ class AblationRunner:
             todo = list(self.spec.scores_of(unit.variant))  # none of them exists now
             self.train(unit, run_dir)
         runs: dict[str, object] = {}  # checkpoint name ("" = the run's latest) -> the loaded run
+        rates = self.score_rates(unit, run_dir) if self.invocation.deadline_s else None  # what --deadline-s judges by
         for path, eval_name, sample in todo:
             if not trained_here and self.out_of_time():
                 return False
@@ -434,7 +435,6 @@ class AblationRunner:
                     if not trained_here and self.out_of_time():
                         return False
             checkpoint = _checkpoint_name(sample)
-            rates = self.score_rates(unit, run_dir) if self.invocation.deadline_s else None
             need = self.expected_score_s(sample, loading=checkpoint not in runs, rates=rates) if rates else 0.0
             # a score expected to outlast the whole deadline still starts as the command's first work (the estimate
             # may be long; refused, it would never start)

@@ -13,6 +13,7 @@ in (0.28, 5.42] took 1.83x the unguided one, the model says 2x).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -158,7 +159,7 @@ def training_eval_s(rates: dict, variant: str, seconds: float, steps: int, eval_
     evaluations = int(min(steps, per_s * seconds) // eval_every)
     if not evaluations:
         return 0.0
-    per_eval = eval_num * (_sample_passes(sample) * rates["pass_s"] + rates["fid_s"])
+    per_eval = score_s(rates, dataclasses.replace(sample, num=eval_num))
     return evaluations * per_eval + (rates.get("compile_s") or 0.0)
 
 
