@@ -859,31 +859,41 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     assert dataclasses.replace(muon_lr, optim=dataclasses.replace(muon_lr.optim, muon_lr=None)) == whole
 
 
-def test_the_headline_ablation_runs_the_preset_with_its_own_sampler():
-    """configs/ablations/speedrun_headline.yaml trains the preset as shipped (no overrides) for its own time limit
-    and scores it with the preset's sample section, guided, and unguided: when the preset's recipe or sampler
-    changes, the headline cannot quietly measure another."""
+def _trains_the_preset_as_shipped(name: str, seed: int):
+    """What configs/ablations/NAME.yaml must hold to measure the preset as shipped: one variant, `preset`, without
+    overrides (its own or the file's), trained with the preset's recipe, and its guided eval `cfg` sampling with
+    the preset's `sample:` section. Returns (the file, the preset, its guided eval, the run's config of ``seed``)."""
     from pathlib import Path
 
     from ditlab.config import load_config
     from ditlab.experiments.ablation import variant_config
 
-    headline = load_ablation("configs/ablations/speedrun_headline.yaml")
-    check_variants(headline, [])
+    spec = load_ablation(f"configs/ablations/{name}.yaml")
+    check_variants(spec, [])
     preset = load_config("configs/cifar10_speedrun.yaml", [])
-    assert [v.name for v in headline.variants] == ["preset"] and not headline.variants[0].overrides
-    assert not headline.overrides and headline.seeds == [0, 1]
-    assert headline.budget.time_limit == preset.train.time_limit
-    (guided_name, guided), (plain_name, plain) = headline.evals_of(headline.variants[0])
-    assert (guided_name, plain_name) == ("cfg", "nocfg")
+    assert [v.name for v in spec.variants] == ["preset"] and not spec.variants[0].overrides and not spec.overrides
+    guided = dict(spec.evals_of(spec.variants[0]))["cfg"]
     s = preset.sample
     assert (guided.sampler, guided.steps, guided.cfg_scale, tuple(guided.cfg_interval)) == (
         s.sampler, s.steps, s.cfg_scale, tuple(s.cfg_interval))
-    assert (plain.sampler, plain.steps, plain.cfg_scale, plain.cfg_interval) == (s.sampler, s.steps, 1.0, None)
-    assert guided.num == plain.num == 10000
-    trained = variant_config(headline, headline.variants[0], 0, Path("u"), [])
+    trained = variant_config(spec, spec.variants[0], seed, Path("u"), [])
     assert (trained.model, trained.diffusion, trained.optim, trained.ema) == (
         preset.model, preset.diffusion, preset.optim, preset.ema)  # the recipe as shipped
+    return spec, preset, guided, trained
+
+
+def test_the_headline_ablation_runs_the_preset_with_its_own_sampler():
+    """configs/ablations/speedrun_headline.yaml trains the preset as shipped (no overrides) for its own time limit
+    and scores it with the preset's sample section, guided, and unguided: when the preset's recipe or sampler
+    changes, the headline cannot quietly measure another."""
+    headline, preset, guided, trained = _trains_the_preset_as_shipped("speedrun_headline", 0)
+    assert headline.seeds == [0, 1]
+    assert headline.budget.time_limit == preset.train.time_limit
+    (guided_name, _), (plain_name, plain) = headline.evals_of(headline.variants[0])
+    assert (guided_name, plain_name) == ("cfg", "nocfg")
+    s = preset.sample
+    assert (plain.sampler, plain.steps, plain.cfg_scale, plain.cfg_interval) == (s.sampler, s.steps, 1.0, None)
+    assert guided.num == plain.num == 10000
     assert (trained.train.time_limit, trained.train.batch_size) == (preset.train.time_limit, preset.train.batch_size)
 
 
@@ -891,27 +901,15 @@ def test_the_guidance_ablation_chooses_on_seeds_the_headline_does_not_report():
     """configs/ablations/speedrun_guidance.yaml trains the preset as shipped like the headline, on other training
     seeds, and scores the preset's sampler at other guidance scales: a scale chosen there is not chosen on the runs
     whose FID the README quotes."""
-    from pathlib import Path
-
-    from ditlab.config import load_config
-    from ditlab.experiments.ablation import variant_config
-
-    guidance = load_ablation("configs/ablations/speedrun_guidance.yaml")
+    guidance, preset, _, _ = _trains_the_preset_as_shipped("speedrun_guidance", 2)
     headline = load_ablation("configs/ablations/speedrun_headline.yaml")
-    check_variants(guidance, [])
-    preset = load_config("configs/cifar10_speedrun.yaml", [])
-    assert [v.name for v in guidance.variants] == ["preset"] and not guidance.variants[0].overrides
     assert not set(guidance.seeds) & set(headline.seeds) and len(guidance.seeds) == 2
     assert guidance.budget.time_limit == headline.budget.time_limit == preset.train.time_limit
     evals = dict(guidance.evals_of(guidance.variants[0]))
     s = preset.sample
     for name, e in evals.items():  # the preset's sampler, only guidance changes
         assert (e.sampler, e.steps, e.num, e.seed) == (s.sampler, s.steps, 10000, headline.sample.seed), name
-    assert (evals["cfg"].cfg_scale, tuple(evals["cfg"].cfg_interval)) == (s.cfg_scale, tuple(s.cfg_interval))
     assert {e.cfg_scale for e in evals.values()} == {1.0, 1.5, 2.0, 2.5}
-    trained = variant_config(guidance, guidance.variants[0], 2, Path("u"), [])
-    assert (trained.model, trained.diffusion, trained.optim, trained.ema) == (
-        preset.model, preset.diffusion, preset.optim, preset.ema)
 
 
 def test_the_time_to_fid_ablation_is_the_long_stage_on_the_preset():
@@ -919,30 +917,16 @@ def test_the_time_to_fid_ablation_is_the_long_stage_on_the_preset():
     with the study's long-stage settings (900 s, FID-10k every 4,000 steps with the guided eval, the same
     thresholds) and scores its end with the preset's sampler, guided and not: it can run on the issue's H200 before
     the final stage ends, and cannot quietly drift from the long stage it stands in for."""
-    from pathlib import Path
-
-    from ditlab.config import load_config
-    from ditlab.experiments.ablation import variant_config
-
-    ttf = load_ablation("configs/ablations/speedrun_time_to_fid.yaml")
-    check_variants(ttf, [])
+    ttf, _, guided, trained = _trains_the_preset_as_shipped("speedrun_time_to_fid", 0)
     study = load_ablation("configs/ablations/speedrun.yaml")
     long = next(st for st in study.stages if st.name == "long")
-    preset = load_config("configs/cifar10_speedrun.yaml", [])
-    assert [v.name for v in ttf.variants] == ["preset"] and not ttf.variants[0].overrides and not ttf.overrides
     assert ttf.seeds == [0] and ttf.time_to_fid == study.time_to_fid == [10, 7, 5]
     b = ttf.budget
     assert (b.time_limit, b.eval_every, b.eval_num) == (long.budget.time_limit, long.budget.eval_every,
                                                         long.budget.eval_num) == (900, 4000, 10000)
-    (guided_name, guided), (plain_name, plain) = ttf.evals_of(ttf.variants[0])
+    (guided_name, _), (plain_name, plain) = ttf.evals_of(ttf.variants[0])
     assert (guided_name, plain_name) == ("cfg", "nocfg") == tuple(long.evals)
-    s = preset.sample
-    assert (guided.sampler, guided.steps, guided.cfg_scale, tuple(guided.cfg_interval)) == (
-        s.sampler, s.steps, s.cfg_scale, tuple(s.cfg_interval))
     assert (plain.cfg_scale, plain.cfg_interval, guided.num, plain.num) == (1.0, None, 10000, 10000)
-    trained = variant_config(ttf, ttf.variants[0], 0, Path("u"), [])
-    assert (trained.model, trained.diffusion, trained.optim, trained.ema) == (
-        preset.model, preset.diffusion, preset.optim, preset.ema)
     assert (trained.train.time_limit, trained.train.eval_every, trained.train.eval_num) == (900, 4000, 10000)
 
 
