@@ -50,7 +50,8 @@ for r in "${wanted[@]}"; do
     loop)
       python3 -m ditlab train "$preset" data.path="$data" train.run_dir="$work/loop" train.time_limit="$loop_s" \
         "${extra[@]}" --no-progress > "$out/loop.txt" 2>&1
-      cp "$work/loop/metrics.jsonl" "$out/loop_metrics.jsonl"; cp "$work/loop/summary.json" "$out/loop_summary.json" ;;
+      python3 scripts/loop_rate.py "$work/loop" > "$out/loop.json"
+      cp "$work/loop/metrics.jsonl" "$out/loop_metrics.jsonl" ;;
   esac
   phase "$r end"
 done
@@ -82,13 +83,10 @@ for row, edges in phases.items():
         if lines:
             entry["images_per_s"] = lines[-1]["images_per_s"]
             entry["repeats_images_per_s"] = lines[-1].get("repeats_images_per_s")
-    if row == "loop" and (out / "loop_metrics.jsonl").exists():
-        windows = [json.loads(l) for l in open(out / "loop_metrics.jsonl")]
-        rates = [w["images_per_s"] for w in windows if "images_per_s" in w][1:-1]  # not the compiling one, not the cut
-        entry["images_per_s"] = round(statistics.median(rates), 1) if rates else None
-        entry["windows"] = len(rates)
-        s = json.loads((out / "loop_summary.json").read_text())
-        entry["timed_images_per_s"] = round(s["timed_steps"] * s["batch_size"] / s["timed_seconds"], 1)
+    if row == "loop" and (out / "loop.json").exists():  # scripts/loop_rate.py: its windows' median
+        rate = json.loads((out / "loop.json").read_text())
+        entry.update(images_per_s=rate.get("median"), windows=rate["windows"],
+                     timed_images_per_s=rate.get("timed_images_per_s"))
     # the second half of the phase: past compilation and warm-up, where the timed steps are
     mid = edges["start"] + (edges["end"] - edges["start"]) / 2
     inside = [c for c in clocks if mid <= c[0] <= edges["end"]]
