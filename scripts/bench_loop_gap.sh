@@ -11,7 +11,7 @@
 # (ROWS: a comma list of the four, default all; ~5 min on an H100; KEY=VALUE: overrides for every row after the
 # recipe's, e.g. a smoke test on the CPU). Results: OUT_DIR/*.jsonl, clocks.csv, phases.csv, summary.json.
 set -euo pipefail
-out=${1:?usage: scripts/bench_loop_gap.sh OUT_DIR [LOOP_S] [ROWS]}; loop_s=${2:-60}
+out=${1:?usage: scripts/bench_loop_gap.sh OUT_DIR [LOOP_S] [ROWS] [KEY=VALUE ...]}; loop_s=${2:-60}
 rows=${3:-script_short,preset_short,preset_long,loop}
 extra=("${@:4}")
 mkdir -p "$out"
@@ -32,9 +32,11 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 500 \
     > "$out/clocks.csv" &
   clocks_pid=$!
+  trap 'kill "$clocks_pid" 2>/dev/null || true' EXIT  # also when a timeout stops the script
 fi
 : > "$out/phases.csv"
-phase() { echo "$1,$(date -u +%Y/%m/%d\ %H:%M:%S.%3N)" >> "$out/phases.csv"; }
+# local time, as nvidia-smi writes its timestamps
+phase() { echo "$1,$(date +%Y/%m/%d\ %H:%M:%S.%3N)" >> "$out/phases.csv"; }
 for r in "${wanted[@]}"; do
   phase "$r start"
   case $r in
@@ -55,46 +57,4 @@ for r in "${wanted[@]}"; do
   esac
   phase "$r end"
 done
-[ -n "$clocks_pid" ] && kill "$clocks_pid" 2>/dev/null || true
-python3 - "$out" <<'EOF'
-import csv, json, statistics, sys
-from datetime import datetime
-from pathlib import Path
-
-out = Path(sys.argv[1])
-def when(text):
-    return datetime.strptime(text.strip(), "%Y/%m/%d %H:%M:%S.%f")
-phases, summary = {}, {}
-for name, stamp in csv.reader(open(out / "phases.csv")):
-    row, edge = name.rsplit(" ", 1)
-    phases.setdefault(row, {})[edge] = when(stamp)
-clocks = []
-if (out / "clocks.csv").exists():
-    for rec in csv.reader(open(out / "clocks.csv")):
-        try:
-            clocks.append((when(rec[0]), float(rec[1]), float(rec[2])))
-        except (ValueError, IndexError):
-            pass
-for row, edges in phases.items():
-    entry = {}
-    jsonl = out / f"{row}.jsonl"
-    if jsonl.exists():
-        lines = [json.loads(l) for l in jsonl.read_text().splitlines() if l.startswith("{")]
-        if lines:
-            entry["images_per_s"] = lines[-1]["images_per_s"]
-            entry["repeats_images_per_s"] = lines[-1].get("repeats_images_per_s")
-    if row == "loop" and (out / "loop.json").exists():  # scripts/loop_rate.py: its windows' median
-        rate = json.loads((out / "loop.json").read_text())
-        entry.update(images_per_s=rate.get("median"), windows=rate["windows"],
-                     timed_images_per_s=rate.get("timed_images_per_s"))
-    # the second half of the phase: past compilation and warm-up, where the timed steps are
-    mid = edges["start"] + (edges["end"] - edges["start"]) / 2
-    inside = [c for c in clocks if mid <= c[0] <= edges["end"]]
-    if inside:
-        entry["sm_clock_mhz_median"] = statistics.median(c[1] for c in inside)
-        entry["power_w_median"] = statistics.median(c[2] for c in inside)
-    entry["seconds"] = round((edges["end"] - edges["start"]).total_seconds(), 1)
-    summary[row] = entry
-(out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-print(json.dumps(summary))
-EOF
+python3 scripts/loop_gap_summary.py "$out"

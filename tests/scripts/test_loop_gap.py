@@ -55,3 +55,23 @@ def test_the_gap_scripts_recipe_on_the_study_base_is_the_preset():
     assert "train.nan_check=log" in recipe  # the bench script's default is another guard
     assert not diff_configs(load_config(str(ROOT / "configs/cifar10_speedrun.yaml"), []),
                             load_config(str(ROOT / "configs/speedrun_v1.yaml"), recipe))
+
+
+def test_the_gap_summary_takes_each_rows_rate_and_its_second_half_clocks(tmp_path):
+    (tmp_path / "phases.csv").write_text(
+        "preset_short start,2026/12/07 00:00:00.000\npreset_short end,2026/12/07 00:00:40.000\n"
+        "loop start,2026/12/07 00:00:40.000\nloop end,2026/12/07 00:01:40.000\n"
+        "preset_long start,2026/12/07 00:01:40.000\n")  # cut off by the call's timeout
+    clocks = ["2026/12/07 00:00:05.000, 1980, 300.0",  # compiling: the first half, not counted
+              "2026/12/07 00:00:30.000, 1900, 650.0", "2026/12/07 00:00:35.000, 1880, 690.0",
+              "2026/12/07 00:01:20.000, 1755, 700.0", "2026/12/07 00:01:30.000, [N/A], [N/A]",
+              "2026/12/07 00:01:35.000, 1745, 700.0", "2026/12/07 00:01:3"]  # the line a kill cut
+    (tmp_path / "clocks.csv").write_text("\n".join(clocks) + "\n")
+    (tmp_path / "preset_short.jsonl").write_text('{"images_per_s": 6300.0, "repeats_images_per_s": [6300.0]}\n')
+    (tmp_path / "loop.json").write_text(json.dumps({"windows": 3, "median": 6050.0, "timed_images_per_s": 6040.0}))
+    summary = load_script("loop_gap_summary").summarize(tmp_path)
+    assert summary["preset_short"]["images_per_s"] == 6300.0
+    assert summary["preset_short"]["sm_clock_mhz_median"] == 1890 and summary["preset_short"]["seconds"] == 40.0
+    assert summary["loop"]["images_per_s"] == 6050.0 and summary["loop"]["windows"] == 3
+    assert summary["loop"]["sm_clock_mhz_median"] == 1750 and summary["loop"]["power_w_median"] == 700.0
+    assert summary["preset_long"] == {"finished": False}
