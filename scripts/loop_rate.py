@@ -1,7 +1,7 @@
 """The training loop's own images/s, from a run folder's logs: the rate of each logging window (metrics.jsonl's
 `images_per_s`, train.log_every steps each) and of the timed training as a whole (summary.json).
 
-    python scripts/loop_rate.py RUN_DIR [RUN_DIR ...]
+    PYTHONPATH=src python scripts/loop_rate.py RUN_DIR [RUN_DIR ...]
 
 One JSON line per run: the windows' median, min and max, the mean of the first and of the last ten (a decline
 over the run shows as last < first), and the timed rate (timed_steps x batch / timed_seconds) beside the windows'
@@ -16,12 +16,16 @@ import statistics
 import sys
 from pathlib import Path
 
+from ditlab.report import read_metrics
+
 
 def loop_rate(run_dir: Path) -> dict:
-    metrics, summary_path = run_dir / "metrics.jsonl", run_dir / "summary.json"
-    if not metrics.exists():
-        raise SystemExit(f"loop_rate.py: {metrics} does not exist (not a run folder, or the run logged nothing)")
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    try:
+        rows = read_metrics(run_dir)
+    except FileNotFoundError:
+        raise SystemExit(f"loop_rate.py: {run_dir / 'metrics.jsonl'} does not exist (not a run folder, or the run "
+                         "logged nothing)") from None
+    summary_path = run_dir / "summary.json"
     rates = [r["images_per_s"] for r in rows if "images_per_s" in r][1:-1]
     out: dict = {"run": str(run_dir), "windows": len(rates)}
     if rates:
