@@ -157,6 +157,39 @@ def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
     assert (out / "screen" / "results.md").exists() and (out / "final" / "results.md").exists()
 
 
+def test_only_names_a_later_stages_own_variants_under_stage(tmp_path, monkeypatch, capsys):
+    """--stage final --only base: the final stage as the screen's ranking made it, but only base's units (a
+    session that holds a few units runs first those a decision waits for); without --stage, --only narrows the
+    first stage. --plan takes both and means the same."""
+    data, net = write_study(tmp_path, monkeypatch, STAGES.replace("top: 1, keep: [base]", "top: 2, keep: [base]"), 8)
+    out = tmp_path / "out"
+    args = _args(tmp_path, data, net)
+    plan = ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--plan"]
+    assert main(plan + ["--stage", "final", "--only", "base"]) == 1  # its variants wait for the screen's ranking
+    assert "variants are not known until stage screen is complete" in capsys.readouterr().err
+    assert main(plan + ["--only", "nope"]) == 1  # --plan checks the names as the runner does
+    assert "--only nope: no such variant" in capsys.readouterr().err
+    assert main(args + ["--stage", "screen"]) == 0
+    assert main(args + ["--stage", "final", "--only", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "--stage final --only nope: stage final has no such variant; it has [" in err and "'base'" in err
+    assert main(plan + ["--stage", "final", "--only", "base"]) == 0
+    assert "stage final: 2 steps per run, seeds [0, 1], 1 variants -> 2 runs: 0 trained" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(args + ["--stage", "final", "--only", "base"]) == 0  # done: what was asked for is complete
+    assert "only base" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "final" / "runs").iterdir()) == ["base-s0", "base-s1"]
+    assert main(plan) == 0
+    text = capsys.readouterr().out
+    import re
+
+    found = re.search(r"stage final: 2 steps per run, seeds \[0, 1\], ([23]) variants -> \d runs: 2 trained", text)
+    assert found  # the screen's top 2 and base (one of them, maybe): the rest waits
+    assert main(args) == 0  # the whole study goes on from there
+    assert len(list((out / "final" / "runs").iterdir())) == 2 * int(found.group(1))
+    assert "| base | default |" in (out / "final" / "results.md").read_text()
+
+
 def test_a_skipped_variant_is_not_screened_and_joins_where_it_is_kept(tmp_path, monkeypatch):
     """``skip`` on the first stage: the variant is neither trained nor ranked there; the final stage's keep
     takes it in beside the ranking's best (a question only the longer budget answers, e.g. EMA lengths)."""
@@ -436,7 +469,7 @@ def test_plan_says_what_is_done_and_what_is_left(tmp_path, monkeypatch, capsys):
     found = re.search(r"stage final: 2 steps per run, seeds \[0, 1\], (\d) variants -> (\d) runs: 0 trained", text)
     assert found and found.group(1) in "12" and int(found.group(2)) == 2 * int(found.group(1))
     assert f"left in the known stages: {found.group(2)} trainings, {found.group(2)} scores" in text
-    assert main(plan + ["--stage", "final"]) == 1  # --plan runs nothing, so running flags are errors
+    assert main(plan + ["--seeds", "1"]) == 1  # --plan runs nothing, so running flags are errors
     assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out)]) == 1  # no --ref
     assert "--ref" in capsys.readouterr().err
 

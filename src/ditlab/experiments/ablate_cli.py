@@ -12,7 +12,8 @@
 (ditlab.experiments.ablation_parallel); the results are the sequential runner's.
 
 A file with ``stages:`` runs them in order, each in OUT/STAGE (ditlab.experiments.stages); --stage NAME runs
-only that one (the stages before it must be complete).
+only that one (the stages before it must be complete), and --only then names variants of that stage (its
+combination, say), where without --stage it narrows the first stage, from whose ranking the others follow.
 
 Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
 command again: finished work is skipped), 1 when only units that failed are left (OUT/failed/ says why; the
@@ -38,12 +39,14 @@ def cmd_ablate(args) -> int:
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 
-        if (args.stage is not None or args.seeds or args.gpus is not None or args.devices or args.budget_s
+        if (args.seeds or args.gpus is not None or args.devices or args.budget_s
                 or args.device is not None or args.compile != "auto" or args.machine_left_s or args.deadline_s):
-            raise ValueError("ablate: --plan takes the file, --out, --only and --rates-from; --stage, --seeds, "
+            raise ValueError("ablate: --plan takes the file, --out, --only, --stage and --rates-from; --seeds, "
                              "--gpus, --devices, --device, --compile, --budget-s, --machine-left-s and --deadline-s "
                              "apply to running it")
-        print("\n".join(describe_plan(spec, args.out, args.only, rates_from)))
+        if args.stage is not None and not spec.stages:
+            raise ValueError(f"ablate: --stage {args.stage}: {args.ablation} has no stages: section")
+        print("\n".join(describe_plan(spec, args.out, args.only, rates_from, args.stage)))
         return 0
     if not args.ref:
         raise ValueError("ablate: --ref STATS_OR_DATASET is required (the FID reference of every score)")
@@ -83,7 +86,7 @@ def cmd_ablate(args) -> int:
         return runner.run()
 
     if spec.stages:
-        code = run_stages(spec, args.out, lambda plain, out, left: run_one(plain, out, left, ()),
+        code = run_stages(spec, args.out, lambda plain, out, left, only: run_one(plain, out, left, only),
                           budget_s=args.budget_s, only=args.only, stage_name=args.stage, overrides=args.set)
     else:
         code = run_one(spec, args.out, args.budget_s, args.only)
@@ -124,7 +127,9 @@ def add_ablate_parser(subparsers):
                    help="while --out has no timed score of its own, judge times (--plan's estimate, --budget-s, "
                         "--machine-left-s, --deadline-s) by the timed score files under DIR: another study's folder "
                         "or a collected archive restored there, best measured on the same kind of machine")
-    a.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only these variants")
+    a.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                   help="run only these variants; in a file with stages, the first stage's (the later stages "
+                        "follow from its ranking), or with --stage LATER that stage's own, e.g. its combination")
     a.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "
                         "and averaged in the tables)")

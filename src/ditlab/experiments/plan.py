@@ -82,17 +82,25 @@ def _block(title: str, spec: AblationSpec, out: Path, rates: dict | None,
     return [line], c
 
 
-def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dict | None = None) -> list[str]:
-    """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total."""
+def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dict | None = None,
+                  stage_name: str | None = None) -> list[str]:
+    """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total.
+    ``only`` and ``stage_name`` (--only, --stage) mean what they mean to the runner (ditlab.experiments.stages):
+    the plan of the command that runs with them; it stops at that stage."""
     from ditlab.experiments.ablation import check_variants
     from ditlab.experiments.build_check import DataFacts
     from ditlab.experiments.promotion import promoted
-    from ditlab.experiments.stages import carried_scores, ranking, stage_complete, stage_spec
+    from ditlab.experiments.stages import (carried_scores, check_first_only, check_only_in_stage, ranking,
+                                           stage_complete, stage_spec)
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
     rates = measured_rates(out) or rates_from  # --rates-from: another folder's, while OUT has timed nothing
-    variants: list[Variant] | None = [v for v in spec.variants if not only or v.name in only]
+    names = [s.name for s in spec.stages]
+    if stage_name is not None and stage_name not in names:
+        raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
+    first_only = check_first_only(spec, only, stage_name) if spec.stages else _check_only(spec, only)
+    variants: list[Variant] | None = [v for v in spec.variants if not first_only or v.name in first_only]
     if not spec.stages:
         plain = _with(spec, variants)
         lines, c = _block("ablation", plain, out, rates)
@@ -100,6 +108,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
         return lines + [_total([(c, spec.budget.time_limit)], rates)]
     lines, totals = [], []
     for i, stage in enumerate(spec.stages):
+        if stage_name is not None and i > names.index(stage_name):
+            break
         preview, carried = "", frozenset()
         if i > 0 and variants is not None:
             prev = spec.stages[i - 1]
@@ -113,6 +123,9 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
             else:
                 preview = _preview(spec, stage, ranked, prev_spec, facts)
                 variants = None
+        if variants is None and only and stage.name == stage_name:
+            raise ValueError(f"--stage {stage_name} --only {only[0]}: stage {stage_name}'s variants are not known "
+                             f"until stage {spec.stages[i - 1].name} is complete")
         if variants is None:  # its variants depend on a ranking not known yet
             one = _one_run(spec, stage, ranked, prev_spec, out, rates) if preview and rates else ""
             lines.append(f"stage {stage.name}: {_budget(stage.budget)} per run, seeds {stage.seeds}: waits for the "
@@ -120,6 +133,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
                          + preview + one)
             continue
         plain = stage_spec(spec, stage, variants)
+        if i > 0 and only and stage.name == stage_name:  # the runner does only these units of the stage
+            plain = _with(plain, [v for v in plain.variants if v.name in check_only_in_stage(plain, stage, only)])
         block, c = _block(f"stage {stage.name}", plain, out / stage.name, rates, carried)
         lines += block
         if rates and not any(t[0]["scores"] > t[0]["scored"] for t in totals):  # the stage the runner works on
@@ -172,6 +187,15 @@ def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: Ablation
     parts += [f"{v.name} ({v.note})" for v in new if v.name not in in_file]  # the combination, stacks, on the best
     return (f"; with the {len(ranked)} of {len(prev_spec.variants)} variants ranked so far it would take "
             f"{', '.join(parts)}")
+
+
+def _check_only(spec: AblationSpec, only: list[str]) -> list[str]:
+    """--only of a file without stages: the runner's check (each a variant of the file)."""
+    known = {v.name for v in spec.variants}
+    for name in only:
+        if name not in known:
+            raise ValueError(f"--only {name}: no such variant; the file has {sorted(known)}")
+    return only
 
 
 def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:

@@ -3,7 +3,8 @@
 A file with ``stages:`` (ditlab.experiments.ablation_spec) is run stage by stage. Each stage is a plain
 ablation of its own (its budget and seeds, a subset of the variants) in OUT/STAGE, with the usual runs,
 scores, grids and results, so the sequential and the multi-GPU runners do the work unchanged. The first
-stage takes every variant (or those of --only); a later one the ``top`` best of the stage before it, by the
+stage takes every variant (or those of --only; with --stage LATER, --only names that stage's own variants
+instead: check_only_in_stage); a later one the ``top`` best of the stage before it, by the
 mean over seeds of the FID on ``rank_by`` (the best path of a variant counts), plus ``keep``, the variants made
 from them (ditlab.experiments.promotion: a combination, stacks and kept changes on the best) and the
 low-resolution variants their cascades need. A stage whose budget, seeds and sample settings equal the stage
@@ -113,12 +114,13 @@ def stage_complete(spec: AblationSpec, out: Path) -> bool:
                for seed in spec.seeds for v in spec.variants for p, e, _ in spec.scores_of(v))
 
 
-def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path, float], int],
+def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path, float, Sequence[str]], int],
                budget_s: float = 0.0, only: list[str] = (), stage_name: Optional[str] = None,
                log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> int:
-    """Run the stages in order (or only ``stage_name``); ``run_stage(plain_spec, folder, budget_s)`` does one
-    stage's work and returns 0, EXIT_MORE_TO_DO or 1 (units failed: the next stage waits for them). Returns 0
-    when the last stage asked for is complete.
+    """Run the stages in order (or only ``stage_name``); ``run_stage(plain_spec, folder, budget_s, only)`` does
+    one stage's work (only those variants' units, when some are named) and returns 0, EXIT_MORE_TO_DO or 1
+    (units failed: the next stage waits for them). Returns 0 when the last stage asked for is complete (under
+    --stage LATER --only, its named units).
     ``overrides``: the command line's overrides of every variant (--set), for checking a combination."""
     from ditlab.experiments.ablation import check_variants
 
@@ -126,15 +128,12 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
     names = [s.name for s in spec.stages]
     if stage_name is not None and stage_name not in names:
         raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
-    known = {v.name for v in spec.variants}
-    for name in only:
-        if name not in known:
-            raise ValueError(f"--only {name}: no such variant; the file has {sorted(known)}")
+    first_only = check_first_only(spec, only, stage_name)
     check_variants(spec, [])  # fills in default paths, fails early on a bad variant
     facts = DataFacts(out, load_data=True)  # a combination's network is built before it trains
     start = time.monotonic()
     lines = [f"# Stages of {spec.source.name}", ""]
-    variants = [v for v in spec.variants if not only or v.name in only]
+    variants = [v for v in spec.variants if not first_only or v.name in first_only]
     code = 0
     for i, stage in enumerate(spec.stages):
         if stage_name is not None and i > names.index(stage_name):
@@ -157,6 +156,8 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
         plain = stage_spec(spec, stage, variants)
         if stage_name is not None and stage.name != stage_name:
             continue  # an earlier stage: only its ranking is needed
+        # --stage LATER --only V: the runner does only V's units of this stage (its results table keeps them all)
+        stage_only = check_only_in_stage(plain, stage, only) if i > 0 and stage.name == stage_name else ()
         if i > 0:
             carried = carried_scores(prev_spec, out / prev.name, plain, folder)
             if carried:
@@ -170,12 +171,39 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
                 code = EXIT_MORE_TO_DO
                 break
         log(f"ditlab ablate: stage {stage.name} ({len(plain.variants)} variants x {len(plain.seeds)} seeds, "
-            f"{_budget_text(stage)}) in {folder}")
-        code = run_stage(plain, folder, left)
+            f"{_budget_text(stage)}) in {folder}" + (f"; only {', '.join(stage_only)}" if stage_only else ""))
+        code = run_stage(plain, folder, left, stage_only)
         if code:
             break
     _write_stages(out, spec, lines)
     return code
+
+
+def check_first_only(spec: AblationSpec, only: Sequence[str], stage_name: Optional[str]) -> Sequence[str]:
+    """The --only names that filter the first stage (the whole study follows from its ranking): all of them
+    unless --stage names a later stage, whose own variants they then name (only_in_stage). Each must be a
+    variant of the file."""
+    if stage_name is not None and spec.stages and stage_name != spec.stages[0].name:
+        return ()
+    known = {v.name for v in spec.variants}
+    for name in only:
+        if name not in known:
+            later = (" (a variant a later stage makes, e.g. a combination, is named with --stage STAGE --only "
+                     "NAME)" if len(spec.stages) > 1 else "")
+            raise ValueError(f"--only {name}: no such variant; the file has {sorted(known)}{later}")
+    return only
+
+
+def check_only_in_stage(plain: AblationSpec, stage: Stage, only: Sequence[str]) -> Sequence[str]:
+    """The --only names of a later stage (--stage LATER): each must be among the variants that stage took from
+    the ranking before it, its combination, stacks and kept variants included (``plain``: stage_spec's). E.g. a
+    session that can hold only some of a final stage's units runs first the ones a decision waits for."""
+    names = {v.name for v in plain.variants}
+    for name in only:
+        if name not in names:
+            raise ValueError(f"--stage {stage.name} --only {name}: stage {stage.name} has no such variant; it has "
+                             f"{sorted(names)}")
+    return only
 
 
 def _write_stages(out: Path, spec: AblationSpec, lines: list[str]) -> None:
