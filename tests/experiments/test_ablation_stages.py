@@ -175,7 +175,6 @@ def test_only_names_a_later_stages_own_variants_under_stage(tmp_path, monkeypatc
     assert "--stage final --only nope: stage final has no such variant; it has [" in err and "'base'" in err
     assert main(plan + ["--stage", "final", "--only", "base"]) == 0
     assert "stage final: 2 steps per run, seeds [0, 1], 1 variants -> 2 runs: 0 trained" in capsys.readouterr().out
-    capsys.readouterr()
     assert main(args + ["--stage", "final", "--only", "base"]) == 0  # done: what was asked for is complete
     assert "only base" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "final" / "runs").iterdir()) == ["base-s0", "base-s1"]

@@ -99,7 +99,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
     names = [s.name for s in spec.stages]
     if stage_name is not None and stage_name not in names:
         raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
-    first_only = check_first_only(spec, only, stage_name) if spec.stages else _check_only(spec, only)
+    first_only = check_first_only(spec, only, stage_name)  # the runner's check of the names
     variants: list[Variant] | None = [v for v in spec.variants if not first_only or v.name in first_only]
     if not spec.stages:
         plain = _with(spec, variants)
@@ -187,15 +187,6 @@ def _preview(spec: AblationSpec, stage: Stage, ranked: list, prev_spec: Ablation
     parts += [f"{v.name} ({v.note})" for v in new if v.name not in in_file]  # the combination, stacks, on the best
     return (f"; with the {len(ranked)} of {len(prev_spec.variants)} variants ranked so far it would take "
             f"{', '.join(parts)}")
-
-
-def _check_only(spec: AblationSpec, only: list[str]) -> list[str]:
-    """--only of a file without stages: the runner's check (each a variant of the file)."""
-    known = {v.name for v in spec.variants}
-    for name in only:
-        if name not in known:
-            raise ValueError(f"--only {name}: no such variant; the file has {sorted(known)}")
-    return only
 
 
 def _with(spec: AblationSpec, variants: list[Variant]) -> AblationSpec:

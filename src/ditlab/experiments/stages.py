@@ -181,7 +181,7 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
 
 def check_first_only(spec: AblationSpec, only: Sequence[str], stage_name: Optional[str]) -> Sequence[str]:
     """The --only names that filter the first stage (the whole study follows from its ranking): all of them
-    unless --stage names a later stage, whose own variants they then name (only_in_stage). Each must be a
+    unless --stage names a later stage, whose own variants they then name (check_only_in_stage). Each must be a
     variant of the file."""
     if stage_name is not None and spec.stages and stage_name != spec.stages[0].name:
         return ()
