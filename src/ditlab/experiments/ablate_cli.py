@@ -31,6 +31,8 @@ def cmd_ablate(args) -> int:
     from ditlab.experiments.stages import run_stages
 
     spec = load_ablation(args.ablation)
+    if args.stage is not None and not spec.stages:  # (running or --plan)
+        raise ValueError(f"ablate: --stage {args.stage}: {args.ablation} has no stages: section")
     rates_from = None
     if args.rates_from is not None:
         from ditlab.experiments.timings import load_rates_from
@@ -44,8 +46,6 @@ def cmd_ablate(args) -> int:
             raise ValueError("ablate: --plan takes the file, --out, --only, --stage and --rates-from; --seeds, "
                              "--gpus, --devices, --device, --compile, --budget-s, --machine-left-s and --deadline-s "
                              "apply to running it")
-        if args.stage is not None and not spec.stages:
-            raise ValueError(f"ablate: --stage {args.stage}: {args.ablation} has no stages: section")
         print("\n".join(describe_plan(spec, args.out, args.only, rates_from, args.stage)))
         return 0
     if not args.ref:
@@ -58,8 +58,6 @@ def cmd_ablate(args) -> int:
         if spec.stages:
             raise ValueError("ablate: --seeds does not apply to a file with stages: (each stage names its seeds)")
         spec = dataclasses.replace(spec, seeds=list(args.seeds))
-    if args.stage is not None and not spec.stages:
-        raise ValueError(f"ablate: --stage {args.stage}: {args.ablation} has no stages: section")
     parallel = devices is not None and len(devices) > 1
     device = devices[0] if devices and not parallel else (args.device or "auto")
     scorer = None

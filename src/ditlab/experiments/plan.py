@@ -90,15 +90,13 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
     from ditlab.experiments.ablation import check_variants
     from ditlab.experiments.build_check import DataFacts
     from ditlab.experiments.promotion import promoted
-    from ditlab.experiments.stages import (carried_scores, check_first_only, check_only_in_stage, ranking,
-                                           stage_complete, stage_spec)
+    from ditlab.experiments.stages import (carried_scores, check_first_only, check_only_in_stage, check_stage_name,
+                                           ranking, stage_complete, stage_spec)
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
     rates = measured_rates(out) or rates_from  # --rates-from: another folder's, while OUT has timed nothing
-    names = [s.name for s in spec.stages]
-    if stage_name is not None and stage_name not in names:
-        raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
+    names = check_stage_name(spec, stage_name)
     first_only = check_first_only(spec, only, stage_name)  # the runner's check of the names
     variants: list[Variant] | None = [v for v in spec.variants if not first_only or v.name in first_only]
     if not spec.stages:

@@ -125,9 +125,7 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
     from ditlab.experiments.ablation import check_variants
 
     out = Path(out)
-    names = [s.name for s in spec.stages]
-    if stage_name is not None and stage_name not in names:
-        raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
+    names = check_stage_name(spec, stage_name)
     first_only = check_first_only(spec, only, stage_name)
     check_variants(spec, [])  # fills in default paths, fails early on a bad variant
     facts = DataFacts(out, load_data=True)  # a combination's network is built before it trains
@@ -177,6 +175,14 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
             break
     _write_stages(out, spec, lines)
     return code
+
+
+def check_stage_name(spec: AblationSpec, stage_name: Optional[str]) -> list[str]:
+    """The file's stage names, once --stage's name (if given) is known to be one of them."""
+    names = [s.name for s in spec.stages]
+    if stage_name is not None and stage_name not in names:
+        raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
+    return names
 
 
 def check_first_only(spec: AblationSpec, only: Sequence[str], stage_name: Optional[str]) -> Sequence[str]:
