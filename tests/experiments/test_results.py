@@ -61,11 +61,10 @@ def test_the_plot_marks_each_training_seed(tmp_path, monkeypatch):
     assert sorted(points) == [(10.0, 0), (12.0, 0)]  # v's two seeds on its bar; w's single value is its bar
 
 
-def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
-    """combo_final_without_X against combo_final on the same path / eval and seeds: without - with, per seed; a
-    seed only one of them has is left out of the pairing; no such variants, no table. The pairs come from
-    Variant.left_out_of (what promotion.leave_one_out made), not from the names: a file's own variant named
-    A_without_B is no leave-one-out."""
+def _leave_one_out_file(tmp_path):
+    """A file with combo_final and two variants without one of its changes, as a stage's leave_one_out makes them
+    (Variant.left_out_of set), the same file as written (no left_out_of), and five scores: the combination and
+    `without_lr` on seeds 0 and 1, `without_swiglu` on seed 0 only."""
     import dataclasses
 
     (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
@@ -81,12 +80,69 @@ def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
 
     records = [rec("combo_final", 0, 7.0), rec("combo_final", 1, 7.4), rec("combo_final_without_lr", 0, 9.0),
                rec("combo_final_without_lr", 1, 9.8), rec("combo_final_without_swiglu", 0, 6.9)]
+    return spec, named_only, records
+
+
+def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
+    """combo_final_without_X against combo_final on the same path / eval and seeds: without - with, per seed; a
+    seed only one of them has is left out of the pairing; no such variants, no table. The pairs come from
+    Variant.left_out_of (what promotion.leave_one_out made), not from the names: a file's own variant named
+    A_without_B is no leave-one-out."""
+    spec, named_only, records = _leave_one_out_file(tmp_path)
     text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
     assert "| lr | default | 7.20 | 9.40 | +2.20 (+2.00, +2.40) | 2 |" in text
     assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1 |" in text  # seed 1 of it not scored yet: seed 0 only
     plain = write_markdown(tmp_path / "results.md", spec, records[:2], {}).read_text()
     assert "leave one out" not in plain
     assert "leave one out" not in write_markdown(tmp_path / "results.md", named_only, records, {}).read_text()
+
+
+def test_the_leave_one_out_plot_sets_each_seed_beside_the_combinations_spread(tmp_path, monkeypatch):
+    """results_leave_one_out.png: a row per change and path, each seed's difference as a point, their mean as a bar,
+    and a band of +- the combination's seed-to-seed spread (7.4 - 7.0 here, from both of its seeds even where the
+    pair has one); written by write_results only when the stage has leave-one-out variants."""
+    import json
+
+    import matplotlib.axes
+    import pytest
+
+    from ditlab.experiments.results import leave_one_out_pairs, write_results
+
+    spec, named_only, records = _leave_one_out_file(tmp_path)
+    pairs = leave_one_out_pairs(spec, records)
+    assert [(p.left_out, p.label, p.seeds) for p in pairs] == [("lr", "default", (0, 1)), ("swiglu", "default", (0,))]
+    assert pairs[0].diffs == pytest.approx((2.0, 2.4)) and pairs[1].diffs == pytest.approx((-0.1,))
+    assert pairs[0].combination_spread == pytest.approx(0.4) == pairs[1].combination_spread
+    assert leave_one_out_pairs(named_only, records) == []
+
+    points, bars = [], []
+    real_scatter, real_barh = matplotlib.axes.Axes.scatter, matplotlib.axes.Axes.barh
+
+    def scatter(self, x, y, *a, **k):
+        points.extend(zip(x, y))
+        return real_scatter(self, x, y, *a, **k)
+
+    def barh(self, y, width, *a, **k):
+        if isinstance(y, int):  # the leave-one-out plot's one bar per call (results.png draws all in one)
+            bars.append((y, round(width, 6), round(k.get("left", 0.0), 6)))
+        return real_barh(self, y, width, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", barh)
+    for v in [*spec.variants, *named_only.variants]:
+        v.paths = ["default"]  # what ablation.check_variants fills in before a stage runs
+    out = tmp_path / "out"
+    (out / "scores").mkdir(parents=True)
+    for i, r in enumerate(records):
+        (out / "scores" / f"{i}.json").write_text(json.dumps(r))
+    written = [p.name for p in write_results(out, spec, {})]
+    assert "results_leave_one_out.png" in written and (out / "results_leave_one_out.png").stat().st_size > 0
+    loo = [(x, row) for x, row in points if x < 3]  # results.png's points are FIDs (>= 7.0)
+    assert sorted((round(x, 6), row) for x, row in loo) == [(-0.1, 1), (2.0, 0), (2.4, 0)]
+    assert (0, 0.8, -0.4) in bars and (1, 0.8, -0.4) in bars  # the bands: +-0.4 around zero
+    assert (0, 2.2, 0.0) in bars and (1, -0.1, 0.0) in bars  # the means
+    (out / "results_leave_one_out.png").unlink()
+    assert "results_leave_one_out.png" not in [p.name for p in write_results(out, named_only, {})]
 
 
 def test_the_command_lines_overrides_are_stated(tmp_path):

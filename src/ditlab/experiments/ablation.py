@@ -11,6 +11,7 @@ invocation skips what is done and continues; `--budget-s` stops starting new uni
     OUT/grids/VARIANT-sSEED__PATH[__EVAL].png                its first 64 samples
     OUT/failed/VARIANT-sSEED.json    a unit whose training or scoring raised: the error and its traceback
     OUT/results.md, results.csv, results.png                 rewritten after every invocation
+    OUT/results_curves.png, results_leave_one_out.png        the same, with in-training FID / leave-one-out pairs
 
 A run directory without summary.json was interrupted. With a checkpoint (a run stopped by SIGTERM or
 SIGINT saves one: `timeout -s TERM` around a device command) it resumes from it with what is left of its

@@ -5,7 +5,8 @@ training seeds with each seed's value when there are several; results.png a bar 
 measured FID during training (budget eval_every) add time-to-FID columns (the training seconds at which the
 in-training FID first reached each of the file's time_to_fid values; mean over the seeds that reached it)
 and results_curves.png, FID against training time. A stage that trained a combination without each of its
-variants (leave_one_out: combo_STAGE_without_NAME) adds a table of what each change adds, paired by seed.
+variants (leave_one_out: combo_STAGE_without_NAME) adds a table of what each change adds, paired by seed, and
+results_leave_one_out.png, each seed's difference beside the spread of the combination's own seeds.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import csv
 import json
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 CSV_COLUMNS = ("variant", "seed", "path", "eval", "fid", "nfe", "sampler", "steps", "cfg_scale", "cfg_interval",
@@ -120,29 +122,59 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
     return path
 
 
-def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """One change of a combination on one (path, eval): the FIDs with and without it on the training seeds both
+    have, and the combination's FIDs on all its seeds there (how far two trainings of one recipe differ)."""
+    left_out: str
+    label: str  # "path" or "path / eval"
+    seeds: tuple[int, ...]
+    with_it: tuple[float, ...]
+    without: tuple[float, ...]
+    combination_seeds: tuple[float, ...]
+
+    @property
+    def diffs(self) -> tuple[float, ...]:
+        """Without minus with, per seed: positive means the change helps on top of the rest."""
+        return tuple(w - c for w, c in zip(self.without, self.with_it))
+
+    @property
+    def combination_spread(self) -> float | None:
+        """The largest minus the smallest FID of the combination's seeds; None with fewer than two."""
+        return max(self.combination_seeds) - min(self.combination_seeds) if len(self.combination_seeds) > 1 else None
+
+
+def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     """For each variant of the file that is a combination without one of its changes (``Variant.left_out_of``, set
     by ditlab.experiments.promotion.leave_one_out) and each (path, eval) both it and the combination have scores of,
-    the FID without the change minus the combination's, paired by training seed (the seeds both have): positive
-    means the change helps on top of the rest. Empty without such variants."""
+    the pair on the seeds both have. Empty without such variants."""
     fids: dict[tuple[str, str, str], dict[int, float]] = {}
     for r in records:
         fids.setdefault(_key(r), {})[r["seed"]] = r["fid"]
-    rows = []
+    pairs = []
     for v in spec.variants:
         if not v.left_out_of:
             continue
         combo, gone = v.left_out_of
         for (variant, p, e), without in fids.items():
             with_it = fids.get((combo, p, e), {})
-            seeds = sorted(set(without) & set(with_it))
+            seeds = tuple(sorted(set(without) & set(with_it)))
             if variant != v.name or not seeds:
                 continue
-            diffs = [without[s] - with_it[s] for s in seeds]
-            each = f" ({', '.join(f'{d:+.2f}' for d in diffs)})" if len(diffs) > 1 else ""
-            rows.append(f"| {gone} | {f'{p} / {e}' if e else p} | {statistics.mean(with_it[s] for s in seeds):.2f} | "
-                        f"{statistics.mean(without[s] for s in seeds):.2f} | {statistics.mean(diffs):+.2f}{each} | "
-                        f"{len(seeds)} |")
+            pairs.append(LeaveOneOut(gone, f"{p} / {e}" if e else p, seeds, tuple(with_it[s] for s in seeds),
+                                     tuple(without[s] for s in seeds), tuple(with_it[s] for s in sorted(with_it))))
+    return pairs
+
+
+def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
+    """The table of leave_one_out_pairs: the mean FID with and without each change and the mean of the paired
+    differences, with each seed's when there are several."""
+    rows = []
+    for pair in leave_one_out_pairs(spec, records):
+        diffs = pair.diffs
+        each = f" ({', '.join(f'{d:+.2f}' for d in diffs)})" if len(diffs) > 1 else ""
+        rows.append(f"| {pair.left_out} | {pair.label} | {statistics.mean(pair.with_it):.2f} | "
+                    f"{statistics.mean(pair.without):.2f} | {statistics.mean(diffs):+.2f}{each} | {len(pair.seeds)} |")
     if not rows:
         return []
     return ["", "What each change of a combination adds (leave one out): the FID without it minus the "
@@ -266,12 +298,46 @@ def plot_results(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut]) -> Path:
+    """A row per (change, path / eval): each training seed's FID without the change minus with it as a point, their
+    mean as a bar, zero as a line, and as a grey band the spread between the combination's own seeds on that path
+    (where it has two or more): a difference inside the band is no more than two trainings of one recipe differ."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(pairs) + 1.8), constrained_layout=True)
+    banded = False
+    for row, pair in enumerate(pairs):
+        spread = pair.combination_spread
+        if spread:
+            ax.barh(row, 2 * spread, left=-spread, height=0.7, color="0.88", zorder=1,
+                    label=None if banded else "± the combination's seed spread")
+            banded = True
+        ax.barh(row, statistics.mean(pair.diffs), height=0.35, color="tab:blue", zorder=2,
+                label="mean" if row == 0 else None)
+        ax.scatter(pair.diffs, [row] * len(pair.diffs), color="black", s=14, zorder=3,
+                   label="each training seed" if row == 0 else None)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(range(len(pairs)), [f"without {p.left_out} / {p.label}" for p in pairs], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("FID without the change - FID with it (positive: the change helps)")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_results(out: Path, spec, scorer: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = read_scores(out, spec)
     paths = [write_csv(out / "results.csv", records, spec.time_to_fid), write_markdown(out / "results.md", spec, records, scorer)]
     if records:
         paths.append(plot_results(out / "results.png", records))
+    pairs = leave_one_out_pairs(spec, records)
+    if pairs:
+        paths.append(plot_leave_one_out(out / "results_leave_one_out.png", pairs))
     if any(r.get("eval_curve") for r in records):
         paths.append(plot_curves(out / "results_curves.png", records))
     return paths
