@@ -90,17 +90,40 @@ def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
     A_without_B is no leave-one-out."""
     spec, named_only, records = _leave_one_out_file(tmp_path)
     text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
-    assert "| lr | default | 7.20 | 9.40 | +2.20 (+2.00, +2.40) | 2 |" in text
-    assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1 |" in text  # seed 1 of it not scored yet: seed 0 only
+    # 2 SE: the seed sd pooled over combo_final and without_lr (variances 0.08 and 0.32, 1 df each: sd 0.447),
+    # times sqrt(2 / n) for n paired seeds, times two
+    assert "| lr | default | 7.20 | 9.40 | +2.20 (+2.00, +2.40) | 0.89 (2 df) | 2 |" in text
+    assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1.26 (2 df) | 1 |" in text  # seed 1 of it not scored yet
+    no_pairs_of_seeds = [r for r in records if r["seed"] == 0]
+    assert "| lr | default | 7.00 | 9.00 | +2.00 | — | 1 |" in write_markdown(
+        tmp_path / "results.md", spec, no_pairs_of_seeds, {}).read_text()
     plain = write_markdown(tmp_path / "results.md", spec, records[:2], {}).read_text()
     assert "leave one out" not in plain
     assert "leave one out" not in write_markdown(tmp_path / "results.md", named_only, records, {}).read_text()
 
 
-def test_the_leave_one_out_plot_sets_each_seed_beside_the_combinations_spread(tmp_path, monkeypatch):
+def test_the_seed_noise_is_pooled_over_the_variants_with_several_seeds_on_each_path():
+    """Each variant's FID variance over its seeds, weighted by its seeds less one, per (path, eval); a variant with
+    one seed adds nothing, another eval is pooled apart."""
+    import pytest
+
+    from ditlab.experiments.results import pooled_seed_sd
+
+    def rec(variant, seed, fid, ev=""):
+        return {**_record(seed, fid, 300), "variant": variant, "eval": ev}
+
+    records = [rec("a", 0, 1.0), rec("a", 1, 2.0), rec("a", 2, 3.0), rec("b", 0, 0.0), rec("b", 1, 2.0),
+               rec("c", 0, 50.0), rec("a", 0, 5.0, "nocfg"), rec("a", 1, 6.0, "nocfg")]
+    noise = pooled_seed_sd(records)
+    assert noise[("default", "")] == (pytest.approx((4 / 3) ** 0.5), 3)  # (1 * 2 + 2 * 1) / 3
+    assert noise[("default", "nocfg")] == (pytest.approx(0.5 ** 0.5), 1)
+    assert pooled_seed_sd(records[5:6]) == {}
+
+
+def test_the_leave_one_out_plot_sets_each_seed_beside_the_seed_noise(tmp_path, monkeypatch):
     """results_leave_one_out.png: a row per change and path, each seed's difference as a point, their mean as a bar,
-    and a band of +- the combination's seed-to-seed spread (7.4 - 7.0 here, from both of its seeds even where the
-    pair has one); written by write_results only when the stage has leave-one-out variants."""
+    and a band of +- 2 SE of the mean from the pooled seed noise (wider for the pair with one seed); written by
+    write_results only when the stage has leave-one-out variants."""
     import json
 
     import matplotlib.axes
@@ -112,7 +135,8 @@ def test_the_leave_one_out_plot_sets_each_seed_beside_the_combinations_spread(tm
     pairs = leave_one_out_pairs(spec, records)
     assert [(p.left_out, p.label, p.seeds) for p in pairs] == [("lr", "default", (0, 1)), ("swiglu", "default", (0,))]
     assert pairs[0].diffs == pytest.approx((2.0, 2.4)) and pairs[1].diffs == pytest.approx((-0.1,))
-    assert pairs[0].combination_spread == pytest.approx(0.4) == pairs[1].combination_spread
+    assert pairs[0].seed_sd == pytest.approx(0.2 ** 0.5) == pairs[1].seed_sd and pairs[0].seed_df == 2
+    assert pairs[0].two_se == pytest.approx(2 * 0.2 ** 0.5) and pairs[1].two_se == pytest.approx(2 * 0.4 ** 0.5)
     assert leave_one_out_pairs(named_only, records) == []
 
     points, bars = [], []
@@ -139,7 +163,7 @@ def test_the_leave_one_out_plot_sets_each_seed_beside_the_combinations_spread(tm
     assert "results_leave_one_out.png" in written and (out / "results_leave_one_out.png").stat().st_size > 0
     loo = [(x, row) for x, row in points if x < 3]  # results.png's points are FIDs (>= 7.0)
     assert sorted((round(x, 6), row) for x, row in loo) == [(-0.1, 1), (2.0, 0), (2.4, 0)]
-    assert (0, 0.8, -0.4) in bars and (1, 0.8, -0.4) in bars  # the bands: +-0.4 around zero
+    assert (0, 1.788854, -0.894427) in bars and (1, 2.529822, -1.264911) in bars  # the bands: +-2 SE around zero
     assert (0, 2.2, 0.0) in bars and (1, -0.1, 0.0) in bars  # the means
     (out / "results_leave_one_out.png").unlink()
     assert "results_leave_one_out.png" not in [p.name for p in write_results(out, named_only, {})]

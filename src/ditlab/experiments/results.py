@@ -6,7 +6,7 @@ measured FID during training (budget eval_every) add time-to-FID columns (the tr
 in-training FID first reached each of the file's time_to_fid values; mean over the seeds that reached it)
 and results_curves.png, FID against training time. A stage that trained a combination without each of its
 variants (leave_one_out: combo_STAGE_without_NAME) adds a table of what each change adds, paired by seed, and
-results_leave_one_out.png, each seed's difference beside the spread of the combination's own seeds.
+results_leave_one_out.png, each seed's difference beside the seed noise pooled over the stage.
 """
 from __future__ import annotations
 
@@ -125,13 +125,16 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
 @dataclass(frozen=True)
 class LeaveOneOut:
     """One change of a combination on one (path, eval): the FIDs with and without it on the training seeds both
-    have, and the combination's FIDs on all its seeds there (how far two trainings of one recipe differ)."""
+    have, and the seed noise of the stage there (``seed_sd``: the seed-to-seed standard deviation pooled over the
+    stage's variants with two or more seeds on that path / eval, ``seed_df`` its degrees of freedom; None, 0
+    without such a variant)."""
     left_out: str
     label: str  # "path" or "path / eval"
     seeds: tuple[int, ...]
     with_it: tuple[float, ...]
     without: tuple[float, ...]
-    combination_seeds: tuple[float, ...]
+    seed_sd: float | None = None
+    seed_df: int = 0
 
     @property
     def diffs(self) -> tuple[float, ...]:
@@ -139,18 +142,37 @@ class LeaveOneOut:
         return tuple(w - c for w, c in zip(self.without, self.with_it))
 
     @property
-    def combination_spread(self) -> float | None:
-        """The largest minus the smallest FID of the combination's seeds; None with fewer than two."""
-        return max(self.combination_seeds) - min(self.combination_seeds) if len(self.combination_seeds) > 1 else None
+    def two_se(self) -> float | None:
+        """Twice the standard error of the mean difference: two runs of n seeds each, with the pooled seed
+        standard deviation, differ by sd * sqrt(2 / n) (conservative: seed-paired runs that share their data order
+        differ by less). A mean difference within it is no more than seed noise."""
+        return None if self.seed_sd is None else 2.0 * self.seed_sd * (2.0 / len(self.seeds)) ** 0.5
+
+
+def pooled_seed_sd(records: list[dict]) -> dict[tuple[str, str], tuple[float, int]]:
+    """(path, eval) -> (the seed-to-seed standard deviation of FID pooled over the variants that have two or more
+    training seeds there, its degrees of freedom: the sum of each variant's seeds less one)."""
+    by_pair: dict[tuple[str, str, str], list[float]] = {}
+    for r in records:
+        by_pair.setdefault(_key(r), []).append(r["fid"])
+    sums: dict[tuple[str, str], list[float]] = {}
+    for (_, p, e), fids in by_pair.items():
+        if len(fids) > 1:
+            acc = sums.setdefault((p, e), [0.0, 0])
+            acc[0] += statistics.variance(fids) * (len(fids) - 1)
+            acc[1] += len(fids) - 1
+    return {key: ((ss / df) ** 0.5, df) for key, (ss, df) in sums.items()}
 
 
 def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     """For each variant of the file that is a combination without one of its changes (``Variant.left_out_of``, set
     by ditlab.experiments.promotion.leave_one_out) and each (path, eval) both it and the combination have scores of,
-    the pair on the seeds both have. Empty without such variants."""
+    the pair on the seeds both have, with the seed noise pooled over all of ``records``. Empty without such
+    variants."""
     fids: dict[tuple[str, str, str], dict[int, float]] = {}
     for r in records:
         fids.setdefault(_key(r), {})[r["seed"]] = r["fid"]
+    noise = pooled_seed_sd(records)
     pairs = []
     for v in spec.variants:
         if not v.left_out_of:
@@ -161,26 +183,33 @@ def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
             seeds = tuple(sorted(set(without) & set(with_it)))
             if variant != v.name or not seeds:
                 continue
+            sd, df = noise.get((p, e), (None, 0))
             pairs.append(LeaveOneOut(gone, f"{p} / {e}" if e else p, seeds, tuple(with_it[s] for s in seeds),
-                                     tuple(without[s] for s in seeds), tuple(with_it[s] for s in sorted(with_it))))
+                                     tuple(without[s] for s in seeds), sd, df))
     return pairs
 
 
 def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
-    """The table of leave_one_out_pairs: the mean FID with and without each change and the mean of the paired
-    differences, with each seed's when there are several."""
+    """The table of leave_one_out_pairs: the mean FID with and without each change, the mean of the paired
+    differences (with each seed's when there are several) and twice its standard error from the pooled seed
+    noise."""
     rows = []
     for pair in leave_one_out_pairs(spec, records):
         diffs = pair.diffs
         each = f" ({', '.join(f'{d:+.2f}' for d in diffs)})" if len(diffs) > 1 else ""
+        noise = "—" if pair.two_se is None else f"{pair.two_se:.2f} ({pair.seed_df} df)"
         rows.append(f"| {pair.left_out} | {pair.label} | {statistics.mean(pair.with_it):.2f} | "
-                    f"{statistics.mean(pair.without):.2f} | {statistics.mean(diffs):+.2f}{each} | {len(pair.seeds)} |")
+                    f"{statistics.mean(pair.without):.2f} | {statistics.mean(diffs):+.2f}{each} | {noise} | "
+                    f"{len(pair.seeds)} |")
     if not rows:
         return []
     return ["", "What each change of a combination adds (leave one out): the FID without it minus the "
-                "combination's, paired by training seed; positive: the change helps on top of the others.", "",
-            "| left out | path | with it | without it | without - with (each seed) | seeds |",
-            "|---|---|---|---|---|---|", *rows]
+                "combination's, paired by training seed; positive: the change helps on top of the others. 2 SE: "
+                "twice the standard error of that mean, from the seed-to-seed standard deviation pooled over this "
+                "stage's variants with two or more seeds on the path / eval (its degrees of freedom in brackets; "
+                "— before any has two): a difference within it is no more than seed noise.", "",
+            "| left out | path | with it | without it | without - with (each seed) | 2 SE | seeds |",
+            "|---|---|---|---|---|---|---|", *rows]
 
 
 def _machine_lines(records: list[dict]) -> list[str]:
@@ -300,8 +329,8 @@ def plot_results(path: Path, records: list[dict]) -> Path:
 
 def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut]) -> Path:
     """A row per (change, path / eval): each training seed's FID without the change minus with it as a point, their
-    mean as a bar, zero as a line, and as a grey band the spread between the combination's own seeds on that path
-    (where it has two or more): a difference inside the band is no more than two trainings of one recipe differ."""
+    mean as a bar, zero as a line, and as a grey band plus or minus twice the mean's standard error from the
+    stage's pooled seed noise (LeaveOneOut.two_se, where known): a mean inside the band is no more than noise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,10 +339,10 @@ def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut]) -> Path:
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(pairs) + 1.8), constrained_layout=True)
     banded = False
     for row, pair in enumerate(pairs):
-        spread = pair.combination_spread
-        if spread:
-            ax.barh(row, 2 * spread, left=-spread, height=0.7, color="0.88", zorder=1,
-                    label=None if banded else "± the combination's seed spread")
+        band = pair.two_se
+        if band:
+            ax.barh(row, 2 * band, left=-band, height=0.7, color="0.88", zorder=1,
+                    label=None if banded else "± 2 SE (pooled seed noise)")
             banded = True
         ax.barh(row, statistics.mean(pair.diffs), height=0.35, color="tab:blue", zorder=2,
                 label="mean" if row == 0 else None)
