@@ -225,6 +225,12 @@ def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monke
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--machine-left-s", "900"]) == 1
     assert refused in capsys.readouterr().err
+    for extra, named in ((["--ref", "r.npz"], "--ref does"), (["--only", "joint", "--set", "a=1"], "--only, --set do"),
+                         (["--plan"], "--plan does"), (["--gpus", "2"], "--gpus does")):
+        assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path), "--report", *extra]) == 1
+        assert f"--report takes the file, --out and --stage; {named} not apply to it" in capsys.readouterr().err
+    assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "nowhere"), "--report"]) == 1
+    assert "nowhere does not exist: no score files to report" in capsys.readouterr().err
     assert main(base + ["--machine-left-s", "-5"]) == 1
     assert "--machine-left-s -5: seconds" in capsys.readouterr().err
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",

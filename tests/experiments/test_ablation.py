@@ -91,6 +91,13 @@ def test_runs_scores_and_resumes_without_retraining(study, monkeypatch):
     assert "--set" not in table
     assert (out / "runs" / "joint-s0" / "lift_errors.png").exists()
     assert (out / "grids" / "joint-s0__dp-hi.png").exists()
+    # each score names what its FID compared with; --report writes the same tables from the score files alone
+    refs = {json.dumps(json.loads(p.read_text())["fid_ref"]) for p in (out / "scores").glob("*.json")}
+    assert [json.loads(r) for r in refs] == [{"ref": args[args.index("--ref") + 1], "n_ref": 12,
+                                             "inception": "standin.pt"}]
+    (out / "results.md").unlink()
+    assert main(["ablate", args[1], "--out", str(out), "--report"]) == 0  # (tests/experiments/test_report.py)
+    assert (out / "results.md").read_text() == table  # the header's reference now from the score files
 
     # Again: nothing is trained or sampled, the same scores come back.
     import ditlab.train.trainer as trainer_module

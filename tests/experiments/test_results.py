@@ -204,3 +204,27 @@ def test_recipe_overrides_leave_out_where_the_data_lies():
 
     assert recipe_overrides(["data.path=/x.zip", "optim.lr=2e-3", " train.device = cuda:1", "model.mlp=swiglu"]) == [
         "optim.lr=2e-3", "model.mlp=swiglu"]
+
+
+def test_the_header_names_the_reference_the_scores_were_compared_with(tmp_path):
+    """The running scorer's reference, or (under --report, no scorer) the one the score files record; each with its
+    count when the files name more than one or one other than the scorer's; a file without a record is counted."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1, 2]\nvariants: {v: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+    a = {"ref": "/r/a.npz", "n_ref": 50000, "inception": "net.pt"}
+    b = {"ref": "/r/b.npz", "n_ref": None, "inception": "net.pt"}
+
+    def header(refs, scorer):
+        records = [{**_record(i, 10.0, 300), **({"fid_ref": r} if r else {})} for i, r in enumerate(refs)]
+        return write_markdown(tmp_path / "results.md", spec, records, scorer).read_text().splitlines()[2]
+
+    assert header([a, a], a).endswith("FID-2000 against /r/a.npz (50000 images, net.pt).")
+    assert header([a, a], {}).endswith("FID-2000 against /r/a.npz (50000 images, net.pt).")
+    assert header([None], a).endswith("against /r/a.npz (50000 images, net.pt).")  # scored before the record
+    assert header([None], {}).endswith("against a reference the score files do not record.")
+    assert header([a, None], {}).endswith("against /r/a.npz (50000 images, net.pt) (1 older score did not record it).")
+    mixed = header([a, b, b], {})
+    assert ("against **more than one reference**: /r/a.npz (50000 images, net.pt) (1 score); /r/b.npz (? images, "
+            "net.pt) (2 scores). FIDs against different references do not compare.") in mixed
+    assert "this command's: /r/b.npz (? images, net.pt)" in header([a, a], b)

@@ -7,6 +7,7 @@
         [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME] [--compile auto|on|off] [--machine-left-s SECONDS] \
         [--deadline-s SECONDS] [--rates-from DIR]
     ditlab ablate ABLATION.yaml --out DIR --plan [--rates-from DIR]   # what is done and what is left, nothing runs
+    ditlab ablate ABLATION.yaml --out DIR --report [--stage NAME]      # the tables and plots again from the scores
 
 --gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
 (ditlab.experiments.ablation_parallel); the results are the sequential runner's.
@@ -38,6 +39,16 @@ def cmd_ablate(args) -> int:
         from ditlab.experiments.timings import load_rates_from
 
         rates_from = load_rates_from(args.rates_from)
+    if args.report:  # the tables and plots from the score files; nothing runs, no GPU or FID network needed
+        from ditlab.experiments.report import write_reports
+
+        given = [flag for flag, on in (("--plan", args.plan), ("--only", args.only),
+                                       ("--rates-from", args.rates_from is not None)) if on] + _running_flags(args)
+        if given:
+            raise ValueError(f"ablate: --report takes the file, --out and --stage; {', '.join(given)} "
+                             f"do{'es' if len(given) == 1 else ''} not apply to it")
+        write_reports(spec, args.out, args.stage)
+        return 0
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 
@@ -94,6 +105,16 @@ def cmd_ablate(args) -> int:
     return code
 
 
+def _running_flags(args) -> list[str]:
+    """The flags given that only running the study reads (what it trains on and with, where, how long)."""
+    return [flag for flag, on in (
+        ("--ref", args.ref is not None), ("--inception", args.inception is not None), ("--set", bool(args.set)),
+        ("--data", args.data is not None), ("--budget-s", bool(args.budget_s)),
+        ("--machine-left-s", bool(args.machine_left_s)), ("--deadline-s", bool(args.deadline_s)),
+        ("--seeds", bool(args.seeds)), ("--gpus", args.gpus is not None), ("--devices", bool(args.devices)),
+        ("--device", args.device is not None), ("--compile", args.compile != "auto")) if on]
+
+
 def add_ablate_parser(subparsers):
     from ditlab.cliargs import add_compile, add_data, add_device, add_inception
 
@@ -143,5 +164,8 @@ def add_ablate_parser(subparsers):
                    help="a file with stages: run only this stage (the ones before it must be complete)")
     a.add_argument("--plan", action="store_true",
                    help="print what is done and what is left in --out (per stage), run nothing")
+    a.add_argument("--report", action="store_true",
+                   help="write every stage's results tables and plots again from the score files in --out (after "
+                        "an upgrade, or from a restored archive on a machine without a GPU); run nothing")
     a.set_defaults(func=cmd_ablate)
     return a

@@ -12,6 +12,7 @@ invocation skips what is done and continues; `--budget-s` stops starting new uni
     OUT/failed/VARIANT-sSEED.json    a unit whose training or scoring raised: the error and its traceback
     OUT/results.md, results.csv, results.png                 rewritten after every invocation
     OUT/results_curves.png, results_leave_one_out.png        the same, with in-training FID / leave-one-out pairs
+                                     (`ditlab ablate --report` writes them all again from the score files)
 
 A run directory without summary.json was interrupted. With a checkpoint (a run stopped by SIGTERM or
 SIGINT saves one: `timeout -s TERM` around a device command) it resumes from it with what is left of its
@@ -572,6 +573,7 @@ class AblationRunner:
         fid = self.scorer.fid(images)
         record = self._record(unit, run, run_dir, path, eval_name, s, fid, walked, lo_nfe, sample_s)
         record["fid_seconds"] = round(time.monotonic() - t0, 2)
+        record["fid_ref"] = self.scorer.describe()  # what the FID compares with: results.md names it
         record["sampler_compiled"] = compiles  # for the study's estimates (ditlab.experiments.timings)
         record["load_seconds"] = round(load_s, 2)
         if path == "cascade":
@@ -777,4 +779,7 @@ class FidScorer:
         return float(frechet_distance(FeatureStats.from_features(feats), self.ref_stats))
 
     def describe(self) -> dict:
-        return {"ref": self.ref, "n_ref": int(self.ref_stats.n), "inception": Path(self.inception).name}
+        """The reference (as given), its image count (None for a statistics file that does not record it) and the
+        FID network's file name: what every score of this scorer is compared with."""
+        n = self.ref_stats.n
+        return {"ref": str(self.ref), "n_ref": None if n is None else int(n), "inception": Path(self.inception).name}

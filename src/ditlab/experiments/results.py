@@ -90,8 +90,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
         "",
         f"Budget per run: {'%g s of training' % b.time_limit if b.time_limit else ''}"
         f"{' or ' if b.time_limit else ''}{b.steps} steps; training seeds {sorted({r['seed'] for r in records}) or spec.seeds}. Samples: {s.num} per pair, "
-        f"{_settings(s)}, sample seed {s.seed}. FID-{s.num} against "
-        f"{scorer.get('ref', '?')} ({scorer.get('n_ref', '?')} images, {scorer.get('inception', '?')}).",
+        f"{_settings(s)}, sample seed {s.seed}. FID-{s.num} {_reference_text(records, scorer)}.",
     ]
     if spec.evals:
         lines += ["", "Evals: " + "; ".join(f"**{name}** {_settings(e)}" for name, e in spec.evals.items()) + "."]
@@ -210,6 +209,30 @@ def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
                 "— before any has two): a difference within it is no more than seed noise.", "",
             "| left out | path | with it | without it | without - with (each seed) | 2 SE | seeds |",
             "|---|---|---|---|---|---|---|", *rows]
+
+
+def _reference_words(ref: dict) -> str:
+    n = ref.get("n_ref")
+    return f"{ref.get('ref', '?')} ({'?' if n is None else n} images, {ref.get('inception', '?')})"
+
+
+def _reference_text(records: list[dict], scorer: dict) -> str:
+    """What the FIDs compare with: the running scorer's reference (``scorer``, empty under --report) or the one the
+    score files record (``fid_ref``); each with its count when the score files name more than one, or one other
+    than the scorer's (FIDs against different references do not compare)."""
+    recorded = Counter(_reference_words(r["fid_ref"]) for r in records if r.get("fid_ref"))
+    unknown = sum(not r.get("fid_ref") for r in records)
+    current = _reference_words(scorer) if scorer else None
+    if not recorded:
+        return f"against {current}" if current else "against a reference the score files do not record"
+    if len(recorded) == 1 and (current is None or current in recorded):
+        return f"against {next(iter(recorded))}" + (f" ({unknown} older score{'s' if unknown > 1 else ''} did "
+                                                    "not record it)" if unknown else "")
+    listing = "; ".join(f"{words} ({n} score{'s' if n > 1 else ''})" for words, n in sorted(recorded.items()))
+    older = f"; {unknown} older score{'s' if unknown > 1 else ''} without a record" if unknown else ""
+    now = f", this command's: {current}" if current else ""
+    return (f"against **more than one reference**: {listing}{older}{now}. FIDs against different references do "
+            "not compare")
 
 
 def _machine_lines(records: list[dict]) -> list[str]:

@@ -116,19 +116,20 @@ def stage_complete(spec: AblationSpec, out: Path) -> bool:
 
 def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path, float, Sequence[str]], int],
                budget_s: float = 0.0, only: list[str] = (), stage_name: Optional[str] = None,
-               log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> int:
+               log: Callable[[str], None] = print, overrides: Sequence[str] = (), load_data: bool = True) -> int:
     """Run the stages in order (or only ``stage_name``); ``run_stage(plain_spec, folder, budget_s, only)`` does
     one stage's work (only those variants' units, when some are named) and returns 0, EXIT_MORE_TO_DO or 1
     (units failed: the next stage waits for them). Returns 0 when the last stage asked for is complete (under
     --stage LATER --only, its named units).
-    ``overrides``: the command line's overrides of every variant (--set), for checking a combination."""
+    ``overrides``: the command line's overrides of every variant (--set), for checking a combination;
+    ``load_data``: read the training data to check it when no trained run recorded its facts (False: --report)."""
     from ditlab.experiments.ablation import check_variants
 
     out = Path(out)
     names = check_stage_name(spec, stage_name)
     first_only = check_first_only(spec, only, stage_name)
     check_variants(spec, [])  # fills in default paths, fails early on a bad variant
-    facts = DataFacts(out, load_data=True)  # a combination's network is built before it trains
+    facts = DataFacts(out, load_data=load_data)  # a combination's network is built before it trains
     start = time.monotonic()
     lines = [f"# Stages of {spec.source.name}", ""]
     variants = [v for v in spec.variants if not first_only or v.name in first_only]
