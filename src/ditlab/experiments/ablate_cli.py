@@ -32,13 +32,8 @@ def cmd_ablate(args) -> int:
     from ditlab.experiments.stages import run_stages
 
     spec = load_ablation(args.ablation)
-    if args.stage is not None and not spec.stages:  # (running or --plan)
+    if args.stage is not None and not spec.stages:  # (running, --plan or --report)
         raise ValueError(f"ablate: --stage {args.stage}: {args.ablation} has no stages: section")
-    rates_from = None
-    if args.rates_from is not None:
-        from ditlab.experiments.timings import load_rates_from
-
-        rates_from = load_rates_from(args.rates_from)
     if args.report:  # the tables and plots from the score files; nothing runs, no GPU or FID network needed
         from ditlab.experiments.report import write_reports
 
@@ -49,6 +44,11 @@ def cmd_ablate(args) -> int:
                              f"do{'es' if len(given) == 1 else ''} not apply to it")
         write_reports(spec, args.out, args.stage)
         return 0
+    rates_from = None
+    if args.rates_from is not None:
+        from ditlab.experiments.timings import load_rates_from
+
+        rates_from = load_rates_from(args.rates_from)
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 

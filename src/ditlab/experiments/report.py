@@ -13,7 +13,9 @@ def write_reports(spec: AblationSpec, out, stage_name: Optional[str] = None,
                   log: Callable[[str], None] = print) -> list[Path]:
     """Write results.md / .csv / the plots of every stage (or of ``stage_name``) from OUT's score files, the later
     stages' variants chosen by the earlier stages' rankings as the runner chooses them; a stage after one that is
-    not complete has no variants yet and is left out, with a line that says so. Returns the files written."""
+    not complete has no variants yet and is left out, with a line that says so. Like the runner, a stage takes the
+    scores of the same budget and sampling from the stage before it (stages.carried_scores) and stages.md is
+    written again. Returns the files written."""
     from ditlab.experiments.ablation import EXIT_MORE_TO_DO, check_variants
     from ditlab.experiments.results import write_results
     from ditlab.experiments.stages import run_stages

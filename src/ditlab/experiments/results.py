@@ -143,8 +143,8 @@ class LeaveOneOut:
     @property
     def two_se(self) -> float | None:
         """Twice the standard error of the mean difference: two runs of n seeds each, with the pooled seed
-        standard deviation, differ by sd * sqrt(2 / n) (conservative: seed-paired runs that share their data order
-        differ by less). A mean difference within it is no more than seed noise."""
+        standard deviation, differ by sd * sqrt(2 / n) (cautious: runs of one seed may share their data order, and
+        then a paired difference varies less). A mean difference within it is no more than seed noise."""
         return None if self.seed_sd is None else 2.0 * self.seed_sd * (2.0 / len(self.seeds)) ** 0.5
 
 
