@@ -217,14 +217,17 @@ def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monke
     assert main(base + ["--devices", "cpu,cpu", "--device", "cpu"]) == 0  # agrees with the workers: accepted
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--device", "cpu"]) == 1
-    refused = "--device, --compile, --budget-s, --machine-left-s and --deadline-s apply to running it"
+    refused = "--plan takes the file, --out, --only, --stage and --rates-from; --device applies to running it"
     assert refused in capsys.readouterr().err
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--compile", "on"]) == 1
-    assert "--compile, --budget-s, --machine-left-s and --deadline-s apply to running it" in capsys.readouterr().err
+    assert "--rates-from; --compile applies to running it" in capsys.readouterr().err
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--machine-left-s", "900"]) == 1
-    assert refused in capsys.readouterr().err
+    assert "--rates-from; --machine-left-s applies to running it" in capsys.readouterr().err
+    assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan", "--ref", "r.npz",
+                 "--set", "optim.lr=1e-3"]) == 1  # --plan never read them: refused, not ignored
+    assert "--rates-from; --ref, --set apply to running it" in capsys.readouterr().err
     for extra, named in ((["--ref", "r.npz"], "--ref does"), (["--only", "joint", "--set", "a=1"], "--only, --set do"),
                          (["--plan"], "--plan does"), (["--gpus", "2"], "--gpus does")):
         assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path), "--report", *extra]) == 1
@@ -235,7 +238,7 @@ def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monke
     assert "--machine-left-s -5: seconds" in capsys.readouterr().err
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--deadline-s", "500"]) == 1
-    assert refused in capsys.readouterr().err
+    assert "--rates-from; --deadline-s applies to running it" in capsys.readouterr().err
     assert main(base + ["--deadline-s", "-1"]) == 1
     assert "--deadline-s -1: seconds" in capsys.readouterr().err
 

@@ -52,11 +52,10 @@ def cmd_ablate(args) -> int:
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 
-        if (args.seeds or args.gpus is not None or args.devices or args.budget_s
-                or args.device is not None or args.compile != "auto" or args.machine_left_s or args.deadline_s):
-            raise ValueError("ablate: --plan takes the file, --out, --only, --stage and --rates-from; --seeds, "
-                             "--gpus, --devices, --device, --compile, --budget-s, --machine-left-s and --deadline-s "
-                             "apply to running it")
+        given = _running_flags(args)
+        if given:
+            raise ValueError(f"ablate: --plan takes the file, --out, --only, --stage and --rates-from; "
+                             f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to running it")
         print("\n".join(describe_plan(spec, args.out, args.only, rates_from, args.stage)))
         return 0
     if not args.ref:
@@ -106,7 +105,8 @@ def cmd_ablate(args) -> int:
 
 
 def _running_flags(args) -> list[str]:
-    """The flags given that only running the study reads (what it trains on and with, where, how long)."""
+    """The flags given that only running the study reads (what it trains on and with, where, how long): --plan
+    and --report refuse them rather than ignore them."""
     return [flag for flag, on in (
         ("--ref", args.ref is not None), ("--inception", args.inception is not None), ("--set", bool(args.set)),
         ("--data", args.data is not None), ("--budget-s", bool(args.budget_s)),
