@@ -115,8 +115,8 @@ def test_the_seed_noise_is_pooled_over_the_variants_with_several_seeds_on_each_p
     records = [rec("a", 0, 1.0), rec("a", 1, 2.0), rec("a", 2, 3.0), rec("b", 0, 0.0), rec("b", 1, 2.0),
                rec("c", 0, 50.0), rec("a", 0, 5.0, "nocfg"), rec("a", 1, 6.0, "nocfg")]
     noise = pooled_seed_sd(records)
-    assert noise[("default", "")] == (pytest.approx((4 / 3) ** 0.5), 3)  # (1 * 2 + 2 * 1) / 3
-    assert noise[("default", "nocfg")] == (pytest.approx(0.5 ** 0.5), 1)
+    assert noise["default"] == (pytest.approx((4 / 3) ** 0.5), 3)  # (1 * 2 + 2 * 1) / 3
+    assert noise["default / nocfg"] == (pytest.approx(0.5 ** 0.5), 1)
     assert pooled_seed_sd(records[5:6]) == {}
 
 

@@ -148,19 +148,17 @@ class LeaveOneOut:
         return None if self.seed_sd is None else 2.0 * self.seed_sd * (2.0 / len(self.seeds)) ** 0.5
 
 
-def pooled_seed_sd(records: list[dict]) -> dict[tuple[str, str], tuple[float, int]]:
-    """(path, eval) -> (the seed-to-seed standard deviation of FID pooled over the variants that have two or more
-    training seeds there, its degrees of freedom: the sum of each variant's seeds less one)."""
-    by_pair: dict[tuple[str, str, str], list[float]] = {}
-    for r in records:
-        by_pair.setdefault(_key(r), []).append(r["fid"])
-    sums: dict[tuple[str, str], list[float]] = {}
-    for (_, p, e), fids in by_pair.items():
-        if len(fids) > 1:
-            acc = sums.setdefault((p, e), [0.0, 0])
-            acc[0] += statistics.variance(fids) * (len(fids) - 1)
-            acc[1] += len(fids) - 1
-    return {key: ((ss / df) ** 0.5, df) for key, (ss, df) in sums.items()}
+def pooled_seed_sd(records: list[dict]) -> dict[str, tuple[float, int]]:
+    """"path" or "path / eval" (group_by_pair's label) -> (the seed-to-seed standard deviation of FID pooled over
+    the variants that have two or more training seeds there, its degrees of freedom: the sum of each variant's
+    seeds less one)."""
+    sums: dict[str, list[float]] = {}
+    for _, label, rs in group_by_pair(records):
+        if len(rs) > 1:
+            acc = sums.setdefault(label, [0.0, 0])
+            acc[0] += statistics.variance([r["fid"] for r in rs]) * (len(rs) - 1)
+            acc[1] += len(rs) - 1
+    return {label: ((ss / df) ** 0.5, df) for label, (ss, df) in sums.items()}
 
 
 def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
@@ -182,8 +180,9 @@ def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
             seeds = tuple(sorted(set(without) & set(with_it)))
             if variant != v.name or not seeds:
                 continue
-            sd, df = noise.get((p, e), (None, 0))
-            pairs.append(LeaveOneOut(gone, f"{p} / {e}" if e else p, seeds, tuple(with_it[s] for s in seeds),
+            label = f"{p} / {e}" if e else p
+            sd, df = noise.get(label, (None, 0))
+            pairs.append(LeaveOneOut(gone, label, seeds, tuple(with_it[s] for s in seeds),
                                      tuple(without[s] for s in seeds), sd, df))
     return pairs
 
@@ -211,6 +210,11 @@ def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
             "|---|---|---|---|---|---|---|", *rows]
 
 
+def _n_scores(n: int, older: bool = False) -> str:
+    """"1 score", "3 scores"; with ``older``, "1 older score" (one written before a field was recorded)."""
+    return f"{n} {'older ' if older else ''}score{'s' if n > 1 else ''}"
+
+
 def _reference_words(ref: dict) -> str:
     n = ref.get("n_ref")
     return f"{ref.get('ref', '?')} ({'?' if n is None else n} images, {ref.get('inception', '?')})"
@@ -226,10 +230,10 @@ def _reference_text(records: list[dict], scorer: dict) -> str:
     if not recorded:
         return f"against {current}" if current else "against a reference the score files do not record"
     if len(recorded) == 1 and (current is None or current in recorded):
-        return f"against {next(iter(recorded))}" + (f" ({unknown} older score{'s' if unknown > 1 else ''} did "
-                                                    "not record it)" if unknown else "")
-    listing = "; ".join(f"{words} ({n} score{'s' if n > 1 else ''})" for words, n in sorted(recorded.items()))
-    older = f"; {unknown} older score{'s' if unknown > 1 else ''} without a record" if unknown else ""
+        older = f" ({_n_scores(unknown, older=True)} did not record it)" if unknown else ""
+        return f"against {next(iter(recorded))}{older}"
+    listing = "; ".join(f"{words} ({_n_scores(n)})" for words, n in sorted(recorded.items()))
+    older = f"; {_n_scores(unknown, older=True)} without a record" if unknown else ""
     now = f", this command's: {current}" if current else ""
     return (f"against **more than one reference**: {listing}{older}{now}. FIDs against different references do "
             "not compare")
@@ -241,12 +245,12 @@ def _machine_lines(records: list[dict]) -> list[str]:
     machine was recorded are counted apart, not as another machine."""
     counts = Counter(r["machine"] for r in records if r.get("machine"))
     unknown = sum(not r.get("machine") for r in records)
-    older = f" ({unknown} older score{'s' if unknown > 1 else ''} did not record it)" if unknown else ""
+    older = f" ({_n_scores(unknown, older=True)} did not record it)" if unknown else ""
     if not counts:
         return []
     if len(counts) == 1:
         return ["", f"Machine: {next(iter(counts))}{older}."]
-    listing = ", ".join(f"{name} ({n} score{'s' if n > 1 else ''})" for name, n in sorted(counts.items()))
+    listing = ", ".join(f"{name} ({_n_scores(n)})" for name, n in sorted(counts.items()))
     return ["", f"**Scores from more than one machine**: {listing}{older}. A time budget buys a different number "
                 "of steps on each; compare variants within one machine (the train steps column shows it)."]
 
@@ -258,7 +262,7 @@ def _command_override_lines(records: list[dict]) -> list[str]:
     they were recorded are counted apart."""
     sets = Counter(tuple(r["command_overrides"]) for r in records if "command_overrides" in r)
     unknown = sum("command_overrides" not in r for r in records)
-    older = f" ({unknown} older score{'s' if unknown > 1 else ''} did not record them)" if unknown else ""
+    older = f" ({_n_scores(unknown, older=True)} did not record them)" if unknown else ""
     if not sets or list(sets) == [()]:
         return []
 
@@ -267,7 +271,7 @@ def _command_override_lines(records: list[dict]) -> list[str]:
 
     if len(sets) == 1:
         return ["", f"Overrides from the command line (--set), on every variant: {words(next(iter(sets)))}{older}."]
-    listing = "; ".join(f"{words(o)} ({n} score{'s' if n > 1 else ''})" for o, n in sorted(sets.items()))
+    listing = "; ".join(f"{words(o)} ({_n_scores(n)})" for o, n in sorted(sets.items()))
     return ["", f"**Scores made with different command-line overrides (--set)**: {listing}{older}. Their rows "
                 "compare different recipes."]
 
