@@ -204,15 +204,22 @@ def fake_clock(monkeypatch, train_s: float) -> FakeClock:
     return clock
 
 
-def test_a_unit_trained_past_the_budget_is_still_scored(study, monkeypatch):
+def test_a_unit_trained_past_the_budget_is_still_scored(study, monkeypatch, capsys):
     """Its run lives on this machine only: stopping between its training and its scores would throw the training
     away when the machine goes back (the archive a study carries holds scores)."""
     tmp_path, args = study
     fake_clock(monkeypatch, train_s=100.0)
+    capsys.readouterr()
     assert main(args + ["--budget-s", "50"]) == 3
     out = tmp_path / "out"
     assert (out / "scores" / "single-s0__default.json").exists()
     assert not (out / "runs" / "joint-s0").exists()  # 100 s in: past the budget, no new unit
+    # the command says which unit it held back and why (it said only "--budget-s used up" after 138 s of a 470-s
+    # budget, thirty-second session), then that there is work left
+    printed = capsys.readouterr().out
+    assert "ditlab ablate: joint-s0 not started: it should take ~" in printed
+    assert "s and --budget-s has 0 s left; the next command starts it" in printed
+    assert printed.rstrip().endswith("ditlab ablate: stopped with work left; run the same command again")
 
 
 def test_a_unit_that_would_end_past_the_budget_does_not_start(study, monkeypatch):

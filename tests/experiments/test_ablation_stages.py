@@ -14,7 +14,7 @@ from ditlab.experiments.ablation_spec import load_ablation
 from ditlab.experiments.promotion import promoted
 from ditlab.experiments.stages import ranking, stage_spec
 
-from tests.experiments.test_ablation import write_study
+from tests.experiments.test_ablation import fake_clock, write_study
 from tests.experiments.test_promotion import COMBINE, ROUTED, load_config_of
 
 EVALS = """\
@@ -155,6 +155,30 @@ def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
     stages_md = (out / "stages.md").read_text()
     assert "## screen -> final" in stages_md and "| 1 | " + ranked[0][0] in stages_md
     assert (out / "screen" / "results.md").exists() and (out / "final" / "results.md").exists()
+
+
+def test_a_stage_after_the_budget_ran_out_is_named(tmp_path, monkeypatch, capsys):
+    """The screen's last unit ends past --budget-s: the next stage does not start, and the command says which and
+    why before its "work left" line (it said only that there was work left)."""
+    import shutil
+
+    import ditlab.experiments.stages as stages_module
+
+    data, net = write_study(tmp_path, monkeypatch, STAGES, 8)
+    out = tmp_path / "out"
+    args = _args(tmp_path, data, net)
+    assert main(args + ["--stage", "screen"]) == 0
+    shutil.rmtree(out / "screen" / "runs" / "cold-s0")  # the screen's last unit to do again, as on a new machine
+    for score in (out / "screen" / "scores").glob("cold-s0*"):
+        score.unlink()
+    clock = fake_clock(monkeypatch, train_s=100.0)
+    monkeypatch.setattr(stages_module, "time", clock)
+    capsys.readouterr()
+    assert main(args + ["--budget-s", "50"]) == 3  # cold-s0 is the first work; it ends 100 s in
+    printed = capsys.readouterr().out
+    assert list((out / "screen" / "scores").glob("cold-s0*")) and not (out / "final").exists()
+    assert "ditlab ablate: stage final not started: --budget-s is used up; the next command starts it" in printed
+    assert printed.rstrip().endswith("ditlab ablate: stopped with work left; run the same command again")
 
 
 def test_only_names_a_later_stages_own_variants_under_stage(tmp_path, monkeypatch, capsys):

@@ -99,8 +99,9 @@ def cmd_ablate(args) -> int:
     else:
         code = run_one(spec, args.out, args.budget_s, args.only)
     if code == EXIT_MORE_TO_DO:
-        print(f"ditlab ablate: --budget-s {args.budget_s:g} s used up with work left; run the same command again",
-              flush=True)
+        # why is said before: a unit or score held back for --budget-s, --machine-left-s or --deadline-s, a stage
+        # not started, or a signal (the parallel runner's budget that ran out says nothing more)
+        print("ditlab ablate: stopped with work left; run the same command again", flush=True)
     return code
 
 

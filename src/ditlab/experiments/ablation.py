@@ -262,6 +262,10 @@ class AblationRunner:
         """Whether work expected to take ``need_s`` seconds would end after --budget-s."""
         return self.budget_s > 0 and time.monotonic() - self.start + need_s > self.budget_s
 
+    def budget_left_s(self) -> float:
+        """What is left of this runner's --budget-s (a stage's share of it in a staged study), never below 0."""
+        return max(0.0, self.budget_s - (time.monotonic() - self.start))
+
     def expected_unit_s(self, unit: Unit, run_dir: Path) -> float:
         """How long training and scoring ``unit`` should take: the last such unit's time in this invocation, and
         at least what is left of its training time limit (all of it unless an earlier invocation stopped it at
@@ -403,6 +407,9 @@ class AblationRunner:
             # whatever the clock says: its run lives on this machine only, and scores are what a study keeps
             # across machines (a unit trained but not scored is trained again on the next one).
             if self.out_of_time(need := self.expected_unit_s(unit, run_dir)) and not self._starts_anyway(need):
+                # said, so that a command that stops early (a score took 120 s of a 470-s budget) says why
+                self.log(f"ditlab ablate: {unit.name} not started: it should take ~{need:.0f} s and --budget-s has "
+                         f"{self.budget_left_s():.0f} s left; the next command starts it")
                 return False
             if self.invocation.machine_ends_before(need):
                 self.outlasting_machine.add(unit.name)

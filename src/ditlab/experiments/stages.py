@@ -167,6 +167,8 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
         if budget_s > 0:
             left = budget_s - (time.monotonic() - start)
             if left <= 0:
+                log(f"ditlab ablate: stage {stage.name} not started: --budget-s is used up; the next command "
+                    "starts it")
                 code = EXIT_MORE_TO_DO
                 break
         log(f"ditlab ablate: stage {stage.name} ({len(plain.variants)} variants x {len(plain.seeds)} seeds, "
