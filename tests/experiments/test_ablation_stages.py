@@ -135,7 +135,7 @@ def test_stages_screen_then_promote_the_best(tmp_path, monkeypatch, capsys):
     assert main(args + ["--stage", "final"]) == 1
     assert "stage screen is not complete" in capsys.readouterr().err
     assert main(args + ["--seeds", "3"]) == 1
-    assert "--seeds does not apply" in capsys.readouterr().err
+    assert "--seeds 3: a file with stages names each stage's seeds; name the stage" in capsys.readouterr().err
     assert main(args + ["--stage", "screen"]) == 0
     assert not (out / "final").exists()
     spec = load_ablation(tmp_path / "ablation.yaml")
@@ -179,6 +179,30 @@ def test_a_stage_after_the_budget_ran_out_is_named(tmp_path, monkeypatch, capsys
     assert list((out / "screen" / "scores").glob("cold-s0*")) and not (out / "final").exists()
     assert "ditlab ablate: stage final not started: --budget-s is used up; the next command starts it" in printed
     assert printed.rstrip().endswith("ditlab ablate: stopped with work left; run the same command again")
+
+
+def test_seeds_with_stage_adds_a_seed_to_that_stages_units(tmp_path, monkeypatch, capsys):
+    """--stage NAME --seeds S: that stage's units (under --only, the named ones) train on S instead of its seeds, as
+    --seeds does for a file without stages: a third seed for a pair two seeds cannot settle (SwiGLU's leave-one-out,
+    thirty-second session). Its tables keep every seed; the earlier stage and the file's stages.md are untouched."""
+    data, net = write_study(tmp_path, monkeypatch, STAGES, 8)
+    out = tmp_path / "out"
+    args = _args(tmp_path, data, net)
+    assert main(args) == 0
+    before = {p.name for p in (out / "final" / "runs").iterdir()}
+    screen_scores = sorted(p.name for p in (out / "screen" / "scores").iterdir())
+    capsys.readouterr()
+    assert main(args + ["--stage", "final", "--only", "base", "--seeds", "2"]) == 0
+    assert "variants x 1 seeds, 2 steps) in" in capsys.readouterr().out  # seed 2 only
+    assert {p.name for p in (out / "final" / "runs").iterdir()} == before | {"base-s2"}
+    assert sorted(p.name for p in (out / "screen" / "scores").iterdir()) == screen_scores
+    rows = list(csv.DictReader((out / "final" / "results.csv").open()))
+    assert sorted(int(r["seed"]) for r in rows if r["variant"] == "base") == [0, 1, 2]
+    results = (out / "final" / "results.md").read_text()
+    assert "training seeds [0, 1, 2]" in results
+    assert "| final | 2 steps | 0, 1 |" in (out / "stages.md").read_text()  # the file's seeds
+    assert main(args + ["--stage", "final", "--only", "base", "--seeds", "2"]) == 0  # done: nothing trains again
+    assert {p.name for p in (out / "final" / "runs").iterdir()} == before | {"base-s2"}
 
 
 def test_only_names_a_later_stages_own_variants_under_stage(tmp_path, monkeypatch, capsys):

@@ -64,10 +64,8 @@ def cmd_ablate(args) -> int:
     if devices is not None and args.device is not None and args.device not in devices:
         raise ValueError(f"ablate: --device {args.device} is not one of the workers' devices {','.join(devices)} "
                          "(--gpus / --devices): the workers run there, so --device would be ignored; leave it out")
-    if args.seeds:  # e.g. a second seed for the variants whose differences are small (with --only)
-        if spec.stages:
-            raise ValueError("ablate: --seeds does not apply to a file with stages: (each stage names its seeds)")
-        spec = dataclasses.replace(spec, seeds=list(args.seeds))
+    if args.seeds and not spec.stages:  # e.g. a second seed for the variants whose differences are small (--only)
+        spec = dataclasses.replace(spec, seeds=list(args.seeds))  # (with stages: run_stages, for --stage's stage)
     parallel = devices is not None and len(devices) > 1
     device = devices[0] if devices and not parallel else (args.device or "auto")
     scorer = None
@@ -95,7 +93,8 @@ def cmd_ablate(args) -> int:
 
     if spec.stages:
         code = run_stages(spec, args.out, lambda plain, out, left, only: run_one(plain, out, left, only),
-                          budget_s=args.budget_s, only=args.only, stage_name=args.stage, overrides=args.set)
+                          budget_s=args.budget_s, only=args.only, stage_name=args.stage, overrides=args.set,
+                          seeds=args.seeds or ())
     else:
         code = run_one(spec, args.out, args.budget_s, args.only)
     if code == EXIT_MORE_TO_DO:
@@ -152,7 +151,7 @@ def add_ablate_parser(subparsers):
                         "follow from its ranking), or with --stage LATER that stage's own, e.g. its combination")
     a.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds instead of the file's (scores of other seeds already in --out are kept "
-                        "and averaged in the tables)")
+                        "and averaged in the tables); in a file with stages, with --stage NAME: that stage's")
     add_device(a)
     add_compile(a)
     a.set_defaults(device=None)  # None: auto; a --device beside --gpus / --devices must be one of theirs

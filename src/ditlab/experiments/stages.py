@@ -116,17 +116,24 @@ def stage_complete(spec: AblationSpec, out: Path) -> bool:
 
 def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path, float, Sequence[str]], int],
                budget_s: float = 0.0, only: list[str] = (), stage_name: Optional[str] = None,
-               log: Callable[[str], None] = print, overrides: Sequence[str] = (), load_data: bool = True) -> int:
+               log: Callable[[str], None] = print, overrides: Sequence[str] = (), load_data: bool = True,
+               seeds: Sequence[int] = ()) -> int:
     """Run the stages in order (or only ``stage_name``); ``run_stage(plain_spec, folder, budget_s, only)`` does
     one stage's work (only those variants' units, when some are named) and returns 0, EXIT_MORE_TO_DO or 1
     (units failed: the next stage waits for them). Returns 0 when the last stage asked for is complete (under
     --stage LATER --only, its named units).
     ``overrides``: the command line's overrides of every variant (--set), for checking a combination;
-    ``load_data``: read the training data to check it when no trained run recorded its facts (False: --report)."""
+    ``load_data``: read the training data to check it when no trained run recorded its facts (False: --report);
+    ``seeds`` (--seeds, only with ``stage_name``): that stage's units take these training seeds instead of its own,
+    as --seeds does for a file without stages (a third seed for a close pair); its tables keep every seed's
+    scores, and a later stage ranks it by them all."""
     from ditlab.experiments.ablation import check_variants
 
     out = Path(out)
     names = check_stage_name(spec, stage_name)
+    if seeds and stage_name is None:
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a file with stages names each stage's seeds; "
+                         "name the stage whose units take these instead with --stage NAME")
     first_only = check_first_only(spec, only, stage_name)
     check_variants(spec, [])  # fills in default paths, fails early on a bad variant
     facts = DataFacts(out, load_data=load_data)  # a combination's network is built before it trains
@@ -155,6 +162,8 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
         plain = stage_spec(spec, stage, variants)
         if stage_name is not None and stage.name != stage_name:
             continue  # an earlier stage: only its ranking is needed
+        if seeds and stage.name == stage_name:  # --stage NAME --seeds S: its units on these seeds
+            plain = dataclasses.replace(plain, seeds=list(seeds))
         # --stage LATER --only V: the runner does only V's units of this stage (its results table keeps them all)
         stage_only = check_only_in_stage(plain, stage, only) if i > 0 and stage.name == stage_name else ()
         if i > 0:
