@@ -217,7 +217,7 @@ def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monke
     assert main(base + ["--devices", "cpu,cpu", "--device", "cpu"]) == 0  # agrees with the workers: accepted
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--device", "cpu"]) == 1
-    refused = "--plan takes the file, --out, --only, --stage and --rates-from; --device applies to running it"
+    refused = "--plan takes the file, --out, --only, --stage, --seeds and --rates-from; --device applies to running it"
     assert refused in capsys.readouterr().err
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "out"), "--plan",
                  "--compile", "on"]) == 1
@@ -232,6 +232,8 @@ def test_ablate_device_beside_worker_devices_or_plan_is_an_error(tmp_path, monke
                          (["--plan"], "--plan does"), (["--gpus", "2"], "--gpus does")):
         assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path), "--report", *extra]) == 1
         assert f"--report takes the file, --out and --stage; {named} not apply to it" in capsys.readouterr().err
+    assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path), "--report", "--seeds", "2"]) == 1
+    assert "--seeds does not apply to it" in capsys.readouterr().err  # --plan takes it (the units it plans)
     assert main(["ablate", "configs/ablations/lift.yaml", "--out", str(tmp_path / "nowhere"), "--report"]) == 1
     assert "nowhere does not exist: no score files to report" in capsys.readouterr().err
     assert main(base + ["--machine-left-s", "-5"]) == 1

@@ -191,7 +191,13 @@ def test_seeds_with_stage_adds_a_seed_to_that_stages_units(tmp_path, monkeypatch
     assert main(args) == 0
     before = {p.name for p in (out / "final" / "runs").iterdir()}
     screen_scores = sorted(p.name for p in (out / "screen" / "scores").iterdir())
+    plan = ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--plan"]
     capsys.readouterr()
+    assert main(plan + ["--seeds", "2"]) == 1  # as the runner: the stage is named
+    assert "--seeds 2: a file with stages names each stage's seeds" in capsys.readouterr().err
+    assert main(plan + ["--stage", "final", "--only", "base", "--seeds", "2"]) == 0  # the command's plan
+    assert "stage final: 2 steps per run, seeds [2], 1 variants -> 1 runs: 0 trained (0 with scores left), 1 to " \
+           "train" in capsys.readouterr().out
     assert main(args + ["--stage", "final", "--only", "base", "--seeds", "2"]) == 0
     assert "variants x 1 seeds, 2 steps) in" in capsys.readouterr().out  # seed 2 only
     assert {p.name for p in (out / "final" / "runs").iterdir()} == before | {"base-s2"}

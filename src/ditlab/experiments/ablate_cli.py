@@ -6,7 +6,8 @@
         [--set data.path=DATA ...] [--data HELD_OUT] [--budget-s SECONDS] [--only VARIANT ...] [--seeds S ...] \
         [--gpus N | --devices cuda:0,cuda:1,...] [--stage NAME] [--compile auto|on|off] [--machine-left-s SECONDS] \
         [--deadline-s SECONDS] [--rates-from DIR]
-    ditlab ablate ABLATION.yaml --out DIR --plan [--rates-from DIR]   # what is done and what is left, nothing runs
+    ditlab ablate ABLATION.yaml --out DIR --plan [--only V ...] [--stage NAME] [--seeds S ...] [--rates-from DIR]
+        # what is done and what is left (of that command), nothing runs
     ditlab ablate ABLATION.yaml --out DIR --report [--stage NAME]      # the tables and plots again from the scores
 
 --gpus N / --devices: one worker process per device takes (variant, seed) units from a queue
@@ -52,11 +53,11 @@ def cmd_ablate(args) -> int:
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 
-        given = _running_flags(args)
+        given = [flag for flag in _running_flags(args) if flag != "--seeds"]  # the units planned, as --only
         if given:
-            raise ValueError(f"ablate: --plan takes the file, --out, --only, --stage and --rates-from; "
+            raise ValueError(f"ablate: --plan takes the file, --out, --only, --stage, --seeds and --rates-from; "
                              f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to running it")
-        print("\n".join(describe_plan(spec, args.out, args.only, rates_from, args.stage)))
+        print("\n".join(describe_plan(spec, args.out, args.only, rates_from, args.stage, args.seeds or ())))
         return 0
     if not args.ref:
         raise ValueError("ablate: --ref STATS_OR_DATASET is required (the FID reference of every score)")

@@ -83,20 +83,26 @@ def _block(title: str, spec: AblationSpec, out: Path, rates: dict | None,
 
 
 def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dict | None = None,
-                  stage_name: str | None = None) -> list[str]:
+                  stage_name: str | None = None, seeds: list[int] = ()) -> list[str]:
     """Lines describing the study in ``out``: one per stage (or one for a file without stages) and a total.
-    ``only`` and ``stage_name`` (--only, --stage) mean what they mean to the runner (ditlab.experiments.stages):
-    the plan of the command that runs with them; it stops at that stage."""
+    ``only``, ``stage_name`` and ``seeds`` (--only, --stage, --seeds) mean what they mean to the runner
+    (ditlab.experiments.stages): the plan of the command that runs with them; it stops at that stage."""
+    import dataclasses
+
     from ditlab.experiments.ablation import check_variants
     from ditlab.experiments.build_check import DataFacts
     from ditlab.experiments.promotion import promoted
     from ditlab.experiments.stages import (carried_scores, check_first_only, check_only_in_stage, check_stage_name,
-                                           ranking, stage_complete, stage_spec)
+                                           check_stage_seeds, ranking, stage_complete, stage_spec)
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
     rates = measured_rates(out) or rates_from  # --rates-from: another folder's, while OUT has timed nothing
     names = check_stage_name(spec, stage_name)
+    if seeds and not spec.stages:
+        spec = dataclasses.replace(spec, seeds=list(seeds))
+    elif spec.stages:
+        check_stage_seeds(seeds, stage_name)
     first_only = check_first_only(spec, only, stage_name)  # the runner's check of the names
     variants: list[Variant] | None = [v for v in spec.variants if not first_only or v.name in first_only]
     if not spec.stages:
@@ -131,6 +137,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
                          + preview + one)
             continue
         plain = stage_spec(spec, stage, variants)
+        if seeds and stage.name == stage_name:  # --stage NAME --seeds S: its units on these seeds
+            plain = dataclasses.replace(plain, seeds=list(seeds))
         if i > 0 and only and stage.name == stage_name:  # the runner does only these units of the stage
             plain = _with(plain, [v for v in plain.variants if v.name in check_only_in_stage(plain, stage, only)])
         block, c = _block(f"stage {stage.name}", plain, out / stage.name, rates, carried)

@@ -131,9 +131,7 @@ def run_stages(spec: AblationSpec, out, run_stage: Callable[[AblationSpec, Path,
 
     out = Path(out)
     names = check_stage_name(spec, stage_name)
-    if seeds and stage_name is None:
-        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a file with stages names each stage's seeds; "
-                         "name the stage whose units take these instead with --stage NAME")
+    check_stage_seeds(seeds, stage_name)
     first_only = check_first_only(spec, only, stage_name)
     check_variants(spec, [])  # fills in default paths, fails early on a bad variant
     facts = DataFacts(out, load_data=load_data)  # a combination's network is built before it trains
@@ -195,6 +193,13 @@ def check_stage_name(spec: AblationSpec, stage_name: Optional[str]) -> list[str]
     if stage_name is not None and stage_name not in names:
         raise ValueError(f"--stage {stage_name}: no such stage; the file has {', '.join(names)}")
     return names
+
+
+def check_stage_seeds(seeds: Sequence[int], stage_name: Optional[str]) -> None:
+    """--seeds in a file with stages applies to --stage's stage only: refused without it."""
+    if seeds and stage_name is None:
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a file with stages names each stage's seeds; "
+                         "name the stage whose units take these instead with --stage NAME")
 
 
 def check_first_only(spec: AblationSpec, only: Sequence[str], stage_name: Optional[str]) -> Sequence[str]:
