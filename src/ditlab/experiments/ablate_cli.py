@@ -15,11 +15,12 @@
 
 A file with ``stages:`` runs them in order, each in OUT/STAGE (ditlab.experiments.stages); --stage NAME runs
 only that one (the stages before it must be complete), and --only then names variants of that stage (its
-combination, say), where without --stage it narrows the first stage, from whose ranking the others follow.
+combination, say), where without --stage it narrows the first stage, from whose ranking the others follow;
+--seeds, refused there without --stage, gives that stage's units other seeds (a third seed for a close pair).
 
-Exit code 0 when every (variant, path) is scored, 3 when --budget-s ran out first (run the same
-command again: finished work is skipped), 1 when only units that failed are left (OUT/failed/ says why; the
-other units went on).
+Exit code 0 when every (variant, path) is scored, 3 when --budget-s, --machine-left-s, --deadline-s or a signal
+stopped it first (the lines before say which; run the same command again: finished work is skipped), 1 when
+only units that failed are left (OUT/failed/ says why; the other units went on).
 """
 from __future__ import annotations
 

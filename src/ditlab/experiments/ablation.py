@@ -407,7 +407,8 @@ class AblationRunner:
             # whatever the clock says: its run lives on this machine only, and scores are what a study keeps
             # across machines (a unit trained but not scored is trained again on the next one).
             if self.out_of_time(need := self.expected_unit_s(unit, run_dir)) and not self._starts_anyway(need):
-                # said, so that a command that stops early (a score took 120 s of a 470-s budget) says why
+                # said, so that a command that stops early says why (its scores took 138 s of a 470-s budget and
+                # it stopped: thirty-second session)
                 self.log(f"ditlab ablate: {unit.name} not started: it should take ~{need:.0f} s and --budget-s has "
                          f"{self.budget_left_s():.0f} s left; the next command starts it")
                 return False
