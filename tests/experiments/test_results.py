@@ -169,6 +169,78 @@ def test_the_leave_one_out_plot_sets_each_seed_beside_the_seed_noise(tmp_path, m
     assert "results_leave_one_out.png" not in [p.name for p in write_results(out, named_only, {})]
 
 
+def _baseline_file(tmp_path, baseline: str = "base"):
+    """A file with a baseline (one path) and two variants: `lift` scored on two paths, `lr` on the default path;
+    base and lr on seeds 0 and 1, lift on seed 0 only."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text(f"config: tiny.yaml\nseeds: [0, 1]\nbaseline: {baseline}\n"
+                                     "variants: {base: {}, lift: {}, lr: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def rec(variant, seed, fid, path="default"):
+        return {**_record(seed, fid, 300), "variant": variant, "path": path}
+
+    records = [rec("base", 0, 10.0), rec("base", 1, 11.0), rec("lr", 0, 8.0), rec("lr", 1, 8.4),
+               rec("lift", 0, 9.0, "diagonal"), rec("lift", 0, 10.5, "dp-hi")]
+    return spec, records
+
+
+def test_each_variant_is_measured_against_the_baseline_paired_by_seed(tmp_path):
+    """`baseline:` names a variant: results.md gets its FID minus each other variant's, paired by training seed,
+    with 2 SE from the pooled seed noise; a baseline with one path is the reference of every path of a variant
+    (single scale beside LIFT's paths); without the key, or without the baseline's scores, no table."""
+    import dataclasses
+
+    import pytest
+
+    from ditlab.experiments.results import baseline_pairs
+
+    spec, records = _baseline_file(tmp_path)
+    pairs = baseline_pairs(spec, records)
+    assert [(p.left_out, p.label, p.seeds) for p in pairs] == [
+        ("lr", "default", (0, 1)), ("lift", "diagonal", (0,)), ("lift", "dp-hi", (0,))]
+    assert pairs[0].diffs == pytest.approx((2.0, 2.6)) and pairs[2].diffs == pytest.approx((-0.5,))
+    text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+    assert "Against the baseline (base)" in text
+    # 2 SE: the seed sd pooled over base and lr (variances 0.5 and 0.08, 1 df each: sd 0.539) * sqrt(2 / n) * 2
+    assert "| lr | default | 8.20 | 10.50 | +2.30 (+2.00, +2.60) | 1.08 (2 df) | 2 |" in text
+    assert "| lift | diagonal | 9.00 | 10.00 | +1.00 | — | 1 |" in text  # no variant with two seeds on that path
+    assert "| lift | dp-hi | 10.50 | 10.00 | -0.50 | — | 1 |" in text
+    assert "Against the baseline" not in write_markdown(
+        tmp_path / "results.md", dataclasses.replace(spec, baseline=""), records, {}).read_text()
+    assert baseline_pairs(spec, [r for r in records if r["variant"] != "base"]) == []
+
+
+def test_a_baseline_that_is_no_variant_is_named(tmp_path):
+    import pytest
+
+    from ditlab.configlib import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline: 'bsae' is not a variant of .*a.yaml \\(variants: base, lift, lr\\)"):
+        _baseline_file(tmp_path, baseline="bsae")
+
+
+def test_the_baseline_plot_is_written_beside_the_table(tmp_path):
+    """results_against_baseline.png: written by write_results when the file has a baseline and pairs exist."""
+    import dataclasses
+    import json
+
+    from ditlab.experiments.results import write_results
+
+    spec, records = _baseline_file(tmp_path)
+    for v in spec.variants:
+        v.paths = ["default"] if v.name != "lift" else ["diagonal", "dp-hi"]  # as ablation.check_variants fills in
+    out = tmp_path / "out"
+    (out / "scores").mkdir(parents=True)
+    for i, r in enumerate(records):
+        (out / "scores" / f"{i}.json").write_text(json.dumps(r))
+    assert "results_against_baseline.png" in [p.name for p in write_results(out, spec, {})]
+    assert (out / "results_against_baseline.png").stat().st_size > 0
+    (out / "results_against_baseline.png").unlink()
+    assert "results_against_baseline.png" not in [p.name for p in write_results(
+        out, dataclasses.replace(spec, baseline=""), {})]
+
+
 def test_the_command_lines_overrides_are_stated(tmp_path):
     """ditlab ablate --set changes every variant's recipe: results.md says which (one line), warns when the scores
     were made with different ones (their rows compare different recipes), and counts older scores apart; the csv

@@ -12,6 +12,7 @@ invocation skips what is done and continues; `--budget-s` stops starting new uni
     OUT/failed/VARIANT-sSEED.json    a unit whose training or scoring raised: the error and its traceback
     OUT/results.md, results.csv, results.png                 rewritten after every invocation
     OUT/results_curves.png, results_leave_one_out.png        the same, with in-training FID / leave-one-out pairs
+    OUT/results_against_baseline.png                         each variant's gain over the file's `baseline:`
                                      (`ditlab ablate --report` writes them all again from the score files)
 
 A run directory without summary.json was interrupted. With a checkpoint (a run stopped by SIGTERM or

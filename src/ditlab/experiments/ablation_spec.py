@@ -15,6 +15,7 @@
       screen: {time_limit: 120}
       final: {time_limit: 420, seeds: [0, 1], top: 3, keep: [baseline]}
     time_to_fid: [10, 7, 5]              # columns: training seconds until the in-training FID reached each
+    baseline: baseline                   # optional: results.md compares every variant with it, paired by seed
     variants:
       baseline: {overrides: [task.kind=image], paths: [default], note: "single scale"}
       lift:     {overrides: [task.kind=lift], paths: [diagonal, dp-hi]}
@@ -41,6 +42,10 @@ trained as a change to that best (BEST+NAME: its overrides merged onto the best'
 stage (on the first, only ones a later stage keeps: e.g. EMA lengths, which a screen's short budget would
 misjudge). Each stage has its own folder OUT/STAGE.
 Without ``stages`` the ``budget`` section is the one budget.
+
+``baseline``: the variant the others are measured against: results.md gets a table (and
+results_against_baseline.png) of each variant's FID gain over it, paired by training seed, with twice its
+standard error from the pooled seed noise (ditlab.experiments.results), in every stage that trains it.
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
 grid), any ditlab.tasks.lift.paths name for task.kind=lift (default [diagonal]). The ``cascade``
@@ -158,6 +163,7 @@ class AblationSpec:
     evals: dict[str, SampleSpec] = field(default_factory=dict)  # name -> settings ({}: one, unnamed: sample)
     stages: list[Stage] = field(default_factory=list)
     time_to_fid: list[float] = field(default_factory=list)
+    baseline: str = ""  # the variant the results compare every other with ("": none)
 
     def evals_of(self, variant: Variant) -> list[tuple[str, SampleSpec]]:
         """The (eval name, sample settings) a variant is scored on; [("", sample)] without evals. A stage that
@@ -226,7 +232,8 @@ def load_ablation(path) -> AblationSpec:
     if not source.is_file():
         raise FileNotFoundError(f"ablation file {source} not found")
     data = yaml.safe_load(source.read_text()) or {}
-    top = {"config", "overrides", "seeds", "budget", "sample", "errors", "variants", "evals", "stages", "time_to_fid"}
+    top = {"config", "overrides", "seeds", "budget", "sample", "errors", "variants", "evals", "stages", "time_to_fid",
+           "baseline"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {source}; valid: {', '.join(sorted(top))}")
@@ -280,9 +287,12 @@ def load_ablation(path) -> AblationSpec:
         raise ConfigError(f"time_to_fid must be a list of positive FID values, e.g. [10, 7, 5] (in {source})")
     if time_to and not (budget.eval_every or any(st.budget.eval_every for st in stages)):
         raise ConfigError(f"time_to_fid needs FID during training: set eval_every in budget: or a stage (in {source})")
+    baseline = data.get("baseline") or ""
+    if baseline and baseline not in names:
+        raise ConfigError(f"baseline: {baseline!r} is not a variant of {source} (variants: {', '.join(names)})")
     return AblationSpec(source, config, _str_list(data.get("overrides"), "overrides", source), seeds, budget,
                         sample, _section(ErrorsSpec, data.get("errors"), "errors", source), variants, evals, stages,
-                        [float(x) for x in time_to])
+                        [float(x) for x in time_to], str(baseline))
 
 
 # What an eval may change of the sample: section.

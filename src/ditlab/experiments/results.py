@@ -108,6 +108,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
         cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], _fmt_count(rs, "train_steps"),
                  _fmt_count(rs, "train_images"), f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _baseline_lines(spec, records)
     lines += _leave_one_out_lines(spec, records)
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
                if not any(_key(r) == (v.name, p, e) for r in records)]
@@ -123,11 +124,12 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
 
 @dataclass(frozen=True)
 class LeaveOneOut:
-    """One change of a combination on one (path, eval): the FIDs with and without it on the training seeds both
-    have, and the seed noise of the stage there (``seed_sd``: the seed-to-seed standard deviation pooled over the
-    stage's variants with two or more seeds on that path / eval, ``seed_df`` its degrees of freedom; None, 0
-    without such a variant)."""
-    left_out: str
+    """One change on one (path, eval), paired by training seed: the FIDs with and without it on the seeds both
+    runs have, and the seed noise of the stage there (``seed_sd``: the seed-to-seed standard deviation pooled over
+    the stage's variants with two or more seeds on that path / eval, ``seed_df`` its degrees of freedom; None, 0
+    without such a variant). The change is one of a combination's (leave_one_out_pairs: ``without`` is the
+    combination less it) or a whole variant's overrides (baseline_pairs: ``without`` is the baseline)."""
+    left_out: str  # the change: the variant left out of the combination, or the variant against the baseline
     label: str  # "path" or "path / eval"
     seeds: tuple[int, ...]
     with_it: tuple[float, ...]
@@ -166,9 +168,7 @@ def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     by ditlab.experiments.promotion.leave_one_out) and each (path, eval) both it and the combination have scores of,
     the pair on the seeds both have, with the seed noise pooled over all of ``records``. Empty without such
     variants."""
-    fids: dict[tuple[str, str, str], dict[int, float]] = {}
-    for r in records:
-        fids.setdefault(_key(r), {})[r["seed"]] = r["fid"]
+    fids = _fids_by_key(records)
     noise = pooled_seed_sd(records)
     pairs = []
     for v in spec.variants:
@@ -176,36 +176,90 @@ def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
             continue
         combo, gone = v.left_out_of
         for (variant, p, e), without in fids.items():
-            with_it = fids.get((combo, p, e), {})
-            seeds = tuple(sorted(set(without) & set(with_it)))
-            if variant != v.name or not seeds:
-                continue
-            label = f"{p} / {e}" if e else p
-            sd, df = noise.get(label, (None, 0))
-            pairs.append(LeaveOneOut(gone, label, seeds, tuple(with_it[s] for s in seeds),
-                                     tuple(without[s] for s in seeds), sd, df))
-    return pairs
+            if variant == v.name:
+                pairs.append(_paired(gone, p, e, fids.get((combo, p, e), {}), without, noise))
+    return [pair for pair in pairs if pair]
 
 
-def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
-    """The table of leave_one_out_pairs: the mean FID with and without each change, the mean of the paired
-    differences (with each seed's when there are several) and twice its standard error from the pooled seed
-    noise."""
+def _fids_by_key(records: list[dict]) -> dict[tuple[str, str, str], dict[int, float]]:
+    """(variant, path, eval) -> {training seed: FID}."""
+    fids: dict[tuple[str, str, str], dict[int, float]] = {}
+    for r in records:
+        fids.setdefault(_key(r), {})[r["seed"]] = r["fid"]
+    return fids
+
+
+def _paired(change: str, path: str, eval_name: str, with_it: dict[int, float], without: dict[int, float],
+            noise: dict[str, tuple[float, int]]) -> LeaveOneOut | None:
+    """The pair on the training seeds both sides have (None without any), with the pooled seed noise of its
+    path / eval."""
+    seeds = tuple(sorted(set(without) & set(with_it)))
+    if not seeds:
+        return None
+    label = f"{path} / {eval_name}" if eval_name else path
+    sd, df = noise.get(label, (None, 0))
+    return LeaveOneOut(change, label, seeds, tuple(with_it[s] for s in seeds), tuple(without[s] for s in seeds),
+                       sd, df)
+
+
+def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
+    """With ``spec.baseline`` set: for every other variant and each of its (path, eval) scores, the variant (with
+    its changes) against the baseline (without them) on the training seeds both have, with the seed noise pooled
+    over all of ``records``. The baseline's score on the same path and eval is the reference, or, where the
+    baseline has one path (a single-scale baseline beside LIFT's paths), its score on that path and the eval."""
+    if not spec.baseline:
+        return []
+    fids = _fids_by_key(records)
+    base_paths = {p for v, p, _ in fids if v == spec.baseline}
+    noise = pooled_seed_sd(records)
+    pairs = []
+    for (variant, p, e), with_it in fids.items():
+        if variant != spec.baseline:
+            ref_path = p if p in base_paths or len(base_paths) != 1 else next(iter(base_paths))
+            pairs.append(_paired(variant, p, e, with_it, fids.get((spec.baseline, ref_path, e), {}), noise))
+    return [pair for pair in pairs if pair]
+
+
+def _paired_rows(pairs: list[LeaveOneOut]) -> list[str]:
+    """A table row per pair: its change, path / eval, the mean FID with and without it, the mean of the paired
+    differences (without - with; each seed's too when there are several), twice its standard error, the seeds."""
     rows = []
-    for pair in leave_one_out_pairs(spec, records):
+    for pair in pairs:
         diffs = pair.diffs
         each = f" ({', '.join(f'{d:+.2f}' for d in diffs)})" if len(diffs) > 1 else ""
         noise = "—" if pair.two_se is None else f"{pair.two_se:.2f} ({pair.seed_df} df)"
         rows.append(f"| {pair.left_out} | {pair.label} | {statistics.mean(pair.with_it):.2f} | "
                     f"{statistics.mean(pair.without):.2f} | {statistics.mean(diffs):+.2f}{each} | {noise} | "
                     f"{len(pair.seeds)} |")
+    return rows
+
+
+_TWO_SE_WORDS = ("2 SE: twice the standard error of that mean, from the seed-to-seed standard deviation pooled over "
+                 "this stage's variants with two or more seeds on the path / eval (its degrees of freedom in "
+                 "brackets; — before any has two): a difference within it is no more than seed noise.")
+
+
+def _baseline_lines(spec, records: list[dict]) -> list[str]:
+    """The table of baseline_pairs."""
+    rows = _paired_rows(baseline_pairs(spec, records))
+    if not rows:
+        return []
+    return ["", f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus "
+                f"the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS, "",
+            "| variant | path | variant's FID | baseline's FID | baseline - variant (each seed) | 2 SE | seeds |",
+            "|---|---|---|---|---|---|---|", *rows]
+
+
+def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
+    """The table of leave_one_out_pairs: the mean FID with and without each change, the mean of the paired
+    differences (with each seed's when there are several) and twice its standard error from the pooled seed
+    noise."""
+    rows = _paired_rows(leave_one_out_pairs(spec, records))
     if not rows:
         return []
     return ["", "What each change of a combination adds (leave one out): the FID without it minus the "
-                "combination's, paired by training seed; positive: the change helps on top of the others. 2 SE: "
-                "twice the standard error of that mean, from the seed-to-seed standard deviation pooled over this "
-                "stage's variants with two or more seeds on the path / eval (its degrees of freedom in brackets; "
-                "— before any has two): a difference within it is no more than seed noise.", "",
+                "combination's, paired by training seed; positive: the change helps on top of the others. "
+            + _TWO_SE_WORDS, "",
             "| left out | path | with it | without it | without - with (each seed) | 2 SE | seeds |",
             "|---|---|---|---|---|---|---|", *rows]
 
@@ -354,10 +408,11 @@ def plot_results(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut]) -> Path:
+def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut], against_baseline: bool = False) -> Path:
     """A row per (change, path / eval): each training seed's FID without the change minus with it as a point, their
     mean as a bar, zero as a line, and as a grey band plus or minus twice the mean's standard error from the
-    stage's pooled seed noise (LeaveOneOut.two_se, where known): a mean inside the band is no more than noise."""
+    stage's pooled seed noise (LeaveOneOut.two_se, where known): a mean inside the band is no more than noise.
+    ``against_baseline``: the pairs are baseline_pairs (each variant against the baseline), labelled so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,9 +431,11 @@ def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut]) -> Path:
         ax.scatter(pair.diffs, [row] * len(pair.diffs), color="black", s=14, zorder=3,
                    label="each training seed" if row == 0 else None)
     ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_yticks(range(len(pairs)), [f"without {p.left_out} / {p.label}" for p in pairs], fontsize=8)
+    ax.set_yticks(range(len(pairs)), [f"{p.left_out} / {p.label}" if against_baseline
+                                      else f"without {p.left_out} / {p.label}" for p in pairs], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("FID without the change - FID with it (positive: the change helps)")
+    ax.set_xlabel("baseline's FID - the variant's (positive: the variant is better)" if against_baseline
+                  else "FID without the change - FID with it (positive: the change helps)")
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -391,6 +448,9 @@ def write_results(out: Path, spec, scorer: dict) -> list[Path]:
     paths = [write_csv(out / "results.csv", records, spec.time_to_fid), write_markdown(out / "results.md", spec, records, scorer)]
     if records:
         paths.append(plot_results(out / "results.png", records))
+    pairs = baseline_pairs(spec, records)
+    if pairs:
+        paths.append(plot_leave_one_out(out / "results_against_baseline.png", pairs, against_baseline=True))
     pairs = leave_one_out_pairs(spec, records)
     if pairs:
         paths.append(plot_leave_one_out(out / "results_leave_one_out.png", pairs))
