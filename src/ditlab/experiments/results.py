@@ -245,7 +245,7 @@ def _baseline_lines(spec, records: list[dict]) -> list[str]:
     if not rows:
         return []
     return ["", f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus "
-                f"the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS, "",
+                "the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS, "",
             "| variant | path | variant's FID | baseline's FID | baseline - variant (each seed) | 2 SE | seeds |",
             "|---|---|---|---|---|---|---|", *rows]
 
