@@ -39,7 +39,7 @@ def cmd_ablate(args) -> int:
     if args.report:  # the tables and plots from the score files; nothing runs, no GPU or FID network needed
         from ditlab.experiments.report import write_reports
 
-        given = [flag for flag, on in (("--plan", args.plan), ("--only", args.only),
+        given = [flag for flag, on in (("--plan", args.plan), ("--only", args.only), ("--seeds", bool(args.seeds)),
                                        ("--rates-from", args.rates_from is not None)) if on] + _running_flags(args)
         if given:
             raise ValueError(f"ablate: --report takes the file, --out and --stage; {', '.join(given)} "
@@ -54,7 +54,7 @@ def cmd_ablate(args) -> int:
     if args.plan:  # what is done and what is left; nothing runs, no GPU or FID network needed
         from ditlab.experiments.plan import describe_plan
 
-        given = [flag for flag in _running_flags(args) if flag != "--seeds"]  # the units planned, as --only
+        given = _running_flags(args)
         if given:
             raise ValueError(f"ablate: --plan takes the file, --out, --only, --stage, --seeds and --rates-from; "
                              f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to running it")
@@ -108,12 +108,12 @@ def cmd_ablate(args) -> int:
 
 def _running_flags(args) -> list[str]:
     """The flags given that only running the study reads (what it trains on and with, where, how long): --plan
-    and --report refuse them rather than ignore them."""
+    and --report refuse them rather than ignore them. (--only and --seeds, which say which units, --plan reads.)"""
     return [flag for flag, on in (
         ("--ref", args.ref is not None), ("--inception", args.inception is not None), ("--set", bool(args.set)),
         ("--data", args.data is not None), ("--budget-s", bool(args.budget_s)),
         ("--machine-left-s", bool(args.machine_left_s)), ("--deadline-s", bool(args.deadline_s)),
-        ("--seeds", bool(args.seeds)), ("--gpus", args.gpus is not None), ("--devices", bool(args.devices)),
+        ("--gpus", args.gpus is not None), ("--devices", bool(args.devices)),
         ("--device", args.device is not None), ("--compile", args.compile != "auto")) if on]
 
 
