@@ -453,3 +453,30 @@ def test_the_first_unit_is_judged_by_the_studys_timed_scores(study, monkeypatch)
                             device="cpu", budget_s=150.0)
     unit = next(u for u in runner.units if u.variant.name == "joint")
     assert runner.expected_unit_s(unit, tmp_path / "out" / "runs" / unit.name) == pytest.approx(50 + 2 * 6)
+
+
+def test_a_network_this_machine_compiled_before_is_expected_to_set_up_in_seconds(study, monkeypatch):
+    """With a warm set-up timed (a training that found its network in the compile cache), a unit whose network
+    this machine has compiled (ditlab.train.compile_cache's marker) is expected at that set-up; one whose network it
+    has not, or with compilation off, at a new network's."""
+    from ditlab.train.compile_cache import mark_compiled, network_key
+
+    tmp_path, args = study
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    _time_the_single_unit(tmp_path, args, setup_s=50.0)
+    warm = json.loads((tmp_path / "out" / "scores" / "single-s0__default.json").read_text())
+    warm.update(seed=1, train_wall_seconds=4.0, train_compile_cache="warm")
+    (tmp_path / "out" / "scores" / "single-s1__default.json").write_text(json.dumps(warm))
+
+    def expected(overrides):
+        runner = AblationRunner(load_ablation(tmp_path / "ablation.yaml"), tmp_path / "out", scorer=None,
+                                overrides=overrides, device="cpu", budget_s=150.0)
+        unit = next(u for u in runner.units if u.variant.name == "joint")
+        run_dir = tmp_path / "out" / "runs" / unit.name
+        return runner, unit, run_dir, runner.expected_unit_s(unit, run_dir)
+
+    runner, unit, run_dir, seconds = expected(["train.compile=true"])
+    assert runner.rates["setup_warm_s"] == 4.0 and seconds == pytest.approx(50 + 2 * 6)  # not compiled here yet
+    mark_compiled(network_key(runner.run_config(unit, run_dir)))
+    assert expected(["train.compile=true"])[3] == pytest.approx(4 + 2 * 6)
+    assert expected(["train.compile=false"])[3] == pytest.approx(50 + 2 * 6)

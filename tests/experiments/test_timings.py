@@ -116,3 +116,22 @@ def test_before_any_timed_score_a_pass_is_priced_at_a_third_of_a_trained_image()
     measured_pass_s = 38.4e-6  # measured_rates of that folder's ten scores
     assert measured_pass_s < prior["pass_s"]
     assert training_prior(0.0, 100) is None and training_prior(10.0, 0) is None
+
+
+def test_a_warm_compile_cache_is_measured_apart_from_a_new_networks_set_up(tmp_path):
+    """A training whose network its machine had compiled before set up in 3-4 s on an H100, a new network in 40-50
+    s (thirty-third session): the median of both would err both ways. Scores that do not say (older files, a
+    resumed run, compilation off) count with the new networks; with only warm ones timed, those are all there is."""
+    _score(tmp_path, "a-s0__default", variant="a", train_wall_seconds=460.0, train_seconds=420.0,
+           train_compile_cache="cold", sample_seconds=2.0)
+    _score(tmp_path, "a-s1__default", variant="a", seed=1, train_wall_seconds=424.0, train_seconds=420.0,
+           train_compile_cache="warm", sample_seconds=2.0)
+    _score(tmp_path, "b-s0__default", variant="b", train_wall_seconds=470.0, train_seconds=420.0, sample_seconds=2.0)
+    rates = measured_rates(tmp_path)
+    assert rates["setup_s"] == pytest.approx(45.0) and rates["setup_warm_s"] == pytest.approx(4.0)
+    assert describe_rates(rates).startswith(
+        "45 s of set-up a training (4 s for a network its machine compiled before), ")
+    for name in ("a-s0__default", "b-s0__default"):
+        (tmp_path / "scores" / f"{name}.json").unlink()
+    rates = measured_rates(tmp_path)
+    assert rates["setup_s"] == pytest.approx(4.0) and rates["setup_warm_s"] == pytest.approx(4.0)

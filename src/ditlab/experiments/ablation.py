@@ -287,10 +287,21 @@ class AblationRunner:
             samples = [sample or self.spec.sample for _, _, sample in self.spec.scores_of(unit.variant)]
             b = self.spec.budget  # FID during training (the long stage's time-to-FID curve): off the clock
             first = self.spec.evals_of(unit.variant)[0][1]  # the settings FID during training samples with
-            estimate += (self.rates["setup_s"] + scores_s(self.rates, samples)
+            estimate += (self.setup_s(unit, run_dir) + scores_s(self.rates, samples)
                          + training_eval_s(self.rates, unit.variant.name, estimate, b.steps, b.eval_every, b.eval_num,
                                            first))
         return max(self.last_unit_s, estimate)
+
+    def setup_s(self, unit: Unit, run_dir: Path) -> float:
+        """The set-up ``unit``'s training should take at the study's rates: that of a network this machine has
+        compiled before (ditlab.train.compile_cache) where it has, and the study has timed such a set-up; else that
+        of a network new to the machine, which is also what older score files, with no record of it, measured."""
+        from ditlab.train.compile_cache import cache_state
+
+        warm = self.rates.get("setup_warm_s")
+        if warm is not None and cache_state(self.run_config(unit, run_dir)) == "warm":
+            return warm
+        return self.rates["setup_s"]
 
     def expected_score_s(self, sample, loading: bool, rates: dict) -> float:
         """How long one score should take at ``rates`` (score_rates; ditlab.experiments.timings.score_s), with
@@ -632,6 +643,8 @@ class AblationRunner:
             "train_steps": summary["steps"], "train_seconds": round(summary.get("timed_seconds", 0.0), 1),
             # the whole training's wall time (compilation, untimed steps, saves): what --plan's estimate needs
             "train_wall_seconds": round(summary.get("wall_seconds", 0.0), 1),
+            # warm: this machine had compiled the network before, so its set-up was seconds (train.compile_cache)
+            "train_compile_cache": summary.get("compile_cache"),
             "train_images": summary["steps"] * run.cfg.train.batch_size,
             "params": sum(p.numel() for p in model.parameters()),
             "gflops_per_image": dit_forward_flops(model, groups=len(model.streams)) / 1e9,

@@ -45,6 +45,7 @@ def _units(spec: AblationSpec, out: Path, rates: dict | None = None, carried: fr
                 to_score = missing
                 if not trained:  # a restored study has no runs: its unscored units are trained again, all scores
                     b = spec.budget
+                    # a new network's set-up: a session's machine starts with an empty compile cache
                     seconds += b.time_limit + rates["setup_s"] + training_eval_s(
                         rates, v.name, b.time_limit, b.steps, b.eval_every, b.eval_num, spec.evals_of(v)[0][1])
                     to_score = [sample for _, _, sample in owed]

@@ -40,7 +40,10 @@ def _sample_passes(sample) -> int:
 def measured_rates(out: Path) -> dict | None:
     """What the study's score files under ``out`` (those carrying their timings) measured; None before any does:
 
-    - ``setup_s``: the median set-up seconds of a training (its wall minus its timed seconds);
+    - ``setup_s``: the median set-up seconds of a training (its wall minus its timed seconds) of a network new to
+      its machine, or not known to be otherwise (older score files, a resumed run, compilation off);
+    - ``setup_warm_s``: the same of a network its machine had compiled before (``train_compile_cache`` "warm":
+      ditlab.train.compile_cache; 3-4 s against 40-50 s on an H100), None before any;
     - ``pass_s``: seconds per network pass of one sample, the median over the scores that did not compile their
       sampler (over all scores while there is none: compilation is then inside the rate, as it is for scores
       written before they recorded it, where a training's first score written counts as the compiling one);
@@ -51,7 +54,7 @@ def measured_rates(out: Path) -> dict | None:
     - ``fid_s``: FID seconds per sample;
     - ``steps_per_s`` and ``variant_steps_per_s``: training steps per timed second, the study's median and each
       variant's (FID during training is every so many steps)."""
-    setup, rate, by_variant = [], [], {}
+    setup, setup_warm, rate, by_variant = [], [], [], {}
     scores_by_training: dict[tuple, list[tuple[float, dict]]] = {}
     for path in study_files(out, "scores/*.json"):
         try:
@@ -65,7 +68,8 @@ def measured_rates(out: Path) -> dict | None:
             continue
         key = (path.parent.parent, r.get("variant"), r.get("seed"))  # a training once, whatever its scores
         if key not in scores_by_training and r["train_wall_seconds"] > 0:
-            setup.append(max(0.0, r["train_wall_seconds"] - r.get("train_seconds", 0.0)))
+            (setup_warm if r.get("train_compile_cache") == "warm" else setup).append(
+                max(0.0, r["train_wall_seconds"] - r.get("train_seconds", 0.0)))
             if r.get("train_seconds", 0.0) > 0 and r.get("train_steps"):
                 rate.append(r["train_steps"] / r["train_seconds"])
                 by_variant.setdefault(r.get("variant"), []).append(rate[-1])
@@ -86,7 +90,9 @@ def measured_rates(out: Path) -> dict | None:
     pass_s = statistics.median(s / p for s, p in (warm or cold))
     compile_s = statistics.median(max(0.0, s - p * pass_s) for s, p in cold) if warm and cold else None
     load_s = statistics.median(loads) if loads else None
-    return {"setup_s": statistics.median(setup) if setup else 0.0, "pass_s": pass_s, "compile_s": compile_s,
+    warm_s = statistics.median(setup_warm) if setup_warm else None
+    setup_s = statistics.median(setup) if setup else (warm_s or 0.0)  # only warm ones timed: the best known
+    return {"setup_s": setup_s, "setup_warm_s": warm_s, "pass_s": pass_s, "compile_s": compile_s,
             "load_s": load_s, "posthoc_load_s": statistics.median(posthoc_loads) if posthoc_loads else load_s,
             "fid_s": statistics.median(fid), "scores": len(fid),
             "steps_per_s": statistics.median(rate) if rate else 0.0,
@@ -116,8 +122,9 @@ def training_prior(timed_seconds: float, images: int) -> dict | None:
     (twenty-sixth session). None without a timed training."""
     if timed_seconds <= 0 or images <= 0:
         return None
-    return {"setup_s": 0.0, "pass_s": timed_seconds / (3 * images), "compile_s": None, "load_s": None,
-            "posthoc_load_s": None, "fid_s": 0.0, "scores": 0, "steps_per_s": 0.0, "variant_steps_per_s": {}}
+    return {"setup_s": 0.0, "setup_warm_s": None, "pass_s": timed_seconds / (3 * images), "compile_s": None,
+            "load_s": None, "posthoc_load_s": None, "fid_s": 0.0, "scores": 0, "steps_per_s": 0.0,
+            "variant_steps_per_s": {}}
 
 
 def network_s(rates: dict, sample, default_s: float = 0.0) -> float:
@@ -171,5 +178,8 @@ def describe_rates(rates: dict) -> str:
         compiling += f", {rates['load_s']:.0f} s to load it"
     if rates.get("posthoc_load_s") is not None and rates.get("posthoc_load_s") != rates.get("load_s"):
         compiling += f" ({rates['posthoc_load_s']:.0f} s for a post-hoc EMA width)"
-    return (f"{rates['setup_s']:.0f} s of set-up a training, {rates['pass_s'] * 1000:.3f} ms a sample per network "
+    setup = f"{rates['setup_s']:.0f} s of set-up a training"
+    if rates.get("setup_warm_s") is not None:
+        setup += f" ({rates['setup_warm_s']:.0f} s for a network its machine compiled before)"
+    return (f"{setup}, {rates['pass_s'] * 1000:.3f} ms a sample per network "
             f"pass and {rates['fid_s'] * 1000:.2f} ms for its FID{compiling}")

@@ -33,6 +33,7 @@ from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, fi
                                      load_checkpoint, restore_rng_state, save_checkpoint, timed_seconds_of,
                                      write_best_pointer)
 from ditlab.train.clock import TrainingClock
+from ditlab.train.compile_cache import cache_state, mark_compiled, network_key
 from ditlab.train.data_order import EpochSampler
 from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_distributed, mean_over_ranks,
                                       per_rank_seed, rank_device, rank_slice)
@@ -453,6 +454,9 @@ class Trainer:
         self._window = [0.0, 0, time.perf_counter()]  # loss sum (device), steps, start time
         t_start, start_step = time.perf_counter(), self.step
         self._segment_start = (t_start, start_step)
+        # Before the first compiled step: whether this machine compiled this network before (set-up of seconds,
+        # not tens of seconds; summary.json says which, for ditlab ablate's estimates)
+        self._compile_cache = cache_state(self.cfg)
         self.clock = TrainingClock(cfg.time_limit, cfg.untimed_steps, self.device,
                                    offset=self._earlier_timed_seconds())
         if self._evaluation_pending():
@@ -502,6 +506,8 @@ class Trainer:
                     break
         bar.close()
         self._write_summary(time.perf_counter() - t_start)
+        if self._compile_cache != "off" and self.dist.is_main:
+            mark_compiled(network_key(self.cfg))  # the next training of this network here compiles from the cache
         self.logger.close()
         return 0
 
@@ -540,6 +546,10 @@ class Trainer:
                    "batch_size": cfg.batch_size,
                    "device": str(self.device), "world_size": self.dist.world_size,
                    "parameters": sum(p.numel() for p in self.model.parameters())}
+        state = getattr(self, "_compile_cache", None)
+        if state is not None:  # this segment's; a resumed run's earlier segments set up unrecorded
+            summary["segment_compile_cache"] = state
+            summary["compile_cache"] = state if len(segments) == 1 else "resumed"
         if self.best is not None:
             summary["best"] = self.best
         if self.dist.is_main:
