@@ -18,11 +18,11 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_the_key_ignores_what_no_compiled_graph_sees(tmp_path):
-    """Another seed, run folder, time limit or sampler compiles from the cache; another network, batch or lr is
-    counted as new (an overcautious estimate at worst)."""
+    """Another seed, run folder, time limit, sampler or GPU index (a worker of --gpus N trains on "cuda:K")
+    compiles from the cache; another network, batch or lr is counted as new (an overcautious estimate at worst)."""
     base = tiny_cfg("data", tmp_path / "a", "train.compile=true")
     same = tiny_cfg("other_data", tmp_path / "b", "train.compile=true", "train.seed=3", "train.time_limit=60",
-                    "train.steps=7", "sample.steps=9", "train.log_every=5")
+                    "train.steps=7", "sample.steps=9", "train.log_every=5", "train.device=cuda:1")
     assert network_key(base) == network_key(same)
     for change in ("model.depth=3", "train.batch_size=16", "optim.lr=2e-3", "train.precision=fp32"):
         assert network_key(tiny_cfg("data", tmp_path / "a", "train.compile=true", change)) != network_key(base), change

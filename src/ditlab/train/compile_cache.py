@@ -26,9 +26,11 @@ from ditlab.configlib import to_dict
 
 # Settings that reach no compiled graph: the same network with another of these compiles from the cache. Anything
 # else counts as another network (an overcautious estimate at worst: the set-up of a new network).
-# (data.path: where the images lie, not their size; train.eval_ref: what FID during training compares with.)
+# (data.path: where the images lie, not their size; train.eval_ref: what FID during training compares with;
+# train.device: "auto" in the study file, "cuda:K" in the worker of `ditlab ablate --gpus N` that trains it, one
+# kind of device on a machine either way.)
 _NOT_COMPILED = {"train": ("seed", "run_dir", "time_limit", "steps", "log_every", "sample_every", "ckpt_every",
-                           "eval_ref"),
+                           "eval_ref", "device"),
                  "data": ("path",),
                  "sample": None}  # None: the whole section (sampling compiles its own network, after training)
 
