@@ -18,14 +18,18 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_the_key_ignores_what_no_compiled_graph_sees(tmp_path):
-    """Another seed, run folder, time limit, sampler or GPU index (a worker of --gpus N trains on "cuda:K")
-    compiles from the cache; another network, batch or lr is counted as new (an overcautious estimate at worst)."""
+    """Another seed, run folder, time limit, sampler, GPU index (a worker of --gpus N trains on "cuda:K"), lr,
+    optimizer or EMA compiles from the cache (the compiled graph is the loss); another network, batch, precision
+    or objective is counted as new (an overcautious estimate at worst), and so is Muon's compiled update."""
     base = tiny_cfg("data", tmp_path / "a", "train.compile=true")
     same = tiny_cfg("other_data", tmp_path / "b", "train.compile=true", "train.seed=3", "train.time_limit=60",
-                    "train.steps=7", "sample.steps=9", "train.log_every=5", "train.device=cuda:1")
+                    "train.steps=7", "sample.steps=9", "train.log_every=5", "train.device=cuda:1", "optim.lr=2e-3",
+                    "optim.name=muon", "ema.decay=0.99")
     assert network_key(base) == network_key(same)
-    for change in ("model.depth=3", "train.batch_size=16", "optim.lr=2e-3", "train.precision=fp32"):
+    for change in ("model.depth=3", "train.batch_size=16", "train.precision=fp32", "diffusion.process=flow"):
         assert network_key(tiny_cfg("data", tmp_path / "a", "train.compile=true", change)) != network_key(base), change
+    muon = tiny_cfg("data", tmp_path / "a", "train.compile=true", "optim.name=muon", "optim.muon_compile=default")
+    assert network_key(muon) != network_key(base)
 
 
 def test_markers_live_in_the_inductor_cache(cache, tmp_path, monkeypatch):

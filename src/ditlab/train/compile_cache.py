@@ -32,6 +32,10 @@ from ditlab.configlib import to_dict
 _NOT_COMPILED = {"train": ("seed", "run_dir", "time_limit", "steps", "log_every", "sample_every", "ckpt_every",
                            "eval_ref", "device"),
                  "data": ("path",),
+                 # the optimizer and the EMA step outside the compiled loss (but for Muon's own compiled update,
+                 # network_key's "muon_compile"): on an H100, Muon's `whole` set up in 3.6 s after `baseline` (the
+                 # same network under AdamW), and a unit at another lr after its network's first in 4 s (BENCHMARKS.md)
+                 "optim": None, "ema": None,
                  "sample": None}  # None: the whole section (sampling compiles its own network, after training)
 
 _MARKERS = "ditlab_compiled_networks"
@@ -41,13 +45,15 @@ def network_key(cfg) -> str:
     """A short hash of what a training compiles: the config without the settings in _NOT_COMPILED, and torch's
     version (whose caches are per version)."""
     d = to_dict(cfg)
+    muon_compile = cfg.optim.muon_compile if cfg.optim.name == "muon" else "off"  # its update compiles per shape
     for section, keys in _NOT_COMPILED.items():
         if keys is None:
             d.pop(section, None)
         else:
             for k in keys:
                 d.get(section, {}).pop(k, None)
-    text = json.dumps({"config": d, "torch": torch.__version__}, sort_keys=True, default=str)
+    text = json.dumps({"config": d, "muon_compile": muon_compile, "torch": torch.__version__}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
