@@ -135,3 +135,15 @@ def test_a_warm_compile_cache_is_measured_apart_from_a_new_networks_set_up(tmp_p
         (tmp_path / "scores" / f"{name}.json").unlink()
     rates = measured_rates(tmp_path)
     assert rates["setup_s"] == pytest.approx(4.0) and rates["setup_warm_s"] == pytest.approx(4.0)
+
+
+def test_a_training_with_fid_during_training_does_not_set_the_set_up(tmp_path):
+    """Evaluations during training are off its clock but in its wall time: its wall less its timed seconds is not
+    its set-up (training_eval_s prices the evaluations on their own)."""
+    _score(tmp_path, "a-s0__default", variant="a", train_wall_seconds=460.0, train_seconds=420.0, sample_seconds=2.0)
+    _score(tmp_path, "long-s0__default", variant="long", train_wall_seconds=1200.0, train_seconds=900.0,
+           sample_seconds=2.0, eval_curve=[[300.0, 4000, 12.0], [900.0, 12000, 8.0]])
+    _score(tmp_path, "long-s1__default", variant="long", seed=1, train_wall_seconds=1150.0, train_seconds=900.0,
+           sample_seconds=2.0, eval_curve=[[300.0, 4000, 12.5]])
+    assert measured_rates(tmp_path)["setup_s"] == pytest.approx(40.0)
+

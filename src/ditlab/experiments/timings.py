@@ -41,7 +41,8 @@ def measured_rates(out: Path) -> dict | None:
     """What the study's score files under ``out`` (those carrying their timings) measured; None before any does:
 
     - ``setup_s``: the median set-up seconds of a training (its wall minus its timed seconds) of a network new to
-      its machine, or not known to be otherwise (older score files, a resumed run, compilation off);
+      its machine, or not known to be otherwise (older score files, a resumed run, compilation off); a training
+      with FID during training (``eval_curve``) is left out, its evaluations being in its wall time;
     - ``setup_warm_s``: the same of a network its machine had compiled before (``train_compile_cache`` "warm":
       ditlab.train.compile_cache; 3-4 s against 40-50 s on an H100), None before any;
     - ``pass_s``: seconds per network pass of one sample, the median over the scores that did not compile their
@@ -68,8 +69,9 @@ def measured_rates(out: Path) -> dict | None:
             continue
         key = (path.parent.parent, r.get("variant"), r.get("seed"))  # a training once, whatever its scores
         if key not in scores_by_training and r["train_wall_seconds"] > 0:
-            (setup_warm if r.get("train_compile_cache") == "warm" else setup).append(
-                max(0.0, r["train_wall_seconds"] - r.get("train_seconds", 0.0)))
+            if not r.get("eval_curve"):  # FID during training is in its wall time, and training_eval_s prices it
+                (setup_warm if r.get("train_compile_cache") == "warm" else setup).append(
+                    max(0.0, r["train_wall_seconds"] - r.get("train_seconds", 0.0)))
             if r.get("train_seconds", 0.0) > 0 and r.get("train_steps"):
                 rate.append(r["train_steps"] / r["train_seconds"])
                 by_variant.setdefault(r.get("variant"), []).append(rate[-1])
