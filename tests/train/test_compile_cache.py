@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-from ditlab.train import compile_cache
 from ditlab.train.compile_cache import cache_state, compiled_before, inductor_cache_folder, mark_compiled, network_key
 from ditlab.train.trainer import Trainer
 from tests.train.test_trainer import tiny_cfg
@@ -69,4 +68,4 @@ def test_training_records_whether_the_network_was_compiled_here_before(tiny_data
     assert Trainer(resumed, resume=True, progress=False).run() == 0
     summary = json.loads((tmp_path / "first" / "summary.json").read_text())
     assert summary["compile_cache"] == "resumed" and summary["segment_compile_cache"] == "warm"
-    assert compile_cache.compiled_before(network_key(resumed))
+    assert compiled_before(network_key(resumed))

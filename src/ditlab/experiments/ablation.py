@@ -275,7 +275,8 @@ class AblationRunner:
         by)."""
         from ditlab.train.checkpoint import CheckpointError, timed_seconds_trained
 
-        estimate = float(self.run_config(unit, run_dir).train.time_limit or 0.0)
+        cfg = self.run_config(unit, run_dir)  # (reads the file's config: once)
+        estimate = float(cfg.train.time_limit or 0.0)
         if estimate and run_dir.exists():
             try:
                 estimate = max(0.0, estimate - timed_seconds_trained(run_dir))
@@ -287,19 +288,20 @@ class AblationRunner:
             samples = [sample or self.spec.sample for _, _, sample in self.spec.scores_of(unit.variant)]
             b = self.spec.budget  # FID during training (the long stage's time-to-FID curve): off the clock
             first = self.spec.evals_of(unit.variant)[0][1]  # the settings FID during training samples with
-            estimate += (self.setup_s(unit, run_dir) + scores_s(self.rates, samples)
+            estimate += (self.setup_s(cfg) + scores_s(self.rates, samples)
                          + training_eval_s(self.rates, unit.variant.name, estimate, b.steps, b.eval_every, b.eval_num,
                                            first))
         return max(self.last_unit_s, estimate)
 
-    def setup_s(self, unit: Unit, run_dir: Path) -> float:
-        """The set-up ``unit``'s training should take at the study's rates: that of a network this machine has
-        compiled before (ditlab.train.compile_cache) where it has, and the study has timed such a set-up; else that
-        of a network new to the machine, which is also what older score files, with no record of it, measured."""
+    def setup_s(self, cfg) -> float:
+        """The set-up a training of ``cfg`` (a unit's run_config) should take at the study's rates: that of a
+        network this machine has compiled before (ditlab.train.compile_cache) where it has, and the study has timed
+        such a set-up; else that of a network new to the machine, which is also what older score files, with no
+        record of it, measured."""
         from ditlab.train.compile_cache import cache_state
 
         warm = self.rates.get("setup_warm_s")
-        if warm is not None and cache_state(self.run_config(unit, run_dir)) == "warm":
+        if warm is not None and cache_state(cfg) == "warm":
             return warm
         return self.rates["setup_s"]
 

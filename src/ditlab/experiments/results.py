@@ -83,7 +83,10 @@ def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
     return path
 
 
-def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
+def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
+                   pairs: tuple[list, list] | None = None) -> Path:
+    """results.md; ``pairs``: (baseline_pairs, leave_one_out_pairs) where the caller has built them for its
+    plots too (write_results), else built here."""
     s, b = spec.sample, spec.budget
     lines = [
         f"# Ablation {spec.source.name}",
@@ -108,8 +111,9 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict) -> Path:
         cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], _fmt_count(rs, "train_steps"),
                  _fmt_count(rs, "train_images"), f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += _baseline_lines(spec, records)
-    lines += _leave_one_out_lines(spec, records)
+    baseline, leave_one_out = pairs if pairs is not None else _pairs(spec, records)
+    lines += _baseline_lines(spec, baseline)
+    lines += _leave_one_out_lines(leave_one_out)
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
                if not any(_key(r) == (v.name, p, e) for r in records)]
     if missing:
@@ -239,9 +243,14 @@ _TWO_SE_WORDS = ("2 SE: twice the standard error of that mean, from the seed-to-
                  "brackets; — before any has two): a difference within it is no more than seed noise.")
 
 
-def _baseline_lines(spec, records: list[dict]) -> list[str]:
+def _pairs(spec, records: list[dict]) -> tuple[list[LeaveOneOut], list[LeaveOneOut]]:
+    """(baseline_pairs, leave_one_out_pairs): built once for a stage's tables and plots (write_results)."""
+    return baseline_pairs(spec, records), leave_one_out_pairs(spec, records)
+
+
+def _baseline_lines(spec, pairs: list[LeaveOneOut]) -> list[str]:
     """The table of baseline_pairs."""
-    rows = _paired_rows(baseline_pairs(spec, records))
+    rows = _paired_rows(pairs)
     if not rows:
         return []
     return ["", f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus "
@@ -250,11 +259,11 @@ def _baseline_lines(spec, records: list[dict]) -> list[str]:
             "|---|---|---|---|---|---|---|", *rows]
 
 
-def _leave_one_out_lines(spec, records: list[dict]) -> list[str]:
+def _leave_one_out_lines(pairs: list[LeaveOneOut]) -> list[str]:
     """The table of leave_one_out_pairs: the mean FID with and without each change, the mean of the paired
     differences (with each seed's when there are several) and twice its standard error from the pooled seed
     noise."""
-    rows = _paired_rows(leave_one_out_pairs(spec, records))
+    rows = _paired_rows(pairs)
     if not rows:
         return []
     return ["", "What each change of a combination adds (leave one out): the FID without it minus the "
@@ -445,15 +454,15 @@ def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut], against_baseline: b
 def write_results(out: Path, spec, scorer: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = read_scores(out, spec)
-    paths = [write_csv(out / "results.csv", records, spec.time_to_fid), write_markdown(out / "results.md", spec, records, scorer)]
+    baseline, leave_one_out = pairs = _pairs(spec, records)
+    paths = [write_csv(out / "results.csv", records, spec.time_to_fid),
+             write_markdown(out / "results.md", spec, records, scorer, pairs)]
     if records:
         paths.append(plot_results(out / "results.png", records))
-    pairs = baseline_pairs(spec, records)
-    if pairs:
-        paths.append(plot_leave_one_out(out / "results_against_baseline.png", pairs, against_baseline=True))
-    pairs = leave_one_out_pairs(spec, records)
-    if pairs:
-        paths.append(plot_leave_one_out(out / "results_leave_one_out.png", pairs))
+    if baseline:
+        paths.append(plot_leave_one_out(out / "results_against_baseline.png", baseline, against_baseline=True))
+    if leave_one_out:
+        paths.append(plot_leave_one_out(out / "results_leave_one_out.png", leave_one_out))
     if any(r.get("eval_curve") for r in records):
         paths.append(plot_curves(out / "results_curves.png", records))
     return paths
