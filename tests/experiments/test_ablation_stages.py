@@ -301,6 +301,20 @@ def test_the_curve_ends_with_the_runs_score_when_it_measures_the_same(tmp_path, 
     assert e3["eval_curve"][-1][2] == e3["fid"] and e3["curve_end_from_score"]
     assert e3["eval_curve"][-1][0] >= e3["eval_curve"][0][0]  # the training clock's seconds at the end
     assert h2["eval_curve"] == e3["eval_curve"]  # the same curve in the run's other score
+    # ... but its times to FID are e3's alone: h2 samples with other settings than the curve did
+    assert e3["time_to_fid"] == {"1e+06": e3["eval_curve"][0][0]} and "time_to_fid" not in h2
+    rows = {r["eval"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["e3"]["time_to_fid_1e+06"] == str(e3["eval_curve"][0][0]) and rows["h2"]["time_to_fid_1e+06"] == "n/a"
+    table = (out / "results.md").read_text()
+    assert "with the **e3** eval's settings" in table
+    assert "| single | default / h2 |" in table and "| n/a |" in table.split("| single | default / h2 |")[1].split("\n")[0]
+    # a score file written before 2026-12-07 carries the curve's times in every score of the run: the report
+    # leaves them to the curve's eval
+    h2_file = out / "scores" / "single-s0__default__h2.json"
+    h2_file.write_text(json.dumps({**h2, "time_to_fid": e3["time_to_fid"]}))
+    assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--report"]) == 0
+    rows = {r["eval"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["h2"]["time_to_fid_1e+06"] == "n/a" and rows["e3"]["time_to_fid_1e+06"] != "n/a"
     # another sample count than the evaluations during training: the curve stays theirs
     (tmp_path / "ablation.yaml").write_text(spec.replace("eval_num: 6", "eval_num: 4") + "time_to_fid: [1000000]\n")
     other = tmp_path / "other"

@@ -663,8 +663,9 @@ class AblationRunner:
             if end and end[1] > curve[-1][1]:  # the run's end, which eval_every seldom lands on
                 curve.append(end)
                 record["curve_end_from_score"] = True
-            record["eval_curve"] = curve
-            record["time_to_fid"] = {f"{x:g}": time_to(curve, x) for x in self.spec.time_to_fid}
+            record["eval_curve"] = curve  # the run's, in each of its scores (results_curves.png draws it once)
+            if (path, eval_name) == ("default", self.spec.curve_eval(unit.variant)):  # what the curve measured
+                record["time_to_fid"] = {f"{x:g}": time_to(curve, x) for x in self.spec.time_to_fid}
         return record
 
     def _curve_end(self, unit: Unit, path: str, eval_name: str, s, fid: float, summary: dict) -> list | None:
@@ -672,7 +673,7 @@ class AblationRunner:
         training used (the variant's first, variant_config) on the task's default path (what those evaluations
         sample), where it drew as many samples as they did (an FID of another sample count has another bias): this
         score, or that eval's score file when this is another eval. None where there is no such score (yet)."""
-        first_name, first = self.spec.evals_of(unit.variant)[0]
+        first_name, first = self.spec.evals_of(unit.variant)[0]  # curve_eval's settings
         if path != "default" or first.num != self.spec.budget.eval_num:
             return None
         if eval_name == first_name:

@@ -172,6 +172,11 @@ class AblationSpec:
             return [("", self.sample)]
         return [(name, self.evals[name]) for name in (variant.evals or list(self.evals)) if name in self.evals]
 
+    def curve_eval(self, variant: Variant) -> str:
+        """The eval whose sample settings FID during training uses (the variant's first: variant_config), on the
+        task's default path: the one score of a run that its time to FID describes."""
+        return self.evals_of(variant)[0][0]
+
     def scores_of(self, variant: Variant) -> list[tuple[str, str, SampleSpec]]:
         """(path, eval name, sample settings) of every score a run of ``variant`` owes, in the file's order."""
         return [(p, name, s) for p in variant.paths for name, s in self.evals_of(variant)]

@@ -21,6 +21,7 @@ CSV_COLUMNS = ("variant", "seed", "path", "eval", "fid", "nfe", "sampler", "step
                "num_samples", "sample_seed", "train_steps", "train_images", "train_seconds", "params",
                "gflops_per_image", "task", "overrides", "command_overrides", "machine", "note")
 LIST_COLUMNS = ("overrides", "command_overrides")  # written space-separated, as on a command line
+NOT_MEASURED = "n/a"  # time to FID of a score that FID during training did not measure (another eval or path)
 
 
 def read_scores(out: Path, spec) -> list[dict]:
@@ -30,6 +31,10 @@ def read_scores(out: Path, spec) -> list[dict]:
         r.setdefault("eval", "")  # score files of before named evals
     order = {(v.name, p, e): (i, j) for i, v in enumerate(spec.variants) for j, (p, e, _) in enumerate(spec.scores_of(v))}
     known = [r for r in records if _key(r) in order]
+    curve_keys = {(v.name, "default", spec.curve_eval(v)) for v in spec.variants}
+    for r in known:
+        if _key(r) not in curve_keys:  # the curve sampled another eval's settings: its times are not this score's
+            r.pop("time_to_fid", None)  # (score files of before 2026-12-07 carry them in every score of a run)
     return sorted(known, key=lambda r: (*order[_key(r)], r["seed"]))
 
 
@@ -46,13 +51,28 @@ def group_by_pair(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
 
 
 def _fmt_time(rs: list[dict], threshold: str) -> str:
-    """Mean seconds over the seeds that reached the threshold, with how many did when not all."""
+    """Mean seconds over the seeds that reached the threshold, with how many did when not all; n/a for a score
+    the curve does not describe (another eval or path than the one FID during training sampled)."""
+    if not any("time_to_fid" in r for r in rs):
+        return NOT_MEASURED
     times = [r.get("time_to_fid", {}).get(threshold) for r in rs]
     hit = [t for t in times if t is not None]
     if not hit:
         return "—"
     text = f"{statistics.mean(hit):.0f}"
     return text if len(hit) == len(times) else f"{text} ({len(hit)}/{len(times)} seeds)"
+
+
+def _curve_settings(spec, records: list[dict]) -> str:
+    """Which eval's sample settings FID during training used, for the time-to-FID sentence: named when every
+    variant with a curve shares it (the file's evals have names), else each variant's first eval."""
+    with_curve = {r["variant"] for r in records if r.get("eval_curve")}
+    names = {spec.curve_eval(v) for v in spec.variants if v.name in with_curve}
+    if names == {""}:  # no named evals: the file's sample settings, which the sentence above gives
+        return ""
+    if len(names) == 1:
+        return f" with the **{names.pop()}** eval's settings (on the default path)"
+    return " with each variant's first eval's settings (on the default path)"
 
 
 def _fmt_fid(rs: list[dict]) -> str:
@@ -72,9 +92,11 @@ def _fmt_count(rs: list[dict], key: str) -> str:
 
 
 def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
-    """One row per score; time_to_fid_X columns (training seconds, empty: never) for the file's thresholds."""
+    """One row per score; time_to_fid_X columns (training seconds, empty: never, n/a: a score of another eval or
+    path than FID during training measured) for the file's thresholds."""
     extra = [f"time_to_fid_{x:g}" for x in time_to_fid]
-    rows = [{**r, **{c: r.get("time_to_fid", {}).get(c[len("time_to_fid_"):]) for c in extra},
+    rows = [{**r, **{c: r["time_to_fid"].get(c[len("time_to_fid_"):]) if "time_to_fid" in r else NOT_MEASURED
+                     for c in extra},
              **{c: " ".join(r[c]) for c in LIST_COLUMNS if c in r}} for r in records]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS + tuple(extra), extrasaction="ignore")
@@ -102,7 +124,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
     times = [f"{x:g}" for x in spec.time_to_fid] if any(r.get("eval_curve") for r in records) else []
     if times:
         lines += ["", f"Time to FID: training seconds (evaluation excluded) until the FID of {b.eval_num} samples "
-                      f"measured every {b.eval_every} steps during training first reached the value; — never."]
+                      f"measured every {b.eval_every} steps during training{_curve_settings(spec, records)} first "
+                      f"reached the value; — never; {NOT_MEASURED}: a score with other settings than those."]
     head = ["variant", "path", "FID", "NFE", *[f"s to FID {t}" for t in times], "train steps", "train images",
             "params (M)", "GFLOPs/img", "note"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -361,12 +384,14 @@ def _settings(s) -> str:
     return f"{s.sampler} {s.steps} steps" + (f" eta {s.eta:g}" if s.eta else "") + shift + f", {guide}"
 
 
-def plot_curves(path: Path, records: list[dict]) -> Path:
-    """FID during training against training seconds, one line per (variant, seed), one colour per variant."""
+def plot_curves(path: Path, records: list[dict], thresholds=()) -> Path:
+    """FID during training against training seconds, one line per (variant, seed), one colour per variant, and a
+    dotted line at each time-to-FID threshold (where a curve crosses one is the time the table gives)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     colours: dict[str, str] = {}
@@ -381,6 +406,15 @@ def plot_curves(path: Path, records: list[dict]) -> Path:
         secs, fids = [c[0] for c in r["eval_curve"]], [c[2] for c in r["eval_curve"]]
         ax.plot(secs, fids, marker="o", ms=3, color=colour, label=r["variant"] if first else None)
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    for t in thresholds:
+        if low <= t <= high:
+            ax.axhline(t, color="grey", lw=0.8, ls=":")
+            ax.annotate(f"FID {t:g}", (1.0, t), xycoords=("axes fraction", "data"), xytext=(-4, 2),
+                        textcoords="offset points", ha="right", fontsize=7, color="grey")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 6, 8, 10 rather than 6x10^0 on a narrow log axis
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("training seconds (evaluation excluded)")
     ax.set_ylabel("FID during training")
     ax.grid(True, which="both", alpha=0.3)
@@ -464,5 +498,5 @@ def write_results(out: Path, spec, scorer: dict) -> list[Path]:
     if leave_one_out:
         paths.append(plot_leave_one_out(out / "results_leave_one_out.png", leave_one_out))
     if any(r.get("eval_curve") for r in records):
-        paths.append(plot_curves(out / "results_curves.png", records))
+        paths.append(plot_curves(out / "results_curves.png", records, spec.time_to_fid))
     return paths
