@@ -300,3 +300,15 @@ def test_timed_seconds_trained_sums_the_latest_checkpoints_segments(tmp_path):
     assert ckpt.timed_seconds_trained(tmp_path / "run") == pytest.approx(6.5)
     save_checkpoint(tmp_path / "old", 1, nn.Linear(2, 2))  # saved before segments were recorded
     assert ckpt.timed_seconds_trained(tmp_path / "old") == 0.0
+
+
+def test_timed_steps_of_a_run_sums_its_segments():
+    """A resumed run's timed steps are every segment's (summary.json's timed_steps beside timed_seconds);
+    a segment saved before it recorded them counts its steps past untimed_steps, an untimed one none."""
+    from ditlab.train.checkpoint import timed_steps_of
+
+    segments = [{"start_step": 0, "end_step": 100, "timed_seconds": 5.0},  # saved before timed_steps
+                {"start_step": 100, "end_step": 250, "timed_seconds": 7.0, "timed_steps": 148},
+                {"start_step": 250, "end_step": 251, "timed_seconds": 0.0}]  # stopped inside its untimed steps
+    assert timed_steps_of(segments, untimed_steps=2) == 98 + 148
+    assert timed_steps_of([], untimed_steps=2) == 0

@@ -166,6 +166,10 @@ def test_a_resumed_time_limited_run_gets_the_rest_of_its_budget(tiny_data, tmp_p
     assert 2.0 <= summary["timed_seconds"] < 3.0  # the run's budget, both segments together
     assert second < 2.0 + 1.0  # well under a fresh 2 s budget plus its untimed step
     assert [seg["timed_seconds"] for seg in summary["segments"]][0] == first[-1]["timed_seconds"]
+    # the steps behind those seconds are the run's too: each segment's after its own untimed step
+    assert summary["timed_steps"] == summary["steps"] - 2
+    assert [seg["timed_steps"] for seg in summary["segments"]] == [
+        seg["end_step"] - seg["start_step"] - 1 for seg in summary["segments"]]
 
 
 def test_a_run_with_token_routing_trains(tiny_data, tmp_path):

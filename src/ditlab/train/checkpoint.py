@@ -441,6 +441,19 @@ def timed_seconds_of(segments: list[dict]) -> float:
     return float(sum(seg.get("timed_seconds") or 0.0 for seg in segments))
 
 
+def timed_steps_of(segments: list[dict], untimed_steps: int) -> int:
+    """Timed steps of a run's segments, the steps behind :func:`timed_seconds_of`'s seconds: each segment's steps
+    after its own `untimed_steps` (the clock starts anew in each, after its compilation). Segments saved before
+    they recorded their timed steps count those; untimed ones (no timed seconds) count 0."""
+    def one(seg: dict) -> int:
+        if "timed_steps" in seg:
+            return int(seg["timed_steps"])
+        if not seg.get("timed_seconds"):
+            return 0
+        return max(0, seg["end_step"] - seg["start_step"] - untimed_steps)
+    return sum(one(seg) for seg in segments)
+
+
 def timed_seconds_trained(run_dir) -> float:
     """Timed training seconds behind a run's latest checkpoint (:func:`timed_seconds_of` its segments); 0
     without a checkpoint. Reads the state memory-mapped: the optimizer's moments are not loaded."""

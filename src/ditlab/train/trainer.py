@@ -31,7 +31,7 @@ from ditlab.report import read_metrics
 from ditlab.tasks.registry import build_model, build_task, build_train_data, check_kind_options, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, find_latest_checkpoint,
                                      load_checkpoint, restore_rng_state, save_checkpoint, timed_seconds_of,
-                                     write_best_pointer)
+                                     timed_steps_of, write_best_pointer)
 from ditlab.train.clock import TrainingClock
 from ditlab.train.compile_cache import cache_state, mark_compiled, network_key
 from ditlab.train.data_order import EpochSampler
@@ -540,7 +540,9 @@ class Trainer:
         timed_images = sum((seg["end_step"] - seg["start_step"]) * seg["batch_size"] for seg in timed)
         summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": run_wall,
                    "segment_wall_seconds": wall, "segments": segments,
-                   "timed_seconds": self.clock.elapsed(), "timed_steps": self.clock.timed_steps,
+                   # the run's, every segment's: a resumed run's clock holds only this segment's steps
+                   "timed_seconds": self.clock.elapsed(),
+                   "timed_steps": timed_steps_of(segments, cfg.untimed_steps),
                    "images_per_s": timed_images / max(run_wall, 1e-9),
                    "epochs": images / self.data.num_examples, "num_examples": self.data.num_examples,
                    "batch_size": cfg.batch_size,
@@ -569,6 +571,7 @@ class Trainer:
         clock = getattr(self, "clock", None)
         if clock is not None:  # this segment's share of the time budget (what a resume continues from)
             now["timed_seconds"] = clock.used() - clock.offset
+            now["timed_steps"] = clock.timed_steps
         return self.segments + [now]
 
     def _earlier_timed_seconds(self) -> float:
