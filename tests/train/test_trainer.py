@@ -168,6 +168,8 @@ def test_a_resumed_time_limited_run_gets_the_rest_of_its_budget(tiny_data, tmp_p
     assert [seg["timed_seconds"] for seg in summary["segments"]][0] == first[-1]["timed_seconds"]
     # the steps behind those seconds are the run's too: each segment's after its own untimed step
     assert summary["timed_steps"] == summary["steps"] - 2
+    assert summary["timed_images_per_s"] == pytest.approx(
+        summary["timed_steps"] * summary["batch_size"] / summary["timed_seconds"])
     assert [seg["timed_steps"] for seg in summary["segments"]] == [
         seg["end_step"] - seg["start_step"] - 1 for seg in summary["segments"]]
 

@@ -538,12 +538,19 @@ class Trainer:
         run_wall = sum(seg["wall_seconds"] for seg in timed)
         images = sum((seg["end_step"] - seg["start_step"]) * (seg["batch_size"] or cfg.batch_size) for seg in segments)
         timed_images = sum((seg["end_step"] - seg["start_step"]) * seg["batch_size"] for seg in timed)
+        # on the training clock: set-up, untimed steps and evaluation during training left out
+        clocked_images = sum(timed_steps_of([seg], cfg.untimed_steps) * (seg["batch_size"] or cfg.batch_size)
+                             for seg in segments)
+        timed_seconds = self.clock.elapsed()
         summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": run_wall,
                    "segment_wall_seconds": wall, "segments": segments,
                    # the run's, every segment's: a resumed run's clock holds only this segment's steps
-                   "timed_seconds": self.clock.elapsed(),
+                   "timed_seconds": timed_seconds,
                    "timed_steps": timed_steps_of(segments, cfg.untimed_steps),
+                   # over the wall time (compilation, saves and evaluation during training included) ...
                    "images_per_s": timed_images / max(run_wall, 1e-9),
+                   # ... and over the timed seconds: the training's own rate
+                   "timed_images_per_s": clocked_images / timed_seconds if timed_seconds > 0 else None,
                    "epochs": images / self.data.num_examples, "num_examples": self.data.num_examples,
                    "batch_size": cfg.batch_size,
                    "device": str(self.device), "world_size": self.dist.world_size,
