@@ -5,7 +5,8 @@
 
 One JSON line per run: the windows' median, min and max, the mean of the first and of the last ten (a decline
 over the run shows as last < first), and the timed rate (timed_steps x batch / timed_seconds) beside the windows'
-median (their difference is what start-up costs the timed window). The first window holds compilation and the
+median (their difference is what start-up costs the timed window; the trainer's `timed_images_per_s` where
+summary.json has it). The first window holds compilation and the
 last is cut by the time limit: both are left out of the windows' figures. scripts/bench_loop_gap.sh uses it for
 its `loop` row; BENCHMARKS.md ("Twenty-seventh session") for the twenty-sixth session's headline runs.
 """
@@ -34,7 +35,9 @@ def loop_rate(run_dir: Path) -> dict:
     if summary_path.exists():
         s = json.loads(summary_path.read_text())
         if s.get("timed_seconds"):
-            out["timed_images_per_s"] = round(s["timed_steps"] * s["batch_size"] / s["timed_seconds"], 1)
+            # the trainer's own since 2026-12-07 (each segment's batch); older summaries: one batch size
+            rate = s.get("timed_images_per_s") or s["timed_steps"] * s["batch_size"] / s["timed_seconds"]
+            out["timed_images_per_s"] = round(rate, 1)
             out["timed_steps"], out["timed_seconds"] = s["timed_steps"], round(s["timed_seconds"], 2)
     return out
 

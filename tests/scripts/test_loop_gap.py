@@ -33,6 +33,15 @@ def test_loop_rate_leaves_out_the_compiling_and_the_cut_window(tmp_path):
     assert out["timed_images_per_s"] == round(9956 * 256 / 420.0, 1)
 
 
+def test_loop_rate_takes_the_trainers_timed_rate_where_the_summary_has_it(tmp_path):
+    """A summary of 2026-12-07 or later gives its own timed rate (each segment's batch size); older ones are
+    computed from timed steps, one batch size and timed seconds as above."""
+    run = write_run(tmp_path / "run", [1000.0, 6000.0, 6000.0, 3000.0], 19120, 900.8)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "timed_images_per_s": 5433.87}))
+    assert load_script("loop_rate").loop_rate(run)["timed_images_per_s"] == 5433.9
+
+
 def test_loop_rate_names_a_folder_without_logs(tmp_path):
     with pytest.raises(SystemExit, match="metrics.jsonl does not exist"):
         load_script("loop_rate").loop_rate(tmp_path)

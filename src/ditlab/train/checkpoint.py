@@ -443,8 +443,8 @@ def timed_seconds_of(segments: list[dict]) -> float:
 
 def timed_steps_of(segments: list[dict], untimed_steps: int) -> int:
     """Timed steps of a run's segments, the steps behind :func:`timed_seconds_of`'s seconds: each segment's steps
-    after its own `untimed_steps` (the clock starts anew in each, after its compilation). Segments saved before
-    they recorded their timed steps count those; untimed ones (no timed seconds) count 0."""
+    after its own `untimed_steps` (the clock starts anew in each, after its compilation). A segment saved before
+    segments recorded their timed steps counts its steps past `untimed_steps`; one without timed seconds, 0."""
     def one(seg: dict) -> int:
         if "timed_steps" in seg:
             return int(seg["timed_steps"])
