@@ -211,6 +211,39 @@ def test_each_variant_is_measured_against_the_baseline_paired_by_seed(tmp_path):
     assert baseline_pairs(spec, [r for r in records if r["variant"] != "base"]) == []
 
 
+def test_a_variant_can_stay_out_of_the_baseline_table_and_its_noise(tmp_path):
+    """`against_baseline: false` (LIFT's 16x16 baseline_lo, whose FID does not compare): no pair for it, and its
+    seeds do not widen the noise the others are judged by; the table says who is left out. An error without
+    `baseline:` or on the baseline itself."""
+    import pytest
+
+    from ditlab.configlib import ConfigError
+    from ditlab.experiments.results import baseline_pairs
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    text = ("config: tiny.yaml\nseeds: [0, 1]\nbaseline: base\n"
+            "variants: {base: {}, lr: {}, lo: {against_baseline: false, note: 16x16}}\n")
+    (tmp_path / "a.yaml").write_text(text)
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def rec(variant, seed, fid):
+        return {**_record(seed, fid, 300), "variant": variant}
+
+    records = [rec("base", 0, 10.0), rec("base", 1, 11.0), rec("lr", 0, 8.0), rec("lr", 1, 8.4),
+               rec("lo", 0, 40.0), rec("lo", 1, 60.0)]
+    pairs = baseline_pairs(spec, records)
+    assert [p.left_out for p in pairs] == ["lr"]
+    assert pairs[0].seed_sd == pytest.approx(0.5385, abs=1e-4) and pairs[0].seed_df == 2  # base and lr alone
+    table = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+    assert "Left out (`against_baseline: false`): lo." in table and "| lo | default | 50.00 | 10.50 |" not in table
+    for bad, match in ((text.replace("baseline: base\n", ""), "variants.lo.against_baseline applies only with"),
+                       (text.replace("base: {}", "base: {against_baseline: false}"), "lo|base.*is the baseline"),
+                       (text.replace("false, note", "sometimes, note"), "against_baseline must be true or false")):
+        (tmp_path / "a.yaml").write_text(bad)
+        with pytest.raises(ConfigError, match=match):
+            load_ablation(tmp_path / "a.yaml")
+
+
 def test_a_baseline_that_is_no_variant_is_named(tmp_path):
     import pytest
 

@@ -45,7 +45,9 @@ Without ``stages`` the ``budget`` section is the one budget.
 
 ``baseline``: the variant the others are measured against: results.md gets a table (and
 results_against_baseline.png) of each variant's FID gain over it, paired by training seed, with twice its
-standard error from the pooled seed noise (ditlab.experiments.results), in every stage that trains it.
+standard error from the pooled seed noise (ditlab.experiments.results), in every stage that trains it. A variant
+with ``against_baseline: false`` stays out of that table (a helper run whose FID does not compare: LIFT's
+16x16 ``baseline_lo``).
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
 grid), any ditlab.tasks.lift.paths name for task.kind=lift (default [diagonal]). The ``cascade``
@@ -118,6 +120,9 @@ class Variant:
     # set on a combination without one of its changes (promotion.leave_one_out): (the combination's name, the
     # change left out); results.md's leave-one-out table pairs the two by it, not by the name
     left_out_of: Optional[tuple[str, str]] = None
+    # false: results.md's "Against the baseline" table leaves it out (a helper run that is not a candidate and
+    # whose FID does not compare with the baseline's, e.g. a 16x16 run that generates a cascade's low resolution)
+    against_baseline: bool = True
 
 
 @dataclass
@@ -251,19 +256,20 @@ def load_ablation(path) -> AblationSpec:
     variants = []
     for name, v in variants_raw.items():
         v = v or {}
-        bad = sorted(set(v) - {"overrides", "paths", "note", "lo_variant", "evals", "on_best"})
+        bad = sorted(set(v) - {"overrides", "paths", "note", "lo_variant", "evals", "on_best", "against_baseline"})
         if bad:
-            raise ConfigError(f"unknown key variants.{name}.{bad[0]} in {source}; valid: evals, lo_variant, note, "
-                              "on_best, overrides, paths")
-        if not isinstance(v.get("on_best", False), bool):
-            raise ConfigError(f"variants.{name}.on_best must be true or false (in {source})")
+            raise ConfigError(f"unknown key variants.{name}.{bad[0]} in {source}; valid: against_baseline, evals, "
+                              "lo_variant, note, on_best, overrides, paths")
+        for flag in ("on_best", "against_baseline"):
+            if not isinstance(v.get(flag, False), bool):
+                raise ConfigError(f"variants.{name}.{flag} must be true or false (in {source})")
         if not str(name).replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"variant name {name!r} in {source}: use letters, digits, '-' and '_' (it names folders)")
         variants.append(Variant(str(name), _str_list(v.get("overrides"), f"variants.{name}.overrides", source),
                                 _str_list(v.get("paths"), f"variants.{name}.paths", source), str(v.get("note", "")),
                                 str(v.get("lo_variant") or ""),
                                 _str_list(v.get("evals"), f"variants.{name}.evals", source),
-                                on_best=v.get("on_best", False)))
+                                on_best=v.get("on_best", False), against_baseline=v.get("against_baseline", True)))
     names = [v.name for v in variants]
     for v in variants:
         if v.lo_variant and (v.lo_variant not in names or v.lo_variant == v.name):
@@ -295,6 +301,11 @@ def load_ablation(path) -> AblationSpec:
     baseline = data.get("baseline") or ""
     if baseline and baseline not in names:
         raise ConfigError(f"baseline: {baseline!r} is not a variant of {source} (variants: {', '.join(names)})")
+    for v in variants:
+        if not v.against_baseline and not baseline:
+            raise ConfigError(f"variants.{v.name}.against_baseline applies only with `baseline:` (in {source})")
+        if not v.against_baseline and v.name == baseline:
+            raise ConfigError(f"variants.{v.name}.against_baseline: {v.name} is the baseline (in {source})")
     return AblationSpec(source, config, _str_list(data.get("overrides"), "overrides", source), seeds, budget,
                         sample, _section(ErrorsSpec, data.get("errors"), "errors", source), variants, evals, stages,
                         [float(x) for x in time_to], str(baseline))

@@ -232,16 +232,19 @@ def _paired(change: str, path: str, eval_name: str, with_it: dict[int, float], w
 def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     """With ``spec.baseline`` set: for every other variant and each of its (path, eval) scores, the variant (with
     its changes) against the baseline (without them) on the training seeds both have, with the seed noise pooled
-    over all of ``records``. The baseline's score on the same path and eval is the reference, or, where the
-    baseline has one path (a single-scale baseline beside LIFT's paths), its score on that path and the eval."""
+    over ``records``. The baseline's score on the same path and eval is the reference, or, where the baseline has
+    one path (a single-scale baseline beside LIFT's paths), its score on that path and the eval. Variants with
+    ``against_baseline: false`` are left out of both the pairs and the pooled noise."""
     if not spec.baseline:
         return []
     fids = _fids_by_key(records)
     base_paths = {p for v, p, _ in fids if v == spec.baseline}
-    noise = pooled_seed_sd(records)
+    left_out = {v.name for v in spec.variants if not v.against_baseline}
+    # nor in the seed noise: an FID on another scale (16x16 samples against the 32x32 reference) has its own
+    noise = pooled_seed_sd([r for r in records if r["variant"] not in left_out])
     pairs = []
     for (variant, p, e), with_it in fids.items():
-        if variant != spec.baseline:
+        if variant != spec.baseline and variant not in left_out:
             ref_path = p if p in base_paths or len(base_paths) != 1 else next(iter(base_paths))
             pairs.append(_paired(variant, p, e, with_it, fids.get((spec.baseline, ref_path, e), {}), noise))
     return [pair for pair in pairs if pair]
@@ -276,8 +279,11 @@ def _baseline_lines(spec, pairs: list[LeaveOneOut]) -> list[str]:
     rows = _paired_rows(pairs)
     if not rows:
         return []
+    left_out = [v.name for v in spec.variants if not v.against_baseline]
+    apart = f" Left out (`against_baseline: false`): {', '.join(left_out)}." if left_out else ""
     return ["", f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus "
-                "the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS, "",
+                "the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS + apart,
+            "",
             "| variant | path | variant's FID | baseline's FID | baseline - variant (each seed) | 2 SE | seeds |",
             "|---|---|---|---|---|---|---|", *rows]
 
