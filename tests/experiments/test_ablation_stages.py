@@ -352,7 +352,7 @@ def test_time_to_fid_from_fid_during_training(tmp_path, monkeypatch):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert rows[0]["time_to_fid_1e+06"] == str(curve[0][0]) and rows[0]["time_to_fid_0.001"] == ""
     table = (out / "results.md").read_text()
-    assert "s to FID 1e+06" in table and "| — |" in table
+    assert "s to FID 1e+06" in table and "| — |" in table and f"| ≤{curve[0][0]:.0f} |" in table  # the first
     assert (out / "results_curves.png").exists()
     assert cfg is None or cfg["train"]["eval_metric"] == "fid"
 

@@ -23,6 +23,26 @@ def test_seeds_with_different_step_counts_show_each(tmp_path):
     assert "| 313 | 80,128 |" in row
 
 
+def test_time_to_fid_is_the_span_between_two_evaluations(tmp_path):
+    """The first evaluation at or below the value and the one before it bound when a run reached it: the cell
+    gives both (means over the seeds that reached it), "≤T" where the first evaluation already had."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1]\nbudget: {eval_every: 4000}\n"
+                                     "time_to_fid: [10, 7, 5]\nvariants: {v: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def rec(seed, curve):
+        times = {"10": next(s for s, _, f in curve if f <= 10), "7": next((s for s, _, f in curve if f <= 7), None),
+                 "5": None}
+        return {**_record(seed, curve[-1][2], 300), "eval_curve": curve, "time_to_fid": times}
+
+    records = [rec(0, [[190.0, 4000, 9.5], [380.0, 8000, 8.9], [570.0, 12000, 6.4]]),
+               rec(1, [[186.0, 4000, 9.9], [370.0, 8000, 8.1], [560.0, 12000, 7.2]])]
+    row = next(line for line in write_markdown(tmp_path / "results.md", spec, records, {}).read_text().splitlines()
+               if line.startswith("| v |"))
+    assert "| ≤188 | 380–570 (1/2 seeds) | — |" in row
+
+
 def test_the_machines_of_the_scores_are_named(tmp_path):
     """One machine is named; two are a warning with their counts (a time budget buys other step counts on each);
     scores from before the machine was recorded are counted apart, not as a machine."""

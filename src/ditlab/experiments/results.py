@@ -51,16 +51,23 @@ def group_by_pair(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
 
 
 def _fmt_time(rs: list[dict], threshold: str) -> str:
-    """Mean seconds over the seeds that reached the threshold, with how many did when not all; n/a for a score
-    the curve does not describe (another eval or path than the one FID during training sampled)."""
+    """When the seeds that reached the threshold did, as the span between the evaluation before and the first one
+    at or below it (means over those seeds; "≤T" where it was the first evaluation), with how many did when not
+    all; n/a for a score the curve does not describe (another eval or path than FID during training sampled)."""
     if not any("time_to_fid" in r for r in rs):
         return NOT_MEASURED
-    times = [r.get("time_to_fid", {}).get(threshold) for r in rs]
-    hit = [t for t in times if t is not None]
+    times = [(r.get("time_to_fid", {}).get(threshold), r.get("eval_curve") or []) for r in rs]
+    hit = [(t, _evaluation_before(curve, t)) for t, curve in times if t is not None]
     if not hit:
         return "—"
-    text = f"{statistics.mean(hit):.0f}"
+    at, before = statistics.mean(t for t, _ in hit), statistics.mean(b for _, b in hit)
+    text = f"≤{at:.0f}" if before == 0 else f"{before:.0f}–{at:.0f}"
     return text if len(hit) == len(times) else f"{text} ({len(hit)}/{len(times)} seeds)"
+
+
+def _evaluation_before(curve: list[list[float]], seconds: float) -> float:
+    """The training seconds of the evaluation before the one at ``seconds`` (0: that was the first)."""
+    return max((sec for sec, _, _ in curve if sec < seconds), default=0.0)
 
 
 def _curve_settings(spec, records: list[dict]) -> str:
@@ -125,7 +132,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
     if times:
         lines += ["", f"Time to FID: training seconds (evaluation excluded) until the FID of {b.eval_num} samples "
                       f"measured every {b.eval_every} steps during training{_curve_settings(spec, records)} first "
-                      f"reached the value; — never; {NOT_MEASURED}: a score with other settings than those."]
+                      f"reached the value: between the evaluation before and that one (≤: at the first evaluation); — never; "
+                      f"{NOT_MEASURED}: a score with other settings than those."]
     head = ["variant", "path", "FID", "NFE", *[f"s to FID {t}" for t in times], "train steps", "train images",
             "params (M)", "GFLOPs/img", "note"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
