@@ -404,6 +404,10 @@ class TrainConfig:
     # With train.compile on a GPU and eval_num >= 1,000, its sampling is compiled too (`ditlab sample --compile
     # auto`'s rule; the first evaluation pays the compilation, ~30 s).
     eval_every: int = 0
+    # With eval_every: evaluate the run's last step too (train.steps reached or train.time_limit spent), which
+    # eval_every seldom lands on, so that checkpoints/best can name the final weights and a curve has its end.
+    # ditlab ablate turns it off where its own end score closes the curve.
+    eval_at_end: bool = True
     eval_metric: Literal["loss", "fid", "psnr", "collapse", "icl_error_ratio"] = "loss"
     eval_num: int = 256
     eval_ref: str = ""

@@ -64,8 +64,9 @@ def test_held_out_loss_is_logged_at_eval_steps_and_best_names_the_lowest(tiny_da
     # eval_every 4 is not a multiple of ckpt_every 5: eval steps save a checkpoint of their own.
     trainer = train(tiny_data, run, 10, "train.eval_every=4")
     logged = evals(run)
-    assert sorted(logged) == [4, 8] and all(math.isfinite(v) for v in logged.values())
-    assert {"step_00000004", "step_00000008"} <= set(step_dirs(run))
+    # ... and the last step, which eval_every does not land on (train.eval_at_end)
+    assert sorted(logged) == [4, 8, 10] and all(math.isfinite(v) for v in logged.values())
+    assert {"step_00000004", "step_00000008", "step_00000010"} <= set(step_dirs(run))
     best_step = min(logged, key=logged.get)
     record = read_best_pointer(run)
     assert record["checkpoint"] == f"step_{best_step:08d}" and record["value"] == logged[best_step]
@@ -77,7 +78,42 @@ def test_held_out_loss_is_logged_at_eval_steps_and_best_names_the_lowest(tiny_da
 
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("eval/loss")] == [4, 8]
+    assert [e.step for e in acc.Scalars("eval/loss")] == [4, 8, 10]
+
+
+def test_the_last_step_is_evaluated_unless_eval_at_end_is_off(tiny_data, tmp_path, sequence):
+    """eval_at_end: the final weights can be the best (a time-limited run seldom ends on an eval step); off,
+    only eval_every's steps are (ditlab ablate, whose end score closes its curve). A run killed during its
+    final evaluation does it on resume; one whose final evaluation logged does not."""
+    sequence[:] = [3.0, 2.0, 1.0]
+    train(tiny_data, tmp_path / "on", 5, "train.eval_every=2")
+    assert evals(tmp_path / "on") == {2: 3.0, 4: 2.0, 5: 1.0}
+    assert read_best_pointer(tmp_path / "on")["checkpoint"] == "step_00000005"
+    sequence[:] = [3.0, 2.0]
+    train(tiny_data, tmp_path / "off", 5, "train.eval_every=2", "train.eval_at_end=false")
+    assert evals(tmp_path / "off") == {2: 3.0, 4: 2.0} and sequence == []
+    sequence[:] = [3.0, 2.0, 4.0]
+    train(tiny_data, tmp_path / "last", 4, "train.eval_every=2")  # the last step is an eval step: once
+    assert evals(tmp_path / "last") == {2: 3.0, 4: 2.0} and sequence == [4.0]
+
+    run = tmp_path / "killed"
+    sequence[:] = [3.0, 2.0, Killed]
+
+    def killed_at_the_end(ctx):
+        value = sequence.pop(0)
+        if value is Killed:
+            raise Killed
+        return value
+
+    METRICS["loss"] = Metric(killed_at_the_end, None, higher_is_better=False)  # `sequence` restores the metric
+    with pytest.raises(Killed):
+        train(tiny_data, run, 5, "train.eval_every=2")
+    assert evals(run) == {2: 3.0, 4: 2.0} and step_dirs(run)[-1] == "step_00000005"  # saved before it evaluated
+    sequence[:] = [1.0, 9.0]
+    train(tiny_data, run, 5, "train.eval_every=2", resume=True)
+    assert evals(run) == {2: 3.0, 4: 2.0, 5: 1.0} and sequence == [9.0]
+    train(tiny_data, run, 5, "train.eval_every=2", resume=True)  # logged: not again
+    assert sequence == [9.0] and read_best_pointer(run)["checkpoint"] == "step_00000005"
 
 
 def test_best_follows_the_metric_survives_rotation_and_resume(tiny_data, tmp_path, sequence):
@@ -223,9 +259,10 @@ def test_bad_eval_config_is_an_error_before_the_data_is_read(tmp_path, extra, me
 
 def test_eval_options_with_evaluation_off_are_named_at_start_up(tiny_data, tmp_path, capsys):
     """train.eval_every=0 turns a config's evaluation off; the options it leaves unused are said, not ignored."""
-    train(tiny_data, tmp_path / "r", 1, "train.eval_metric=fid", "train.eval_ref=ref.npz")
+    train(tiny_data, tmp_path / "r", 1, "train.eval_metric=fid", "train.eval_ref=ref.npz", "train.eval_at_end=false")
     out = capsys.readouterr().out
-    assert "train.eval_metric=fid, train.eval_num=16, train.eval_ref=ref.npz not used: train.eval_every=0" in out
+    assert ("train.eval_metric=fid, train.eval_num=16, train.eval_ref=ref.npz, train.eval_at_end=False not used: "
+            "train.eval_every=0") in out
     assert not evals(tmp_path / "r", "fid")
 
 
@@ -248,7 +285,9 @@ def test_eval_leaves_training_bitwise_unchanged_and_resume_exact(tiny_data, tmp_
     train(tiny_data, split, 10, "train.eval_every=3", resume=True)
 
     assert train_losses(off) == train_losses(on) == train_losses(split)  # bitwise equal floats
-    assert evals(on) == evals(split) and sorted(evals(on)) == [3, 6, 9]
+    # split also evaluated its first end, step 5 (train.eval_at_end), and trained on bitwise the same
+    assert sorted(evals(on)) == [3, 6, 9, 10] and sorted(evals(split)) == [3, 5, 6, 9, 10]
+    assert evals(on) == {k: v for k, v in evals(split).items() if k != 5}
     assert read_best_pointer(on) == read_best_pointer(split)
     for which in ("model", "ema"):
         a, b, c = load_weights(off, which), load_weights(on, which), load_weights(split, which)

@@ -108,9 +108,12 @@ def variant_config(spec: AblationSpec, variant: Variant, seed: int, run_dir: Pat
              f"train.time_limit={b.time_limit}"]
     if b.eval_every:
         # FID during training (time-to-FID), against the study's reference (train.eval_ref) with the settings of
-        # the variant's first eval, so that the curve and the final score measure the same thing.
+        # the variant's first eval, so that the curve and the final score measure the same thing. Not at the
+        # run's end: the runner scores it anyway, and that score closes the curve where it measures the same
+        # (AblationRunner._curve_end; the estimates count eval_every's evaluations alone).
         _, s = spec.evals_of(variant)[0]
-        fixed += [f"train.eval_every={b.eval_every}", "train.eval_metric=fid", f"train.eval_num={b.eval_num}",
+        fixed += [f"train.eval_every={b.eval_every}", "train.eval_at_end=false", "train.eval_metric=fid",
+                  f"train.eval_num={b.eval_num}",
                   f"train.eval_ref={eval_ref or 'unset'}", f"sample.sampler={s.sampler}", f"sample.steps={s.steps}",
                   f"sample.cfg_scale={s.cfg_scale}", f"sample.eta={s.eta}", f"sample.time_shift={s.time_shift}",
                   f"sample.cfg_interval={list(s.cfg_interval) if s.cfg_interval else 'null'}"]

@@ -189,8 +189,8 @@ def check_eval_config(cfg) -> list[str]:
     if not t.eval_every:  # evaluation off: its options do nothing; said at start-up, not an error, since
         # eval_every=0 is the switch that turns a config's evaluation off while keeping its settings
         defaults = type(t)()
-        unused = [f"train.{k}={getattr(t, k)}" for k in ("eval_metric", "eval_num", "eval_ref")
-                  if getattr(t, k) != getattr(defaults, k)]
+        unused = [f"train.{k}={getattr(t, k)}" for k in ("eval_metric", "eval_num", "eval_ref",
+                                                          "eval_at_end") if getattr(t, k) != getattr(defaults, k)]
         unused += [f"data.eval_path={cfg.data.eval_path}"] if cfg.data.eval_path else []
         return [f"ditlab: {', '.join(unused)} not used: train.eval_every=0 (evaluation off)"] if unused else []
     metric = METRICS.get(t.eval_metric)

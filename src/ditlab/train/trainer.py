@@ -434,11 +434,17 @@ class Trainer:
         saves before it evaluates, so a process killed during the evaluation (a signal's grace period is
         shorter than a FID) resumes from that step. The evaluation is done again first, so that no point of
         a time-to-metric curve goes missing. The same answer on every rank (rank 0 has the log)."""
-        every = self.cfg.train.eval_every
-        if not (every and self.step and self.step % every == 0):
+        cfg = self.cfg.train
+        every = cfg.eval_every
+        if not (every and self.step and (self.step % every == 0 or (cfg.eval_at_end and self._at_end()))):
             return False
         pending = self.evaluator is not None and not self._logged_evaluation(self.step)
         return any_rank(self.dist, [pending], self.device)[0]
+
+    def _at_end(self) -> bool:
+        """Whether the resumed step is the run's last: train.steps reached, or train.time_limit spent."""
+        cfg = self.cfg.train
+        return self.step >= cfg.steps or 0 < cfg.time_limit <= self._earlier_timed_seconds()
 
     def _logged_evaluation(self, step: int) -> bool:
         key = f"eval/{self.evaluator.name}"  # the log was truncated at the resumed step: no torn line is left
@@ -516,7 +522,7 @@ class Trainer:
         cfg = self.cfg.train
         last = self.step == cfg.steps or out_of_time
         # An eval step saves first, so checkpoints/best always names a checkpoint of that step.
-        eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
+        eval_now = bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or (last and cfg.eval_at_end))
         save_anyway = self.step % cfg.ckpt_every == 0 or last or stop_now
         save_now = save_anyway or eval_now
         # Power-EMA snapshots: with every checkpoint (posthoc_every 0), else every posthoc_every steps and at
