@@ -4,11 +4,11 @@
     PYTHONPATH=src python scripts/loop_rate.py RUN_DIR [RUN_DIR ...]
 
 One JSON line per run: the windows' median, min and max, the mean of the first and of the last ten (a decline
-over the run shows as last < first), and the timed rate (timed_steps x batch / timed_seconds) beside the windows'
-median (their difference is what start-up costs the timed window; the trainer's `timed_images_per_s` where
-summary.json has it). The first window holds compilation and the
-last is cut by the time limit: both are left out of the windows' figures. scripts/bench_loop_gap.sh uses it for
-its `loop` row; BENCHMARKS.md ("Twenty-seventh session") for the twenty-sixth session's headline runs.
+over the run shows as last < first), and the timed rate (summary.json's `timed_images_per_s`; in older summaries
+timed_steps x batch / timed_seconds) beside the windows' median (their difference is what start-up costs the
+timed window). The first window holds compilation and the last is cut by the time limit: both are left out of
+the windows' figures. scripts/bench_loop_gap.sh uses it for its `loop` row; BENCHMARKS.md ("Twenty-seventh
+session") for the twenty-sixth session's headline runs.
 """
 from __future__ import annotations
 

@@ -406,7 +406,7 @@ class TrainConfig:
     eval_every: int = 0
     # With eval_every: evaluate the run's last step too (train.steps reached or train.time_limit spent), which
     # eval_every seldom lands on, so that checkpoints/best can name the final weights and a curve has its end.
-    # ditlab ablate turns it off where its own end score closes the curve.
+    # ditlab ablate turns it off: it scores every run's end itself, and that score closes the curve.
     eval_at_end: bool = True
     eval_metric: Literal["loss", "fid", "psnr", "collapse", "icl_error_ratio"] = "loss"
     eval_num: int = 256
