@@ -408,6 +408,10 @@ class TrainConfig:
     # eval_every seldom lands on, so that checkpoints/best can name the final weights and a curve has its end.
     # ditlab ablate turns it off: it scores every run's end itself, and that score closes the curve.
     eval_at_end: bool = True
+    # Early stopping proper (user note 002's cure for a model that has overfitted its condition): stop training
+    # once eval_metric has not improved on its best for this many evaluations in a row (0 = never; the best
+    # checkpoint is kept either way). Counted from metrics.jsonl, so a resumed run keeps its count.
+    eval_patience: int = 0
     eval_metric: Literal["loss", "fid", "psnr", "collapse", "icl_error_ratio"] = "loss"
     eval_num: int = 256
     eval_ref: str = ""

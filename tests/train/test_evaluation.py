@@ -139,6 +139,33 @@ def test_best_follows_the_metric_survives_rotation_and_resume(tiny_data, tmp_pat
     assert step_dirs(run) == ["step_00000004", "step_00000010"]
 
 
+def test_training_stops_once_the_metric_has_not_improved_for_patience_evaluations(tiny_data, tmp_path, sequence,
+                                                                                capsys):
+    """train.eval_patience: 2.0 at step 2 is the best; steps 3 and 4 do not beat it, so the run stops at 4 with
+    its checkpoint and summary, and the best stays step 2. Resumed, it stops again before training (the count
+    comes from the log); with a larger patience it trains on. 0 never stops."""
+    run = tmp_path / "r"
+    sequence[:] = [3.0, 2.0, 2.0, 2.5, 9.9]
+    train(tiny_data, run, 10, "train.eval_every=1", "train.eval_patience=2")
+    assert evals(run) == {1: 3.0, 2: 2.0, 3: 2.0, 4: 2.5} and sequence == [9.9]  # 2.0 again is no improvement
+    assert "early stop at step 4: loss has not improved on its best (2 at step 2) for 2 evaluations" in (
+        capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["stopped_early"] == {"step": 4, "patience": 2}
+    assert summary["best"]["step"] == 2 and step_dirs(run)[-1] == "step_00000004"
+    train(tiny_data, run, 10, "train.eval_every=1", "train.eval_patience=2", resume=True)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4 and sequence == [9.9]
+    sequence[:] = [1.0, 5.0, 5.0, 5.0]
+    train(tiny_data, run, 10, "train.eval_every=1", "train.eval_patience=3", resume=True)
+    assert evals(run)[5] == 1.0 and max(evals(run)) == 8 and sequence == []  # a new best at 5, then 3 without
+    sequence[:] = [3.0, 4.0, 5.0, 6.0]
+    train(tiny_data, tmp_path / "never", 4, "train.eval_every=1")
+    assert sorted(evals(tmp_path / "never")) == [1, 2, 3, 4]
+    assert "stopped_early" not in json.loads((tmp_path / "never" / "summary.json").read_text())
+    with pytest.raises(ValueError, match="train.eval_patience must be >= 0"):
+        train(tiny_data, tmp_path / "bad", 4, "train.eval_every=1", "train.eval_patience=-1")
+
+
 class Killed(BaseException):
     """The process killed during an evaluation (a signal's grace period ran out)."""
 
@@ -370,6 +397,20 @@ def test_two_process_run_evaluates_on_rank0_and_trains_as_without(tiny_data, tmp
     for which in ("model", "ema"):
         a, b = load_weights(on, which), load_weights(off, which)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_stop_early_together(tiny_data, tmp_path):
+    """train.eval_patience under DDP: rank 0 counts, every rank stops at the same step (no rank left waiting in
+    a collective). At lr 0 the weights and the held-out loss never change, so the second evaluation is no
+    improvement and patience 1 stops the run there."""
+    from tests.train.test_distributed import torchrun, train_args
+
+    run = tmp_path / "r"
+    torchrun(2, *train_args(tiny_data, run, 6, "train.eval_every=1", "train.eval_num=8", "train.eval_patience=1",
+                            "optim.lr=0", "optim.warmup_steps=0"))
+    assert sorted(evals(run)) == [1, 2] and len(set(evals(run).values())) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["stopped_early"] == {"step": 2, "patience": 1}
 
 
 LIFT = ["task.kind=lift", "model.arch=DiT-S/4", "model.hidden_size=32", "model.depth=1", "model.num_heads=2",

@@ -30,7 +30,7 @@ from ditlab.configlib import to_dict
 # train.device: "auto" in the study file, "cuda:K" in the worker of `ditlab ablate --gpus N` that trains it, one
 # kind of device on a machine either way.)
 _NOT_COMPILED = {"train": ("seed", "run_dir", "time_limit", "steps", "log_every", "sample_every", "ckpt_every",
-                           "eval_ref", "eval_at_end", "device"),
+                           "eval_ref", "eval_at_end", "eval_patience", "device"),
                  "data": ("path",),
                  # the optimizer and the EMA step outside the compiled loss (but for Muon's own compiled update,
                  # network_key's "muon_compile"): on an H100, Muon's `whole` set up in 3.6 s after `baseline` (the

@@ -186,11 +186,13 @@ def check_eval_config(cfg) -> list[str]:
     t = cfg.train
     if t.eval_every < 0:
         raise ValueError(f"train.eval_every must be >= 0 (0 = off), got {t.eval_every}")
+    if t.eval_patience < 0:
+        raise ValueError(f"train.eval_patience must be >= 0 (0 = never stop early), got {t.eval_patience}")
     if not t.eval_every:  # evaluation off: its options do nothing; said at start-up, not an error, since
         # eval_every=0 is the switch that turns a config's evaluation off while keeping its settings
         defaults = type(t)()
-        unused = [f"train.{k}={getattr(t, k)}" for k in ("eval_metric", "eval_num", "eval_ref",
-                                                          "eval_at_end") if getattr(t, k) != getattr(defaults, k)]
+        unused = [f"train.{k}={getattr(t, k)}" for k in ("eval_metric", "eval_num", "eval_ref", "eval_at_end",
+                                                          "eval_patience") if getattr(t, k) != getattr(defaults, k)]
         unused += [f"data.eval_path={cfg.data.eval_path}"] if cfg.data.eval_path else []
         return [f"ditlab: {', '.join(unused)} not used: train.eval_every=0 (evaluation off)"] if unused else []
     metric = METRICS.get(t.eval_metric)

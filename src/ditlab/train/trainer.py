@@ -441,6 +441,26 @@ class Trainer:
         pending = self.evaluator is not None and not self._logged_evaluation(self.step)
         return any_rank(self.dist, [pending], self.device)[0]
 
+    def _patience_spent(self) -> bool:
+        """train.eval_patience evaluations in a row have not improved on the best (rank 0 counts them in the
+        log, so a resumed run keeps its count; every rank gets the answer and must call this together)."""
+        patience = self.cfg.train.eval_patience
+        if not patience:  # the same config on every rank: no collective to agree on
+            return False
+        spent = False
+        if self.evaluator is not None and self.best is not None:
+            key = f"eval/{self.evaluator.name}"
+            since = [r["step"] for r in read_metrics(self.run_dir) if key in r and r["step"] > self.best["step"]]
+            spent = len(since) >= patience
+        return any_rank(self.dist, [spent], self.device)[0]
+
+    def _say_stopped_early(self) -> None:
+        self._stopped_early = True  # summary.json says so
+        best = self.best or {}  # rank 0's: the others print nothing
+        self._say(f"ditlab: early stop at step {self.step}: {self.cfg.train.eval_metric} has not improved on its "
+                  f"best ({best.get('value', float('nan')):.6g} at step {best.get('step')}) for "
+                  f"{self.cfg.train.eval_patience} evaluations (train.eval_patience); checkpoints/best names it")
+
     def _at_end(self) -> bool:
         """Whether the resumed step is the run's last: train.steps reached, or train.time_limit spent."""
         cfg = self.cfg.train
@@ -469,8 +489,11 @@ class Trainer:
             self._say(f"ditlab: the evaluation at step {self.step} did not finish before the run stopped; "
                       "doing it before training goes on")
             self.evaluate()  # the clock has not started: its seconds are the checkpoint's, as they were then
+        stopped_early = bool(cfg.eval_every) and self._patience_spent()  # a resumed run that had stopped early
+        if stopped_early:
+            self._say_stopped_early()
         with StopRequest() as stop:
-            while self.step < cfg.steps:
+            while self.step < cfg.steps and not stopped_early:
                 try:
                     loss, gnorm = self.train_step()
                     self._window[0], self._window[1] = self._window[0] + loss.float(), self._window[1] + 1
@@ -501,6 +524,11 @@ class Trainer:
                 if todo.eval:
                     with self.clock.paused():
                         self.evaluate()
+                    stopped_early = self._patience_spent()
+                    if stopped_early and not (self.step == cfg.steps or out_of_time):
+                        if self.posthoc is not None and not todo.snapshot:  # the run's end can be reconstructed
+                            self.posthoc.write_snapshots(self.run_dir, self.step)
+                        self._say_stopped_early()
                 if stop_now:
                     bar.close()
                     self._say(f"ditlab: stopped at step {self.step}; resume with --resume")
@@ -567,6 +595,8 @@ class Trainer:
             summary["compile_cache"] = state if len(segments) == 1 else "resumed"
         if self.best is not None:
             summary["best"] = self.best
+        if getattr(self, "_stopped_early", False):
+            summary["stopped_early"] = {"step": self.step, "patience": cfg.eval_patience}
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
