@@ -302,13 +302,13 @@ def test_timed_seconds_trained_sums_the_latest_checkpoints_segments(tmp_path):
     assert ckpt.timed_seconds_trained(tmp_path / "old") == 0.0
 
 
-def test_timed_steps_of_a_run_sums_its_segments():
-    """A resumed run's timed steps are every segment's (summary.json's timed_steps beside timed_seconds);
-    a segment saved before it recorded them counts its steps past untimed_steps, an untimed one none."""
-    from ditlab.train.checkpoint import timed_steps_of
+def test_timed_steps_of_each_segment():
+    """A resumed run's timed steps are every segment's (summary.json's timed_steps beside timed_seconds, their
+    sum); a segment saved before it recorded them counts its steps past untimed_steps, an untimed one none."""
+    from ditlab.train.checkpoint import segment_timed_steps
 
     segments = [{"start_step": 0, "end_step": 100, "timed_seconds": 5.0},  # saved before timed_steps
                 {"start_step": 100, "end_step": 250, "timed_seconds": 7.0, "timed_steps": 148},
                 {"start_step": 250, "end_step": 251, "timed_seconds": 0.0}]  # stopped inside its untimed steps
-    assert timed_steps_of(segments, untimed_steps=2) == 98 + 148
-    assert timed_steps_of([], untimed_steps=2) == 0
+    assert [segment_timed_steps(seg, untimed_steps=2) for seg in segments] == [98, 148, 0]
+    assert sum(segment_timed_steps(seg, untimed_steps=2) for seg in segments) == 98 + 148

@@ -177,6 +177,10 @@ class AblationSpec:
             return [("", self.sample)]
         return [(name, self.evals[name]) for name in (variant.evals or list(self.evals)) if name in self.evals]
 
+    def apart_from_baseline(self) -> list[str]:
+        """The variants with ``against_baseline: false``: out of the baseline table and its pooled seed noise."""
+        return [v.name for v in self.variants if not v.against_baseline]
+
     def curve_eval(self, variant: Variant) -> str:
         """The eval whose sample settings FID during training uses (the variant's first: variant_config), on the
         task's default path: the one score of a run that its time to FID describes."""

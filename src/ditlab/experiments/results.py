@@ -132,8 +132,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
     if times:
         lines += ["", f"Time to FID: training seconds (evaluation excluded) until the FID of {b.eval_num} samples "
                       f"measured every {b.eval_every} steps during training{_curve_settings(spec, records)} first "
-                      f"reached the value: between the evaluation before and that one (≤: at the first evaluation); — never; "
-                      f"{NOT_MEASURED}: a score with other settings than those."]
+                      "reached the value: between the evaluation before and that one (≤: at the first "
+                      f"evaluation); — never; {NOT_MEASURED}: a score with other settings than those."]
     head = ["variant", "path", "FID", "NFE", *[f"s to FID {t}" for t in times], "train steps", "train images",
             "params (M)", "GFLOPs/img", "note"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -247,7 +247,7 @@ def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
         return []
     fids = _fids_by_key(records)
     base_paths = {p for v, p, _ in fids if v == spec.baseline}
-    left_out = {v.name for v in spec.variants if not v.against_baseline}
+    left_out = set(spec.apart_from_baseline())
     # nor in the seed noise: an FID on another scale (16x16 samples against the 32x32 reference) has its own
     noise = pooled_seed_sd([r for r in records if r["variant"] not in left_out])
     pairs = []
@@ -287,7 +287,7 @@ def _baseline_lines(spec, pairs: list[LeaveOneOut]) -> list[str]:
     rows = _paired_rows(pairs)
     if not rows:
         return []
-    left_out = [v.name for v in spec.variants if not v.against_baseline]
+    left_out = spec.apart_from_baseline()
     apart = f" Left out (`against_baseline: false`): {', '.join(left_out)}." if left_out else ""
     return ["", f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus "
                 "the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS + apart,

@@ -441,17 +441,15 @@ def timed_seconds_of(segments: list[dict]) -> float:
     return float(sum(seg.get("timed_seconds") or 0.0 for seg in segments))
 
 
-def timed_steps_of(segments: list[dict], untimed_steps: int) -> int:
-    """Timed steps of a run's segments, the steps behind :func:`timed_seconds_of`'s seconds: each segment's steps
-    after its own `untimed_steps` (the clock starts anew in each, after its compilation). A segment saved before
+def segment_timed_steps(seg: dict, untimed_steps: int) -> int:
+    """Timed steps of one segment (state["segments"]), the steps behind its timed seconds: its steps after its own
+    `untimed_steps` (the clock starts anew in each segment, after its compilation). A segment saved before
     segments recorded their timed steps counts its steps past `untimed_steps`; one without timed seconds, 0."""
-    def one(seg: dict) -> int:
-        if "timed_steps" in seg:
-            return int(seg["timed_steps"])
-        if not seg.get("timed_seconds"):
-            return 0
-        return max(0, seg["end_step"] - seg["start_step"] - untimed_steps)
-    return sum(one(seg) for seg in segments)
+    if "timed_steps" in seg:
+        return int(seg["timed_steps"])
+    if not seg.get("timed_seconds"):
+        return 0
+    return max(0, seg["end_step"] - seg["start_step"] - untimed_steps)
 
 
 def timed_seconds_trained(run_dir) -> float:

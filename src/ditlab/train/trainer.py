@@ -30,8 +30,8 @@ from ditlab.models.kernels import configure_fast_kernels, resolve_fast_kernels
 from ditlab.report import read_metrics
 from ditlab.tasks.registry import build_model, build_task, build_train_data, check_kind_options, task_kind
 from ditlab.train.checkpoint import (capture_rng_state, find_best_checkpoint, find_latest_checkpoint,
-                                     load_checkpoint, restore_rng_state, save_checkpoint, timed_seconds_of,
-                                     timed_steps_of, write_best_pointer)
+                                     load_checkpoint, restore_rng_state, save_checkpoint, segment_timed_steps,
+                                     timed_seconds_of, write_best_pointer)
 from ditlab.train.clock import TrainingClock
 from ditlab.train.compile_cache import cache_state, mark_compiled, network_key
 from ditlab.train.data_order import EpochSampler
@@ -573,14 +573,14 @@ class Trainer:
         images = sum((seg["end_step"] - seg["start_step"]) * (seg["batch_size"] or cfg.batch_size) for seg in segments)
         timed_images = sum((seg["end_step"] - seg["start_step"]) * seg["batch_size"] for seg in timed)
         # on the training clock: set-up, untimed steps and evaluation during training left out
-        clocked_images = sum(timed_steps_of([seg], cfg.untimed_steps) * (seg["batch_size"] or cfg.batch_size)
-                             for seg in segments)
+        clocked = [segment_timed_steps(seg, cfg.untimed_steps) for seg in segments]
+        clocked_images = sum(n * (seg["batch_size"] or cfg.batch_size) for n, seg in zip(clocked, segments))
         timed_seconds = self.clock.elapsed()
         summary = {"steps": self.step, "final_loss": self.last_loss, "wall_seconds": run_wall,
                    "segment_wall_seconds": wall, "segments": segments,
                    # the run's, every segment's: a resumed run's clock holds only this segment's steps
                    "timed_seconds": timed_seconds,
-                   "timed_steps": timed_steps_of(segments, cfg.untimed_steps),
+                   "timed_steps": sum(clocked),
                    # over the wall time (compilation, saves and evaluation during training included) ...
                    "images_per_s": timed_images / max(run_wall, 1e-9),
                    # ... and over the timed seconds: the training's own rate
