@@ -1,6 +1,8 @@
 """The results table of `ditlab ablate`: one row per (variant, path, eval), seeds pooled."""
 import csv
 
+import pytest
+
 from ditlab.experiments.ablation_spec import load_ablation
 from ditlab.experiments.results import write_markdown
 
@@ -273,27 +275,6 @@ def test_a_baseline_that_is_no_variant_is_named(tmp_path):
         _baseline_file(tmp_path, baseline="bsae")
 
 
-def test_the_baseline_plot_is_written_beside_the_table(tmp_path):
-    """results_against_baseline.png: written by write_results when the file has a baseline and pairs exist."""
-    import dataclasses
-    import json
-
-    from ditlab.experiments.results import write_results
-
-    spec, records = _baseline_file(tmp_path)
-    for v in spec.variants:
-        v.paths = ["default"] if v.name != "lift" else ["diagonal", "dp-hi"]  # as ablation.check_variants fills in
-    out = tmp_path / "out"
-    (out / "scores").mkdir(parents=True)
-    for i, r in enumerate(records):
-        (out / "scores" / f"{i}.json").write_text(json.dumps(r))
-    assert "results_against_baseline.png" in [p.name for p in write_results(out, spec, {})]
-    assert (out / "results_against_baseline.png").stat().st_size > 0
-    (out / "results_against_baseline.png").unlink()
-    assert "results_against_baseline.png" not in [p.name for p in write_results(
-        out, dataclasses.replace(spec, baseline=""), {})]
-
-
 def test_the_command_lines_overrides_are_stated(tmp_path):
     """ditlab ablate --set changes every variant's recipe: results.md says which (one line), warns when the scores
     were made with different ones (their rows compare different recipes), and counts older scores apart; the csv
@@ -353,3 +334,95 @@ def test_the_header_names_the_reference_the_scores_were_compared_with(tmp_path):
     assert ("against **more than one reference**: /r/a.npz (50000 images, net.pt) (1 score); /r/b.npz (? images, "
             "net.pt) (2 scores). FIDs against different references do not compare.") in mixed
     assert "this command's: /r/b.npz (? images, net.pt)" in header([a, a], b)
+
+
+def _eval_pairs_file(tmp_path, pairs: str = "{cfg2: cfg, cfg2_all: cfg2}"):
+    """A file with four evals and `eval_pairs:`; variant v scored on all four on seeds 0 and 1 (cfg2 also on seed
+    2, whose reference is missing), variant w on cfg only."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text(
+        "config: tiny.yaml\nseeds: [0, 1]\nevals: {cfg: {cfg_scale: 2.5}, cfg2: {cfg_scale: 2.0}, "
+        "cfg2_all: {cfg_scale: 2.0, cfg_interval: null}, nocfg: {cfg_scale: 1.0}}\n"
+        f"eval_pairs: {pairs}\nvariants: {{v: {{}}, w: {{evals: [cfg]}}}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def rec(variant, seed, eval_name, fid):
+        return {**_record(seed, fid, 300), "variant": variant, "eval": eval_name}
+
+    records = [rec("v", 0, "cfg", 7.0), rec("v", 1, "cfg", 6.8), rec("v", 0, "cfg2", 6.4), rec("v", 1, "cfg2", 6.3),
+               rec("v", 2, "cfg2", 6.0), rec("v", 0, "cfg2_all", 7.5), rec("v", 1, "cfg2_all", 7.3),
+               rec("v", 0, "nocfg", 9.0), rec("v", 1, "nocfg", 9.4), rec("w", 0, "cfg", 8.0), rec("w", 1, "cfg", 8.6)]
+    return spec, records
+
+
+def test_an_eval_is_measured_against_its_reference_eval_paired_by_seed(tmp_path):
+    """`eval_pairs: {EVAL: REFERENCE}`: results.md gets the reference's FID minus the eval's on the same trainings,
+    on the seeds both have, with 2 SE from the spread of the paired differences themselves (pooled over the pairs):
+    sd / sqrt(n), not the seed-to-seed sd * sqrt(2 / n) of two separate trainings. Evals outside the mapping and
+    variants without the eval have no row."""
+    import dataclasses
+
+    import pytest
+
+    from ditlab.experiments.results import eval_pairs
+
+    spec, records = _eval_pairs_file(tmp_path)
+    pairs = eval_pairs(spec, records)
+    assert [(p.left_out, p.label, p.seeds) for p in pairs] == [
+        ("v", "default / cfg2 vs cfg", (0, 1)), ("v", "default / cfg2_all vs cfg2", (0, 1))]
+    assert pairs[0].diffs == pytest.approx((0.6, 0.5)) and pairs[1].diffs == pytest.approx((-1.1, -1.0))
+    # both pairs' differences have variance 0.005 (1 df each): pooled sd 0.0707, 2 SE = 2 * 0.0707 / sqrt(2) = 0.10
+    assert pairs[0].seed_sd == pytest.approx(0.005 ** 0.5) and pairs[0].seed_df == 2
+    assert pairs[0].two_se == pytest.approx(0.1)
+    text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+    assert "Against the reference evals (`eval_pairs`)" in text
+    assert "| v | default / cfg2 vs cfg | 6.35 | 6.90 | +0.55 (+0.60, +0.50) | 0.10 (2 df) | 2 |" in text
+    assert "| v | default / cfg2_all vs cfg2 | 7.40 | 6.35 | -1.05 (-1.10, -1.00) | 0.10 (2 df) | 2 |" in text
+    one_seed = [r for r in records if r["seed"] == 0]
+    assert "| v | default / cfg2 vs cfg | 6.40 | 7.00 | +0.60 | — | 1 |" in write_markdown(
+        tmp_path / "results.md", spec, one_seed, {}).read_text()
+    assert "Against the reference evals" not in write_markdown(
+        tmp_path / "results.md", dataclasses.replace(spec, eval_pairs={}), records, {}).read_text()
+    assert eval_pairs(spec, [r for r in records if r["eval"] != "cfg"])[0].label == "default / cfg2_all vs cfg2"
+
+
+def test_eval_pairs_name_evals_of_the_file(tmp_path):
+    import pytest
+
+    from ditlab.configlib import ConfigError
+
+    for pairs, match in (("{cfg3: cfg}", "eval_pairs.cfg3: 'cfg3' is not in evals: of .*a.yaml \\(cfg, cfg2"),
+                         ("{cfg2: cgf}", "eval_pairs.cfg2: cgf: 'cgf' is not in evals:"),
+                         ("{cfg: cfg}", "eval_pairs.cfg: an eval against itself"),
+                         ("[cfg2, cfg]", "eval_pairs must be a mapping of eval -> reference eval")):
+        with pytest.raises(ConfigError, match=match):
+            _eval_pairs_file(tmp_path, pairs)
+
+
+def _paths_of(variant) -> list[str]:
+    """The paths ablation.check_variants fills in for the files above: lift's two, one for the others."""
+    return ["diagonal", "dp-hi"] if variant.name == "lift" else ["default"]
+
+
+@pytest.mark.parametrize("file, png, key", [(_baseline_file, "results_against_baseline.png", "baseline"),
+                                             (_eval_pairs_file, "results_evals.png", "eval_pairs")])
+def test_a_paired_plot_is_written_beside_its_table(tmp_path, file, png, key):
+    """results_against_baseline.png (`baseline:`) and results_evals.png (`eval_pairs:`): written by write_results
+    when the file has the key and pairs exist, and not without the key."""
+    import dataclasses
+    import json
+
+    from ditlab.experiments.results import write_results
+
+    spec, records = file(tmp_path)
+    for v in spec.variants:
+        v.paths = _paths_of(v)
+    out = tmp_path / "out"
+    (out / "scores").mkdir(parents=True)
+    for i, r in enumerate(records):
+        (out / "scores" / f"{i}.json").write_text(json.dumps(r))
+    assert png in [p.name for p in write_results(out, spec, {})]
+    assert (out / png).stat().st_size > 0
+    (out / png).unlink()
+    empty = "" if key == "baseline" else {}
+    assert png not in [p.name for p in write_results(out, dataclasses.replace(spec, **{key: empty}), {})]

@@ -16,6 +16,7 @@
       final: {time_limit: 420, seeds: [0, 1], top: 3, keep: [baseline]}
     time_to_fid: [10, 7, 5]              # columns: training seconds until the in-training FID reached each
     baseline: baseline                   # optional: results.md compares every variant with it, paired by seed
+    eval_pairs: {nocfg: cfg}             # optional: an eval against another on the same trainings, paired by seed
     variants:
       baseline: {overrides: [task.kind=image], paths: [default], note: "single scale"}
       lift:     {overrides: [task.kind=lift], paths: [diagonal, dp-hi]}
@@ -48,6 +49,10 @@ results_against_baseline.png) of each variant's FID gain over it, paired by trai
 standard error from the pooled seed noise (ditlab.experiments.results), in every stage that trains it. A variant
 with ``against_baseline: false`` stays out of that table (a helper run whose FID does not compare: LIFT's
 16x16 ``baseline_lo``).
+
+``eval_pairs``: eval -> its reference eval (both in ``evals``): results.md gets a table (and results_evals.png) of
+each variant's FID on the eval against its FID on the reference, on the same trainings, paired by training seed:
+what a sampler, a guidance scale or a post-hoc EMA width gains over the settings it is measured against.
 
 Unknown keys are errors naming the key. Paths: "default" for single-scale kinds (the task's own
 grid), any ditlab.tasks.lift.paths name for task.kind=lift (default [diagonal]). The ``cascade``
@@ -169,6 +174,7 @@ class AblationSpec:
     stages: list[Stage] = field(default_factory=list)
     time_to_fid: list[float] = field(default_factory=list)
     baseline: str = ""  # the variant the results compare every other with ("": none)
+    eval_pairs: dict[str, str] = field(default_factory=dict)  # eval -> the eval results.md compares it with
 
     def evals_of(self, variant: Variant) -> list[tuple[str, SampleSpec]]:
         """The (eval name, sample settings) a variant is scored on; [("", sample)] without evals. A stage that
@@ -247,7 +253,7 @@ def load_ablation(path) -> AblationSpec:
         raise FileNotFoundError(f"ablation file {source} not found")
     data = yaml.safe_load(source.read_text()) or {}
     top = {"config", "overrides", "seeds", "budget", "sample", "errors", "variants", "evals", "stages", "time_to_fid",
-           "baseline"}
+           "baseline", "eval_pairs"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {source}; valid: {', '.join(sorted(top))}")
@@ -312,7 +318,22 @@ def load_ablation(path) -> AblationSpec:
             raise ConfigError(f"variants.{v.name}.against_baseline: {v.name} is the baseline (in {source})")
     return AblationSpec(source, config, _str_list(data.get("overrides"), "overrides", source), seeds, budget,
                         sample, _section(ErrorsSpec, data.get("errors"), "errors", source), variants, evals, stages,
-                        [float(x) for x in time_to], str(baseline))
+                        [float(x) for x in time_to], str(baseline), _eval_pairs(data.get("eval_pairs"), evals, source))
+
+
+def _eval_pairs(raw, evals: dict, source: Path) -> dict[str, str]:
+    """``eval_pairs:``, checked: a mapping of eval -> reference eval, both defined in ``evals:`` and not the same."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise ConfigError(f"eval_pairs must be a mapping of eval -> reference eval, e.g. {{cfg2: cfg}} (in {source})")
+    for name, ref in raw.items():
+        for key, e in ((f"eval_pairs.{name}", name), (f"eval_pairs.{name}: {ref}", ref)):
+            if e not in evals:
+                raise ConfigError(f"{key}: {e!r} is not in evals: of {source} ({', '.join(evals) or 'none defined'})")
+        if name == ref:
+            raise ConfigError(f"eval_pairs.{name}: an eval against itself (in {source})")
+    return dict(raw)
 
 
 # What an eval may change of the sample: section.

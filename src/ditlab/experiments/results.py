@@ -113,9 +113,9 @@ def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
 
 
 def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
-                   pairs: tuple[list, list] | None = None) -> Path:
-    """results.md; ``pairs``: (baseline_pairs, leave_one_out_pairs) where the caller has built them for its
-    plots too (write_results), else built here."""
+                   pairs: tuple[list, list, list] | None = None) -> Path:
+    """results.md; ``pairs``: (baseline_pairs, leave_one_out_pairs, eval_pairs) where the caller has built them for
+    its plots too (write_results), else built here."""
     s, b = spec.sample, spec.budget
     lines = [
         f"# Ablation {spec.source.name}",
@@ -142,9 +142,10 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
         cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], _fmt_count(rs, "train_steps"),
                  _fmt_count(rs, "train_images"), f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
-    baseline, leave_one_out = pairs if pairs is not None else _pairs(spec, records)
+    baseline, leave_one_out, evals = pairs if pairs is not None else _pairs(spec, records)
     lines += _baseline_lines(spec, baseline)
     lines += _leave_one_out_lines(leave_one_out)
+    lines += _eval_pair_lines(evals)
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
                if not any(_key(r) == (v.name, p, e) for r in records)]
     if missing:
@@ -183,6 +184,21 @@ class LeaveOneOut:
         standard deviation, differ by sd * sqrt(2 / n) (cautious: runs of one seed may share their data order, and
         then a paired difference varies less). A mean difference within it is no more than seed noise."""
         return None if self.seed_sd is None else 2.0 * self.seed_sd * (2.0 / len(self.seeds)) ** 0.5
+
+
+@dataclass(frozen=True)
+class EvalPair(LeaveOneOut):
+    """One eval of a variant against its reference eval (``eval_pairs:``) on the same trainings, paired by training
+    seed: ``left_out`` is the variant, ``with_it`` the eval's FIDs and ``without`` the reference's, so ``diffs`` is
+    the reference's FID minus the eval's (positive: the eval is better). Two evals of one training share that
+    training's luck, which the seed-to-seed spread of FID (LeaveOneOut's noise) counts in full: here ``seed_sd`` is
+    the standard deviation of a paired difference itself, pooled over the file's eval pairs with two or more seeds
+    (``seed_df`` its degrees of freedom)."""
+
+    @property
+    def two_se(self) -> float | None:
+        """Twice the standard error of the mean of n paired differences: sd / sqrt(n), doubled."""
+        return None if self.seed_sd is None else 2.0 * self.seed_sd / len(self.seeds) ** 0.5
 
 
 def pooled_seed_sd(records: list[dict]) -> dict[str, tuple[float, int]]:
@@ -258,6 +274,30 @@ def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     return [pair for pair in pairs if pair]
 
 
+def eval_pairs(spec, records: list[dict]) -> list[EvalPair]:
+    """For each (variant, path) scored on both an eval of ``spec.eval_pairs`` and its reference, the pair on the
+    training seeds both scores have, in the order of ``records``; the noise of a paired difference is pooled over
+    all of them (EvalPair)."""
+    if not spec.eval_pairs:
+        return []
+    fids = _fids_by_key(records)
+    found = []  # (variant, path, eval, reference, seeds)
+    for (variant, p, e), fid in fids.items():
+        ref = spec.eval_pairs.get(e)
+        if ref is not None and (seeds := tuple(sorted(set(fid) & set(fids.get((variant, p, ref), {}))))):
+            found.append((variant, p, e, ref, seeds))
+    sum_sq, df = 0.0, 0
+    for variant, p, e, ref, seeds in found:
+        if len(seeds) > 1:
+            sum_sq += statistics.variance([fids[variant, p, ref][s] - fids[variant, p, e][s] for s in seeds]) \
+                * (len(seeds) - 1)
+            df += len(seeds) - 1
+    sd = (sum_sq / df) ** 0.5 if df else None
+    return [EvalPair(variant, f"{p} / {e} vs {ref}", seeds, tuple(fids[variant, p, e][s] for s in seeds),
+                     tuple(fids[variant, p, ref][s] for s in seeds), sd, df)
+            for variant, p, e, ref, seeds in found]
+
+
 def _paired_rows(pairs: list[LeaveOneOut]) -> list[str]:
     """A table row per pair: its change, path / eval, the mean FID with and without it, the mean of the paired
     differences (without - with; each seed's too when there are several), twice its standard error, the seeds."""
@@ -277,9 +317,10 @@ _TWO_SE_WORDS = ("2 SE: twice the standard error of that mean, from the seed-to-
                  "brackets; — before any has two): a difference within it is no more than seed noise.")
 
 
-def _pairs(spec, records: list[dict]) -> tuple[list[LeaveOneOut], list[LeaveOneOut]]:
-    """(baseline_pairs, leave_one_out_pairs): built once for a stage's tables and plots (write_results)."""
-    return baseline_pairs(spec, records), leave_one_out_pairs(spec, records)
+def _pairs(spec, records: list[dict]) -> tuple[list[LeaveOneOut], list[LeaveOneOut], list[EvalPair]]:
+    """(baseline_pairs, leave_one_out_pairs, eval_pairs): built once for a stage's tables and plots
+    (write_results)."""
+    return baseline_pairs(spec, records), leave_one_out_pairs(spec, records), eval_pairs(spec, records)
 
 
 def _baseline_lines(spec, pairs: list[LeaveOneOut]) -> list[str]:
@@ -307,6 +348,22 @@ def _leave_one_out_lines(pairs: list[LeaveOneOut]) -> list[str]:
                 "combination's, paired by training seed; positive: the change helps on top of the others. "
             + _TWO_SE_WORDS, "",
             "| left out | path | with it | without it | without - with (each seed) | 2 SE | seeds |",
+            "|---|---|---|---|---|---|---|", *rows]
+
+
+def _eval_pair_lines(pairs: list[EvalPair]) -> list[str]:
+    """The table of eval_pairs."""
+    rows = _paired_rows(pairs)
+    if not rows:
+        return []
+    return ["", "Against the reference evals (`eval_pairs`): each eval's FID against its reference eval's on the "
+                "same trainings, the reference's minus the eval's, paired by training seed; positive: the eval is "
+                "better. 2 SE: twice the standard error of that mean, from the standard deviation of a paired "
+                "difference pooled over this file's eval pairs with two or more seeds (its degrees of freedom in "
+                "brackets; — before any has two). Two evals of one training share its luck, so the seed-to-seed "
+                "spread of FID would overstate this noise.", "",
+            "| variant | path / eval vs reference | eval's FID | reference's FID | reference - eval (each seed) | 2 SE | "
+            "seeds |",
             "|---|---|---|---|---|---|---|", *rows]
 
 
@@ -465,34 +522,46 @@ def plot_results(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut], against_baseline: bool = False) -> Path:
-    """A row per (change, path / eval): each training seed's FID without the change minus with it as a point, their
-    mean as a bar, zero as a line, and as a grey band plus or minus twice the mean's standard error from the
-    stage's pooled seed noise (LeaveOneOut.two_se, where known): a mean inside the band is no more than noise.
-    ``against_baseline``: the pairs are baseline_pairs (each variant against the baseline), labelled so."""
+# plot_paired's kinds: (a row's label, the x axis's label, the band's label)
+_PAIR_PLOTS = {
+    "leave_one_out": (lambda p: f"without {p.left_out} / {p.label}",
+                      "FID without the change - FID with it (positive: the change helps)",
+                      "± 2 SE (pooled seed noise)"),
+    "baseline": (lambda p: f"{p.left_out} / {p.label}",
+                 "baseline's FID - the variant's (positive: the variant is better)", "± 2 SE (pooled seed noise)"),
+    "evals": (lambda p: f"{p.left_out} / {p.label}",
+              "reference eval's FID - the eval's (positive: the eval is better)",
+              "± 2 SE (pooled noise of a paired difference)"),
+}
+
+
+def plot_paired(path: Path, pairs: list[LeaveOneOut], kind: str = "leave_one_out") -> Path:
+    """A row per pair: each training seed's paired difference as a point, their mean as a bar, zero as a line, and
+    as a grey band plus or minus twice the mean's standard error (the pair's two_se, where known): a mean inside
+    the band is no more than noise. ``kind``: leave_one_out (leave_one_out_pairs), baseline (baseline_pairs) or
+    evals (eval_pairs), which label the rows and axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    row_label, x_label, band_label = _PAIR_PLOTS[kind]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(pairs) + 1.8), constrained_layout=True)
     banded = False
     for row, pair in enumerate(pairs):
         band = pair.two_se
         if band:
             ax.barh(row, 2 * band, left=-band, height=0.7, color="0.88", zorder=1,
-                    label=None if banded else "± 2 SE (pooled seed noise)")
+                    label=None if banded else band_label)
             banded = True
         ax.barh(row, statistics.mean(pair.diffs), height=0.35, color="tab:blue", zorder=2,
                 label="mean" if row == 0 else None)
         ax.scatter(pair.diffs, [row] * len(pair.diffs), color="black", s=14, zorder=3,
                    label="each training seed" if row == 0 else None)
     ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_yticks(range(len(pairs)), [f"{p.left_out} / {p.label}" if against_baseline
-                                      else f"without {p.left_out} / {p.label}" for p in pairs], fontsize=8)
+    ax.set_yticks(range(len(pairs)), [row_label(p) for p in pairs], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("baseline's FID - the variant's (positive: the variant is better)" if against_baseline
-                  else "FID without the change - FID with it (positive: the change helps)")
+    ax.set_xlabel(x_label)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -502,15 +571,17 @@ def plot_leave_one_out(path: Path, pairs: list[LeaveOneOut], against_baseline: b
 def write_results(out: Path, spec, scorer: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = read_scores(out, spec)
-    baseline, leave_one_out = pairs = _pairs(spec, records)
+    baseline, leave_one_out, evals = pairs = _pairs(spec, records)
     paths = [write_csv(out / "results.csv", records, spec.time_to_fid),
              write_markdown(out / "results.md", spec, records, scorer, pairs)]
     if records:
         paths.append(plot_results(out / "results.png", records))
     if baseline:
-        paths.append(plot_leave_one_out(out / "results_against_baseline.png", baseline, against_baseline=True))
+        paths.append(plot_paired(out / "results_against_baseline.png", baseline, "baseline"))
     if leave_one_out:
-        paths.append(plot_leave_one_out(out / "results_leave_one_out.png", leave_one_out))
+        paths.append(plot_paired(out / "results_leave_one_out.png", leave_one_out))
+    if evals:
+        paths.append(plot_paired(out / "results_evals.png", evals, "evals"))
     if any(r.get("eval_curve") for r in records):
         paths.append(plot_curves(out / "results_curves.png", records, spec.time_to_fid))
     return paths
