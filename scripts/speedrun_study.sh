@@ -12,7 +12,11 @@
 #                                     off (--deadline-s SECONDS - 10: the next command scores it); exit 3 = run
 #                                     it again
 #   scripts/speedrun_study.sh collect STUDY DEST                             DEST/stages.md and one archive
-#                                                                            DEST/speedrun_study_files.tgz
+#                                                                            DEST/speedrun_study_files.tgz; a
+#                                                                            folder of a file without stages
+#                                                                            (another ablation's --out: the time
+#                                                                            to quality, the guidance study):
+#                                                                            DEST/NAME_files.tgz, NAME its own
 #   scripts/speedrun_study.sh restore TGZ STUDY                              a collected archive's scores back
 #   scripts/speedrun_study.sh merge   OLD.tgz NEW.tgz OUT.tgz                the archive to commit after a session:
 #                                                                            NEW, with OLD's runs that NEW lacks
@@ -45,23 +49,33 @@ case "$stage" in
     exit "$code" ;;
   collect)
     # Two files (a device call returns only a few): stages.md, and one archive of every stage's results
-    # table / csv / plots, score files, grids, failure records, run summaries and metrics. The results tables
-    # also go to stdout.
+    # table / csv / plots, score files, grids, failure records, run summaries, metrics and configs. The results
+    # tables also go to stdout. A folder without stages (results.md at its top) has its own archive name.
     study=$1 dest=$(mkdir -p "$2" && cd "$2" && pwd)  # absolute: tar runs inside STUDY
     cp "$study"/stages.md "$dest"/ 2>/dev/null || true
-    files=$(cd "$study" && ls -d stages.md */results.md */results.csv */results*.png */scores */grids */failed \
-      */runs/*/summary.json */runs/*/metrics.jsonl 2>/dev/null || true)
-    if [ -n "$files" ]; then (cd "$study" && tar -czf "$dest/speedrun_study_files.tgz" $files); else
+    if [ -f "$study/results.md" ] || [ -d "$study/scores" ]; then
+      prefix="" archive="$(basename "$(cd "$study" && pwd)")_files.tgz"
+    else
+      prefix="*/" archive=speedrun_study_files.tgz
+    fi
+    files=$(cd "$study" && ls -d stages.md ${prefix}results.md ${prefix}results.csv ${prefix}results*.png \
+      ${prefix}scores ${prefix}grids ${prefix}failed ${prefix}runs/*/summary.json ${prefix}runs/*/metrics.jsonl \
+      ${prefix}runs/*/config.yaml 2>/dev/null || true)
+    if [ -n "$files" ]; then (cd "$study" && tar -czf "$dest/$archive" $files); else
       echo "collect: nothing in $study yet"; fi
-    for s in "$study"/*/results.md; do [ -f "$s" ] && { echo "== $s"; cat "$s"; }; done
+    for s in "$study"/${prefix}results.md; do [ -f "$s" ] && { echo "== $s"; cat "$s"; }; done
     true ;;
   restore)
     # On a fresh machine: put the score files (and grids) of an earlier machine's collect back into STUDY;
     # `run` then skips every score that exists. A variant with some of its scores missing is trained again.
+    # Either kind of archive: a study's (STAGE/scores/...) or a folder's without stages (scores/...).
     tgz=$1 study=$2
     mkdir -p "$study"
-    tar -xzf "$tgz" -C "$study" --wildcards '*/scores/*' '*/grids/*' 2>/dev/null ||
-      tar -xzf "$tgz" -C "$study" --wildcards '*/scores/*'
+    prefix="*/"
+    # (grep reads the whole listing: with -q it would stop early, and pipefail would count tar's broken pipe)
+    if tar -tzf "$tgz" | grep '^scores/' > /dev/null; then prefix=""; fi
+    tar -xzf "$tgz" -C "$study" --wildcards "${prefix}scores/*" "${prefix}grids/*" 2>/dev/null ||
+      tar -xzf "$tgz" -C "$study" --wildcards "${prefix}scores/*"
     echo "{\"restored_scores\": $(find "$study" -path '*/scores/*.json' | wc -l)}" ;;
   pack)
     # Every run folder stopped at a checkpoint (checkpoints/latest, no summary.json) with its latest checkpoint,

@@ -122,3 +122,39 @@ def test_merge_keeps_the_new_archive_and_adds_the_old_runs_it_lacks(tmp_path):
                    "final/results.md": ("table", 201)}
     restored = study_script("restore", str(out), str(tmp_path / "study"))  # what the next machine does with it
     assert json.loads(restored.stdout) == {"restored_scores": 2}
+
+
+def test_collect_and_restore_take_a_folder_without_stages(tmp_path):
+    """Another ablation's --out (the time to quality, the guidance study: results.md at its top): collect archives
+    its tables, scores, grids, failures and runs' summaries, metrics and configs as NAME_files.tgz (never a
+    checkpoint), and restore puts its scores and grids back; a study's stage folders keep their archive name."""
+    folder = tmp_path / "guidance"
+    for name in ("results.md", "results.csv", "results.png", "results_evals.png", "scores/preset-s2__default__cfg.json",
+                 "grids/preset-s2__default__cfg.png", "runs/preset-s2/summary.json", "runs/preset-s2/metrics.jsonl",
+                 "runs/preset-s2/config.yaml", "runs/preset-s2/checkpoints/step_00000009/state.pt",
+                 "runs/preset-s2/checkpoints/latest"):
+        write(folder / name, name)
+    done = study_script("collect", str(folder), str(tmp_path / "back"))
+    assert done.returncode == 0, done.stderr
+    assert "== " in done.stdout and "results.md" in done.stdout
+    with tarfile.open(tmp_path / "back" / "guidance_files.tgz") as tar:
+        names = {n for n in tar.getnames() if "." in Path(n).name}
+    assert names == {"results.md", "results.csv", "results.png", "results_evals.png",
+                     "scores/preset-s2__default__cfg.json", "grids/preset-s2__default__cfg.png",
+                     "runs/preset-s2/summary.json", "runs/preset-s2/metrics.jsonl", "runs/preset-s2/config.yaml"}
+    fresh = tmp_path / "fresh"
+    done = study_script("restore", str(tmp_path / "back" / "guidance_files.tgz"), str(fresh))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"restored_scores": 1}
+    assert (fresh / "grids" / "preset-s2__default__cfg.png").is_file() and not (fresh / "runs").exists()
+
+    study = tmp_path / "study"
+    write(study / "final" / "results.md", "final")
+    write(study / "final" / "scores" / "a-s0__default__cfg.json", "{}")
+    write(study / "ref_train.npz", "stats")
+    assert study_script("collect", str(study), str(tmp_path / "back2")).returncode == 0
+    with tarfile.open(tmp_path / "back2" / "speedrun_study_files.tgz") as tar:
+        assert {n for n in tar.getnames() if "." in Path(n).name} == {"final/results.md",
+                                                                      "final/scores/a-s0__default__cfg.json"}
+    done = study_script("restore", str(tmp_path / "back2" / "speedrun_study_files.tgz"), str(tmp_path / "fresh2"))
+    assert json.loads(done.stdout) == {"restored_scores": 1}
