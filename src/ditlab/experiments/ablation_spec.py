@@ -46,7 +46,7 @@ Without ``stages`` the ``budget`` section is the one budget.
 
 ``baseline``: the variant the others are measured against: results.md gets a table (and
 results_against_baseline.png) of each variant's FID gain over it, paired by training seed, with twice its
-standard error from the pooled seed noise (ditlab.experiments.results), in every stage that trains it. A variant
+standard error from the pooled seed noise (ditlab.experiments.pairs), in every stage that trains it. A variant
 with ``against_baseline: false`` stays out of that table (a helper run whose FID does not compare: LIFT's
 16x16 ``baseline_lo``).
 

@@ -1,12 +1,11 @@
-"""The ablation's tables and plot, from the per-(variant, seed, path) score files.
+"""The ablation's tables, from the per-(variant, seed, path, eval) score files (score_records).
 
 results.csv has one row per score; results.md a table of FID per (variant, path, eval), the mean over
-training seeds with each seed's value when there are several; results.png a bar chart of it. Runs that
+training seeds with each seed's value when there are several, then the paired comparisons (pairs: each variant
+against the baseline, what each change of a combination adds, each eval against its reference eval). Runs that
 measured FID during training (budget eval_every) add time-to-FID columns (the training seconds at which the
-in-training FID first reached each of the file's time_to_fid values; mean over the seeds that reached it)
-and results_curves.png, FID against training time. A stage that trained a combination without each of its
-variants (leave_one_out: combo_STAGE_without_NAME) adds a table of what each change adds, paired by seed, and
-results_leave_one_out.png, each seed's difference beside the seed noise pooled over the stage.
+in-training FID first reached each of the file's time_to_fid values; mean over the seeds that reached it).
+write_results writes the tables and the plots (results_plots) of a folder.
 """
 from __future__ import annotations
 
@@ -14,40 +13,17 @@ import csv
 import json
 import statistics
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+
+from ditlab.experiments.pairs import EvalPair, LeaveOneOut, baseline_pairs, eval_pairs, leave_one_out_pairs
+from ditlab.experiments.results_plots import plot_curves, plot_paired, plot_results
+from ditlab.experiments.score_records import group_by_pair, read_scores, score_key
 
 CSV_COLUMNS = ("variant", "seed", "path", "eval", "fid", "nfe", "sampler", "steps", "cfg_scale", "cfg_interval",
                "num_samples", "sample_seed", "train_steps", "train_images", "train_seconds", "params",
                "gflops_per_image", "task", "overrides", "command_overrides", "machine", "note")
 LIST_COLUMNS = ("overrides", "command_overrides")  # written space-separated, as on a command line
 NOT_MEASURED = "n/a"  # time to FID of a score that FID during training did not measure (another eval or path)
-
-
-def read_scores(out: Path, spec) -> list[dict]:
-    """Score records in the order of the ablation file (variants, then paths, then seeds)."""
-    records = [json.loads(p.read_text()) for p in sorted((out / "scores").glob("*.json"))]
-    for r in records:
-        r.setdefault("eval", "")  # score files of before named evals
-    order = {(v.name, p, e): (i, j) for i, v in enumerate(spec.variants) for j, (p, e, _) in enumerate(spec.scores_of(v))}
-    known = [r for r in records if _key(r) in order]
-    curve_keys = {(v.name, "default", spec.curve_eval(v)) for v in spec.variants}
-    for r in known:
-        if _key(r) not in curve_keys:  # the curve sampled another eval's settings: its times are not this score's
-            r.pop("time_to_fid", None)  # (score files of before 2026-12-07 carry them in every score of a run)
-    return sorted(known, key=lambda r: (*order[_key(r)], r["seed"]))
-
-
-def _key(r: dict) -> tuple[str, str, str]:
-    return r["variant"], r["path"], r.get("eval", "")
-
-
-def group_by_pair(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
-    """[(variant, "path" or "path / eval", records of its seeds)] in the records' order."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault(_key(r), []).append(r)
-    return [(v, f"{p} / {e}" if e else p, rs) for (v, p, e), rs in groups.items()]
 
 
 def _fmt_time(rs: list[dict], threshold: str) -> str:
@@ -147,7 +123,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
     lines += _leave_one_out_lines(leave_one_out)
     lines += _eval_pair_lines(evals)
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
-               if not any(_key(r) == (v.name, p, e) for r in records)]
+               if not any(score_key(r) == (v.name, p, e) for r in records)]
     if missing:
         lines += ["", f"Not scored yet: {', '.join(f'{v}/{p}' + (f'/{e}' if e else '') for v, p, e in missing)}."]
     failed = _failures(path.parent, spec)
@@ -156,146 +132,6 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
                   + "; ".join(f"{name}: {error}" for name, error in failed) + "."]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@dataclass(frozen=True)
-class LeaveOneOut:
-    """One change on one (path, eval), paired by training seed: the FIDs with and without it on the seeds both
-    runs have, and the seed noise of the stage there (``seed_sd``: the seed-to-seed standard deviation pooled over
-    the stage's variants with two or more seeds on that path / eval, ``seed_df`` its degrees of freedom; None, 0
-    without such a variant). The change is one of a combination's (leave_one_out_pairs: ``without`` is the
-    combination less it) or a whole variant's overrides (baseline_pairs: ``without`` is the baseline)."""
-    left_out: str  # the change: the variant left out of the combination, or the variant against the baseline
-    label: str  # "path" or "path / eval"
-    seeds: tuple[int, ...]
-    with_it: tuple[float, ...]
-    without: tuple[float, ...]
-    seed_sd: float | None = None
-    seed_df: int = 0
-
-    @property
-    def diffs(self) -> tuple[float, ...]:
-        """Without minus with, per seed: positive means the change helps on top of the rest."""
-        return tuple(w - c for w, c in zip(self.without, self.with_it))
-
-    @property
-    def two_se(self) -> float | None:
-        """Twice the standard error of the mean difference: two runs of n seeds each, with the pooled seed
-        standard deviation, differ by sd * sqrt(2 / n) (cautious: runs of one seed may share their data order, and
-        then a paired difference varies less). A mean difference within it is no more than seed noise."""
-        return None if self.seed_sd is None else 2.0 * self.seed_sd * (2.0 / len(self.seeds)) ** 0.5
-
-
-@dataclass(frozen=True)
-class EvalPair(LeaveOneOut):
-    """One eval of a variant against its reference eval (``eval_pairs:``) on the same trainings, paired by training
-    seed: ``left_out`` is the variant, ``with_it`` the eval's FIDs and ``without`` the reference's, so ``diffs`` is
-    the reference's FID minus the eval's (positive: the eval is better). Two evals of one training share that
-    training's luck, which the seed-to-seed spread of FID (LeaveOneOut's noise) counts in full: here ``seed_sd`` is
-    the standard deviation of a paired difference itself, pooled over the file's eval pairs with two or more seeds
-    (``seed_df`` its degrees of freedom)."""
-
-    @property
-    def two_se(self) -> float | None:
-        """Twice the standard error of the mean of n paired differences: sd / sqrt(n), doubled."""
-        return None if self.seed_sd is None else 2.0 * self.seed_sd / len(self.seeds) ** 0.5
-
-
-def pooled_seed_sd(records: list[dict]) -> dict[str, tuple[float, int]]:
-    """"path" or "path / eval" (group_by_pair's label) -> (the seed-to-seed standard deviation of FID pooled over
-    the variants that have two or more training seeds there, its degrees of freedom: the sum of each variant's
-    seeds less one)."""
-    sums: dict[str, list[float]] = {}
-    for _, label, rs in group_by_pair(records):
-        if len(rs) > 1:
-            acc = sums.setdefault(label, [0.0, 0])
-            acc[0] += statistics.variance([r["fid"] for r in rs]) * (len(rs) - 1)
-            acc[1] += len(rs) - 1
-    return {label: ((ss / df) ** 0.5, df) for label, (ss, df) in sums.items()}
-
-
-def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
-    """For each variant of the file that is a combination without one of its changes (``Variant.left_out_of``, set
-    by ditlab.experiments.promotion.leave_one_out) and each (path, eval) both it and the combination have scores of,
-    the pair on the seeds both have, with the seed noise pooled over all of ``records``. Empty without such
-    variants."""
-    fids = _fids_by_key(records)
-    noise = pooled_seed_sd(records)
-    pairs = []
-    for v in spec.variants:
-        if not v.left_out_of:
-            continue
-        combo, gone = v.left_out_of
-        for (variant, p, e), without in fids.items():
-            if variant == v.name:
-                pairs.append(_paired(gone, p, e, fids.get((combo, p, e), {}), without, noise))
-    return [pair for pair in pairs if pair]
-
-
-def _fids_by_key(records: list[dict]) -> dict[tuple[str, str, str], dict[int, float]]:
-    """(variant, path, eval) -> {training seed: FID}."""
-    fids: dict[tuple[str, str, str], dict[int, float]] = {}
-    for r in records:
-        fids.setdefault(_key(r), {})[r["seed"]] = r["fid"]
-    return fids
-
-
-def _paired(change: str, path: str, eval_name: str, with_it: dict[int, float], without: dict[int, float],
-            noise: dict[str, tuple[float, int]]) -> LeaveOneOut | None:
-    """The pair on the training seeds both sides have (None without any), with the pooled seed noise of its
-    path / eval."""
-    seeds = tuple(sorted(set(without) & set(with_it)))
-    if not seeds:
-        return None
-    label = f"{path} / {eval_name}" if eval_name else path
-    sd, df = noise.get(label, (None, 0))
-    return LeaveOneOut(change, label, seeds, tuple(with_it[s] for s in seeds), tuple(without[s] for s in seeds),
-                       sd, df)
-
-
-def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
-    """With ``spec.baseline`` set: for every other variant and each of its (path, eval) scores, the variant (with
-    its changes) against the baseline (without them) on the training seeds both have, with the seed noise pooled
-    over ``records``. The baseline's score on the same path and eval is the reference, or, where the baseline has
-    one path (a single-scale baseline beside LIFT's paths), its score on that path and the eval. Variants with
-    ``against_baseline: false`` are left out of both the pairs and the pooled noise."""
-    if not spec.baseline:
-        return []
-    fids = _fids_by_key(records)
-    base_paths = {p for v, p, _ in fids if v == spec.baseline}
-    left_out = set(spec.apart_from_baseline())
-    # nor in the seed noise: an FID on another scale (16x16 samples against the 32x32 reference) has its own
-    noise = pooled_seed_sd([r for r in records if r["variant"] not in left_out])
-    pairs = []
-    for (variant, p, e), with_it in fids.items():
-        if variant != spec.baseline and variant not in left_out:
-            ref_path = p if p in base_paths or len(base_paths) != 1 else next(iter(base_paths))
-            pairs.append(_paired(variant, p, e, with_it, fids.get((spec.baseline, ref_path, e), {}), noise))
-    return [pair for pair in pairs if pair]
-
-
-def eval_pairs(spec, records: list[dict]) -> list[EvalPair]:
-    """For each (variant, path) scored on both an eval of ``spec.eval_pairs`` and its reference, the pair on the
-    training seeds both scores have, in the order of ``records``; the noise of a paired difference is pooled over
-    all of them (EvalPair)."""
-    if not spec.eval_pairs:
-        return []
-    fids = _fids_by_key(records)
-    found = []  # (variant, path, eval, reference, seeds)
-    for (variant, p, e), fid in fids.items():
-        ref = spec.eval_pairs.get(e)
-        if ref is not None and (seeds := tuple(sorted(set(fid) & set(fids.get((variant, p, ref), {}))))):
-            found.append((variant, p, e, ref, seeds))
-    sum_sq, df = 0.0, 0
-    for variant, p, e, ref, seeds in found:
-        if len(seeds) > 1:
-            sum_sq += statistics.variance([fids[variant, p, ref][s] - fids[variant, p, e][s] for s in seeds]) \
-                * (len(seeds) - 1)
-            df += len(seeds) - 1
-    sd = (sum_sq / df) ** 0.5 if df else None
-    return [EvalPair(variant, f"{p} / {e} vs {ref}", seeds, tuple(fids[variant, p, e][s] for s in seeds),
-                     tuple(fids[variant, p, ref][s] for s in seeds), sd, df)
-            for variant, p, e, ref, seeds in found]
 
 
 def _paired_rows(pairs: list[LeaveOneOut]) -> list[str]:
@@ -453,119 +289,6 @@ def _settings(s) -> str:
     if getattr(s, "ema_sigma_rel", 0.0):
         shift += f", post-hoc EMA sigma_rel {s.ema_sigma_rel:g}"
     return f"{s.sampler} {s.steps} steps" + (f" eta {s.eta:g}" if s.eta else "") + shift + f", {guide}"
-
-
-def plot_curves(path: Path, records: list[dict], thresholds=()) -> Path:
-    """FID during training against training seconds, one line per (variant, seed), one colour per variant, and a
-    dotted line at each time-to-FID threshold (where a curve crosses one is the time the table gives)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    colours: dict[str, str] = {}
-    seen = set()
-    for r in records:
-        key = (r["variant"], r["seed"])
-        if not r.get("eval_curve") or key in seen:  # the curve is the run's: once per run, not per path/eval
-            continue
-        seen.add(key)
-        first = r["variant"] not in colours  # one legend entry per variant
-        colour = colours.setdefault(r["variant"], f"C{len(colours) % 10}")
-        secs, fids = [c[0] for c in r["eval_curve"]], [c[2] for c in r["eval_curve"]]
-        ax.plot(secs, fids, marker="o", ms=3, color=colour, label=r["variant"] if first else None)
-    ax.set_yscale("log")
-    low, high = ax.get_ylim()
-    for t in thresholds:
-        if low <= t <= high:
-            ax.axhline(t, color="grey", lw=0.8, ls=":")
-            ax.annotate(f"FID {t:g}", (1.0, t), xycoords=("axes fraction", "data"), xytext=(-4, 2),
-                        textcoords="offset points", ha="right", fontsize=7, color="grey")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 6, 8, 10 rather than 6x10^0 on a narrow log axis
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.set_xlabel("training seconds (evaluation excluded)")
-    ax.set_ylabel("FID during training")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_results(path: Path, records: list[dict]) -> Path:
-    """A bar per (variant, path / eval): the mean FID over the training seeds, their standard deviation as the
-    error bar and each seed's value as a point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = group_by_pair(records)
-    labels = [f"{v} / {p}" for v, p, _ in groups]
-    means = [statistics.mean(r["fid"] for r in rs) for _, _, rs in groups]
-    errs = [statistics.stdev([r["fid"] for r in rs]) if len(rs) > 1 else 0.0 for _, _, rs in groups]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(labels), 1) + 1.2), constrained_layout=True)
-    ax.barh(range(len(labels)), means, xerr=errs, color="tab:blue")
-    # each training seed's own value: with two seeds a standard deviation says little, the two points more
-    seeds = [(r["fid"], i) for i, (_, _, rs) in enumerate(groups) if len(rs) > 1 for r in rs]
-    if seeds:
-        ax.scatter(*zip(*seeds), color="black", s=12, zorder=3, label="each training seed")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("FID (lower is better)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-# plot_paired's kinds: (a row's label, the x axis's label, the band's label)
-_PAIR_PLOTS = {
-    "leave_one_out": (lambda p: f"without {p.left_out} / {p.label}",
-                      "FID without the change - FID with it (positive: the change helps)",
-                      "± 2 SE (pooled seed noise)"),
-    "baseline": (lambda p: f"{p.left_out} / {p.label}",
-                 "baseline's FID - the variant's (positive: the variant is better)", "± 2 SE (pooled seed noise)"),
-    "evals": (lambda p: f"{p.left_out} / {p.label}",
-              "reference eval's FID - the eval's (positive: the eval is better)",
-              "± 2 SE (pooled noise of a paired difference)"),
-}
-
-
-def plot_paired(path: Path, pairs: list[LeaveOneOut], kind: str = "leave_one_out") -> Path:
-    """A row per pair: each training seed's paired difference as a point, their mean as a bar, zero as a line, and
-    as a grey band plus or minus twice the mean's standard error (the pair's two_se, where known): a mean inside
-    the band is no more than noise. ``kind``: leave_one_out (leave_one_out_pairs), baseline (baseline_pairs) or
-    evals (eval_pairs), which label the rows and axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    row_label, x_label, band_label = _PAIR_PLOTS[kind]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(pairs) + 1.8), constrained_layout=True)
-    banded = False
-    for row, pair in enumerate(pairs):
-        band = pair.two_se
-        if band:
-            ax.barh(row, 2 * band, left=-band, height=0.7, color="0.88", zorder=1,
-                    label=None if banded else band_label)
-            banded = True
-        ax.barh(row, statistics.mean(pair.diffs), height=0.35, color="tab:blue", zorder=2,
-                label="mean" if row == 0 else None)
-        ax.scatter(pair.diffs, [row] * len(pair.diffs), color="black", s=14, zorder=3,
-                   label="each training seed" if row == 0 else None)
-    ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_yticks(range(len(pairs)), [row_label(p) for p in pairs], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(x_label)
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_results(out: Path, spec, scorer: dict) -> list[Path]:

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant, check_stage_evals
 from ditlab.experiments.build_check import DataFacts
 from ditlab.experiments.promotion import promoted
-from ditlab.experiments.results import read_scores
+from ditlab.experiments.score_records import read_scores
 
 EXIT_MORE_TO_DO = 3
 

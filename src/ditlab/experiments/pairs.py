@@ -1,0 +1,149 @@
+"""Paired comparisons of an ablation's scores, by training seed: what each change of a combination adds (leave
+one out), each variant against the baseline, each eval against its reference eval on the same trainings; each
+with twice the standard error of its mean difference, from the noise pooled over the stage's scores."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from ditlab.experiments.score_records import group_by_pair, score_key
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """One change on one (path, eval), paired by training seed: the FIDs with and without it on the seeds both
+    runs have, and the seed noise of the stage there (``seed_sd``: the seed-to-seed standard deviation pooled over
+    the stage's variants with two or more seeds on that path / eval, ``seed_df`` its degrees of freedom; None, 0
+    without such a variant). The change is one of a combination's (leave_one_out_pairs: ``without`` is the
+    combination less it) or a whole variant's overrides (baseline_pairs: ``without`` is the baseline)."""
+    left_out: str  # the change: the variant left out of the combination, or the variant against the baseline
+    label: str  # "path" or "path / eval"
+    seeds: tuple[int, ...]
+    with_it: tuple[float, ...]
+    without: tuple[float, ...]
+    seed_sd: float | None = None
+    seed_df: int = 0
+
+    @property
+    def diffs(self) -> tuple[float, ...]:
+        """Without minus with, per seed: positive means the change helps on top of the rest."""
+        return tuple(w - c for w, c in zip(self.without, self.with_it))
+
+    @property
+    def two_se(self) -> float | None:
+        """Twice the standard error of the mean difference: two runs of n seeds each, with the pooled seed
+        standard deviation, differ by sd * sqrt(2 / n) (cautious: runs of one seed may share their data order, and
+        then a paired difference varies less). A mean difference within it is no more than seed noise."""
+        return None if self.seed_sd is None else 2.0 * self.seed_sd * (2.0 / len(self.seeds)) ** 0.5
+
+
+@dataclass(frozen=True)
+class EvalPair(LeaveOneOut):
+    """One eval of a variant against its reference eval (``eval_pairs:``) on the same trainings, paired by training
+    seed: ``left_out`` is the variant, ``with_it`` the eval's FIDs and ``without`` the reference's, so ``diffs`` is
+    the reference's FID minus the eval's (positive: the eval is better). Two evals of one training share that
+    training's luck, which the seed-to-seed spread of FID (LeaveOneOut's noise) counts in full: here ``seed_sd`` is
+    the standard deviation of a paired difference itself, pooled over the file's eval pairs with two or more seeds
+    (``seed_df`` its degrees of freedom)."""
+
+    @property
+    def two_se(self) -> float | None:
+        """Twice the standard error of the mean of n paired differences: sd / sqrt(n), doubled."""
+        return None if self.seed_sd is None else 2.0 * self.seed_sd / len(self.seeds) ** 0.5
+
+
+def pooled_seed_sd(records: list[dict]) -> dict[str, tuple[float, int]]:
+    """"path" or "path / eval" (group_by_pair's label) -> (the seed-to-seed standard deviation of FID pooled over
+    the variants that have two or more training seeds there, its degrees of freedom: the sum of each variant's
+    seeds less one)."""
+    sums: dict[str, list[float]] = {}
+    for _, label, rs in group_by_pair(records):
+        if len(rs) > 1:
+            acc = sums.setdefault(label, [0.0, 0])
+            acc[0] += statistics.variance([r["fid"] for r in rs]) * (len(rs) - 1)
+            acc[1] += len(rs) - 1
+    return {label: ((ss / df) ** 0.5, df) for label, (ss, df) in sums.items()}
+
+
+def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
+    """For each variant of the file that is a combination without one of its changes (``Variant.left_out_of``, set
+    by ditlab.experiments.promotion.leave_one_out) and each (path, eval) both it and the combination have scores of,
+    the pair on the seeds both have, with the seed noise pooled over all of ``records``. Empty without such
+    variants."""
+    fids = _fids_by_key(records)
+    noise = pooled_seed_sd(records)
+    pairs = []
+    for v in spec.variants:
+        if not v.left_out_of:
+            continue
+        combo, gone = v.left_out_of
+        for (variant, p, e), without in fids.items():
+            if variant == v.name:
+                pairs.append(_paired(gone, p, e, fids.get((combo, p, e), {}), without, noise))
+    return [pair for pair in pairs if pair]
+
+
+def _fids_by_key(records: list[dict]) -> dict[tuple[str, str, str], dict[int, float]]:
+    """(variant, path, eval) -> {training seed: FID}."""
+    fids: dict[tuple[str, str, str], dict[int, float]] = {}
+    for r in records:
+        fids.setdefault(score_key(r), {})[r["seed"]] = r["fid"]
+    return fids
+
+
+def _paired(change: str, path: str, eval_name: str, with_it: dict[int, float], without: dict[int, float],
+            noise: dict[str, tuple[float, int]]) -> LeaveOneOut | None:
+    """The pair on the training seeds both sides have (None without any), with the pooled seed noise of its
+    path / eval."""
+    seeds = tuple(sorted(set(without) & set(with_it)))
+    if not seeds:
+        return None
+    label = f"{path} / {eval_name}" if eval_name else path
+    sd, df = noise.get(label, (None, 0))
+    return LeaveOneOut(change, label, seeds, tuple(with_it[s] for s in seeds), tuple(without[s] for s in seeds),
+                       sd, df)
+
+
+def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
+    """With ``spec.baseline`` set: for every other variant and each of its (path, eval) scores, the variant (with
+    its changes) against the baseline (without them) on the training seeds both have, with the seed noise pooled
+    over ``records``. The baseline's score on the same path and eval is the reference, or, where the baseline has
+    one path (a single-scale baseline beside LIFT's paths), its score on that path and the eval. Variants with
+    ``against_baseline: false`` are left out of both the pairs and the pooled noise."""
+    if not spec.baseline:
+        return []
+    fids = _fids_by_key(records)
+    base_paths = {p for v, p, _ in fids if v == spec.baseline}
+    left_out = set(spec.apart_from_baseline())
+    # nor in the seed noise: an FID on another scale (16x16 samples against the 32x32 reference) has its own
+    noise = pooled_seed_sd([r for r in records if r["variant"] not in left_out])
+    pairs = []
+    for (variant, p, e), with_it in fids.items():
+        if variant != spec.baseline and variant not in left_out:
+            ref_path = p if p in base_paths or len(base_paths) != 1 else next(iter(base_paths))
+            pairs.append(_paired(variant, p, e, with_it, fids.get((spec.baseline, ref_path, e), {}), noise))
+    return [pair for pair in pairs if pair]
+
+
+def eval_pairs(spec, records: list[dict]) -> list[EvalPair]:
+    """For each (variant, path) scored on both an eval of ``spec.eval_pairs`` and its reference, the pair on the
+    training seeds both scores have, in the order of ``records``; the noise of a paired difference is pooled over
+    all of them (EvalPair)."""
+    if not spec.eval_pairs:
+        return []
+    fids = _fids_by_key(records)
+    found = []  # (variant, path, eval, reference, seeds)
+    for (variant, p, e), fid in fids.items():
+        ref = spec.eval_pairs.get(e)
+        if ref is not None and (seeds := tuple(sorted(set(fid) & set(fids.get((variant, p, ref), {}))))):
+            found.append((variant, p, e, ref, seeds))
+    sum_sq, df = 0.0, 0
+    for variant, p, e, ref, seeds in found:
+        if len(seeds) > 1:
+            sum_sq += statistics.variance([fids[variant, p, ref][s] - fids[variant, p, e][s] for s in seeds]) \
+                * (len(seeds) - 1)
+            df += len(seeds) - 1
+    sd = (sum_sq / df) ** 0.5 if df else None
+    return [EvalPair(variant, f"{p} / {e} vs {ref}", seeds, tuple(fids[variant, p, e][s] for s in seeds),
+                     tuple(fids[variant, p, ref][s] for s in seeds), sd, df)
+            for variant, p, e, ref, seeds in found]
