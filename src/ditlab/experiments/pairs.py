@@ -3,7 +3,9 @@ one out), each variant against the baseline, each eval against its reference eva
 with twice the standard error of its mean difference, from the noise pooled over the stage's scores."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ditlab.experiments.score_records import group_by_pair, score_key
@@ -56,13 +58,20 @@ def pooled_seed_sd(records: list[dict]) -> dict[str, tuple[float, int]]:
     """"path" or "path / eval" (group_by_pair's label) -> (the seed-to-seed standard deviation of FID pooled over
     the variants that have two or more training seeds there, its degrees of freedom: the sum of each variant's
     seeds less one)."""
-    sums: dict[str, list[float]] = {}
+    by_label: dict[str, list[list[float]]] = {}
     for _, label, rs in group_by_pair(records):
-        if len(rs) > 1:
-            acc = sums.setdefault(label, [0.0, 0])
-            acc[0] += statistics.variance([r["fid"] for r in rs]) * (len(rs) - 1)
-            acc[1] += len(rs) - 1
-    return {label: ((ss / df) ** 0.5, df) for label, (ss, df) in sums.items()}
+        by_label.setdefault(label, []).append([r["fid"] for r in rs])
+    return {label: pooled for label, groups in by_label.items() if (pooled := _pooled_sd(groups))}
+
+
+def _pooled_sd(groups: Iterable[Sequence[float]]) -> tuple[float, int] | None:
+    """The standard deviation pooled over groups of values, each weighted by its size less one, and its degrees
+    of freedom (that weight's sum); None when no group has two values."""
+    groups = [g for g in groups if len(g) > 1]
+    df = sum(len(g) - 1 for g in groups)
+    if not df:
+        return None
+    return (sum(statistics.variance(g) * (len(g) - 1) for g in groups) / df) ** 0.5, df
 
 
 def leave_one_out_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
@@ -92,16 +101,15 @@ def _fids_by_key(records: list[dict]) -> dict[tuple[str, str, str], dict[int, fl
 
 
 def _paired(change: str, path: str, eval_name: str, with_it: dict[int, float], without: dict[int, float],
-            noise: dict[str, tuple[float, int]]) -> LeaveOneOut | None:
-    """The pair on the training seeds both sides have (None without any), with the pooled seed noise of its
-    path / eval."""
+            noise: dict[str, tuple[float, int]], kind: type[LeaveOneOut] = LeaveOneOut) -> LeaveOneOut | None:
+    """The pair (a ``kind``) on the training seeds both sides have (None without any), with the pooled seed noise
+    of its path / eval."""
     seeds = tuple(sorted(set(without) & set(with_it)))
     if not seeds:
         return None
     label = f"{path} / {eval_name}" if eval_name else path
     sd, df = noise.get(label, (None, 0))
-    return LeaveOneOut(change, label, seeds, tuple(with_it[s] for s in seeds), tuple(without[s] for s in seeds),
-                       sd, df)
+    return kind(change, label, seeds, tuple(with_it[s] for s in seeds), tuple(without[s] for s in seeds), sd, df)
 
 
 def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
@@ -132,18 +140,8 @@ def eval_pairs(spec, records: list[dict]) -> list[EvalPair]:
     if not spec.eval_pairs:
         return []
     fids = _fids_by_key(records)
-    found = []  # (variant, path, eval, reference, seeds)
-    for (variant, p, e), fid in fids.items():
-        ref = spec.eval_pairs.get(e)
-        if ref is not None and (seeds := tuple(sorted(set(fid) & set(fids.get((variant, p, ref), {}))))):
-            found.append((variant, p, e, ref, seeds))
-    sum_sq, df = 0.0, 0
-    for variant, p, e, ref, seeds in found:
-        if len(seeds) > 1:
-            sum_sq += statistics.variance([fids[variant, p, ref][s] - fids[variant, p, e][s] for s in seeds]) \
-                * (len(seeds) - 1)
-            df += len(seeds) - 1
-    sd = (sum_sq / df) ** 0.5 if df else None
-    return [EvalPair(variant, f"{p} / {e} vs {ref}", seeds, tuple(fids[variant, p, e][s] for s in seeds),
-                     tuple(fids[variant, p, ref][s] for s in seeds), sd, df)
-            for variant, p, e, ref, seeds in found]
+    pairs = [_paired(variant, p, f"{e} vs {ref}", fid, fids.get((variant, p, ref), {}), {}, EvalPair)
+             for (variant, p, e), fid in fids.items() if (ref := spec.eval_pairs.get(e)) is not None]
+    pairs = [pair for pair in pairs if pair]
+    sd, df = _pooled_sd([pair.diffs for pair in pairs]) or (None, 0)
+    return [dataclasses.replace(pair, seed_sd=sd, seed_df=df) for pair in pairs]
