@@ -147,6 +147,11 @@ class Trainer:
         self.step = 0
         self.last_loss = float("nan")
         self.segments: list[dict] = []  # the earlier training segments of a resumed run (summary.json, report)
+        # State of run()'s segment, None until run() starts it (save() and evaluate() may come before it)
+        self.clock: TrainingClock | None = None
+        self._segment_start: tuple[float, int] | None = None
+        self._compile_cache: str | None = None  # whether this machine had compiled the network: summary.json
+        self._stopped_early = False  # by train.eval_patience: summary.json says so
 
         self.data.to(self.device)  # e.g. uint8 images on the device: no loader in the hot loop
         self.train_model, self._loss_fn = self._wrap_for_training()  # DDP and torch.compile, as configured
@@ -359,7 +364,7 @@ class Trainer:
     def run_fraction(self) -> float:
         """Fraction of the run done: by steps, or by the time budget when that is nearer its end."""
         p = self.step / max(self.cfg.train.steps, 1)
-        clock = getattr(self, "clock", None)
+        clock = self.clock
         if clock is not None and clock.limit > 0 and clock.start is not None:
             p = max(p, clock.used() / clock.limit)
         return p
@@ -419,7 +424,7 @@ class Trainer:
         if self.evaluator is not None:
             value = self.evaluator()
             # The training clock's seconds at this step (evaluation excluded): time-to-metric curves.
-            seconds = self.clock.elapsed() if getattr(self, "clock", None) is not None else 0.0
+            seconds = self.clock.elapsed() if self.clock is not None else 0.0
             self.logger.log(self.step, {f"eval/{self.evaluator.name}": value, "eval/train_seconds": seconds})
             if self.evaluator.better(value, None if self.best is None else float(self.best["value"])):
                 name = f"step_{self.step:08d}"
@@ -455,7 +460,7 @@ class Trainer:
         return any_rank(self.dist, [spent], self.device)[0]
 
     def _say_stopped_early(self) -> None:
-        self._stopped_early = True  # summary.json says so
+        self._stopped_early = True
         best = self.best or {}  # rank 0's: the others print nothing
         self._say(f"ditlab: early stop at step {self.step}: {self.cfg.train.eval_metric} has not improved on its "
                   f"best ({best.get('value', float('nan')):.6g} at step {best.get('step')}) for "
@@ -589,13 +594,13 @@ class Trainer:
                    "batch_size": cfg.batch_size,
                    "device": str(self.device), "world_size": self.dist.world_size,
                    "parameters": sum(p.numel() for p in self.model.parameters())}
-        state = getattr(self, "_compile_cache", None)
+        state = self._compile_cache
         if state is not None:  # this segment's; a resumed run's earlier segments set up unrecorded
             summary["segment_compile_cache"] = state
             summary["compile_cache"] = state if len(segments) == 1 else "resumed"
         if self.best is not None:
             summary["best"] = self.best
-        if getattr(self, "_stopped_early", False):
+        if self._stopped_early:
             summary["stopped_early"] = {"step": self.step, "patience": cfg.eval_patience}
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -607,11 +612,11 @@ class Trainer:
     def _segments_now(self) -> list[dict]:
         """The training segments behind the current step: those of the checkpoint this run resumed from,
         then this process's (its wall time of the training loop so far)."""
-        if getattr(self, "_segment_start", None) is None:  # save() outside run()
+        if self._segment_start is None:  # save() outside run()
             return list(self.segments)
         t0, s0 = self._segment_start
         now = self._segment(s0, self.step, time.perf_counter() - t0, self.cfg.train.batch_size)
-        clock = getattr(self, "clock", None)
+        clock = self.clock
         if clock is not None:  # this segment's share of the time budget (what a resume continues from)
             now["timed_seconds"] = clock.used() - clock.offset
             now["timed_steps"] = clock.timed_steps
