@@ -67,6 +67,7 @@ class StepActions(NamedTuple):
     save: bool
     save_for_eval_only: bool  # a save only so that checkpoints/best can name this step: off the clock
     snapshot: bool  # power-EMA snapshots (ema.posthoc_sigma_rels)
+    last: bool  # the run's last step: train.steps reached or train.time_limit spent
 
 
 class NonFiniteLossError(RuntimeError):
@@ -439,9 +440,7 @@ class Trainer:
         saves before it evaluates, so a process killed during the evaluation (a signal's grace period is
         shorter than a FID) resumes from that step. The evaluation is done again first, so that no point of
         a time-to-metric curve goes missing. The same answer on every rank (rank 0 has the log)."""
-        cfg = self.cfg.train
-        every = cfg.eval_every
-        if not (every and self.step and (self.step % every == 0 or (cfg.eval_at_end and self._at_end()))):
+        if not (self.step and self._is_eval_step(self._at_end())):
             return False
         pending = self.evaluator is not None and not self._logged_evaluation(self.step)
         return any_rank(self.dist, [pending], self.device)[0]
@@ -465,6 +464,12 @@ class Trainer:
         self._say(f"ditlab: early stop at step {self.step}: {self.cfg.train.eval_metric} has not improved on its "
                   f"best ({best.get('value', float('nan')):.6g} at step {best.get('step')}) for "
                   f"{self.cfg.train.eval_patience} evaluations (train.eval_patience); checkpoints/best names it")
+
+    def _is_eval_step(self, last: bool) -> bool:
+        """Whether train.eval_every evaluates at this step: every eval_every steps, and at the run's ``last`` step
+        with train.eval_at_end."""
+        cfg = self.cfg.train
+        return bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or (last and cfg.eval_at_end))
 
     def _at_end(self) -> bool:
         """Whether the resumed step is the run's last: train.steps reached, or train.time_limit spent."""
@@ -530,7 +535,7 @@ class Trainer:
                     with self.clock.paused():
                         self.evaluate()
                     stopped_early = self._patience_spent()
-                    if stopped_early and not (self.step == cfg.steps or out_of_time):
+                    if stopped_early and not todo.last:
                         if self.posthoc is not None and not todo.snapshot:  # the run's end can be reconstructed
                             self.posthoc.write_snapshots(self.run_dir, self.step)
                         self._say_stopped_early()
@@ -555,7 +560,7 @@ class Trainer:
         cfg = self.cfg.train
         last = self.step == cfg.steps or out_of_time
         # An eval step saves first, so checkpoints/best always names a checkpoint of that step.
-        eval_now = bool(cfg.eval_every) and (self.step % cfg.eval_every == 0 or (last and cfg.eval_at_end))
+        eval_now = self._is_eval_step(last)
         save_anyway = self.step % cfg.ckpt_every == 0 or last or stop_now
         save_now = save_anyway or eval_now
         # Power-EMA snapshots: with every checkpoint (posthoc_every 0), else every posthoc_every steps and at
@@ -566,7 +571,7 @@ class Trainer:
         return StepActions(log=self.step % cfg.log_every == 0 or last,
                            sample=bool(cfg.sample_every) and self.step % cfg.sample_every == 0,
                            eval=eval_now, save=save_now, save_for_eval_only=eval_now and not save_anyway,
-                           snapshot=snapshot)
+                           snapshot=snapshot, last=last)
 
     def _write_summary(self, wall: float) -> None:
         """RUN/summary.json (rank 0): steps, loss, and wall time, throughput and epochs over every segment."""
