@@ -158,6 +158,12 @@ def test_training_stops_once_the_metric_has_not_improved_for_patience_evaluation
     sequence[:] = [1.0, 5.0, 5.0, 5.0]
     train(tiny_data, run, 10, "train.eval_every=1", "train.eval_patience=3", resume=True)
     assert evals(run)[5] == 1.0 and max(evals(run)) == 8 and sequence == []  # a new best at 5, then 3 without
+    # Patience spent at the run's last step is the run's end, not an early stop.
+    capsys.readouterr()
+    sequence[:] = [1.0, 2.0, 3.0]
+    train(tiny_data, tmp_path / "at_end", 3, "train.eval_every=1", "train.eval_patience=2")
+    assert sorted(evals(tmp_path / "at_end")) == [1, 2, 3] and "early stop" not in capsys.readouterr().out
+    assert "stopped_early" not in json.loads((tmp_path / "at_end" / "summary.json").read_text())
     sequence[:] = [3.0, 4.0, 5.0, 6.0]
     train(tiny_data, tmp_path / "never", 4, "train.eval_every=1")
     assert sorted(evals(tmp_path / "never")) == [1, 2, 3, 4]
