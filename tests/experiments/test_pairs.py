@@ -1,5 +1,7 @@
 """Paired comparisons of an ablation's scores (ditlab.experiments.pairs) and their tables in results.md: each
 change left out of a combination, each variant against the baseline, each eval against its reference eval."""
+import statistics
+
 import pytest
 
 from ditlab.experiments.ablation_spec import load_ablation
@@ -158,7 +160,7 @@ def _eval_pairs_file(tmp_path, pairs: str = "{cfg2: cfg, cfg2_all: cfg2}"):
 
 def test_an_eval_is_measured_against_its_reference_eval_paired_by_seed(tmp_path):
     """`eval_pairs: {EVAL: REFERENCE}`: results.md gets the reference's FID minus the eval's on the same trainings,
-    on the seeds both have, with 2 SE from the spread of the paired differences themselves (pooled over the pairs):
+    on the seeds both have, with 2 SE from the spread of the paired differences themselves (pooled per eval pair):
     sd / sqrt(n), not the seed-to-seed sd * sqrt(2 / n) of two separate trainings. Evals outside the mapping and
     variants without the eval have no row."""
     import dataclasses
@@ -171,19 +173,38 @@ def test_an_eval_is_measured_against_its_reference_eval_paired_by_seed(tmp_path)
     assert [(p.left_out, p.label, p.seeds) for p in pairs] == [
         ("v", "default / cfg2 vs cfg", (0, 1)), ("v", "default / cfg2_all vs cfg2", (0, 1))]
     assert pairs[0].diffs == pytest.approx((0.6, 0.5)) and pairs[1].diffs == pytest.approx((-1.1, -1.0))
-    # both pairs' differences have variance 0.005 (1 df each): pooled sd 0.0707, 2 SE = 2 * 0.0707 / sqrt(2) = 0.10
-    assert pairs[0].seed_sd == pytest.approx(0.005 ** 0.5) and pairs[0].seed_df == 2
+    # each pair's differences have variance 0.005 (1 df): sd 0.0707, 2 SE = 2 * 0.0707 / sqrt(2) = 0.10
+    assert pairs[0].seed_sd == pytest.approx(0.005 ** 0.5) and pairs[0].seed_df == 1
     assert pairs[0].two_se == pytest.approx(0.1)
     text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
     assert "Against the reference evals (`eval_pairs`)" in text
-    assert "| v | default / cfg2 vs cfg | 6.35 | 6.90 | +0.55 (+0.60, +0.50) | 0.10 (2 df) | 2 |" in text
-    assert "| v | default / cfg2_all vs cfg2 | 7.40 | 6.35 | -1.05 (-1.10, -1.00) | 0.10 (2 df) | 2 |" in text
+    assert "| v | default / cfg2 vs cfg | 6.35 | 6.90 | +0.55 (+0.60, +0.50) | 0.10 (1 df) | 2 |" in text
+    assert "| v | default / cfg2_all vs cfg2 | 7.40 | 6.35 | -1.05 (-1.10, -1.00) | 0.10 (1 df) | 2 |" in text
     one_seed = [r for r in records if r["seed"] == 0]
     assert "| v | default / cfg2 vs cfg | 6.40 | 7.00 | +0.60 | — | 1 |" in write_markdown(
         tmp_path / "results.md", spec, one_seed, {}).read_text()
     assert "Against the reference evals" not in write_markdown(
         tmp_path / "results.md", dataclasses.replace(spec, eval_pairs={}), records, {}).read_text()
     assert eval_pairs(spec, [r for r in records if r["eval"] != "cfg"])[0].label == "default / cfg2_all vs cfg2"
+
+def test_an_eval_pairs_noise_is_pooled_over_the_variants_with_that_pair_only(tmp_path):
+    """A CFG scale's paired difference and another eval's have spreads of their own: a noisy `cfg2_all vs cfg2`
+    leaves the 2 SE of `cfg2 vs cfg` alone, and a second variant with `cfg2 vs cfg` on two seeds adds its degree of
+    freedom to that label's pool."""
+    from ditlab.experiments.pairs import eval_pairs
+
+    spec, records = _eval_pairs_file(tmp_path)
+    noisy = [{**r, "fid": 9.3} if (r["variant"], r["seed"], r["eval"]) == ("v", 1, "cfg2_all") else r
+             for r in records]
+    w_cfg2 = [{**r, "eval": "cfg2", "fid": f} for r, f in zip([r for r in records if r["variant"] == "w"], (7.6, 8.0))]
+    pairs = {(p.left_out, p.label): p for p in eval_pairs(spec, noisy + w_cfg2)}
+    cfg2, cfg2_all, w = (pairs["v", "default / cfg2 vs cfg"], pairs["v", "default / cfg2_all vs cfg2"],
+                         pairs["w", "default / cfg2 vs cfg"])
+    assert cfg2_all.diffs == pytest.approx((-1.1, -3.0)) and cfg2_all.seed_df == 1
+    assert cfg2_all.seed_sd == pytest.approx(statistics.stdev((-1.1, -3.0)))
+    # cfg2 vs cfg: v's differences (0.6, 0.5) and w's (0.4, 0.6), 1 df each, pooled: 2 df
+    assert w.diffs == pytest.approx((0.4, 0.6)) and cfg2.seed_df == w.seed_df == 2
+    assert cfg2.seed_sd == w.seed_sd == pytest.approx(((0.005 + 0.02) / 2) ** 0.5)
 
 def test_eval_pairs_name_evals_of_the_file(tmp_path):
 

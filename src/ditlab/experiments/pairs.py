@@ -45,8 +45,9 @@ class EvalPair(LeaveOneOut):
     seed: ``left_out`` is the variant, ``with_it`` the eval's FIDs and ``without`` the reference's, so ``diffs`` is
     the reference's FID minus the eval's (positive: the eval is better). Two evals of one training share that
     training's luck, which the seed-to-seed spread of FID (LeaveOneOut's noise) counts in full: here ``seed_sd`` is
-    the standard deviation of a paired difference itself, pooled over the file's eval pairs with two or more seeds
-    (``seed_df`` its degrees of freedom)."""
+    the standard deviation of a paired difference itself, pooled over the variants that have this eval pair (same
+    path, eval and reference) on two or more seeds (``seed_df`` its degrees of freedom). Pairs of other evals do
+    not enter it: a CFG scale's difference and a sampler's have spreads of their own."""
 
     @property
     def two_se(self) -> float | None:
@@ -135,13 +136,16 @@ def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
 
 def eval_pairs(spec, records: list[dict]) -> list[EvalPair]:
     """For each (variant, path) scored on both an eval of ``spec.eval_pairs`` and its reference, the pair on the
-    training seeds both scores have, in the order of ``records``; the noise of a paired difference is pooled over
-    all of them (EvalPair)."""
+    training seeds both scores have, in the order of ``records``; the noise of a paired difference is pooled per
+    label ("path / eval vs reference") over the variants that have it (EvalPair)."""
     if not spec.eval_pairs:
         return []
     fids = _fids_by_key(records)
     pairs = [_paired(variant, p, f"{e} vs {ref}", fid, fids.get((variant, p, ref), {}), {}, EvalPair)
              for (variant, p, e), fid in fids.items() if (ref := spec.eval_pairs.get(e)) is not None]
     pairs = [pair for pair in pairs if pair]
-    sd, df = _pooled_sd([pair.diffs for pair in pairs]) or (None, 0)
-    return [dataclasses.replace(pair, seed_sd=sd, seed_df=df) for pair in pairs]
+    diffs_by_label: dict[str, list[tuple[float, ...]]] = {}
+    for pair in pairs:
+        diffs_by_label.setdefault(pair.label, []).append(pair.diffs)
+    noise = {label: _pooled_sd(groups) or (None, 0) for label, groups in diffs_by_label.items()}
+    return [dataclasses.replace(pair, seed_sd=noise[pair.label][0], seed_df=noise[pair.label][1]) for pair in pairs]
