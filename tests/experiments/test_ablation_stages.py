@@ -1012,6 +1012,43 @@ def test_the_guidance_ablation_chooses_on_seeds_the_headline_does_not_report():
     assert {e.cfg_scale for e in evals.values()} == {1.0, 1.5, 2.0, 2.5}
 
 
+def test_the_muon_lr_ablation_reuses_the_headlines_runs_as_its_preset():
+    """configs/ablations/speedrun_muon_lr.yaml: `preset` is the headline's run (same recipe, seeds, budget and
+    sampler), so the headline's score files (twenty-sixth session, H200) stand for it; the archive's records of
+    its three evals were sampled with the settings the file asks for; muon_lr4e3 differs by optim.muon_lr alone."""
+    import tarfile
+    from pathlib import Path
+
+    from ditlab.experiments.ablation import variant_config
+
+    spec = load_ablation("configs/ablations/speedrun_muon_lr.yaml")
+    headline = load_ablation("configs/ablations/speedrun_headline.yaml")
+    check_variants(spec, [])
+    assert (spec.seeds, spec.budget, spec.sample, spec.config) == (
+        headline.seeds, headline.budget, headline.sample, headline.config)
+    preset, muon_lr = spec.variants
+    assert preset.name == "preset" and not preset.overrides and not spec.overrides and spec.baseline == "preset"
+    for seed in spec.seeds:
+        assert variant_config(spec, preset, seed, Path("u"), []) == variant_config(
+            headline, headline.variants[0], seed, Path("u"), [])
+    mine = variant_config(spec, muon_lr, 0, Path("u"), [])
+    assert (mine.optim.lr, mine.optim.muon_lr) == (2e-3, 4e-3)
+    assert dataclasses.replace(mine, optim=dataclasses.replace(mine.optim, muon_lr=None)) == variant_config(
+        spec, preset, 0, Path("u"), [])
+    evals = dict(spec.evals_of(preset))
+    assert set(evals) == {"cfg", "cfg2", "nocfg"}
+    with tarfile.open("docs/runs/twentysixth_session_h200/candidate_headline_files.tgz") as tar:
+        for seed in spec.seeds:
+            for name, e in evals.items():
+                r = json.load(tar.extractfile(f"scores/preset-s{seed}__default__{name}.json"))
+                assert (r["variant"], r["seed"], r["eval"], r["machine"]) == ("preset", seed, name, "NVIDIA H200")
+                assert (r["sampler"], r["steps"], r["num_samples"], r["sample_seed"], r["cfg_scale"]) == (
+                    e.sampler, e.steps, e.num, e.seed, e.cfg_scale), (seed, name)
+                assert (None if r["cfg_interval"] is None else tuple(r["cfg_interval"])) == (
+                    None if e.cfg_interval is None else tuple(e.cfg_interval)), (seed, name)
+                assert r["overrides"] == [] and r["train_seconds"] >= 420
+
+
 def test_the_time_to_fid_ablation_is_the_long_stage_on_the_preset():
     """configs/ablations/speedrun_time_to_fid.yaml measures the issue's time to quality on the preset as shipped
     with the study's long-stage settings (900 s, FID-10k every 4,000 steps with the guided eval, the same
