@@ -196,8 +196,8 @@ def _eval_pair_lines(pairs: list[EvalPair]) -> list[str]:
                 "same trainings, the reference's minus the eval's, paired by training seed; positive: the eval is "
                 "better. 2 SE: twice the standard error of that mean, from the standard deviation of a paired "
                 "difference pooled over the variants with this eval pair on two or more seeds (its degrees of "
-                "freedom in brackets; — before any has two); other evals' pairs do not enter it. Two evals of one training share its luck, so the seed-to-seed "
-                "spread of FID would overstate this noise.", "",
+                "freedom in brackets; — before any has two); other evals' pairs do not enter it. Two evals of one "
+                "training share its luck, so the seed-to-seed spread of FID would overstate this noise.", "",
             "| variant | path / eval vs reference | eval's FID | reference's FID | reference - eval (each seed) | 2 SE | "
             "seeds |",
             "|---|---|---|---|---|---|---|", *rows]
