@@ -242,6 +242,51 @@ def train(data, run_dir, steps, *extra, resume=False) -> Trainer:
     return trainer
 
 
+def test_background_snapshots_hold_the_weights_of_their_step(tmp_path, monkeypatch):
+    """The trainer writes snapshots in the background (write_snapshots(background=True)) while the EMAs move on:
+    the files hold the averages at the call, and flush() is when they are on disk. The writer is held until the
+    EMAs have moved, so a snapshot that kept views of the live tensors would hold the later averages."""
+    import threading
+
+    import ditlab.train.posthoc_ema as posthoc_ema
+
+    moved, write = threading.Event(), posthoc_ema.write_weights_file
+    monkeypatch.setattr(posthoc_ema, "write_weights_file", lambda *a: moved.wait(10) and write(*a))
+    model = Toy(8)
+    tracked = PosthocEMA(model, (0.05, 0.10))
+    for t in range(1, 11):
+        with torch.no_grad():
+            model.w.copy_(trajectory(t, 8))
+        tracked.update(model, t)
+    at_10 = [e.module.w.detach().clone() for e in tracked.emas]
+    paths = tracked.write_snapshots(tmp_path, 10, background=True)
+    for t in range(11, 31):  # the averages change before the thread writes
+        with torch.no_grad():
+            model.w.fill_(100.0)
+        tracked.update(model, t)
+    assert not any(p.exists() for p in paths)
+    moved.set()
+    tracked.flush()
+    assert [p.name for p in paths] == [snapshot_name(10, 0.05), snapshot_name(10, 0.1)]
+    for p, want in zip(paths, at_10):
+        assert torch.equal(load_weights(p)["w"], want)
+    assert [s.ema_step for s in find_snapshots(tmp_path)] == [10, 10]
+    assert not any(torch.equal(e.module.w, w) for e, w in zip(tracked.emas, at_10))
+
+
+def test_a_failed_background_snapshot_raises_at_flush_naming_the_file(tmp_path):
+    model = Toy(8)
+    tracked = PosthocEMA(model, (0.05, 0.10))
+    tracked.update(model, 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ema_snapshots").write_text("a file where the snapshot folder goes")
+    tracked.write_snapshots(run, 1, background=True)  # returns at once: the error is the thread's
+    with pytest.raises(CheckpointError, match=r"failed to write .*ema_snapshots/step_00000001_sr0\.050"):
+        tracked.flush()
+    tracked.flush()  # reported once; nothing is left pending
+
+
 def test_config_checks():
     load_config(str(DEMO), ["ema.posthoc_sigma_rels=[0.05, 0.1]", "ema.posthoc_every=100"])
     for bad, message in ((["ema.posthoc_sigma_rels=[0.05, 0.5]"], "must lie in"),

@@ -213,7 +213,7 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
         os.replace(latest_tmp, root / LATEST_FILE)
         _fsync(root)
     except Exception as e:
-        latest_tmp.unlink(missing_ok=True)
+        _remove_quietly(latest_tmp)
         raise CheckpointError(f"checkpoint {final} was written but {root / LATEST_FILE} could not be "
                               f"updated ({type(e).__name__}: {e}); it still names an older one."
                               f"{_disk_full_hint(e, root)}") from e
@@ -221,6 +221,15 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, optimizer=None, ema=No
     for p in ([p for p in _step_dirs(root) if p != final and p.name != best][keep - 1:] if keep > 0 else []):
         shutil.rmtree(p, ignore_errors=True)  # a leftover old checkpoint only costs disk
     return final
+
+
+def _remove_quietly(tmp: Path) -> None:
+    """Remove a temp file after a failed write, if it is there: the cleanup must not replace the write's error
+    with its own (a folder that is a file makes unlink raise NotADirectoryError, not FileNotFoundError)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_weights_file(path, weights, metadata: dict[str, str] | None = None) -> Path:
@@ -235,7 +244,7 @@ def write_weights_file(path, weights, metadata: dict[str, str] | None = None) ->
         os.replace(tmp, path)
         _fsync(path.parent)
     except Exception as e:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise CheckpointError(f"failed to write {path}: {type(e).__name__}: {e}.{_disk_full_hint(e, path.parent)}") from e
     return path
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,8 @@ class PosthocEMA:
 
     def __init__(self, model: nn.Module, sigma_rels) -> None:
         self.emas = [PowerEMA(model, s) for s in sigma_rels]
+        self._writer: ThreadPoolExecutor | None = None  # background snapshot files (write_snapshots)
+        self._pending: list[Future] = []
 
     @property
     def sigma_rels(self) -> list[float]:
@@ -79,19 +82,40 @@ class PosthocEMA:
         for e in self.emas:
             e.update(model, step, hold=hold)
 
-    def write_snapshots(self, run_dir, step: int) -> list[Path]:
+    def write_snapshots(self, run_dir, step: int, background: bool = False) -> list[Path]:
         """One file per sigma_rel for trainer step ``step``; none before the first update (an average of
-        nothing: its profile would have t = 0)."""
-        out = []
+        nothing: its profile would have t = 0). Returns the files' paths.
+
+        ``background``: the weights are copied to host memory now (the EMAs may move on at once), and the
+        files are written by a background thread while training goes on; :meth:`flush` waits for them and
+        raises a write's error. Writing two S/2 snapshots takes ~1 s, which the training clock would count
+        every ``ema.posthoc_every`` steps. At most one set is in flight: a call first waits for the last."""
+        self.flush()
+        jobs = []
         for e in self.emas:
             if e.last_step == 0:
                 continue
-            sd = e.state_dict()
+            # a copy even on the CPU: the thread writes after the next updates have changed e's tensors
+            sd = {k: v.detach().to("cpu", copy=True) for k, v in e.state_dict().items()}
             buffers = sorted(set(sd) & {name for name, _ in e.module.named_buffers()})
             meta = {"kind": SNAPSHOT_KIND, "step": str(int(step)), "ema_step": str(e.last_step),
                     "sigma_rel": repr(e.sigma_rel), "gamma": repr(e.gamma), "buffers": json.dumps(buffers)}
-            out.append(write_weights_file(Path(run_dir) / SNAPSHOT_DIR / snapshot_name(step, e.sigma_rel), sd, meta))
-        return out
+            jobs.append((Path(run_dir) / SNAPSHOT_DIR / snapshot_name(step, e.sigma_rel), sd, meta))
+        if not background:
+            return [write_weights_file(path, sd, meta) for path, sd, meta in jobs]
+        if jobs:
+            self._writer = self._writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ditlab-snapshots")
+            self._pending.append(self._writer.submit(
+                lambda: [write_weights_file(path, sd, meta) for path, sd, meta in jobs]))
+        return [path for path, _, _ in jobs]
+
+    def flush(self) -> None:
+        """Wait for the snapshot files written in the background (:meth:`write_snapshots`); a failed write
+        raises its CheckpointError, which names the file. The trainer calls it before every checkpoint (a
+        checkpoint never lacks the snapshots before it) and when the run ends."""
+        pending, self._pending = self._pending, []
+        for job in pending:
+            job.result()
 
     def checkpoint_weights(self) -> dict[str, PowerEMA]:
         """{file name: power EMA} for :func:`save_checkpoint`'s ``extra_weights``."""

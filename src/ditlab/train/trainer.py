@@ -398,6 +398,7 @@ class Trainer:
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self.posthoc is not None:
+            self.posthoc.flush()  # the snapshots written in the background before this step are on disk first
             state["posthoc_ema"] = self.posthoc.state()
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.ema, state=state,
                                keep=self.cfg.train.keep_checkpoints,
@@ -518,6 +519,7 @@ class Trainer:
                 except NonFiniteLossError as err:
                     bar.close()
                     self._say(f"ditlab: error: {err}")
+                    self._flush_snapshots()  # those of earlier, finite steps
                     self.logger.close()
                     return EXIT_NONFINITE
                 bar.update(1)
@@ -526,7 +528,7 @@ class Trainer:
                 if todo.sample:
                     self.sample_grid()
                 if todo.snapshot and self.posthoc is not None:  # before the checkpoint: one never lacks its snapshot
-                    self.posthoc.write_snapshots(self.run_dir, self.step)
+                    self.posthoc.write_snapshots(self.run_dir, self.step, background=True)
                 if todo.save:
                     # A save made only for the evaluation is part of measuring, not of training: off the clock.
                     with self.clock.paused() if todo.save_for_eval_only else contextlib.nullcontext():
@@ -549,11 +551,16 @@ class Trainer:
                     self._say(f"ditlab: time limit of {cfg.time_limit:.0f} s reached at step {self.step}")
                     break
         bar.close()
+        self._flush_snapshots()  # none should be left (the last step saves, and a save flushes): a safety net
         self._write_summary(time.perf_counter() - t_start)
         if self._compile_cache != "off" and self.dist.is_main:
             mark_compiled(network_key(self.cfg))  # the next training of this network here compiles from the cache
         self.logger.close()
         return 0
+
+    def _flush_snapshots(self) -> None:
+        if self.posthoc is not None:
+            self.posthoc.flush()
 
     def _step_actions(self, out_of_time: bool, stop_now: bool) -> "StepActions":
         """What the step just taken calls for, from the config and the step alone (the same on every rank)."""
