@@ -506,6 +506,8 @@ def test_an_eval_can_sample_the_posthoc_ema(tmp_path, monkeypatch):
     pe = json.loads((out / "scores" / "snap-s0__default__pe07.json").read_text())
     ema = json.loads((out / "scores" / "snap-s0__default__ema.json").read_text())
     assert pe["ema_sigma_rel"] == 0.07 and ema["ema_sigma_rel"] == 0.0
+    # the reconstruction's profile fit (snapshots every step of 4 fit 0.07 closely); none for the classic EMA
+    assert 0 < pe["posthoc_fit_error"] < 0.05 and "posthoc_fit_error" not in ema
     assert pe["fid"] != ema["fid"]  # other weights
     assert "post-hoc EMA sigma_rel 0.07" in (out / "results.md").read_text()
 

@@ -61,6 +61,24 @@ def test_the_machines_of_the_scores_are_named(tmp_path):
     assert "Machine" not in text(None, None)
 
 
+def test_a_poorly_fitted_posthoc_width_is_named(tmp_path):
+    """A post-hoc EMA score records the profile fit error of its reconstruction (posthoc_fit_error): results.md
+    names those over 5%, with the error; a good fit, a classic-EMA score and an older score without the field are
+    not named."""
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0]\nevals: {cfg: {}, pe10: {ema_sigma_rel: 0.1}, "
+                                     "pe20: {ema_sigma_rel: 0.2}, pe15: {ema_sigma_rel: 0.15}}\nvariants: {v: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+    records = [{**_record(0, f, 300), "eval": e, **({"posthoc_fit_error": err} if err is not None else {})}
+               for e, f, err in (("cfg", 7.7, None), ("pe10", 7.7, 0.0), ("pe20", 8.9, 0.068), ("pe15", 8.0, None))]
+    text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+    line = next(line for line in text.splitlines() if "shape poorly" in line)
+    assert "(relative profile fit error over 5%): v-s0 / pe20 (6.8%)." in line
+    assert "pe10" not in line and "pe15" not in line and "/ cfg" not in line
+    records[2]["posthoc_fit_error"] = 0.021
+    assert "shape poorly" not in write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+
+
 def test_the_command_lines_overrides_are_stated(tmp_path):
     """ditlab ablate --set changes every variant's recipe: results.md says which (one line), warns when the scores
     were made with different ones (their rows compare different recipes), and counts older scores apart; the csv

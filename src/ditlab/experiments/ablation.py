@@ -660,6 +660,10 @@ class AblationRunner:
             # number of steps on another kind, so results.md names the machines of its scores
             "machine": device_name(self.device), "torch": torch.__version__,
         }
+        if record["ema_sigma_rel"]:  # how closely the snapshots shaped that width: results.md flags a poor fit
+            from ditlab.train.posthoc_ema import posthoc_fit_error
+
+            record["posthoc_fit_error"] = posthoc_fit_error(run_dir / "checkpoints" / _checkpoint_name(s))
         curve = eval_curve(run_dir)
         if curve:  # FID during training: (training seconds, step, FID) and the first time it reached each threshold
             end = self._curve_end(unit, path, eval_name, s, fid, summary)

@@ -118,6 +118,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
         cells = [variant, p, _fmt_fid(rs), str(r["nfe"]), *[_fmt_time(rs, t) for t in times], _fmt_count(rs, "train_steps"),
                  _fmt_count(rs, "train_images"), f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _posthoc_fit_lines(records)
     baseline, leave_one_out, evals = pairs if pairs is not None else _pairs(spec, records)
     lines += _baseline_lines(spec, baseline)
     lines += _leave_one_out_lines(leave_one_out)
@@ -230,6 +231,21 @@ def _reference_text(records: list[dict], scorer: dict) -> str:
     now = f", this command's: {current}" if current else ""
     return (f"against **more than one reference**: {listing}{older}{now}. FIDs against different references do "
             "not compare")
+
+
+def _posthoc_fit_lines(records: list[dict]) -> list[str]:
+    """A warning naming the post-hoc EMA scores whose width the run's snapshots shaped poorly (a relative profile
+    fit error over FIT_WARNING, recorded as ``posthoc_fit_error``): their FID is of an approximation of that EMA,
+    more so the larger the error. Scores written before the error was recorded are not named."""
+    from ditlab.train.posthoc_ema import FIT_WARNING
+
+    poor = [r for r in records if r.get("posthoc_fit_error", 0.0) > FIT_WARNING]
+    if not poor:
+        return []
+    listing = ", ".join(f"{r['variant']}-s{r['seed']} / {r['eval']} ({r['posthoc_fit_error']:.1%})" for r in poor)
+    return ["", f"**Post-hoc EMA widths the snapshots shape poorly** (relative profile fit error over "
+                f"{FIT_WARNING:.0%}): {listing}. Each is the FID of an approximation of that EMA; more snapshot steps "
+                "(`ema.posthoc_every`) or a tracked width nearer it fit better."]
 
 
 def _machine_lines(records: list[dict]) -> list[str]:

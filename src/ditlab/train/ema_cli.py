@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-# A relative profile fit error above this is reported as a warning: the snapshots' widths do not span the
-# request (e.g. sigma_rel 0.02 from snapshots of 0.05 and 0.10), so the weights are a poor stand-in for it.
-FIT_WARNING = 0.05
-
 
 def _sigma_rel(text: str) -> float:
     from ditlab.cliargs import finite_float
@@ -29,7 +25,7 @@ def _sigma_rel(text: str) -> float:
 def cmd_ema(args) -> int:
     from pathlib import Path
 
-    from ditlab.train.posthoc_ema import find_snapshots, reconstruct, sigma_rel_tag
+    from ditlab.train.posthoc_ema import FIT_WARNING, find_snapshots, reconstruct, sigma_rel_tag
 
     run_dir = Path(args.run_dir).expanduser()
     if not (run_dir / "config.yaml").is_file():

@@ -37,8 +37,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ditlab.train.checkpoint import (CheckpointError, load_weights, save_weights_checkpoint, write_weights_file)
+from ditlab.train.checkpoint import (CheckpointError, load_checkpoint, load_weights, save_weights_checkpoint,
+                                     write_weights_file)
 from ditlab.train.ema import PowerEMA, gamma_from_sigma_rel
+
+# A relative profile fit error above this is reported as a warning (`ditlab ema`, an ablation's results.md): the
+# snapshots do not shape the request (e.g. sigma_rel 0.02 from snapshots of 0.05 and 0.10, or 0.2 from too few
+# snapshot steps), so the weights are a poor stand-in for that EMA.
+FIT_WARNING = 0.05
 
 SNAPSHOT_DIR = "ema_snapshots"
 SUPERSEDED_DIR = "superseded"  # inside SNAPSHOT_DIR: snapshots of steps a resumed run redoes
@@ -261,6 +267,11 @@ def find_snapshots(run_dir, upto: int | None = None) -> list[Snapshot]:
                                       f"other snapshots of step {step} out of {folder}")
             snaps.append(read_snapshot_header(names[step][tag]))
     return snaps
+
+
+def posthoc_fit_error(checkpoint) -> float:
+    """The relative profile fit error a post-hoc EMA checkpoint (:func:`reconstruct`'s) was made with."""
+    return float(load_checkpoint(checkpoint)["posthoc_ema"]["fit_error"])
 
 
 # ------------------------------------------------------------------------------ reconstruction
