@@ -118,7 +118,8 @@ class PosthocEMA:
     def flush(self) -> None:
         """Wait for the snapshot files written in the background (:meth:`write_snapshots`); a failed write
         raises its CheckpointError, which names the file. The trainer calls it before every checkpoint (a
-        checkpoint never lacks the snapshots before it) and when the run ends."""
+        checkpoint never lacks the snapshots before it; every way out of the loop but a non-finite step saves
+        one first) and when a non-finite step stops the run."""
         pending, self._pending = self._pending, []
         for job in pending:
             job.result()

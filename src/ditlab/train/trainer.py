@@ -519,7 +519,8 @@ class Trainer:
                 except NonFiniteLossError as err:
                     bar.close()
                     self._say(f"ditlab: error: {err}")
-                    self._flush_snapshots()  # those of earlier, finite steps
+                    if self.posthoc is not None:  # those of earlier, finite steps: a failed write still says so
+                        self.posthoc.flush()
                     self.logger.close()
                     return EXIT_NONFINITE
                 bar.update(1)
@@ -551,16 +552,11 @@ class Trainer:
                     self._say(f"ditlab: time limit of {cfg.time_limit:.0f} s reached at step {self.step}")
                     break
         bar.close()
-        self._flush_snapshots()  # none should be left (the last step saves, and a save flushes): a safety net
         self._write_summary(time.perf_counter() - t_start)
         if self._compile_cache != "off" and self.dist.is_main:
             mark_compiled(network_key(self.cfg))  # the next training of this network here compiles from the cache
         self.logger.close()
         return 0
-
-    def _flush_snapshots(self) -> None:
-        if self.posthoc is not None:
-            self.posthoc.flush()
 
     def _step_actions(self, out_of_time: bool, stop_now: bool) -> "StepActions":
         """What the step just taken calls for, from the config and the step alone (the same on every rank)."""
