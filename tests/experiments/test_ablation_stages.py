@@ -600,8 +600,9 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
         json.dumps({"variant": "only_e3", "seed": 0, "num_samples": 6, "sample_seconds": 99.0}))
     assert measured_rates(tmp_path / "nowhere") is None
     rates = measured_rates(out)
-    assert rates == {"setup_s": 30.0, "setup_warm_s": None, "pass_s": 0.5, "compile_s": 20.0, "load_s": None,
-                     "posthoc_load_s": None, "fid_s": 0.5, "scores": 2, "steps_per_s": 0.0, "variant_steps_per_s": {}}
+    assert rates == {"setup_s": 30.0, "setup_warm_s": None, "setup_new_timed": True, "pass_s": 0.5, "compile_s": 20.0,
+                     "load_s": None, "posthoc_load_s": None, "fid_s": 0.5, "scores": 2, "steps_per_s": 0.0,
+                     "variant_steps_per_s": {}}
     counts = _count(spec, out, rates)
     assert counts["to_train"] == 0 and counts["trained"] == 2 and counts["scored"] == 3 and counts["left_s"] == 0
     restored.unlink()
@@ -664,7 +665,7 @@ def test_rates_from_another_folder_judge_a_folder_that_has_timed_nothing(tmp_pat
     from ditlab.cli import main
     from ditlab.experiments.ablation import AblationRunner
     from ditlab.experiments.plan import _count, describe_plan
-    from ditlab.experiments.timings import load_rates_from, measured_rates
+    from ditlab.experiments.timings import describe_rates, load_rates_from, measured_rates
 
     (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
     (tmp_path / "ablation.yaml").write_text(EVALS.replace("budget: {steps: 2}",
@@ -696,6 +697,14 @@ def test_rates_from_another_folder_judge_a_folder_that_has_timed_nothing(tmp_pat
     (out / "scores").mkdir(parents=True)
     (out / "scores" / "single-s0__default__e3.json").write_text(json.dumps({**timed, "sample_seconds": 14.4}))
     assert AblationRunner(spec, out, scorer=None, device="cpu", rates_from=rates).rates == measured_rates(out)
+    # ... but a set-up it timed only on a warm compile cache is no measure of a fresh machine's: --rates-from's
+    (out / "scores" / "single-s0__default__e3.json").write_text(json.dumps(
+        {**timed, "sample_seconds": 14.4, "train_wall_seconds": 104.0, "train_compile_cache": "warm"}))
+    combined = AblationRunner(spec, out, scorer=None, device="cpu", rates_from=rates).rates
+    assert (combined["setup_s"], combined["setup_warm_s"], combined["filled"]) == (30.0, 4.0, ["setup_s"])
+    assert describe_plan(spec, out, rates_from=rates)[-1].endswith(
+        f"at the rates of the 1 timed scores so far, with setup_s from {other} (--rates-from) "
+        f"({describe_rates(combined)}), on the machine that measured them")
     assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "fresh"), "--plan",
                  "--rates-from", str(other)]) == 0
     assert "(--rates-from)" in capsys.readouterr().out

@@ -8,8 +8,8 @@ from ditlab.diffusion.samplers import SAMPLERS, count_nfe
 from ditlab.diffusion.schedules import FlowSchedule
 from ditlab.diffusion.paths import single_stream_path
 from ditlab.experiments.ablation_spec import SampleSpec
-from ditlab.experiments.timings import (describe_rates, expected_nfe, measured_rates, passes_per_sample, score_s,
-                                        scores_s, training_prior)
+from ditlab.experiments.timings import (combine_rates, describe_rates, expected_nfe, measured_rates,
+                                        passes_per_sample, score_s, scores_s, training_prior)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -147,3 +147,31 @@ def test_a_training_with_fid_during_training_does_not_set_the_set_up(tmp_path):
            sample_seconds=2.0, eval_curve=[[300.0, 4000, 12.5]])
     assert measured_rates(tmp_path)["setup_s"] == pytest.approx(40.0)
 
+
+
+def test_rates_from_fill_what_a_folder_has_not_measured(tmp_path):
+    """A folder whose timed trainings all set up on a warm compile cache would price a fresh machine's training at
+    ~4 s of set-up: --rates-from supplies a new network's set-up, and the compilation and loading the folder never
+    timed; the folder's own measures (its pass rate, its warm set-up) come first, and each variant keeps only its
+    own training speed."""
+    own_dir, other_dir = tmp_path / "own", tmp_path / "other"
+    _score(own_dir, "preset-s0__default", variant="preset", train_wall_seconds=424.0, train_seconds=420.0,
+           train_steps=8400, train_compile_cache="warm", sample_seconds=2.0, sampler_compiled=True)
+    _score(other_dir, "a-s0__default__cfg", variant="a", train_wall_seconds=465.0, train_seconds=420.0,
+           train_steps=4200, train_compile_cache="cold", sample_seconds=8.0 + 30.0, sampler_compiled=True,
+           cfg_scale=2.5, load_seconds=3.0)
+    _score(other_dir, "a-s0__default__nocfg", variant="a", train_wall_seconds=465.0, train_seconds=420.0,
+           train_steps=4200, sample_seconds=4.0, sampler_compiled=False)
+    own, other = measured_rates(own_dir), {**measured_rates(other_dir), "source": "OTHER"}
+    assert own["setup_s"] == pytest.approx(4.0) and not own["setup_new_timed"] and own["compile_s"] is None
+    combined = combine_rates(own, other)
+    assert combined["setup_s"] == pytest.approx(45.0) and combined["setup_warm_s"] == pytest.approx(4.0)
+    assert combined["compile_s"] == pytest.approx(30.0) and combined["load_s"] == 3.0
+    assert combined["pass_s"] == own["pass_s"] and combined["scores"] == 1  # its own rate, its own count
+    assert combined["variant_steps_per_s"] == {"preset": 20.0} and combined["steps_per_s"] == 20.0
+    assert combined["source"] == "OTHER" and set(combined["filled"]) == {"setup_s", "compile_s", "load_s",
+                                                                         "posthoc_load_s"}
+    # the other way round only the warm set-up is missing; a folder with nothing missing is left as it is
+    assert combine_rates(other, own) == {**other, "setup_warm_s": 4.0, "source": None, "filled": ["setup_warm_s"]}
+    assert combine_rates(combined, other) == combined
+    assert combine_rates(None, other) is other and combine_rates(own, None) is own

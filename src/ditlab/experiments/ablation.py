@@ -342,13 +342,14 @@ class AblationRunner:
 
     def _rates(self) -> dict | None:
         """measured_rates of this folder, or of the whole study when this is one stage of it (the stages'
-        folders sit beside stages.md) and has no timed score yet, or else --rates-from's."""
-        from ditlab.experiments.timings import measured_rates
+        folders sit beside stages.md) and has no timed score yet, or else --rates-from's; what the folder has not
+        measured is taken from --rates-from (timings.combine_rates)."""
+        from ditlab.experiments.timings import combine_rates, measured_rates
 
         rates = measured_rates(self.out)
         if rates is None and (self.out.parent / "stages.md").exists():
             rates = measured_rates(self.out.parent)
-        return rates or self.rates_from
+        return combine_rates(rates, self.rates_from)
 
     def run(self) -> int:
         """Do every unit not done yet, the ones that failed before last; 0 when all are done, EXIT_MORE_TO_DO

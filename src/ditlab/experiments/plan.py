@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
-from ditlab.experiments.timings import describe_rates, measured_rates, scores_s, training_eval_s
+from ditlab.experiments.timings import combine_rates, describe_rates, measured_rates, scores_s, training_eval_s
 
 
 def _budget(b) -> str:
@@ -98,7 +98,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
-    rates = measured_rates(out) or rates_from  # --rates-from: another folder's, while OUT has timed nothing
+    # --rates-from: another folder's, while OUT has timed nothing, and for what OUT has not measured after
+    rates = combine_rates(measured_rates(out), rates_from)
     names = check_stage_name(spec, stage_name)
     if seeds and not spec.stages:
         spec = dataclasses.replace(spec, seeds=list(seeds))
@@ -219,7 +220,11 @@ def _total(parts: list[tuple[dict, float]], rates: dict | None = None) -> str:
     if rates and (runs or scores):
         left = sum(c["left_s"] for c, _ in parts)
         about = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
-        where = f"under {rates['source']} (--rates-from)" if rates.get("source") else "so far"
+        where = "so far"
+        if rates.get("filled"):
+            where += f", with {', '.join(rates['filled'])} from {rates['source']} (--rates-from)"
+        elif rates.get("source"):
+            where = f"under {rates['source']} (--rates-from)"
         line += (f"; about {about} of device time at the rates of the {rates['scores']} timed scores "
                  f"{where} ({describe_rates(rates)}), on the machine that measured them")
     return line

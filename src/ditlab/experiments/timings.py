@@ -43,6 +43,7 @@ def measured_rates(out: Path) -> dict | None:
     - ``setup_s``: the median set-up seconds of a training (its wall minus its timed seconds) of a network new to
       its machine, or not known to be otherwise (older score files, a resumed run, compilation off); a training
       with FID during training (``eval_curve``) is left out, its evaluations being in its wall time;
+    - ``setup_new_timed``: whether a training of a new network set that median (else it is the warm one's, below);
     - ``setup_warm_s``: the same of a network its machine had compiled before (``train_compile_cache`` "warm":
       ditlab.train.compile_cache; 3-4 s against 40-50 s on an H100), None before any;
     - ``pass_s``: seconds per network pass of one sample, the median over the scores that did not compile their
@@ -94,11 +95,39 @@ def measured_rates(out: Path) -> dict | None:
     load_s = statistics.median(loads) if loads else None
     warm_s = statistics.median(setup_warm) if setup_warm else None
     setup_s = statistics.median(setup) if setup else (warm_s or 0.0)  # only warm ones timed: the best known
-    return {"setup_s": setup_s, "setup_warm_s": warm_s, "pass_s": pass_s, "compile_s": compile_s,
+    return {"setup_s": setup_s, "setup_warm_s": warm_s, "setup_new_timed": bool(setup),
+            "pass_s": pass_s, "compile_s": compile_s,
             "load_s": load_s, "posthoc_load_s": statistics.median(posthoc_loads) if posthoc_loads else load_s,
             "fid_s": statistics.median(fid), "scores": len(fid),
             "steps_per_s": statistics.median(rate) if rate else 0.0,
             "variant_steps_per_s": {v: statistics.median(r) for v, r in by_variant.items()}}
+
+
+# what a folder may not have measured, and --rates-from's folder then supplies (combine_rates)
+_GAPS = ("setup_warm_s", "compile_s", "load_s", "posthoc_load_s")
+
+
+def combine_rates(own: dict | None, other: dict | None) -> dict | None:
+    """A folder's own rates (measured_rates), with the gaps filled from ``other`` (--rates-from's): its own come
+    first, but what it has not measured (a new network's set-up, where every training it timed reused a warm
+    compile cache; compiling a sampler; loading a network; the training speed) is taken from ``other`` rather than
+    left to the runner's defaults. Before, a folder with any timed score ignored --rates-from whole, so a second
+    seed trained on a warm machine priced a fresh machine's first training at ~4 s of set-up against 40-50 s.
+    Each variant's own training speed is not taken: a name can mean another recipe in another study. ``filled``
+    names the keys taken from ``other``; ``source`` names its folder."""
+    if own is None or other is None:
+        return own or other
+    filled = [k for k in _GAPS if own.get(k) is None and other.get(k) is not None]
+    combined = {**own, **{k: other[k] for k in filled}}
+    if not own.get("setup_new_timed") and other.get("setup_new_timed"):
+        combined["setup_s"], combined["setup_new_timed"] = other["setup_s"], True
+        filled.append("setup_s")
+    if not own.get("steps_per_s") and other.get("steps_per_s"):
+        combined["steps_per_s"] = other["steps_per_s"]
+        filled.append("steps_per_s")
+    if filled:
+        combined["source"], combined["filled"] = other.get("source"), filled
+    return combined
 
 
 def load_rates_from(folder) -> dict:
