@@ -600,9 +600,9 @@ def test_plan_estimates_the_device_time_left_from_the_timed_scores(tmp_path):
         json.dumps({"variant": "only_e3", "seed": 0, "num_samples": 6, "sample_seconds": 99.0}))
     assert measured_rates(tmp_path / "nowhere") is None
     rates = measured_rates(out)
-    assert rates == {"setup_s": 30.0, "setup_warm_s": None, "setup_new_timed": True, "pass_s": 0.5, "compile_s": 20.0,
-                     "load_s": None, "posthoc_load_s": None, "fid_s": 0.5, "scores": 2, "steps_per_s": 0.0,
-                     "variant_steps_per_s": {}}
+    assert rates == {"setup_s": 30.0, "setup_warm_s": None, "setup_new_timed": True, "pass_s": 0.5,
+                     "compile_in_pass": False, "compile_s": 20.0, "load_s": None, "posthoc_load_s": None,
+                     "fid_s": 0.5, "scores": 2, "steps_per_s": 0.0, "variant_steps_per_s": {}}
     counts = _count(spec, out, rates)
     assert counts["to_train"] == 0 and counts["trained"] == 2 and counts["scored"] == 3 and counts["left_s"] == 0
     restored.unlink()

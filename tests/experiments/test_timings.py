@@ -156,7 +156,7 @@ def test_rates_from_fill_what_a_folder_has_not_measured(tmp_path):
     own training speed."""
     own_dir, other_dir = tmp_path / "own", tmp_path / "other"
     _score(own_dir, "preset-s0__default", variant="preset", train_wall_seconds=424.0, train_seconds=420.0,
-           train_steps=8400, train_compile_cache="warm", sample_seconds=2.0, sampler_compiled=True)
+           train_steps=8400, train_compile_cache="warm", sample_seconds=2.0, sampler_compiled=False)
     _score(other_dir, "a-s0__default__cfg", variant="a", train_wall_seconds=465.0, train_seconds=420.0,
            train_steps=4200, train_compile_cache="cold", sample_seconds=8.0 + 30.0, sampler_compiled=True,
            cfg_scale=2.5, load_seconds=3.0)
@@ -171,6 +171,11 @@ def test_rates_from_fill_what_a_folder_has_not_measured(tmp_path):
     assert combined["variant_steps_per_s"] == {"preset": 20.0} and combined["steps_per_s"] == 20.0
     assert combined["source"] == "OTHER" and set(combined["filled"]) == {"setup_s", "compile_s", "load_s",
                                                                          "posthoc_load_s"}
+    # a folder whose every score compiled its sampler has the compilation inside its pass rate: not added again
+    _score(own_dir, "preset-s0__default", variant="preset", train_wall_seconds=424.0, train_seconds=420.0,
+           train_steps=8400, train_compile_cache="warm", sample_seconds=2.0 + 30.0, sampler_compiled=True)
+    compiled = measured_rates(own_dir)
+    assert compiled["compile_in_pass"] and combine_rates(compiled, other)["compile_s"] is None
     # the other way round only the warm set-up is missing; a folder with nothing missing is left as it is
     assert combine_rates(other, own) == {**other, "setup_warm_s": 4.0, "source": None, "filled": ["setup_warm_s"]}
     assert combine_rates(combined, other) == combined

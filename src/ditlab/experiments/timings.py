@@ -49,6 +49,7 @@ def measured_rates(out: Path) -> dict | None:
     - ``pass_s``: seconds per network pass of one sample, the median over the scores that did not compile their
       sampler (over all scores while there is none: compilation is then inside the rate, as it is for scores
       written before they recorded it, where a training's first score written counts as the compiling one);
+    - ``compile_in_pass``: whether ``pass_s`` holds the compilation so (no score reused its sampler);
     - ``compile_s``: the median extra seconds of a score that compiled its sampler (None without both kinds);
     - ``load_s`` and ``posthoc_load_s``: the median seconds of loading a run's network before its first score, and
       of reconstructing and loading a post-hoc EMA width (``load_seconds``, recorded since the twenty-fifth
@@ -96,7 +97,7 @@ def measured_rates(out: Path) -> dict | None:
     warm_s = statistics.median(setup_warm) if setup_warm else None
     setup_s = statistics.median(setup) if setup else (warm_s or 0.0)  # only warm ones timed: the best known
     return {"setup_s": setup_s, "setup_warm_s": warm_s, "setup_new_timed": bool(setup),
-            "pass_s": pass_s, "compile_s": compile_s,
+            "pass_s": pass_s, "compile_in_pass": not warm, "compile_s": compile_s,
             "load_s": load_s, "posthoc_load_s": statistics.median(posthoc_loads) if posthoc_loads else load_s,
             "fid_s": statistics.median(fid), "scores": len(fid),
             "steps_per_s": statistics.median(rate) if rate else 0.0,
@@ -104,7 +105,7 @@ def measured_rates(out: Path) -> dict | None:
 
 
 # what a folder may not have measured, and --rates-from's folder then supplies (combine_rates)
-_GAPS = ("setup_warm_s", "compile_s", "load_s", "posthoc_load_s")
+_GAPS = ("setup_warm_s", "load_s", "posthoc_load_s")
 
 
 def combine_rates(own: dict | None, other: dict | None) -> dict | None:
@@ -113,11 +114,15 @@ def combine_rates(own: dict | None, other: dict | None) -> dict | None:
     compile cache; compiling a sampler; loading a network; the training speed) is taken from ``other`` rather than
     left to the runner's defaults. Before, a folder with any timed score ignored --rates-from whole, so a second
     seed trained on a warm machine priced a fresh machine's first training at ~4 s of set-up against 40-50 s.
-    Each variant's own training speed is not taken: a name can mean another recipe in another study. ``filled``
-    names the keys taken from ``other``; ``source`` names its folder."""
+    Each variant's own training speed is not taken: a name can mean another recipe in another study, and a
+    compilation is not taken where the folder's pass rate already holds one (``compile_in_pass``: every score it
+    timed compiled its sampler), which would count it twice. ``filled`` names the keys taken from ``other``;
+    ``source`` names its folder."""
     if own is None or other is None:
         return own or other
     filled = [k for k in _GAPS if own.get(k) is None and other.get(k) is not None]
+    if own.get("compile_s") is None and not own.get("compile_in_pass") and other.get("compile_s") is not None:
+        filled.append("compile_s")
     combined = {**own, **{k: other[k] for k in filled}}
     if not own.get("setup_new_timed") and other.get("setup_new_timed"):
         combined["setup_s"], combined["setup_new_timed"] = other["setup_s"], True
