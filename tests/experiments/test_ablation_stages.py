@@ -1102,3 +1102,51 @@ def test_the_study_builds_on_its_pinned_base_and_the_preset_inherits_it():
     assert fast_path == ["train.fast_kernels=auto", "train.compile_mode=reduce-overhead"]
     assert not diff_configs(load_config("configs/cifar10_speedrun.yaml", []),
                             load_config("configs/speedrun_v1.yaml", combination + fast_path))
+
+
+def test_plan_prices_a_stage_as_the_runner_does(tmp_path):
+    """A stage's units are judged by that stage's own timed scores, and by the whole study's while it has none
+    (timings.folder_rates): the runner's rule for --machine-left-s. --plan priced every stage at the whole
+    study's median, so a final stage with long evaluations was planned at the screening's rates."""
+    from ditlab.experiments.ablation import AblationRunner
+    from ditlab.experiments.build_check import DataFacts
+    from ditlab.experiments.plan import describe_plan
+    from ditlab.experiments.timings import folder_rates, measured_rates
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "ablation.yaml").write_text(STAGES.replace("screen: {steps: 1}", "screen: {time_limit: 100}")
+                                            .replace("final: {steps: 2,", "final: {time_limit: 200,"))
+    spec = load_ablation(tmp_path / "ablation.yaml")
+    check_variants(spec, [])  # each variant's default path, as describe_plan fills it in
+    out = tmp_path / "out"
+    timed = {"seed": 0, "path": "default", "train_wall_seconds": 130.0, "train_seconds": 100.0, "num_samples": 6,
+             "nfe": 2, "sample_seconds": 6.0, "fid_seconds": 3.0, "sampler_compiled": False}
+    (out / "screen" / "scores").mkdir(parents=True)
+    for name, fid in (("base", 5.0), ("hot", 3.0), ("cold", 7.0)):  # 30 s of set-up, 0.5 s a pass and a FID
+        (out / "screen" / "scores" / f"{name}-s0__default.json").write_text(
+            json.dumps({**timed, "variant": name, "fid": fid}))
+    (out / "stages.md").write_text("## screen -> final\n")  # the runner writes it once the screen has ended
+
+    def runner_and_plan():
+        screen = stage_spec(spec, spec.stages[0], spec.variants)
+        ranked = ranking(screen, out / "screen", spec.stages[1].rank_by)
+        final = stage_spec(spec, spec.stages[1], promoted(spec, spec.stages[1], ranked, screen.variants,
+                                                          DataFacts(out)))
+        runner = AblationRunner(final, out / "final", scorer=None, device="cpu")
+        expected = {u.name: runner.expected_unit_s(u, out / "final" / "runs" / u.name) for u in runner.units}
+        line = next(x for x in describe_plan(spec, out) if x.startswith("  next units"))
+        return runner.rates, expected, line
+
+    rates, expected, line = runner_and_plan()  # the final stage has timed nothing: the study's rates
+    assert rates == folder_rates(out / "final", None, out) == measured_rates(out)
+    assert line.endswith(", ".join(f"{name} ~{s:.0f} s" for name, s in expected.items() if s))
+    # its own first score: 90 s of set-up, 2 s a pass; the study's median over four scores would say otherwise
+    (out / "final" / "scores").mkdir(parents=True)
+    (out / "final" / "scores" / "hot-s0__default.json").write_text(json.dumps(
+        {**timed, "variant": "hot", "fid": 3.0, "train_wall_seconds": 290.0, "train_seconds": 200.0,
+         "num_samples": 4, "sample_seconds": 16.0, "fid_seconds": 2.0}))
+    rates, expected, line = runner_and_plan()
+    assert rates == measured_rates(out / "final") != measured_rates(out)
+    assert (rates["setup_s"], rates["pass_s"]) == (90.0, 2.0)
+    assert "hot-s0" not in line and line.endswith(", ".join(f"{name} ~{s:.0f} s" for name, s in expected.items()
+                                                           if name != "hot-s0"))

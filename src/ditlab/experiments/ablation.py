@@ -344,12 +344,10 @@ class AblationRunner:
         """measured_rates of this folder, or of the whole study when this is one stage of it (the stages'
         folders sit beside stages.md) and has no timed score yet, or else --rates-from's; what the folder has not
         measured is taken from --rates-from (timings.combine_rates)."""
-        from ditlab.experiments.timings import combine_rates, measured_rates
+        from ditlab.experiments.timings import folder_rates
 
-        rates = measured_rates(self.out)
-        if rates is None and (self.out.parent / "stages.md").exists():
-            rates = measured_rates(self.out.parent)
-        return combine_rates(rates, self.rates_from)
+        study = self.out.parent if (self.out.parent / "stages.md").exists() else None
+        return folder_rates(self.out, self.rates_from, study)
 
     def run(self) -> int:
         """Do every unit not done yet, the ones that failed before last; 0 when all are done, EXIT_MORE_TO_DO

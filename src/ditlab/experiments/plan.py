@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
-from ditlab.experiments.timings import combine_rates, describe_rates, measured_rates, scores_s, training_eval_s
+from ditlab.experiments.timings import (combine_rates, describe_rates, folder_rates, measured_rates, scores_s,
+                                        training_eval_s)
 
 
 def _budget(b) -> str:
@@ -98,7 +99,8 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
 
     out = Path(out)
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
-    # --rates-from: another folder's, while OUT has timed nothing, and for what OUT has not measured after
+    # the whole study's rates (--rates-from filling what it has not measured): a file without stages is judged by
+    # them and the total names them; each stage's units are judged as the runner judges them (folder_rates)
     rates = combine_rates(measured_rates(out), rates_from)
     names = check_stage_name(spec, stage_name)
     if seeds and not spec.stages:
@@ -132,8 +134,10 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
         if variants is None and only and stage.name == stage_name:
             raise ValueError(f"--stage {stage_name} --only {only[0]}: stage {stage_name}'s variants are not known "
                              f"until stage {spec.stages[i - 1].name} is complete")
+        # the runner's rates for this stage's units: its own folder's, else the whole study's (folder_rates)
+        stage_rates = folder_rates(out / stage.name, rates_from, study=out)
         if variants is None:  # its variants depend on a ranking not known yet
-            one = _one_run(spec, stage, ranked, prev_spec, out, rates) if preview and rates else ""
+            one = _one_run(spec, stage, ranked, prev_spec, out, stage_rates) if preview and stage_rates else ""
             lines.append(f"stage {stage.name}: {_budget(stage.budget)} per run, seeds {stage.seeds}: waits for the "
                          f"stage before it; at most {_most(stage, spec)} variants x {len(stage.seeds)} seeds"
                          + preview + one)
@@ -143,10 +147,10 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
             plain = dataclasses.replace(plain, seeds=list(seeds))
         if i > 0 and only and stage.name == stage_name:  # the runner does only these units of the stage
             plain = _with(plain, [v for v in plain.variants if v.name in check_only_in_stage(plain, stage, only)])
-        block, c = _block(f"stage {stage.name}", plain, out / stage.name, rates, carried)
+        block, c = _block(f"stage {stage.name}", plain, out / stage.name, stage_rates, carried)
         lines += block
-        if rates and not any(t[0]["scores"] > t[0]["scored"] for t in totals):  # the stage the runner works on
-            lines += _next_units(plain, out / stage.name, rates, carried)
+        if stage_rates and not any(t[0]["scores"] > t[0]["scored"] for t in totals):  # the stage the runner works on
+            lines += _next_units(plain, out / stage.name, stage_rates, carried)
         totals.append((c, stage.budget.time_limit))
     return lines + [_total(totals, rates)]
 

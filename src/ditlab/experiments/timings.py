@@ -108,6 +108,17 @@ def measured_rates(out: Path) -> dict | None:
 _GAPS = ("setup_warm_s", "load_s", "posthoc_load_s")
 
 
+def folder_rates(out: Path, rates_from: dict | None = None, study: Path | None = None) -> dict | None:
+    """The rates that judge the units of folder ``out``: its own measured_rates, or while it has timed nothing,
+    those of ``study`` (the whole study, when ``out`` is one of its stage folders: a final stage's first unit is
+    priced by the screening's scores), with what neither measured taken from --rates-from (combine_rates). The
+    runner (--machine-left-s) and --plan both ask this, so that the plan says what the runner will judge."""
+    rates = measured_rates(out)
+    if rates is None and study is not None:
+        rates = measured_rates(study)
+    return combine_rates(rates, rates_from)
+
+
 def combine_rates(own: dict | None, other: dict | None) -> dict | None:
     """A folder's own rates (measured_rates), with the gaps filled from ``other`` (--rates-from's): its own come
     first, but what it has not measured (a new network's set-up, where every training it timed reused a warm
