@@ -354,6 +354,12 @@ def test_time_to_fid_from_fid_during_training(tmp_path, monkeypatch):
     table = (out / "results.md").read_text()
     assert "s to FID 1e+06" in table and "| — |" in table and f"| ≤{curve[0][0]:.0f} |" in table  # the first
     assert (out / "results_curves.png").exists()
+    # a constant learning rate: the curve is the budget each quality needs; a decaying one's is its schedule's
+    assert record["lr_decay"] == "constant" and "These times are of this run's schedule" not in table
+    score = out / "scores" / "single-s0__default.json"
+    score.write_text(json.dumps({**record, "lr_decay": "cosine"}))
+    assert main(["ablate", str(tmp_path / "ablation.yaml"), "--out", str(out), "--report"]) == 0
+    assert "its learning rate decays over its whole budget (optim.decay: cosine)" in (out / "results.md").read_text()
     assert cfg is None or cfg["train"]["eval_metric"] == "fid"
 
 

@@ -670,6 +670,8 @@ class AblationRunner:
                 curve.append(end)
                 record["curve_end_from_score"] = True
             record["eval_curve"] = curve  # the run's, in each of its scores (results_curves.png draws it once)
+            # a curve of a decaying learning rate is that schedule's: results.md says a shorter run is another one
+            record["lr_decay"] = run.cfg.optim.decay
             if (path, eval_name) == ("default", self.spec.curve_eval(unit.variant)):  # what the curve measured
                 record["time_to_fid"] = {f"{x:g}": time_to(curve, x) for x in self.spec.time_to_fid}
         return record

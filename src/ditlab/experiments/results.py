@@ -74,6 +74,19 @@ def _fmt_count(rs: list[dict], key: str) -> str:
     return f"{round(statistics.mean(values)):,} ({', '.join(f'{v:,}' for v in values)})"
 
 
+def _schedule_caveat(records: list[dict]) -> str:
+    """A time to FID read off a run whose learning rate decays over its whole budget is that schedule's: at 420 s
+    of a 900-s cosine run the rate is still high, and a run whose budget ends at 420 s (its rate decayed by then)
+    usually scores better there. Without this a reader takes the curve for the budget each quality needs."""
+    decays = sorted({r["lr_decay"] for r in records if r.get("eval_curve") and r.get("lr_decay", "constant")
+                     != "constant"})
+    if not decays:
+        return ""
+    return (f" These times are of this run's schedule: its learning rate decays over its whole budget (optim.decay: "
+            f"{', '.join(decays)}), so a run whose budget ends at one of these times has decayed its rate by then "
+            "and can score better there.")
+
+
 def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
     """One row per score; time_to_fid_X columns (training seconds, empty: never, n/a: a score of another eval or
     path than FID during training measured) for the file's thresholds."""
@@ -109,7 +122,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
         lines += ["", f"Time to FID: training seconds (evaluation excluded) until the FID of {b.eval_num} samples "
                       f"measured every {b.eval_every} steps during training{_curve_settings(spec, records)} first "
                       "reached the value: between the evaluation before and that one (≤: at the first "
-                      f"evaluation); — never; {NOT_MEASURED}: a score with other settings than those."]
+                      f"evaluation); — never; {NOT_MEASURED}: a score with other settings than those."
+                      + _schedule_caveat(records)]
     head = ["variant", "path", "FID", "NFE", *[f"s to FID {t}" for t in times], "train steps", "train images",
             "params (M)", "GFLOPs/img", "note"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
