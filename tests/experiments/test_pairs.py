@@ -38,10 +38,10 @@ def test_leave_one_out_says_what_each_change_adds_paired_by_seed(tmp_path):
     text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
     # 2 SE: the seed sd pooled over combo_final and without_lr (variances 0.08 and 0.32, 1 df each: sd 0.447),
     # times sqrt(2 / n) for n paired seeds, times two
-    assert "| lr | default | 7.20 | 9.40 | +2.20 (+2.00, +2.40) | 0.89 (2 df) | 2 |" in text
-    assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1.26 (2 df) | 1 |" in text  # seed 1 of it not scored yet
+    assert "| lr | default | 7.20 | 9.40 | +2.20 (+2.00, +2.40) | 0.89 (2 df) | 1.92 | 2 |" in text
+    assert "| swiglu | default | 7.00 | 6.90 | -0.10 | 1.26 (2 df) | 2.72 | 1 |" in text  # seed 1 of it not scored yet
     no_pairs_of_seeds = [r for r in records if r["seed"] == 0]
-    assert "| lr | default | 7.00 | 9.00 | +2.00 | — | 1 |" in write_markdown(
+    assert "| lr | default | 7.00 | 9.00 | +2.00 | — | — | 1 |" in write_markdown(
         tmp_path / "results.md", spec, no_pairs_of_seeds, {}).read_text()
     plain = write_markdown(tmp_path / "results.md", spec, records[:2], {}).read_text()
     assert "leave one out" not in plain
@@ -95,9 +95,9 @@ def test_each_variant_is_measured_against_the_baseline_paired_by_seed(tmp_path):
     text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
     assert "Against the baseline (base)" in text
     # 2 SE: the seed sd pooled over base and lr (variances 0.5 and 0.08, 1 df each: sd 0.539) * sqrt(2 / n) * 2
-    assert "| lr | default | 8.20 | 10.50 | +2.30 (+2.00, +2.60) | 1.08 (2 df) | 2 |" in text
-    assert "| lift | diagonal | 9.00 | 10.00 | +1.00 | — | 1 |" in text  # no variant with two seeds on that path
-    assert "| lift | dp-hi | 10.50 | 10.00 | -0.50 | — | 1 |" in text
+    assert "| lr | default | 8.20 | 10.50 | +2.30 (+2.00, +2.60) | 1.08 (2 df) | 2.32 | 2 |" in text
+    assert "| lift | diagonal | 9.00 | 10.00 | +1.00 | — | — | 1 |" in text  # no variant with two seeds there
+    assert "| lift | dp-hi | 10.50 | 10.00 | -0.50 | — | — | 1 |" in text
     assert "Against the baseline" not in write_markdown(
         tmp_path / "results.md", dataclasses.replace(spec, baseline=""), records, {}).read_text()
     assert baseline_pairs(spec, [r for r in records if r["variant"] != "base"]) == []
@@ -176,12 +176,14 @@ def test_an_eval_is_measured_against_its_reference_eval_paired_by_seed(tmp_path)
     # each pair's differences have variance 0.005 (1 df): sd 0.0707, 2 SE = 2 * 0.0707 / sqrt(2) = 0.10
     assert pairs[0].seed_sd == pytest.approx(0.005 ** 0.5) and pairs[0].seed_df == 1
     assert pairs[0].two_se == pytest.approx(0.1)
+    # its 95% interval: the standard error 0.05 times Student's t at 0.975 on 1 df (12.71), not 2 SE
+    assert pairs[0].ci95 == pytest.approx(0.05 * 12.7062)
     text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
     assert "Against the reference evals (`eval_pairs`)" in text
-    assert "| v | default / cfg2 vs cfg | 6.35 | 6.90 | +0.55 (+0.60, +0.50) | 0.10 (1 df) | 2 |" in text
-    assert "| v | default / cfg2_all vs cfg2 | 7.40 | 6.35 | -1.05 (-1.10, -1.00) | 0.10 (1 df) | 2 |" in text
+    assert "| v | default / cfg2 vs cfg | 6.35 | 6.90 | +0.55 (+0.60, +0.50) | 0.10 (1 df) | 0.64 | 2 |" in text
+    assert "| v | default / cfg2_all vs cfg2 | 7.40 | 6.35 | -1.05 (-1.10, -1.00) | 0.10 (1 df) | 0.64 | 2 |" in text
     one_seed = [r for r in records if r["seed"] == 0]
-    assert "| v | default / cfg2 vs cfg | 6.40 | 7.00 | +0.60 | — | 1 |" in write_markdown(
+    assert "| v | default / cfg2 vs cfg | 6.40 | 7.00 | +0.60 | — | — | 1 |" in write_markdown(
         tmp_path / "results.md", spec, one_seed, {}).read_text()
     assert "Against the reference evals" not in write_markdown(
         tmp_path / "results.md", dataclasses.replace(spec, eval_pairs={}), records, {}).read_text()
@@ -216,3 +218,15 @@ def test_eval_pairs_name_evals_of_the_file(tmp_path):
                          ("[cfg2, cfg]", "eval_pairs must be a mapping of eval -> reference eval")):
         with pytest.raises(ConfigError, match=match):
             _eval_pairs_file(tmp_path, pairs)
+
+
+def test_t_975_is_students_t_quantile():
+    """The 95% intervals' t (pairs.t_975): the table for 1 to 30 degrees of freedom and the expansion above it,
+    against scipy's quantile; no degrees of freedom is refused rather than given a normal quantile."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from ditlab.experiments.pairs import t_975
+
+    for df in [*range(1, 61), 100, 1000, 10**6]:
+        assert t_975(df) == pytest.approx(float(scipy_stats.t.ppf(0.975, df)), abs=6e-5)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_975(0)

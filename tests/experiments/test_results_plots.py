@@ -26,7 +26,8 @@ def test_the_plot_marks_each_training_seed(tmp_path, monkeypatch):
 
 def test_the_leave_one_out_plot_sets_each_seed_beside_the_seed_noise(tmp_path, monkeypatch):
     """results_leave_one_out.png: a row per change and path, each seed's difference as a point, their mean as a bar,
-    and a band of +- 2 SE of the mean from the pooled seed noise (wider for the pair with one seed); written by
+    and a band of the mean's 95% interval (Student's t on the pooled seed noise's 2 df; wider for the pair with
+    one seed); written by
     write_results only when the stage has leave-one-out variants."""
     import json
 
@@ -67,7 +68,10 @@ def test_the_leave_one_out_plot_sets_each_seed_beside_the_seed_noise(tmp_path, m
     assert "results_leave_one_out.png" in written and (out / "results_leave_one_out.png").stat().st_size > 0
     loo = [(x, row) for x, row in points if x < 3]  # results.png's points are FIDs (>= 7.0)
     assert sorted((round(x, 6), row) for x, row in loo) == [(-0.1, 1), (2.0, 0), (2.4, 0)]
-    assert (0, 1.788854, -0.894427) in bars and (1, 2.529822, -1.264911) in bars  # the bands: +-2 SE around zero
+    # the bands: +- the 95% interval around zero, t at 0.975 with 2 df (4.3027) times the standard error
+    assert pairs[0].ci95 == pytest.approx(4.3027 * 0.2 ** 0.5) and pairs[1].ci95 == pytest.approx(4.3027 * 0.4 ** 0.5)
+    for row, pair in enumerate(pairs):
+        assert (row, round(2 * pair.ci95, 6), round(-pair.ci95, 6)) in bars
     assert (0, 2.2, 0.0) in bars and (1, -0.1, 0.0) in bars  # the means
     (out / "results_leave_one_out.png").unlink()
     assert "results_leave_one_out.png" not in [p.name for p in write_results(out, named_only, {})]

@@ -157,15 +157,19 @@ def _paired_rows(pairs: list[LeaveOneOut]) -> list[str]:
         diffs = pair.diffs
         each = f" ({', '.join(f'{d:+.2f}' for d in diffs)})" if len(diffs) > 1 else ""
         noise = "—" if pair.two_se is None else f"{pair.two_se:.2f} ({pair.seed_df} df)"
+        ci = "—" if pair.ci95 is None else f"{pair.ci95:.2f}"
         rows.append(f"| {pair.left_out} | {pair.label} | {statistics.mean(pair.with_it):.2f} | "
-                    f"{statistics.mean(pair.without):.2f} | {statistics.mean(diffs):+.2f}{each} | {noise} | "
+                    f"{statistics.mean(pair.without):.2f} | {statistics.mean(diffs):+.2f}{each} | {noise} | {ci} | "
                     f"{len(pair.seeds)} |")
     return rows
 
 
+_CI_WORDS = ("95% (t): the half-width of that mean's 95% interval, its standard error times Student's t on those "
+             "degrees of freedom; with few of them it is wider than 2 SE (1 df: 6.4 times, 3 df: 1.6, 5 df: 1.3): a "
+             "difference within it is no more than seed noise.")
 _TWO_SE_WORDS = ("2 SE: twice the standard error of that mean, from the seed-to-seed standard deviation pooled over "
                  "this stage's variants with two or more seeds on the path / eval (its degrees of freedom in "
-                 "brackets; — before any has two): a difference within it is no more than seed noise.")
+                 "brackets; — before any has two). " + _CI_WORDS)
 
 
 def _pairs(spec, records: list[dict]) -> tuple[list[LeaveOneOut], list[LeaveOneOut], list[EvalPair]]:
@@ -184,8 +188,9 @@ def _baseline_lines(spec, pairs: list[LeaveOneOut]) -> list[str]:
     return ["", f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus "
                 "the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS + apart,
             "",
-            "| variant | path | variant's FID | baseline's FID | baseline - variant (each seed) | 2 SE | seeds |",
-            "|---|---|---|---|---|---|---|", *rows]
+            "| variant | path | variant's FID | baseline's FID | baseline - variant (each seed) | 2 SE | 95% (t) | "
+            "seeds |",
+            "|---|---|---|---|---|---|---|---|", *rows]
 
 
 def _leave_one_out_lines(pairs: list[LeaveOneOut]) -> list[str]:
@@ -198,8 +203,8 @@ def _leave_one_out_lines(pairs: list[LeaveOneOut]) -> list[str]:
     return ["", "What each change of a combination adds (leave one out): the FID without it minus the "
                 "combination's, paired by training seed; positive: the change helps on top of the others. "
             + _TWO_SE_WORDS, "",
-            "| left out | path | with it | without it | without - with (each seed) | 2 SE | seeds |",
-            "|---|---|---|---|---|---|---|", *rows]
+            "| left out | path | with it | without it | without - with (each seed) | 2 SE | 95% (t) | seeds |",
+            "|---|---|---|---|---|---|---|---|", *rows]
 
 
 def _eval_pair_lines(pairs: list[EvalPair]) -> list[str]:
@@ -212,10 +217,11 @@ def _eval_pair_lines(pairs: list[EvalPair]) -> list[str]:
                 "better. 2 SE: twice the standard error of that mean, from the standard deviation of a paired "
                 "difference pooled over the variants with this eval pair on two or more seeds (its degrees of "
                 "freedom in brackets; — before any has two); other evals' pairs do not enter it. Two evals of one "
-                "training share its luck, so the seed-to-seed spread of FID would overstate this noise.", "",
+                "training share its luck, so the seed-to-seed spread of FID would overstate this noise. " + _CI_WORDS,
+            "",
             "| variant | path / eval vs reference | eval's FID | reference's FID | reference - eval (each seed) | 2 SE | "
-            "seeds |",
-            "|---|---|---|---|---|---|---|", *rows]
+            "95% (t) | seeds |",
+            "|---|---|---|---|---|---|---|---|", *rows]
 
 
 def _n_scores(n: int, older: bool = False) -> str:

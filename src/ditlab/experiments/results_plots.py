@@ -81,20 +81,22 @@ def plot_results(path: Path, records: list[dict]) -> Path:
 _PAIR_PLOTS = {
     "leave_one_out": (lambda p: f"without {p.left_out} / {p.label}",
                       "FID without the change - FID with it (positive: the change helps)",
-                      "± 2 SE (pooled seed noise)"),
+                      "95% interval (Student's t, pooled seed noise)"),
     "baseline": (lambda p: f"{p.left_out} / {p.label}",
-                 "baseline's FID - the variant's (positive: the variant is better)", "± 2 SE (pooled seed noise)"),
+                 "baseline's FID - the variant's (positive: the variant is better)",
+                 "95% interval (Student's t, pooled seed noise)"),
     "evals": (lambda p: f"{p.left_out} / {p.label}",
               "reference eval's FID - the eval's (positive: the eval is better)",
-              "± 2 SE (pooled noise of a paired difference)"),
+              "95% interval (Student's t, pooled noise of a paired difference)"),
 }
 
 
 def plot_paired(path: Path, pairs: list[LeaveOneOut], kind: str = "leave_one_out") -> Path:
     """A row per pair: each training seed's paired difference as a point, their mean as a bar, zero as a line, and
-    as a grey band plus or minus twice the mean's standard error (the pair's two_se, where known): a mean inside
-    the band is no more than noise. ``kind``: leave_one_out (leave_one_out_pairs), baseline (baseline_pairs) or
-    evals (eval_pairs), which label the rows and axis."""
+    as a grey band the mean's 95% interval around zero (the pair's ci95: its standard error times Student's t on
+    the pooled noise's degrees of freedom, where known): a mean inside the band is no more than noise. ``kind``:
+    leave_one_out (leave_one_out_pairs), baseline (baseline_pairs) or evals (eval_pairs), which label the rows and
+    axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +106,7 @@ def plot_paired(path: Path, pairs: list[LeaveOneOut], kind: str = "leave_one_out
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(pairs) + 1.8), constrained_layout=True)
     banded = False
     for row, pair in enumerate(pairs):
-        band = pair.two_se
+        band = pair.ci95
         if band:
             ax.barh(row, 2 * band, left=-band, height=0.7, color="0.88", zorder=1,
                     label=None if banded else band_label)
