@@ -1,6 +1,7 @@
 """Paired comparisons of an ablation's scores, by training seed: what each change of a combination adds (leave
 one out), each variant against the baseline, each eval against its reference eval on the same trainings; each
-with twice the standard error of its mean difference, from the noise pooled over the stage's scores."""
+with twice the standard error of its mean difference, from the noise pooled over the stage's scores, and the 95%
+interval of that mean by Student's t on the pooled noise's degrees of freedom."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ _Z_975 = 1.959963984540054
 
 def t_975(df: int) -> float:
     """The 97.5% quantile of Student's t with ``df`` degrees of freedom: a mean's 95% interval is +- t_975(df)
-    standard errors when its noise was estimated on df degrees of freedom (2 for a known noise: df -> infinity)."""
+    standard errors when its noise was estimated on df degrees of freedom (1.96 for a known noise)."""
     if df < 1:
         raise ValueError(f"t_975: degrees of freedom must be >= 1, got {df}")
     if df <= len(_T_975):
@@ -54,7 +55,8 @@ class LeaveOneOut:
     def two_se(self) -> float | None:
         """Twice the standard error of the mean difference: two runs of n seeds each, with the pooled seed
         standard deviation, differ by sd * sqrt(2 / n) (cautious: runs of one seed may share their data order, and
-        then a paired difference varies less). A mean difference within it is no more than seed noise."""
+        then a paired difference varies less). With few degrees of freedom a mean difference past it can still
+        be seed noise: ci95 is the test."""
         return None if self.seed_sd is None else 2.0 * self.seed_sd * (2.0 / len(self.seeds)) ** 0.5
 
     @property
