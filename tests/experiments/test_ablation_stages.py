@@ -1034,7 +1034,8 @@ def test_the_guidance_ablation_chooses_on_seeds_the_headline_does_not_report():
 def test_the_muon_lr_ablation_reuses_the_headlines_runs_as_its_preset():
     """configs/ablations/speedrun_muon_lr.yaml: `preset` is the headline's run (same recipe, seeds, budget and
     sampler), so the headline's score files (twenty-sixth session, H200) stand for it; the archive's records of
-    its three evals were sampled with the settings the file asks for; muon_lr4e3 differs by optim.muon_lr alone."""
+    its three evals were sampled with the settings the file asks for; split_lr4e3 differs by optim.muon_split and
+    optim.muon_lr alone (muon_options.yaml's winner at 120 s)."""
     import tarfile
     from pathlib import Path
 
@@ -1050,10 +1051,13 @@ def test_the_muon_lr_ablation_reuses_the_headlines_runs_as_its_preset():
     for seed in spec.seeds:
         assert variant_config(spec, preset, seed, Path("u"), []) == variant_config(
             headline, headline.variants[0], seed, Path("u"), [])
+    assert muon_lr.name == "split_lr4e3"
     mine = variant_config(spec, muon_lr, 0, Path("u"), [])
-    assert (mine.optim.lr, mine.optim.muon_lr) == (2e-3, 4e-3)
-    assert dataclasses.replace(mine, optim=dataclasses.replace(mine.optim, muon_lr=None)) == variant_config(
-        spec, preset, 0, Path("u"), [])
+    assert (mine.optim.lr, mine.optim.muon_lr, mine.optim.muon_split) == (2e-3, 4e-3, True)
+    assert dataclasses.replace(mine, optim=dataclasses.replace(mine.optim, muon_lr=None, muon_split=False)) == \
+        variant_config(spec, preset, 0, Path("u"), [])
+    options = load_ablation("configs/ablations/muon_options.yaml")  # the same overrides as the 120-s winner's
+    assert muon_lr.overrides == next(v.overrides for v in options.variants if v.name == "split_lr4e3")
     evals = dict(spec.evals_of(preset))
     assert set(evals) == {"cfg", "cfg2", "nocfg"}
     with tarfile.open("docs/runs/twentysixth_session_h200/candidate_headline_files.tgz") as tar:
