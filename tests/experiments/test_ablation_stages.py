@@ -955,7 +955,7 @@ def test_the_combination_trains_first_before_variants_stacked_in_an_earlier_stag
 def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     """configs/ablations/muon_options.yaml compares with the stack round's muon+lr2e3 score: the same overrides,
     budget, seed and sample settings; `split` differs by optim.muon_split alone, `muon_lr4e3` by optim.muon_lr,
-    `split_lr4e3` by both."""
+    `split_lr4e3` by both, `split_lr6e3` from it by optim.muon_lr alone."""
     from pathlib import Path
 
     from ditlab.experiments.ablation import variant_config
@@ -966,7 +966,8 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     stack = stage_spec(plan, plan.stages[1], plan.variants)
     assert (split.budget, split.seeds, split.sample) == (stack.budget, stack.seeds, stack.sample)
     assert stack.evals_of(stack.variants[0]) == [("cfg", stack.sample)]  # the stack round scored the plain sample
-    whole, with_split, muon_lr, both = (variant_config(split, v, 0, Path("u"), []) for v in split.variants)
+    assert [v.name for v in split.variants] == ["whole", "split", "muon_lr4e3", "split_lr4e3", "split_lr6e3"]
+    whole, with_split, muon_lr, both, faster = (variant_config(split, v, 0, Path("u"), []) for v in split.variants)
     muon = next(v for v in plan.variants if v.name == "muon")
     lr2e3 = next(v for v in plan.variants if v.name == "lr2e3")
     pair = dataclasses.replace(muon, overrides=muon.overrides + lr2e3.overrides)  # the stack round's muon+lr2e3
@@ -976,6 +977,8 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     assert (muon_lr.optim.lr, muon_lr.optim.muon_lr) == (2e-3, 4e-3)
     assert dataclasses.replace(muon_lr, optim=dataclasses.replace(muon_lr.optim, muon_lr=None)) == whole
     assert dataclasses.replace(both, optim=dataclasses.replace(both.optim, muon_split=False)) == muon_lr
+    assert faster.optim.muon_lr == 6e-3
+    assert dataclasses.replace(faster, optim=dataclasses.replace(faster.optim, muon_lr=4e-3)) == both
 
 
 def _trains_the_preset_as_shipped(name: str, seed: int):
