@@ -230,3 +230,33 @@ def test_t_975_is_students_t_quantile():
         assert t_975(df) == pytest.approx(float(scipy_stats.t.ppf(0.975, df)), abs=6e-5)
     with pytest.raises(ValueError, match="degrees of freedom"):
         t_975(0)
+
+
+def test_each_variant_is_measured_against_the_best_paired_by_seed(tmp_path):
+    """results.md's "Against the best": on each path / eval, the lowest mean FID among the variants with two or
+    more seeds leads, and every other variant (not the baseline, whose pair the baseline table has; one seed or
+    more) is paired with it by seed; no table where the baseline itself is best."""
+    from ditlab.experiments.pairs import best_pairs
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1]\nbaseline: base\n"
+                                     "variants: {base: {}, lr: {}, wd: {}, once: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+
+    def rec(variant, seed, fid):
+        return {**_record(seed, fid, 300), "variant": variant}
+
+    # once: a single lucky seed does not lead; lr (mean 8.2) leads wd (8.9) and once (7.0 on seed 0 only)
+    records = [rec("base", 0, 10.0), rec("base", 1, 11.0), rec("lr", 0, 8.0), rec("lr", 1, 8.4),
+               rec("wd", 0, 8.9), rec("wd", 1, 8.9), rec("once", 0, 7.0)]
+    pairs = best_pairs(spec, records)
+    assert [(p.left_out, p.label, p.seeds) for p in pairs] == [("wd", "default: best lr", (0, 1)),
+                                                                ("once", "default: best lr", (0,))]
+    assert pairs[0].diffs == pytest.approx((0.9, 0.5)) and pairs[1].diffs == pytest.approx((-1.0,))
+    # the seed noise pooled over base, lr and wd (variances 0.5, 0.08, 0; 1 df each): 3 df
+    assert pairs[0].seed_df == 3 and pairs[0].seed_sd == pytest.approx((0.58 / 3) ** 0.5)
+    text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+    assert "Against the best" in text and "| wd | default: best lr | 8.20 | 8.90 | +0.70 (+0.90, +0.50) |" in text
+    baseline_best = [r if r["variant"] != "base" else {**r, "fid": r["fid"] - 5} for r in records]
+    assert best_pairs(spec, baseline_best) == []
+    assert "Against the best" not in write_markdown(tmp_path / "results.md", spec, baseline_best, {}).read_text()

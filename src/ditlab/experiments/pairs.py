@@ -164,6 +164,35 @@ def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     return [pair for pair in pairs if pair]
 
 
+def best_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
+    """For each path / eval, its best variant (the lowest mean FID among the variants scored there on two or more
+    training seeds) against every other variant scored there, paired by seed: ``left_out`` is the other variant,
+    ``with_it`` the best's FIDs and ``without`` the other's, so ``diffs`` is the other's FID minus the best's
+    (positive: the best is ahead), with the seed noise pooled as baseline_pairs pools it. ``label`` names the best
+    ("path / eval: best NAME"). Whether the leader is clear of the runner-up is what picking a winner asks; the
+    baseline table answers it only where the baseline is one of the two. The baseline's pair is in that table and
+    a best combination's leave-one-out pairs in theirs, so they are left out here, as is a path / eval whose best
+    is the baseline or that has no variant on two seeds."""
+    fids = _fids_by_key(records)
+    left_out = set(spec.apart_from_baseline())
+    noise = pooled_seed_sd([r for r in records if r["variant"] not in left_out])
+    by_label: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for (variant, p, e), fid in fids.items():
+        if variant not in left_out:
+            by_label.setdefault((p, e), {})[variant] = fid
+    pairs = []
+    for (p, e), variants in by_label.items():
+        ranked = sorted((statistics.mean(f.values()), v) for v, f in variants.items() if len(f) > 1)
+        if not ranked or ranked[0][1] == spec.baseline:
+            continue
+        best = ranked[0][1]
+        shown = {best, spec.baseline} | {v.name for v in spec.variants if v.left_out_of and v.left_out_of[0] == best}
+        for variant, fid in variants.items():
+            if variant not in shown and (pair := _paired(variant, p, e, variants[best], fid, noise)):
+                pairs.append(dataclasses.replace(pair, label=f"{pair.label}: best {best}"))
+    return pairs
+
+
 def eval_pairs(spec, records: list[dict]) -> list[EvalPair]:
     """For each (variant, path) scored on both an eval of ``spec.eval_pairs`` and its reference, the pair on the
     training seeds both scores have, in the order of ``records``; the noise of a paired difference is pooled per

@@ -15,7 +15,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from ditlab.experiments.pairs import EvalPair, LeaveOneOut, baseline_pairs, eval_pairs, leave_one_out_pairs
+from ditlab.experiments.pairs import (EvalPair, LeaveOneOut, baseline_pairs, best_pairs, eval_pairs,
+                                      leave_one_out_pairs)
 from ditlab.experiments.results_plots import plot_curves, plot_paired, plot_results
 from ditlab.experiments.score_records import group_by_pair, read_scores, score_key
 
@@ -135,6 +136,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
     lines += _posthoc_fit_lines(records)
     baseline, leave_one_out, evals = pairs if pairs is not None else _pairs(spec, records)
     lines += _baseline_lines(spec, baseline)
+    lines += _best_lines(best_pairs(spec, records))
     lines += _leave_one_out_lines(leave_one_out)
     lines += _eval_pair_lines(evals)
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
@@ -189,6 +191,20 @@ def _baseline_lines(spec, pairs: list[LeaveOneOut]) -> list[str]:
                 "the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS + apart,
             "",
             "| variant | path | variant's FID | baseline's FID | baseline - variant (each seed) | 2 SE | 95% (t) | "
+            "seeds |",
+            "|---|---|---|---|---|---|---|---|", *rows]
+
+
+def _best_lines(pairs: list[LeaveOneOut]) -> list[str]:
+    """The table of best_pairs: is each path / eval's leader clear of the others?"""
+    rows = _paired_rows(pairs)
+    if not rows:
+        return []
+    return ["", "Against the best (on each path / eval, the variant with the lowest mean FID over two or more seeds, "
+                "when it is not the baseline): each other variant's FID minus the best's, paired by training seed "
+                "(the baseline's pair and a best combination's leave-one-out pairs have tables of their own); "
+                "positive: the best is ahead. " + _TWO_SE_WORDS, "",
+            "| variant | path: best | best's FID | variant's FID | variant - best (each seed) | 2 SE | 95% (t) | "
             "seeds |",
             "|---|---|---|---|---|---|---|---|", *rows]
 
