@@ -97,7 +97,8 @@ def test_a_truncated_file_in_the_cache_is_joined_again(tmp_path, stage, repo, sh
 def test_a_corrupt_part_is_refused_the_parts_kept_and_the_other_files_joined(tmp_path, stage, repo, shared, capsys):
     folders = prepare(stage, repo, shared)
     first = next(p for p in folders[0].iterdir() if p.name.startswith("cifar10-train"))
-    first.write_bytes(b"x" + first.read_bytes()[1:])
+    data = first.read_bytes()
+    first.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # a byte that surely differs
     cache = tmp_path / "cache"
     codes = [stage.main(["take", str(folder), "--cache", str(cache)]) for folder in folders]
     assert codes[2] == 1  # the train zip's last part arrives in folder 3 (4,000 + 4,000 + 1,000 bytes)
@@ -160,6 +161,7 @@ def test_gather_refuses_a_corrupt_part(tmp_path, stage, monkeypatch, capsys):
     out = tmp_path / "out"
     assert stage.main(["give", str(src), str(out), "--call", "1"]) == 0
     part = out / "run.tar.give001"
-    part.write_bytes(b"x" + part.read_bytes()[1:])
+    data = part.read_bytes()  # flip the first byte's bits: writing b"x" left a part whose byte was "x" whole (1 in 256)
+    part.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
     assert stage.main(["gather", str(out), "--out", str(tmp_path / "joined")]) == 1
     assert "run.tar.give001" in capsys.readouterr().err and not (tmp_path / "joined").exists()
