@@ -19,8 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ditlab.experiments.ablation_spec import AblationSpec, Stage, Variant
-from ditlab.experiments.timings import (combine_rates, describe_rates, folder_rates, measured_rates, scores_s,
-                                        training_eval_s)
+from ditlab.experiments.timings import describe_rates, folder_rates, scores_s, training_eval_s
 
 
 def _budget(b) -> str:
@@ -101,7 +100,7 @@ def describe_plan(spec: AblationSpec, out, only: list[str] = (), rates_from: dic
     check_variants(spec, [])  # the default paths, and a bad variant named before anything else
     # the whole study's rates (--rates-from filling what it has not measured): a file without stages is judged by
     # them and the total names them; each stage's units are judged as the runner judges them (folder_rates)
-    rates = combine_rates(measured_rates(out), rates_from)
+    rates = folder_rates(out, rates_from)
     names = check_stage_name(spec, stage_name)
     if seeds and not spec.stages:
         spec = dataclasses.replace(spec, seeds=list(seeds))

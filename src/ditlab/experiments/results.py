@@ -2,7 +2,8 @@
 
 results.csv has one row per score; results.md a table of FID per (variant, path, eval), the mean over
 training seeds with each seed's value when there are several, then the paired comparisons (pairs: each variant
-against the baseline, what each change of a combination adds, each eval against its reference eval). Runs that
+against the baseline, each against the best, what each change of a combination adds, each eval against its
+reference eval). Runs that
 measured FID during training (budget eval_every) add time-to-FID columns (the training seconds at which the
 in-training FID first reached each of the file's time_to_fid values; mean over the seeds that reached it).
 write_results writes the tables and the plots (results_plots) of a folder.
@@ -103,9 +104,9 @@ def write_csv(path: Path, records: list[dict], time_to_fid=()) -> Path:
 
 
 def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
-                   pairs: tuple[list, list, list] | None = None) -> Path:
-    """results.md; ``pairs``: (baseline_pairs, leave_one_out_pairs, eval_pairs) where the caller has built them for
-    its plots too (write_results), else built here."""
+                   pairs: tuple[list, list, list, list] | None = None) -> Path:
+    """results.md; ``pairs``: (baseline_pairs, best_pairs, leave_one_out_pairs, eval_pairs) where the caller has
+    built them for its plots too (write_results), else built here."""
     s, b = spec.sample, spec.budget
     lines = [
         f"# Ablation {spec.source.name}",
@@ -134,9 +135,9 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
                  _fmt_count(rs, "train_images"), f"{r['params'] / 1e6:.2f}", f"{r['gflops_per_image']:.2f}", r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _posthoc_fit_lines(records)
-    baseline, leave_one_out, evals = pairs if pairs is not None else _pairs(spec, records)
+    baseline, best, leave_one_out, evals = pairs if pairs is not None else _pairs(spec, records)
     lines += _baseline_lines(spec, baseline)
-    lines += _best_lines(best_pairs(spec, records))
+    lines += _best_lines(best)
     lines += _leave_one_out_lines(leave_one_out)
     lines += _eval_pair_lines(evals)
     missing = [(v.name, p, e) for v in spec.variants for p, e, _ in spec.scores_of(v)
@@ -153,7 +154,8 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
 
 def _paired_rows(pairs: list[LeaveOneOut]) -> list[str]:
     """A table row per pair: its change, path / eval, the mean FID with and without it, the mean of the paired
-    differences (without - with; each seed's too when there are several), twice its standard error, the seeds."""
+    differences (without - with; each seed's too when there are several), twice its standard error, the 95%
+    interval by Student's t, the seeds."""
     rows = []
     for pair in pairs:
         diffs = pair.diffs
@@ -166,6 +168,17 @@ def _paired_rows(pairs: list[LeaveOneOut]) -> list[str]:
     return rows
 
 
+def _paired_table(caption: str, columns: tuple[str, str, str, str, str], pairs: list[LeaveOneOut]) -> list[str]:
+    """A paired table of results.md: its caption, a header of ``columns`` (who, where, the two mean FIDs, their
+    difference) followed by the noise columns every paired table shares, and _paired_rows; nothing without
+    pairs."""
+    rows = _paired_rows(pairs)
+    if not rows:
+        return []
+    head = [*columns, "2 SE", "95% (t)", "seeds"]
+    return ["", caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]
+
+
 _CI_WORDS = ("95% (t): the half-width of that mean's 95% interval, its standard error times Student's t on those "
              "degrees of freedom; with few of them it is wider than 2 SE (1 df: 6.4 times, 3 df: 1.6, 5 df: 1.3): a "
              "difference within it is no more than seed noise.")
@@ -174,70 +187,55 @@ _TWO_SE_WORDS = ("2 SE: twice the standard error of that mean, from the seed-to-
                  "brackets; — before any has two). " + _CI_WORDS)
 
 
-def _pairs(spec, records: list[dict]) -> tuple[list[LeaveOneOut], list[LeaveOneOut], list[EvalPair]]:
-    """(baseline_pairs, leave_one_out_pairs, eval_pairs): built once for a stage's tables and plots
+def _pairs(spec, records: list[dict]) -> tuple[list[LeaveOneOut], list[LeaveOneOut], list[LeaveOneOut],
+                                               list[EvalPair]]:
+    """(baseline_pairs, best_pairs, leave_one_out_pairs, eval_pairs): built once for a stage's tables and plots
     (write_results)."""
-    return baseline_pairs(spec, records), leave_one_out_pairs(spec, records), eval_pairs(spec, records)
+    return (baseline_pairs(spec, records), best_pairs(spec, records), leave_one_out_pairs(spec, records),
+            eval_pairs(spec, records))
 
 
 def _baseline_lines(spec, pairs: list[LeaveOneOut]) -> list[str]:
     """The table of baseline_pairs."""
-    rows = _paired_rows(pairs)
-    if not rows:
-        return []
     left_out = spec.apart_from_baseline()
     apart = f" Left out (`against_baseline: false`): {', '.join(left_out)}." if left_out else ""
-    return ["", f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus "
-                "the variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS + apart,
-            "",
-            "| variant | path | variant's FID | baseline's FID | baseline - variant (each seed) | 2 SE | 95% (t) | "
-            "seeds |",
-            "|---|---|---|---|---|---|---|---|", *rows]
+    return _paired_table(
+        f"Against the baseline ({spec.baseline}): each variant's FID gain over it, the baseline's FID minus the "
+        "variant's, paired by training seed; positive: the variant is better. " + _TWO_SE_WORDS + apart,
+        ("variant", "path", "variant's FID", "baseline's FID", "baseline - variant (each seed)"), pairs)
 
 
 def _best_lines(pairs: list[LeaveOneOut]) -> list[str]:
     """The table of best_pairs: is each path / eval's leader clear of the others?"""
-    rows = _paired_rows(pairs)
-    if not rows:
-        return []
-    return ["", "Against the best (on each path / eval, the variant with the lowest mean FID over two or more seeds, "
-                "when it is not the baseline): each other variant's FID minus the best's, paired by training seed "
-                "(the baseline's pair and a best combination's leave-one-out pairs have tables of their own); "
-                "positive: the best is ahead. " + _TWO_SE_WORDS, "",
-            "| variant | path: best | best's FID | variant's FID | variant - best (each seed) | 2 SE | 95% (t) | "
-            "seeds |",
-            "|---|---|---|---|---|---|---|---|", *rows]
+    return _paired_table(
+        "Against the best (on each path / eval, the variant with the lowest mean FID over two or more seeds, when it "
+        "is not the baseline): each other variant's FID minus the best's, paired by training seed (the baseline's "
+        "pair and a best combination's leave-one-out pairs have tables of their own); positive: the best is "
+        "ahead. " + _TWO_SE_WORDS,
+        ("variant", "path: best", "best's FID", "variant's FID", "variant - best (each seed)"), pairs)
 
 
 def _leave_one_out_lines(pairs: list[LeaveOneOut]) -> list[str]:
     """The table of leave_one_out_pairs: the mean FID with and without each change, the mean of the paired
     differences (with each seed's when there are several) and twice its standard error from the pooled seed
     noise."""
-    rows = _paired_rows(pairs)
-    if not rows:
-        return []
-    return ["", "What each change of a combination adds (leave one out): the FID without it minus the "
-                "combination's, paired by training seed; positive: the change helps on top of the others. "
-            + _TWO_SE_WORDS, "",
-            "| left out | path | with it | without it | without - with (each seed) | 2 SE | 95% (t) | seeds |",
-            "|---|---|---|---|---|---|---|---|", *rows]
+    return _paired_table(
+        "What each change of a combination adds (leave one out): the FID without it minus the combination's, "
+        "paired by training seed; positive: the change helps on top of the others. " + _TWO_SE_WORDS,
+        ("left out", "path", "with it", "without it", "without - with (each seed)"), pairs)
 
 
 def _eval_pair_lines(pairs: list[EvalPair]) -> list[str]:
     """The table of eval_pairs."""
-    rows = _paired_rows(pairs)
-    if not rows:
-        return []
-    return ["", "Against the reference evals (`eval_pairs`): each eval's FID against its reference eval's on the "
-                "same trainings, the reference's minus the eval's, paired by training seed; positive: the eval is "
-                "better. 2 SE: twice the standard error of that mean, from the standard deviation of a paired "
-                "difference pooled over the variants with this eval pair on two or more seeds (its degrees of "
-                "freedom in brackets; — before any has two); other evals' pairs do not enter it. Two evals of one "
-                "training share its luck, so the seed-to-seed spread of FID would overstate this noise. " + _CI_WORDS,
-            "",
-            "| variant | path / eval vs reference | eval's FID | reference's FID | reference - eval (each seed) | 2 SE | "
-            "95% (t) | seeds |",
-            "|---|---|---|---|---|---|---|---|", *rows]
+    return _paired_table(
+        "Against the reference evals (`eval_pairs`): each eval's FID against its reference eval's on the same "
+        "trainings, the reference's minus the eval's, paired by training seed; positive: the eval is better. 2 SE: "
+        "twice the standard error of that mean, from the standard deviation of a paired difference pooled over the "
+        "variants with this eval pair on two or more seeds (its degrees of freedom in brackets; — before any has "
+        "two); other evals' pairs do not enter it. Two evals of one training share its luck, so the seed-to-seed "
+        "spread of FID would overstate this noise. " + _CI_WORDS,
+        ("variant", "path / eval vs reference", "eval's FID", "reference's FID", "reference - eval (each seed)"),
+        pairs)
 
 
 def _n_scores(n: int, older: bool = False) -> str:
@@ -346,7 +344,7 @@ def _settings(s) -> str:
 def write_results(out: Path, spec, scorer: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = read_scores(out, spec)
-    baseline, leave_one_out, evals = pairs = _pairs(spec, records)
+    baseline, _, leave_one_out, evals = pairs = _pairs(spec, records)
     paths = [write_csv(out / "results.csv", records, spec.time_to_fid),
              write_markdown(out / "results.md", spec, records, scorer, pairs)]
     if records:
