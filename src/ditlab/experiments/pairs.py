@@ -143,6 +143,14 @@ def _paired(change: str, path: str, eval_name: str, with_it: dict[int, float], w
     return kind(change, label, seeds, tuple(with_it[s] for s in seeds), tuple(without[s] for s in seeds), sd, df)
 
 
+def _apart_and_noise(spec, records: list[dict]) -> tuple[set[str], dict[str, tuple[float, int]]]:
+    """The variants with ``against_baseline: false`` and the seed noise pooled over the others: such a variant is
+    in no table that compares variants, nor in their noise (an FID on another scale, 16x16 samples against the
+    32x32 reference, has its own)."""
+    left_out = set(spec.apart_from_baseline())
+    return left_out, pooled_seed_sd([r for r in records if r["variant"] not in left_out])
+
+
 def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     """With ``spec.baseline`` set: for every other variant and each of its (path, eval) scores, the variant (with
     its changes) against the baseline (without them) on the training seeds both have, with the seed noise pooled
@@ -153,9 +161,7 @@ def baseline_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
         return []
     fids = _fids_by_key(records)
     base_paths = {p for v, p, _ in fids if v == spec.baseline}
-    left_out = set(spec.apart_from_baseline())
-    # nor in the seed noise: an FID on another scale (16x16 samples against the 32x32 reference) has its own
-    noise = pooled_seed_sd([r for r in records if r["variant"] not in left_out])
+    left_out, noise = _apart_and_noise(spec, records)
     pairs = []
     for (variant, p, e), with_it in fids.items():
         if variant != spec.baseline and variant not in left_out:
@@ -174,8 +180,7 @@ def best_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
     a best combination's leave-one-out pairs in theirs, so they are left out here, as is a path / eval whose best
     is the baseline or that has no variant on two seeds."""
     fids = _fids_by_key(records)
-    left_out = set(spec.apart_from_baseline())
-    noise = pooled_seed_sd([r for r in records if r["variant"] not in left_out])
+    left_out, noise = _apart_and_noise(spec, records)
     by_label: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
     for (variant, p, e), fid in fids.items():
         if variant not in left_out:
@@ -186,9 +191,10 @@ def best_pairs(spec, records: list[dict]) -> list[LeaveOneOut]:
         if not ranked or ranked[0][1] == spec.baseline:
             continue
         best = ranked[0][1]
-        shown = {best, spec.baseline} | {v.name for v in spec.variants if v.left_out_of and v.left_out_of[0] == best}
+        elsewhere = {best, spec.baseline} | {v.name for v in spec.variants
+                                             if v.left_out_of and v.left_out_of[0] == best}
         for variant, fid in variants.items():
-            if variant not in shown and (pair := _paired(variant, p, e, variants[best], fid, noise)):
+            if variant not in elsewhere and (pair := _paired(variant, p, e, variants[best], fid, noise)):
                 pairs.append(dataclasses.replace(pair, label=f"{pair.label}: best {best}"))
     return pairs
 
