@@ -148,7 +148,6 @@ def test_a_training_with_fid_during_training_does_not_set_the_set_up(tmp_path):
     assert measured_rates(tmp_path)["setup_s"] == pytest.approx(40.0)
 
 
-
 def test_rates_from_fill_what_a_folder_has_not_measured(tmp_path):
     """A folder whose timed trainings all set up on a warm compile cache would price a fresh machine's training at
     ~4 s of set-up: --rates-from supplies a new network's set-up, and the compilation and loading the folder never
