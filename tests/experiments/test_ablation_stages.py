@@ -955,7 +955,7 @@ def test_the_combination_trains_first_before_variants_stacked_in_an_earlier_stag
 def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     """configs/ablations/muon_options.yaml compares with the stack round's muon+lr2e3 score: the same overrides,
     budget, seed and sample settings; `split` differs by optim.muon_split alone, `muon_lr4e3` by optim.muon_lr,
-    `split_lr4e3` by both, `split_lr6e3` from it by optim.muon_lr alone."""
+    `split_lr4e3` by both, `split_lr6e3` and `split_lr8e3` from it by optim.muon_lr alone."""
     from pathlib import Path
 
     from ditlab.experiments.ablation import variant_config
@@ -966,8 +966,10 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     stack = stage_spec(plan, plan.stages[1], plan.variants)
     assert (split.budget, split.seeds, split.sample) == (stack.budget, stack.seeds, stack.sample)
     assert stack.evals_of(stack.variants[0]) == [("cfg", stack.sample)]  # the stack round scored the plain sample
-    assert [v.name for v in split.variants] == ["whole", "split", "muon_lr4e3", "split_lr4e3", "split_lr6e3"]
-    whole, with_split, muon_lr, both, faster = (variant_config(split, v, 0, Path("u"), []) for v in split.variants)
+    assert [v.name for v in split.variants] == ["whole", "split", "muon_lr4e3", "split_lr4e3", "split_lr6e3",
+                                                "split_lr8e3"]
+    whole, with_split, muon_lr, both, faster, fastest = (
+        variant_config(split, v, 0, Path("u"), []) for v in split.variants)
     muon = next(v for v in plan.variants if v.name == "muon")
     lr2e3 = next(v for v in plan.variants if v.name == "lr2e3")
     pair = dataclasses.replace(muon, overrides=muon.overrides + lr2e3.overrides)  # the stack round's muon+lr2e3
@@ -979,6 +981,8 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     assert dataclasses.replace(both, optim=dataclasses.replace(both.optim, muon_split=False)) == muon_lr
     assert faster.optim.muon_lr == 6e-3
     assert dataclasses.replace(faster, optim=dataclasses.replace(faster.optim, muon_lr=4e-3)) == both
+    assert fastest.optim.muon_lr == 8e-3
+    assert dataclasses.replace(fastest, optim=dataclasses.replace(fastest.optim, muon_lr=4e-3)) == both
 
 
 def _trains_the_preset_as_shipped(name: str, seed: int):
@@ -1037,7 +1041,7 @@ def test_the_guidance_ablation_chooses_on_seeds_the_headline_does_not_report():
 def test_the_muon_lr_ablation_reuses_the_headlines_runs_as_its_preset():
     """configs/ablations/speedrun_muon_lr.yaml: `preset` is the headline's run (same recipe, seeds, budget and
     sampler), so the headline's score files (twenty-sixth session, H200) stand for it; the archive's records of
-    its three evals were sampled with the settings the file asks for; split_lr4e3 differs by optim.muon_split and
+    its three evals were sampled with the settings the file asks for; split_lr6e3 differs by optim.muon_split and
     optim.muon_lr alone (muon_options.yaml's winner at 120 s)."""
     import tarfile
     from pathlib import Path
@@ -1054,13 +1058,13 @@ def test_the_muon_lr_ablation_reuses_the_headlines_runs_as_its_preset():
     for seed in spec.seeds:
         assert variant_config(spec, preset, seed, Path("u"), []) == variant_config(
             headline, headline.variants[0], seed, Path("u"), [])
-    assert muon_lr.name == "split_lr4e3"
+    assert muon_lr.name == "split_lr6e3"
     mine = variant_config(spec, muon_lr, 0, Path("u"), [])
-    assert (mine.optim.lr, mine.optim.muon_lr, mine.optim.muon_split) == (2e-3, 4e-3, True)
+    assert (mine.optim.lr, mine.optim.muon_lr, mine.optim.muon_split) == (2e-3, 6e-3, True)
     assert dataclasses.replace(mine, optim=dataclasses.replace(mine.optim, muon_lr=None, muon_split=False)) == \
         variant_config(spec, preset, 0, Path("u"), [])
     options = load_ablation("configs/ablations/muon_options.yaml")  # the same overrides as the 120-s winner's
-    assert muon_lr.overrides == next(v.overrides for v in options.variants if v.name == "split_lr4e3")
+    assert muon_lr.overrides == next(v.overrides for v in options.variants if v.name == "split_lr6e3")
     evals = dict(spec.evals_of(preset))
     assert set(evals) == {"cfg", "cfg2", "nocfg"}
     with tarfile.open("docs/runs/twentysixth_session_h200/candidate_headline_files.tgz") as tar:
