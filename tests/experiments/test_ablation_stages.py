@@ -1142,14 +1142,15 @@ def test_plan_prices_a_stage_as_the_runner_does(tmp_path):
     for name, fid in (("base", 5.0), ("hot", 3.0), ("cold", 7.0)):  # 30 s of set-up, 0.5 s a pass and a FID
         (out / "screen" / "scores" / f"{name}-s0__default.json").write_text(
             json.dumps({**timed, "variant": name, "fid": fid}))
-    (out / "stages.md").write_text("## screen -> final\n")  # the runner writes it once the screen has ended
+    # no stages.md: the runner is told the study's folder (cmd_ablate), it does not guess it from that file, which a
+    # restored study may not have yet
 
     def runner_and_plan():
         screen = stage_spec(spec, spec.stages[0], spec.variants)
         ranked = ranking(screen, out / "screen", spec.stages[1].rank_by)
         final = stage_spec(spec, spec.stages[1], promoted(spec, spec.stages[1], ranked, screen.variants,
                                                           DataFacts(out)))
-        runner = AblationRunner(final, out / "final", scorer=None, device="cpu")
+        runner = AblationRunner(final, out / "final", scorer=None, device="cpu", study=out)
         expected = {u.name: runner.expected_unit_s(u, out / "final" / "runs" / u.name) for u in runner.units}
         line = next(x for x in describe_plan(spec, out) if x.startswith("  next units"))
         return runner.rates, expected, line
@@ -1167,3 +1168,28 @@ def test_plan_prices_a_stage_as_the_runner_does(tmp_path):
     assert (rates["setup_s"], rates["pass_s"]) == (90.0, 2.0)
     assert "hot-s0" not in line and line.endswith(", ".join(f"{name} ~{s:.0f} s" for name, s in expected.items()
                                                            if name != "hot-s0"))
+
+
+def test_a_stages_runner_is_given_the_studys_folder(tmp_path, monkeypatch):
+    """cmd_ablate hands each stage's runner the study's folder (whose rates price a stage that has timed nothing
+    yet, as --plan prices it). A file without stages has none, even with --out inside a study's folder: the runner
+    used to guess the study from a stages.md beside its folder, and so priced such a folder at that study's rates."""
+    from ditlab.experiments import ablation
+
+    data, net = write_study(tmp_path, monkeypatch, STAGES, 8)
+    seen = []
+
+    class Recording(ablation.AblationRunner):
+        def run(self) -> int:
+            seen.append((self.out, self.study))
+            return ablation.EXIT_MORE_TO_DO  # trains nothing: the stage is left for a later command
+
+    monkeypatch.setattr(ablation, "AblationRunner", Recording)
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, data, net) + ["--stage", "screen"]) == ablation.EXIT_MORE_TO_DO
+    assert seen == [(out / "screen", out)] and (out / "stages.md").exists()
+    (tmp_path / "plain.yaml").write_text(EVALS)
+    args = _args(tmp_path, data, net)
+    args[1], args[3] = str(tmp_path / "plain.yaml"), str(out / "extra")  # a plain study inside the staged one
+    assert main(args) == ablation.EXIT_MORE_TO_DO
+    assert seen[1] == (out / "extra", None)

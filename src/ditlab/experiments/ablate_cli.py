@@ -79,18 +79,21 @@ def cmd_ablate(args) -> int:
     # score starts that the command's deadline would cut off
     invocation = Invocation(args.budget_s, machine_left_s=args.machine_left_s, deadline_s=args.deadline_s)
 
+    # a stage's runner prices its units, while the stage has timed nothing, at the whole study's rates (--plan too)
+    study = args.out if spec.stages else None
+
     def run_one(plain, out, budget_s, only) -> int:
         nonlocal scorer
         if parallel:  # one worker process per device
             return run_parallel(plain, out, args.ref, args.inception, devices, overrides=args.set,
                                 errors_data=args.data or "", budget_s=budget_s, only=only,
                                 sampling_compile=args.compile, machine_left_s=invocation.machine_left_now(),
-                                deadline_s=invocation.deadline_left_now(), rates_from=rates_from)
+                                deadline_s=invocation.deadline_left_now(), rates_from=rates_from, study=study)
         # one device (--gpus 1, --devices cuda:1): the sequential runner on it; one scorer for every stage
         scorer = scorer or FidScorer(args.ref, args.inception, device)
         runner = AblationRunner(plain, out, scorer, overrides=args.set, errors_data=args.data or "",
                                 device=device, budget_s=budget_s, only=only, sampling_compile=args.compile,
-                                invocation=invocation, rates_from=rates_from)
+                                invocation=invocation, rates_from=rates_from, study=study)
         return runner.run()
 
     if spec.stages:

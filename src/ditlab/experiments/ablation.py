@@ -232,7 +232,7 @@ class AblationRunner:
     def __init__(self, spec: AblationSpec, out, scorer, overrides: list[str] = (), errors_data: str = "",
                  device: str = "auto", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
                  log: Callable[[str], None] = print, invocation: Optional["Invocation"] = None,
-                 rates_from: dict | None = None):
+                 rates_from: dict | None = None, study: Path | None = None):
         from ditlab.devices import resolve_device
 
         self.spec, self.out, self.scorer = spec, Path(out), scorer
@@ -249,6 +249,9 @@ class AblationRunner:
         self.invocation = invocation or Invocation(budget_s)
         # --rates-from: another folder's measured rates, for a folder that has timed nothing yet (load_rates_from)
         self.rates_from = rates_from
+        # the whole study's folder when this runner does one of its stages (run_stages): it prices a stage that has
+        # timed nothing yet, as --plan does
+        self.study = None if study is None else Path(study)
         self.rates = self._rates()  # the study's measured set-up and per-sample seconds (None: nothing timed yet)
         check_variants(spec, self.overrides)
         names = {v.name for v in spec.variants}
@@ -341,13 +344,12 @@ class AblationRunner:
         return need_s > self.invocation.budget_s and not self.invocation.worked
 
     def _rates(self) -> dict | None:
-        """measured_rates of this folder, or of the whole study when this is one stage of it (the stages'
-        folders sit beside stages.md) and has no timed score yet, or else --rates-from's; what the folder has not
-        measured is taken from --rates-from (timings.combine_rates)."""
+        """measured_rates of this folder, or of the whole study (``study``) when this is one stage of it and has
+        no timed score yet, or else --rates-from's; what the folder has not measured is taken from --rates-from
+        (timings.folder_rates, which --plan asks too)."""
         from ditlab.experiments.timings import folder_rates
 
-        study = self.out.parent if (self.out.parent / "stages.md").exists() else None
-        return folder_rates(self.out, self.rates_from, study)
+        return folder_rates(self.out, self.rates_from, self.study)
 
     def run(self) -> int:
         """Do every unit not done yet, the ones that failed before last; 0 when all are done, EXIT_MORE_TO_DO

@@ -52,7 +52,7 @@ def parse_devices(gpus: int | None, devices: str | None) -> list[str] | None:
 
 def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, inception, overrides,
             errors_data, sampling_compile: str, start: float, machine_left_s: float = 0.0,
-            deadline_s: float = 0.0, rates_from: dict | None = None) -> None:
+            deadline_s: float = 0.0, rates_from: dict | None = None, study: str | None = None) -> None:
     """One device's loop: build the scorer and runner, then do the jobs the parent sends until None."""
     import torch
 
@@ -68,7 +68,7 @@ def _worker(wid: int, device: str, threads: int, jobs, results, spec, out, ref, 
         scorer = FidScorer(ref, inception, device)
         runner = AblationRunner(spec, out, scorer, overrides=overrides, errors_data=errors_data, device=device,
                                 budget_s=0.0, sampling_compile=sampling_compile, rates_from=rates_from,
-                                log=lambda m: print(f"[{device} #{wid}] {m}", flush=True))
+                                study=study, log=lambda m: print(f"[{device} #{wid}] {m}", flush=True))
     except BaseException:
         results.put(("error", wid, None, traceback.format_exc()))
         return
@@ -182,7 +182,8 @@ class _Scheduler:
         jobs = self.ctx.Queue()
         p = self.ctx.Process(target=_worker, args=(wid, device, self.threads, jobs, self.results, self.spec,
                                                    str(self.out), *self.worker_args, self.plan.start,
-                                                   self.machine_left_s, self.deadline_s, self.plan.rates_from),
+                                                   self.machine_left_s, self.deadline_s, self.plan.rates_from,
+                                                   None if self.plan.study is None else str(self.plan.study)),
                              daemon=True)
         p.start()
         self.workers[wid] = {"device": device, "proc": p, "jobs": jobs, "job": None, "ready": False}
@@ -288,7 +289,7 @@ class _Scheduler:
 def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str], overrides: list[str] = (),
                  errors_data: str = "", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
                  log: Callable[[str], None] = print, machine_left_s: float = 0.0, deadline_s: float = 0.0,
-                 rates_from: dict | None = None) -> int:
+                 rates_from: dict | None = None, study=None) -> int:
     """Do every unit not done yet on the devices (a worker starts no unit that would outlast ``machine_left_s``,
     --machine-left-s, and no score that ``deadline_s`` would cut off); 0 when all are done, EXIT_MORE_TO_DO when
     stopped early, 1 when only failed units (OUT/failed/) are left."""
@@ -297,7 +298,7 @@ def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str],
 
     plan = AblationRunner(spec, out, scorer=None, overrides=overrides, errors_data=errors_data, device="cpu",
                           budget_s=budget_s, only=only, log=log,
-                          rates_from=rates_from)  # checks the variants; the units in order
+                          rates_from=rates_from, study=study)  # checks the variants; the units in order
     out = Path(out)
     scheduler = _Scheduler(spec, out, plan, {v.name: v for v in spec.variants}, devices,
                            (ref, inception, list(overrides), errors_data, sampling_compile), budget_s, log,
