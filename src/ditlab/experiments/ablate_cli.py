@@ -152,7 +152,8 @@ def add_ablate_parser(subparsers):
                         "--machine-left-s, --deadline-s) by the timed score files under DIR: another study's folder "
                         "or a collected archive restored there, best measured on the same kind of machine; once it "
                         "has, DIR's fill only what --out has not measured (a new network's set-up, compiling a "
-                        "sampler, loading a network)")
+                        "sampler, loading a network, the training speed in steps a second; never a variant's own "
+                        "speed)")
     a.add_argument("--only", action="append", default=[], metavar="VARIANT",
                    help="run only these variants; in a file with stages, the first stage's (the later stages "
                         "follow from its ranking), or with --stage LATER that stage's own, e.g. its combination")
