@@ -1142,8 +1142,7 @@ def test_plan_prices_a_stage_as_the_runner_does(tmp_path):
     for name, fid in (("base", 5.0), ("hot", 3.0), ("cold", 7.0)):  # 30 s of set-up, 0.5 s a pass and a FID
         (out / "screen" / "scores" / f"{name}-s0__default.json").write_text(
             json.dumps({**timed, "variant": name, "fid": fid}))
-    # no stages.md: the runner is told the study's folder (cmd_ablate), it does not guess it from that file, which a
-    # restored study may not have yet
+    # no stages.md: the runner is told the study's folder (cmd_ablate) and does not look for that file beside its own
 
     def runner_and_plan():
         screen = stage_spec(spec, spec.stages[0], spec.variants)

@@ -289,7 +289,7 @@ class _Scheduler:
 def run_parallel(spec, out, ref: str, inception: str | None, devices: list[str], overrides: list[str] = (),
                  errors_data: str = "", budget_s: float = 0.0, only: list[str] = (), sampling_compile: str = "auto",
                  log: Callable[[str], None] = print, machine_left_s: float = 0.0, deadline_s: float = 0.0,
-                 rates_from: dict | None = None, study=None) -> int:
+                 rates_from: dict | None = None, study: Path | None = None) -> int:
     """Do every unit not done yet on the devices (a worker starts no unit that would outlast ``machine_left_s``,
     --machine-left-s, and no score that ``deadline_s`` would cut off); 0 when all are done, EXIT_MORE_TO_DO when
     stopped early, 1 when only failed units (OUT/failed/) are left."""
