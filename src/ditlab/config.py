@@ -317,6 +317,11 @@ class EMAConfig:
     # the random initialisation.
     warmup: bool = True
     every: int = 1
+    # > 0: the run's own EMA (what sampling uses) is EDM2's power-function EMA of this relative width in
+    # (0, 0.2887] instead of the decay above: its averaging window grows with the run, always this fraction
+    # of it (docs/posthoc_ema.md). The same average as post-hoc EMA's tracked width of that sigma_rel, without
+    # snapshots. ema.decay and ema.warmup then do not apply. 0 = the exponential EMA of ema.decay.
+    sigma_rel: float = 0.0
     # Post-hoc EMA (Karras et al. 2024, EDM2; docs/posthoc_ema.md): besides the EMA above (what sampling
     # uses), keep one fp32 power-function EMA per relative width sigma_rel in (0, 0.2887], e.g. [0.05, 0.1],
     # updated on the same steps (ema.every); `ditlab ema RUN --sigma-rel S` then rebuilds the EMA of any
@@ -497,6 +502,16 @@ def check_values(cfg: Config, source: str = "") -> None:
     if cfg.ema.every < 1 or cfg.ema.posthoc_every < 0:
         raise ConfigError(f"ema.every must be >= 1 and ema.posthoc_every >= 0, got {cfg.ema.every} and "
                           f"{cfg.ema.posthoc_every}{where}")
+    if not 0 <= cfg.ema.sigma_rel <= 12 ** -0.5:
+        raise ConfigError(f"ema.sigma_rel must lie in (0, {12 ** -0.5:.4f}] (0: the exponential EMA of ema.decay), "
+                          f"got {cfg.ema.sigma_rel}{where}")
+    exponential_only = off_default(cfg.ema, "ema", ("decay", "warmup")) if cfg.ema.sigma_rel else []
+    if exponential_only:
+        defaults = " ".join(f"ema.{k}={str(getattr(EMAConfig, k)).lower()}" for k in ("decay", "warmup")
+                            if getattr(cfg.ema, k) != getattr(EMAConfig, k))
+        raise ConfigError(f"{', '.join(exponential_only)}: ema.decay and ema.warmup shape the exponential EMA, and "
+                          f"ema.sigma_rel={cfg.ema.sigma_rel} makes the run's EMA a power-function EMA of that width; "
+                          f"pass {defaults} (the defaults) beside it, or ema.sigma_rel=0{where}")
     sigma_rels = cfg.ema.posthoc_sigma_rels
     if any(not 0 < s <= 12 ** -0.5 for s in sigma_rels):  # 1/sqrt(12): gamma = 0, the uniform average
         raise ConfigError(f"ema.posthoc_sigma_rels must lie in (0, {12 ** -0.5:.4f}], got {list(sigma_rels)}{where}")

@@ -119,3 +119,48 @@ def test_ddp_model(tmp_path):
         folder = save_checkpoint(tmp_path / "run", 1, ddp, ema=ema)
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
             assert set(f.keys()) == {"weight", "bias"}
+
+
+class _Moments(nn.Module):
+    """Two weights that hold the training time s and s^2: their EMA is the first and second moment of the times
+    the average weighs."""
+
+    def __init__(self):
+        super().__init__()
+        self.t = nn.Parameter(torch.zeros(()))
+        self.t2 = nn.Parameter(torch.zeros(()))
+
+
+@pytest.mark.parametrize("decay,steps,warmup,every", [(0.99, 1500, True, 1), (0.99, 1500, False, 1),
+                                                      (0.995, 2000, True, 3), (0.9, 40, False, 1),
+                                                      (0.999, 30, True, 1), (0.999, 30, True, 2)])
+def test_classic_sigma_rel_is_the_width_the_ema_averages_over(decay, steps, warmup, every):
+    """classic_sigma_rel against the EMA class itself, updated as the trainer updates it (after every ``every``-th
+    step, 1-based) on weights equal to the step and its square: the average's spread of training times, over the
+    run's length, is the width the helper computes, the warm-up ramp and the initial weights included."""
+    from ditlab.train.ema import classic_sigma_rel
+
+    model = _Moments()
+    ema = EMA(model, decay, warmup=warmup)  # fp32, as the trainer keeps it
+    for s in range(1, steps + 1):
+        with torch.no_grad():
+            model.t.fill_(s / steps)
+            model.t2.fill_((s / steps) ** 2)
+        if s % every == 0:
+            ema.update(model, s)
+    mean, second = float(ema.module.t), float(ema.module.t2)
+    assert classic_sigma_rel(decay, steps, warmup, every) == pytest.approx((second - mean ** 2) ** 0.5, rel=1e-3)
+
+
+def test_classic_sigma_rel_with_the_warm_up_is_a_power_profile_until_the_decay_is_reached():
+    """The ramp (1 + s) / (10 + s) ~ (1 - 1/s)^9 is the power EMA of gamma ~ 8 (sigma_rel 0.090) until it reaches
+    the decay (0.999: step 8,991), so a 420-s run's classic EMA at 0.999 is ~0.09 wide, not the 0.11 of the decay
+    alone, and later it narrows as 1,000 steps over the run's length."""
+    from ditlab.train.ema import classic_sigma_rel, sigma_rel_from_gamma
+
+    assert classic_sigma_rel(0.999, 9008) == pytest.approx(sigma_rel_from_gamma(8.0), abs=2e-3)
+    assert classic_sigma_rel(0.999, 9008, warmup=False) == pytest.approx(0.999 ** 0.5 / 0.001 / 9008, rel=1e-2)
+    assert classic_sigma_rel(0.999, 100_000) == pytest.approx(0.999 ** 0.5 / 0.001 / 100_000, rel=2e-2)
+    assert classic_sigma_rel(1.0, 50, warmup=False) == 0.0  # never moves: all weight on the start
+    with pytest.raises(ValueError, match="step and every must be >= 1"):
+        classic_sigma_rel(0.999, 0)

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from ditlab.cli import main
-from ditlab.config import load_config
+from ditlab.config import load_config, read_saved_config
 from ditlab.configlib import ConfigError
 from ditlab.train.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint, load_weights
-from ditlab.train.ema import PowerEMA, gamma_from_sigma_rel, sigma_rel_from_gamma
+from ditlab.train.ema import PowerEMA, classic_sigma_rel, gamma_from_sigma_rel, sigma_rel_from_gamma
 from ditlab.train.posthoc_ema import (PosthocEMA, find_snapshots, profile_dot, reconstruct, snapshot_name,
                                       solve_posthoc)
 from ditlab.train.trainer import Trainer
@@ -291,9 +291,18 @@ def test_config_checks():
     load_config(str(DEMO), ["ema.posthoc_sigma_rels=[0.05, 0.1]", "ema.posthoc_every=100"])
     for bad, message in ((["ema.posthoc_sigma_rels=[0.05, 0.5]"], "must lie in"),
                          (["ema.posthoc_sigma_rels=[0.05, 0.0501]"], "first 3 decimals"),
-                         (["ema.posthoc_every=-1"], "posthoc_every"), (["ema.every=0"], "ema.every")):
+                         (["ema.posthoc_every=-1"], "posthoc_every"), (["ema.every=0"], "ema.every"),
+                         (["ema.sigma_rel=0.3", "ema.decay=0.9999"], r"ema.sigma_rel must lie in \(0, 0.2887\]"),
+                         (["ema.sigma_rel=-0.1"], "ema.sigma_rel must lie in"),
+                         (["ema.sigma_rel=0.05", "ema.decay=0.999"], r"ema.decay=0.999: ema.decay and ema.warmup shape "
+                                                                     r"the exponential EMA"),
+                         (["ema.sigma_rel=0.05", "ema.decay=0.9999", "ema.warmup=false"],
+                          "ema.warmup=False: ema.decay and .* pass ema.warmup=true")):
         with pytest.raises(ConfigError, match=message):
             load_config(str(DEMO), bad)
+    with pytest.raises(ConfigError, match=r"ema.decay=0.995: .* pass ema.decay=0.9999 \(the defaults\) beside it"):
+        load_config(str(DEMO), ["ema.sigma_rel=0.05"])  # the preset's own decay: reset it to say so
+    assert load_config(str(DEMO), ["ema.sigma_rel=0.05", "ema.decay=0.9999"]).ema.sigma_rel == 0.05
 
 
 def snapshot_files(run: Path) -> dict[str, dict]:
@@ -352,6 +361,48 @@ def test_resume_refuses_a_new_sigma_rel_and_supersedes_later_snapshots(tiny_data
     assert len(list((run / "ema_snapshots").glob("*.safetensors"))) == 10  # 2, 4 kept; 6, 8, 10 rewritten
 
 
+@pytest.mark.parametrize("every", [1, 3])
+def test_the_runs_own_ema_as_a_power_ema(tiny_data, tmp_path, monkeypatch, every):
+    """ema.sigma_rel: the run's EMA (what sampling and checkpoints' ema.safetensors hold) is the power EMA of that
+    width, the same average as post-hoc EMA's tracked width, bit for bit; a resumed run continues it bitwise (its
+    last update's step restored), and a resume that dropped that step (the first update after it would copy the
+    model) is caught by the same comparison."""
+    extra = ("ema.decay=0.9999", "ema.sigma_rel=0.05", f"ema.every={every}", "ema.posthoc_every=2")
+    straight = tmp_path / "straight"
+    trainer = train(tiny_data, straight, 10, *extra)
+    assert isinstance(trainer.ema, PowerEMA) and trainer.ema.last_step == (9 if every == 3 else 10)
+    final = load_weights(straight / "checkpoints/step_00000010")  # its EMA weights
+    assert same_weights(final, load_weights(straight / "ema_snapshots" / snapshot_name(10, 0.05)))
+    assert not same_weights(final, load_weights(straight / "ema_snapshots" / snapshot_name(10, 0.1)))
+    state = torch.load(straight / "checkpoints/step_00000010/state.pt", weights_only=True)
+    assert state["ema_sigma_rel"] == 0.05
+    half = tmp_path / "half"
+    train(tiny_data, half, 5, *extra)
+    split = Path(shutil.copytree(half, tmp_path / "split"))
+    assert train(tiny_data, split, 10, *extra, resume=True).ema.last_step == trainer.ema.last_step
+    assert same_weights(load_weights(split / "checkpoints/step_00000010"), final)
+
+    monkeypatch.setattr(Trainer, "_resume_ema_kind", lambda self, state, folder: None)
+    broken = Path(shutil.copytree(half, tmp_path / "broken"))
+    train(tiny_data, broken, 10, *extra, resume=True)
+    assert not same_weights(load_weights(broken / "checkpoints/step_00000010"), final)
+
+
+def test_resume_keeps_the_kind_of_the_runs_ema(tiny_data, tmp_path):
+    """A run's EMA cannot turn from exponential into a power EMA, or change its width, at a resume: the average
+    so far is of the other profile. Checkpoints written before ema.sigma_rel existed hold the exponential one."""
+    run = tmp_path / "run"
+    train(tiny_data, run, 5)
+    with pytest.raises(ValueError, match=r"with ema.sigma_rel=0.05: .*step_00000005 holds the exponential EMA \(ema"
+                                         r".decay\), and continuing it as the power EMA of sigma_rel 0.05"):
+        train(tiny_data, run, 10, "ema.decay=0.9999", "ema.sigma_rel=0.05", resume=True)
+    power = tmp_path / "power"
+    train(tiny_data, power, 5, "ema.decay=0.9999", "ema.sigma_rel=0.05")
+    with pytest.raises(ValueError, match="holds the power EMA of sigma_rel 0.05, and continuing it as the power EMA "
+                                         "of sigma_rel 0.1"):
+        train(tiny_data, power, 10, "ema.decay=0.9999", "ema.sigma_rel=0.1", resume=True)
+
+
 def test_default_snapshots_go_with_checkpoints(tiny_data, tmp_path):
     run = tmp_path / "run"
     train(tiny_data, run, 7, "train.keep_checkpoints=1")
@@ -374,6 +425,9 @@ def test_cli_ema_then_sample(cli_run, tmp_path, capsys):
     assert main(["ema", str(cli_run), "--sigma-rel", "0.07", "--sigma-rel", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "sigma_rel 0.07 (gamma 11.245) at step 12: fit error" in out and "8 snapshots" in out
+    cfg = read_saved_config(cli_run / "config.yaml").ema  # the run's own EMA, on the post-hoc widths' scale
+    width = classic_sigma_rel(cfg.decay, 12, cfg.warmup, cfg.every)
+    assert f"the run's own EMA (ema.decay {cfg.decay:g}" in out and f"at step 12 is sigma_rel {width:.3f} wide" in out
     folder = cli_run / "checkpoints" / "posthoc_sr0.070"
     assert sorted(p.name for p in folder.iterdir()) == ["ema.safetensors", "state.pt"]
     state = torch.load(folder / "state.pt", weights_only=True)

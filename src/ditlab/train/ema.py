@@ -109,6 +109,33 @@ def sigma_rel_from_gamma(gamma: float) -> float:
     return ((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5
 
 
+def classic_sigma_rel(decay: float, step: int, warmup: bool = True, every: int = 1) -> float:
+    """The relative width of the classic EMA (:class:`EMA`, ``ema.decay``) at trainer step ``step``: the standard
+    deviation of the training times its average weighs, over ``step``, on the scale of the power EMA's sigma_rel.
+
+    A classic EMA's width is fixed in steps (~sqrt(decay) / (1 - decay), 1,000 at 0.999), so its sigma_rel
+    shrinks as the run grows: 0.999 is ~0.11 at 9,000 steps, ~0.05 at 20,000. This puts a run's classic EMA
+    beside its post-hoc widths (`ditlab ema`). Exact for the trainer's updates: one after every ``every``-th
+    step s (1-based, the trainer's count) with weight 1 - decay_at(s), the warm-up ramp included, and the
+    initial weights at time 0 keeping what the updates leave of them."""
+    import numpy as np
+
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+    if step < 1 or every < 1:
+        raise ValueError(f"classic_sigma_rel: step and every must be >= 1, got step {step}, every {every}")
+    times = np.arange(every, step + 1, every, dtype=np.float64)  # the updates' steps
+    d = np.full(times.shape, float(decay))
+    if warmup:
+        d = np.minimum(d, (1.0 + times) / (10.0 + times))
+    # the model at update k keeps (1 - d_k) times the decays of the updates after it; the start keeps them all
+    after = np.exp(np.cumsum(np.log(np.append(d, 1.0))[::-1])[::-1])  # after[k] = prod(d[k:]); after[-1] = 1
+    weights = np.append(after[0], (1.0 - d) * after[1:])
+    at = np.append(0.0, times) / step
+    mean = float(weights @ at) / float(weights.sum())
+    return float(np.sqrt(max(float(weights @ (at - mean) ** 2) / float(weights.sum()), 0.0)))
+
+
 class PowerEMA(EMA):
     """fp32 power-function EMA: ``ema <- beta * ema + (1 - beta) * model`` with
     ``beta = (s / t)^(gamma + 1)``, ``t`` the (1-based) step of this update and ``s`` that of the previous

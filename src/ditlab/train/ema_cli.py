@@ -4,7 +4,9 @@ Reads the power-EMA snapshots a run wrote with ``ema.posthoc_sigma_rels`` (RUN/e
 EDM2's least-squares problem for each requested sigma_rel at the newest snapshot step (up to STEP) and
 writes RUN/checkpoints/posthoc_sr0.070 (``..._at_0000STEP`` with --upto): a checkpoint of EMA weights
 only, for ``ditlab sample RUN --checkpoint posthoc_sr0.070`` and everything else that takes
---checkpoint. One line per sigma_rel on stdout with the profile's relative fit error.
+--checkpoint. One line per sigma_rel on stdout with the profile's relative fit error, and one with the width of
+the run's own EMA at that step on the same scale (ema.sigma_rel, or for ema.decay
+ditlab.train.ema.classic_sigma_rel).
 docs/posthoc_ema.md; the mathematics in ditlab.train.posthoc_ema.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ def _sigma_rel(text: str) -> float:
 def cmd_ema(args) -> int:
     from pathlib import Path
 
+    from ditlab.config import read_saved_config
+    from ditlab.train.ema import classic_sigma_rel
     from ditlab.train.posthoc_ema import FIT_WARNING, find_snapshots, reconstruct, sigma_rel_tag
 
     run_dir = Path(args.run_dir).expanduser()
@@ -36,7 +40,9 @@ def cmd_ema(args) -> int:
                          f"{args.sigma_rel}")
     snaps = find_snapshots(run_dir, args.upto)  # errors (missing, corrupt, none) before any solve
     widths = sorted({s.sigma_rel for s in snaps})
+    step = None
     for r in reconstruct(run_dir, args.sigma_rel, upto=args.upto):
+        step = r.step
         used = sum(c != 0 for c in r.coefficients)
         print(f"ditlab ema: sigma_rel {r.sigma_rel:g} (gamma {r.gamma:.3f}) at step {r.step}: fit error "
               f"{r.fit_error:.2e} (relative L2 of the EMA profile) from {used} of {len(snaps)} snapshots "
@@ -44,6 +50,13 @@ def cmd_ema(args) -> int:
         if r.fit_error > FIT_WARNING:
             print(f"ditlab ema: warning: sigma_rel {r.sigma_rel:g} is poorly spanned by the snapshots' widths (fit "
                   f"error {r.fit_error:.1%}); its weights are an approximation of that EMA at best")
+    # the run's own EMA on the same scale, so that a post-hoc width can be compared with what sampling used
+    ema = read_saved_config(run_dir / "config.yaml").ema
+    if ema.sigma_rel:
+        print(f"ditlab ema: the run's own EMA is the power EMA of sigma_rel {ema.sigma_rel:g} (ema.sigma_rel)")
+    else:
+        print(f"ditlab ema: the run's own EMA (ema.decay {ema.decay:g}{', its warm-up ramp' if ema.warmup else ''}) "
+              f"at step {step} is sigma_rel {classic_sigma_rel(ema.decay, step, ema.warmup, ema.every):.3f} wide")
     return 0
 
 

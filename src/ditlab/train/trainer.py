@@ -38,8 +38,8 @@ from ditlab.train.data_order import EpochSampler
 from ditlab.train.distributed import (any_rank, barrier, gather_objects, init_distributed, mean_over_ranks,
                                       per_rank_seed, rank_device, rank_slice)
 from ditlab.train.init_from import init_from
-from ditlab.train.ema import EMA
-from ditlab.train.posthoc_ema import PosthocEMA, check_resume, supersede_snapshots
+from ditlab.train.ema import EMA, PowerEMA
+from ditlab.train.posthoc_ema import PosthocEMA, check_resume, sigma_rel_tag, supersede_snapshots
 from ditlab.train.evaluation import Evaluator, check_eval_config
 from ditlab.train.float8 import convert_float8, float8_candidates
 from ditlab.train.log import RunLogger
@@ -129,7 +129,9 @@ class Trainer:
             self.init_report = init_from(self.model, cfg.train.init_from, cfg.train.init_weights)
         self.objective = build_objective(cfg.diffusion)
         self.objective.schedule.to(self.device)
-        self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup)
+        # the run's own EMA: exponential (ema.decay), or EDM2's power-function EMA of width ema.sigma_rel
+        self.ema = (PowerEMA(self.model, cfg.ema.sigma_rel) if cfg.ema.sigma_rel
+                    else EMA(self.model, cfg.ema.decay, cfg.ema.warmup))
         # Post-hoc EMA's power EMAs (docs/posthoc_ema.md): rank 0 only, which alone saves; every rank holds
         # the same weights after the optimizer step, so the others would keep identical copies.
         self.posthoc = (PosthocEMA(self.model, cfg.ema.posthoc_sigma_rels)
@@ -219,6 +221,7 @@ class Trainer:
             state = load_checkpoint(latest, model=self.model, optimizer=self.optimizer, ema=self.ema,
                                     map_location=self.device)
             self.step = int(state["step"])
+            self._resume_ema_kind(state, latest)
             for warning in check_resume(self.cfg.ema.posthoc_sigma_rels, state, latest):  # on every rank: all raise
                 self._say(f"ditlab: warning: {warning}")
             if self.posthoc is not None:
@@ -276,6 +279,20 @@ class Trainer:
         self._say(f"ditlab: warning: checkpoint written by {len(saved)} process(es), resuming on "
                   f"{self.dist.world_size}: the data order continues exactly, the random draws (noise, timesteps, "
                   "dropout) are re-seeded, so the run does not repeat an uninterrupted one bit for bit")
+
+    def _resume_ema_kind(self, state: dict, folder: Path) -> None:
+        """The run's EMA goes on as the kind the checkpoint's was (ema.sigma_rel; older checkpoints: exponential):
+        a power EMA continued from another average would not be the profile its width claims. A power EMA's
+        last update is the newest ema.every-th step up to the checkpoint's (every step updates it, a held one
+        too)."""
+        saved, now = float(state.get("ema_sigma_rel", 0.0)), float(self.cfg.ema.sigma_rel)
+        if sigma_rel_tag(saved) != sigma_rel_tag(now):
+            kind = lambda s: f"the power EMA of sigma_rel {s:g}" if s else "the exponential EMA (ema.decay)"
+            raise ValueError(f"cannot resume {self.run_dir} with ema.sigma_rel={now:g}: {folder} holds {kind(saved)}, "
+                             f"and continuing it as {kind(now)} would average another profile; keep "
+                             f"ema.sigma_rel={saved:g} or start a new train.run_dir")
+        if isinstance(self.ema, PowerEMA):
+            self.ema.last_step = self.step - self.step % self.cfg.ema.every
 
     def _check_config_change(self, saved_path: Path) -> None:
         if not saved_path.exists():
@@ -392,7 +409,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         state = {"data": self.order.state_dict(), "rng": rngs[0], "config": to_dict(self.cfg),
-                 "segments": self._segments_now()}
+                 "segments": self._segments_now(), "ema_sigma_rel": float(self.cfg.ema.sigma_rel)}
         if self.dist.enabled:
             state["rng_ranks"] = rngs
         if self.scaler is not None:
