@@ -507,11 +507,12 @@ def check_values(cfg: Config, source: str = "") -> None:
                           f"got {cfg.ema.sigma_rel}{where}")
     exponential_only = off_default(cfg.ema, "ema", ("decay", "warmup")) if cfg.ema.sigma_rel else []
     if exponential_only:
-        defaults = " ".join(f"ema.{k}={str(getattr(EMAConfig, k)).lower()}" for k in ("decay", "warmup")
-                            if getattr(cfg.ema, k) != getattr(EMAConfig, k))
+        defaults = [f"ema.{k}={str(getattr(EMAConfig, k)).lower()}" for k in ("decay", "warmup")
+                    if getattr(cfg.ema, k) != getattr(EMAConfig, k)]
         raise ConfigError(f"{', '.join(exponential_only)}: ema.decay and ema.warmup shape the exponential EMA, and "
                           f"ema.sigma_rel={cfg.ema.sigma_rel} makes the run's EMA a power-function EMA of that width; "
-                          f"pass {defaults} (the defaults) beside it, or ema.sigma_rel=0{where}")
+                          f"pass {' '.join(defaults)} ({'their defaults' if len(defaults) > 1 else 'its default'}) "
+                          f"beside it, or ema.sigma_rel=0{where}")
     sigma_rels = cfg.ema.posthoc_sigma_rels
     if any(not 0 < s <= 12 ** -0.5 for s in sigma_rels):  # 1/sqrt(12): gamma = 0, the uniform average
         raise ConfigError(f"ema.posthoc_sigma_rels must lie in (0, {12 ** -0.5:.4f}], got {list(sigma_rels)}{where}")

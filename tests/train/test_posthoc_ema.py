@@ -297,10 +297,10 @@ def test_config_checks():
                          (["ema.sigma_rel=0.05", "ema.decay=0.999"], r"ema.decay=0.999: ema.decay and ema.warmup shape "
                                                                      r"the exponential EMA"),
                          (["ema.sigma_rel=0.05", "ema.decay=0.9999", "ema.warmup=false"],
-                          "ema.warmup=False: ema.decay and .* pass ema.warmup=true")):
+                          "ema.warmup=False: ema.decay and .* pass ema.warmup=true \\(its default\\)")):
         with pytest.raises(ConfigError, match=message):
             load_config(str(DEMO), bad)
-    with pytest.raises(ConfigError, match=r"ema.decay=0.995: .* pass ema.decay=0.9999 \(the defaults\) beside it"):
+    with pytest.raises(ConfigError, match=r"ema.decay=0.995: .* pass ema.decay=0.9999 \(its default\) beside it"):
         load_config(str(DEMO), ["ema.sigma_rel=0.05"])  # the preset's own decay: reset it to say so
     assert load_config(str(DEMO), ["ema.sigma_rel=0.05", "ema.decay=0.9999"]).ema.sigma_rel == 0.05
 
