@@ -375,7 +375,7 @@ def test_the_runs_own_ema_as_a_power_ema(tiny_data, tmp_path, monkeypatch, every
     assert same_weights(final, load_weights(straight / "ema_snapshots" / snapshot_name(10, 0.05)))
     assert not same_weights(final, load_weights(straight / "ema_snapshots" / snapshot_name(10, 0.1)))
     state = torch.load(straight / "checkpoints/step_00000010/state.pt", weights_only=True)
-    assert state["ema_sigma_rel"] == 0.05
+    assert state["ema_sigma_rel"] == 0.05 and state["ema_last_step"] == trainer.ema.last_step
     half = tmp_path / "half"
     train(tiny_data, half, 5, *extra)
     split = Path(shutil.copytree(half, tmp_path / "split"))

@@ -282,17 +282,19 @@ class Trainer:
 
     def _resume_ema_kind(self, state: dict, folder: Path) -> None:
         """The run's EMA goes on as the kind the checkpoint's was (ema.sigma_rel; older checkpoints: exponential):
-        a power EMA continued from another average would not be the profile its width claims. A power EMA's
-        last update is the newest ema.every-th step up to the checkpoint's (every step updates it, a held one
-        too)."""
+        a power EMA continued from another average would not be the profile its width claims. A power EMA goes
+        on from its last update's step, which the checkpoint records."""
         saved, now = float(state.get("ema_sigma_rel", 0.0)), float(self.cfg.ema.sigma_rel)
+
+        def kind(sigma_rel: float) -> str:
+            return f"the power EMA of sigma_rel {sigma_rel:g}" if sigma_rel else "the exponential EMA (ema.decay)"
+
         if sigma_rel_tag(saved) != sigma_rel_tag(now):
-            kind = lambda s: f"the power EMA of sigma_rel {s:g}" if s else "the exponential EMA (ema.decay)"
             raise ValueError(f"cannot resume {self.run_dir} with ema.sigma_rel={now:g}: {folder} holds {kind(saved)}, "
                              f"and continuing it as {kind(now)} would average another profile; keep "
                              f"ema.sigma_rel={saved:g} or start a new train.run_dir")
         if isinstance(self.ema, PowerEMA):
-            self.ema.last_step = self.step - self.step % self.cfg.ema.every
+            self.ema.last_step = int(state["ema_last_step"])
 
     def _check_config_change(self, saved_path: Path) -> None:
         if not saved_path.exists():
@@ -410,6 +412,8 @@ class Trainer:
             return None
         state = {"data": self.order.state_dict(), "rng": rngs[0], "config": to_dict(self.cfg),
                  "segments": self._segments_now(), "ema_sigma_rel": float(self.cfg.ema.sigma_rel)}
+        if isinstance(self.ema, PowerEMA):  # its next update's beta needs the step of its last one
+            state["ema_last_step"] = self.ema.last_step
         if self.dist.enabled:
             state["rng_ranks"] = rngs
         if self.scaler is not None:
