@@ -181,3 +181,19 @@ def test_sharded_sampling_and_fid_equal_one_process(two_rank_runs, tmp_path, sta
         assert main(fid_args) == 0
     fid_one = json.loads(buf.getvalue().strip().splitlines()[-1])["fid"]
     assert fid_two == pytest.approx(fid_one, rel=1e-6)  # feature batches split differently
+
+
+def test_a_power_ema_as_the_runs_ema_on_two_ranks(data, tmp_path):
+    """ema.sigma_rel under DDP: every rank keeps the run's power EMA (rank 0's is saved) and, resumed on two
+    processes, every rank goes on from the step of its last update that rank 0's checkpoint recorded, so the
+    resumed run's EMA is the uninterrupted one's, bit for bit, and equals rank 0's tracked post-hoc EMA of the
+    same width."""
+    power = ("ema.decay=0.9999", "ema.sigma_rel=0.1", "ema.posthoc_sigma_rels=[0.1]", "ema.posthoc_every=2")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(2, *train_args(data, straight, 6, *power))
+    torchrun(2, *train_args(data, resumed, 4, *power))
+    torchrun(2, *train_args(data, resumed, 6, *power, "--resume"))
+    a, b = weights(straight, 6, "ema.safetensors"), weights(resumed, 6, "ema.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    tracked = weights(straight, 6, "ema_power_sr0.100.safetensors")
+    assert all(torch.equal(a[k], tracked[k]) for k in a)
