@@ -99,9 +99,15 @@ def test_loading_a_network_and_reconstructing_a_posthoc_width_are_measured_apart
         2 * score_s(rates, plain) + score_s(rates, posthoc) + (2 + 30) + (12 + 30))
     assert describe_rates(rates).endswith("30 s to compile a run's sampler, 2 s to load it (12 s for a post-hoc EMA "
                                           "width)")
-    # without post-hoc loads measured, a width is expected to load like the run's EMA
+    # without post-hoc loads measured, a width is expected to load like the run's EMA; the rate stays unmeasured, so
+    # that --rates-from's folder can fill it (combine_rates), as it fills a load the folder has not timed
     (tmp_path / "scores" / "v-s0__default__pe10.json").unlink()
-    assert measured_rates(tmp_path)["posthoc_load_s"] == 2.0
+    rates = measured_rates(tmp_path)
+    assert rates["posthoc_load_s"] is None and score_s(rates, posthoc, loading=True) == pytest.approx(
+        score_s(rates, posthoc) + 2 + 30)
+    assert describe_rates(rates).endswith("2 s to load it")
+    other = {**rates, "load_s": 3.0, "posthoc_load_s": 12.0, "source": "other"}
+    assert combine_rates(rates, other)["posthoc_load_s"] == 12.0 and combine_rates(rates, other)["load_s"] == 2.0
 
 
 def test_before_any_timed_score_a_pass_is_priced_at_a_third_of_a_trained_image():
@@ -168,8 +174,9 @@ def test_rates_from_fill_what_a_folder_has_not_measured(tmp_path):
     assert combined["compile_s"] == pytest.approx(30.0) and combined["load_s"] == 3.0
     assert combined["pass_s"] == own["pass_s"] and combined["scores"] == 1  # its own rate, its own count
     assert combined["variant_steps_per_s"] == {"preset": 20.0} and combined["steps_per_s"] == 20.0
-    assert combined["source"] == "OTHER" and set(combined["filled"]) == {"setup_s", "compile_s", "load_s",
-                                                                         "posthoc_load_s"}
+    # (no post-hoc width was timed in either: that rate stays unmeasured, and a width is priced as a plain load)
+    assert combined["source"] == "OTHER" and set(combined["filled"]) == {"setup_s", "compile_s", "load_s"}
+    assert combined["posthoc_load_s"] is None
     # a folder whose every score compiled its sampler has the compilation inside its pass rate: not added again
     _score(own_dir, "preset-s0__default", variant="preset", train_wall_seconds=424.0, train_seconds=420.0,
            train_steps=8400, train_compile_cache="warm", sample_seconds=2.0 + 30.0, sampler_compiled=True)

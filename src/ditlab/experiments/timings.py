@@ -98,7 +98,7 @@ def measured_rates(out: Path) -> dict | None:
     setup_s = statistics.median(setup) if setup else (warm_s or 0.0)  # only warm ones timed: the best known
     return {"setup_s": setup_s, "setup_warm_s": warm_s, "setup_new_timed": bool(setup),
             "pass_s": pass_s, "compile_in_pass": not warm, "compile_s": compile_s,
-            "load_s": load_s, "posthoc_load_s": statistics.median(posthoc_loads) if posthoc_loads else load_s,
+            "load_s": load_s, "posthoc_load_s": statistics.median(posthoc_loads) if posthoc_loads else None,
             "fid_s": statistics.median(fid), "scores": len(fid),
             "steps_per_s": statistics.median(rate) if rate else 0.0,
             "variant_steps_per_s": {v: statistics.median(r) for v, r in by_variant.items()}}
@@ -178,7 +178,9 @@ def network_s(rates: dict, sample, default_s: float = 0.0) -> float:
     """Device seconds of getting the network ``sample`` scores ready before its first score: loading it (a post-hoc
     EMA width reconstructed first) and compiling its sampler, as measured; ``default_s`` while the study has
     measured neither."""
-    load = rates.get("posthoc_load_s") if getattr(sample, "ema_sigma_rel", 0.0) else rates.get("load_s")
+    load = rates.get("load_s")
+    if getattr(sample, "ema_sigma_rel", 0.0) and rates.get("posthoc_load_s") is not None:
+        load = rates["posthoc_load_s"]  # else a plain load: the best known while no width has been timed
     if load is None and rates.get("compile_s") is None:
         return default_s
     return (load or 0.0) + (rates.get("compile_s") or 0.0)
