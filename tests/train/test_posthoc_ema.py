@@ -396,6 +396,13 @@ def test_resume_keeps_the_kind_of_the_runs_ema(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r"with ema.sigma_rel=0.05: .*step_00000005 holds the exponential EMA \(ema"
                                          r".decay\), and continuing it as the power EMA of sigma_rel 0.05"):
         train(tiny_data, run, 10, "ema.decay=0.9999", "ema.sigma_rel=0.05", resume=True)
+    state_file = run / "checkpoints" / "step_00000005" / "state.pt"  # as written before the key existed
+    state = torch.load(state_file, weights_only=True)
+    del state["ema_sigma_rel"]
+    torch.save(state, state_file)
+    with pytest.raises(ValueError, match=r"holds the exponential EMA \(ema.decay\), and continuing it as the power"):
+        train(tiny_data, run, 10, "ema.decay=0.9999", "ema.sigma_rel=0.05", resume=True)
+    assert train(tiny_data, run, 10, resume=True).step == 10  # the exponential EMA goes on
     power = tmp_path / "power"
     train(tiny_data, power, 5, "ema.decay=0.9999", "ema.sigma_rel=0.05")
     with pytest.raises(ValueError, match="holds the power EMA of sigma_rel 0.05, and continuing it as the power EMA "
