@@ -515,7 +515,15 @@ def test_an_eval_can_sample_the_posthoc_ema(tmp_path, monkeypatch):
     # the reconstruction's profile fit (snapshots every step of 4 fit 0.07 closely); none for the classic EMA
     assert 0 < pe["posthoc_fit_error"] < 0.05 and "posthoc_fit_error" not in ema
     assert pe["fid"] != ema["fid"]  # other weights
-    assert "post-hoc EMA sigma_rel 0.07" in (out / "results.md").read_text()
+    results = (out / "results.md").read_text()
+    assert "post-hoc EMA sigma_rel 0.07" in results
+    # the run's own EMA on the same scale, beside the post-hoc width: the demo preset's decay at the run's 4 steps
+    from ditlab.config import read_saved_config
+    from ditlab.train.ema import classic_sigma_rel
+
+    own = read_saved_config(run / "config.yaml").ema
+    assert (f"on the post-hoc scale (sigma_rel): snap-s0: ema.decay {own.decay:g} at 4 steps is "
+            f"{classic_sigma_rel(own.decay, 4, own.warmup, own.every):.3f}.") in results
 
 
 def test_a_posthoc_eval_needs_snapshots(tmp_path, monkeypatch, capsys):

@@ -138,3 +138,31 @@ def test_the_header_names_the_reference_the_scores_were_compared_with(tmp_path):
     assert ("against **more than one reference**: /r/a.npz (50000 images, net.pt) (1 score); /r/b.npz (? images, "
             "net.pt) (2 scores). FIDs against different references do not compare.") in mixed
     assert "this command's: /r/b.npz (? images, net.pt)" in header([a, a], b)
+
+
+def test_beside_posthoc_evals_each_runs_own_ema_width_is_stated(tmp_path):
+    """With post-hoc EMA evals, results.md gives each of those runs' own EMA (what the evals without a width sample)
+    on the same scale, from the run's saved config: ema.sigma_rel as it is, the exponential ema.decay at the run's
+    last step (classic_sigma_rel); a run whose config is not in the folder is left out, and a study without
+    post-hoc evals gets no line."""
+    from ditlab.train.ema import classic_sigma_rel
+
+    (tmp_path / "tiny.yaml").write_text("model: {arch: DiT-S/2}\n")
+    (tmp_path / "a.yaml").write_text("config: tiny.yaml\nseeds: [0, 1]\nevals: {cfg: {}, pe05: {ema_sigma_rel: 0.05}}"
+                                     "\nvariants: {v: {}}\n")
+    spec = load_ablation(tmp_path / "a.yaml")
+    records = [{**_record(seed, 7.0, 9008), "eval": e, "ema_sigma_rel": sr}
+               for seed in (0, 1) for e, sr in (("cfg", 0.0), ("pe05", 0.05))]
+    runs = tmp_path / "runs"
+    (runs / "v-s0").mkdir(parents=True)
+    (runs / "v-s0" / "config.yaml").write_text("ema: {decay: 0.999}\n")
+    text = write_markdown(tmp_path / "results.md", spec, records, {}).read_text()
+    line = next(line for line in text.splitlines() if "own EMA" in line)
+    assert line.endswith(f"(sigma_rel): v-s0: ema.decay 0.999 at 9,008 steps is {classic_sigma_rel(0.999, 9008):.3f}.")
+    (runs / "v-s1").mkdir()
+    (runs / "v-s1" / "config.yaml").write_text("ema: {sigma_rel: 0.05}\n")
+    line = next(line for line in write_markdown(tmp_path / "results.md", spec, records, {}).read_text().splitlines()
+                if "own EMA" in line)
+    assert line.endswith("is 0.091; v-s1: ema.sigma_rel 0.05.")
+    plain = [r for r in records if r["eval"] == "cfg"]
+    assert "own EMA" not in write_markdown(tmp_path / "results.md", spec, plain, {}).read_text()

@@ -117,6 +117,7 @@ def write_markdown(path: Path, spec, records: list[dict], scorer: dict,
     ]
     if spec.evals:
         lines += ["", "Evals: " + "; ".join(f"**{name}** {_settings(e)}" for name, e in spec.evals.items()) + "."]
+    lines += _own_ema_lines(path.parent, records)
     lines += _machine_lines(records)
     lines += _command_override_lines(records)
     times = [f"{x:g}" for x in spec.time_to_fid] if any(r.get("eval_curve") for r in records) else []
@@ -280,6 +281,33 @@ def _posthoc_fit_lines(records: list[dict]) -> list[str]:
     return ["", f"**Post-hoc EMA widths the snapshots shape poorly** (relative profile fit error over "
                 f"{FIT_WARNING:.0%}): {listing}. Each is the FID of an approximation of that EMA; more snapshot steps "
                 "(`ema.posthoc_every`) or a tracked width nearer it fit better."]
+
+
+def _own_ema_lines(out: Path, records: list[dict]) -> list[str]:
+    """Beside post-hoc EMA evals, the width of each of those runs' own EMA (what their other evals sample) on the
+    same scale: ema.sigma_rel, or for the exponential ema.decay its width at the run's last step
+    (ditlab.train.ema.classic_sigma_rel), read from the run's saved config. Runs whose config is not in the folder
+    (an archive without it) are left out."""
+    from ditlab.config import read_saved_config
+    from ditlab.train.ema import classic_sigma_rel
+
+    widths = []
+    for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
+        unit = f"{r['variant']}-s{r['seed']}"
+        saved = out / "runs" / unit / "config.yaml"
+        if not r.get("ema_sigma_rel") or unit in (w[0] for w in widths) or not saved.is_file() \
+                or not r.get("train_steps"):
+            continue
+        ema = read_saved_config(saved).ema
+        if ema.sigma_rel:
+            widths.append((unit, f"ema.sigma_rel {ema.sigma_rel:g}"))
+        else:
+            width = classic_sigma_rel(ema.decay, int(r["train_steps"]), ema.warmup, ema.every)
+            widths.append((unit, f"ema.decay {ema.decay:g} at {int(r['train_steps']):,} steps is {width:.3f}"))
+    if not widths:
+        return []
+    return ["", "The runs' own EMA, which their evals without a post-hoc width sample, on the post-hoc scale "
+                "(sigma_rel): " + "; ".join(f"{unit}: {text}" for unit, text in widths) + "."]
 
 
 def _machine_lines(records: list[dict]) -> list[str]:
