@@ -154,7 +154,7 @@ def test_classic_sigma_rel_is_the_width_the_ema_averages_over(decay, steps, warm
 
 def test_classic_sigma_rel_with_the_warm_up_is_a_power_profile_until_the_decay_is_reached():
     """The ramp (1 + s) / (10 + s) ~ (1 - 1/s)^9 is the power EMA of gamma ~ 8 (sigma_rel 0.090) until it reaches
-    the decay (0.999: step 8,991), so a 420-s run's classic EMA at 0.999 is ~0.09 wide, not the 0.11 of the decay
+    the decay (0.999: step 8,990), so a 420-s run's classic EMA at 0.999 is ~0.09 wide, not the 0.11 of the decay
     alone, and later it narrows as 1,000 steps over the run's length."""
     from ditlab.train.ema import classic_sigma_rel, sigma_rel_from_gamma
 

@@ -115,7 +115,7 @@ def classic_sigma_rel(decay: float, step: int, warmup: bool = True, every: int =
 
     A classic EMA's width is fixed in steps (~sqrt(decay) / (1 - decay), 1,000 at 0.999), so its sigma_rel
     shrinks as the run grows (0.999: ~0.05 at 20,000 steps). Until then the warm-up ramp (1 + s) / (10 + s),
-    ~(1 - 1/s)^9, makes it the power EMA of gamma ~8, sigma_rel ~0.09 (0.999: up to step 8,991; without the
+    ~(1 - 1/s)^9, makes it the power EMA of gamma ~8, sigma_rel ~0.09 (0.999: up to step 8,990; without the
     ramp it would be ~0.11 at 9,000 steps). This puts a run's classic EMA beside its post-hoc widths
     (`ditlab ema`). Exact for the trainer's updates: one after every ``every``-th
     step s (1-based, the trainer's count) with weight 1 - decay_at(s), the warm-up ramp included, and the
