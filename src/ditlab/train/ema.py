@@ -15,6 +15,12 @@ from torch import nn
 from ditlab.models.wrappers import strip_wrapper_prefix, unwrap_model
 
 
+def ramped_decay(decay: float, step: int, warmup: bool = True) -> float:
+    """The exponential EMA's decay for its update at ``step``: ``decay``, or with the warm-up ramp
+    min(decay, (1 + step) / (10 + step)) (module docstring). :class:`EMA` and :func:`classic_sigma_rel` both use it."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 class EMA:
     """fp32 moving average of ``model``'s parameters; buffers are copied, not averaged.
 
@@ -34,7 +40,7 @@ class EMA:
 
     def decay_at(self, step: int) -> float:
         """Effective decay for an update after optimizer step ``step`` (0-based)."""
-        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+        return ramped_decay(self.decay, step, self.warmup)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, hold: torch.Tensor | None = None) -> None:
@@ -126,10 +132,9 @@ def classic_sigma_rel(decay: float, step: int, warmup: bool = True, every: int =
         raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
     if step < 1 or every < 1:
         raise ValueError(f"classic_sigma_rel: step and every must be >= 1, got step {step}, every {every}")
-    times = np.arange(every, step + 1, every, dtype=np.float64)  # the updates' steps
-    d = np.full(times.shape, float(decay))
-    if warmup:
-        d = np.minimum(d, (1.0 + times) / (10.0 + times))
+    updates = range(every, step + 1, every)  # the updates' steps
+    times = np.array(updates, dtype=np.float64)
+    d = np.array([ramped_decay(float(decay), s, warmup) for s in updates], dtype=np.float64)
     # the model at update k keeps (1 - d_k) times the decays of the updates after it; the start keeps them all
     after = np.exp(np.cumsum(np.log(np.append(d, 1.0))[::-1])[::-1])  # after[k] = prod(d[k:]); after[-1] = 1
     weights = np.append(after[0], (1.0 - d) * after[1:])
