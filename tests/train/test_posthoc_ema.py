@@ -375,7 +375,8 @@ def test_the_runs_own_ema_as_a_power_ema(tiny_data, tmp_path, monkeypatch, every
     assert same_weights(final, load_weights(straight / "ema_snapshots" / snapshot_name(10, 0.05)))
     assert not same_weights(final, load_weights(straight / "ema_snapshots" / snapshot_name(10, 0.1)))
     state = torch.load(straight / "checkpoints/step_00000010/state.pt", weights_only=True)
-    assert state["ema_sigma_rel"] == 0.05 and state["ema_last_step"] == trainer.ema.last_step
+    saved = state["config"]["ema"]  # the kind, width and update steps of the run's EMA, which a resume goes on from
+    assert saved["sigma_rel"] == 0.05 and state["step"] - state["step"] % saved["every"] == trainer.ema.last_step
     half = tmp_path / "half"
     train(tiny_data, half, 5, *extra)
     split = Path(shutil.copytree(half, tmp_path / "split"))
@@ -396,9 +397,9 @@ def test_resume_keeps_the_kind_of_the_runs_ema(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r"with ema.sigma_rel=0.05: .*step_00000005 holds the exponential EMA \(ema"
                                          r".decay\), and continuing it as the power EMA of sigma_rel 0.05"):
         train(tiny_data, run, 10, "ema.decay=0.9999", "ema.sigma_rel=0.05", resume=True)
-    state_file = run / "checkpoints" / "step_00000005" / "state.pt"  # as written before the key existed
+    state_file = run / "checkpoints" / "step_00000005" / "state.pt"  # its config as saved before the key existed
     state = torch.load(state_file, weights_only=True)
-    del state["ema_sigma_rel"]
+    del state["config"]["ema"]["sigma_rel"]
     torch.save(state, state_file)
     with pytest.raises(ValueError, match=r"holds the exponential EMA \(ema.decay\), and continuing it as the power"):
         train(tiny_data, run, 10, "ema.decay=0.9999", "ema.sigma_rel=0.05", resume=True)

@@ -273,9 +273,8 @@ def test_training_checkpoint_schema(straight):
     folder = straight / "checkpoints" / "step_00000010"
     assert sorted(p.name for p in folder.iterdir()) == ["ema.safetensors", "model.safetensors", "state.pt"]
     state = torch.load(folder / "state.pt", weights_only=True)
-    assert set(state) == {"format_version", "step", "has_ema", "rng", "optimizer", "data", "config", "segments",
-                          "ema_sigma_rel"}
-    assert state["ema_sigma_rel"] == 0.0  # the kind of the run's EMA: exponential (ema.decay)
+    assert set(state) == {"format_version", "step", "has_ema", "rng", "optimizer", "data", "config", "segments"}
+    assert state["config"]["ema"]["sigma_rel"] == 0.0  # the kind of the run's EMA: exponential (ema.decay)
     # the training segments behind this step (summary.json and `ditlab report` sum them over resumes)
     assert [(s["start_step"], s["end_step"], s["batch_size"]) for s in state["segments"]] == [(0, 10, 8)]
     assert state["segments"][0]["wall_seconds"] > 0

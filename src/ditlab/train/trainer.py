@@ -281,10 +281,12 @@ class Trainer:
                   "dropout) are re-seeded, so the run does not repeat an uninterrupted one bit for bit")
 
     def _resume_ema_kind(self, state: dict, folder: Path) -> None:
-        """The run's EMA goes on as the kind the checkpoint's was (ema.sigma_rel; older checkpoints: exponential):
-        a power EMA continued from another average would not be the profile its width claims. A power EMA goes
-        on from its last update's step, which the checkpoint records."""
-        saved, now = float(state.get("ema_sigma_rel", 0.0)), float(self.cfg.ema.sigma_rel)
+        """The run's EMA goes on as the kind the checkpoint's was (the ema section of the config it saved with it;
+        older checkpoints, before ema.sigma_rel: exponential): a power EMA continued from another average would not
+        be the profile its width claims. A power EMA goes on from its last update, the newest step up to the
+        checkpoint's that the saved ema.every updated."""
+        saved_ema = (state.get("config") or {}).get("ema") or {}
+        saved, now = float(saved_ema.get("sigma_rel", 0.0)), float(self.cfg.ema.sigma_rel)
 
         def kind(sigma_rel: float) -> str:
             return f"the power EMA of sigma_rel {sigma_rel:g}" if sigma_rel else "the exponential EMA (ema.decay)"
@@ -294,7 +296,7 @@ class Trainer:
                              f"and continuing it as {kind(now)} would average another profile; keep "
                              f"ema.sigma_rel={saved:g} or start a new train.run_dir")
         if isinstance(self.ema, PowerEMA):
-            self.ema.last_step = int(state["ema_last_step"])
+            self.ema.last_step = self.step - self.step % int(saved_ema.get("every", self.cfg.ema.every))
 
     def _check_config_change(self, saved_path: Path) -> None:
         if not saved_path.exists():
@@ -411,9 +413,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         state = {"data": self.order.state_dict(), "rng": rngs[0], "config": to_dict(self.cfg),
-                 "segments": self._segments_now(), "ema_sigma_rel": float(self.cfg.ema.sigma_rel)}
-        if isinstance(self.ema, PowerEMA):  # its next update's beta needs the step of its last one
-            state["ema_last_step"] = self.ema.last_step
+                 "segments": self._segments_now()}
         if self.dist.enabled:
             state["rng_ranks"] = rngs
         if self.scaler is not None:
