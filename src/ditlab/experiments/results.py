@@ -291,23 +291,24 @@ def _own_ema_lines(out: Path, records: list[dict]) -> list[str]:
     from ditlab.config import read_saved_config
     from ditlab.train.ema import classic_sigma_rel
 
+    steps = {(r["variant"], r["seed"]): int(r["train_steps"]) for r in records
+             if r.get("ema_sigma_rel") and r.get("train_steps")}  # the runs a post-hoc eval scored
     widths = []
-    for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
-        unit = f"{r['variant']}-s{r['seed']}"
+    for (variant, seed), n in sorted(steps.items()):
+        unit = f"{variant}-s{seed}"
         saved = out / "runs" / unit / "config.yaml"
-        if not r.get("ema_sigma_rel") or unit in (w[0] for w in widths) or not saved.is_file() \
-                or not r.get("train_steps"):
+        if not saved.is_file():
             continue
         ema = read_saved_config(saved).ema
         if ema.sigma_rel:
-            widths.append((unit, f"ema.sigma_rel {ema.sigma_rel:g}"))
+            widths.append(f"{unit}: ema.sigma_rel {ema.sigma_rel:g}")
         else:
-            width = classic_sigma_rel(ema.decay, int(r["train_steps"]), ema.warmup, ema.every)
-            widths.append((unit, f"ema.decay {ema.decay:g} at {int(r['train_steps']):,} steps is {width:.3f}"))
+            width = classic_sigma_rel(ema.decay, n, ema.warmup, ema.every)
+            widths.append(f"{unit}: ema.decay {ema.decay:g} at {n:,} steps is {width:.3f}")
     if not widths:
         return []
     return ["", "The runs' own EMA, which their evals without a post-hoc width sample, on the post-hoc scale "
-                "(sigma_rel): " + "; ".join(f"{unit}: {text}" for unit, text in widths) + "."]
+                "(sigma_rel): " + "; ".join(widths) + "."]
 
 
 def _machine_lines(records: list[dict]) -> list[str]:
