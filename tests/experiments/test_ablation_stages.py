@@ -963,7 +963,8 @@ def test_the_combination_trains_first_before_variants_stacked_in_an_earlier_stag
 def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     """configs/ablations/muon_options.yaml compares with the stack round's muon+lr2e3 score: the same overrides,
     budget, seed and sample settings; `split` differs by optim.muon_split alone, `muon_lr4e3` by optim.muon_lr,
-    `split_lr4e3` by both, `split_lr6e3` and `split_lr8e3` from it by optim.muon_lr alone."""
+    `split_lr4e3` by both, `split_lr6e3` and `split_lr8e3` from it by optim.muon_lr alone, and
+    `split_lr6e3_adamw3e3` from `split_lr6e3` by optim.lr alone (AdamW's part; Muon's stays at 6e-3)."""
     from pathlib import Path
 
     from ditlab.experiments.ablation import variant_config
@@ -975,8 +976,8 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     assert (split.budget, split.seeds, split.sample) == (stack.budget, stack.seeds, stack.sample)
     assert stack.evals_of(stack.variants[0]) == [("cfg", stack.sample)]  # the stack round scored the plain sample
     assert [v.name for v in split.variants] == ["whole", "split", "muon_lr4e3", "split_lr4e3", "split_lr6e3",
-                                                "split_lr8e3"]
-    whole, with_split, muon_lr, both, faster, fastest = (
+                                                "split_lr8e3", "split_lr6e3_adamw3e3"]
+    whole, with_split, muon_lr, both, faster, fastest, adamw_faster = (
         variant_config(split, v, 0, Path("u"), []) for v in split.variants)
     muon = next(v for v in plan.variants if v.name == "muon")
     lr2e3 = next(v for v in plan.variants if v.name == "lr2e3")
@@ -991,6 +992,8 @@ def test_the_muon_options_ablation_repeats_the_stack_rounds_conditions():
     assert dataclasses.replace(faster, optim=dataclasses.replace(faster.optim, muon_lr=4e-3)) == both
     assert fastest.optim.muon_lr == 8e-3
     assert dataclasses.replace(fastest, optim=dataclasses.replace(fastest.optim, muon_lr=4e-3)) == both
+    assert (adamw_faster.optim.lr, adamw_faster.optim.muon_lr) == (3e-3, 6e-3)
+    assert dataclasses.replace(adamw_faster, optim=dataclasses.replace(adamw_faster.optim, lr=2e-3)) == faster
 
 
 def _trains_the_preset_as_shipped(name: str, seed: int):
